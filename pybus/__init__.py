@@ -1,0 +1,42 @@
+"""pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
+
+from ._version import __version__
+from .errors import (
+    BackpressureError,
+    BusError,
+    CircuitOpenError,
+    ClosedError,
+    ErrorCode,
+    FrameError,
+    HistogramRangeError,
+    RateLimitError,
+    RemoteError,
+    RetryExhaustedError,
+    Severity,
+    TimeoutError,
+    TopicError,
+    TransportError,
+    ValidationError,
+)
+from ._native import *  # noqa: F403
+from ._native import __all__ as _native_all
+
+__all__ = [
+    "__version__",
+    "BackpressureError",
+    "BusError",
+    "CircuitOpenError",
+    "ClosedError",
+    "ErrorCode",
+    "FrameError",
+    "HistogramRangeError",
+    "RateLimitError",
+    "RemoteError",
+    "RetryExhaustedError",
+    "Severity",
+    "TimeoutError",
+    "TopicError",
+    "TransportError",
+    "ValidationError",
+    *_native_all,
+]

@@ -1,0 +1,15 @@
+"""pybus's compiled core. Import from ``pybus``, never from these modules directly."""
+
+try:
+    from ._batch import *  # noqa: F403
+    from ._batch import __all__ as _batch_all
+    from ._hist import *  # noqa: F403
+    from ._hist import __all__ as _hist_all
+except ImportError as exc:  # pragma: no cover - only on a source tree without a build
+    raise ImportError(
+        "pybus's compiled core is not built. Install the package (pip install .) or make "
+        "an editable install (pip install -e .); do not import pybus from an uninstalled "
+        "source tree (run `pytest`, not `python -m pytest`, from the repository root)."
+    ) from exc
+
+__all__ = [*_batch_all, *_hist_all]
