@@ -300,3 +300,14 @@ def test_topics_and_publisher_id():
     with pytest.raises(ValidationError, match="max_topics=2"):
         b.topic_id(b"c")
     assert b.next_seq(0) == 1
+
+
+def test_publish_topic_cache_is_per_topic():
+    b = Batcher(idle_us=SECOND_US, max_delay_us=SECOND_US)
+    with pytest.raises(ValidationError, match="must be a str"):
+        b.publish(None, b"x")  # type: ignore[arg-type]
+    for i in range(6):
+        b.publish(("a", "b", "a.b")[i % 3], bytes([i]))
+    got = {t: [m.payload for m in decode_batch(t.decode(), f)] for t, f in b.drain()}
+    assert got == {b"a": [b"\x00", b"\x03"], b"b": [b"\x01", b"\x04"],
+                   b"a.b": [b"\x02", b"\x05"]}

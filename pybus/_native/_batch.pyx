@@ -12,11 +12,13 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.ref cimport Py_INCREF, PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from pybus._native.cbatch cimport *
 
+import operator
 import secrets
 
 import msgpack
@@ -52,6 +54,7 @@ RECORD_HEADER_SIZE = PB_FRAME_RECORD_HEADER_SIZE
 RING_RECORD_OVERHEAD = PB_RING_RECORD_OVERHEAD
 FLAG_MSGPACK = PB_FRAME_REC_MSGPACK
 
+cdef object _NO_TOPIC = object()  # never a topic: publish()'s last-topic cache starts empty
 cdef object _packb = msgpack.packb
 cdef object _unpackb = msgpack.unpackb
 
@@ -284,6 +287,8 @@ cdef class Batcher:
 
     cdef pb_ring *_r
     cdef dict _ids_by_str      # publish cache: str topic -> id
+    cdef object _last_topic    # the last topic object publish() saw, and its id
+    cdef uint32_t _last_tid
     cdef dict _ids_by_bytes    # bytes topic -> id
     cdef list _names           # id -> bytes topic
     cdef uint32_t _max_message
@@ -295,6 +300,7 @@ cdef class Batcher:
 
     def __cinit__(self):
         self._r = NULL
+        self._last_topic = _NO_TOPIC
 
     def __init__(self, capacity_bytes=8 << 20, max_batch_records=8192, max_batch_bytes=256 << 10,
                  max_message_bytes=1 << 20, max_topics=65536, publisher_id=0, idle_us=5.0,
@@ -394,12 +400,37 @@ cdef class Batcher:
 
     cdef int _append_buf(self, object topic_id, object payload, object header, object flags,
                          bint use_now, int64_t now_ns) except -10:
-        self._ok()
-        if not 0 <= topic_id < len(self._names):
+        if self._r == NULL:
+            self._ok()
+        cdef long long tid = _as_int64(topic_id, "topic_id")
+        cdef long long fl = _as_int64(flags, "flags")
+        cdef int rc
+        if tid < 0 or tid >= pb_ring_topic_count(self._r):
             raise ValidationError(f"unknown topic id {topic_id!r}; register it with topic_id() "
                                   f"(registered ids are 0..{len(self._names) - 1})")
-        if flags != 0 and flags != PB_FRAME_REC_MSGPACK:
+        if fl != 0 and fl != PB_FRAME_REC_MSGPACK:
             raise ValidationError(f"flags={flags!r} is not allowed; use 0 or FLAG_MSGPACK (1)")
+        if type(payload) is bytes and header is None:
+            # the common case, without buffer-protocol round trips
+            if PyBytes_GET_SIZE(payload) > self._max_message:
+                self._too_big(PyBytes_GET_SIZE(payload), 0)
+            if use_now:
+                rc = pb_ring_append(self._r, <uint32_t>tid, PyBytes_AS_STRING(payload),
+                                    <uint32_t>PyBytes_GET_SIZE(payload), NULL, 0, <uint8_t>fl)
+            else:
+                rc = pb_ring_append_at(self._r, <uint32_t>tid, PyBytes_AS_STRING(payload),
+                                       <uint32_t>PyBytes_GET_SIZE(payload), NULL, 0,
+                                       <uint8_t>fl, now_ns)
+        else:
+            rc = self._append_views(<uint32_t>tid, payload, header, <uint8_t>fl, use_now, now_ns)
+        if rc == PB_RING_PENDING_FIRST:
+            return PB_RING_PENDING
+        if rc == PB_EFULL or rc >= 0:
+            return rc
+        raise ValidationError(f"append refused: {pb_strerror(rc).decode()}")
+
+    cdef int _append_views(self, uint32_t tid, object payload, object header, uint8_t fl,
+                           bint use_now, int64_t now_ns) except -10:
         cdef Py_buffer pv
         cdef Py_buffer hv
         cdef int rc
@@ -410,28 +441,23 @@ cdef class Batcher:
                 PyObject_GetBuffer(header, &hv, PyBUF_SIMPLE)
                 hlen = hv.len
             try:
-                if pv.len + hlen > self._max_message or hlen > 0xFFFF:
-                    raise ValidationError(
-                        f"message of {pv.len} payload + {hlen} header bytes is too large; "
-                        f"allowed: payload + header <= max_message_bytes={self._max_message}, "
-                        "header <= 65535")
+                if hlen > 0xFFFF:
+                    raise ValidationError(f"header of {hlen} bytes is too large; "
+                                          "allowed: at most 65535")
+                if pv.len + hlen > self._max_message:
+                    self._too_big(pv.len, hlen)
                 if use_now:
-                    rc = pb_ring_append(self._r, topic_id, pv.buf, <uint32_t>pv.len,
-                                        hv.buf if hlen else NULL, <uint16_t>hlen, flags)
+                    rc = pb_ring_append(self._r, tid, pv.buf, <uint32_t>pv.len,
+                                        hv.buf if hlen else NULL, <uint16_t>hlen, fl)
                 else:
-                    rc = pb_ring_append_at(self._r, topic_id, pv.buf, <uint32_t>pv.len,
-                                           hv.buf if hlen else NULL, <uint16_t>hlen, flags,
-                                           now_ns)
+                    rc = pb_ring_append_at(self._r, tid, pv.buf, <uint32_t>pv.len,
+                                           hv.buf if hlen else NULL, <uint16_t>hlen, fl, now_ns)
             finally:
                 if header is not None:
                     PyBuffer_Release(&hv)
         finally:
             PyBuffer_Release(&pv)
-        if rc == PB_RING_PENDING_FIRST:
-            return PB_RING_PENDING
-        if rc == PB_EFULL or rc >= 0:
-            return rc
-        raise ValidationError(f"append refused: {pb_strerror(rc).decode()}")
+        return rc
 
     def append(self, topic_id, payload, header=None, flags=0):
         """Append one record; returns READY, PENDING or FULL (nothing stored).
@@ -501,13 +527,20 @@ cdef class Batcher:
         msgpack; headers (a dict) are packed too. Then the hooks act on the status (see
         set_hooks). Raises ValidationError when payload + headers exceed max_message_bytes.
         """
-        cdef PyObject *cached = PyDict_GetItem(self._ids_by_str, topic)
+        cdef PyObject *cached
         cdef uint32_t tid
-        if cached != NULL:
-            tid = <uint32_t><object>cached
+        if topic is self._last_topic:
+            # publishers mostly repeat one topic object: an identity check beats the dict
+            tid = self._last_tid
         else:
-            self._ok()
-            tid = self._resolve(topic)
+            cached = PyDict_GetItem(self._ids_by_str, topic)
+            if cached != NULL:
+                tid = <uint32_t><object>cached
+            else:
+                self._ok()
+                tid = self._resolve(topic)
+            self._last_topic = topic
+            self._last_tid = tid
         cdef uint8_t flags = 0
         cdef object data = payload
         cdef object hdr = None
@@ -649,6 +682,27 @@ cdef class Batcher:
     def now_ns():
         """The clock records are stamped with (CLOCK_REALTIME ns)."""
         return pb_now_ns()
+
+
+cdef inline long long _as_int64(object v, str name) except? -1:
+    cdef int overflow = 0
+    cdef long long x
+    if type(v) is int:
+        x = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow == 0:
+            return x
+    return _bad_int(v, name)
+
+
+cdef long long _bad_int(object v, str name) except? -1:
+    # the slow path: int subclasses and objects with __index__ (numpy integers), or errors
+    if type(v) is not int:
+        if isinstance(v, bool) or not hasattr(type(v), "__index__"):
+            raise ValidationError(f"{name} must be an int, got {type(v).__name__}")
+        v = operator.index(v)
+    if not (-(1 << 63) <= v < (1 << 63)):
+        raise ValidationError(f"{name}={v} is out of range")
+    return v
 
 
 cdef int _check_int(str name, object v, object lo, object hi) except -1:
