@@ -94,8 +94,13 @@ def py_decode_batch(topic: str, frame: bytes, first_seq: int = 1) -> list[PyMess
 
 
 def bench_append_pybus(n: int) -> int:
-    b = Batcher(capacity_bytes=max(n * 104, 1 << 20), max_batch_records=1 << 20,
-                max_batch_bytes=1 << 30, idle_us=1e9, max_delay_us=1e9)
+    b = Batcher(
+        capacity_bytes=max(n * 104, 1 << 20),
+        max_batch_records=1 << 20,
+        max_batch_bytes=1 << 30,
+        idle_us=1e9,
+        max_delay_us=1e9,
+    )
     tid = b.topic_id(TOPIC.encode())
     append = b.append
     p = PAYLOAD
@@ -121,8 +126,13 @@ def bench_append_py(n: int) -> int:
 
 
 def bench_publish_pybus(n: int) -> int:
-    b = Batcher(capacity_bytes=max(n * 104, 1 << 20), max_batch_records=1 << 20,
-                max_batch_bytes=1 << 30, idle_us=1e9, max_delay_us=1e9)
+    b = Batcher(
+        capacity_bytes=max(n * 104, 1 << 20),
+        max_batch_records=1 << 20,
+        max_batch_bytes=1 << 30,
+        idle_us=1e9,
+        max_delay_us=1e9,
+    )
     publish = b.publish
     publish(TOPIC, PAYLOAD)  # register the topic; the loop measures the cached path
     p = PAYLOAD
@@ -238,25 +248,35 @@ def main() -> None:
     cases = [
         ("append 64 B", lambda k: bench_append_pybus(k), lambda k: bench_append_py(k)),
         ("publish 64 B", lambda k: bench_publish_pybus(k), lambda k: bench_publish_py(k)),
-        ("publish+drain (sender)", lambda k: bench_sender_pybus(k),
-         lambda k: bench_sender_py(k)),
-        ("decode_payloads", lambda k: timed_decode(pb_frames, decode_payloads),
-         lambda k: timed_decode(py_frames, py_decode_payloads)),
-        ("decode_batch -> Message", lambda k: timed_decode(pb_frames,
-                                                          lambda f: decode_batch(TOPIC, f)),
-         lambda k: timed_decode(py_frames, lambda f: py_decode_batch(TOPIC, f))),
+        ("publish+drain (sender)", lambda k: bench_sender_pybus(k), lambda k: bench_sender_py(k)),
+        (
+            "decode_payloads",
+            lambda k: timed_decode(pb_frames, decode_payloads),
+            lambda k: timed_decode(py_frames, py_decode_payloads),
+        ),
+        (
+            "decode_batch -> Message",
+            lambda k: timed_decode(pb_frames, lambda f: decode_batch(TOPIC, f)),
+            lambda k: timed_decode(py_frames, lambda f: py_decode_batch(TOPIC, f)),
+        ),
     ]
-    print(f"n={n} records per repetition, {reps} repetitions; ns/record median [min..max], "
-          "M records/s at the median")
-    print(f"{'case':26} {'pybus ns/rec':>26} {'Mrec/s':>7}   {'pure Python ns/rec':>26} "
-          f"{'Mrec/s':>7}  {'speedup':>7}")
+    print(
+        f"n={n} records per repetition, {reps} repetitions; ns/record median [min..max], "
+        "M records/s at the median"
+    )
+    print(
+        f"{'case':26} {'pybus ns/rec':>26} {'Mrec/s':>7}   {'pure Python ns/rec':>26} "
+        f"{'Mrec/s':>7}  {'speedup':>7}"
+    )
     for name, pb, py in cases:
         # interleave the two sides so machine noise hits both alike
         a = run(name, pb, n, reps)
         b = run(name, py, n, reps)
         ma, mb = statistics.median(a), statistics.median(b)
-        print(f"{name:26} {ma:8.1f} [{min(a):6.1f}..{max(a):6.1f}] {1e3 / ma:7.2f}   "
-              f"{mb:8.1f} [{min(b):6.1f}..{max(b):6.1f}] {1e3 / mb:7.2f}  {mb / ma:6.2f}x")
+        print(
+            f"{name:26} {ma:8.1f} [{min(a):6.1f}..{max(a):6.1f}] {1e3 / ma:7.2f}   "
+            f"{mb:8.1f} [{min(b):6.1f}..{max(b):6.1f}] {1e3 / mb:7.2f}  {mb / ma:6.2f}x"
+        )
 
 
 if __name__ == "__main__":

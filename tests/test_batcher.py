@@ -41,8 +41,10 @@ def test_constants():
 
 op_st = st.tuples(
     st.integers(min_value=0, max_value=3),  # topic index
-    st.one_of(st.binary(max_size=300), st.dictionaries(st.text(max_size=4), st.integers(0, 99),
-                                                       max_size=3)),
+    st.one_of(
+        st.binary(max_size=300),
+        st.dictionaries(st.text(max_size=4), st.integers(0, 99), max_size=3),
+    ),
     st.one_of(st.none(), st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2)),
     st.booleans(),  # drain after this op
 )
@@ -56,8 +58,15 @@ op_st = st.tuples(
 )
 def test_round_trip_through_drain_and_decode(ops, max_records, max_bytes):
     topics = ["a", "b.c", "dé", "x" * 40]
-    b = Batcher(capacity_bytes=1 << 16, max_batch_records=max_records, max_batch_bytes=max_bytes,
-                max_message_bytes=4096, publisher_id=77, idle_us=0, max_delay_us=SECOND_US)
+    b = Batcher(
+        capacity_bytes=1 << 16,
+        max_batch_records=max_records,
+        max_batch_bytes=max_bytes,
+        max_message_bytes=4096,
+        publisher_id=77,
+        idle_us=0,
+        max_delay_us=SECOND_US,
+    )
     sent: dict[str, list] = {t: [] for t in topics}
     got: dict[str, list] = {t: [] for t in topics}
 
@@ -99,8 +108,14 @@ def test_round_trip_through_drain_and_decode(ops, max_records, max_bytes):
 
 
 def test_frames_respect_bounds_and_oversized_record_goes_alone():
-    b = Batcher(capacity_bytes=1 << 20, max_batch_records=3, max_batch_bytes=200,
-                max_message_bytes=1000, idle_us=SECOND_US, max_delay_us=SECOND_US)
+    b = Batcher(
+        capacity_bytes=1 << 20,
+        max_batch_records=3,
+        max_batch_bytes=200,
+        max_message_bytes=1000,
+        idle_us=SECOND_US,
+        max_delay_us=SECOND_US,
+    )
     tid = b.topic_id(b"t")
     for i in range(7):
         b.append(tid, bytes([i]) * 10)
@@ -119,12 +134,19 @@ def test_frames_respect_bounds_and_oversized_record_goes_alone():
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), min_size=1,
-                      max_size=80),
-       capacity=st.integers(min_value=400, max_value=5000))
+@given(
+    sizes=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), min_size=1, max_size=80),
+    capacity=st.integers(min_value=400, max_value=5000),
+)
 def test_full_exactly_when_next_record_does_not_fit(sizes, capacity):
-    b = Batcher(capacity_bytes=capacity, max_message_bytes=340, max_batch_records=10**6,
-                max_batch_bytes=1 << 30, idle_us=SECOND_US, max_delay_us=SECOND_US)
+    b = Batcher(
+        capacity_bytes=capacity,
+        max_message_bytes=340,
+        max_batch_records=10**6,
+        max_batch_bytes=1 << 30,
+        idle_us=SECOND_US,
+        max_delay_us=SECOND_US,
+    )
     cap = b.capacity_bytes
     assert cap == capacity // 8 * 8
     tid = b.topic_id(b"t")
@@ -152,8 +174,9 @@ def test_full_exactly_when_next_record_does_not_fit(sizes, capacity):
 
 
 def test_publish_full_hook_and_backpressure():
-    b = Batcher(capacity_bytes=256, max_message_bytes=100, idle_us=SECOND_US,
-                max_delay_us=SECOND_US)
+    b = Batcher(
+        capacity_bytes=256, max_message_bytes=100, idle_us=SECOND_US, max_delay_us=SECOND_US
+    )
     calls = []
     b.publish("t", b"x" * 100)  # 136 ring bytes
     with pytest.raises(BackpressureError, match="ring full"):
@@ -193,8 +216,9 @@ def test_decisions_with_explicit_clock():
 
 
 def test_pending_bytes_bound_makes_ready():
-    b = Batcher(max_batch_records=10**6, max_batch_bytes=1000, idle_us=SECOND_US,
-                max_delay_us=SECOND_US)
+    b = Batcher(
+        max_batch_records=10**6, max_batch_bytes=1000, idle_us=SECOND_US, max_delay_us=SECOND_US
+    )
     t1, t2 = b.topic_id(b"one"), b.topic_id(b"two")
     b.append(t1, b"a")
     b.drain()
@@ -226,8 +250,9 @@ def test_hooks_called_on_status():
         packed.append(obj)
         return msgpack.packb(obj)
 
-    b.set_hooks(resolve, pack, lambda: events.append("ready"), lambda: events.append("pending"),
-                None)
+    b.set_hooks(
+        resolve, pack, lambda: events.append("ready"), lambda: events.append("pending"), None
+    )
     b.publish("t", b"1")  # never drained: idle -> READY
     assert events == ["ready"]
     b.drain()
@@ -309,5 +334,4 @@ def test_publish_topic_cache_is_per_topic():
     for i in range(6):
         b.publish(("a", "b", "a.b")[i % 3], bytes([i]))
     got = {t: [m.payload for m in decode_batch(t.decode(), f)] for t, f in b.drain()}
-    assert got == {b"a": [b"\x00", b"\x03"], b"b": [b"\x01", b"\x04"],
-                   b"a.b": [b"\x02", b"\x05"]}
+    assert got == {b"a": [b"\x00", b"\x03"], b"b": [b"\x01", b"\x04"], b"a.b": [b"\x02", b"\x05"]}

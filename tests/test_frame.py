@@ -89,8 +89,12 @@ def check_agrees(frame: bytes, topic: str = "t") -> None:
             decode_payloads(frame)
         return
     msgs = decode_batch(topic, frame)
-    assert frame_info(frame) == (info["publisher_id"], info["first_seq"], info["count"],
-                                 info["base"])
+    assert frame_info(frame) == (
+        info["publisher_id"],
+        info["first_seq"],
+        info["count"],
+        info["base"],
+    )
     assert decode_payloads(frame) == [r["payload"] for r in recs]
     assert list(iter_frame(frame)) == [(r["seq"], r["payload"]) for r in recs]
     assert len(msgs) == len(recs)
@@ -106,8 +110,12 @@ def check_agrees(frame: bytes, topic: str = "t") -> None:
 
 record_st = st.tuples(
     st.binary(max_size=80),
-    st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.integers(-(1 << 63), (1 << 64) - 1), min_size=1,
-                                         max_size=3).map(msgpack.packb)),
+    st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.text(max_size=5), st.integers(-(1 << 63), (1 << 64) - 1), min_size=1, max_size=3
+        ).map(msgpack.packb),
+    ),
     st.sampled_from([0, 1]),
     st.integers(min_value=0, max_value=1 << 62),
 )
@@ -182,8 +190,11 @@ def test_random_corruptions_decode_consistently_or_raise():
 
 def test_error_messages_say_what_and_where():
     one = encode_frame(1, 1, [(b"alpha", None, 0, 0)])
-    with pytest.raises(FrameError, match=r"record 0 at offset 32 declares a 5-byte payload "
-                                         r"but only 3 bytes remain") as ei:
+    with pytest.raises(
+        FrameError,
+        match=r"record 0 at offset 32 declares a 5-byte payload "
+        r"but only 3 bytes remain",
+    ) as ei:
         decode_batch("t", one[:47])
     assert (ei.value.offset, ei.value.record, ei.value.reason) == (32, 0, "truncated")
     frame = _sample_frame()
@@ -242,8 +253,9 @@ def test_encode_frame_rejects_bad_records():
 
 
 def test_message_lazy_msgpack_payload_and_headers():
-    frame = encode_frame(5, 9, [(msgpack.packb({"a": 1}), msgpack.packb({"h": 2}), 1, 10),
-                                (b"raw", None, 0, 11)])
+    frame = encode_frame(
+        5, 9, [(msgpack.packb({"a": 1}), msgpack.packb({"h": 2}), 1, 10), (b"raw", None, 0, 11)]
+    )
     m1, m2 = decode_batch("orders.created", frame)
     assert m1.is_msgpack and m1.raw_payload == msgpack.packb({"a": 1})
     p = m1.payload
@@ -283,8 +295,9 @@ def test_message_equality_pickle_repr():
     assert m != Message("a.b", [1, 2], {"a": 2}, seq=1, publisher_id=7, timestamp_ns=100)
     assert m != Message("a.b", [1, 2], {"a": 1}, seq=2, publisher_id=7, timestamp_ns=100)
     assert m != Message("a.c", [1, 2], {"a": 1}, seq=1, publisher_id=7, timestamp_ns=100)
-    assert m != Message("a.b", msgpack.packb([1, 2]), {"a": 1}, seq=1, publisher_id=7,
-                        timestamp_ns=100)  # same bytes but not flagged msgpack
+    assert m != Message(
+        "a.b", msgpack.packb([1, 2]), {"a": 1}, seq=1, publisher_id=7, timestamp_ns=100
+    )  # same bytes but not flagged msgpack
     assert m != "a.b"
     for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
         back = pickle.loads(pickle.dumps(m, protocol=proto))

@@ -1,14 +1,13 @@
 """Type stub of pybus._native._batch (the C batcher and batch frame codec)."""
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, final
 
 import numpy as np
 import numpy.typing as npt
 
-
-# Any object with the buffer protocol (collections.abc.Buffer from Python 3.12).
-Buffer: TypeAlias = bytes | bytearray | memoryview
+# Any object with the buffer protocol (collections.abc._Buffer from Python 3.12).
+_Buffer: TypeAlias = bytes | bytearray | memoryview
 
 __all__ = [
     "Batcher",
@@ -41,6 +40,7 @@ FLAG_MSGPACK: int
 
 def ring_record_size(header_len: int, payload_len: int) -> int: ...
 
+@final
 class Message:
     seq: int
     publisher_id: int
@@ -66,10 +66,11 @@ class Message:
     def is_msgpack(self) -> bool: ...
     @property
     def headers(self) -> dict[Any, Any]: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
     def __reduce__(self) -> tuple[Any, ...]: ...
 
+@final
 class Batcher:
     READY: ClassVar[int]
     PENDING: ClassVar[int]
@@ -91,14 +92,14 @@ class Batcher:
     def topic_count(self) -> int: ...
     def next_seq(self, topic_id: int) -> int: ...
     def append(
-        self, topic_id: int, payload: Buffer, header: Buffer | None = None, flags: int = 0
+        self, topic_id: int, payload: _Buffer, header: _Buffer | None = None, flags: int = 0
     ) -> int: ...
     def append_at(
         self,
         topic_id: int,
-        payload: Buffer,
+        payload: _Buffer,
         now_ns: int,
-        header: Buffer | None = None,
+        header: _Buffer | None = None,
         flags: int = 0,
     ) -> int: ...
     def set_hooks(
@@ -132,18 +133,18 @@ class Batcher:
     @staticmethod
     def now_ns() -> int: ...
 
-def frame_info(frame: Buffer) -> tuple[int, int, int, int]: ...
-def decode_batch(topic: str, frame: Buffer) -> list[Message]: ...
-def decode_payloads(frame: Buffer) -> list[bytes]: ...
+def frame_info(frame: _Buffer) -> tuple[int, int, int, int]: ...
+def decode_batch(topic: str, frame: _Buffer) -> list[Message]: ...
+def decode_payloads(frame: _Buffer) -> list[bytes]: ...
 def decode_into(
-    frame: Buffer,
+    frame: _Buffer,
     seqs: npt.NDArray[np.int64],
     offsets: npt.NDArray[np.int64],
     lengths: npt.NDArray[np.int64],
 ) -> int: ...
-def iter_frame(frame: Buffer) -> Iterator[tuple[int, bytes]]: ...
+def iter_frame(frame: _Buffer) -> Iterator[tuple[int, bytes]]: ...
 def encode_frame(
     publisher_id: int,
     first_seq: int,
-    records: Iterable[tuple[Buffer, Buffer | None, int, int]],
+    records: Iterable[tuple[_Buffer, _Buffer | None, int, int]],
 ) -> bytes: ...
