@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -22,6 +24,20 @@ from pybus import (
 )
 
 SECOND_US = 1_000_000.0
+
+
+def spec_payloads(frame: bytes) -> tuple[int, list[bytes]]:
+    """first_seq and payloads of a frame, read with struct from docs/wire.md alone."""
+    magic, version, _, count, _, first_seq, _ = struct.unpack_from("<2sBBIQQq", frame, 0)
+    assert (magic, version) == (b"PB", 1)
+    off, payloads = 32, []
+    for _ in range(count):
+        plen, hlen, _, _, _ = struct.unpack_from("<IHBBI", frame, off)
+        off += 12 + hlen
+        payloads.append(frame[off : off + plen])
+        off += plen
+    assert off == len(frame)
+    return first_seq, payloads
 
 
 def documented_record_size(header_len: int, payload_len: int) -> int:
@@ -76,7 +92,9 @@ def test_round_trip_through_drain_and_decode(ops, max_records, max_bytes):
             assert pid == 77
             assert count <= max_records
             assert len(frame) <= max_bytes or count == 1
-            got[topic_b.decode()].extend(decode_batch(topic_b.decode(), frame))
+            msgs = decode_batch(topic_b.decode(), frame)
+            assert spec_payloads(frame) == (first_seq, [m.raw_payload for m in msgs])
+            got[topic_b.decode()].extend(msgs)
         assert b.pending_records == 0 and b.pending_bytes == 0
 
     for i, (ti, payload, headers, drain_now) in enumerate(ops):

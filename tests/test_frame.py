@@ -306,3 +306,49 @@ def test_message_equality_pickle_repr():
     assert "a.b" in r and "seq=1" in r and "msgpack" in r
     long = Message("t", b"z" * 1000)
     assert len(repr(long)) < 200
+
+
+def spec_encode(pid: int, first_seq: int, base: int, records: list[tuple]) -> bytes:
+    """An encoder written from docs/wire.md with struct only (records: payload, header,
+    msgpack flag, delta)."""
+    out = [FRAME_HEADER.pack(b"PB", 1, 0, len(records), pid, first_seq, base)]
+    for payload, header, is_msgpack, delta in records:
+        flags = (0x01 if is_msgpack else 0) | (0x02 if header else 0)
+        out.append(RECORD_HEADER.pack(len(payload), len(header), flags, 0, delta))
+        out.append(header)
+        out.append(payload)
+    return b"".join(out)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pid=st.integers(0, (1 << 64) - 1),
+    first_seq=st.integers(0, 1 << 40),
+    base=st.integers(-(1 << 62), 1 << 62),
+    records=st.lists(
+        st.tuples(
+            st.binary(max_size=50),
+            st.sampled_from([b"", msgpack.packb({"a": 1}), msgpack.packb({})]),
+            st.booleans(),
+            st.integers(0, 0xFFFFFFFF),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_spec_encoded_frames_decode(pid, first_seq, base, records):
+    frame = spec_encode(pid, first_seq, base, records)
+    msgs = decode_batch("topic", frame)
+    assert frame_info(frame) == (pid, first_seq, len(records), base)
+    for i, (m, (payload, header, is_msgpack, delta)) in enumerate(zip(msgs, records, strict=True)):
+        assert m.seq == first_seq + i
+        assert m.raw_payload == payload and m.is_msgpack == is_msgpack
+        assert m.timestamp_ns == base + delta
+        assert m.headers == (msgpack.unpackb(header) if header else {})
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_arbitrary_bytes_never_crash(data):
+    check_agrees(data)
+    check_agrees(b"PB\x01\x00" + data)

@@ -214,10 +214,11 @@ cdef class Message:
         return self._headers
 
     def __repr__(self):
-        raw = self._raw if len(self._raw) <= 32 else self._raw[:32] + b"..."
+        full = self._raw if self._raw is not None else b""
+        raw = full if len(full) <= 32 else full[:32] + b"..."
         return (f"Message(topic={self._topic!r}, seq={self.seq}, "
                 f"publisher_id={self.publisher_id:#x}, timestamp_ns={self.timestamp_ns}, "
-                f"payload={raw!r} ({len(self._raw)} B{', msgpack' if self.is_msgpack else ''}), "
+                f"payload={raw!r} ({len(full)} B{', msgpack' if self.is_msgpack else ''}), "
                 f"headers={'yes' if self._raw_header is not None or self._headers else 'none'})")
 
     def __eq__(self, other):
@@ -292,6 +293,10 @@ cdef class Batcher:
     cdef dict _ids_by_bytes    # bytes topic -> id
     cdef list _names           # id -> bytes topic
     cdef uint32_t _max_message
+    cdef uint32_t _max_batch_records
+    cdef size_t _max_batch_bytes
+    cdef double _idle_us
+    cdef double _max_delay_us
     cdef object _resolve_topic
     cdef object _pack
     cdef object _default_pack
@@ -337,6 +342,10 @@ cdef class Batcher:
         cfg.publisher_id = publisher_id
         _check_ring(pb_ring_init(&cfg, &self._r), "Batcher")
         self._max_message = max_message_bytes
+        self._max_batch_records = max_batch_records
+        self._max_batch_bytes = max_batch_bytes
+        self._idle_us = idle_us
+        self._max_delay_us = max_delay_us
         self._ids_by_str = {}
         self._ids_by_bytes = {}
         self._names = []
@@ -656,7 +665,29 @@ cdef class Batcher:
 
     @property
     def max_message_bytes(self):
+        """Bound of payload + header bytes of one message."""
         return self._max_message
+
+    @property
+    def max_batch_records(self):
+        """Records per frame at most (and the per-topic READY bound)."""
+        return self._max_batch_records
+
+    @property
+    def max_batch_bytes(self):
+        """Frame bytes at most (and the pending-bytes READY bound)."""
+        return self._max_batch_bytes
+
+    @property
+    def idle_us(self):
+        """Idle time after a drain from which a lone message is READY at once."""
+        return self._idle_us
+
+    @property
+    def max_delay_us(self):
+        """Age of the oldest pending record at which an append returns READY; a caller's
+        timer armed by on_pending should drain at oldest_pending_ns + max_delay_us."""
+        return self._max_delay_us
 
     @property
     def records_appended(self):
