@@ -353,3 +353,74 @@ def test_publish_topic_cache_is_per_topic():
         b.publish(("a", "b", "a.b")[i % 3], bytes([i]))
     got = {t: [m.payload for m in decode_batch(t.decode(), f)] for t, f in b.drain()}
     assert got == {b"a": [b"\x00", b"\x03"], b"b": [b"\x01", b"\x04"], b"a.b": [b"\x02", b"\x05"]}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.just(("drain",)),
+            st.tuples(
+                st.just("append"),
+                st.integers(0, 2),  # topic
+                st.integers(0, 120),  # payload bytes
+                st.integers(0, 60_000),  # ns after the previous append
+                st.booleans(),  # first record after a drain: idle or busy
+            ),
+        ),
+        max_size=60,
+    ),
+    max_records=st.integers(1, 6),
+    max_bytes=st.integers(64, 1200),
+)
+def test_decisions_match_the_documented_rule(steps, max_records, max_bytes):
+    """A model of the rule in pb_ring.h / the Batcher docstring, driven with explicit clocks."""
+    idle_ns, delay_ns = 5_000, 100_000
+    b = Batcher(
+        capacity_bytes=1 << 16,
+        max_batch_records=max_records,
+        max_batch_bytes=max_bytes,
+        max_message_bytes=200,
+        idle_us=idle_ns / 1000,
+        max_delay_us=delay_ns / 1000,
+    )
+    tids = [b.topic_id(t) for t in (b"a", b"b", b"c")]
+    per_topic = [0, 0, 0]
+    used = 0
+    oldest = 0
+    before_drain = after_drain = None  # real clock around the last drain
+    now = 0
+    for step in steps:
+        if step[0] == "drain":
+            if used:  # draining an empty ring is no drain: the idle clock keeps running
+                before_drain = Batcher.now_ns()
+                b.drain()
+                after_drain = Batcher.now_ns()
+            per_topic, used, oldest = [0, 0, 0], 0, 0
+            continue
+        _, ti, plen, dt, idle = step
+        if used == 0:
+            if before_drain is None:  # never drained: always idle
+                now = Batcher.now_ns() if idle else 0
+                expect_ready = True
+            elif idle:
+                now = after_drain + idle_ns + dt
+                expect_ready = True
+            else:
+                now = before_drain - 1 - dt
+                expect_ready = False
+            oldest = now
+        else:
+            now += dt
+            expect_ready = False
+        per_topic[ti] += 1
+        used += documented_record_size(0, plen)
+        expect_ready = (
+            expect_ready
+            or per_topic[ti] >= max_records
+            or used >= max_bytes
+            or now - oldest >= delay_ns
+        )
+        rc = b.append_at(tids[ti], b"p" * plen, now)
+        assert rc == (READY if expect_ready else PENDING), (step, per_topic, used, now - oldest)
+        assert b.pending_bytes == used

@@ -276,8 +276,9 @@ cdef class Batcher:
     publisher_id : int
         u64 written into each frame; 0 picks a random nonzero id.
     idle_us : float
-        A message appended to an empty batcher this long after the last drain is READY at
-        once (a lone message goes out at raw transport latency).
+        A message appended to an empty batcher that was never drained, or whose last drain
+        emptied it at least this long ago, is READY at once (a lone message goes out at raw
+        transport latency).
     max_delay_us : float
         READY once the oldest pending record is this old.
     """
