@@ -424,3 +424,23 @@ def test_decisions_match_the_documented_rule(steps, max_records, max_bytes):
         rc = b.append_at(tids[ti], b"p" * plen, now)
         assert rc == (READY if expect_ready else PENDING), (step, per_topic, used, now - oldest)
         assert b.pending_bytes == used
+
+
+def test_publish_releases_buffers_and_references():
+    import sys
+
+    b = Batcher(idle_us=SECOND_US, max_delay_us=SECOND_US)
+    ba = bytearray(b"payload")
+    b.publish("t", ba)
+    b.publish("t", memoryview(ba))
+    ba.append(1)  # no buffer export left behind
+    tid = b.topic_id(b"t")
+    b.append(tid, ba, bytearray(msgpack.packb({"a": 1})))
+    ba.append(2)
+    payload = b"x" * 10
+    rc = sys.getrefcount(payload)
+    for _ in range(1000):
+        b.publish("t", payload)
+        b.append(tid, payload)
+        b.drain()
+    assert sys.getrefcount(payload) == rc

@@ -352,3 +352,52 @@ def test_spec_encoded_frames_decode(pid, first_seq, base, records):
 def test_arbitrary_bytes_never_crash(data):
     check_agrees(data)
     check_agrees(b"PB\x01\x00" + data)
+
+
+def test_buffers_are_released_on_every_path():
+    """A bytearray whose buffer is still exported cannot be resized: check none leaks."""
+    good = bytearray(_sample_frame())
+    bad = bytearray(_sample_frame()[:-1])
+    n = frame_info(bytes(good))[2]
+    arrays = [np.zeros(n, np.int64) for _ in range(3)]
+    decode_batch("t", good)
+    decode_payloads(good)
+    decode_into(good, *arrays)
+    frame_info(good)
+    list(iter_frame(good))
+    for fn in (
+        lambda f: decode_batch("t", f),
+        decode_payloads,
+        iter_frame,
+        lambda f: decode_into(f, *arrays),
+    ):
+        with pytest.raises(FrameError):
+            fn(bad)
+    it = iter_frame(good)
+    next(it)
+    del it  # dropped half-way
+    good.append(0)
+    bad.append(0)  # both resizable: no export left behind
+
+
+def test_no_reference_leaks_in_decode():
+    import sys
+
+    frame = _sample_frame()
+    decode_batch("t", frame)
+    before = sys.gettotalrefcount() if hasattr(sys, "gettotalrefcount") else None
+    topic = "leak.check"
+    rc_topic = sys.getrefcount(topic)
+    rc_frame = sys.getrefcount(frame)
+    for _ in range(1000):
+        msgs = decode_batch(topic, frame)
+        for m in msgs:
+            m.payload, m.headers  # noqa: B018 - exercise the lazy paths
+        decode_payloads(frame)
+        with pytest.raises(FrameError):
+            decode_batch(topic, frame[:-1])
+    del msgs, m
+    assert sys.getrefcount(topic) == rc_topic
+    assert sys.getrefcount(frame) == rc_frame
+    if before is not None:  # debug builds only
+        assert abs(sys.gettotalrefcount() - before) < 100
