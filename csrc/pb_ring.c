@@ -236,6 +236,10 @@ int64_t pb_ring_write_frame(pb_ring *r, uint8_t *dst, size_t dst_len) {
     return (int64_t)(w - dst);
 }
 
+void pb_ring_mark_flushed(pb_ring *r, int64_t now_ns) {
+    if (r->pending == 0 && r->drained) r->last_drain_ns = now_ns;
+}
+
 size_t pb_ring_pending_records(const pb_ring *r) { return r->pending; }
 size_t pb_ring_pending_bytes(const pb_ring *r) { return r->used; }
 size_t pb_ring_capacity(const pb_ring *r) { return r->capacity; }

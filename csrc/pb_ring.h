@@ -106,6 +106,12 @@ int pb_ring_next_frame(pb_ring *r, uint32_t *topic_id, size_t *frame_len);
  * and the drain time (for idle_ns) is recorded. */
 int64_t pb_ring_write_frame(pb_ring *r, uint8_t *dst, size_t dst_len);
 
+/* Tell the ring that the caller finished sending what it drained, at now_ns: when the ring is
+ * empty, the idle interval (idle_ns) counts from now_ns instead of from the end of the drain,
+ * so the time spent sending a frame does not make the next record look idle. No effect when
+ * records are pending. */
+void pb_ring_mark_flushed(pb_ring *r, int64_t now_ns);
+
 /* Counters and sizes (queries, no side effects). */
 size_t pb_ring_pending_records(const pb_ring *r);
 size_t pb_ring_pending_bytes(const pb_ring *r);  /* ring bytes in use, see above */

@@ -444,3 +444,44 @@ def test_publish_releases_buffers_and_references():
         b.append(tid, payload)
         b.drain()
     assert sys.getrefcount(payload) == rc
+
+
+def test_mark_flushed_moves_the_idle_reference():
+    idle_ns = 5_000
+    b = Batcher(idle_us=idle_ns / 1000, max_delay_us=SECOND_US)
+    tid = b.topic_id(b"t")
+    b.append(tid, b"x")
+    b.drain()
+    drained_by = Batcher.now_ns()
+    while Batcher.now_ns() <= drained_by + 10 * idle_ns:  # a "slow send" of 50 us, bounded
+        pass
+    a = Batcher.now_ns()
+    b.mark_flushed()
+    # idle is counted from the mark (>= a), so this is not idle yet...
+    assert b.append_at(tid, b"y", a + idle_ns - 1) == PENDING
+    b.drain()
+    # ...whereas without the mark the same gap since the drain is idle
+    drained_by = Batcher.now_ns()
+    while Batcher.now_ns() <= drained_by + 10 * idle_ns:
+        pass
+    a = Batcher.now_ns()
+    assert b.append_at(tid, b"y", a + idle_ns - 1) == READY
+
+
+def test_publish_marks_flushed_after_on_ready():
+    idle_ns = 5_000
+    b = Batcher(idle_us=idle_ns / 1000, max_delay_us=SECOND_US)
+    marks = []
+
+    def slow_flush():
+        b.drain()
+        end = Batcher.now_ns() + 10 * idle_ns
+        while Batcher.now_ns() <= end:  # the send takes 50 us
+            pass
+        marks.append(Batcher.now_ns())
+
+    b.set_hooks(None, None, slow_flush, None, None)
+    b.publish("t", b"1")  # never drained: READY, flushed slowly
+    assert len(marks) == 1
+    tid = b.topic_id(b"t")
+    assert b.append_at(tid, b"2", marks[0] + idle_ns - 1) == PENDING

@@ -601,6 +601,8 @@ cdef class Batcher:
         if rc == PB_RING_READY:
             if self._on_ready is not None:
                 self._on_ready()
+                # idle time counts from the end of the send, not of the drain
+                pb_ring_mark_flushed(self._r, pb_now_ns())
             return None
         if rc == PB_RING_PENDING_FIRST:
             if self._on_pending is not None:
@@ -637,6 +639,17 @@ cdef class Batcher:
                 raise RuntimeError("pb_ring_write_frame refused its own plan")  # not reachable
             out.append((self._names[tid], frame))
         return out
+
+    def mark_flushed(self):
+        """Note that the frames drained last have been sent (call after sending them).
+
+        The idle interval then counts from now rather than from the end of the drain, so a
+        slow send does not make the next message look idle. publish() does this itself after
+        on_ready returns; call it after draining and sending from elsewhere (a flusher).
+        No effect while records are pending.
+        """
+        self._ok()
+        pb_ring_mark_flushed(self._r, pb_now_ns())
 
     # -- state -------------------------------------------------------------------------------
 
