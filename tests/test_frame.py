@@ -401,3 +401,20 @@ def test_no_reference_leaks_in_decode():
     assert sys.getrefcount(frame) == rc_frame
     if before is not None:  # debug builds only
         assert abs(sys.gettotalrefcount() - before) < 100
+
+
+def test_msgpack_payload_edge_cases():
+    m = Message("t", {1: "a", 2: [3]})
+    assert decode_batch("t", encode_frame(1, 1, [(m.raw_payload, None, 1, 0)]))[0].payload == {
+        1: "a",
+        2: [3],
+    }
+    bad = decode_batch("t", encode_frame(1, 1, [(b"\xc1", b"\xc1", 1, 0)]))[0]
+    with pytest.raises(FrameError, match="msgpack payload of 1 bytes does not decode"):
+        bad.payload  # noqa: B018
+    with pytest.raises(FrameError, match="headers of 1 bytes"):
+        bad.headers  # noqa: B018
+    not_map = decode_batch("t", encode_frame(1, 1, [(b"x", msgpack.packb([1]), 0, 0)]))[0]
+    with pytest.raises(FrameError, match="must be a msgpack map"):
+        not_map.headers  # noqa: B018
+    assert bad.raw_payload == b"\xc1"  # raw access still works

@@ -2,8 +2,10 @@
 # cython: initializedcheck=False, cdivision=True
 """The batcher and the batch frame codec (csrc/pb_ring.c, csrc/pb_frame.c) for Python.
 
-Nothing here is thread-safe: a Batcher is used under its owner's lock, and the decode
-functions are safe only on frames nobody mutates meanwhile (bytes frames always are).
+Thread safety: a Batcher is used under its owner's lock. None of its methods releases the
+GIL, so each single call is atomic with respect to other Python threads, but sequences of
+calls are not, and publish() runs Python hooks in the middle. The decode functions hold the
+frame's buffer for the call and are safe on frames nobody mutates meanwhile (bytes always are).
 The wire format is specified in docs/wire.md.
 """
 
@@ -57,6 +59,16 @@ FLAG_MSGPACK = PB_FRAME_REC_MSGPACK
 cdef object _NO_TOPIC = object()  # never a topic: publish()'s last-topic cache starts empty
 cdef object _packb = msgpack.packb
 cdef object _unpackb = msgpack.unpackb
+
+
+cdef object _unpack_payload(bytes raw):
+    # strict_map_key=False: payload maps keep int keys ({1: "a"} round-trips); headers keep
+    # msgpack's strict default (string keys by convention, docs/wire.md)
+    try:
+        return _unpackb(raw, strict_map_key=False)
+    except Exception as exc:
+        raise FrameError(f"msgpack payload of {len(raw)} bytes does not decode: {exc}",
+                         reason="bad msgpack payload") from exc
 
 
 def ring_record_size(header_len: int, payload_len: int) -> int:
@@ -193,7 +205,7 @@ cdef class Message:
         if not (self._flags & PB_FRAME_REC_MSGPACK):
             return self._raw
         if not self._payload_done:
-            self._payload = _unpackb(self._raw)
+            self._payload = _unpack_payload(self._raw)
             self._payload_done = True
         return self._payload
 
@@ -204,7 +216,12 @@ cdef class Message:
             if self._raw_header is None:
                 self._headers = {}
             else:
-                h = _unpackb(self._raw_header)
+                try:
+                    h = _unpackb(self._raw_header)
+                except Exception as exc:
+                    raise FrameError(f"message headers of {len(self._raw_header)} bytes do "
+                                     f"not decode as msgpack: {exc}",
+                                     reason="bad msgpack headers") from exc
                 if not isinstance(h, dict):
                     raise FrameError(
                         f"message headers decode to a {type(h).__name__}; they must be a "
