@@ -303,6 +303,8 @@ def test_publish_validation():
         b.publish("t", memoryview(b"x" * 101))
     with pytest.raises(ValidationError, match="must be a str"):
         b.publish(b"t", b"x")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="headers must be a dict"):
+        b.publish("t", b"x", [("k", "v")])  # type: ignore[arg-type]
     b.set_hooks(None, lambda o: "not bytes", None, None, None)
     with pytest.raises(ValidationError, match="must return bytes"):
         b.publish("t", {"a": 1})

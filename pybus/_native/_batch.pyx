@@ -264,12 +264,18 @@ cdef class Message:
 # Batcher
 
 
-cdef inline int _check_ring(int rc, str what) except -1:
+cdef int _check_ring(int rc, str what) except -1:
+    """The one mapper of C status codes to pybus exceptions (rc >= 0 passes)."""
+    if rc >= 0:
+        return 0
+    detail = f"{what}: {pb_strerror(rc).decode()}"
     if rc == PB_ENOMEM:
-        raise MemoryError(f"{what}: out of memory")
-    if rc < 0:
-        raise ValidationError(f"{what}: {pb_strerror(rc).decode()}")
-    return 0
+        raise MemoryError(detail)
+    if rc == PB_EFULL:
+        raise BackpressureError(detail)
+    if rc == PB_EFRAME:
+        raise FrameError(detail)
+    raise ValidationError(detail)
 
 
 @cython.final
@@ -458,7 +464,8 @@ cdef class Batcher:
             return PB_RING_PENDING
         if rc == PB_EFULL or rc >= 0:
             return rc
-        raise ValidationError(f"append refused: {pb_strerror(rc).decode()}")
+        _check_ring(rc, "append refused")
+        return -10  # not reached
 
     cdef int _append_views(self, uint32_t tid, object payload, object header, uint8_t fl,
                            bint use_now, int64_t now_ns) except -10:
@@ -581,6 +588,9 @@ cdef class Batcher:
         cdef int rc
         cdef bint was_buffer = False
         if headers is not None:
+            if not isinstance(headers, dict):
+                raise ValidationError(f"headers must be a dict or None, got "
+                                      f"{type(headers).__name__}")
             hdr = self._pack(headers)
             if not isinstance(hdr, bytes):
                 raise ValidationError(f"the pack hook returned {type(hdr).__name__}; "
@@ -631,7 +641,7 @@ cdef class Batcher:
             raise BackpressureError(
                 f"batcher ring full ({pb_ring_pending_bytes(self._r)} of "
                 f"{pb_ring_capacity(self._r)} bytes pending); drain it or raise capacity_bytes")
-        raise ValidationError(f"publish refused: {pb_strerror(rc).decode()}")
+        _check_ring(rc, "publish refused")
 
     cdef int _too_big(self, Py_ssize_t plen, Py_ssize_t hlen) except -1:
         raise ValidationError(
