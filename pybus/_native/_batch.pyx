@@ -563,7 +563,24 @@ cdef class Batcher:
 
         Bytes-like payloads go as is; anything else is packed with the pack hook and flagged
         msgpack; headers (a dict) are packed too. Then the hooks act on the status (see
-        set_hooks). Raises ValidationError when payload + headers exceed max_message_bytes.
+        set_hooks): READY -> on_ready(), PENDING that made the batcher non-empty ->
+        on_pending(), FULL -> return on_full(topic, payload, headers) (nothing stored).
+        The message is stored before on_ready/on_pending run: if a hook raises, the exception
+        propagates and the message stays queued.
+
+        Returns
+        -------
+        None, or what on_full returned.
+
+        Raises
+        ------
+        ValidationError
+            payload + headers exceed max_message_bytes, headers is not a dict, the topic is
+            not a str, or the pack hook returned something other than bytes.
+        TopicError
+            From resolve_topic on a topic not seen before.
+        BackpressureError
+            The ring is full and there is no on_full hook.
         """
         cdef PyObject *cached
         cdef uint32_t tid
