@@ -97,7 +97,8 @@ int pb_ring_append_at(pb_ring *r, uint32_t topic_id, const void *payload, uint32
  * last drain) with pending records, and its oldest records up to max_batch_records and
  * max_batch_bytes of frame (a single record larger than max_batch_bytes goes alone). Returns 1
  * with *topic_id and *frame_len (bytes the frame needs) set, or 0 when the ring is empty.
- * Calling it again without pb_ring_write_frame re-plans the same frame. */
+ * Calling it again without pb_ring_write_frame re-plans the same frame; an append in between
+ * cancels the plan (pb_ring_write_frame then returns PB_EINVAL until the next plan). */
 int pb_ring_next_frame(pb_ring *r, uint32_t *topic_id, size_t *frame_len);
 
 /* Write the frame planned by pb_ring_next_frame into dst (dst_len >= its frame_len) and remove

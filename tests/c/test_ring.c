@@ -255,6 +255,18 @@ static void test_drain_order(void) {
     size_t len;
     CHECK(pb_ring_next_frame(r, &tid, &len) == 0);
     CHECK(pb_ring_write_frame(r, fr[0].buf, 0) == PB_EINVAL);
+    /* an append between plan and write cancels the plan */
+    CHECK(pb_ring_append_at(r, 0, "ab", 2, NULL, 0, 0, 5) >= 0);
+    CHECK(pb_ring_next_frame(r, &tid, &len) == 1 && tid == 0);
+    CHECK(pb_ring_append_at(r, 0, "cd", 2, NULL, 0, 0, 6) >= 0);
+    {
+        uint8_t tmp[256];
+        CHECK(pb_ring_write_frame(r, tmp, sizeof tmp) == PB_EINVAL);
+        CHECK(pb_ring_next_frame(r, &tid, &len) == 1 && len == 32 + 2 * 14);
+        CHECK(pb_ring_write_frame(r, tmp, sizeof tmp) == (int64_t)len);
+        pb_frame_info info;
+        CHECK(pb_frame_validate(tmp, len, &info, NULL) == PB_OK && info.count == 2);
+    }
     pb_ring_close(r);
 }
 
