@@ -253,8 +253,8 @@ cdef class Message:
 
     def __reduce__(self):
         raw_header = self._raw_header
-        if raw_header is None and self._headers_done and self._headers:
-            raw_header = _packb(self._headers)  # headers mutated after creation
+        if self._headers_done:  # the decoded dict may have been changed since: pickle it as is
+            raw_header = _packb(self._headers) if self._headers else None
         return (_message_from_wire, (self._topic, self._raw, raw_header,
                                      self._flags & PB_FRAME_REC_MSGPACK, self.seq,
                                      self.publisher_id, self.timestamp_ns))
