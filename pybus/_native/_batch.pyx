@@ -47,9 +47,9 @@ __all__ = [
     "ring_record_size",
 ]
 
-READY = 1
-PENDING = 0
-FULL = -4  # PB_EFULL
+READY = PB_RING_READY
+PENDING = PB_RING_PENDING
+FULL = PB_EFULL
 FRAME_VERSION = PB_FRAME_VERSION
 FRAME_HEADER_SIZE = PB_FRAME_HEADER_SIZE
 RECORD_HEADER_SIZE = PB_FRAME_RECORD_HEADER_SIZE
@@ -306,9 +306,9 @@ cdef class Batcher:
         READY once the oldest pending record is this old.
     """
 
-    READY = 1
-    PENDING = 0
-    FULL = -4
+    READY = PB_RING_READY
+    PENDING = PB_RING_PENDING
+    FULL = PB_EFULL
 
     cdef pb_ring *_r
     cdef dict _ids_by_str      # publish cache: str topic -> id
