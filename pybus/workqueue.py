@@ -69,6 +69,8 @@ _MAX_BATCH = 1024
 #: journal deletes are batched: flushed at this many ids, or after this many seconds
 _JOURNAL_FLUSH_IDS = 4096
 _JOURNAL_FLUSH_S = 0.005
+#: when the DLQ refuses a message, it is kept and offered again after this delay
+_DLQ_RETRY_S = 1.0
 
 
 def _check_topic(topic: object) -> str:
@@ -144,6 +146,7 @@ class _Rec:
         "first_fail",
         "last_fail",
         "error",
+        "run",
     )
 
     def __init__(
@@ -162,6 +165,7 @@ class _Rec:
         self.first_fail = 0.0
         self.last_fail = 0.0
         self.error: tuple[str, str, int] | None = None
+        self.run: Any = None  # a RetryRun once the message has failed
 
 
 class _WorkerState:
@@ -306,10 +310,12 @@ class WorkQueue:
         # dispatcher-owned state
         self._live: dict[int, _Rec] = {}
         self._pending: deque[_Rec] = deque()
-        self._timers: list[tuple[float, int, _Rec]] = []
+        # (due, seq, rec, to_dlq): redeliver rec, or (to_dlq) offer it to the DLQ again
+        self._timers: list[tuple[float, int, _Rec, bool]] = []
         self._timer_seq = itertools.count()
         self._workers: dict[bytes, _WorkerState] = {}
         self._in_flight = 0
+        self._throttled = False  # the last dispatch stopped on the breaker or rate limiter
         self._jdel: list[int] = []
         self._jdel_since = 0.0
         self._jdone = 0
@@ -332,6 +338,7 @@ class WorkQueue:
                 "ack_timeouts",
                 "workers_lost",
                 "unknown_peers",
+                "dlq_errors",
             ),
             0,
         )
@@ -530,7 +537,7 @@ class WorkQueue:
                     wait = min(wait, self._timers[0][0] - now)
                 if self._jdel:
                     wait = min(wait, self._jdel_since + _JOURNAL_FLUSH_S - now)
-                if self._pending and self._throttle.active:
+                if self._pending and self._throttled:
                     wait = min(wait, self._throttle.wait_s(now))
                 events = poller.poll(max(0, math.ceil(wait * 1000)))
                 if self._stopping:
@@ -705,23 +712,46 @@ class WorkQueue:
         rec.last_fail = wall
         rec.error = (etype, emsg, ecode)
         err = RemoteError(emsg, remote_type=etype, remote_code=ecode, retryable=retryable)
-        delay = self._plan.next_delay(rec.failures, now - rec.born, err)
+        delay = self._plan.next_delay(rec, now - rec.born, err)
         if delay is None:
             self._dead_letter(rec, err)
         else:
-            heapq.heappush(self._timers, (now + delay, next(self._timer_seq), rec))
+            heapq.heappush(self._timers, (now + delay, next(self._timer_seq), rec, False))
 
-    def _dead_letter(self, rec: _Rec, err: RemoteError) -> None:
-        if self._live.pop(rec.id, None) is None:
-            return
+    def _dead_letter(self, rec: _Rec, err: RemoteError | None) -> None:
         if self._dlq is not None:
             etype, emsg, ecode = rec.error or ("Unknown", "", int(ErrorCode.UNKNOWN))
-            self._plan.dead_letter(self._dlq, rec, err, self.endpoint)
+            try:
+                self._dlq.add(
+                    rec.topic,
+                    rec.payload,
+                    id=rec.id,
+                    headers=rec.headers,
+                    error_type=etype,
+                    error_message=emsg,
+                    error_code=ecode,
+                    attempts=rec.failures,
+                    first_failure=rec.first_fail,
+                    last_failure=rec.last_fail,
+                    origin=f"WorkQueue {self.endpoint}",
+                    payload_format="msgpack" if rec.flags & P.FLAG_MSGPACK else "raw",
+                )
+            except Exception as exc:  # DLQ full (on_full="reject") or its file failed
+                # Never drop it: keep the message and try the dead-lettering again later.
+                self._c["dlq_errors"] += 1
+                log.warning("cannot dead-letter message %d (%s); retrying in %.1f s",
+                            rec.id, exc, _DLQ_RETRY_S)
+                heapq.heappush(
+                    self._timers,
+                    (time.monotonic() + _DLQ_RETRY_S, next(self._timer_seq), rec, True),
+                )
+                return
         else:
             log.warning(
                 "message %d on %r dead-lettered after %d attempts (%s) and dropped: the "
                 "WorkQueue has no dlq", rec.id, rec.topic, rec.failures, err,
             )
+        self._live.pop(rec.id, None)
         self._c["dead_lettered"] += 1
         if self._journal is not None:
             if not self._jdel:
@@ -741,9 +771,12 @@ class WorkQueue:
         live = self._live
         due = []
         while timers and timers[0][0] <= now:
-            rec = heapq.heappop(timers)[2]
+            _, _, rec, to_dlq = heapq.heappop(timers)
             if live.get(rec.id) is rec and rec.worker is None:
-                due.append(rec)
+                if to_dlq:
+                    self._dead_letter(rec, None)
+                else:
+                    due.append(rec)
         self._pending.extend(due)
 
     def _lose_worker(self, w: _WorkerState, count: bool = True) -> None:
@@ -791,6 +824,7 @@ class WorkQueue:
                     )
 
     def _dispatch(self, now: float) -> None:
+        self._throttled = False
         pending = self._pending
         live = self._live
         throttle = self._throttle
@@ -799,10 +833,6 @@ class WorkQueue:
             room = self.max_in_flight - self._in_flight
             if room <= 0:
                 return
-            if throttle.active:
-                room = min(room, throttle.allowance(now))
-                if room <= 0:
-                    return
             best = None
             best_free = 0
             n_free = 0
@@ -814,6 +844,11 @@ class WorkQueue:
                         best, best_free = w, free
             if best is None:
                 return
+            if throttle.active:
+                room = min(room, throttle.allowance(now))
+                if room <= 0:
+                    self._throttled = True
+                    return
             # share the backlog between the workers that have room
             n = min(best_free, room, _MAX_BATCH, -(-len(pending) // n_free))
             entries = []
@@ -822,7 +857,7 @@ class WorkQueue:
             while len(entries) < n and pending:
                 rec = pending.popleft()
                 if live.get(rec.id) is not rec or rec.worker is not None:
-                    continue
+                    continue  # finished or re-dispatched meanwhile
                 d = rec.delivery + 1
                 rec.delivery = d
                 if d == 1:
@@ -833,13 +868,13 @@ class WorkQueue:
                 rec.sent_at = now
                 inflight[rec.id] = rec
                 entries.append((rec.id, d, rec.topic, rec.payload, rec.flags, rec.headers))
-            if not entries:
-                return
             k = len(entries)
-            best.held += k
-            self._in_flight += k
             if throttle.active:
                 throttle.consume(k)
+            if not k:
+                return
+            best.held += k
+            self._in_flight += k
             c["dispatched"] += k
             c["redelivered"] += redelivered
             self._send(best, P.dispatch(entries), now)
