@@ -26,7 +26,7 @@ NACK = ord("N")  # msgpack array of [id, type, message, code, retryable]
 BYE = ord("D")  # empty: the worker is leaving
 # Queue -> worker
 WELCOME = ord("W")  # u32 heartbeat_ms, u32 liveness, u32 credit granted
-DISPATCH = ord("M")  # msgpack array of [id, delivery, topic, payload, flags, headers]
+DISPATCH = ord("M")  # msgpack array of [id, delivery, topic, payload, flags, headers, ts_ns]
 RECONNECT = ord("X")  # empty: unknown peer, say HELLO again
 # Both directions
 HEARTBEAT = ord("B")  # empty
@@ -76,7 +76,7 @@ def nack(entries: list[list[Any]]) -> bytes:
 
 
 def dispatch(entries: list[Any]) -> bytes:
-    """``entries``: ``[id, delivery, topic, payload, flags, headers]`` sequences."""
+    """``entries``: ``[id, delivery, topic, payload, flags, headers, ts_ns]`` sequences."""
     return _HDR.pack(VERSION, DISPATCH) + _packb(entries)
 
 
@@ -167,13 +167,17 @@ def parse_dispatch(frame: bytes) -> tuple[Any, ...]:
     for e in entries:
         if (
             type(e) is not tuple
-            or len(e) != 6
+            or len(e) != 7
             or type(e[0]) is not int
+            or type(e[1]) is not int
             or type(e[2]) is not str
             or type(e[3]) is not bytes
+            or type(e[4]) is not int
+            or (e[5] is not None and type(e[5]) is not bytes)
+            or type(e[6]) is not int
         ):
             raise FrameError(
                 "DISPATCH entry must be [id: uint, delivery: uint, topic: str, payload: bin, "
-                "flags: uint, headers: map|nil]"
+                "flags: uint, headers: bin (a packed msgpack map) | nil, ts_ns: int]"
             )
     return entries  # type: ignore[no-any-return]

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS messages (
     topic   TEXT NOT NULL,
     payload BLOB NOT NULL,
     flags   INTEGER NOT NULL,
-    headers BLOB
+    headers BLOB,
+    ts      INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -42,7 +43,8 @@ _SYNC_MODES = {"normal": "NORMAL", "full": "FULL"}
 #: SQLite binds at most 32766 host parameters per statement (>= 3.32); stay well below.
 _DELETE_CHUNK = 500
 
-Row = tuple[int, str, bytes, int, "bytes | None"]
+#: (id, topic, payload, flags, packed headers or None, put time in ns since the epoch)
+Row = tuple[int, str, bytes, int, "bytes | None", int]
 
 
 class Journal:
@@ -110,11 +112,11 @@ class Journal:
         return Journal._Tx(self)
 
     def add(self, rows: Iterable[Row]) -> None:
-        """Insert ``(id, topic, payload, flags, headers)`` rows in ONE committed transaction."""
+        """Insert :data:`Row` tuples in ONE committed transaction."""
         with self._tx() as cur:
             cur.executemany(
-                "INSERT OR REPLACE INTO messages (id, topic, payload, flags, headers) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO messages (id, topic, payload, flags, headers, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -135,7 +137,7 @@ class Journal:
             if self._db is None:
                 raise ClosedError("the journal is closed")
             rows = self._db.execute(
-                "SELECT id, topic, payload, flags, headers FROM messages ORDER BY id"
+                "SELECT id, topic, payload, flags, headers, ts FROM messages ORDER BY id"
             ).fetchall()
         return iter(rows)
 

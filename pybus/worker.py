@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from . import _wqproto as P
+from ._native._batch import Message, _message_from_wire
 from .errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
 
 __all__ = ["Worker"]
@@ -36,21 +37,14 @@ log = logging.getLogger("pybus.worker")
 _worker_seq = itertools.count()
 
 
-class _InterimMessage:  # replaced by pybus.Message once the batch branch is merged
-    __slots__ = ("topic", "payload", "headers", "seq", "delivery")
+def make_work_message(e: tuple[Any, ...]) -> Message:
+    """The one place a DISPATCH entry becomes the handler's :class:`pybus.Message`.
 
-    def __init__(self, topic: str, payload: Any, headers: Any, seq: int, delivery: int) -> None:
-        self.topic, self.payload, self.headers, self.seq, self.delivery = (
-            topic, payload, headers, seq, delivery)
-
-
-def make_work_message(e: tuple[Any, ...]) -> Any:
-    """The one place a DISPATCH entry becomes the handler's message object."""
-    import msgpack
-    mid, delivery, topic, payload, flags, headers = e
-    if flags & P.FLAG_MSGPACK:
-        payload = msgpack.unpackb(payload)
-    return _InterimMessage(topic, payload, headers, mid, delivery)
+    ``seq`` is the message id, ``publisher_id`` the delivery number (1 on the first
+    delivery), ``timestamp_ns`` the put time; payload and headers decode lazily.
+    """
+    mid, delivery, topic, payload, flags, headers, ts = e
+    return _message_from_wire(topic, payload, headers, flags & P.FLAG_MSGPACK, mid, delivery, ts)
 
 
 def _error_entry(mid: int, exc: BaseException) -> list[Any]:
@@ -72,7 +66,9 @@ class Worker:
         ``handler(message: pybus.Message) -> Any``. Returning acks the message; raising nacks
         it with the error (type, message and code; a :class:`pybus.BusError` supplies its own
         code and ``retryable`` flag, any other exception is reported as retryable).
-        ``message.seq`` is the message id and ``message.headers`` is the sender's headers.
+        ``message.seq`` is the message id, ``message.publisher_id`` the delivery number
+        (1 on the first delivery, more when redelivered), ``message.timestamp_ns`` the put
+        time; ``payload`` and ``headers`` are what the producer put.
     concurrency : int
         Handler threads (1..1024).
     dedupe_window : int
@@ -427,11 +423,11 @@ class Worker:
         self, push: zmq.Socket[Any], acks: list[int], dups: list[int], nacks: list[list[Any]]
     ) -> None:
         c = self._c
+        with self._c_lock:  # before sending, so stats() never lags what the queue saw
+            c["acked"] += len(acks)
+            c["duplicates"] += len(dups)
+            c["nacked"] += len(nacks)
         if acks or dups:
             push.send(P.ack(acks, dups))
         if nacks:
             push.send(P.nack(nacks))
-        with self._c_lock:
-            c["acked"] += len(acks)
-            c["duplicates"] += len(dups)
-            c["nacked"] += len(nacks)

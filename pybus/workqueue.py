@@ -100,21 +100,22 @@ def _encode_payload(payload: object) -> tuple[bytes, int]:
         ) from None
 
 
-def _check_headers(headers: object) -> dict[str, Any] | None:
+def _pack_headers(headers: object) -> bytes | None:
+    """Validate headers and return them msgpack-packed (they travel and rest packed)."""
     if headers is None:
         return None
     if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
         raise ValidationError(
             f"headers must be a dict with str keys, got {type(headers).__name__}"
         )
-    h = dict(headers)
+    if not headers:
+        return None
     try:
-        msgpack.packb(h)
+        return msgpack.packb(dict(headers))  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValidationError(
             f"headers cannot be encoded ({exc}); values must be msgpack-serialisable"
         ) from None
-    return h
 
 
 def _positive(name: str, value: float, allow_none: bool = False) -> None:
@@ -147,12 +148,14 @@ class _Rec:
         "last_fail",
         "error",
         "run",
+        "ts",
     )
 
     def __init__(
-        self, mid: int, topic: str, payload: bytes, flags: int, headers: dict[str, Any] | None
+        self, mid: int, topic: str, payload: bytes, flags: int, headers: bytes | None, ts: int
     ) -> None:
         self.id = mid
+        self.ts = ts  # put time, ns since the epoch
         self.delivery = 0
         self.topic = topic
         self.payload = payload
@@ -344,8 +347,7 @@ class WorkQueue:
         )
 
         if self._journal is not None:
-            recovered = [_Rec(mid, t, p, f, msgpack.unpackb(h) if h else None)
-                         for mid, t, p, f, h in self._journal.recover()]
+            recovered = [_Rec(*row) for row in self._journal.recover()]
             for rec in recovered:
                 self._live[rec.id] = rec
             self._pending.extend(recovered)
@@ -359,8 +361,8 @@ class WorkQueue:
     def _make(self, topic: object, payload: object, headers: object) -> _Rec:
         t = _check_topic(topic)
         data, flags = _encode_payload(payload)
-        h = _check_headers(headers) if headers is not None else None
-        return _Rec(0, t, data, flags, h)
+        h = _pack_headers(headers) if headers is not None else None
+        return _Rec(0, t, data, flags, h, time.time_ns())
 
     def _submit(self, recs: list[_Rec]) -> list[int]:
         if self._closed:
@@ -373,13 +375,8 @@ class WorkQueue:
             for r in recs:
                 r.id = next(ids)
             if self._journal is not None:
-                self._journal.add(
-                    [
-                        (r.id, r.topic, r.payload, r.flags,
-                         msgpack.packb(r.headers) if r.headers is not None else None)
-                        for r in recs
-                    ]
-                )
+                self._journal.add([(r.id, r.topic, r.payload, r.flags, r.headers, r.ts)
+                                   for r in recs])
             self._inbox.extend(recs)
             self._n_put += len(recs)
             if not self._wake_armed:
@@ -726,7 +723,7 @@ class WorkQueue:
                     rec.topic,
                     rec.payload,
                     id=rec.id,
-                    headers=rec.headers,
+                    headers=msgpack.unpackb(rec.headers) if rec.headers else None,
                     error_type=etype,
                     error_message=emsg,
                     error_code=ecode,
@@ -867,7 +864,9 @@ class WorkQueue:
                 rec.worker = best
                 rec.sent_at = now
                 inflight[rec.id] = rec
-                entries.append((rec.id, d, rec.topic, rec.payload, rec.flags, rec.headers))
+                entries.append(
+                    (rec.id, d, rec.topic, rec.payload, rec.flags, rec.headers, rec.ts)
+                )
             k = len(entries)
             if throttle.active:
                 throttle.consume(k)
