@@ -24,6 +24,8 @@ from .errors import (
 )
 from .ratelimit import KeyedRateLimiter, RateLimiter
 from .retry import RetryPolicy
+from .worker import Worker
+from .workqueue import WorkQueue
 
 __all__ = [
     "__version__",
@@ -49,5 +51,7 @@ __all__ = [
     "TopicError",
     "TransportError",
     "ValidationError",
+    "Worker",
+    "WorkQueue",
     *_native_all,
 ]

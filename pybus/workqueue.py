@@ -455,7 +455,12 @@ class WorkQueue:
             True when everything finished; False when ``timeout`` seconds passed first
             (``None`` waits forever). It does not raise on timeout.
         """
-        _positive("timeout", timeout, allow_none=True)  # type: ignore[arg-type]
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+        ):
+            raise ValidationError(
+                f"timeout must be a number >= 0 or None (wait forever), got {timeout!r}"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._waiters += 1
