@@ -39,19 +39,21 @@ class RetryPlan:
             )
         self.policy = policy
 
-    def next_delay(self, rec: Any, elapsed_s: float, err: RemoteError) -> float | None:
-        """Record that ``rec``'s latest delivery failed with ``err``.
+    def next_delay(self, failure: Any, elapsed_s: float, err: RemoteError) -> float | None:
+        """Record that a message's latest delivery failed with ``err``.
+
+        ``failure`` is the message's failure record; its ``run`` holds the RetryRun.
 
         Returns the delay before the next delivery, or None when the message must be
         dead-lettered (not retryable, attempts used up, or the deadline would pass).
         ``elapsed_s`` is the time since the message's first delivery (the policy's deadline
         is measured from there).
         """
-        run: RetryRun | None = rec.run
+        run: RetryRun | None = failure.run
         if run is None:
             run = self.policy.start()
             run.started = self.policy.clock() - elapsed_s
-            rec.run = run
+            failure.run = run
         run.begin_attempt()
         try:
             return run.failed(err)
