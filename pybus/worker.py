@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 
 from . import _wqproto as P
-from ._native._batch import Message, _message_from_wire
+from ._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
 from .errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
 
 __all__ = ["Worker"]

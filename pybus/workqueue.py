@@ -337,7 +337,7 @@ class WorkQueue:
         if self._journal is not None:
             recovered = [[mid, 0, t, p, f, h, ts, None, 0.0, 0.0]
                          for mid, t, p, f, h, ts in self._journal.recover()]
-            self._live.update(zip(map(_rid, recovered), recovered))
+            self._live.update(zip(map(_rid, recovered), recovered, strict=True))
             self._pending.extend(recovered)
             self._n_recovered = len(recovered)
 
@@ -363,7 +363,7 @@ class WorkQueue:
             first = self._next_id
             self._next_id = first + n
             ids = range(first, first + n)
-            for r, mid in zip(recs, ids):
+            for r, mid in zip(recs, ids, strict=True):
                 r[0] = mid
             if self._journal is not None:
                 self._journal.add(map(_jrow, recs))
@@ -593,7 +593,7 @@ class WorkQueue:
             pop = inbox.popleft
             while inbox:
                 batch = pop()
-                live.update(zip(map(_rid, batch), batch))
+                live.update(zip(map(_rid, batch), batch, strict=True))
                 pending.extend(batch)
 
     def _read_router(self) -> None:
@@ -864,7 +864,7 @@ class WorkQueue:
                     return
             # share the backlog between the workers that have room
             n = min(best_free, room, _MAX_BATCH, -(-len(pending) // n_free))
-            entries = []
+            entries: list[list[Any]] = []
             popleft = pending.popleft
             inflight = best.inflight
             redelivered = 0

@@ -66,7 +66,7 @@ def test_put_work_ack_join_roundtrip():
         for i in range(300):
             payload = b"raw-%d" % i if i % 2 else {"i": i, "s": "x" * (i % 7)}
             headers = {"k": i} if i % 3 == 0 else None
-            sent[q.put("jobs.t%d" % (i % 4), payload, headers=headers)] = (payload, headers)
+            sent[q.put(f"jobs.t{i % 4}", payload, headers=headers)] = (payload, headers)
         ids = q.put_many([("jobs.many", b"m%d" % i) for i in range(200)])
         for i, mid in enumerate(ids):
             sent[mid] = (b"m%d" % i, None)
@@ -225,9 +225,9 @@ def test_exponential_schedule_between_deliveries():
         mid = q.put("e.t", b"")
         assert q.join(10)
     ts = [c[5] for c in rec.calls if c[0] == mid]
-    gaps = [b - a for a, b in zip(ts, ts[1:])]
+    gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
     assert len(gaps) == 3
-    for got, want in zip(gaps, (0.05, 0.1, 0.2)):
+    for got, want in zip(gaps, (0.05, 0.1, 0.2), strict=True):
         assert want <= got < want + 0.5, gaps
 
 
@@ -477,3 +477,17 @@ def test_concurrency_runs_handlers_in_parallel():
         q.put_many([("c.t", b"")] * 8)
         assert q.join(10)
     assert len(rec.calls) == 8
+
+
+def test_documented_dispatch_example_decodes_to_a_message():
+    from pybus import _wqproto as P
+    from pybus.worker import make_work_message
+
+    frame = bytes.fromhex("01 4D 91 97 05 01 A3 61 2E 62 C4 02 68 69 00 C0 01")
+    (entry,) = P.parse_dispatch(frame)
+    m = make_work_message(entry)
+    assert isinstance(m, pybus.Message)
+    assert (m.seq, m.publisher_id, m.topic, m.payload, m.headers, m.timestamp_ns) == (
+        5, 1, "a.b", b"hi", {}, 1)
+    with pytest.raises(pybus.FrameError, match="version 2"):
+        P.command(b"\x02M" + frame[2:])
