@@ -7,6 +7,7 @@ now", the rate limiter for "how many messages may go now".
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -16,6 +17,8 @@ from .ratelimit import RateLimiter
 from .retry import RetryPolicy, RetryRun
 
 __all__ = ["RetryPlan", "Throttle", "DEFAULT_RETRY"]
+
+_log = logging.getLogger("pybus.workqueue")
 
 
 def DEFAULT_RETRY() -> RetryPolicy:  # noqa: N802 - a factory standing for a constant
@@ -58,6 +61,9 @@ class RetryPlan:
         try:
             return run.failed(err)
         except (RetryExhaustedError, RemoteError):
+            return None
+        except Exception:  # a user callback (on_retry, retry_on) failed: never kill dispatch
+            _log.exception("retry policy callback failed; dead-lettering the message")
             return None
 
 
