@@ -133,13 +133,27 @@ def _positive_int(name: str, value: int, lo: int = 1, hi: int = 1 << 31) -> None
 
 # A message record is a list (cheaper to make and index than an object, and its first seven
 # items are exactly the wire entry of docs/wire-workqueue.md, so dispatch sends rec[:7]):
-R_ID, R_DELIVERY, R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS, R_WORKER, R_SENT, R_BORN = range(10)
+(R_ID, R_DELIVERY, R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS,
+ R_WORKER, R_SENT, R_BORN, R_BATCH) = range(11)
 # R_DELIVERY: deliveries so far; R_TS: put time (ns since the epoch); R_WORKER: the
 # _WorkerState holding it, or None; R_SENT: monotonic time of the last dispatch; R_BORN: of the
-# first one.
-_Rec = list  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born]
-_jrow = operator.itemgetter(R_ID, R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS)
+# first one; R_BATCH: its _JBatch when there is a journal.
+_Rec = list  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born, batch]
+_jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS)
 _rid = operator.itemgetter(R_ID)
+
+
+class _JBatch:
+    """A journal batch (one put()/put_many() call): how many of its messages are unfinished,
+    and which finished since the last journal flush."""
+
+    __slots__ = ("first", "remaining", "done", "touched")
+
+    def __init__(self, first: int, remaining: int) -> None:
+        self.first = first
+        self.remaining = remaining
+        self.done: list[int] = []
+        self.touched = False
 
 
 class _Failure:
@@ -306,7 +320,7 @@ class WorkQueue:
         self._workers: dict[bytes, _WorkerState] = {}
         self._in_flight = 0
         self._throttled = False  # the last dispatch stopped on the breaker or rate limiter
-        self._jdel: list[int] = []
+        self._jtouched: list[_JBatch] = []  # batches with finished messages not yet flushed
         self._jdel_since = 0.0
         self._jdone = 0
         self._failures: dict[int, _Failure] = {}  # only for messages that failed
@@ -335,8 +349,14 @@ class WorkQueue:
         )
 
         if self._journal is not None:
-            recovered = [[mid, 0, t, p, f, h, ts, None, 0.0, 0.0]
-                         for mid, t, p, f, h, ts in self._journal.recover()]
+            recovered: list[_Rec] = []
+            for first, _n, rows in self._journal.recover():
+                b = _JBatch(first, len(rows))
+                if not rows:  # nothing left to do: let the next flush delete it
+                    b.touched = True
+                    self._jtouched.append(b)
+                recovered += [[mid, 0, t, p, f, h, ts, None, 0.0, 0.0, b]
+                              for mid, t, p, f, h, ts in rows]
             self._live.update(zip(map(_rid, recovered), recovered, strict=True))
             self._pending.extend(recovered)
             self._n_recovered = len(recovered)
@@ -350,7 +370,7 @@ class WorkQueue:
         t = _check_topic(topic)
         data, flags = _encode_payload(payload)
         h = _pack_headers(headers) if headers is not None else None
-        return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0]
+        return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None]
 
     def _submit(self, recs: list[_Rec]) -> list[int]:
         if self._closed:
@@ -366,7 +386,10 @@ class WorkQueue:
             for r, mid in zip(recs, ids, strict=True):
                 r[0] = mid
             if self._journal is not None:
-                self._journal.add(map(_jrow, recs))
+                b = _JBatch(first, n)
+                for r in recs:
+                    r[R_BATCH] = b
+                self._journal.add(first, map(_jentry, recs))
             self._inbox.append(recs)
             self._n_put += n
             if not self._wake_armed:
@@ -431,7 +454,7 @@ class WorkQueue:
             if type(item) is tuple and len(item) == 2:
                 topic, payload = item
                 if type(payload) is bytes and type(topic) is str and topic in cache:
-                    append([0, 0, topic, payload, 0, None, ts, None, 0.0, 0.0])
+                    append([0, 0, topic, payload, 0, None, ts, None, 0.0, 0.0, None])
                     continue
             if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
                 raise ValidationError(
@@ -538,7 +561,7 @@ class WorkQueue:
                 wait = next_house - now
                 if self._timers:
                     wait = min(wait, self._timers[0][0] - now)
-                if self._jdel:
+                if self._jtouched:
                     wait = min(wait, self._jdel_since + _JOURNAL_FLUSH_S - now)
                 if self._pending and self._throttled:
                     wait = min(wait, self._throttle.wait_s(now))
@@ -556,8 +579,8 @@ class WorkQueue:
                     next_house = now + tick
                 if self._pending:
                     self._dispatch(time.monotonic())
-                if self._jdel and (
-                    len(self._jdel) >= _JOURNAL_FLUSH_IDS
+                if self._jtouched and (
+                    self._jdone >= _JOURNAL_FLUSH_IDS
                     or now - self._jdel_since >= _JOURNAL_FLUSH_S
                     or self._outstanding() - self._jdone <= 0
                 ):
@@ -661,6 +684,7 @@ class WorkQueue:
         done = 0
         late = 0
         in_flight = self._in_flight
+        journaled = self._journal is not None
         for ids in (acks, dups):
             for mid in ids:
                 rec = live.pop(mid, None)
@@ -674,14 +698,10 @@ class WorkQueue:
                     rec[R_WORKER] = None
                 if failures:
                     failures.pop(mid, None)
+                if journaled:
+                    self._jfinish(rec)
                 done += 1
         self._in_flight = in_flight
-        jdel = self._jdel
-        if self._journal is not None and done:
-            if not jdel:
-                self._jdel_since = time.monotonic()
-            jdel.extend(acks)
-            jdel.extend(dups)
         if w is not None:
             w.held = max(0, w.held - len(acks) - len(dups))
         c = self._c
@@ -767,10 +787,18 @@ class WorkQueue:
         self._failures.pop(rec[R_ID], None)
         self._c["dead_lettered"] += 1
         if self._journal is not None:
-            if not self._jdel:
-                self._jdel_since = time.monotonic()
-            self._jdel.append(rec[R_ID])
+            self._jfinish(rec)
         self._finish(1)
+
+    def _jfinish(self, rec: _Rec) -> None:
+        b: _JBatch = rec[R_BATCH]
+        b.remaining -= 1
+        b.done.append(rec[R_ID])
+        if not b.touched:
+            if not self._jtouched:
+                self._jdel_since = time.monotonic()
+            b.touched = True
+            self._jtouched.append(b)
 
     def _finish(self, n: int) -> None:
         # with a journal a message counts as finished once its delete is committed
@@ -895,9 +923,18 @@ class WorkQueue:
             self._send(best, P.dispatch(entries), now)
 
     def _flush_journal(self) -> None:
-        if self._journal is None or not self._jdel:
+        if self._journal is None or not self._jtouched:
             return
-        ids, self._jdel = self._jdel, []
-        self._journal.remove(ids)
+        touched, self._jtouched = self._jtouched, []
+        acked: list[tuple[int, list[int]]] = []
+        completed: list[int] = []
+        for b in touched:
+            b.touched = False
+            if b.remaining <= 0:
+                completed.append(b.first)
+            elif b.done:
+                acked.append((b.first, b.done))
+            b.done = []
+        self._journal.progress(acked, completed)
         self._n_done += self._jdone
         self._jdone = 0

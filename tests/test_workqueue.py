@@ -491,3 +491,52 @@ def test_documented_dispatch_example_decodes_to_a_message():
         5, 1, "a.b", b"hi", {}, 1)
     with pytest.raises(pybus.FrameError, match="version 2"):
         P.command(b"\x02M" + frame[2:])
+
+
+def test_journal_keeps_exactly_the_unfinished_messages(tmp_path):
+    """A worker written from the wire doc acks some messages of a batch and nacks another
+    into the DLQ; after a restart only the rest come back, with their payloads."""
+    import sqlite3
+
+    path = tmp_path / "j.db"
+    ctx = zmq.Context()
+    d = DeadLetterQueue(tmp_path / "dlq.db")
+    try:
+        with WorkQueue(EP, journal=path, dlq=d, retry=RetryPolicy.fixed(0.001, max_attempts=1),
+                       heartbeat_interval=0.05) as q:
+            ids = q.put_many([("jk.t", b"%d" % i) for i in range(10)])
+            single = q.put("jk.t", {"one": 1})
+            s = ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.rcvtimeo = 5000
+            s.connect(q.endpoint)
+            s.send(H.hello(100))
+            got = []
+            while len(got) < 11:
+                f = s.recv()
+                if H.command(f) == "M":
+                    got += [e[0] for e in H.decode_dispatch(f)]
+            s.send(H.ack(ids[:3], [ids[3]]))  # 3 acks + 1 reported duplicate
+            s.send(H.nack([(ids[4], "ValueError", "bad", 1, False)]))
+            s.send(H.ack([single]))
+            H.wait_until(lambda: q.stats()["acked"] == 5 and q.stats()["dead_lettered"] == 1,
+                         5, "acks processed")
+            s.close()
+        j = Journal(path)
+        left = {mid: (t, p) for _, _, rows in j.recover() for mid, t, p, *_ in rows}
+        j.close()
+        assert sorted(left) == ids[5:]
+        assert all(left[m] == ("jk.t", b"%d" % i) for i, m in enumerate(ids) if i >= 5)
+        assert d.get(ids[4]).error_message == "bad"
+        rec = Recorder()
+        with WorkQueue(EP, journal=path) as q, Worker(q.endpoint, rec):
+            assert q.stats()["recovered"] == 5
+            assert q.join(10)
+        assert sorted(rec.ids()) == ids[5:]
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM acks").fetchone()[0] == 0
+        db.close()
+    finally:
+        d.close()
+        ctx.term()
