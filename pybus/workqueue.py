@@ -21,6 +21,11 @@ dispatcher thread owns the socket and all delivery state:
 
 Delivery is at least once: a message may be handled twice (a worker killed after its handler
 ran but before its ack left). Workers can suppress such duplicates over a window of ids.
+
+Attempts: only a nack or a missed ack deadline consumes one of the retry policy's attempts. A
+redelivery because the worker vanished (missed heartbeats, BYE, socket gone) does not, so
+killing workers never sends a healthy message to the DLQ; the flip side is that a message
+that crashes every worker process it reaches is redelivered until one acks or nacks it.
 """
 
 from __future__ import annotations
