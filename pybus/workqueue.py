@@ -899,12 +899,16 @@ class WorkQueue:
             n = min(best_free, room, _MAX_BATCH, -(-len(pending) // n_free))
             entries: list[list[Any]] = []
             popleft = pending.popleft
+            live_get = live.get
+            add = entries.append
             inflight = best.inflight
             redelivered = 0
-            while len(entries) < n and pending:
+            k = 0
+            # the hot loop: indices are the R_* constants, spelled out for speed
+            while k < n and pending:
                 rec = popleft()
                 mid = rec[0]
-                if live.get(mid) is not rec or rec[7] is not None:
+                if live_get(mid) is not rec or rec[7] is not None:
                     continue  # finished or re-dispatched meanwhile
                 d = rec[1] + 1
                 rec[1] = d
@@ -915,8 +919,8 @@ class WorkQueue:
                 rec[7] = best  # R_WORKER
                 rec[8] = now  # R_SENT
                 inflight[mid] = rec
-                entries.append(rec[:7])
-            k = len(entries)
+                add(rec[:7])
+                k += 1
             if throttle.active:
                 throttle.consume(k)
             if not k:
