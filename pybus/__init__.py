@@ -24,9 +24,14 @@ from .errors import (
 )
 from .ratelimit import KeyedRateLimiter, RateLimiter
 from .retry import RetryPolicy
+from .rpc import Client, Server
+from .rpc_aio import AsyncClient
 
 __all__ = [
     "__version__",
+    "AsyncClient",
+    "Client",
+    "Server",
     "BackpressureError",
     "BusError",
     "CircuitBreaker",
