@@ -147,6 +147,36 @@ def test_wire_format_matches_the_doc(server, raw_dealer):
     assert err["type"] == "KeyError" and err["code"] == 1 and err["retryable"] is False
 
 
+def test_client_frames_match_the_doc(endpoint):
+    """A raw ROUTER plays the server by the doc: checks the request bytes and feeds
+    the client a stale reply, a garbage frame and then the real one."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVTIMEO, 5000)
+    router.bind(endpoint)
+    got = []
+    c = Client(endpoint, timeout=5.0)
+    t = threading.Thread(target=lambda: got.append(c.request("add", [1, 2])))
+    t.start()
+    try:
+        ident, frame = router.recv_multipart()
+        assert frame[:4] == bytes([0x01, 0x01, 0x01, 0x03])
+        cid = struct.unpack_from("<Q", frame, 4)[0]
+        assert frame[12:15] == b"add" and frame[15:] == bytes([0x92, 0x01, 0x02])
+        stale = struct.pack(DOC_HEADER, 1, 2, 1, 0, (cid - 1) % 2**64) + b"\x63"
+        router.send_multipart([ident, stale])
+        router.send_multipart([ident, b"\x01\x02junk"])
+        router.send_multipart([ident, struct.pack(DOC_HEADER, 1, 2, 1, 0, cid) + b"\x03"])
+        t.join(5)
+        assert got == [3]
+        st = c.stats()
+        assert st["late_replies"] == 1 and st["decode_errors"] == 1
+    finally:
+        c.close()
+        router.close(0)
+
+
 GARBAGE = [
     (b"", "short"),
     (b"\x01\x01", "short"),
@@ -245,6 +275,20 @@ def test_lazy_pirate_resets_socket_between_attempts(endpoint):
             time.sleep(0.01)
         assert srv.stats()["unroutable"] == 1
     assert calls == [1, 1]
+
+
+def test_request_to_dead_server_is_not_replayed_when_it_starts(endpoint):
+    """A timed-out request must not sit in a queue and run when a server appears."""
+    calls = []
+    with Client(endpoint, timeout=0.1) as c:
+        with pytest.raises(pybus.TimeoutError, match="no connection"):
+            c.request("rec", 1)
+        srv = Server(endpoint)
+        srv.add_handler("rec", lambda p: calls.append(p) or p)
+        with srv:
+            assert c.request("rec", 2, timeout=5.0) == 2
+        assert c.stats()["late_replies"] == 0
+    assert calls == [2]
 
 
 SERVER_SCRIPT = textwrap.dedent(
