@@ -15,7 +15,7 @@ pybus-ipc / pybus-tcp  pybus.Client.request("echo", payload) -> pybus.Server
 zenoh-query            zenoh Session.get -> Queryable reply (tcp/127.0.0.1, peer mode)
 zenoh-pingpong         zenoh express publishers, echo from the callback (tcp)
 
-Run:  .venv/bin/python bench/bench_rpc.py [--n 10000] [--reps 5] [--size 64]
+Run:  .venv/bin/python bench/bench_rpc.py [--n 10000] [--reps 5] [--size 64] [--pin]
 """
 
 from __future__ import annotations
@@ -223,6 +223,9 @@ def run_zenoh_pong(endpoint: str, payload: bytes, n: int, warmup: int) -> list[i
 
 
 # ----------------------------------------------------------------------------- harness
+PIN: tuple[int, int] | None = None  # (client cpu, server cpu) with --pin
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -266,11 +269,10 @@ def percentiles(samples_ns: list[int]) -> tuple[float, float]:
 def run_case(
     kind: str, endpoint: str, runner: Any, payload: bytes, n: int, warmup: int
 ) -> list[int]:
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", kind, endpoint],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    cmd = [sys.executable, os.path.abspath(__file__), "--serve", kind, endpoint]
+    if PIN is not None:
+        cmd = ["taskset", "-c", str(PIN[1]), *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         if line.strip() != "ready":
@@ -292,6 +294,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--size", type=int, default=64, help="payload bytes")
     ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument("--pin", action="store_true", help="pin client to CPU 0, servers to CPU 1")
     ap.add_argument("--serve", nargs=2, metavar=("KIND", "ENDPOINT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -299,6 +302,10 @@ def main() -> None:
         return
     if not 1 <= args.n <= 10_000_000 or not 1 <= args.reps <= 50:
         ap.error("--n must be 1..1e7 and --reps 1..50")
+    if args.pin:
+        global PIN
+        PIN = (0, 1)
+        os.sched_setaffinity(0, {0})
     payload = os.urandom(args.size)
     with tempfile.TemporaryDirectory(prefix="pybus-bench-rpc-") as tmp:
         cases = case_list(tmp)
@@ -329,7 +336,8 @@ def main() -> None:
             # Ratio of medians; also per-rep ratios are printed by the interleaved lines above.
             rp50 = statistics.median(r["p50"]) / statistics.median(results[base]["p50"])
             rp99 = statistics.median(r["p99"]) / statistics.median(results[base]["p99"])
-            ratio = f"   {rp50:5.2f}x vs {base}  {rp99:5.2f}x"
+            rmin = min(r["p50"]) / min(results[base]["p50"])
+            ratio = f"   {rp50:5.2f}x {rp99:5.2f}x vs {base}   {rmin:5.2f}x"
         print(f"{name:15s} {fmt(r['p50']):>28s} {fmt(r['p99']):>28s}{ratio}")
     if "pybus-ipc" in results and "raw-ipc" in results:
         per_rep = [

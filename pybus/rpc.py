@@ -207,6 +207,10 @@ class Server:
 
     Notes
     -----
+    Binding an ``ipc://`` path that another live server uses takes it over
+    (ZeroMQ replaces the socket file); tcp reports "address in use" as a
+    :class:`~pybus.TransportError`.
+
     A handler is called with the request payload as it was sent (bytes, or
     the msgpack-decoded object) and returns the reply payload (bytes go raw,
     anything else is msgpack-encoded). An exception it raises goes back to the
@@ -543,7 +547,8 @@ class Server:
             flags, body = encode_payload(result)
             return HEADER.pack(WIRE_VERSION, KIND_REPLY, flags, 0, cid) + body
         except Exception as exc:  # noqa: BLE001 - every handler error goes back to the client
-            self._stats["handler_errors"] += 1
+            with self._lock:  # worker threads share the counter
+                self._stats["handler_errors"] += 1
             return HEADER.pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + error_payload(exc)
 
     def _unknown(self, name: bytes) -> bytes:

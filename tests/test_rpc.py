@@ -531,3 +531,56 @@ def test_async_client_late_reply_and_dead_server(endpoint, tmp_path):
 
     with srv:
         asyncio.run(main())
+
+
+# -- properties ------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=50)
+    | st.binary(max_size=50),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    payload=st.one_of(st.binary(max_size=2000), msgpack_values),
+    method=st.text(min_size=1, max_size=60),
+)
+def test_roundtrip_property(server, endpoint, payload, method):
+    """Any payload comes back equal (bytes stay bytes), and any method name the server
+    does not know gives UnknownMethodError naming it - never a crash or a hang."""
+    with Client(endpoint, timeout=3.0) as c:
+        got = c.request("echo", payload)
+        assert got == payload and type(got) is type(payload)
+        if method.encode() not in (b"echo", b"add", b"fail", b"busy"):
+            with pytest.raises(RemoteError) as ei:
+                c.request(method, payload)
+            assert ei.value.remote_type == "UnknownMethodError"
+            assert ei.value.remote_message.startswith("no handler named")
+
+
+def test_security_hook_applied_to_both_sockets(endpoint):
+    applied = []
+
+    def hook(sock):
+        applied.append(sock.type)
+        sock.setsockopt(zmq.SNDHWM, 123)
+
+    with Server(endpoint, security=hook) as srv:
+        srv.add_handler("echo", lambda p: p)
+        with Client(endpoint, timeout=3.0, security=hook) as c:
+            assert c.request("echo", b"s") == b"s"
+            assert c._sock.getsockopt(zmq.SNDHWM) == 123
+    assert applied == [zmq.ROUTER, zmq.DEALER]
