@@ -24,11 +24,16 @@ from .errors import (
 )
 from .ratelimit import KeyedRateLimiter, RateLimiter
 from .retry import RetryPolicy
+from .rpc import Client, Server
+from .rpc_aio import AsyncClient
 from .worker import Worker
 from .workqueue import WorkQueue
 
 __all__ = [
     "__version__",
+    "AsyncClient",
+    "Client",
+    "Server",
     "BackpressureError",
     "BusError",
     "CircuitBreaker",
