@@ -305,8 +305,10 @@ SERVER_SCRIPT = textwrap.dedent(
 
 
 def spawn_server(endpoint):
+    # cwd away from the repository, so `python -c` imports the installed pybus.
+    cwd = endpoint[len("ipc://") :].rsplit("/", 1)[0]
     p = subprocess.Popen(
-        [sys.executable, "-c", SERVER_SCRIPT, endpoint], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SERVER_SCRIPT, endpoint], stdout=subprocess.PIPE, text=True, cwd=cwd
     )
     assert p.stdout.readline().strip() == "ready"  # handshake, not a sleep
     return p
