@@ -1,6 +1,10 @@
 """pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
 
+from ._native import *  # noqa: F403
+from ._native import __all__ as _native_all
 from ._version import __version__
+from .breaker import CircuitBreaker, CircuitState
+from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
     BackpressureError,
     BusError,
@@ -18,21 +22,28 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from ._native import *  # noqa: F403
-from ._native import __all__ as _native_all
+from .ratelimit import KeyedRateLimiter, RateLimiter
+from .retry import RetryPolicy
 
 __all__ = [
     "__version__",
     "BackpressureError",
     "BusError",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitState",
     "ClosedError",
+    "DeadLetter",
+    "DeadLetterQueue",
     "ErrorCode",
     "FrameError",
     "HistogramRangeError",
+    "KeyedRateLimiter",
     "RateLimitError",
+    "RateLimiter",
     "RemoteError",
     "RetryExhaustedError",
+    "RetryPolicy",
     "Severity",
     "TimeoutError",
     "TopicError",
