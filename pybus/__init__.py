@@ -20,6 +20,9 @@ from .errors import (
 )
 from ._native import *  # noqa: F403
 from ._native import __all__ as _native_all
+from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
+from .pubsub import Publisher, Subscriber
+from . import aio
 
 __all__ = [
     "__version__",
@@ -38,5 +41,12 @@ __all__ = [
     "TopicError",
     "TransportError",
     "ValidationError",
+    "Publisher",
+    "Subscriber",
+    "TopicMatcher",
+    "TopicPattern",
+    "aio",
+    "validate_pattern",
+    "validate_topic",
     *_native_all,
 ]
