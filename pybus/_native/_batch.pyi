@@ -1,0 +1,149 @@
+"""Type stub of pybus._native._batch (the C batcher and batch frame codec)."""
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+
+# Any object with the buffer protocol (collections.abc.Buffer from Python 3.12).
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+__all__ = [
+    "Batcher",
+    "Message",
+    "decode_batch",
+    "decode_into",
+    "decode_payloads",
+    "encode_frame",
+    "frame_info",
+    "iter_frame",
+    "READY",
+    "PENDING",
+    "FULL",
+    "FRAME_VERSION",
+    "FRAME_HEADER_SIZE",
+    "RECORD_HEADER_SIZE",
+    "RING_RECORD_OVERHEAD",
+    "FLAG_MSGPACK",
+    "ring_record_size",
+]
+
+READY: int
+PENDING: int
+FULL: int
+FRAME_VERSION: int
+FRAME_HEADER_SIZE: int
+RECORD_HEADER_SIZE: int
+RING_RECORD_OVERHEAD: int
+FLAG_MSGPACK: int
+
+def ring_record_size(header_len: int, payload_len: int) -> int: ...
+
+class Message:
+    seq: int
+    publisher_id: int
+    timestamp_ns: int
+    def __init__(
+        self,
+        topic: str,
+        payload: Any,
+        headers: dict[Any, Any] | None = None,
+        seq: int = 0,
+        publisher_id: int = 0,
+        timestamp_ns: int = 0,
+    ) -> None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> Any: ...
+    @property
+    def raw_payload(self) -> bytes: ...
+    @property
+    def raw_headers(self) -> bytes | None: ...
+    @property
+    def is_msgpack(self) -> bool: ...
+    @property
+    def headers(self) -> dict[Any, Any]: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+class Batcher:
+    READY: ClassVar[int]
+    PENDING: ClassVar[int]
+    FULL: ClassVar[int]
+    def __init__(
+        self,
+        capacity_bytes: int = ...,
+        max_batch_records: int = 8192,
+        max_batch_bytes: int = ...,
+        max_message_bytes: int = ...,
+        max_topics: int = 65536,
+        publisher_id: int = 0,
+        idle_us: float = 5.0,
+        max_delay_us: float = 100.0,
+    ) -> None: ...
+    def topic_id(self, topic: bytes) -> int: ...
+    def topic_name(self, topic_id: int) -> bytes: ...
+    @property
+    def topic_count(self) -> int: ...
+    def next_seq(self, topic_id: int) -> int: ...
+    def append(
+        self, topic_id: int, payload: Buffer, header: Buffer | None = None, flags: int = 0
+    ) -> int: ...
+    def append_at(
+        self,
+        topic_id: int,
+        payload: Buffer,
+        now_ns: int,
+        header: Buffer | None = None,
+        flags: int = 0,
+    ) -> int: ...
+    def set_hooks(
+        self,
+        resolve_topic: Callable[[str], int] | None,
+        pack: Callable[[Any], bytes] | None,
+        on_ready: Callable[[], object] | None,
+        on_pending: Callable[[], object] | None,
+        on_full: Callable[[str, Any, Any], Any] | None,
+    ) -> None: ...
+    def publish(self, topic: str, payload: Any, headers: dict[Any, Any] | None = None) -> Any: ...
+    def drain(self) -> list[tuple[bytes, bytes]]: ...
+    @property
+    def pending_records(self) -> int: ...
+    @property
+    def pending_bytes(self) -> int: ...
+    @property
+    def capacity_bytes(self) -> int: ...
+    @property
+    def publisher_id(self) -> int: ...
+    @property
+    def max_message_bytes(self) -> int: ...
+    @property
+    def records_appended(self) -> int: ...
+    @property
+    def frames_drained(self) -> int: ...
+    @property
+    def full_count(self) -> int: ...
+    @property
+    def oldest_pending_ns(self) -> int: ...
+    @staticmethod
+    def now_ns() -> int: ...
+
+def frame_info(frame: Buffer) -> tuple[int, int, int, int]: ...
+def decode_batch(topic: str, frame: Buffer) -> list[Message]: ...
+def decode_payloads(frame: Buffer) -> list[bytes]: ...
+def decode_into(
+    frame: Buffer,
+    seqs: npt.NDArray[np.int64],
+    offsets: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+) -> int: ...
+def iter_frame(frame: Buffer) -> Iterator[tuple[int, bytes]]: ...
+def encode_frame(
+    publisher_id: int,
+    first_seq: int,
+    records: Iterable[tuple[Buffer, Buffer | None, int, int]],
+) -> bytes: ...

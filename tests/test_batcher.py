@@ -1,0 +1,302 @@
+"""Batcher: round trips through the ring, byte accounting, batching decisions, hooks."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pybus import (
+    FLAG_MSGPACK,
+    FULL,
+    PENDING,
+    READY,
+    BackpressureError,
+    Batcher,
+    TopicError,
+    ValidationError,
+    decode_batch,
+    frame_info,
+    ring_record_size,
+)
+
+SECOND_US = 1_000_000.0
+
+
+def documented_record_size(header_len: int, payload_len: int) -> int:
+    # docs/wire.md "Ring accounting": 32-byte record header + header + payload, rounded to 8.
+    return (32 + header_len + payload_len + 7) // 8 * 8
+
+
+def test_constants():
+    assert (Batcher.READY, Batcher.PENDING, Batcher.FULL) == (READY, PENDING, FULL)
+    assert len({READY, PENDING, FULL}) == 3
+    for h, p in [(0, 0), (0, 1), (3, 5), (0, 64), (100, 1000)]:
+        assert ring_record_size(h, p) == documented_record_size(h, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trip
+
+op_st = st.tuples(
+    st.integers(min_value=0, max_value=3),  # topic index
+    st.one_of(st.binary(max_size=300), st.dictionaries(st.text(max_size=4), st.integers(0, 99),
+                                                       max_size=3)),
+    st.one_of(st.none(), st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2)),
+    st.booleans(),  # drain after this op
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    ops=st.lists(op_st, min_size=1, max_size=60),
+    max_records=st.integers(min_value=1, max_value=7),
+    max_bytes=st.integers(min_value=64, max_value=900),
+)
+def test_round_trip_through_drain_and_decode(ops, max_records, max_bytes):
+    topics = ["a", "b.c", "dé", "x" * 40]
+    b = Batcher(capacity_bytes=1 << 16, max_batch_records=max_records, max_batch_bytes=max_bytes,
+                max_message_bytes=4096, publisher_id=77, idle_us=0, max_delay_us=SECOND_US)
+    sent: dict[str, list] = {t: [] for t in topics}
+    got: dict[str, list] = {t: [] for t in topics}
+
+    def drain():
+        for topic_b, frame in b.drain():
+            pid, first_seq, count, _ = frame_info(frame)
+            assert pid == 77
+            assert count <= max_records
+            assert len(frame) <= max_bytes or count == 1
+            got[topic_b.decode()].extend(decode_batch(topic_b.decode(), frame))
+        assert b.pending_records == 0 and b.pending_bytes == 0
+
+    for i, (ti, payload, headers, drain_now) in enumerate(ops):
+        topic = topics[ti]
+        if i % 2:
+            b.publish(topic, payload, headers)
+        else:  # the low-level path
+            tid = b.topic_id(topic.encode())
+            if isinstance(payload, bytes):
+                raw, flags = payload, 0
+            else:
+                raw, flags = msgpack.packb(payload), FLAG_MSGPACK
+            hb = msgpack.packb(headers) if headers is not None else None
+            assert b.append(tid, raw, hb, flags) in (READY, PENDING)
+        sent[topic].append((payload, headers or {}))
+        if drain_now:
+            drain()
+    drain()
+    for t in topics:
+        msgs = got[t]
+        assert [(m.payload, m.headers) for m in msgs] == sent[t]
+        assert [m.seq for m in msgs] == list(range(1, len(msgs) + 1))
+        assert all(m.topic == t and m.publisher_id == 77 for m in msgs)
+        ts = [m.timestamp_ns for m in msgs]
+        assert all(x > 0 for x in ts)
+        if sent[t]:
+            assert b.next_seq(b.topic_id(t.encode())) == len(msgs) + 1
+    assert b.records_appended == len(ops)
+
+
+def test_frames_respect_bounds_and_oversized_record_goes_alone():
+    b = Batcher(capacity_bytes=1 << 20, max_batch_records=3, max_batch_bytes=200,
+                max_message_bytes=1000, idle_us=SECOND_US, max_delay_us=SECOND_US)
+    tid = b.topic_id(b"t")
+    for i in range(7):
+        b.append(tid, bytes([i]) * 10)
+    b.append(tid, b"z" * 500)  # larger than max_batch_bytes: alone in its frame
+    b.append(tid, b"w")
+    frames = [f for _, f in b.drain()]
+    counts = [frame_info(f)[2] for f in frames]
+    assert counts == [3, 3, 1, 1, 1]
+    assert [frame_info(f)[1] for f in frames] == [1, 4, 7, 8, 9]
+    assert len(frames[3]) == 32 + 12 + 500
+    assert b.frames_drained == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Capacity and FULL
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), min_size=1,
+                      max_size=80),
+       capacity=st.integers(min_value=400, max_value=5000))
+def test_full_exactly_when_next_record_does_not_fit(sizes, capacity):
+    b = Batcher(capacity_bytes=capacity, max_message_bytes=340, max_batch_records=10**6,
+                max_batch_bytes=1 << 30, idle_us=SECOND_US, max_delay_us=SECOND_US)
+    cap = b.capacity_bytes
+    assert cap == capacity // 8 * 8
+    tid = b.topic_id(b"t")
+    used = 0
+    fulls = 0
+    stored = 0
+    for plen, hlen in sizes:
+        need = documented_record_size(hlen, plen)
+        seq_before = b.next_seq(tid)
+        rc = b.append(tid, b"p" * plen, b"h" * hlen if hlen else None)
+        if used + need > cap:
+            assert rc == FULL
+            assert b.next_seq(tid) == seq_before  # nothing stored, no seq used
+            fulls += 1
+        else:
+            assert rc in (READY, PENDING)
+            used += need
+            stored += 1
+        assert b.pending_bytes == used <= cap
+        assert b.pending_records == stored
+    assert b.full_count == fulls
+    frames = b.drain()
+    assert sum(frame_info(f)[2] for _, f in frames) == stored
+    assert b.pending_bytes == 0
+
+
+def test_publish_full_hook_and_backpressure():
+    b = Batcher(capacity_bytes=256, max_message_bytes=100, idle_us=SECOND_US,
+                max_delay_us=SECOND_US)
+    calls = []
+    b.publish("t", b"x" * 100)  # 136 ring bytes
+    with pytest.raises(BackpressureError, match="ring full"):
+        b.publish("t", b"y" * 100)
+    b.set_hooks(None, None, None, None, lambda *a: calls.append(a) or "dropped")
+    assert b.publish("t", b"y" * 90, {"h": 1}) == "dropped"
+    assert calls == [("t", b"y" * 90, {"h": 1})]
+    assert b.full_count == 2 and b.pending_records == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Smart batching decisions
+
+
+def test_decisions_with_explicit_clock():
+    b = Batcher(max_batch_records=4, max_batch_bytes=1 << 20, idle_us=5.0, max_delay_us=100.0)
+    tid = b.topic_id(b"t")
+    t0 = Batcher.now_ns()
+    assert b.append_at(tid, b"m", t0) == READY  # never drained: idle
+    b.drain()
+    now = Batcher.now_ns()  # just after the drain: not idle (within 5 us is not guaranteed,
+    # so use a clock reading from before the drain ended, which is certainly "not idle")
+    assert b.append_at(tid, b"m", now - 10**6) == PENDING
+    assert b.append_at(tid, b"m", now - 10**6 + 1) == PENDING
+    assert b.append_at(tid, b"m", now - 10**6 + 2) == PENDING
+    assert b.append_at(tid, b"m", now - 10**6 + 3) == READY  # 4 records: max_batch_records
+    b.drain()
+    base = Batcher.now_ns() - 10**6
+    assert b.append_at(tid, b"m", base) == PENDING
+    assert b.oldest_pending_ns == base
+    assert b.append_at(tid, b"m", base + 99_999) == PENDING
+    assert b.append_at(tid, b"m", base + 100_000) == READY  # oldest is max_delay old
+    b.drain()
+    assert b.oldest_pending_ns == 0
+    # idle again: a drain long (> idle_us) before this append
+    assert b.append_at(tid, b"m", Batcher.now_ns() + 10_000) == READY
+
+
+def test_pending_bytes_bound_makes_ready():
+    b = Batcher(max_batch_records=10**6, max_batch_bytes=1000, idle_us=SECOND_US,
+                max_delay_us=SECOND_US)
+    t1, t2 = b.topic_id(b"one"), b.topic_id(b"two")
+    b.append(t1, b"a")
+    b.drain()
+    used = 0
+    statuses = []
+    i = 0
+    while used < 1000:
+        tid = (t1, t2)[i % 2]
+        statuses.append(b.append(tid, b"x" * 90))
+        used += documented_record_size(0, 90)
+        i += 1
+    assert statuses[-1] == READY and set(statuses[:-1]) == {PENDING}
+
+
+def test_hooks_called_on_status():
+    b = Batcher(max_batch_records=3, idle_us=SECOND_US, max_delay_us=SECOND_US)
+    events = []
+    resolved = []
+
+    def resolve(topic):
+        resolved.append(topic)
+        if topic.startswith("bad"):
+            raise TopicError(f"topic {topic!r} is bad")
+        return b.topic_id(topic.encode())
+
+    packed = []
+
+    def pack(obj):
+        packed.append(obj)
+        return msgpack.packb(obj)
+
+    b.set_hooks(resolve, pack, lambda: events.append("ready"), lambda: events.append("pending"),
+                None)
+    b.publish("t", b"1")  # never drained: idle -> READY
+    assert events == ["ready"]
+    b.drain()
+    events.clear()
+    b.publish("t", {"n": 2})  # ring empty -> non-empty, not idle
+    assert events == ["pending"]
+    b.publish("t", b"3", {"h": 1})
+    assert events == ["pending"]  # no hook for a plain PENDING
+    b.publish("t", b"4")  # 3 records of "t": READY
+    assert events == ["pending", "ready"]
+    assert resolved == ["t"]  # cached after the first miss
+    assert packed == [{"n": 2}, {"h": 1}]
+    with pytest.raises(TopicError):
+        b.publish("bad.topic", b"x")
+    with pytest.raises(TopicError):
+        b.publish("bad.topic", b"x")  # errors are not cached
+    assert resolved == ["t", "bad.topic", "bad.topic"]
+    msgs = decode_batch("t", b.drain()[0][1])
+    assert [m.payload for m in msgs] == [{"n": 2}, b"3", b"4"]
+    assert msgs[1].headers == {"h": 1}
+
+
+def test_publish_validation():
+    b = Batcher(max_message_bytes=100)
+    with pytest.raises(ValidationError, match="max_message_bytes=100"):
+        b.publish("t", b"x" * 101)
+    with pytest.raises(ValidationError, match="max_message_bytes=100"):
+        b.publish("t", b"x" * 90, {"k": "v" * 20})
+    with pytest.raises(ValidationError, match="max_message_bytes=100"):
+        b.publish("t", memoryview(b"x" * 101))
+    with pytest.raises(ValidationError, match="must be a str"):
+        b.publish(b"t", b"x")  # type: ignore[arg-type]
+    b.set_hooks(None, lambda o: "not bytes", None, None, None)
+    with pytest.raises(ValidationError, match="must return bytes"):
+        b.publish("t", {"a": 1})
+    assert b.pending_records == 0 and b.next_seq(b.topic_id(b"t")) == 1
+    with pytest.raises(ValidationError, match="unknown topic id"):
+        b.append(5, b"x")
+    with pytest.raises(ValidationError, match="flags"):
+        b.append(0, b"x", None, 2)
+    with pytest.raises(ValidationError, match="callable"):
+        b.set_hooks(1, None, None, None, None)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"capacity_bytes": 10}, "capacity_bytes"),
+        ({"capacity_bytes": 1 << 20, "max_message_bytes": 1 << 20}, "cannot hold one message"),
+        ({"max_batch_records": 0}, "max_batch_records"),
+        ({"max_batch_bytes": 10}, "max_batch_bytes"),
+        ({"max_topics": 0}, "max_topics"),
+        ({"publisher_id": -1}, "publisher_id"),
+        ({"idle_us": -1}, "idle_us"),
+        ({"max_delay_us": "x"}, "max_delay_us"),
+        ({"capacity_bytes": 1.5}, "capacity_bytes"),
+    ],
+)
+def test_constructor_validation(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        Batcher(**kwargs)
+
+
+def test_topics_and_publisher_id():
+    b = Batcher(max_topics=2)
+    assert b.publisher_id != 0
+    assert Batcher(publisher_id=5).publisher_id == 5
+    assert b.topic_id(b"a") == 0 and b.topic_id(b"b") == 1 and b.topic_id(b"a") == 0
+    assert b.topic_name(1) == b"b" and b.topic_count == 2
+    with pytest.raises(ValidationError, match="max_topics=2"):
+        b.topic_id(b"c")
+    assert b.next_seq(0) == 1

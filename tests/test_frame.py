@@ -1,0 +1,295 @@
+"""Batch frame codec: an independent decoder written from docs/wire.md, robustness, Message."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pybus import (
+    FrameError,
+    Message,
+    ValidationError,
+    decode_batch,
+    decode_into,
+    decode_payloads,
+    encode_frame,
+    frame_info,
+    iter_frame,
+)
+
+# ---------------------------------------------------------------------------------------------
+# The oracle: docs/wire.md "Batch frame", section by section, with struct only.
+
+FRAME_HEADER = struct.Struct("<2sBBIQQq")  # magic, version, frame_flags, count, pid, seq, ts
+RECORD_HEADER = struct.Struct("<IHBBI")  # payload_len, header_len, flags, reserved, ts_delta
+
+
+class SpecError(Exception):
+    pass
+
+
+def spec_decode(frame: bytes) -> tuple[dict, list[dict]]:
+    if len(frame) < FRAME_HEADER.size:
+        raise SpecError("short header")
+    magic, version, fflags, count, pid, first_seq, base = FRAME_HEADER.unpack_from(frame, 0)
+    if magic != b"PB":
+        raise SpecError("magic")
+    if version != 1:
+        raise SpecError("version")
+    if fflags != 0:
+        raise SpecError("frame flags")
+    if count == 0:
+        raise SpecError("empty")
+    off = FRAME_HEADER.size
+    records = []
+    for i in range(count):
+        if len(frame) - off < RECORD_HEADER.size:
+            raise SpecError("short record header")
+        plen, hlen, rflags, reserved, delta = RECORD_HEADER.unpack_from(frame, off)
+        if rflags & ~0x03 or reserved != 0:
+            raise SpecError("reserved bits")
+        if bool(rflags & 0x02) != (hlen > 0):
+            raise SpecError("header flag")
+        off += RECORD_HEADER.size
+        if off + hlen + plen > len(frame):
+            raise SpecError("short body")
+        header = frame[off : off + hlen]
+        off += hlen
+        payload = frame[off : off + plen]
+        off += plen
+        records.append(
+            {
+                "seq": first_seq + i,
+                "payload": payload,
+                "header": header or None,
+                "msgpack": bool(rflags & 0x01),
+                "timestamp_ns": base + delta,
+            }
+        )
+    if off != len(frame):
+        raise SpecError("trailing bytes")
+    return {"publisher_id": pid, "first_seq": first_seq, "base": base, "count": count}, records
+
+
+def check_agrees(frame: bytes, topic: str = "t") -> None:
+    """Our decoders and the spec decoder accept/reject alike and agree on every field."""
+    try:
+        info, recs = spec_decode(frame)
+    except SpecError:
+        with pytest.raises(FrameError):
+            decode_batch(topic, frame)
+        with pytest.raises(FrameError):
+            decode_payloads(frame)
+        return
+    msgs = decode_batch(topic, frame)
+    assert frame_info(frame) == (info["publisher_id"], info["first_seq"], info["count"],
+                                 info["base"])
+    assert decode_payloads(frame) == [r["payload"] for r in recs]
+    assert list(iter_frame(frame)) == [(r["seq"], r["payload"]) for r in recs]
+    assert len(msgs) == len(recs)
+    for m, r in zip(msgs, recs, strict=True):
+        assert m.topic == topic
+        assert m.seq == r["seq"]
+        assert m.publisher_id == info["publisher_id"]
+        assert m.timestamp_ns == r["timestamp_ns"]
+        assert m.raw_payload == r["payload"]
+        assert m.raw_headers == r["header"]
+        assert m.is_msgpack == r["msgpack"]
+
+
+record_st = st.tuples(
+    st.binary(max_size=80),
+    st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.integers(-(1 << 63), (1 << 64) - 1), min_size=1,
+                                         max_size=3).map(msgpack.packb)),
+    st.sampled_from([0, 1]),
+    st.integers(min_value=0, max_value=1 << 62),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pid=st.integers(min_value=0, max_value=(1 << 64) - 1),
+    first_seq=st.integers(min_value=0, max_value=(1 << 63)),
+    records=st.lists(record_st, min_size=1, max_size=12),
+)
+def test_encode_matches_spec_decoder(pid, first_seq, records):
+    frame = encode_frame(pid, first_seq, records)
+    info, recs = spec_decode(frame)
+    assert info["publisher_id"] == pid and info["first_seq"] == first_seq
+    base = records[0][3]
+    for (payload, header, flags, ts), r in zip(records, recs, strict=True):
+        assert r["payload"] == payload
+        assert r["header"] == header
+        assert r["msgpack"] == bool(flags)
+        # deltas saturate to 0 .. 2**32-1 ns from the base (docs/wire.md)
+        assert r["timestamp_ns"] == base + min(max(ts - base, 0), 0xFFFFFFFF)
+    check_agrees(frame)
+
+
+def _sample_frame() -> bytes:
+    return encode_frame(
+        0xABCDEF,
+        41,
+        [
+            (b"alpha", None, 0, 1000),
+            (msgpack.packb({"k": [1, 2]}), msgpack.packb({"h": "v"}), 1, 1500),
+            (b"", None, 0, 1501),
+            (b"\x00" * 70, msgpack.packb({"x": 1}), 0, 999),
+        ],
+    )
+
+
+def test_every_truncation_is_rejected_like_the_spec():
+    frame = _sample_frame()
+    for cut in range(len(frame)):
+        with pytest.raises(FrameError) as ei:
+            decode_batch("t", frame[:cut])
+        assert 0 <= ei.value.offset <= cut
+        assert ei.value.reason
+        with pytest.raises(SpecError):
+            spec_decode(frame[:cut])
+
+
+def test_random_corruptions_decode_consistently_or_raise():
+    rng = random.Random(1234)
+    frame = _sample_frame()
+    outcomes = {"ok": 0, "err": 0}
+    for _ in range(3000):
+        b = bytearray(frame)
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(b))
+            b[pos] = rng.randrange(256) if rng.random() < 0.5 else b[pos] ^ (1 << rng.randrange(8))
+        if rng.random() < 0.2:
+            b = b[: rng.randrange(len(b) + 1)]
+        if rng.random() < 0.1:
+            b += bytes(rng.randrange(1, 5))
+        data = bytes(b)
+        check_agrees(data)
+        try:
+            decode_batch("t", data)
+            outcomes["ok"] += 1
+        except FrameError:
+            outcomes["err"] += 1
+    assert outcomes["ok"] > 0 and outcomes["err"] > 0
+
+
+def test_error_messages_say_what_and_where():
+    one = encode_frame(1, 1, [(b"alpha", None, 0, 0)])
+    with pytest.raises(FrameError, match=r"record 0 at offset 32 declares a 5-byte payload "
+                                         r"but only 3 bytes remain") as ei:
+        decode_batch("t", one[:47])
+    assert (ei.value.offset, ei.value.record, ei.value.reason) == (32, 0, "truncated")
+    frame = _sample_frame()
+    bad_version = frame[:2] + b"\x02" + frame[3:]
+    with pytest.raises(FrameError, match="unknown batch frame version 2") as ei:
+        decode_batch("t", bad_version)
+    assert ei.value.reason == "unknown version" and ei.value.offset == 2
+    with pytest.raises(FrameError, match="unknown batch frame version"):
+        frame_info(bad_version)
+    with pytest.raises(FrameError, match="trailing bytes"):
+        decode_payloads(frame + b"\x00")
+    with pytest.raises(FrameError, match="not a pybus batch frame"):
+        decode_payloads(b"XX" + frame[2:])
+    huge_count = frame[:4] + struct.pack("<I", 10**6) + frame[8:]
+    with pytest.raises(FrameError, match="fit at most"):
+        frame_info(huge_count)
+
+
+def test_accepts_any_buffer():
+    frame = _sample_frame()
+    expected = decode_payloads(frame)
+    assert decode_payloads(bytearray(frame)) == expected
+    assert decode_payloads(memoryview(frame)) == expected
+    assert [m.raw_payload for m in decode_batch("t", np.frombuffer(frame, np.uint8))] == expected
+
+
+def test_decode_into_fills_offsets_and_lengths():
+    frame = _sample_frame()
+    n = frame_info(frame)[2]
+    seqs = np.zeros(n, np.int64)
+    offs = np.zeros(n, np.int64)
+    lens = np.zeros(n, np.int64)
+    assert decode_into(frame, seqs, offs, lens) == n
+    assert list(seqs) == [41, 42, 43, 44]
+    assert [frame[o : o + ln] for o, ln in zip(offs, lens, strict=True)] == decode_payloads(frame)
+    small = np.zeros(n - 1, np.int64)
+    with pytest.raises(ValidationError, match="allocate >= 4"):
+        decode_into(frame, small, offs, lens)
+    with pytest.raises(FrameError):
+        decode_into(frame[:-1], seqs, offs, lens)
+
+
+def test_encode_frame_rejects_bad_records():
+    with pytest.raises(ValidationError, match="1 to"):
+        encode_frame(1, 1, [])
+    with pytest.raises(ValidationError, match="flags"):
+        encode_frame(1, 1, [(b"x", None, 2, 0)])
+    with pytest.raises(ValidationError, match="65535"):
+        encode_frame(1, 1, [(b"x", b"h" * 70000, 0, 0)])
+    with pytest.raises(ValidationError, match="publisher_id"):
+        encode_frame(-1, 1, [(b"x", None, 0, 0)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Message
+
+
+def test_message_lazy_msgpack_payload_and_headers():
+    frame = encode_frame(5, 9, [(msgpack.packb({"a": 1}), msgpack.packb({"h": 2}), 1, 10),
+                                (b"raw", None, 0, 11)])
+    m1, m2 = decode_batch("orders.created", frame)
+    assert m1.is_msgpack and m1.raw_payload == msgpack.packb({"a": 1})
+    p = m1.payload
+    assert p == {"a": 1}
+    assert m1.payload is p  # cached
+    assert m1.headers == {"h": 2} and m1.headers is m1.headers
+    assert not m2.is_msgpack and m2.payload == b"raw"
+    assert m2.headers == {} and m2.raw_headers is None
+    h = m2.headers
+    h["x"] = 1
+    assert m2.headers == {"x": 1}  # cached per Message
+    m3 = decode_batch("orders.created", frame)[1]
+    assert m3.headers == {}  # a fresh dict for each Message
+    assert (m1.seq, m2.seq, m1.publisher_id, m1.timestamp_ns, m2.timestamp_ns) == (9, 10, 5, 10, 11)
+
+
+def test_message_constructor():
+    m = Message("t", {"k": "v"}, {"h": 1}, seq=3, publisher_id=4, timestamp_ns=5)
+    assert m.is_msgpack and m.payload == {"k": "v"}
+    assert msgpack.unpackb(m.raw_payload) == {"k": "v"}
+    assert m.headers == {"h": 1} and msgpack.unpackb(m.raw_headers) == {"h": 1}
+    assert (m.topic, m.seq, m.publisher_id, m.timestamp_ns) == ("t", 3, 4, 5)
+    b = Message("t", bytearray(b"xy"))
+    assert not b.is_msgpack and b.payload == b"xy" and type(b.payload) is bytes
+    assert b.headers == {}
+    with pytest.raises(ValidationError):
+        Message(b"t", b"x")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        Message("t", b"x", headers=[1])  # type: ignore[arg-type]
+
+
+def test_message_equality_pickle_repr():
+    frame = encode_frame(7, 1, [(msgpack.packb([1, 2]), msgpack.packb({"a": 1}), 1, 100)])
+    (m,) = decode_batch("a.b", frame)
+    same = Message("a.b", [1, 2], {"a": 1}, seq=1, publisher_id=7, timestamp_ns=100)
+    assert m == same and hash(m) == hash(same)
+    assert m != Message("a.b", [1, 2], {"a": 2}, seq=1, publisher_id=7, timestamp_ns=100)
+    assert m != Message("a.b", [1, 2], {"a": 1}, seq=2, publisher_id=7, timestamp_ns=100)
+    assert m != Message("a.c", [1, 2], {"a": 1}, seq=1, publisher_id=7, timestamp_ns=100)
+    assert m != Message("a.b", msgpack.packb([1, 2]), {"a": 1}, seq=1, publisher_id=7,
+                        timestamp_ns=100)  # same bytes but not flagged msgpack
+    assert m != "a.b"
+    for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(m, protocol=proto))
+        assert back == m and back.payload == [1, 2] and back.headers == {"a": 1}
+    r = repr(m)
+    assert "a.b" in r and "seq=1" in r and "msgpack" in r
+    long = Message("t", b"z" * 1000)
+    assert len(repr(long)) < 200
