@@ -24,6 +24,9 @@ from .errors import (
 )
 from .ratelimit import KeyedRateLimiter, RateLimiter
 from .retry import RetryPolicy
+from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
+from .pubsub import Publisher, Subscriber
+from . import aio, metrics
 
 __all__ = [
     "__version__",
@@ -49,5 +52,13 @@ __all__ = [
     "TopicError",
     "TransportError",
     "ValidationError",
+    "Publisher",
+    "Subscriber",
+    "TopicMatcher",
+    "TopicPattern",
+    "aio",
+    "metrics",
+    "validate_pattern",
+    "validate_topic",
     *_native_all,
 ]
