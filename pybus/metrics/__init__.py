@@ -41,6 +41,28 @@ def register(obj: Any, registry: Registry | None = None, *, name: str | None = N
     return (registry if registry is not None else default_registry).register(obj, name=name)
 
 
+def attach(obj: Any, registry: Registry | None | bool = None) -> None:
+    """Called by pybus constructors with their ``registry=`` argument.
+
+    ``None`` (the default) registers ``obj`` in :data:`default_registry`, a :class:`Registry`
+    registers it there, ``False`` does not register it (objects owned by another object that
+    reports for them, such as the per-key buckets of a KeyedRateLimiter).
+    """
+    if registry is False:
+        return
+    if registry is None or registry is True:
+        default_registry.register(obj)
+    elif isinstance(registry, Registry):
+        registry.register(obj)
+    else:
+        from ..errors import ValidationError
+
+        raise ValidationError(
+            f"registry must be a pybus.metrics.Registry, None (the default registry) or False "
+            f"(do not report), got {registry!r}"
+        )
+
+
 def snapshot(registry: Registry | None = None) -> dict[str, Any]:
     """Every metric family as plain data (see :meth:`Registry.snapshot`)."""
     return (registry if registry is not None else default_registry).snapshot()
@@ -75,6 +97,7 @@ __all__ = [
     "MetricDef",
     "MetricsServer",
     "PybusCollector",
+    "attach",
     "Registry",
     "collector",
     "default_registry",
