@@ -23,7 +23,7 @@ import zmq
 
 from . import _pubsub_base as base
 from . import metrics as _metrics
-from ._native import Batcher, frame_info
+from ._native import Batcher, Histogram, frame_info
 from .errors import BackpressureError, ClosedError, TimeoutError, ValidationError, from_zmq
 from .topics import validate_topic
 
@@ -219,6 +219,8 @@ class Publisher:
         self._subscriptions = 0
         # per topic frame (bounded by the batcher's max_topics), updated once per batch
         self._published_by_topic: dict[bytes, int] = {}
+        # messages per frame; 2 significant figures keep it ~10 KiB (exported as buckets)
+        self._batch_sizes = Histogram(1, max(2, max_batch_records), 2)
 
         self._batcher.set_hooks(
             self._resolve_topic, _pack, self._on_ready, self._on_pending, self._on_full
@@ -339,6 +341,7 @@ class Publisher:
             nbytes = 0
             published = 0
             by_topic = self._published_by_topic
+            record_size = self._batch_sizes.record
             try:
                 for topic, frame in frames:
                     send(topic, _SNDMORE_NOBLOCK)
@@ -348,6 +351,7 @@ class Publisher:
                     count = frame_info(frame)[2]
                     published += count
                     by_topic[topic] = by_topic.get(topic, 0) + count
+                    record_size(count)
             except zmq.ZMQError as exc:
                 # XPUB never blocks (it drops at a subscriber's HWM), so this is a dead socket
                 raise from_zmq(exc, "Publisher send") from exc

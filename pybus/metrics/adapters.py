@@ -37,7 +37,7 @@ class _PublisherAdapter:
         yield "pybus_queue_depth", {}, s["pending"]
         sizes = getattr(pub, "_batch_sizes", None)
         if sizes is not None:
-            yield "pybus_batch_size_messages", {}, HdrValue(sizes, 1.0)
+            yield "pybus_batch_size_messages", {}, HdrValue(sizes, 1.0, s["published"])
 
     def readiness(self, pub: Any) -> tuple[bool, str]:
         return (False, "publisher is closed") if pub.closed else (True, "")
