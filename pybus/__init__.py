@@ -27,6 +27,8 @@ from .retry import RetryPolicy
 from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
 from .pubsub import Publisher, Subscriber
 from . import aio, metrics
+from .worker import Worker
+from .workqueue import WorkQueue
 
 __all__ = [
     "__version__",
@@ -60,5 +62,7 @@ __all__ = [
     "metrics",
     "validate_pattern",
     "validate_topic",
+    "Worker",
+    "WorkQueue",
     *_native_all,
 ]
