@@ -145,6 +145,51 @@ class _DlqAdapter:
         return True, ""
 
 
+_QUEUE_EVENTS = ("put", "recovered", "dispatched", "acked", "nacked", "redelivered",
+                 "dead_lettered", "ack_timeouts")
+_WORKER_EVENTS = ("handled", "acked", "nacked", "duplicates")
+
+
+class _WorkQueueAdapter:
+    kind = "work_queue"
+
+    def samples(self, q: Any) -> Iterator[RawSample]:
+        s = q.stats()
+        for ev in _QUEUE_EVENTS:
+            if ev in s:
+                yield "pybus_tasks_total", {"event": ev}, s[ev]
+        yield "pybus_dead_lettered_total", {}, s["dead_lettered"]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_in_flight", {}, s["in_flight"]
+        yield "pybus_queue_depth", {}, s["queue_depth"]
+        yield "pybus_workers", {}, s["workers"]
+
+    def readiness(self, q: Any) -> tuple[bool, str]:
+        return (False, "work queue is closed") if q._closed else (True, "")
+
+
+class _WorkerAdapter:
+    kind = "worker"
+
+    def samples(self, w: Any) -> Iterator[RawSample]:
+        s = w.stats()
+        for ev in _WORKER_EVENTS:
+            yield "pybus_tasks_total", {"event": ev}, s[ev]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        lat = getattr(w, "_handler_latency", None)
+        if lat is not None:
+            yield "pybus_handler_latency_seconds", {}, HdrValue(lat, _NS)
+
+    def readiness(self, w: Any) -> tuple[bool, str]:
+        if w._stopping:
+            return False, "worker is stopped"
+        if not w._ready.is_set():
+            return False, "worker has no session with its queue yet"
+        return True, ""
+
+
+register_adapter("pybus.workqueue.WorkQueue", _WorkQueueAdapter())
+register_adapter("pybus.worker.Worker", _WorkerAdapter())
 register_adapter("pybus.publisher.Publisher", _PublisherAdapter())
 register_adapter("pybus.subscriber.Subscriber", _SubscriberAdapter())
 register_adapter("pybus.breaker.CircuitBreaker", _BreakerAdapter())

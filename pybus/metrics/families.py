@@ -171,8 +171,12 @@ _TABLE: tuple[_Entry, ...] = (
            "rpc"),
     # -- work queue
     _Entry("pybus_tasks_total", "counter",
-           "Work-queue tasks by event (put, acked, nacked, redelivered, dead_lettered).", "",
+           "Work-queue messages by event: on the queue put, recovered (from the journal), "
+           "dispatched, acked, nacked, redelivered, dead_lettered, ack_timeouts; on a worker "
+           "handled, acked, nacked, duplicates.", "",
            ("name", "event"), "workqueue"),
+    _Entry("pybus_workers", "gauge",
+           "Workers currently connected to a work queue.", "", _N, "workqueue"),
     _Entry("pybus_in_flight", "gauge",
            "Messages or tasks handed out and not yet acknowledged.", "", _N, "workqueue"),
     _Entry("pybus_queue_depth", "gauge",
