@@ -29,9 +29,14 @@ from .pubsub import Publisher, Subscriber
 from . import aio, metrics
 from .worker import Worker
 from .workqueue import WorkQueue
+from .rpc import Client, Server
+from .rpc_aio import AsyncClient
 
 __all__ = [
     "__version__",
+    "AsyncClient",
+    "Client",
+    "Server",
     "BackpressureError",
     "BusError",
     "CircuitBreaker",
