@@ -35,8 +35,15 @@ OnFull = Literal["block", "drop", "raise"]
 _ON_FULL = ("block", "drop", "raise")
 # Frames at least this big go to ZeroMQ without a copy (pyzmq copies smaller ones anyway).
 _ZERO_COPY_MIN_BYTES = 64 << 10
-_NOBLOCK = zmq.NOBLOCK
-_SNDMORE_NOBLOCK = zmq.SNDMORE | zmq.NOBLOCK
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+# How often a busy publisher reads the XPUB subscription messages (they queue meanwhile).
+_SUB_CHECK_INTERVAL_S = 0.01
+_monotonic = time.monotonic
+# Longest period of the flusher thread while the publishing thread sends by itself.
+_MAX_TICK_S = 0.002
 
 
 def _pack(obj: Any) -> bytes:
@@ -56,22 +63,48 @@ def _as_endpoints(endpoint: str | Sequence[str]) -> list[str]:
 def _flusher_loop(
     ref: weakref.ref[Publisher], wake: threading.Event, stop: threading.Event
 ) -> None:
-    """Body of a publisher's flusher thread; holds the publisher only while flushing."""
+    """Body of a publisher's flusher thread; holds the publisher only while flushing.
+
+    Idle, it sleeps on ``wake``. Armed by the first pending record of a batch, it wakes after
+    the flush delay and sends what is pending if its oldest record is that old, so the tail of
+    a burst leaves about ``max_delay_us`` (``linger_us``) after the last publish. While the
+    publishing thread keeps sending by itself (the batcher reports READY under load), the
+    thread finds only young records and backs off (doubling its period up to
+    ``_MAX_TICK_S``): every wake-up costs a GIL hand-off, which on a loaded machine stalls
+    the publishing thread for a scheduler slice.
+    """
     while True:
         wake.wait()
         if stop.is_set():
             return
         wake.clear()
-        pub = ref()
-        if pub is None:
-            return
-        try:
-            pub._timed_flush(stop)
-        except ClosedError:
-            return
-        except Exception:  # never let the thread die silently with data pending
-            log.exception("pybus publisher flusher failed")
-        del pub
+        period: float | None = None
+        while True:
+            pub = ref()
+            if pub is None:
+                return
+            if period is None:
+                period = pub._flush_delay_s
+            urgent = pub._urgent
+            del pub
+            if not urgent and period > 0:
+                stop.wait(period)
+            if stop.is_set():
+                return
+            pub = ref()
+            if pub is None:
+                return
+            try:
+                period = pub._tick(period)
+            except ClosedError:
+                return
+            except Exception:  # never let the thread die silently with data pending
+                log.exception("pybus publisher flusher failed")
+                period = None
+            finally:
+                del pub
+            if period is None:
+                break
 
 
 class Publisher:
@@ -95,6 +128,9 @@ class Publisher:
         publisher sends each message at once; under load batches form by themselves).
     max_delay_us : float
         Under load, the oldest pending message is sent at the latest this late.
+    idle_us : float
+        A message published at least this long after the last send finds the publisher idle
+        and goes out at once (in the publishing thread); sooner, it joins the next batch.
     max_message_bytes : int
         Largest payload + headers of one message; larger ones raise
         :class:`~pybus.ValidationError` at publish.
@@ -114,6 +150,9 @@ class Publisher:
         64-bit id written in every frame (default: random).
     context : zmq.Context, optional
         Defaults to ``zmq.Context.instance()`` (inproc peers must share the context).
+    registry : pybus.metrics.Registry or False, optional
+        Where this publisher reports its counters (default: ``pybus.metrics.default_registry``);
+        ``False`` reports nowhere and skips the per-frame topic and batch-size accounting.
 
     Examples
     --------
@@ -131,6 +170,7 @@ class Publisher:
         block_timeout: float = 1.0,
         linger_us: float = 0.0,
         max_delay_us: float = 100.0,
+        idle_us: float = 20.0,
         max_message_bytes: int = base.DEFAULT_MAX_MESSAGE_BYTES,
         max_batch_bytes: int = base.DEFAULT_MAX_BATCH_BYTES,
         max_batch_records: int = 8192,
@@ -150,6 +190,8 @@ class Publisher:
             raise ValidationError(f"block_timeout must be >= 0 seconds, got {block_timeout!r}")
         if not linger_us >= 0:
             raise ValidationError(f"linger_us must be >= 0, got {linger_us!r}")
+        if not idle_us >= 0:
+            raise ValidationError(f"idle_us must be >= 0, got {idle_us!r}")
         if not max_delay_us >= 0:
             raise ValidationError(f"max_delay_us must be >= 0, got {max_delay_us!r}")
         if close_linger_ms < 0:
@@ -161,7 +203,7 @@ class Publisher:
             # Holding batches open: never send a lone message at once; flush after linger_us.
             idle_us, delay_us = float(1 << 40), float(linger_us)
         else:
-            idle_us, delay_us = 5.0, float(max_delay_us)
+            idle_us, delay_us = float(idle_us), float(max_delay_us)
         self._batcher = Batcher(
             capacity_bytes=capacity_bytes,
             max_batch_records=max_batch_records,
@@ -204,22 +246,25 @@ class Publisher:
             sock.close(linger=0)
             raise from_zmq(exc, f"Publisher({'connect' if connect else 'bind'} {endpoint!r})")
         self._sock = sock
-        self._send = sock.send
+        # pyzmq's Cython send, without the sugar layer's routing_id/group handling (2x faster)
+        self._send = zmq.backend.Socket.send.__get__(sock)
+        self._next_sub_check = 0.0
         self._send_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._full_guard = threading.local()
         self._urgent = False
+        self._armed = False
 
         # counters (updated under the send lock)
-        self._published = 0
         self._batches = 0
         self._bytes = 0
         self._dropped: dict[str, int] = {"ring_full": 0, "closed": 0}
         self._subscribers: set[bytes] = set()
         self._subscriptions = 0
-        # per topic frame (bounded by the batcher's max_topics), updated once per batch
-        self._published_by_topic: dict[bytes, int] = {}
-        # messages per frame; 2 significant figures keep it ~10 KiB (exported as buckets)
+        # Metrics, updated once per frame (not per message): messages per topic frame (bounded
+        # by the batcher's max_topics) and messages per frame (2 significant figures, ~10 KiB).
+        # registry=False turns this accounting off.
+        self._published_by_topic: dict[bytes, int] | None = None if registry is False else {}
         self._batch_sizes = Histogram(1, max(2, max_batch_records), 2)
 
         self._batcher.set_hooks(
@@ -275,18 +320,25 @@ class Publisher:
         return self._batcher.topic_id(topic.encode("ascii"))
 
     def _on_ready(self) -> None:
-        if self._send_lock.acquire(False):
+        lock = self._send_lock
+        # Another thread (the flusher, or another publishing thread) may hold the lock while
+        # pyzmq's send has released the GIL; it gets the GIL back only when we block or after
+        # the interpreter's switch interval (5 ms), and meanwhile every publish here would be
+        # READY again. Blocking on the lock hands it the GIL at once; then we send what
+        # accumulated meanwhile in one batch.
+        if lock.acquire(False) or lock.acquire(timeout=self._block_timeout or 0.001):
             try:
                 self._flush_locked()
             finally:
-                self._send_lock.release()
-        else:
-            # another thread is sending: what we appended rides along with its next drain
+                lock.release()
+        elif not self._urgent:
             self._urgent = True
             self._wake.set()
 
     def _on_pending(self) -> None:
-        self._wake.set()
+        if not self._armed:
+            self._armed = True
+            self._wake.set()
 
     def _on_full(self, topic: str, payload: Any, headers: Any) -> Any:
         guard = self._full_guard
@@ -339,31 +391,36 @@ class Publisher:
         if frames:
             send = self._send
             nbytes = 0
-            published = 0
             by_topic = self._published_by_topic
-            record_size = self._batch_sizes.record
             try:
                 for topic, frame in frames:
                     send(topic, _SNDMORE_NOBLOCK)
                     n = len(frame)
-                    send(frame, _NOBLOCK, copy=n < _ZERO_COPY_MIN_BYTES)
+                    if n < _ZERO_COPY_MIN_BYTES:
+                        send(frame, _NOBLOCK)
+                    else:
+                        send(frame, _NOBLOCK, copy=False)
                     nbytes += n
-                    count = frame_info(frame)[2]
-                    published += count
-                    by_topic[topic] = by_topic.get(topic, 0) + count
-                    record_size(count)
+                    if by_topic is not None:
+                        count = frame_info(frame)[2]
+                        by_topic[topic] = by_topic.get(topic, 0) + count
+                        self._batch_sizes.record(count)
             except zmq.ZMQError as exc:
                 # XPUB never blocks (it drops at a subscriber's HWM), so this is a dead socket
                 raise from_zmq(exc, "Publisher send") from exc
-            self._published += published
             self._batches += len(frames)
             self._bytes += nbytes
-        self._read_subscriptions()
+        # Reading subscriptions costs a few microseconds (ZeroMQ processes its commands), so
+        # at most once per interval here; wait_for_subscribers and stats read them at once.
+        now = _monotonic()
+        if now >= self._next_sub_check:
+            self._next_sub_check = now + _SUB_CHECK_INTERVAL_S
+            self._read_subscriptions()
 
     def _read_subscriptions(self) -> None:
         """Consume XPUB (un)subscription messages without blocking (caller holds the lock)."""
         sock = self._sock
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock.get(_EVENTS) & _POLLIN:
             try:
                 msg = sock.recv(_NOBLOCK)
             except zmq.Again:
@@ -379,14 +436,29 @@ class Publisher:
             else:
                 self._subscriptions += 1 if msg[0] == 1 else -1
 
-    def _timed_flush(self, stop: threading.Event) -> None:
-        """Flusher thread: a batch became pending; send it after the delay (or at once)."""
-        if not self._urgent and self._flush_delay_s > 0:
-            stop.wait(self._flush_delay_s)
+    def _tick(self, period: float) -> float | None:
+        """Flusher thread: send pending records that waited the flush delay.
+
+        Returns the next period, or None once nothing is pending (the thread then sleeps).
+        """
         self._urgent = False
         with self._send_lock:
-            if not self._closed and self._batcher.pending_records:
-                self._flush_locked()
+            if self._closed:
+                raise ClosedError("closed")
+            b = self._batcher
+            if b.pending_records:
+                delay_ns = self._flush_delay_s * 1e9
+                if b.now_ns() - b.oldest_pending_ns >= delay_ns * 0.9:
+                    self._flush_locked()
+                    period = self._flush_delay_s
+                else:  # the publishing thread is sending by itself: back off
+                    return min(period * 2, _MAX_TICK_S)
+            # disarm, then look again: a record that arrived meanwhile re-arms (no lost wake-up)
+            self._armed = False
+            if b.pending_records:
+                self._armed = True
+                return period
+            return None
 
     def flush(self, timeout: float | None = 1.0) -> None:
         """Hand everything pending to ZeroMQ now.
@@ -466,8 +538,9 @@ class Publisher:
         with self._send_lock:
             if not self._closed:
                 self._read_subscriptions()
+            b = self._batcher
             return {
-                "published": self._published,
+                "published": b.records_appended - b.pending_records - self._dropped["closed"],
                 "pending": self._batcher.pending_records,
                 "batches": self._batches,
                 "bytes": self._bytes,
