@@ -188,6 +188,43 @@ class _WorkerAdapter:
         return True, ""
 
 
+class _RpcServerAdapter:
+    kind = "rpc_server"
+
+    def samples(self, srv: Any) -> Iterator[RawSample]:
+        s = srv.stats()
+        for key, outcome in (("requests", "received"), ("replies", "replied"),
+                             ("handler_errors", "handler_error"),
+                             ("unknown_method", "unknown_method"),
+                             ("busy_rejected", "busy_rejected"), ("unroutable", "unroutable")):
+            yield "pybus_rpc_requests_total", {"role": "server", "outcome": outcome}, s[key]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_in_flight", {}, s["inflight"]
+        yield "pybus_handler_latency_seconds", {}, HdrValue(srv._handler_latency, _NS)
+
+    def readiness(self, srv: Any) -> tuple[bool, str]:
+        return (False, "rpc server is closed") if srv._closed else (True, "")
+
+
+class _RpcClientAdapter:
+    kind = "rpc_client"
+
+    def samples(self, cl: Any) -> Iterator[RawSample]:
+        s = cl.stats()
+        for key, outcome in (("requests", "sent"), ("replies", "replied"),
+                             ("remote_errors", "remote_error"), ("timeouts", "timeout"),
+                             ("late_replies", "late_reply")):
+            yield "pybus_rpc_requests_total", {"role": "client", "outcome": outcome}, s[key]
+        yield "pybus_retries_total", {}, s["retries"]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_rpc_latency_seconds", {}, HdrValue(cl._rpc_latency, _NS)
+
+    def readiness(self, cl: Any) -> tuple[bool, str]:
+        return (False, "rpc client is closed") if cl._closed else (True, "")
+
+
+register_adapter("pybus.rpc.Server", _RpcServerAdapter())
+register_adapter("pybus.rpc._ClientBase", _RpcClientAdapter())
 register_adapter("pybus.workqueue.WorkQueue", _WorkQueueAdapter())
 register_adapter("pybus.worker.Worker", _WorkerAdapter())
 register_adapter("pybus.publisher.Publisher", _PublisherAdapter())

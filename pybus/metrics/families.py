@@ -162,10 +162,13 @@ _TABLE: tuple[_Entry, ...] = (
            "", _N, "resilience"),
     # -- rpc
     _Entry("pybus_rpc_requests_total", "counter",
-           "RPC requests, by role (client/server) and outcome.", "",
+           "RPC requests by role and outcome: a server counts received, replied, handler_error, "
+           "unknown_method, busy_rejected, unroutable; a client counts sent, replied, "
+           "remote_error, timeout (per attempt), late_reply.", "",
            ("name", "role", "outcome"), "rpc"),
     _Entry("pybus_rpc_latency_seconds", "hdr",
-           "RPC round-trip latency seen by a client (HDR histogram).", "seconds", _N, "rpc"),
+           "Duration of successful RPC requests seen by a client, retries included (HDR "
+           "histogram).", "seconds", _N, "rpc"),
     _Entry("pybus_handler_latency_seconds", "hdr",
            "Time spent in user handler code (RPC server, work-queue worker).", "seconds", _N,
            "rpc"),
