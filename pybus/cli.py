@@ -99,39 +99,46 @@ def _totals(fams: dict[str, Any]) -> dict[str, float]:
 
 def _stat_view(url: str, prev: dict[str, float], cur: dict[str, float], fams: dict[str, Any],
                dt: float) -> Any:
+    from rich.console import Group
     from rich.table import Table
 
     t = Table(title=f"pybus stat {url}  (rates over {dt:.1f} s)", title_justify="left")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_column("per second", justify="right")
+    t.add_column("metric", no_wrap=True)
+    t.add_column("value", justify="right", no_wrap=True)
+    t.add_column("per second", justify="right", no_wrap=True)
     for name, f in sorted(fams.items()):
         if not name.startswith("pybus_") or name.startswith("pybus_metrics_"):
             continue
         if f.type == "counter" and name in cur:
             rate = (cur[name] - prev.get(name, cur[name])) / dt if dt > 0 else 0.0
             t.add_row(name, _num(cur[name]), _num(rate))
-        elif f.type == "gauge" and name in cur and f.samples:
+        elif f.type == "gauge" and name in cur and f.samples and not name.endswith("_seconds"):
             if name == "pybus_circuit_breaker_state":
                 states = sorted(f"{lab.get('name', '?')}={lab.get('state')}"
                                 for _, lab, v in f.samples if v == 1)
                 t.add_row(name, ", ".join(states), "")
             else:
                 t.add_row(name, _num(cur[name]), "")
-    lat = [f for n, f in sorted(fams.items()) if f.type == "summary" and f.samples]
-    if lat:
-        t.add_section()
-        for f in lat:
-            qs = {}
-            for sname, lab, v in f.samples:
-                if sname == f.name and "quantile" in lab:
-                    qs.setdefault(lab["quantile"], []).append(v)
-            if not qs:
-                continue
-            cells = "  ".join(f"p{_qlabel(q)}={_dur(max(vs))}" for q, vs in sorted(
-                qs.items(), key=lambda kv: float(kv[0])))
-            t.add_row(f.name, cells, "")
-    return t
+    lat = Table(title="latency (HDR quantiles since start; worst object)", title_justify="left")
+    lat.add_column("histogram", no_wrap=True)
+    for q in ("p50", "p90", "p99", "p99.9", "max"):
+        lat.add_column(q, justify="right", no_wrap=True)
+    for name, f in sorted(fams.items()):
+        if f.type != "summary" or not f.samples or not name.endswith("_quantiles_seconds"):
+            continue
+        qs: dict[float, float] = {}
+        for sname, lab, v in f.samples:
+            if sname == name and "quantile" in lab and v == v:
+                q = float(lab["quantile"])
+                qs[q] = max(qs.get(q, 0.0), v)
+        if not qs:
+            continue
+        stem = name[len("pybus_"):-len("_quantiles_seconds")]
+        mx = fams.get(f"pybus_{stem}_max_seconds")
+        top = max((v for _, _, v in mx.samples), default=float("nan")) if mx else float("nan")
+        lat.add_row(stem, *(_dur(qs.get(q, float("nan"))) for q in (0.5, 0.9, 0.99, 0.999)),
+                    _dur(top))
+    return Group(t, lat) if lat.row_count else t
 
 
 def _qlabel(q: str) -> str:
@@ -381,8 +388,12 @@ def _entry_dict(e: Any, full: bool) -> dict[str, Any]:
         d["payload_format"] = e.payload_format
         if isinstance(value, bytes):
             try:
-                d["payload"] = value.decode("utf-8")
+                text = value.decode("utf-8")
             except UnicodeDecodeError:
+                text = None
+            if text is not None and (text.isprintable() or not text):
+                d["payload"] = text
+            else:
                 d["payload"] = value.hex()
                 d["payload_format"] = "hex"
         else:
