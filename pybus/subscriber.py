@@ -76,6 +76,9 @@ class Subscriber:
         Decode errors are logged at most once per this many seconds.
     context : zmq.Context, optional
         Defaults to ``zmq.Context.instance()``.
+    registry : pybus.metrics.Registry or False, optional
+        Where this subscriber reports its counters (default: ``pybus.metrics.default_registry``);
+        ``False`` reports nowhere and skips the per-frame latency recording.
 
     Examples
     --------
@@ -172,7 +175,9 @@ class Subscriber:
         self._batches = 0
         # publish-to-receive latency in ns, one record_n per frame (2 significant figures: 1 %
         # precision in ~30 KiB); exported by pybus.metrics as quantiles and buckets
-        self._latency = Histogram(1, _LATENCY_MAX_NS, 2)
+        # (registry=False: no latency recording)
+        self._latency: Histogram | None = None if registry is False else Histogram(
+            1, _LATENCY_MAX_NS, 2)
         self._last_log = 0.0
         self._unlogged_errors = 0
         self._closed = False
@@ -339,10 +344,11 @@ class Subscriber:
             self._bytes += len(frame)
             # the frame's first publish time (CLOCK_REALTIME, comparable across processes);
             # clamped: another host's clock may be ahead, a stalled frame may be very late
-            lat = _time_ns() - _ts
-            self._latency.record_n(
-                0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
-            )
+            if self._latency is not None:
+                lat = _time_ns() - _ts
+                self._latency.record_n(
+                    0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
+                )
             self._account(topic, topic_b, pid, first, count)
             room = max_messages - len(out)
             if len(msgs) <= room:
