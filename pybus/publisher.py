@@ -139,7 +139,7 @@ class Publisher:
         Size of the ring of pending messages (allocated once).
     max_queued_bytes : int
         Bound on what ZeroMQ queues per subscriber; ``sndhwm`` defaults to
-        ``max(16, max_queued_bytes // largest_frame)`` frames. A subscriber that stops reading
+        ``max(16, max_queued_bytes // max_batch_bytes)`` frames. A subscriber that stops reading
         loses messages beyond that (it sees them as sequence gaps); others are not affected.
     sndhwm : int, optional
         ZeroMQ send high-water mark, in frames (overrides the derived value).
@@ -196,7 +196,8 @@ class Publisher:
             publisher_id = random.getrandbits(64)
         if linger_us > 0:
             # Holding batches open: never send a lone message at once; flush after linger_us.
-            idle_us, delay_us = float(1 << 40), float(linger_us)
+            # (the batcher still sends the very first message at once: it has never drained)
+            idle_us, delay_us = 1e9, float(linger_us)
         else:
             idle_us, delay_us = float(idle_us), float(max_delay_us)
         self._batcher = Batcher(
@@ -215,9 +216,8 @@ class Publisher:
         self._block_timeout = float(block_timeout)
         self._flush_delay_s = delay_us / 1e6
         self._close_linger_ms = int(close_linger_ms)
-        largest_frame = max(max_batch_bytes, max_message_bytes) + base.FRAME_OVERHEAD_BYTES
         self.sndhwm: int = int(sndhwm) if sndhwm is not None else base.hwm_for(
-            max_queued_bytes, largest_frame
+            max_queued_bytes, max_batch_bytes
         )
         if self.sndhwm < 1:
             raise ValidationError(f"sndhwm must be >= 1 frame, got {sndhwm!r}")

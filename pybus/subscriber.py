@@ -116,7 +116,7 @@ class Subscriber:
             max(max_message_bytes, max_batch_bytes) + base.FRAME_OVERHEAD_BYTES
         )
         self.rcvhwm: int = (
-            int(rcvhwm) if rcvhwm is not None else base.hwm_for(max_queued_bytes, self.max_frame_bytes)
+            int(rcvhwm) if rcvhwm is not None else base.hwm_for(max_queued_bytes, max_batch_bytes)
         )
         if self.rcvhwm < 1:
             raise ValidationError(f"rcvhwm must be >= 1 frame, got {rcvhwm!r}")
