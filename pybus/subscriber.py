@@ -161,7 +161,7 @@ class Subscriber:
         self._decode_errors = 0
         self._decode_errors_by_reason: dict[str, int] = {}
         self._out_of_order = 0
-        self._last_log = 0.0
+        self._last_log = float("-inf")
         self._unlogged_errors = 0
         self._closed = False
         if bind:
