@@ -127,7 +127,7 @@ class Subscriber:
         self._log_interval_s = log_interval_s
 
         self._ctx = context if context is not None else zmq.Context.instance()
-        sock = self._ctx.socket(zmq.SUB)
+        sock = self._sock = self._new_socket(zmq.SUB)
         self.endpoints: list[str] = []
         try:
             sock.setsockopt(zmq.LINGER, 0)
@@ -144,9 +144,8 @@ class Subscriber:
                     sock.connect(ep)
                     self.endpoints.append(ep)
         except zmq.ZMQError as exc:
-            sock.close(linger=0)
+            self._close_socket()
             raise from_zmq(exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})")
-        self._sock = sock
         self._recv = sock.recv
         self._lock = threading.Lock()
         # messages decoded but not yet handed out (recv() takes them one by one)
@@ -402,12 +401,13 @@ class Subscriber:
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until the subscriber is closed."""
+        # one by one through recv()'s buffer: breaking out of the loop loses nothing
+        recv = self.recv
         while not self._closed:
             try:
-                batch = self.recv_batch(10_000, None)
+                yield recv(None)
             except ClosedError:
                 return
-            yield from batch
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -454,6 +454,9 @@ class Subscriber:
             self._buf = []
             self._pos = 0
 
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        return self._ctx.socket(socket_type)
+
     def _close_socket(self) -> None:
         self._sock.close(linger=0)
 
@@ -470,7 +473,7 @@ class Subscriber:
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)
         if sock is not None and not sock.closed:
-            sock.close(linger=0)
+            self._close_socket()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -271,6 +271,14 @@ def test_iteration_recv_timeouts_and_batches(pair: tuple[pybus.Publisher, pybus.
         if len(got) == 30:
             break
     assert got == [bytes([i]) for i in range(30)]
+    # leaving a for loop early keeps the rest buffered
+    for i in range(5):
+        pub.publish("orders.it", bytes([i]))
+    pub.flush()
+    for msg in sub:
+        assert msg.payload == b"\x00"
+        break
+    assert [m.payload for m in _collect(sub, 4)] == [bytes([i]) for i in range(1, 5)]
     with pytest.raises(pybus.ValidationError):
         sub.recv_batch(0)
     # max_messages splits a frame; the rest stays buffered, in order
