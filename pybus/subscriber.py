@@ -27,7 +27,8 @@ log = logging.getLogger("pybus.subscriber")
 #: ``on_gap(topic, publisher_id, expected_seq, got_seq, lost)``
 GapCallback = Callable[[str, int, int, int, int], None]
 
-_NOBLOCK = zmq.NOBLOCK
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
 _TOPIC_CACHE_SIZE = 4096
 # Topics counted one by one in stats(); beyond this many, counts go to "<other>" (bounded).
 _MAX_TRACKED_TOPICS = 4096
@@ -146,7 +147,9 @@ class Subscriber:
         except zmq.ZMQError as exc:
             self._close_socket()
             raise from_zmq(exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})")
-        self._recv = sock.recv
+        # pyzmq's Cython methods, without the sugar layer (per frame, not per message)
+        self._recv = zmq.backend.Socket.recv.__get__(sock)
+        self._get = zmq.backend.Socket.get.__get__(sock)
         self._lock = threading.Lock()
         # messages decoded but not yet handed out (recv() takes them one by one)
         self._buf: list[Message] = []
@@ -288,7 +291,7 @@ class Subscriber:
     def _fill(self, out: list[Message], max_messages: int) -> None:
         """Receive frames already queued, without blocking, until out has max_messages."""
         recv = self._recv
-        sock = self._sock
+        get = self._get
         topics = self._topics
         while len(out) < max_messages:
             try:
@@ -297,13 +300,13 @@ class Subscriber:
                 return
             except zmq.ZMQError as exc:
                 raise from_zmq(exc, "Subscriber.recv") from exc
-            if not sock.rcvmore:
+            if not get(_RCVMORE):
                 self._decode_error("single-frame message (expected topic + batch frame)", topic_b)
                 continue
             frame = recv(_NOBLOCK)
-            if sock.rcvmore:
+            if get(_RCVMORE):
                 parts = 2
-                while sock.rcvmore:
+                while get(_RCVMORE):
                     recv(_NOBLOCK)
                     parts += 1
                 self._decode_error(f"{parts}-frame message (expected 2 frames)", topic_b)
