@@ -79,7 +79,7 @@ def _rx_pybus(ep: str, n: int, mode: str, conn: Any) -> None:
         if mode == "batch":
             recv_batch = sub.recv_batch
             while got < n:
-                batch = recv_batch(100_000, IDLE_TIMEOUT_S)
+                batch = recv_batch(10_000, IDLE_TIMEOUT_S)  # the default max_messages
                 if not batch:
                     break
                 got += len(batch)
@@ -369,7 +369,7 @@ def _rx_latency(ep: str, kind: str, n: int, conn: Any) -> None:
         recv_batch = sub.recv_batch
         stamped = 0
         while got < n:
-            batch = recv_batch(100_000, IDLE_TIMEOUT_S)
+            batch = recv_batch(10_000, IDLE_TIMEOUT_S)
             if not batch:
                 break
             t = _now()
@@ -383,8 +383,14 @@ def _rx_latency(ep: str, kind: str, n: int, conn: Any) -> None:
     conn.send((got, hist.encode()))
 
 
-def _pace(n: int, rate: float, stamp_every: int, send_one: Callable[[bytes], Any], size: int,
-          flush: Callable[[], Any] | None) -> None:
+def _pace(
+    n: int,
+    rate: float,
+    stamp_every: int,
+    send_one: Callable[[bytes], Any],
+    size: int,
+    flush: Callable[[], Any] | None,
+) -> None:
     """Send n messages at `rate`/s; every stamp_every-th carries its intended send time."""
     interval = 1e9 / rate
     plain = b"\x00" * size
@@ -409,8 +415,9 @@ def _pace(n: int, rate: float, stamp_every: int, send_one: Callable[[bytes], Any
         flush()
 
 
-def _run_latency(kind: str, rate: float, seconds: float, stamp_every: int, tmpdir: str,
-                 size: int = 64) -> dict[str, Any]:
+def _run_latency(
+    kind: str, rate: float, seconds: float, stamp_every: int, tmpdir: str, size: int = 64
+) -> dict[str, Any]:
     n = max(100, int(rate * seconds))
     ep = _endpoint("ipc", tmpdir)
     ctx = mp.get_context("fork")
@@ -445,8 +452,14 @@ def _run_latency(kind: str, rate: float, seconds: float, stamp_every: int, tmpdi
             proc.kill()
     h = pybus.Histogram.decode(encoded)
     us = {f"p{p:g}": h.percentile(p) / 1000 for p in (50.0, 99.0, 99.9)}
-    return {"rate": rate, "sent": n, "received": got, "samples": h.total_count,
-            "max_us": h.max / 1000, **us}
+    return {
+        "rate": rate,
+        "sent": n,
+        "received": got,
+        "samples": h.total_count,
+        "max_us": h.max / 1000,
+        **us,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,11 +493,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-latency", action="store_true")
     args = ap.parse_args(argv)
     quick = args.quick
-    reps = args.reps or (3 if quick else 5)
-    scale = 0.25 if quick else 1.0
+    reps = args.reps or (2 if quick else 5)
+    scale = 0.15 if quick else 1.0
     # messages per run, sized for ~0.2 s (quick: ~0.05-0.1 s) at this machine's rates
-    base_n = {"pybus-batch": 2_000_000, "pybus-recv": 1_000_000, "zmq-send": 400_000,
-              "py-batch": 2_000_000, "zenoh": 300_000}
+    base_n = {
+        "pybus-batch": 2_000_000,
+        "pybus-recv": 1_000_000,
+        "zmq-send": 400_000,
+        "py-batch": 2_000_000,
+        "zenoh": 300_000,
+    }
     variants = [v for v in args.variants.split(",") if v]
     notes: list[str] = []
     zmiss = _zenoh_available() if "zenoh" in variants else None
@@ -493,13 +511,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         variants.remove("zenoh")
     load = os.getloadavg()
     out: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
-                    "pybus": pybus.__version__, "loadavg_at_start": load},
-        "reps": reps, "quick": quick, "throughput": {}, "latency": {}, "notes": notes,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "pyzmq": zmq.__version__,
+            "libzmq": zmq.zmq_version(),
+            "pybus": pybus.__version__,
+            "loadavg_at_start": load,
+        },
+        "reps": reps,
+        "quick": quick,
+        "throughput": {},
+        "latency": {},
+        "notes": notes,
     }
-    print(f"pybus pub/sub benchmark: {reps} reps per case, load average {load[0]:.2f} "
-          f"on {os.cpu_count()} CPUs{' (quick)' if quick else ''}", flush=True)
+    print(
+        f"pybus pub/sub benchmark: {reps} reps per case, load average {load[0]:.2f} "
+        f"on {os.cpu_count()} CPUs{' (quick)' if quick else ''}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="pybus-bench-") as tmpdir:
         for transport in args.transports.split(","):
             for size in [int(s) for s in args.sizes.split(",")]:
@@ -515,19 +545,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             break
                     if not runs:
                         continue
-                    row[variant] = {**_summ([r["rate"] for r in runs]),
-                                    "complete": all(r["received"] == r["sent"] for r in runs),
-                                    "sender_rate": statistics.median(
-                                        r["sender_rate"] for r in runs),
-                                    "runs": runs}
+                    row[variant] = {
+                        **_summ([r["rate"] for r in runs]),
+                        "complete": all(r["received"] == r["sent"] for r in runs),
+                        "sender_rate": statistics.median(r["sender_rate"] for r in runs),
+                        "runs": runs,
+                    }
                     r = row[variant]
-                    print(f"  {transport:3} {size:5d} B  {variant:12} "
-                          f"{_fmt_rate(r['median']):>7} msg/s  (min {_fmt_rate(r['min'])}, "
-                          f"max {_fmt_rate(r['max'])}){'' if r['complete'] else '  INCOMPLETE'}",
-                          flush=True)
+                    print(
+                        f"  {transport:3} {size:5d} B  {variant:12} "
+                        f"{_fmt_rate(r['median']):>7} msg/s  (min {_fmt_rate(r['min'])}, "
+                        f"max {_fmt_rate(r['max'])}){'' if r['complete'] else '  INCOMPLETE'}",
+                        flush=True,
+                    )
                 out["throughput"][f"{transport}/{size}"] = row
         if not args.no_latency:
-            secs = 1.0 if quick else 3.0
+            secs = 0.6 if quick else 3.0
             lat: dict[str, Any] = {}
             for kind in ("pybus", "zmq"):
                 runs = [_run_latency(kind, 1000.0, secs, 1, tmpdir) for _ in range(reps)]
@@ -572,20 +605,38 @@ def _ratios(out: dict[str, Any]) -> dict[str, float]:
 
 
 BARS = [
-    ("ipc/64 pybus-batch (M msg/s)", lambda o: o["throughput"]["ipc/64"]["pybus-batch"]["median"]
-     / 1e6, ">=", 10.0),
-    ("ipc/64 pybus-batch / zmq-send", lambda o: o["ratios"]["ipc/64 pybus-batch / zmq-send"],
-     ">=", 5.0),
-    ("ipc/64 pybus-recv / zmq-send", lambda o: o["ratios"]["ipc/64 pybus-recv / zmq-send"],
-     ">=", 2.0),
-    ("tcp/64 pybus-batch / zmq-send", lambda o: o["ratios"]["tcp/64 pybus-batch / zmq-send"],
-     ">=", 5.0),
-    ("ipc/64 pybus-batch / py-batch", lambda o: o["ratios"]["ipc/64 pybus-batch / py-batch"],
-     ">=", 1.3),
-    ("ipc/64 pybus-batch / zenoh", lambda o: o["ratios"]["ipc/64 pybus-batch / zenoh"],
-     ">=", 8.0),
-    ("paced-1000 p99 pybus / zmq", lambda o: o["ratios"]["paced-1000 p99 pybus / zmq"],
-     "<=", 1.2),
+    (
+        "ipc/64 pybus-batch (M msg/s)",
+        lambda o: o["throughput"]["ipc/64"]["pybus-batch"]["median"] / 1e6,
+        ">=",
+        10.0,
+    ),
+    (
+        "ipc/64 pybus-batch / zmq-send",
+        lambda o: o["ratios"]["ipc/64 pybus-batch / zmq-send"],
+        ">=",
+        5.0,
+    ),
+    (
+        "ipc/64 pybus-recv / zmq-send",
+        lambda o: o["ratios"]["ipc/64 pybus-recv / zmq-send"],
+        ">=",
+        2.0,
+    ),
+    (
+        "tcp/64 pybus-batch / zmq-send",
+        lambda o: o["ratios"]["tcp/64 pybus-batch / zmq-send"],
+        ">=",
+        5.0,
+    ),
+    (
+        "ipc/64 pybus-batch / py-batch",
+        lambda o: o["ratios"]["ipc/64 pybus-batch / py-batch"],
+        ">=",
+        1.3,
+    ),
+    ("ipc/64 pybus-batch / zenoh", lambda o: o["ratios"]["ipc/64 pybus-batch / zenoh"], ">=", 8.0),
+    ("paced-1000 p99 pybus / zmq", lambda o: o["ratios"]["paced-1000 p99 pybus / zmq"], "<=", 1.2),
     ("half-max p99 (us)", lambda o: o["latency"]["half-max/pybus"]["p99"]["median"], "<", 1000.0),
 ]
 
@@ -617,8 +668,10 @@ def _print_summary(out: dict[str, Any]) -> None:
         print(f"note: {note}")
     la = out["machine"]["loadavg_at_start"][0]
     if la > 0.5:
-        print(f"note: load average was {la:.2f} at start: other work shares the CPUs, "
-              "numbers are noisy")
+        print(
+            f"note: load average was {la:.2f} at start: other work shares the CPUs, "
+            "numbers are noisy"
+        )
 
 
 if __name__ == "__main__":

@@ -217,8 +217,8 @@ class Publisher:
         self._block_timeout = float(block_timeout)
         self._flush_delay_s = delay_us / 1e6
         self._close_linger_ms = int(close_linger_ms)
-        self.sndhwm: int = int(sndhwm) if sndhwm is not None else base.hwm_for(
-            max_queued_bytes, max_batch_bytes
+        self.sndhwm: int = (
+            int(sndhwm) if sndhwm is not None else base.hwm_for(max_queued_bytes, max_batch_bytes)
         )
         if self.sndhwm < 1:
             raise ValidationError(f"sndhwm must be >= 1 frame, got {sndhwm!r}")
@@ -240,7 +240,9 @@ class Publisher:
                     self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         except zmq.ZMQError as exc:
             self._close_socket(0)
-            raise from_zmq(exc, f"Publisher({'connect' if connect else 'bind'} {endpoint!r})")
+            raise from_zmq(
+                exc, f"Publisher({'connect' if connect else 'bind'} {endpoint!r})"
+            ) from exc
         # pyzmq's Cython send, without the sugar layer's routing_id/group handling (2x faster)
         self._send = zmq.backend.Socket.send.__get__(sock)
         self._next_sub_check = 0.0
@@ -262,7 +264,7 @@ class Publisher:
         )
         #: Publish one message: ``publish(topic, payload, headers=None)``. The batcher's C
         #: method itself, so a publish is one call into compiled code. See :meth:`_publish_doc`.
-        self.publish = self._batcher.publish
+        self.publish = self._batcher.publish  # type: ignore[method-assign]
 
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -404,7 +406,7 @@ class Publisher:
     def _read_subscriptions(self) -> None:
         """Consume XPUB (un)subscription messages without blocking (caller holds the lock)."""
         sock = self._sock
-        while sock.get(_EVENTS) & _POLLIN:
+        while sock.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
             try:
                 msg = sock.recv(_NOBLOCK)
             except zmq.Again:
@@ -555,7 +557,7 @@ class Publisher:
                 except Exception:
                     log.exception("pybus publisher: final flush failed")
             self._closed = True
-            self.publish = self._publish_closed
+            self.publish = self._publish_closed  # type: ignore[method-assign]
             self._stop.set()
             self._wake.set()
             try:

@@ -111,7 +111,9 @@ class Subscriber:
         if max_streams < 1:
             raise ValidationError(f"max_streams must be >= 1, got {max_streams}")
         if on_gap is not None and not callable(on_gap):
-            raise ValidationError("on_gap must be callable(topic, publisher_id, expected, got, lost)")
+            raise ValidationError(
+                "on_gap must be callable(topic, publisher_id, expected, got, lost)"
+            )
         self._matcher = TopicMatcher(topics)  # validates every pattern before any socket
         self.max_frame_bytes: int = (
             max(max_message_bytes, max_batch_bytes) + base.FRAME_OVERHEAD_BYTES
@@ -146,7 +148,9 @@ class Subscriber:
                     self.endpoints.append(ep)
         except zmq.ZMQError as exc:
             self._close_socket()
-            raise from_zmq(exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})")
+            raise from_zmq(
+                exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})"
+            ) from exc
         # pyzmq's Cython methods, without the sugar layer (per frame, not per message)
         self._recv = zmq.backend.Socket.recv.__get__(sock)
         self._get = zmq.backend.Socket.get.__get__(sock)
