@@ -1,5 +1,8 @@
 """pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
 
+from . import aio
+from ._native import *  # noqa: F403
+from ._native import __all__ as _native_all
 from ._version import __version__
 from .errors import (
     BackpressureError,
@@ -18,11 +21,8 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from ._native import *  # noqa: F403
-from ._native import __all__ as _native_all
-from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
 from .pubsub import Publisher, Subscriber
-from . import aio
+from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
 
 __all__ = [
     "__version__",
