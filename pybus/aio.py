@@ -34,8 +34,14 @@ class Publisher(_pub.Publisher):
     waits); ``await flush()``, ``await wait_for_subscribers()``, ``await close()``,
     ``async with``. Takes the same arguments."""
 
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        # The asyncio socket owns the ZeroMQ socket and closes it; the sync one used on the
+        # hot path is a shadow (a shadow never closes the handle when garbage collected, so
+        # a handle ZeroMQ reuses for a new socket is never closed by mistake).
+        self._asock = zmq.asyncio.Socket(self._ctx, socket_type)
+        return zmq.Socket.shadow(self._asock.underlying)
+
     def _start_flusher(self) -> None:
-        self._asock = zmq.asyncio.Socket.from_socket(self._sock)
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
 
     def _on_pending(self) -> None:
@@ -98,7 +104,7 @@ class Publisher(_pub.Publisher):
                     f"{count} of {n} subscribers after {timeout}s on {self.endpoints}"
                 )
             slice_s = 0.002 if base._BOUND_SUBSCRIBERS else 0.05
-            await self._asock.poll(max(1, int(min(remaining, slice_s) * 1000)), zmq.POLLIN)
+            await self._asock.poll(timeout=max(1, int(min(remaining, slice_s) * 1000)))
 
     async def close(self, linger: float | None = None) -> None:  # type: ignore[override]
         """Send what is pending and close (bounded by ``linger``)."""
@@ -123,6 +129,17 @@ class Publisher(_pub.Publisher):
         pass
 
 
+class _AsyncCore(_sub.Subscriber):
+    """The sync subscriber's bookkeeping over a socket owned by a zmq.asyncio socket."""
+
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        self._asock = zmq.asyncio.Socket(self._ctx, socket_type)
+        return zmq.Socket.shadow(self._asock.underlying)
+
+    def _close_socket(self) -> None:
+        self._asock.close(linger=0)  # also unregisters it from the event loop
+
+
 class Subscriber:
     """:class:`pybus.Subscriber` for asyncio: ``await recv()``, ``await recv_batch()``,
     ``async for msg in sub``, ``async with``. Takes the same arguments."""
@@ -134,12 +151,8 @@ class Subscriber:
         bind: bool = False,
         **kwargs: Any,
     ) -> None:
-        self._core = _sub.Subscriber(endpoints, topics, bind, **kwargs)
-        self._asock = zmq.asyncio.Socket.from_socket(self._core._sock)
-        self._core._close_socket = self._close_socket  # type: ignore[method-assign]
-
-    def _close_socket(self) -> None:
-        self._asock.close(linger=0)
+        self._core = _AsyncCore(endpoints, topics, bind, **kwargs)
+        self._asock = self._core._asock
 
     @property
     def endpoints(self) -> list[str]:
@@ -191,7 +204,7 @@ class Subscriber:
                     return out
                 ms = max(1, int(remaining * 1000 + 0.999))
             try:
-                await self._asock.poll(ms, zmq.POLLIN)
+                await self._asock.poll(timeout=ms)
             except asyncio.CancelledError:
                 if core.closed:  # close() from another task cancels the pending poll
                     raise ClosedError("the Subscriber was closed") from None
@@ -220,13 +233,12 @@ class Subscriber:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Message]:
+        # one by one through recv()'s buffer: breaking out of the loop loses nothing
         while not self._core.closed:
             try:
-                batch = await self.recv_batch(10_000, None)
+                yield await self.recv(None)
             except ClosedError:
                 return
-            for m in batch:
-                yield m
 
     async def close(self) -> None:
         """Close the socket (buffered messages are discarded)."""

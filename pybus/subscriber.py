@@ -28,7 +28,8 @@ log = logging.getLogger("pybus.subscriber")
 #: ``on_gap(topic, publisher_id, expected_seq, got_seq, lost)``
 GapCallback = Callable[[str, int, int, int, int], None]
 
-_NOBLOCK = zmq.NOBLOCK
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
 _TOPIC_CACHE_SIZE = 4096
 #: Latencies above this (1 hour, in ns) are recorded as this.
 _LATENCY_MAX_NS = 3_600_000_000_000
@@ -119,13 +120,15 @@ class Subscriber:
         if max_streams < 1:
             raise ValidationError(f"max_streams must be >= 1, got {max_streams}")
         if on_gap is not None and not callable(on_gap):
-            raise ValidationError("on_gap must be callable(topic, publisher_id, expected, got, lost)")
+            raise ValidationError(
+                "on_gap must be callable(topic, publisher_id, expected, got, lost)"
+            )
         self._matcher = TopicMatcher(topics)  # validates every pattern before any socket
         self.max_frame_bytes: int = (
             max(max_message_bytes, max_batch_bytes) + base.FRAME_OVERHEAD_BYTES
         )
         self.rcvhwm: int = (
-            int(rcvhwm) if rcvhwm is not None else base.hwm_for(max_queued_bytes, self.max_frame_bytes)
+            int(rcvhwm) if rcvhwm is not None else base.hwm_for(max_queued_bytes, max_batch_bytes)
         )
         if self.rcvhwm < 1:
             raise ValidationError(f"rcvhwm must be >= 1 frame, got {rcvhwm!r}")
@@ -136,7 +139,7 @@ class Subscriber:
         self._log_interval_s = log_interval_s
 
         self._ctx = context if context is not None else zmq.Context.instance()
-        sock = self._ctx.socket(zmq.SUB)
+        sock = self._sock = self._new_socket(zmq.SUB)
         self.endpoints: list[str] = []
         try:
             sock.setsockopt(zmq.LINGER, 0)
@@ -153,10 +156,13 @@ class Subscriber:
                     sock.connect(ep)
                     self.endpoints.append(ep)
         except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise from_zmq(exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})")
-        self._sock = sock
-        self._recv = sock.recv
+            self._close_socket()
+            raise from_zmq(
+                exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})"
+            ) from exc
+        # pyzmq's Cython methods, without the sugar layer (per frame, not per message)
+        self._recv = zmq.backend.Socket.recv.__get__(sock)
+        self._get = zmq.backend.Socket.get.__get__(sock)
         self._lock = threading.Lock()
         # messages decoded but not yet handed out (recv() takes them one by one)
         self._buf: list[Message] = []
@@ -178,7 +184,7 @@ class Subscriber:
         # (registry=False: no latency recording)
         self._latency: Histogram | None = None if registry is False else Histogram(
             1, _LATENCY_MAX_NS, 2)
-        self._last_log = 0.0
+        self._last_log = float("-inf")
         self._unlogged_errors = 0
         self._closed = False
         if bind:
@@ -307,7 +313,7 @@ class Subscriber:
     def _fill(self, out: list[Message], max_messages: int) -> None:
         """Receive frames already queued, without blocking, until out has max_messages."""
         recv = self._recv
-        sock = self._sock
+        get = self._get
         topics = self._topics
         while len(out) < max_messages:
             try:
@@ -316,13 +322,13 @@ class Subscriber:
                 return
             except zmq.ZMQError as exc:
                 raise from_zmq(exc, "Subscriber.recv") from exc
-            if not sock.rcvmore:
+            if not get(_RCVMORE):
                 self._decode_error("single-frame message (expected topic + batch frame)", topic_b)
                 continue
             frame = recv(_NOBLOCK)
-            if sock.rcvmore:
+            if get(_RCVMORE):
                 parts = 2
-                while sock.rcvmore:
+                while get(_RCVMORE):
                     recv(_NOBLOCK)
                     parts += 1
                 self._decode_error(f"{parts}-frame message (expected 2 frames)", topic_b)
@@ -430,12 +436,13 @@ class Subscriber:
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until the subscriber is closed."""
+        # one by one through recv()'s buffer: breaking out of the loop loses nothing
+        recv = self.recv
         while not self._closed:
             try:
-                batch = self.recv_batch(10_000, None)
+                yield recv(None)
             except ClosedError:
                 return
-            yield from batch
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -486,6 +493,9 @@ class Subscriber:
             self._buf = []
             self._pos = 0
 
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        return self._ctx.socket(socket_type)
+
     def _close_socket(self) -> None:
         self._sock.close(linger=0)
 
@@ -502,7 +512,7 @@ class Subscriber:
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)
         if sock is not None and not sock.closed:
-            sock.close(linger=0)
+            self._close_socket()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
