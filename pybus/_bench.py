@@ -170,6 +170,7 @@ def _count_pybus(endpoint: str, n: int, conn: Any) -> None:
 def _count_zmq(endpoint: str, n: int, conn: Any) -> None:
     ctx = zmq.Context()
     s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.RCVHWM, 0)  # unbounded, as the publisher's (see pubsub_once)
     s.setsockopt(zmq.SUBSCRIBE, b"bench.")
     s.connect(endpoint)
     recv = s.recv
@@ -337,6 +338,161 @@ def _pipeline_zmq(src: str, sink: str, conn: Any) -> None:
     ctx.term()
 
 
+# -- optional peers: pynng (Pub0/Sub0) and eclipse-zenoh (peer mode, tcp loopback) -------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return int(sk.getsockname()[1])
+
+
+def _zenoh_session(listen: str | None = None, connect: str | None = None) -> Any:
+    import zenoh
+
+    conf = zenoh.Config()
+    conf.insert_json5("mode", '"peer"')
+    conf.insert_json5("scouting/multicast/enabled", "false")
+    if listen:
+        conf.insert_json5("listen/endpoints", f'["{listen}"]')
+    if connect:
+        conf.insert_json5("connect/endpoints", f'["{connect}"]')
+    return zenoh.open(conf)
+
+
+def _peer_sub(system: str, addr: str) -> tuple[Any, Callable[[float], bytes | None], Any]:
+    """A subscriber of ``system`` on ``addr``: (handle, recv(timeout) -> bytes or None, close)."""
+    if system == "pynng":
+        import pynng
+
+        # nng drops at a full receive buffer (default 0-1 messages): give it room
+        s = pynng.Sub0(dial=addr, recv_timeout=int(_IDLE_S * 1000), recv_buffer_size=8192)
+        s.subscribe(b"bench.")
+
+        def recv_nng(_t: float) -> bytes | None:
+            try:
+                return bytes(s.recv())
+            except pynng.Timeout:
+                return None
+
+        return s, recv_nng, s.close
+    if system == "zenoh":
+        import queue
+
+        q: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        sess = _zenoh_session(connect=addr)
+        sub = sess.declare_subscriber("bench/**", lambda smp: q.put(smp.payload.to_bytes()))
+
+        def recv_z(t: float) -> bytes | None:
+            try:
+                return q.get(timeout=t)
+            except queue.Empty:
+                return None
+
+        def close_z() -> None:
+            sub.undeclare()
+            sess.close()
+
+        return sess, recv_z, close_z
+    raise BenchError(f"unknown peer {system!r}")
+
+
+def _count_peer(system: str, addr: str, n: int, conn: Any) -> None:
+    _, recv, close = _peer_sub(system, addr)
+    while recv(_CHILD_TIMEOUT_S) != b"bench.hello":
+        pass
+    conn.send(("ready",))
+    got, first, last = 0, 0, 0
+    while got < n:
+        m = recv(_IDLE_S)
+        if m is None:
+            break
+        if m == b"bench.hello":
+            continue
+        last = time.monotonic_ns()
+        if not first:
+            first = last
+        got += 1
+    conn.send(("done", got, first, last, n - got))
+    close()
+
+
+def _latency_peer(system: str, addr: str, n: int, interval_s: float, conn: Any) -> None:
+    _, recv, close = _peer_sub(system, addr)
+    while recv(_CHILD_TIMEOUT_S) != b"bench.hello":
+        pass
+    conn.send(("ready",))
+    rec = _LatencyRecorder(interval_s)
+    unpack = _STAMP.unpack_from
+    off = len(b"bench.data")
+    got = 0
+    while got < n:
+        m = recv(_IDLE_S)
+        if m is None:
+            break
+        if m == b"bench.hello":
+            continue
+        now = time.monotonic_ns()
+        rec.record(now, unpack(m, off)[0])
+        got += 1
+        rec.tick(now)
+    rec.flush(time.monotonic_ns())
+    conn.send(("done", got, rec.total.encode(), rec.intervals))
+    close()
+
+
+class _PeerPub:
+    """The sending side of a peer: ``send(bytes)``, an address for the child, ``close()``."""
+
+    def __init__(self, system: str) -> None:
+        port = _free_port()
+        self.system = system
+        if system == "pynng":
+            import pynng
+
+            self.addr = f"tcp://127.0.0.1:{port}"
+            self._s = pynng.Pub0(listen=self.addr, send_buffer_size=8192)
+            self.send = self._s.send
+        elif system == "zenoh":
+            listen = f"tcp/127.0.0.1:{port}"
+            self.addr = listen
+            self._sess = _zenoh_session(listen=listen)
+            import zenoh
+
+            # BLOCK, as pybus' default on_full="block": a full queue waits instead of dropping
+            self._pub = self._sess.declare_publisher(
+                "bench/data", congestion_control=zenoh.CongestionControl.BLOCK)
+            self.send = self._pub.put
+        else:
+            raise BenchError(f"unknown peer {system!r}")
+
+    def hello(self, conn: Any, proc: Any) -> None:
+        deadline = time.monotonic() + _CHILD_TIMEOUT_S
+        while not conn.poll(0.01):
+            if time.monotonic() > deadline or not proc.is_alive():
+                raise BenchError(f"{self.system} subscriber never saw the handshake")
+            self.send(b"bench.hello")
+        _recv(conn, proc, 1, f"{self.system} handshake")
+
+    def close(self) -> None:
+        if self.system == "pynng":
+            self._s.close()
+        else:
+            self._pub.undeclare()
+            self._sess.close()
+
+
+def available_peers() -> tuple[str, ...]:
+    """Peers whose Python package is importable here (pyzmq always is)."""
+    import importlib.util
+
+    return ("pyzmq",) + tuple(
+        name for name, mod in (("pynng", "pynng"), ("zenoh", "zenoh"))
+        if importlib.util.find_spec(mod) is not None)
+
+
 _count_pybus = _child_guard(_count_pybus)  # type: ignore[assignment]
 _count_zmq = _child_guard(_count_zmq)  # type: ignore[assignment]
 _latency_pybus = _child_guard(_latency_pybus)  # type: ignore[assignment]
@@ -345,6 +501,8 @@ _rpc_server_pybus = _child_guard(_rpc_server_pybus)  # type: ignore[assignment]
 _rpc_server_zmq = _child_guard(_rpc_server_zmq)  # type: ignore[assignment]
 _wq_worker = _child_guard(_wq_worker)  # type: ignore[assignment]
 _pipeline_zmq = _child_guard(_pipeline_zmq)  # type: ignore[assignment]
+_count_peer = _child_guard(_count_peer)  # type: ignore[assignment]
+_latency_peer = _child_guard(_latency_peer)  # type: ignore[assignment]
 
 
 # ------------------------------------------------------------------------------ one run each
@@ -389,6 +547,9 @@ def pubsub_once(system: str, n: int) -> tuple[float, int]:
             _stop(proc)
     elif system == "pyzmq":
         ctx, s, ep = _zmq_pub()
+        # at the default HWM (1000) raw PUB drops most of a burst; unbounded queues measure
+        # what the sockets can move (the method of the anchor measurements)
+        s.setsockopt(zmq.SNDHWM, 0)
         proc, conn = _start(_count_zmq, ep, n)
         try:
             _zmq_hello(s, conn, proc)
@@ -403,7 +564,20 @@ def pubsub_once(system: str, n: int) -> tuple[float, int]:
             ctx.term()
             _stop(proc)
     else:
-        raise BenchError(f"pubsub is not implemented for {system!r}")
+        pp = _PeerPub(system)
+        proc, conn = _start(_count_peer, system, pp.addr, n)
+        try:
+            pp.hello(conn, proc)
+            msg = b"bench.data" + payload
+            send = pp.send
+            t0 = time.monotonic_ns()
+            for _ in range(n):
+                send(msg)
+            _, got, _first, last, lost = _recv(conn, proc, _CHILD_TIMEOUT_S + 5,
+                                               f"{system} pubsub")
+        finally:
+            pp.close()
+            _stop(proc)
     if got == 0:
         raise BenchError(f"{system} pubsub: nothing was received")
     return got / ((last - t0) / _NS), int(lost)
@@ -452,7 +626,21 @@ def latency_once(system: str, rate: float, seconds: float, interval_s: float
             ctx.term()
             _stop(proc)
     else:
-        raise BenchError(f"latency is not implemented for {system!r}")
+        pp = _PeerPub(system)
+        proc, conn = _start(_latency_peer, system, pp.addr, n, interval_s)
+        try:
+            pp.hello(conn, proc)
+            send = pp.send
+            t0 = time.monotonic_ns() + 1_000_000
+            for i in range(n):
+                target = t0 + int(i * step)
+                _pace_until(target)
+                send(b"bench.data" + pack(target) + pad)
+            _, got, blob, intervals = _recv(conn, proc, _CHILD_TIMEOUT_S + 5,
+                                            f"{system} latency")
+        finally:
+            pp.close()
+            _stop(proc)
     return Histogram.decode(blob), intervals, got, n
 
 
@@ -593,7 +781,7 @@ class Plan:
     @classmethod
     def make(cls, quick: bool, peers: bool, only: Iterable[str] | None = None,
              rate: float | None = None, reps: int | None = None) -> Plan:
-        systems = ("pybus", "pyzmq") if peers else ("pybus",)
+        systems = ("pybus", *available_peers()) if peers else ("pybus",)
         p = (cls(systems=systems, reps=1, pubsub_n=100_000, latency_s=1.0, rpc_n=1_000,
                  wq_n=20_000, interval_s=0.25) if quick else cls(systems=systems))
         if only is not None:
@@ -605,7 +793,9 @@ class Plan:
         return p
 
     def steps(self) -> list[tuple[str, str]]:
-        return [(b, s) for b in self.benches for s in self.systems]
+        # pynng and zenoh are measured where their Python APIs compare directly: pub/sub
+        return [(b, s) for b in self.benches for s in self.systems
+                if s in ("pybus", "pyzmq") or b in ("pubsub", "latency")]
 
 
 def run_step(plan: Plan, bench: str, system: str) -> Result:

@@ -743,7 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
               "optionally side by side with raw pyzmq (--peers). Prints a table; writes JSON, "
               "an HdrHistogram interval log and a PNG when asked.")
     bn.add_argument("--quick", action="store_true", help="a short run (under 20 s)")
-    bn.add_argument("--peers", action="store_true", help="also run raw pyzmq side by side")
+    bn.add_argument("--peers", action="store_true",
+                    help="also run raw pyzmq side by side (and pynng, zenoh when installed)")
     bn.add_argument("--only", metavar="LIST", help="comma-separated: pubsub,latency,rpc,workqueue")
     bn.add_argument("--rate", type=float, default=None,
                     help="paced rate of the latency run, msg/s (10000)")
