@@ -196,8 +196,9 @@ def overhead_inproc(n: int, reps: int) -> dict:
 
 
 def scrape(topics: int, reps: int) -> dict:
-    import pybus
     from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    import pybus
 
     out: dict = {"topics": topics}
     for cap in (200, topics):

@@ -121,8 +121,8 @@ def _stat_view(url: str, prev: dict[str, float], cur: dict[str, float], fams: di
                 t.add_row(name, _num(cur[name]), "")
     lat = Table(title="latency (HDR quantiles since start; worst object)", title_justify="left")
     lat.add_column("histogram", no_wrap=True)
-    for q in ("p50", "p90", "p99", "p99.9", "max"):
-        lat.add_column(q, justify="right", no_wrap=True)
+    for col in ("p50", "p90", "p99", "p99.9", "max"):
+        lat.add_column(col, justify="right", no_wrap=True)
     for name, f in sorted(fams.items()):
         if f.type != "summary" or not f.samples or not name.endswith("_quantiles_seconds"):
             continue

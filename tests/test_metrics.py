@@ -73,8 +73,9 @@ def test_exposition_parses_and_matches_object_stats(bus, tmp_path):
     smp = samples(text)
     pname, sname = reg.objects()[0][1], reg.objects()[1][1]
     for i in range(3):
-        assert value(smp, "pybus_messages_published_total", name=pname, topic=f"orders.t{i}") == 1000
-        assert value(smp, "pybus_messages_received_total", name=sname, topic=f"orders.t{i}") == 1000
+        topic = f"orders.t{i}"
+        assert value(smp, "pybus_messages_published_total", name=pname, topic=topic) == 1000
+        assert value(smp, "pybus_messages_received_total", name=sname, topic=topic) == 1000
     ps, ss = pub.stats(), sub.stats()
     assert value(smp, "pybus_published_bytes_total", name=pname) == ps["bytes"]
     assert value(smp, "pybus_batches_total", name=pname) == ps["batches"]
@@ -348,3 +349,27 @@ def test_metrics_reference_doc_is_generated_from_the_table():
     assert doc == markdown(), "docs/metrics.md is stale: python -m pybus.metrics --markdown"
     for d in FAMILIES:
         assert f"`{d.name}`" in doc
+
+
+def test_an_object_dying_while_the_registry_lock_is_held_does_not_deadlock():
+    # A weakref callback runs wherever the object dies: inside any allocation (a garbage
+    # collection) or reference drop, including ones made while this thread holds the registry's
+    # lock in register() or collect(). The callback must not take that lock.
+    import threading
+
+    reg = metrics.Registry(process=False)
+    box = [pybus.CircuitBreaker(1, name="dying", registry=reg)]
+
+    def die_under_lock() -> None:
+        with reg._lock:
+            box.clear()  # the last reference: the weakref callback runs right here
+
+    t = threading.Thread(target=die_under_lock, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the weakref callback deadlocked on the registry lock"
+    assert reg.objects() == []
+    assert reg._names == set()
+    # the name is free again
+    keep = pybus.CircuitBreaker(1, name="dying", registry=reg)
+    assert [n for _, n, _ in reg.objects()] == ["dying"] and keep

@@ -11,7 +11,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import TransportError, ValidationError
-from .exposition import negotiate, render
+from .exposition import negotiate
 from .registry import Registry
 
 
