@@ -109,6 +109,8 @@ def _stat_view(url: str, prev: dict[str, float], cur: dict[str, float], fams: di
     for name, f in sorted(fams.items()):
         if not name.startswith("pybus_") or name.startswith("pybus_metrics_"):
             continue
+        if not f.samples:
+            continue  # nothing of that kind in the process
         if f.type == "counter" and name in cur:
             rate = (cur[name] - prev.get(name, cur[name])) / dt if dt > 0 else 0.0
             t.add_row(name, _num(cur[name]), _num(rate))

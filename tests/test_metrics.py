@@ -373,3 +373,42 @@ def test_an_object_dying_while_the_registry_lock_is_held_does_not_deadlock():
     # the name is free again
     keep = pybus.CircuitBreaker(1, name="dying", registry=reg)
     assert [n for _, n, _ in reg.objects()] == ["dying"] and keep
+
+
+def test_scrapes_stay_valid_while_the_bus_is_busy(bus):
+    # The subscriber records latencies from its own thread while scrapes read the histograms:
+    # every scrape must still be valid OpenMetrics (buckets non-decreasing, +Inf == _count).
+    import threading
+
+    reg, pub, sub = bus
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def traffic() -> None:
+        try:
+            while not stop.is_set():
+                for i in range(200):
+                    pub.publish(f"busy.t{i % 3}", b"b" * 64)
+                pub.flush()
+                sub.recv_batch(10_000, timeout=0.05)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    import sys
+
+    t = threading.Thread(target=traffic, daemon=True)
+    old_switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: make the race likely
+    t.start()
+    try:
+        for _ in range(40):
+            fams = {f.name: f for f in parse_om(reg.render("openmetrics").decode())}
+            h = fams["pybus_end_to_end_latency_seconds"]
+            buckets = [s.value for s in h.samples if s.name.endswith("_bucket")]
+            assert buckets == sorted(buckets)
+    finally:
+        sys.setswitchinterval(old_switch)
+        stop.set()
+        t.join(10)
+    assert not errors
+    assert sum(sub.stats()["received_by_topic"].values()) > 0
