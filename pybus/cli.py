@@ -534,6 +534,10 @@ def _fmt_rate(v: float | None) -> str:
     return f"{v:.0f}"
 
 
+def _us(v: float) -> str:
+    return f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import _bench as B
 
@@ -589,8 +593,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     reps = f"median of {plan.reps} [min-max]" if plan.reps > 1 else "1 repetition"
     table = Table(title=f"pybus {__version__} bench ({'quick' if args.quick else 'full'}, "
                         f"{elapsed:.1f} s, {reps})")
-    for col in ("bench", "system", "rate /s", "vs pyzmq", "p50 µs", "p99 µs", "p99.9 µs",
-                "max µs"):
+    cols = ["bench", "system", "rate /s"] + (["vs pyzmq"] if base else []) + [
+        "p50 µs", "p99 µs", "p99.9 µs", "max µs"]
+    for col in cols:
         table.add_column(col, justify="left" if col in ("bench", "system") else "right",
                          no_wrap=True)
     notes: list[str] = []
@@ -600,15 +605,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rate = _fmt_rate(r.median)
             if len(r.rates) > 1:
                 rate += f" [{_fmt_rate(min(r.rates))}-{_fmt_rate(max(r.rates))}]"
-        ratio = ""
-        if r.system != "pyzmq" and base.get(r.bench) and r.median and r.bench != "latency":
-            ratio = f"{r.median / base[r.bench]:.2f}x"
+        ratio = []
+        if base:
+            ratio = [f"{r.median / base[r.bench]:.2f}x" if r.system != "pyzmq" and
+                     base.get(r.bench) and r.median and r.bench != "latency" else ""]
         h = r.histogram
         lat = ["-"] * 4
         if h is not None and h.total_count:
-            lat = [f"{h.percentile(p) / 1e3:,.1f}" for p in (50, 99, 99.9)] + \
-                  [f"{h.max / 1e3:,.1f}"]
-        table.add_row(r.bench, r.system, rate, ratio, *lat)
+            lat = [_us(h.percentile(p) / 1e3) for p in (50, 99, 99.9)] + [_us(h.max / 1e3)]
+        table.add_row(r.bench, r.system, rate, *ratio, *lat)
         notes.append(f"{r.bench} {r.system}: {r.notes} ({r.unit})")
     out = Console()
     out.print(table)
