@@ -68,6 +68,7 @@ _FORMATS = {"raw": 0, "msgpack": 1}
 _FORMAT_NAMES = {v: k for k, v in _FORMATS.items()}
 _ON_FULL = ("drop_oldest", "reject")
 _PAGE = 256  # rows fetched per query while replaying, so memory stays bounded
+_INHERITED: list[sqlite3.Connection] = []  # connections a forked child must not close
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -216,6 +217,10 @@ class DeadLetterQueue:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == pid:
             return conn
+        if conn is not None:
+            # Inherited across fork: never use it, and never let it be closed here
+            # (SQLite's close could checkpoint or unlink files the parent relies on).
+            _INHERITED.append(conn)
         # New thread, or a forked child: SQLite connections must not cross a fork.
         try:
             conn = sqlite3.connect(

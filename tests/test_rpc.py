@@ -305,8 +305,10 @@ SERVER_SCRIPT = textwrap.dedent(
 
 
 def spawn_server(endpoint):
+    # cwd away from the repository, so `python -c` imports the installed pybus.
+    cwd = endpoint[len("ipc://") :].rsplit("/", 1)[0]
     p = subprocess.Popen(
-        [sys.executable, "-c", SERVER_SCRIPT, endpoint], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SERVER_SCRIPT, endpoint], stdout=subprocess.PIPE, text=True, cwd=cwd
     )
     assert p.stdout.readline().strip() == "ready"  # handshake, not a sleep
     return p
@@ -603,3 +605,13 @@ def test_security_hook_applied_to_both_sockets(endpoint):
             assert c.request("echo", b"s") == b"s"
             assert c._sock.getsockopt(zmq.SNDHWM) == 123
     assert applied == [zmq.ROUTER, zmq.DEALER]
+
+
+def test_async_client_survives_a_new_event_loop(server, endpoint):
+    c = AsyncClient(endpoint, timeout=3.0)
+    assert asyncio.run(c.request("echo", b"one")) == b"one"
+    # A second asyncio.run() is a new loop: the old reader task is gone with the old loop.
+    assert asyncio.run(c.request("echo", b"two")) == b"two"
+    asyncio.run(c.aclose())
+    with pytest.raises(pybus.ClosedError):
+        asyncio.run(c.request("echo", b"x"))
