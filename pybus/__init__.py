@@ -1,5 +1,6 @@
 """pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
 
+from . import aio, metrics
 from ._native import *  # noqa: F403
 from ._native import __all__ as _native_all
 from ._version import __version__
@@ -22,15 +23,14 @@ from .errors import (
     TransportError,
     ValidationError,
 )
+from .pubsub import Publisher, Subscriber
 from .ratelimit import KeyedRateLimiter, RateLimiter
 from .retry import RetryPolicy
-from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
-from .pubsub import Publisher, Subscriber
-from . import aio, metrics
-from .worker import Worker
-from .workqueue import WorkQueue
 from .rpc import Client, Server
 from .rpc_aio import AsyncClient
+from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
+from .worker import Worker
+from .workqueue import WorkQueue
 
 __all__ = [
     "__version__",

@@ -173,6 +173,9 @@ class DeadLetterQueue:
         How long a writer waits for another process's lock before failing.
     clock : callable
         Wall-clock seconds for failure times and ``purge(older_than=...)``.
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
     """
 
     def __init__(

@@ -88,6 +88,9 @@ class RetryPolicy:
     clock, sleep, asleep, rng
         Injected time source (seconds, monotonic), blocking sleep, async sleep
         and random source (anything with ``random() -> float in [0, 1)``).
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
     """
 
     def __init__(

@@ -213,6 +213,9 @@ class Server:
         token is answered at once with a retryable ``RateLimitError``. A
         :class:`~pybus.KeyedRateLimiter` keeps one bucket per client (keyed by
         its ZeroMQ routing identity).
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
     context : zmq.Context or None
         Default: the process-wide ``zmq.Context.instance()``.
 
@@ -806,6 +809,9 @@ class Client(_ClientBase):
     security : callable(socket) or None
         Applied to each new DEALER before it connects (e.g. CURVE client keys).
     context : zmq.Context or None
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
 
     Notes
     -----

@@ -87,6 +87,9 @@ class Worker:
         Used until the queue's WELCOME tells the queue's own values.
     ack_flush_interval : float
         Longest time a finished message's ack waits to be batched with others.
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
     """
 
     def __init__(

@@ -47,6 +47,7 @@ import msgpack
 import zmq
 
 from . import _wqproto as P
+from . import metrics as _metrics
 from .errors import (
     BackpressureError,
     BusError,
@@ -57,7 +58,6 @@ from .errors import (
     ValidationError,
     from_zmq,
 )
-from . import metrics as _metrics
 from .journal import Journal
 
 __all__ = ["WorkQueue"]
@@ -231,6 +231,9 @@ class WorkQueue:
         Caps the dispatch rate (messages per second); the dispatcher never blocks on it.
     journal_sync : {"normal", "full"}
         See :class:`pybus.journal.Journal`.
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
 
     Examples
     --------
