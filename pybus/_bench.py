@@ -508,10 +508,12 @@ _latency_peer = _child_guard(_latency_peer)  # type: ignore[assignment]
 # ------------------------------------------------------------------------------ one run each
 
 
-def _zmq_pub() -> tuple[zmq.Context, zmq.Socket, str]:
+def _zmq_pub(sndhwm: int | None = None) -> tuple[zmq.Context, zmq.Socket, str]:
     ctx = zmq.Context()
     s = ctx.socket(zmq.PUB)
     s.setsockopt(zmq.LINGER, 0)
+    if sndhwm is not None:  # before bind: a listener copies the options it binds with
+        s.setsockopt(zmq.SNDHWM, sndhwm)
     s.bind("tcp://127.0.0.1:*")
     return ctx, s, s.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -546,10 +548,9 @@ def pubsub_once(system: str, n: int) -> tuple[float, int]:
             pub.close(linger=0)
             _stop(proc)
     elif system == "pyzmq":
-        ctx, s, ep = _zmq_pub()
         # at the default HWM (1000) raw PUB drops most of a burst; unbounded queues measure
         # what the sockets can move (the method of the anchor measurements)
-        s.setsockopt(zmq.SNDHWM, 0)
+        ctx, s, ep = _zmq_pub(sndhwm=0)
         proc, conn = _start(_count_zmq, ep, n)
         try:
             _zmq_hello(s, conn, proc)
