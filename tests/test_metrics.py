@@ -244,6 +244,13 @@ def test_registration_is_weak_and_default_registry_is_used():
     assert any(o is rp for _, _, o in metrics.default_registry.objects())
     rp2 = pybus.RetryPolicy.fixed(0.1, registry=False)
     assert not any(o is rp2 for _, _, o in metrics.default_registry.objects())
+    # explicit registration: idempotent, named, and undone by unregister
+    assert metrics.register(rp2, reg, name="api-retries") == "api-retries"
+    assert reg.register(rp2) == "api-retries"
+    assert [n for _, n, _ in reg.objects()] == ["api-retries"]
+    reg.unregister(rp2)
+    assert reg.objects() == []
+    reg.unregister(rp2)  # not registered: no error
     with pytest.raises(pybus.ValidationError, match="registry must be"):
         pybus.RetryPolicy.fixed(0.1, registry="yes")
 
