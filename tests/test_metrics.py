@@ -351,6 +351,13 @@ def test_dashboard_references_only_exported_names():
         assert topic in titles
 
 
+def test_operations_guide_references_only_exported_names():
+    text = (ROOT / "docs" / "operations.md").read_text()
+    used = set(re.findall(r"\bpybus_[a-z0-9_]+", text))
+    assert used and used <= metrics.exported_sample_names(), sorted(
+        used - metrics.exported_sample_names())
+
+
 def test_metrics_reference_doc_is_generated_from_the_table():
     doc = (ROOT / "docs" / "metrics.md").read_text()
     assert doc == markdown(), "docs/metrics.md is stale: python -m pybus.metrics --markdown"
