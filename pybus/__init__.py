@@ -1,5 +1,6 @@
 """pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
 
+from . import aio, metrics
 from ._native import *  # noqa: F403
 from ._native import __all__ as _native_all
 from ._version import __version__
@@ -22,10 +23,12 @@ from .errors import (
     TransportError,
     ValidationError,
 )
+from .pubsub import Publisher, Subscriber
 from .ratelimit import KeyedRateLimiter, RateLimiter
 from .retry import RetryPolicy
 from .rpc import Client, Server
 from .rpc_aio import AsyncClient
+from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
 from .worker import Worker
 from .workqueue import WorkQueue
 
@@ -56,6 +59,14 @@ __all__ = [
     "TopicError",
     "TransportError",
     "ValidationError",
+    "Publisher",
+    "Subscriber",
+    "TopicMatcher",
+    "TopicPattern",
+    "aio",
+    "metrics",
+    "validate_pattern",
+    "validate_topic",
     "Worker",
     "WorkQueue",
     *_native_all,

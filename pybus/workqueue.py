@@ -47,6 +47,7 @@ import msgpack
 import zmq
 
 from . import _wqproto as P
+from . import metrics as _metrics
 from .errors import (
     BackpressureError,
     BusError,
@@ -230,6 +231,9 @@ class WorkQueue:
         Caps the dispatch rate (messages per second); the dispatcher never blocks on it.
     journal_sync : {"normal", "full"}
         See :class:`pybus.journal.Journal`.
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
 
     Examples
     --------
@@ -253,6 +257,7 @@ class WorkQueue:
         breaker: Any = None,
         rate_limit: Any = None,
         journal_sync: str = "normal",
+        registry: Any = None,
     ) -> None:
         if not isinstance(endpoint, str):
             raise ValidationError(
@@ -368,6 +373,7 @@ class WorkQueue:
 
         self._thread = threading.Thread(target=self._run, name="pybus-wq-dispatch", daemon=True)
         self._thread.start()
+        _metrics.attach(self, registry)
 
     # ------------------------------------------------------------------ user side
 

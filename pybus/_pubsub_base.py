@@ -1,0 +1,43 @@
+"""Constants and the bound-subscriber registry shared by the pub/sub modules."""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .subscriber import Subscriber
+
+
+#: Prefix of the hello subscription every pybus Subscriber makes (then 16 lowercase hex
+#: digits of its random id). 0xFF sorts after every topic byte, so a subscriber that attaches
+#: to a new publisher sends its topic subscriptions before its hello (ZeroMQ replays a SUB's
+#: subscriptions in byte order): when a publisher has seen the hello, it has the topics too.
+HELLO_PREFIX = b"\xffpybus-hello:"
+#: Default bound on one message (payload + msgpack headers), in bytes.
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+#: Default bound on a batch frame's records, in bytes.
+DEFAULT_MAX_BATCH_BYTES = 256 << 10
+#: Default bound on the bytes of batch frames ZeroMQ queues per peer: publisher SNDHWM and
+#: subscriber RCVHWM default to max(16, bound // max_batch_bytes) frames (256). A message larger
+#: than max_batch_bytes travels alone in its frame, so with such messages the queue may hold up
+#: to hwm * (max_message_bytes + FRAME_OVERHEAD_BYTES).
+DEFAULT_MAX_QUEUED_BYTES = 64 << 20
+#: A batch frame's bytes beyond its payloads: 32-byte frame header, 12 bytes per record, plus
+#: at most 65535 header bytes per record (docs/wire.md).
+FRAME_OVERHEAD_BYTES = 32 + 12 + 65535
+
+# Bound Subscribers of this process. ZeroMQ attaches a bound socket's new peers only when that
+# socket is called into; a Publisher waiting for subscribers pokes these so a bound Subscriber
+# and a connecting Publisher work in one thread.
+_BOUND_SUBSCRIBERS: weakref.WeakSet[Subscriber] = weakref.WeakSet()
+
+
+def _poke_bound_subscribers() -> None:
+    for sub in list(_BOUND_SUBSCRIBERS):
+        sub._poke()
+
+
+def hwm_for(max_queued_bytes: int, max_batch_bytes: int) -> int:
+    """High-water mark in frames so that hwm * max_batch_bytes stays near the bound."""
+    return max(16, max_queued_bytes // max(1, max_batch_bytes))
