@@ -1,9 +1,11 @@
 """pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
 
-from . import aio
+from . import aio, metrics
 from ._native import *  # noqa: F403
 from ._native import __all__ as _native_all
 from ._version import __version__
+from .breaker import CircuitBreaker, CircuitState
+from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
     BackpressureError,
     BusError,
@@ -22,20 +24,36 @@ from .errors import (
     ValidationError,
 )
 from .pubsub import Publisher, Subscriber
+from .ratelimit import KeyedRateLimiter, RateLimiter
+from .retry import RetryPolicy
+from .rpc import Client, Server
+from .rpc_aio import AsyncClient
 from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
+from .worker import Worker
+from .workqueue import WorkQueue
 
 __all__ = [
     "__version__",
+    "AsyncClient",
+    "Client",
+    "Server",
     "BackpressureError",
     "BusError",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitState",
     "ClosedError",
+    "DeadLetter",
+    "DeadLetterQueue",
     "ErrorCode",
     "FrameError",
     "HistogramRangeError",
+    "KeyedRateLimiter",
     "RateLimitError",
+    "RateLimiter",
     "RemoteError",
     "RetryExhaustedError",
+    "RetryPolicy",
     "Severity",
     "TimeoutError",
     "TopicError",
@@ -46,7 +64,10 @@ __all__ = [
     "TopicMatcher",
     "TopicPattern",
     "aio",
+    "metrics",
     "validate_pattern",
     "validate_topic",
+    "Worker",
+    "WorkQueue",
     *_native_all,
 ]

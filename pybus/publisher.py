@@ -22,7 +22,8 @@ import msgpack
 import zmq
 
 from . import _pubsub_base as base
-from ._native import Batcher
+from . import metrics as _metrics
+from ._native import Batcher, Histogram, frame_info
 from .errors import BackpressureError, ClosedError, TimeoutError, ValidationError, from_zmq
 from .topics import validate_topic
 
@@ -155,6 +156,9 @@ class Publisher:
         64-bit id written in every frame (default: random).
     context : zmq.Context, optional
         Defaults to ``zmq.Context.instance()`` (inproc peers must share the context).
+    registry : pybus.metrics.Registry or False, optional
+        Where this publisher reports its counters (default: ``pybus.metrics.default_registry``);
+        ``False`` reports nowhere and skips the per-frame topic and batch-size accounting.
 
     Examples
     --------
@@ -183,6 +187,7 @@ class Publisher:
         close_linger_ms: int = 1000,
         publisher_id: int | None = None,
         context: zmq.Context | None = None,
+        registry: Any = None,
     ) -> None:
         self._closed = True  # until fully constructed (so __del__/close are safe)
         if on_full not in _ON_FULL:
@@ -268,6 +273,11 @@ class Publisher:
         self._dropped: dict[str, int] = {"ring_full": 0, "closed": 0}
         self._subscribers: set[bytes] = set()
         self._subscriptions = 0
+        # Metrics, updated once per frame (not per message): messages per topic frame (bounded
+        # by the batcher's max_topics) and messages per frame (2 significant figures, ~10 KiB).
+        # registry=False turns this accounting off.
+        self._published_by_topic: dict[bytes, int] | None = None if registry is False else {}
+        self._batch_sizes = Histogram(1, max(2, max_batch_records), 2)
 
         self._batcher.set_hooks(
             self._resolve_topic, _pack, self._on_ready, self._on_pending, self._on_full
@@ -282,6 +292,7 @@ class Publisher:
         self._closed = False
         self._finalizer = weakref.finalize(self, Publisher._finalize, self._stop, self._wake, sock)
         self._start_flusher()
+        _metrics.attach(self, registry)
 
     def _start_flusher(self) -> None:
         """Start the thread that sends the tail of a burst (asyncio twin: a loop timer)."""
@@ -392,6 +403,7 @@ class Publisher:
         if frames:
             send = self._send
             nbytes = 0
+            by_topic = self._published_by_topic
             try:
                 for topic, frame in frames:
                     send(topic, _SNDMORE_NOBLOCK)
@@ -401,6 +413,10 @@ class Publisher:
                     else:
                         send(frame, _NOBLOCK, copy=False)
                     nbytes += n
+                    if by_topic is not None:
+                        count = frame_info(frame)[2]
+                        by_topic[topic] = by_topic.get(topic, 0) + count
+                        self._batch_sizes.record(count)
             except zmq.ZMQError as exc:
                 # XPUB never blocks (it drops at a subscriber's HWM), so this is a dead socket
                 raise from_zmq(exc, "Publisher send") from exc

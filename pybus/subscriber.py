@@ -16,7 +16,8 @@ from typing import Any
 import zmq
 
 from . import _pubsub_base as base
-from ._native import Message, decode_batch, frame_info
+from . import metrics as _metrics
+from ._native import Histogram, Message, decode_batch, frame_info
 from .errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
 from .topics import TopicMatcher, is_valid_topic
 
@@ -30,6 +31,10 @@ GapCallback = Callable[[str, int, int, int, int], None]
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _TOPIC_CACHE_SIZE = 4096
+#: Latencies above this (1 hour, in ns) are recorded as this.
+_LATENCY_MAX_NS = 3_600_000_000_000
+_time_ns = time.time_ns
+
 # Topics counted one by one in stats(); beyond this many, counts go to "<other>" (bounded).
 _MAX_TRACKED_TOPICS = 4096
 # Sentinel values of the topic cache.
@@ -72,6 +77,9 @@ class Subscriber:
         Decode errors are logged at most once per this many seconds.
     context : zmq.Context, optional
         Defaults to ``zmq.Context.instance()``.
+    registry : pybus.metrics.Registry or False, optional
+        Where this subscriber reports its counters (default: ``pybus.metrics.default_registry``);
+        ``False`` reports nowhere and skips the per-frame latency recording.
 
     Examples
     --------
@@ -94,6 +102,7 @@ class Subscriber:
         max_streams: int = 65536,
         log_interval_s: float = 10.0,
         context: zmq.Context | None = None,
+        registry: Any = None,
     ) -> None:
         self._closed = True
         eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
@@ -167,11 +176,20 @@ class Subscriber:
         self._decode_errors = 0
         self._decode_errors_by_reason: dict[str, int] = {}
         self._out_of_order = 0
+        self._gaps = 0
+        self._bytes = 0
+        self._batches = 0
+        # publish-to-receive latency in ns, one record_n per frame (2 significant figures: 1 %
+        # precision in ~30 KiB); exported by pybus.metrics as quantiles and buckets
+        # (registry=False: no latency recording)
+        self._latency: Histogram | None = None if registry is False else Histogram(
+            1, _LATENCY_MAX_NS, 2)
         self._last_log = float("-inf")
         self._unlogged_errors = 0
         self._closed = False
         if bind:
             base._BOUND_SUBSCRIBERS.add(self)
+        _metrics.attach(self, registry)
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -361,6 +379,15 @@ class Subscriber:
             except FrameError as exc:
                 self._decode_error(str(exc), topic_b)
                 continue
+            self._batches += 1
+            self._bytes += len(frame)
+            # the frame's first publish time (CLOCK_REALTIME, comparable across processes);
+            # clamped: another host's clock may be ahead, a stalled frame may be very late
+            if self._latency is not None:
+                lat = _time_ns() - _ts
+                self._latency.record_n(
+                    0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
+                )
             self._account(topic, topic_b, pid, first, count)
             room = max_messages - len(out)
             if len(msgs) <= room:
@@ -408,6 +435,7 @@ class Subscriber:
         elif first != expected:
             if first > expected:
                 lost = first - expected
+                self._gaps += 1
                 lt = self._lost
                 name = topic if (topic in lt or len(lt) < _MAX_TRACKED_TOPICS) else "<other>"
                 lt[name] = lt.get(name, 0) + lost
@@ -454,7 +482,8 @@ class Subscriber:
     def stats(self) -> dict[str, Any]:
         """Counters: ``received`` and ``lost`` (total and ``*_by_topic``), ``decode_errors``
         (and ``decode_errors_by_reason``), ``out_of_order`` (messages whose sequence number was
-        already passed: duplicates or reordering), ``streams`` tracked, ``buffered``."""
+        already passed: duplicates or reordering), ``gaps`` (discontinuities detected), ``bytes``
+        and ``batches`` (frames received), ``streams`` tracked, ``buffered``."""
         with self._lock:
             return {
                 "received": sum(self._received.values()),
@@ -464,6 +493,9 @@ class Subscriber:
                 "decode_errors": self._decode_errors,
                 "decode_errors_by_reason": dict(self._decode_errors_by_reason),
                 "out_of_order": self._out_of_order,
+                "gaps": self._gaps,
+                "bytes": self._bytes,
+                "batches": self._batches,
                 "streams": len(self._streams),
                 "buffered": len(self._buf) - self._pos,
             }
