@@ -16,6 +16,9 @@ for 64 B and 1 KiB payloads over ipc and tcp loopback. Latency (one-way, measure
 msg/s paced, and pybus at 50 % of its measured maximum rate; percentiles from an HDR
 histogram (``pybus.Histogram``).
 
+Memory: RSS of a publisher (and of its subscriber) when the subscriber never reads, after
+100 k and after 10 M messages (2 M with ``--quick``), with the default bounds.
+
 Run ``python bench/bench_pubsub.py`` (``--quick`` for a ~20 s smoke run, ``--json FILE`` to
 keep the numbers). Importable: ``main(argv)`` returns the result dict.
 """
@@ -482,6 +485,79 @@ def _run_latency(
 
 
 # --------------------------------------------------------------------------------------------
+# memory: a publisher feeding a subscriber that never reads
+
+
+def _rx_stalled(ep: str, conn: Any) -> None:
+    import psutil
+
+    # connects (so ZeroMQ attaches it without it ever being called into); default HWMs
+    sub = pybus.Subscriber(ep, topics=[TOPIC])
+    conn.send("ready")
+    proc = psutil.Process()
+    samples = []
+    while True:
+        msg = conn.recv()
+        if msg == "stop":
+            break
+        samples.append(proc.memory_info().rss)
+        conn.send(samples[-1])
+    sub.close()
+
+
+def _run_rss(n: int, tmpdir: str) -> dict[str, Any]:
+    """RSS of both processes after the first 100k messages and after n (default bounds)."""
+    import psutil
+
+    ep = _endpoint("ipc", tmpdir)
+    pub = pybus.Publisher(ep)  # default bounds: the point of the measurement
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_rx_stalled, args=(ep, child), daemon=True)
+    proc.start()
+    me = psutil.Process()
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("stalled subscriber did not start")
+        parent.recv()
+        pub.wait_for_subscribers(1, timeout=10)
+        publish = pub.publish
+        payload = b"r" * 64
+        for _ in range(100_000):
+            publish(TOPIC, payload)
+        pub.flush()
+        parent.send("sample")
+        sub_first = parent.recv()
+        pub_first = me.memory_info().rss
+        t0 = time.monotonic()
+        done = 100_000
+        while done < n:
+            for _ in range(100_000):
+                publish(TOPIC, payload)
+            done += 100_000
+        pub.flush()
+        secs = time.monotonic() - t0
+        parent.send("sample")
+        sub_last = parent.recv()
+        pub_last = me.memory_info().rss
+        parent.send("stop")
+    finally:
+        pub.close(linger=0)
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    mib = 1 / 2**20
+    return {
+        "messages": done,
+        "publish_rate": (done - 100_000) / max(secs, 1e-9),
+        "publisher_rss_first_mib": pub_first * mib,
+        "publisher_growth_mib": (pub_last - pub_first) * mib,
+        "subscriber_rss_first_mib": sub_first * mib,
+        "subscriber_growth_mib": (sub_last - sub_first) * mib,
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # driver
 
 
@@ -510,6 +586,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sizes", default="64,1024")
     ap.add_argument("--variants", default="pybus-batch,pybus-recv,zmq-send,py-batch,zenoh")
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--no-rss", action="store_true", help="skip the stalled-subscriber RSS run")
     args = ap.parse_args(argv)
     quick = args.quick
     reps = args.reps or (2 if quick else 5)
@@ -594,6 +671,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     k: _summ([r[k] for r in runs]) for k in ("p50", "p99", "p99.9")
                 } | {"rate": rate, "runs": runs}
             out["latency"] = lat
+        if not args.no_rss:
+            n_rss = 2_000_000 if quick else 10_000_000
+            out["rss"] = _run_rss(n_rss, tmpdir)
+            r = out["rss"]
+            print(
+                f"  rss: {r['messages']:,} messages to a stalled subscriber "
+                f"({_fmt_rate(r['publish_rate'])} msg/s): publisher +"
+                f"{r['publisher_growth_mib']:.1f} MiB over {r['publisher_rss_first_mib']:.0f} MiB "
+                f"after 100k, subscriber +{r['subscriber_growth_mib']:.1f} MiB",
+                flush=True,
+            )
     out["ratios"] = _ratios(out)
     out["loadavg_at_end"] = os.getloadavg()
     _print_summary(out)
@@ -657,6 +745,12 @@ BARS = [
     ("ipc/64 pybus-batch / zenoh", lambda o: o["ratios"]["ipc/64 pybus-batch / zenoh"], ">=", 8.0),
     ("paced-1000 p99 pybus / zmq", lambda o: o["ratios"]["paced-1000 p99 pybus / zmq"], "<=", 1.2),
     ("half-max p99 (us)", lambda o: o["latency"]["half-max/pybus"]["p99"]["median"], "<", 1000.0),
+    (
+        "publisher RSS growth, stalled sub (MiB)",
+        lambda o: o["rss"]["publisher_growth_mib"],
+        "<",
+        64.0,
+    ),
 ]
 
 
