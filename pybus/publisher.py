@@ -160,6 +160,13 @@ class Publisher:
         Where this publisher reports its counters (default: ``pybus.metrics.default_registry``);
         ``False`` reports nowhere and skips the per-frame topic and batch-size accounting.
 
+    Notes
+    -----
+    ``publish`` may be called from several threads (per-topic order is the order of the
+    calls). A publish never blocks on a slow subscriber: ZeroMQ drops that subscriber's frames
+    at its high-water mark, and the subscriber counts them as lost from the sequence gaps.
+    ``close()`` gives ZeroMQ ``close_linger_ms`` to deliver what is queued, then discards it.
+
     Examples
     --------
     >>> with pybus.Publisher("ipc:///tmp/orders") as pub:          # doctest: +SKIP
@@ -282,8 +289,8 @@ class Publisher:
         self._batcher.set_hooks(
             self._resolve_topic, _pack, self._on_ready, self._on_pending, self._on_full
         )
-        #: Publish one message: ``publish(topic, payload, headers=None)``. The batcher's C
-        #: method itself, so a publish is one call into compiled code. See :meth:`_publish_doc`.
+        # publish(topic, payload, headers=None) is the batcher's C method itself, so a publish
+        # is one call into compiled code (documented by the class-level publish below).
         self.publish = self._batcher.publish  # type: ignore[method-assign]
 
         self._wake = threading.Event()

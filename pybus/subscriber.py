@@ -81,6 +81,13 @@ class Subscriber:
         Where this subscriber reports its counters (default: ``pybus.metrics.default_registry``);
         ``False`` reports nowhere and skips the per-frame latency recording.
 
+    Notes
+    -----
+    Receive from one thread at a time (like a ZeroMQ socket); ``close()`` may come from
+    another thread and ends a blocked ``recv`` within 0.1 s. A subscriber that binds attaches
+    new publishers only when it is called into (ZeroMQ's rule): a Publisher of the same process
+    that waits in ``wait_for_subscribers`` does that for it.
+
     Examples
     --------
     >>> with pybus.Subscriber("ipc:///tmp/orders", topics=["orders.*"]) as sub:  # doctest: +SKIP
