@@ -189,8 +189,9 @@ class Subscriber:
         # publish-to-receive latency in ns, one record_n per frame (2 significant figures: 1 %
         # precision in ~30 KiB); exported by pybus.metrics as quantiles and buckets
         # (registry=False: no latency recording)
-        self._latency: Histogram | None = None if registry is False else Histogram(
-            1, _LATENCY_MAX_NS, 2)
+        self._latency: Histogram | None = (
+            None if registry is False else Histogram(1, _LATENCY_MAX_NS, 2)
+        )
         self._last_log = float("-inf")
         self._unlogged_errors = 0
         self._closed = False
