@@ -662,8 +662,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.no_latency:
             secs = 0.6 if quick else 3.0
             lat: dict[str, Any] = {}
-            for kind in ("pybus", "zmq"):
-                runs = [_run_latency(kind, 1000.0, secs, 1, tmpdir) for _ in range(reps)]
+            # interleaved (pybus, zmq, pybus, zmq, ...) so machine noise hits both alike
+            paced: dict[str, list[dict[str, Any]]] = {"pybus": [], "zmq": []}
+            for _ in range(reps):
+                for kind in paced:
+                    paced[kind].append(_run_latency(kind, 1000.0, secs, 1, tmpdir))
+            for kind, runs in paced.items():
                 lat[f"paced-1000/{kind}"] = {
                     k: _summ([r[k] for r in runs]) for k in ("p50", "p99", "p99.9")
                 } | {"runs": runs}
