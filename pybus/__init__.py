@@ -1,8 +1,26 @@
 """pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
 
 from . import aio, metrics
-from ._native import *  # noqa: F403
-from ._native import __all__ as _native_all
+from ._native import (
+    FLAG_MSGPACK,
+    FRAME_HEADER_SIZE,
+    FRAME_VERSION,
+    FULL,
+    PENDING,
+    READY,
+    RECORD_HEADER_SIZE,
+    RING_RECORD_OVERHEAD,
+    Batcher,
+    Histogram,
+    Message,
+    decode_batch,
+    decode_into,
+    decode_payloads,
+    encode_frame,
+    frame_info,
+    iter_frame,
+    ring_record_size,
+)
 from ._version import __version__
 from .breaker import CircuitBreaker, CircuitState
 from .dlq import DeadLetter, DeadLetterQueue
@@ -69,5 +87,22 @@ __all__ = [
     "validate_topic",
     "Worker",
     "WorkQueue",
-    *_native_all,
+    "Batcher",
+    "FLAG_MSGPACK",
+    "FRAME_HEADER_SIZE",
+    "FRAME_VERSION",
+    "Histogram",
+    "Message",
+    "FULL",
+    "PENDING",
+    "READY",
+    "RECORD_HEADER_SIZE",
+    "RING_RECORD_OVERHEAD",
+    "decode_batch",
+    "decode_into",
+    "decode_payloads",
+    "encode_frame",
+    "frame_info",
+    "iter_frame",
+    "ring_record_size",
 ]
