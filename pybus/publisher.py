@@ -141,13 +141,16 @@ class Publisher:
         Largest payload + headers of one message; larger ones raise
         :class:`~pybus.ValidationError` at publish.
     max_batch_bytes, max_batch_records : int
-        Bounds of one batch frame.
+        Bounds of one batch frame (defaults 64 KiB and 8192 records; a single larger message
+        travels alone in its frame).
     capacity_bytes : int
         Size of the ring of pending messages (allocated once).
     max_queued_bytes : int
-        Bound on what ZeroMQ queues per subscriber; ``sndhwm`` defaults to
-        ``max(16, max_queued_bytes // max_batch_bytes)`` frames. A subscriber that stops reading
-        loses messages beyond that (it sees them as sequence gaps); others are not affected.
+        Bound on what ZeroMQ queues per subscriber (default 64 MiB); ``sndhwm`` defaults to
+        ``max(16, max_queued_bytes // max_batch_bytes)`` frames (1024 with the defaults: a
+        burst of many small frames, one per topic, reaches a subscriber that keeps up). A
+        subscriber that stops reading loses messages beyond that (it sees them as sequence
+        gaps); others are not affected.
     sndhwm : int, optional
         ZeroMQ send high-water mark, in frames (overrides the derived value).
     close_linger_ms : int

@@ -57,16 +57,18 @@ class Subscriber:
     bind : bool
         Bind the endpoints (publishers connect) instead of connecting.
     rcvhwm : int, optional
-        ZeroMQ receive high-water mark in frames (default: derived from
-        ``max_queued_bytes`` and the largest frame, so the queue stays near that bound).
+        ZeroMQ receive high-water mark in frames (default:
+        ``max(16, max_queued_bytes // max_batch_bytes)``, 1024 with the defaults, so the queue
+        stays near that bound in bytes).
     max_message_bytes : int
         The largest message this subscriber accepts; frames larger than one such message
         or one batch (``max_batch_bytes``) are refused by ZeroMQ (``MAXMSGSIZE``, which
         disconnects the peer that sent them).
     max_batch_bytes : int
-        The publishers' batch bound (for ``MAXMSGSIZE``).
+        The publishers' batch bound (for ``MAXMSGSIZE`` and the default ``rcvhwm``; default
+        64 KiB, the publishers' default).
     max_queued_bytes : int
-        Bound on the bytes ZeroMQ queues for this subscriber.
+        Bound on the bytes ZeroMQ queues for this subscriber (default 64 MiB).
     on_gap : callable, optional
         ``on_gap(topic, publisher_id, expected_seq, got_seq, lost)`` called when a stream
         skips sequence numbers (messages lost, typically at a high-water mark).
