@@ -9,6 +9,7 @@ cdef extern from "pb_common.h" nogil:
     int PB_EFULL
     int PB_EFRAME
     const char *pb_strerror(int status)
+    int pb_thread_timer_slack(int64_t ns)
 
 
 cdef extern from "pb_ring.h" nogil:
