@@ -42,7 +42,7 @@ struct pb_ring {
     size_t max_batch_bytes;
     uint32_t max_message_bytes;
     int64_t idle_ns, max_delay_ns;
-    int64_t last_drain_ns, oldest_ns;
+    int64_t last_drain_ns, oldest_ns, last_append_ns;
     int drained; /* a drain has emptied the ring at least once (before that: idle) */
     uint64_t publisher_id;
     /* the frame planned by pb_ring_next_frame */
@@ -144,6 +144,7 @@ int pb_ring_append_at(pb_ring *r, uint32_t topic_id, const void *payload, uint32
     if (payload_len) memcpy(p + header_len, payload, payload_len);
     r->used += size;
     r->appended++;
+    r->last_append_ns = now_ns;
 
     if (t->count == 0) {
         t->head = off;
@@ -238,6 +239,10 @@ int64_t pb_ring_write_frame(pb_ring *r, uint8_t *dst, size_t dst_len) {
 
 void pb_ring_mark_flushed(pb_ring *r, int64_t now_ns) {
     if (r->pending == 0 && r->drained) r->last_drain_ns = now_ns;
+}
+
+void pb_ring_mark_quiet(pb_ring *r) {
+    if (r->pending == 0 && r->drained && r->appended) r->last_drain_ns = r->last_append_ns;
 }
 
 size_t pb_ring_pending_records(const pb_ring *r) { return r->pending; }

@@ -113,6 +113,13 @@ int64_t pb_ring_write_frame(pb_ring *r, uint8_t *dst, size_t dst_len);
  * records are pending. */
 void pb_ring_mark_flushed(pb_ring *r, int64_t now_ns);
 
+/* Tell the ring that the caller drained it because appends had stopped (a flusher that found
+ * no append during its wait): when the ring is empty, the idle interval counts from the last
+ * append instead of from the drain, so a record appended idle_ns or more after the previous
+ * one is READY at once (the publisher was idle) although the drain itself was recent. No effect
+ * when records are pending or nothing was ever appended. */
+void pb_ring_mark_quiet(pb_ring *r);
+
 /* Counters and sizes (queries, no side effects). */
 size_t pb_ring_pending_records(const pb_ring *r);
 size_t pb_ring_pending_bytes(const pb_ring *r);  /* ring bytes in use, see above */

@@ -490,6 +490,11 @@ class Publisher:
             if b.pending_records:
                 if urgent or self._lingering or b.records_appended == appended_before:
                     self._flush_locked()
+                    if not urgent:
+                        # publishing had stopped for first_tick: the next message, if it
+                        # comes idle_us after the last one, finds the publisher idle and goes
+                        # out at once (else it would wait for this thread, ~50-80 us)
+                        b.mark_quiet()
                     period = self._first_tick_s
                 else:  # still publishing: that thread sends by itself, back off
                     return min(period * 2, _MAX_TICK_S)

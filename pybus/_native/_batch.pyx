@@ -703,6 +703,18 @@ cdef class Batcher:
         self._ok()
         pb_ring_mark_flushed(self._r, pb_now_ns())
 
+    def mark_quiet(self):
+        """Note that the last drain happened because appends had stopped (a flusher found no
+        append during its wait).
+
+        The idle interval then counts from the last append rather than from the drain: the
+        next record, if it comes at least idle_us after the previous one, is READY at once
+        even though the drain was recent (the tail of a burst was just sent for it). No effect
+        while records are pending.
+        """
+        self._ok()
+        pb_ring_mark_quiet(self._r)
+
     # -- state -------------------------------------------------------------------------------
 
     @property

@@ -181,6 +181,37 @@ static void test_decisions(void) {
     free(fr[0].buf);
     pb_ring_close(r);
 
+    /* mark_quiet: after a drain at t, idle counts from the last append (t - 3 idle) */
+    c = default_cfg();
+    CHECK(pb_ring_init(&c, &r) == PB_OK);
+    pb_ring_topic_add(r, &a);
+    pb_ring_mark_quiet(r); /* nothing appended yet: no effect, still never drained */
+    now = pb_now_ns() + 1000000000;
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now) == PB_RING_READY);
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now + 1) == PB_RING_PENDING_FIRST);
+    pb_ring_mark_quiet(r); /* records pending: no effect */
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    pb_ring_mark_flushed(r, now + 3 * c.idle_ns); /* a drain "at" now + 3 idle */
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now + 3 * c.idle_ns + 1) ==
+          PB_RING_PENDING_FIRST);
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    pb_ring_mark_flushed(r, now + 4 * c.idle_ns);
+    pb_ring_mark_quiet(r); /* idle now counts from the last append, now + 3 idle + 1 */
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now + 4 * c.idle_ns) ==
+          PB_RING_PENDING_FIRST);
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    pb_ring_mark_flushed(r, now + 4 * c.idle_ns + 1);
+    pb_ring_mark_quiet(r); /* last append at now + 4 idle: READY from now + 5 idle */
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now + 5 * c.idle_ns) == PB_RING_READY);
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    pb_ring_close(r);
+
     /* never drained: idle whatever the clock reading; a size bound applies to the first record */
     c = default_cfg();
     c.max_batch_records = 1;
