@@ -1,6 +1,10 @@
 """pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
 
+from ._native import *  # noqa: F403
+from ._native import __all__ as _native_all
 from ._version import __version__
+from .breaker import CircuitBreaker, CircuitState
+from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
     BackpressureError,
     BusError,
@@ -18,24 +22,33 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from ._native import *  # noqa: F403
-from ._native import __all__ as _native_all
 from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
 from .pubsub import Publisher, Subscriber
 from . import aio
+from .ratelimit import KeyedRateLimiter, RateLimiter
+from .retry import RetryPolicy
+from .worker import Worker
+from .workqueue import WorkQueue
 
 __all__ = [
     "__version__",
     "BackpressureError",
     "BusError",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitState",
     "ClosedError",
+    "DeadLetter",
+    "DeadLetterQueue",
     "ErrorCode",
     "FrameError",
     "HistogramRangeError",
+    "KeyedRateLimiter",
     "RateLimitError",
+    "RateLimiter",
     "RemoteError",
     "RetryExhaustedError",
+    "RetryPolicy",
     "Severity",
     "TimeoutError",
     "TopicError",
@@ -48,5 +61,7 @@ __all__ = [
     "aio",
     "validate_pattern",
     "validate_topic",
+    "Worker",
+    "WorkQueue",
     *_native_all,
 ]
