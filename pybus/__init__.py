@@ -29,6 +29,7 @@ from .ratelimit import KeyedRateLimiter, RateLimiter
 from .retry import RetryPolicy
 from .worker import Worker
 from .workqueue import WorkQueue
+from . import metrics
 
 __all__ = [
     "__version__",
@@ -59,6 +60,7 @@ __all__ = [
     "TopicMatcher",
     "TopicPattern",
     "aio",
+    "metrics",
     "validate_pattern",
     "validate_topic",
     "Worker",

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import metrics as _metrics
 from .errors import CircuitOpenError, ValidationError
 
 __all__ = ["CircuitBreaker", "CircuitState"]
@@ -115,6 +116,7 @@ class CircuitBreaker:
         is_failure: Callable[[BaseException], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "breaker",
+        registry: Any = None,
     ) -> None:
         if failure_threshold is None and failure_rate is None:
             raise ValidationError(
@@ -179,6 +181,7 @@ class CircuitBreaker:
             "ignored": 0,
             "listener_errors": 0,
         }
+        _metrics.attach(self, registry)
 
     # -- listeners --------------------------------------------------------------------
     def add_listener(self, fn: Listener) -> None:

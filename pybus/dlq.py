@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 import msgpack
 
+from . import metrics as _metrics
 from .errors import (
     BackpressureError,
     BusError,
@@ -181,6 +182,7 @@ class DeadLetterQueue:
         *,
         busy_timeout_ms: int = 10_000,
         clock: Callable[[], float] = time.time,
+        registry: Any = None,
     ) -> None:
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ValidationError(f"max_entries must be an int >= 1, got {max_entries!r}")
@@ -204,6 +206,7 @@ class DeadLetterQueue:
         conn = self._conn()
         with conn:
             conn.executescript(_SCHEMA)
+        _metrics.attach(self, registry)
 
     # -- connections ------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

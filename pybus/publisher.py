@@ -22,7 +22,8 @@ import msgpack
 import zmq
 
 from . import _pubsub_base as base
-from ._native import Batcher
+from . import metrics as _metrics
+from ._native import Batcher, frame_info
 from .errors import BackpressureError, ClosedError, TimeoutError, ValidationError, from_zmq
 from .topics import validate_topic
 
@@ -177,6 +178,7 @@ class Publisher:
         close_linger_ms: int = 1000,
         publisher_id: int | None = None,
         context: zmq.Context | None = None,
+        registry: Any = None,
     ) -> None:
         self._closed = True  # until fully constructed (so __del__/close are safe)
         if on_full not in _ON_FULL:
@@ -256,6 +258,8 @@ class Publisher:
         self._dropped: dict[str, int] = {"ring_full": 0, "closed": 0}
         self._subscribers: set[bytes] = set()
         self._subscriptions = 0
+        # per topic frame (bounded by the batcher's max_topics), updated once per batch
+        self._published_by_topic: dict[bytes, int] = {}
 
         self._batcher.set_hooks(
             self._resolve_topic, _pack, self._on_ready, self._on_pending, self._on_full
@@ -270,6 +274,7 @@ class Publisher:
         self._closed = False
         self._finalizer = weakref.finalize(self, Publisher._finalize, self._stop, self._wake, sock)
         self._start_flusher()
+        _metrics.attach(self, registry)
 
     def _start_flusher(self) -> None:
         """Start the thread that sends the tail of a burst (asyncio twin: a loop timer)."""
@@ -380,6 +385,8 @@ class Publisher:
         if frames:
             send = self._send
             nbytes = 0
+            published = 0
+            by_topic = self._published_by_topic
             try:
                 for topic, frame in frames:
                     send(topic, _SNDMORE_NOBLOCK)
@@ -389,6 +396,9 @@ class Publisher:
                     else:
                         send(frame, _NOBLOCK, copy=False)
                     nbytes += n
+                    count = frame_info(frame)[2]
+                    published += count
+                    by_topic[topic] = by_topic.get(topic, 0) + count
             except zmq.ZMQError as exc:
                 # XPUB never blocks (it drops at a subscriber's HWM), so this is a dead socket
                 raise from_zmq(exc, "Publisher send") from exc

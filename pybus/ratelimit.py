@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
+from . import metrics as _metrics
 from .errors import RateLimitError, ValidationError
 
 __all__ = ["RateLimiter", "KeyedRateLimiter"]
@@ -85,6 +86,7 @@ class RateLimiter:
         sleep: Callable[[float], Any] = time.sleep,
         asleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         name: str = "rate limiter",
+        registry: Any = None,
     ) -> None:
         self.rate, self.burst = _check_rate(rate, burst)
         self.clock = clock
@@ -97,6 +99,7 @@ class RateLimiter:
         self._granted = 0
         self._rejected = 0
         self._waited = 0
+        _metrics.attach(self, registry)
 
     def _refill(self, now: float) -> None:
         if now > self._stamp:
@@ -216,8 +219,11 @@ class KeyedRateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Any] = time.sleep,
         asleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        name: str = "keyed rate limiter",
+        registry: Any = None,
     ) -> None:
         self.rate, self.burst = _check_rate(rate, burst)
+        self.name = name
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
             raise ValidationError(f"max_keys must be an int >= 1, got {max_keys!r}")
         self.max_keys = max_keys
@@ -227,6 +233,10 @@ class KeyedRateLimiter:
         self._lock = threading.Lock()
         self._buckets: collections.OrderedDict[Hashable, RateLimiter] = collections.OrderedDict()
         self._evicted = 0
+        # counters of evicted buckets, so the metrics' sums never go backwards
+        self._evicted_granted = 0
+        self._evicted_rejected = 0
+        _metrics.attach(self, registry)
 
     def bucket(self, key: Hashable) -> RateLimiter:
         """The bucket of ``key`` (created full on first use; marks it most recently used)."""
@@ -234,8 +244,10 @@ class KeyedRateLimiter:
             b = self._buckets.get(key)
             if b is None:
                 if len(self._buckets) >= self.max_keys:
-                    self._buckets.popitem(last=False)
+                    _, old = self._buckets.popitem(last=False)
                     self._evicted += 1
+                    self._evicted_granted += old._granted
+                    self._evicted_rejected += old._rejected
                 b = RateLimiter(
                     self.rate,
                     self.burst,
@@ -243,6 +255,7 @@ class KeyedRateLimiter:
                     sleep=self.sleep,
                     asleep=self.asleep,
                     name=f"rate limiter for {key!r}",
+                    registry=False,  # this KeyedRateLimiter reports for its buckets
                 )
                 self._buckets[key] = b
             else:

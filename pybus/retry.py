@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal, TypeVar
 
+from . import metrics as _metrics
 from .errors import BusError, RetryExhaustedError, ValidationError
 
 __all__ = ["RetryPolicy", "RetryRun", "default_retryable"]
@@ -106,6 +107,7 @@ class RetryPolicy:
         sleep: Callable[[float], Any] = time.sleep,
         asleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: Any = None,
+        registry: Any = None,
     ) -> None:
         if kind not in _KINDS:
             raise ValidationError(f"retry kind {kind!r} is unknown; allowed: {', '.join(_KINDS)}")
@@ -161,6 +163,7 @@ class RetryPolicy:
         self._attempts = 0
         self._retries = 0
         self._exhausted = 0
+        _metrics.attach(self, registry)
 
     # -- constructors -----------------------------------------------------------------
     @classmethod

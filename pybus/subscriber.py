@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from . import _pubsub_base as base
+from . import metrics as _metrics
 from ._native import Message, decode_batch, frame_info
 from .errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
 from .topics import TopicMatcher, is_valid_topic
@@ -93,6 +94,7 @@ class Subscriber:
         max_streams: int = 65536,
         log_interval_s: float = 10.0,
         context: zmq.Context | None = None,
+        registry: Any = None,
     ) -> None:
         self._closed = True
         eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
@@ -161,11 +163,15 @@ class Subscriber:
         self._decode_errors = 0
         self._decode_errors_by_reason: dict[str, int] = {}
         self._out_of_order = 0
+        self._gaps = 0
+        self._bytes = 0
+        self._batches = 0
         self._last_log = 0.0
         self._unlogged_errors = 0
         self._closed = False
         if bind:
             base._BOUND_SUBSCRIBERS.add(self)
+        _metrics.attach(self, registry)
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -322,6 +328,8 @@ class Subscriber:
             except FrameError as exc:
                 self._decode_error(str(exc), topic_b)
                 continue
+            self._batches += 1
+            self._bytes += len(frame)
             self._account(topic, topic_b, pid, first, count)
             room = max_messages - len(out)
             if len(msgs) <= room:
@@ -369,6 +377,7 @@ class Subscriber:
         elif first != expected:
             if first > expected:
                 lost = first - expected
+                self._gaps += 1
                 lt = self._lost
                 name = topic if (topic in lt or len(lt) < _MAX_TRACKED_TOPICS) else "<other>"
                 lt[name] = lt.get(name, 0) + lost
@@ -414,7 +423,8 @@ class Subscriber:
     def stats(self) -> dict[str, Any]:
         """Counters: ``received`` and ``lost`` (total and ``*_by_topic``), ``decode_errors``
         (and ``decode_errors_by_reason``), ``out_of_order`` (messages whose sequence number was
-        already passed: duplicates or reordering), ``streams`` tracked, ``buffered``."""
+        already passed: duplicates or reordering), ``gaps`` (discontinuities detected), ``bytes``
+        and ``batches`` (frames received), ``streams`` tracked, ``buffered``."""
         with self._lock:
             return {
                 "received": sum(self._received.values()),
@@ -424,6 +434,9 @@ class Subscriber:
                 "decode_errors": self._decode_errors,
                 "decode_errors_by_reason": dict(self._decode_errors_by_reason),
                 "out_of_order": self._out_of_order,
+                "gaps": self._gaps,
+                "bytes": self._bytes,
+                "batches": self._batches,
                 "streams": len(self._streams),
                 "buffered": len(self._buf) - self._pos,
             }

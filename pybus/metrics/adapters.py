@@ -1,0 +1,154 @@
+"""Adapters from pybus objects' counters and ``stats()`` to the metric families.
+
+Each adapter reads what the object already keeps (plain counters, updated per batch) and yields
+``(logical_name, labels, value)``; the registry adds the ``name`` label and caps topics. Classes are
+named by string so this module imports none of them (no import cycles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .registry import HdrValue, RawSample, register_adapter
+
+_NS = 1e-9
+
+
+def _topic(t: str) -> str:
+    # The subscriber folds its own untracked topics into "<other>"; report them with ours.
+    return "other" if t == "<other>" else t
+
+
+class _PublisherAdapter:
+    kind = "publisher"
+
+    def samples(self, pub: Any) -> Iterator[RawSample]:
+        s = pub.stats()
+        by_topic = getattr(pub, "_published_by_topic", None)
+        if by_topic:
+            for t, n in dict(by_topic).items():  # keys are the topic frames (ASCII bytes)
+                yield "pybus_messages_published_total", {"topic": t.decode("ascii")}, n
+        yield "pybus_published_bytes_total", {}, s["bytes"]
+        yield "pybus_batches_total", {}, s["batches"]
+        for reason, n in s["dropped"].items():
+            yield "pybus_messages_dropped_total", {"reason": reason}, n
+        yield "pybus_subscribers", {}, s["subscribers"]
+        yield "pybus_queue_depth", {}, s["pending"]
+        sizes = getattr(pub, "_batch_sizes", None)
+        if sizes is not None:
+            yield "pybus_batch_size_messages", {}, HdrValue(sizes, 1.0)
+
+    def readiness(self, pub: Any) -> tuple[bool, str]:
+        return (False, "publisher is closed") if pub.closed else (True, "")
+
+
+class _SubscriberAdapter:
+    kind = "subscriber"
+
+    def samples(self, sub: Any) -> Iterator[RawSample]:
+        s = sub.stats()
+        for t, n in s["received_by_topic"].items():
+            yield "pybus_messages_received_total", {"topic": _topic(t)}, n
+        yield "pybus_messages_lost_total", {}, s["lost"]
+        yield "pybus_messages_out_of_order_total", {}, s["out_of_order"]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_queue_depth", {}, s["buffered"]
+        for key, fam in (("gaps", "pybus_sequence_gaps_total"),
+                         ("bytes", "pybus_received_bytes_total"),
+                         ("batches", "pybus_batches_received_total")):
+            if key in s:
+                yield fam, {}, s[key]
+        lat = getattr(sub, "_latency", None)
+        if lat is not None:
+            yield "pybus_end_to_end_latency_seconds", {}, HdrValue(lat, _NS)
+
+    def readiness(self, sub: Any) -> tuple[bool, str]:
+        return (False, "subscriber is closed") if sub.closed else (True, "")
+
+
+class _BreakerAdapter:
+    kind = "circuit_breaker"
+
+    def samples(self, cb: Any) -> Iterator[RawSample]:
+        # .state (not stats()["state"]): an open breaker past reset_timeout reads as half-open
+        state = str(cb.state.value)
+        s = cb.stats()
+        for st in ("closed", "open", "half_open"):
+            yield "pybus_circuit_breaker_state", {"state": st}, 1 if st == state else 0
+        yield "pybus_circuit_breaker_calls_total", {"outcome": "success"}, s["successes"]
+        yield "pybus_circuit_breaker_calls_total", {"outcome": "failure"}, s["failures"]
+        yield "pybus_circuit_breaker_opened_total", {}, s["opened"]
+        yield "pybus_circuit_breaker_rejected_total", {}, s["rejected"]
+
+    def readiness(self, cb: Any) -> tuple[bool, str]:
+        if str(cb.state.value) == "open":
+            return False, f"circuit breaker is open; probes in {cb.retry_after:.1f} s"
+        return True, ""
+
+
+class _RateLimiterAdapter:
+    kind = "rate_limiter"
+
+    def samples(self, rl: Any) -> Iterator[RawSample]:
+        s = rl.stats()
+        yield "pybus_rate_limited_total", {}, s["rejected"]
+        yield "pybus_rate_limiter_granted_total", {}, s["granted"]
+
+    def readiness(self, rl: Any) -> tuple[bool, str]:
+        return True, ""
+
+
+class _KeyedRateLimiterAdapter:
+    kind = "rate_limiter"
+
+    def samples(self, krl: Any) -> Iterator[RawSample]:
+        # The per-key buckets are not registered themselves (there may be thousands); their
+        # counters are summed here, plus what evicted buckets had counted.
+        with krl._lock:
+            buckets = list(krl._buckets.values())
+            granted = getattr(krl, "_evicted_granted", 0)
+            rejected = getattr(krl, "_evicted_rejected", 0)
+        for b in buckets:
+            granted += b._granted
+            rejected += b._rejected
+        yield "pybus_rate_limited_total", {}, rejected
+        yield "pybus_rate_limiter_granted_total", {}, granted
+
+    def readiness(self, krl: Any) -> tuple[bool, str]:
+        return True, ""
+
+
+class _RetryAdapter:
+    kind = "retry_policy"
+
+    def samples(self, rp: Any) -> Iterator[RawSample]:
+        s = rp.stats()
+        yield "pybus_retries_total", {}, s["retries"]
+        yield "pybus_retries_exhausted_total", {}, s["exhausted"]
+
+    def readiness(self, rp: Any) -> tuple[bool, str]:
+        return True, ""
+
+
+class _DlqAdapter:
+    kind = "dlq"
+
+    def samples(self, dlq: Any) -> Iterator[RawSample]:
+        if dlq._closed:
+            return
+        s = dlq.stats()
+        yield "pybus_dlq_size", {}, s["entries"]
+        yield "pybus_dlq_evicted_total", {}, s["evictions"]
+
+    def readiness(self, dlq: Any) -> tuple[bool, str]:
+        return True, ""
+
+
+register_adapter("pybus.publisher.Publisher", _PublisherAdapter())
+register_adapter("pybus.subscriber.Subscriber", _SubscriberAdapter())
+register_adapter("pybus.breaker.CircuitBreaker", _BreakerAdapter())
+register_adapter("pybus.ratelimit.RateLimiter", _RateLimiterAdapter())
+register_adapter("pybus.ratelimit.KeyedRateLimiter", _KeyedRateLimiterAdapter())
+register_adapter("pybus.retry.RetryPolicy", _RetryAdapter())
+register_adapter("pybus.dlq.DeadLetterQueue", _DlqAdapter())
