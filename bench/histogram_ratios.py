@@ -67,11 +67,25 @@ def main() -> None:
         ours.record_many(values)
 
     rows: list[tuple[str, str, list[float], list[float], float]] = []
-    rows.append(("record (Python call, per value)", "ns",
-                 timed(loop_ours, loop_n, reps), timed(loop_theirs, loop_n, reps), 1.0))
+    rows.append(
+        (
+            "record (Python call, per value)",
+            "ns",
+            timed(loop_ours, loop_n, reps),
+            timed(loop_theirs, loop_n, reps),
+            1.0,
+        )
+    )
     # hdrh has no bulk API: its users loop over record_value.
-    rows.append(("record_many 1e6 int64 (per value)", "ns",
-                 timed(many_ours, n, reps), timed(loop_theirs, loop_n, reps), 1.0))
+    rows.append(
+        (
+            "record_many 1e6 int64 (per value)",
+            "ns",
+            timed(many_ours, n, reps),
+            timed(loop_theirs, loop_n, reps),
+            1.0,
+        )
+    )
 
     ours.reset()
     ours.record_many(values)
@@ -85,28 +99,56 @@ def main() -> None:
         def run() -> None:
             for _ in range(k):
                 fn()
+
         return run
 
-    rows.append(("percentile(99) on 1e6 values", "us",
-                 timed(reps_of(lambda: ours.percentile(99.0), 200), 200, reps),
-                 timed(reps_of(lambda: theirs.get_value_at_percentile(99.0), 20), 20, reps),
-                 1e3))
+    rows.append(
+        (
+            "percentile(99) on 1e6 values",
+            "us",
+            timed(reps_of(lambda: ours.percentile(99.0), 200), 200, reps),
+            timed(reps_of(lambda: theirs.get_value_at_percentile(99.0), 20), 20, reps),
+            1e3,
+        )
+    )
     four = [50.0, 90.0, 99.0, 99.9]
-    rows.append(("percentiles([50,90,99,99.9])", "us",
-                 timed(reps_of(lambda: ours.percentiles(four), 200), 200, reps),
-                 timed(reps_of(lambda: theirs.get_percentile_to_value_dict(four), 20), 20, reps),
-                 1e3))
-    rows.append(("encode() with 1e6 values", "us",
-                 timed(reps_of(ours.encode, 50), 50, reps),
-                 timed(reps_of(theirs.encode, 50), 50, reps), 1e3))
+    rows.append(
+        (
+            "percentiles([50,90,99,99.9])",
+            "us",
+            timed(reps_of(lambda: ours.percentiles(four), 200), 200, reps),
+            timed(reps_of(lambda: theirs.get_percentile_to_value_dict(four), 20), 20, reps),
+            1e3,
+        )
+    )
+    rows.append(
+        (
+            "encode() with 1e6 values",
+            "us",
+            timed(reps_of(ours.encode, 50), 50, reps),
+            timed(reps_of(theirs.encode, 50), 50, reps),
+            1e3,
+        )
+    )
     blob_o, blob_t = ours.encode(), theirs.encode()
-    rows.append(("decode() with 1e6 values", "us",
-                 timed(reps_of(lambda: Histogram.decode(blob_o), 50), 50, reps),
-                 timed(reps_of(lambda: HdrHistogram.decode(blob_t), 50), 50, reps), 1e3))
-    rows.append(("mean + stddev", "us",
-                 timed(reps_of(lambda: (ours.mean, ours.stddev), 50), 50, reps),
-                 timed(reps_of(lambda: (theirs.get_mean_value(), theirs.get_stddev()), 2), 2,
-                       reps), 1e3))
+    rows.append(
+        (
+            "decode() with 1e6 values",
+            "us",
+            timed(reps_of(lambda: Histogram.decode(blob_o), 50), 50, reps),
+            timed(reps_of(lambda: HdrHistogram.decode(blob_t), 50), 50, reps),
+            1e3,
+        )
+    )
+    rows.append(
+        (
+            "mean + stddev",
+            "us",
+            timed(reps_of(lambda: (ours.mean, ours.stddev), 50), 50, reps),
+            timed(reps_of(lambda: (theirs.get_mean_value(), theirs.get_stddev()), 2), 2, reps),
+            1e3,
+        )
+    )
 
     print(f"pybus.Histogram vs hdrh.HdrHistogram, {reps} repetitions, median [min - max]")
     print(f"{'case':36} {'unit':4} {'pybus':>28} {'hdrh':>28} {'hdrh/pybus':>11}")

@@ -52,6 +52,9 @@ static int layout_for(int64_t lowest, int64_t highest, int sig, pb_layout *lay) 
     lay->counts_len = (int64_t)(buckets + 1) * (sub_bucket_count / 2);
     /* The last counter's highest equivalent value is 2^(shcm + buckets + unit_mag) - 1. */
     int32_t e = shcm + buckets + unit_magnitude;
+    /* e <= 63 by construction (the doubling stops at 2^62), so every counter's values fit
+     * int64; refuse anything else rather than let an index map past INT64_MAX. */
+    if (e > 63) return PB_EINVAL;
     lay->max_trackable = e >= 63 ? INT64_MAX : (int64_t)((UINT64_C(1) << e) - 1);
     return PB_OK;
 }

@@ -20,8 +20,24 @@ import pybus
 from pybus import FrameError, Histogram, HistogramRangeError, ValidationError
 
 HOUR_NS = 3_600_000_000_000
-PERCENTILES = [0.0, 0.1, 1.0, 10.0, 25.0, 33.3, 50.0, 66.6, 75.0, 90.0, 95.0, 99.0, 99.5,
-               99.9, 99.99, 100.0]
+PERCENTILES = [
+    0.0,
+    0.1,
+    1.0,
+    10.0,
+    25.0,
+    33.3,
+    50.0,
+    66.6,
+    75.0,
+    90.0,
+    95.0,
+    99.0,
+    99.5,
+    99.9,
+    99.99,
+    100.0,
+]
 
 # (lowest, highest, significant_figures): every sig-fig setting, small and large ranges,
 # a lowest that is not a power of two. Kept so hdrh's pure-Python scans stay quick.
@@ -39,6 +55,7 @@ LAYOUTS = [
 def _data(kind: str, highest: int, n: int = 3000, seed: int = 7) -> np.ndarray:
     rng = np.random.default_rng(seed)
     top = min(highest, 10**12)
+    v: np.ndarray
     if kind == "uniform":
         v = rng.integers(0, top, n)
     elif kind == "lognormal":
@@ -72,8 +89,7 @@ def _assert_same(ours: Histogram, o: HdrHistogram, ps=PERCENTILES) -> None:
     assert {p: ours.percentile(p) for p in ps} == expected
     assert ours.percentiles(ps) == expected
     assert list(ours.iter_buckets()) == [
-        (it.value_iterated_to, it.count_added_in_this_iter_step)
-        for it in o.get_recorded_iterator()
+        (it.value_iterated_to, it.count_added_in_this_iter_step) for it in o.get_recorded_iterator()
     ]
 
 
@@ -85,11 +101,22 @@ def test_equivalent_ranges_match_hdrh(lowest, highest, sig):
     o = HdrHistogram(lowest, highest, sig)
     h = Histogram(lowest, highest, sig)
     rng = np.random.default_rng(lowest + sig)
-    values = [0, 1, lowest, 2 * lowest - 1, 2047, 2048, 2049, highest, *(
-        int(x) for x in rng.integers(0, highest, 300))]
+    values = [
+        0,
+        1,
+        lowest,
+        2 * lowest - 1,
+        2047,
+        2048,
+        2049,
+        highest,
+        *(int(x) for x in rng.integers(0, highest, 300)),
+    ]
     for v in values:
         assert h.equivalent_range(v) == (
-            o.get_lowest_equivalent_value(v), o.get_highest_equivalent_value(v)), v
+            o.get_lowest_equivalent_value(v),
+            o.get_highest_equivalent_value(v),
+        ), v
 
 
 @pytest.mark.parametrize("lowest,highest,sig", LAYOUTS)
@@ -111,9 +138,7 @@ def test_range_limit_is_the_end_of_the_last_bucket(lowest, highest, sig):
 STAT_CASES = [
     (kind, *layout)
     for layout in LAYOUTS
-    for kind in (
-        ["uniform", "lognormal", "bimodal", "constant"] if layout[2] <= 3 else ["bimodal"]
-    )
+    for kind in (["uniform", "lognormal", "bimodal", "constant"] if layout[2] <= 3 else ["bimodal"])
 ]
 
 
@@ -176,8 +201,16 @@ def test_record_n_matches_hdrh_counts():
 
 # ---- coordinated-omission correction ----------------------------------------------------
 
-CORRECTED = [(10, 3), (9, 3), (100, 10), (1_000_000, 1000), (5_000_123, 250_000), (7, 10),
-             (7, 0), (123_456, 1)]
+CORRECTED = [
+    (10, 3),
+    (9, 3),
+    (100, 10),
+    (1_000_000, 1000),
+    (5_000_123, 250_000),
+    (7, 10),
+    (7, 0),
+    (123_456, 1),
+]
 
 
 def test_record_corrected_follows_hdrhistogram_java_c():

@@ -1,13 +1,14 @@
 from collections.abc import Iterable, Iterator
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, disjoint_base
 
 __all__ = ["Histogram"]
 
+@disjoint_base
 class Histogram:
-    def __init__(
-        self, lowest: int = 1, highest: int = 3_600_000_000_000, significant_figures: int = 3
-    ) -> None: ...
+    def __new__(
+        cls, lowest: int = 1, highest: int = 3_600_000_000_000, significant_figures: int = 3
+    ) -> Histogram: ...
     def record(self, value: int) -> None: ...
     def record_n(self, value: int, count: int) -> None: ...
     def record_corrected(self, value: int, expected_interval: int) -> None: ...

@@ -510,7 +510,7 @@ cdef class Histogram:
             raise MemoryError()
         if rc != PB_OK:
             raise FrameError(f"malformed histogram payload: {detail.decode()}")
-        cdef Histogram result = Histogram.__new__(Histogram, lowest, highest, sig)
+        cdef Histogram result = cls.__new__(cls, lowest, highest, sig)
         pb_hist_close(result._h)
         result._h = h
         return result
