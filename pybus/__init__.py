@@ -30,6 +30,9 @@ from .retry import RetryPolicy
 from .worker import Worker
 from .workqueue import WorkQueue
 from . import metrics
+from ._sockets import Liveness, SlowConsumerError
+from .security import Curve, keypair, load_keypair, load_public_key, load_secret_key, save_keypair
+from .proxy import Proxy
 
 __all__ = [
     "__version__",
@@ -65,5 +68,14 @@ __all__ = [
     "validate_topic",
     "Worker",
     "WorkQueue",
+    "Curve",
+    "Liveness",
+    "Proxy",
+    "SlowConsumerError",
+    "keypair",
+    "load_keypair",
+    "load_public_key",
+    "load_secret_key",
+    "save_keypair",
     *_native_all,
 ]

@@ -145,6 +145,37 @@ class _DlqAdapter:
         return True, ""
 
 
+class _ProxyAdapter:
+    kind = "proxy"
+
+    def samples(self, px: Any) -> Iterator[RawSample]:
+        if px.closed:
+            return
+        s = px.stats()
+        for side in ("frontend", "backend"):
+            d = s[side]
+            for direction in ("in", "out"):
+                yield ("pybus_proxy_messages_total", {"side": side, "direction": direction},
+                       d[f"messages_{direction}"])
+                yield ("pybus_proxy_bytes_total", {"side": side, "direction": direction},
+                       d[f"bytes_{direction}"])
+            if d.get("peers") is not None:
+                yield "pybus_peers", {"side": side}, d["peers"]
+            for event, n in d.get("peer_events", {}).items():
+                yield "pybus_peer_events_total", {"side": side, "event": event}, n
+        rejected: dict[str, int] = {}
+        for a in s["auth"]:
+            for reason, n in a["rejected_by_reason"].items():
+                rejected[reason] = rejected.get(reason, 0) + n
+        for reason, n in rejected.items():
+            yield "pybus_auth_rejected_total", {"reason": reason}, n
+
+    def readiness(self, px: Any) -> tuple[bool, str]:
+        if px.closed or px.stats()["state"] != "running":
+            return False, f"proxy is {'closed' if px.closed else px.stats()['state']}"
+        return True, ""
+
+
 register_adapter("pybus.publisher.Publisher", _PublisherAdapter())
 register_adapter("pybus.subscriber.Subscriber", _SubscriberAdapter())
 register_adapter("pybus.breaker.CircuitBreaker", _BreakerAdapter())
@@ -152,3 +183,4 @@ register_adapter("pybus.ratelimit.RateLimiter", _RateLimiterAdapter())
 register_adapter("pybus.ratelimit.KeyedRateLimiter", _KeyedRateLimiterAdapter())
 register_adapter("pybus.retry.RetryPolicy", _RetryAdapter())
 register_adapter("pybus.dlq.DeadLetterQueue", _DlqAdapter())
+register_adapter("pybus.proxy.Proxy", _ProxyAdapter())
