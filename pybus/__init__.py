@@ -33,9 +33,14 @@ from . import metrics
 from ._sockets import Liveness, SlowConsumerError
 from .security import Curve, keypair, load_keypair, load_public_key, load_secret_key, save_keypair
 from .proxy import Proxy
+from .rpc import Client, Server
+from .rpc_aio import AsyncClient
 
 __all__ = [
     "__version__",
+    "AsyncClient",
+    "Client",
+    "Server",
     "BackpressureError",
     "BusError",
     "CircuitBreaker",

@@ -392,6 +392,14 @@ class CircuitBreaker:
         self.record_success(self.clock() - t0)
         return result
 
+    def record_exception(self, exc: BaseException, duration: float | None = None) -> None:
+        """Record a call that raised ``exc``: a failure if ``is_failure`` says so,
+        otherwise (cancellation, excluded errors) only the permission is released."""
+        if isinstance(exc, Exception) and self._counts_as_failure(exc):
+            self.record_failure(duration)
+        else:
+            self.release()
+
     def _after_error(self, exc: BaseException, t0: float) -> None:
         if isinstance(exc, Exception) and self._counts_as_failure(exc):
             self.record_failure(self.clock() - t0)

@@ -50,6 +50,7 @@ class ErrorCode(enum.IntEnum):
     CLOSED = 205
     REMOTE = 300
     RETRY_EXHAUSTED = 301
+    UNKNOWN_METHOD = 302
 
 
 class Severity(enum.IntEnum):

@@ -1,0 +1,929 @@
+"""Request/reply over ZeroMQ ROUTER/DEALER: :class:`Server` and :class:`Client`.
+
+The wire format is specified byte by byte in ``docs/wire-reqrep.md``
+("Request/reply"). In short, every request and reply is ONE ZeroMQ frame::
+
+    version:u8 | kind:u8 | flags:u8 | method_len:u8 | correlation_id:u64le | method | payload
+
+(the ROUTER adds the peer identity frame in front, as ZeroMQ always does).
+
+The client is a "Lazy Pirate": it waits for the reply with a timeout, and when
+an attempt times out and its retry policy allows another one, it closes the
+socket (linger 0) and opens a fresh one before sending again, so nothing stale
+stays queued towards a dead server. Every request carries a new correlation
+id; a reply whose id is not the one awaited (a late reply to an abandoned
+attempt) is dropped and counted, never returned.
+
+Example
+-------
+>>> server = Server("ipc:///tmp/calc")                     # doctest: +SKIP
+>>> @server.handler("add")
+... def add(args):
+...     return args[0] + args[1]
+>>> server.start()
+>>> with Client("ipc:///tmp/calc", timeout=1.0) as client:
+...     client.request("add", [1, 2])
+3
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import msgpack
+import zmq
+
+from .breaker import CircuitBreaker
+from .errors import (
+    BusError,
+    ClosedError,
+    ErrorCode,
+    FrameError,
+    RemoteError,
+    RetryExhaustedError,
+    TimeoutError,
+    ValidationError,
+    from_zmq,
+)
+from .ratelimit import RateLimiter
+from .retry import RetryPolicy
+
+__all__ = ["Server", "Client", "Handler"]
+
+Handler = Callable[[Any], Any]
+
+# -- wire constants (docs/wire-reqrep.md, "Request/reply") ------------------------------
+WIRE_VERSION = 1
+KIND_REQUEST = 0x01
+KIND_REPLY = 0x02
+KIND_ERROR = 0x03
+KIND_CONTROL = 0x7F  # in-process only (inproc), never valid from the network
+FLAG_MSGPACK = 0x01
+HEADER = struct.Struct("<BBBBQ")
+HEADER_SIZE = HEADER.size  # 12
+MAX_METHOD_BYTES = 255
+_CID_MASK = (1 << 64) - 1
+_CTRL_STOP = b"S"
+_CTRL_FORWARD = b"F"
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+# The server's receive timeout while idle: bounds how long stop() can take even
+# if its wake-up message were lost; costs nothing while requests flow.
+_IDLE_CHECK_MS = 100
+
+_log = logging.getLogger("pybus.rpc")
+
+
+def encode_payload(payload: Any) -> tuple[int, bytes]:
+    """Return (flags, bytes) for a payload: bytes go raw, anything else msgpack."""
+    if type(payload) is bytes:
+        return 0, payload
+    if isinstance(payload, _BYTES_TYPES):
+        return 0, bytes(payload)
+    try:
+        return FLAG_MSGPACK, msgpack.packb(payload, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(
+            f"payload of type {type(payload).__name__} cannot be sent: {exc}; "
+            "send bytes or msgpack-serialisable data (dict, list, str, int, float, bool, None)"
+        ) from exc
+
+
+def decode_payload(flags: int, body: bytes | memoryview) -> Any:
+    """Inverse of :func:`encode_payload`; raises FrameError on corrupt msgpack."""
+    if flags & FLAG_MSGPACK:
+        try:
+            return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise FrameError(f"payload flagged msgpack does not decode: {exc}") from exc
+    return bytes(body)
+
+
+def method_bytes(name: str) -> bytes:
+    """Validate and encode a method name (1-255 UTF-8 bytes)."""
+    if not isinstance(name, str):
+        raise ValidationError(f"method name must be a str, got {type(name).__name__}")
+    b = name.encode("utf-8")
+    if not 1 <= len(b) <= MAX_METHOD_BYTES:
+        raise ValidationError(
+            f"method name {name!r} is {len(b)} bytes; allowed: 1-{MAX_METHOD_BYTES} UTF-8 bytes"
+        )
+    return b
+
+
+def error_payload(exc: BaseException) -> bytes:
+    """The msgpack map an ERROR reply carries (type, message, code, retryable)."""
+    if isinstance(exc, RemoteError):
+        d = {
+            "type": exc.remote_type,
+            "message": exc.remote_message,
+            "code": int(exc.remote_code),
+            "retryable": exc.retryable,
+        }
+    elif isinstance(exc, BusError):
+        d = {
+            "type": type(exc).__name__,
+            "message": exc.message,
+            "code": int(exc.code),
+            "retryable": bool(exc.retryable),
+        }
+    else:
+        d = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "code": int(ErrorCode.UNKNOWN),
+            "retryable": False,
+        }
+    return msgpack.packb(d, use_bin_type=True)
+
+
+def remote_error(body: bytes | memoryview) -> RemoteError:
+    """Build the RemoteError an ERROR reply describes."""
+    try:
+        d = msgpack.unpackb(body, raw=False)
+        return RemoteError(
+            str(d.get("message", "")),
+            remote_type=str(d.get("type", "Exception")),
+            remote_code=int(d.get("code", int(ErrorCode.UNKNOWN))),
+            retryable=bool(d.get("retryable", False)),
+        )
+    except Exception as exc:  # a corrupt error body still must not pass silently
+        return RemoteError(
+            f"the server sent an error reply that does not decode ({exc})",
+            remote_type="FrameError",
+            remote_code=int(ErrorCode.FRAME),
+        )
+
+
+def _check_timeout(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ValidationError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+class _LogLimiter:
+    """Log a recurring warning at most once per interval (the rest are only counted)."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def warn(self, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e18) >= self.interval_s:
+            self._last[key] = now
+            _log.warning(msg, *args)
+
+
+# ======================================================================================
+# Server
+# ======================================================================================
+class Server:
+    """A request/reply server on a ZeroMQ ROUTER socket (binds).
+
+    Parameters
+    ----------
+    endpoint : str
+        Where to bind: ``tcp://HOST:PORT`` (port 0 or ``*`` picks one; see
+        :attr:`endpoint`), ``ipc://PATH`` or ``inproc://NAME``.
+    security : callable(socket) or None
+        Applied to the ROUTER before it binds (e.g. to set CURVE server keys).
+    workers : int
+        0 (default) runs handlers inline in the I/O thread - the lowest
+        latency; N > 0 runs them in a pool of N threads, so slow handlers do not
+        hold up other requests.
+    max_inflight : int
+        With workers, requests queued or running at once; beyond it a request is
+        answered at once with a retryable ``BackpressureError``.
+    context : zmq.Context or None
+        Default: the process-wide ``zmq.Context.instance()``.
+
+    Notes
+    -----
+    Binding an ``ipc://`` path that another live server uses takes it over
+    (ZeroMQ replaces the socket file); tcp reports "address in use" as a
+    :class:`~pybus.TransportError`.
+
+    A handler is called with the request payload as it was sent (bytes, or
+    the msgpack-decoded object) and returns the reply payload (bytes go raw,
+    anything else is msgpack-encoded). An exception it raises goes back to the
+    client as :class:`~pybus.RemoteError` with its type, message and code.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        security: Callable[[zmq.Socket[Any]], Any] | None = None,
+        *,
+        workers: int = 0,
+        max_inflight: int = 1024,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        if not isinstance(endpoint, str) or "://" not in endpoint:
+            raise ValidationError(
+                f"endpoint {endpoint!r} is not valid; endpoints look like tcp://HOST:PORT, "
+                "ipc://PATH or inproc://NAME"
+            )
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValidationError(f"workers must be an int >= 0 (0 = inline), got {workers!r}")
+        if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1:
+            raise ValidationError(f"max_inflight must be an int >= 1, got {max_inflight!r}")
+        self._ctx = context or zmq.Context.instance()
+        self._handlers: dict[bytes, Handler] = {}
+        self.workers = workers
+        self.max_inflight = max_inflight
+        self._token = os.urandom(16)
+        self._ctrl_prefix = HEADER.pack(WIRE_VERSION, KIND_CONTROL, 0, 0, 0) + self._token
+        self._ctrl_endpoint = f"inproc://pybus-rpc-{id(self):x}-{self._token.hex()[:8]}"
+        self._stats: dict[str, int] = {
+            "requests": 0,
+            "replies": 0,
+            "handler_errors": 0,
+            "unknown_method": 0,
+            "decode_errors": 0,
+            "unroutable": 0,
+            "busy_rejected": 0,
+        }
+        self._decode_reasons: dict[str, int] = {}
+        self._warn = _LogLimiter()
+        self._thread: threading.Thread | None = None
+        self._io_ident: int | None = None
+        self._running = False
+        self._closed = False
+        self._shut = False
+        self._loop_done = threading.Event()
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._worker_socks: list[zmq.Socket[Any]] = []
+        self._worker_local = threading.local()
+        self._inflight = 0
+        sock = self._ctx.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            # Without ROUTER_MANDATORY a reply to a vanished client disappears
+            # silently; with it we get EHOSTUNREACH and can count it.
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            if security is not None:
+                security(sock)
+            sock.bind(endpoint)
+            # Read the resolved endpoint (tcp port 0 -> real port) before the
+            # control bind below overwrites LAST_ENDPOINT.
+            self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            sock.bind(self._ctrl_endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise from_zmq(exc, f"cannot bind RPC server to {endpoint!r}") from exc
+        self._sock = sock
+
+    # -- registration -------------------------------------------------------------------
+    def handler(self, name: str) -> Callable[[Handler], Handler]:
+        """Decorator registering ``fn(payload) -> reply`` under ``name``."""
+        method_bytes(name)  # fail at decoration time, not at first call
+
+        def register(fn: Handler) -> Handler:
+            self.add_handler(name, fn)
+            return fn
+
+        return register
+
+    def add_handler(self, name: str, fn: Handler) -> None:
+        """Register ``fn`` under ``name`` (replacing any earlier one)."""
+        if not callable(fn):
+            raise ValidationError(f"handler for {name!r} must be callable, got {fn!r}")
+        key = method_bytes(name)
+        # Copy-on-write so the I/O thread reads a dict nobody mutates.
+        handlers = dict(self._handlers)
+        handlers[key] = fn
+        self._handlers = handlers
+
+    @property
+    def methods(self) -> list[str]:
+        """Registered method names, sorted."""
+        return sorted(k.decode() for k in self._handlers)
+
+    # -- stats --------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters: requests, replies, handler_errors, unknown_method, decode_errors
+        (malformed frames dropped; ``decode_error_reasons`` splits them by reason),
+        unroutable (replies whose client had gone), busy_rejected, inflight."""
+        out: dict[str, Any] = dict(self._stats)
+        out["decode_error_reasons"] = dict(self._decode_reasons)
+        out["inflight"] = self._inflight
+        return out
+
+    def _bad_frame(self, reason: str) -> None:
+        self._stats["decode_errors"] += 1
+        self._decode_reasons[reason] = self._decode_reasons.get(reason, 0) + 1
+        self._warn.warn(
+            "decode:" + reason,
+            "pybus rpc server %s: dropped a malformed frame (%s); counted in stats()",
+            self.endpoint,
+            reason,
+        )
+
+    # -- lifetime -----------------------------------------------------------------------
+    def start(self) -> Server:
+        """Serve in a background thread; returns self."""
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"RPC server {self.endpoint} is stopped; create a new one")
+            if self._running:
+                raise ValidationError("RPC server is already running")
+            self._running = True
+            self._thread = threading.Thread(
+                target=self._serve, name=f"pybus-rpc-server {self.endpoint}", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until :meth:`stop` is called from another thread."""
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"RPC server {self.endpoint} is stopped; create a new one")
+            if self._running:
+                raise ValidationError("RPC server is already running")
+            self._running = True
+        try:
+            self._serve()
+        finally:
+            self._shutdown()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving, close the socket and the worker pool; idempotent.
+
+        Waits up to ``timeout`` seconds for the I/O loop to finish its current
+        request. Safe to call from a handler (the loop then ends after it).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            running = self._running
+            self._closed = True
+        if not running:
+            self._shutdown()
+            return
+        if threading.get_ident() == self._io_ident:
+            return  # inside a handler: the loop sees _closed when it returns
+        # Wake the loop at once; should the wake-up not get through, the loop's
+        # receive timeout (_IDLE_CHECK_MS) still notices _closed.
+        waker = self._ctx.socket(zmq.DEALER)
+        try:
+            waker.setsockopt(zmq.LINGER, 200)
+            waker.connect(self._ctrl_endpoint)
+            waker.send(self._ctrl_prefix + _CTRL_STOP, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        finally:
+            waker.close()
+        if not self._loop_done.wait(timeout):
+            _log.error("pybus rpc server %s: I/O loop did not stop in %g s", self.endpoint, timeout)
+            return
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._shutdown()
+        # serve_forever's own thread runs _shutdown on its way out.
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        for s in self._worker_socks:
+            s.close(0)
+        self._worker_socks.clear()
+        self._sock.close(0)
+        self._running = False
+
+    close = stop
+
+    def __enter__(self) -> Server:
+        if not self._running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- the I/O loop -------------------------------------------------------------------
+    def _serve(self) -> None:
+        self._io_ident = threading.get_ident()
+        try:
+            self._loop()
+        finally:
+            self._loop_done.set()
+
+    def _loop(self) -> None:
+        if self.workers and self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self.workers, thread_name_prefix="pybus-rpc-worker"
+            )
+        sock = self._sock
+        recv = sock.recv
+        send = sock.send
+        getsockopt = sock.getsockopt
+        unpack_from = HEADER.unpack_from
+        pack = HEADER.pack
+        stats = self._stats
+        ctrl_prefix = self._ctrl_prefix
+        forward_marker = ctrl_prefix + _CTRL_FORWARD
+        stop_marker = ctrl_prefix + _CTRL_STOP
+        RCVMORE, SNDMORE, NOBLOCK = zmq.RCVMORE, zmq.SNDMORE, zmq.NOBLOCK
+        sock.setsockopt(zmq.RCVTIMEO, _IDLE_CHECK_MS)
+        while not self._closed:
+            try:
+                try:
+                    ident = recv()
+                except zmq.Again:
+                    continue  # idle: re-check _closed
+                frame = recv()
+                if getsockopt(RCVMORE):
+                    if frame == forward_marker:
+                        # A worker thread's reply: [marker][client identity][reply].
+                        client = recv()
+                        reply = recv() if getsockopt(RCVMORE) else b""
+                        self._inflight -= 1
+                        try:
+                            send(client, SNDMORE | NOBLOCK)
+                            send(reply, NOBLOCK)
+                            stats["replies"] += 1
+                        except zmq.ZMQError as exc:
+                            self._send_failed(exc)
+                        continue
+                    # A well-formed request is a single frame after the identity.
+                    while getsockopt(RCVMORE):
+                        recv()
+                    self._bad_frame("multipart")
+                    continue
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    break
+                raise
+            if len(frame) < HEADER_SIZE:
+                self._bad_frame("short")
+                continue
+            version, kind, flags, mlen, cid = unpack_from(frame)
+            if version != WIRE_VERSION:
+                self._bad_frame("version")
+                continue
+            if flags & ~FLAG_MSGPACK:
+                self._bad_frame("flags")  # reserved bits must be zero
+                continue
+            if kind != KIND_REQUEST:
+                if frame == stop_marker:
+                    break
+                self._bad_frame("kind")
+                continue
+            end = HEADER_SIZE + mlen
+            if mlen == 0 or len(frame) < end:
+                self._bad_frame("method")
+                continue
+            stats["requests"] += 1
+            fn = self._handlers.get(frame[HEADER_SIZE:end])
+            if fn is None:
+                stats["unknown_method"] += 1
+                reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + self._unknown(
+                    frame[HEADER_SIZE:end]
+                )
+            else:
+                try:
+                    arg = decode_payload(flags, frame[end:]) if flags else frame[end:]
+                except FrameError as exc:
+                    self._bad_frame("payload")
+                    reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid)
+                    reply += error_payload(exc)
+                else:
+                    if self._pool is not None:
+                        self._submit(fn, arg, ident, cid)
+                        continue
+                    # _call inlined: this is the per-request hot path.
+                    try:
+                        result = fn(arg)
+                        if type(result) is bytes:
+                            reply = pack(WIRE_VERSION, KIND_REPLY, 0, 0, cid) + result
+                        else:
+                            rflags, body = encode_payload(result)
+                            reply = pack(WIRE_VERSION, KIND_REPLY, rflags, 0, cid) + body
+                    except Exception as exc:  # noqa: BLE001 - goes back to the client
+                        stats["handler_errors"] += 1
+                        reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid)
+                        reply += error_payload(exc)
+            try:
+                send(ident, SNDMORE | NOBLOCK)
+                send(reply, NOBLOCK)
+                stats["replies"] += 1
+            except zmq.ZMQError as exc:
+                self._send_failed(exc)
+
+    def _send_failed(self, exc: zmq.ZMQError) -> None:
+        if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+            # The client went away (or stopped reading) before its reply: drop, count.
+            self._stats["unroutable"] += 1
+        elif exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+            self._closed = True
+        else:
+            raise from_zmq(exc, "RPC server reply") from exc
+
+    def _call(self, fn: Handler, arg: Any, cid: int) -> bytes:
+        try:
+            result = fn(arg)
+            if type(result) is bytes:
+                return HEADER.pack(WIRE_VERSION, KIND_REPLY, 0, 0, cid) + result
+            flags, body = encode_payload(result)
+            return HEADER.pack(WIRE_VERSION, KIND_REPLY, flags, 0, cid) + body
+        except Exception as exc:  # noqa: BLE001 - every handler error goes back to the client
+            with self._lock:  # worker threads share the counter
+                self._stats["handler_errors"] += 1
+            return HEADER.pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + error_payload(exc)
+
+    def _unknown(self, name: bytes) -> bytes:
+        shown = name.decode("utf-8", "replace")
+        known = ", ".join(self.methods) or "(none)"
+        return msgpack.packb(
+            {
+                "type": "UnknownMethodError",
+                "message": f"no handler named {shown!r} on this server; registered: {known}",
+                "code": int(ErrorCode.UNKNOWN_METHOD),
+                "retryable": False,
+            }
+        )
+
+    # -- worker pool --------------------------------------------------------------------
+    def _submit(self, fn: Handler, arg: Any, ident: bytes, cid: int) -> None:
+        if self._inflight >= self.max_inflight:
+            self._stats["busy_rejected"] += 1
+            body = msgpack.packb(
+                {
+                    "type": "BackpressureError",
+                    "message": f"server busy: {self._inflight} requests in flight "
+                    f"(max_inflight={self.max_inflight}); retry later",
+                    "code": int(ErrorCode.BACKPRESSURE),
+                    "retryable": True,
+                }
+            )
+            reply = HEADER.pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + body
+            try:
+                self._sock.send(ident, zmq.SNDMORE | zmq.NOBLOCK)
+                self._sock.send(reply, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                self._send_failed(exc)
+            return
+        self._inflight += 1
+        assert self._pool is not None
+        self._pool.submit(self._work, fn, arg, ident, cid)
+
+    def _work(self, fn: Handler, arg: Any, ident: bytes, cid: int) -> None:
+        reply = self._call(fn, arg, cid)
+        sock = getattr(self._worker_local, "sock", None)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self._ctrl_endpoint)
+            self._worker_local.sock = sock
+            with self._lock:
+                self._worker_socks.append(sock)
+        # Only the I/O thread may touch the ROUTER: hand the reply over inproc.
+        sock.send(self._ctrl_prefix + _CTRL_FORWARD, zmq.SNDMORE)
+        sock.send(ident, zmq.SNDMORE)
+        sock.send(reply)
+
+
+# ======================================================================================
+# Client
+# ======================================================================================
+def _open_dealer(
+    ctx: zmq.Context[Any],
+    endpoint: str,
+    security: Callable[[zmq.Socket[Any]], Any] | None,
+    socket_class: Any = None,
+) -> zmq.Socket[Any]:
+    sock = ctx.socket(zmq.DEALER) if socket_class is None else socket_class(ctx, zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        # IMMEDIATE: queue only on completed connections, so a request to a dead
+        # server is not parked in a pipe and replayed when it comes back.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 20)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if security is not None:
+            security(sock)
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise from_zmq(exc, f"cannot connect RPC client to {endpoint!r}") from exc
+    return sock
+
+
+class _ClientBase:
+    """Validation, stats and policy plumbing shared by Client and AsyncClient."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float,
+        retry: RetryPolicy | None,
+        breaker: CircuitBreaker | None,
+        rate_limit: RateLimiter | None,
+    ) -> None:
+        if not isinstance(endpoint, str) or "://" not in endpoint:
+            raise ValidationError(
+                f"endpoint {endpoint!r} is not valid; endpoints look like tcp://HOST:PORT, "
+                "ipc://PATH or inproc://NAME"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ValidationError(f"retry must be a pybus.RetryPolicy or None, got {retry!r}")
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise ValidationError(f"breaker must be a CircuitBreaker or None, got {breaker!r}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
+            raise ValidationError(f"rate_limit must be a RateLimiter or None, got {rate_limit!r}")
+        self.endpoint = endpoint
+        self.timeout = _check_timeout("timeout", timeout)
+        self.retry = retry
+        self.breaker = breaker
+        self.rate_limit = rate_limit
+        self._plain = retry is None and breaker is None and rate_limit is None
+        # Random start: ids from two client incarnations on one server never collide.
+        self._cid = int.from_bytes(os.urandom(8), "little")
+        self._methods: dict[str, bytes] = {}
+        self._closed = False
+        self._stats: dict[str, int] = {
+            "requests": 0,
+            "replies": 0,
+            "remote_errors": 0,
+            "timeouts": 0,
+            "retries": 0,
+            "reconnects": 0,
+            "late_replies": 0,
+            "decode_errors": 0,
+        }
+
+    def stats(self) -> dict[str, int]:
+        """Counters: requests, replies, remote_errors, timeouts (attempts that got no
+        reply in time), retries, reconnects (Lazy Pirate socket resets),
+        late_replies (replies to abandoned attempts, dropped), decode_errors
+        (malformed frames dropped)."""
+        return dict(self._stats)
+
+    def _method(self, name: str) -> bytes:
+        mb = self._methods.get(name)
+        if mb is None:
+            mb = method_bytes(name)
+            if len(self._methods) < 1024:  # bounded cache
+                self._methods[name] = mb
+        return mb
+
+    def _next_cid(self) -> int:
+        self._cid = (self._cid + 1) & _CID_MASK
+        return self._cid
+
+    def _attempt_timeout(self, timeout: float, remaining: float | None) -> float:
+        if remaining is None:
+            return timeout
+        return max(0.001, min(timeout, remaining))
+
+    def _parse_reply(self, reply: bytes, cid: int) -> tuple[bool, Any]:
+        """(True, value) for our reply; (False, None) for one to drop (counted).
+        Raises RemoteError for our error reply, FrameError for our corrupt reply."""
+        if len(reply) < HEADER_SIZE:
+            self._stats["decode_errors"] += 1
+            return False, None
+        version, kind, flags, _mlen, rcid = HEADER.unpack_from(reply)
+        if version != WIRE_VERSION or kind not in (KIND_REPLY, KIND_ERROR) or flags & ~FLAG_MSGPACK:
+            self._stats["decode_errors"] += 1
+            return False, None
+        if rcid != cid:
+            self._stats["late_replies"] += 1
+            return False, None
+        if kind == KIND_REPLY:
+            self._stats["replies"] += 1
+            if flags & FLAG_MSGPACK:
+                try:
+                    return True, decode_payload(flags, reply[HEADER_SIZE:])
+                except FrameError:
+                    self._stats["decode_errors"] += 1
+                    raise
+            return True, reply[HEADER_SIZE:]
+        self._stats["remote_errors"] += 1
+        raise remote_error(reply[HEADER_SIZE:])
+
+    def _exhausted(self, ex: RetryExhaustedError, name: str, timeout: float) -> BusError:
+        if isinstance(ex.last_error, TimeoutError):
+            err = TimeoutError(
+                f"no reply to {name!r} from {self.endpoint} after {ex.attempts} attempts "
+                f"({timeout:g} s each); is the server running?",
+                attempts=ex.attempts,
+            )
+            return err
+        return ex
+
+
+class Client(_ClientBase):
+    """A request/reply client on a ZeroMQ DEALER socket (connects).
+
+    Parameters
+    ----------
+    endpoint : str
+        The server's endpoint.
+    timeout : float
+        Seconds to wait for each attempt's reply.
+    retry : RetryPolicy or None
+        Attempts and backoff; without it a request is tried once. Between
+        attempts that timed out the socket is closed and reopened (Lazy Pirate).
+    breaker : CircuitBreaker or None
+        Consulted before every attempt; records each attempt's outcome.
+    rate_limit : RateLimiter or None
+        One token per attempt, waited for up to the attempt's timeout.
+    security : callable(socket) or None
+        Applied to each new DEALER before it connects (e.g. CURVE client keys).
+    context : zmq.Context or None
+
+    Notes
+    -----
+    One request is in flight at a time (a lock serialises threads); use
+    several clients or :class:`pybus.AsyncClient` for concurrent requests.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimiter | None = None,
+        *,
+        security: Callable[[zmq.Socket[Any]], Any] | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        super().__init__(endpoint, timeout, retry, breaker, rate_limit)
+        self._ctx = context or zmq.Context.instance()
+        self._security = security
+        self._lock = threading.Lock()
+        self._sock = _open_dealer(self._ctx, endpoint, security)
+        self._rcvtimeo_ms = -1
+
+    def _reset(self) -> None:
+        """Lazy Pirate: drop the socket (and anything queued on it), open a fresh one."""
+        self._sock.close(0)
+        self._sock = _open_dealer(self._ctx, self.endpoint, self._security)
+        self._rcvtimeo_ms = -1
+        self._stats["reconnects"] += 1
+
+    def request(self, name: str, payload: Any = b"", timeout: float | None = None) -> Any:
+        """Call ``name`` on the server and return its reply payload.
+
+        Parameters
+        ----------
+        name : str
+            The handler's name (1-255 UTF-8 bytes).
+        payload : bytes or msgpack-serialisable
+            Bytes go raw; anything else is msgpack-encoded.
+        timeout : float or None
+            Per-attempt timeout in seconds; default the client's.
+
+        Returns
+        -------
+        bytes or object
+            What the handler returned (bytes raw, anything else decoded).
+
+        Raises
+        ------
+        RemoteError
+            The handler raised (or no handler has that name).
+        TimeoutError
+            No reply after every attempt the retry policy allows.
+        RetryExhaustedError
+            Every attempt failed with another retryable error.
+        CircuitOpenError, RateLimitError
+            The breaker or rate limiter refused (and retries, if any, ran out).
+        """
+        if self._closed:
+            raise ClosedError(f"RPC client for {self.endpoint} is closed")
+        mb = self._method(name)
+        flags, body = encode_payload(payload)
+        t = self.timeout if timeout is None else _check_timeout("timeout", timeout)
+        with self._lock:
+            self._stats["requests"] += 1
+            if self._plain:
+                return self._attempt(name, mb, flags, body, t)
+            return self._with_policies(name, mb, flags, body, t)
+
+    def _with_policies(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
+        run = self.retry.start() if self.retry is not None else None
+        breaker = self.breaker
+        while True:
+            if run is not None:
+                if run.begin_attempt() > 1:
+                    self._stats["retries"] += 1
+                t_attempt = self._attempt_timeout(t, run.remaining())
+            else:
+                t_attempt = t
+            try:
+                if self.rate_limit is not None:
+                    self.rate_limit.acquire(timeout=t_attempt)
+                if breaker is None:
+                    return self._attempt(name, mb, flags, body, t_attempt)
+                breaker.check()
+                t0 = breaker.clock()
+                try:
+                    result = self._attempt(name, mb, flags, body, t_attempt)
+                except BaseException as exc:
+                    breaker.record_exception(exc, breaker.clock() - t0)
+                    raise
+                breaker.record_success(breaker.clock() - t0)
+                return result
+            except Exception as exc:
+                if run is None:
+                    raise
+                try:
+                    delay = run.failed(exc)
+                except RetryExhaustedError as ex:
+                    err = self._exhausted(ex, name, t)
+                    if err is ex:
+                        raise
+                    raise err from ex
+                timed_out = isinstance(exc, TimeoutError)
+            if timed_out:
+                self._reset()
+            if delay > 0:
+                assert self.retry is not None
+                self.retry.sleep(delay)
+
+    def _attempt(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
+        cid = self._next_cid()
+        frame = HEADER.pack(WIRE_VERSION, KIND_REQUEST, flags, len(mb), cid) + mb + body
+        deadline = time.monotonic() + t
+        sock = self._sock
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            # IMMEDIATE and no live connection (yet): wait for one, within the timeout.
+            if not sock.poll(max(1, int(t * 1000)), zmq.POLLOUT):
+                self._stats["timeouts"] += 1
+                raise TimeoutError(
+                    f"cannot reach an RPC server at {self.endpoint} within {t:g} s "
+                    "(no connection); is it running?"
+                ) from None
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
+        except zmq.ZMQError as exc:
+            raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
+        recv = sock.recv
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ms = int(remaining * 1000) + 1
+            if ms != self._rcvtimeo_ms:
+                sock.setsockopt(zmq.RCVTIMEO, ms)
+                self._rcvtimeo_ms = ms
+            try:
+                reply = recv()
+            except zmq.Again:
+                break
+            except zmq.ZMQError as exc:
+                raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
+            # No RCVMORE check (0.8 us): a DEALER has no identity frames to keep in
+            # step, so each frame of a (malformed) multipart reply is judged alone.
+            ok, value = self._parse_reply(reply, cid)
+            if ok:
+                return value
+        self._stats["timeouts"] += 1
+        raise TimeoutError(f"no reply to {name!r} from {self.endpoint} within {t:g} s")
+
+    def close(self) -> None:
+        """Close the socket; idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._sock.close(0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.endpoint!r}, timeout={self.timeout:g})"
