@@ -18,8 +18,10 @@ HELLO_PREFIX = b"\xffpybus-hello:"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 #: Default bound on a batch frame's records, in bytes.
 DEFAULT_MAX_BATCH_BYTES = 256 << 10
-#: Default bound on the bytes ZeroMQ queues per peer (publisher SNDHWM, subscriber RCVHWM are
-#: derived from it: hwm_frames = max(16, bound // largest_frame_bytes)).
+#: Default bound on the bytes of batch frames ZeroMQ queues per peer: publisher SNDHWM and
+#: subscriber RCVHWM default to max(16, bound // max_batch_bytes) frames (256). A message larger
+#: than max_batch_bytes travels alone in its frame, so with such messages the queue may hold up
+#: to hwm * (max_message_bytes + FRAME_OVERHEAD_BYTES).
 DEFAULT_MAX_QUEUED_BYTES = 64 << 20
 #: A batch frame's bytes beyond its payloads: 32-byte frame header, 12 bytes per record, plus
 #: at most 65535 header bytes per record (docs/wire.md).
@@ -36,6 +38,6 @@ def _poke_bound_subscribers() -> None:
         sub._poke()
 
 
-def hwm_for(max_queued_bytes: int, largest_frame_bytes: int) -> int:
-    """High-water mark in frames so that hwm * largest_frame_bytes stays near the bound."""
-    return max(16, max_queued_bytes // max(1, largest_frame_bytes))
+def hwm_for(max_queued_bytes: int, max_batch_bytes: int) -> int:
+    """High-water mark in frames so that hwm * max_batch_bytes stays near the bound."""
+    return max(16, max_queued_bytes // max(1, max_batch_bytes))

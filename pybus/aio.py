@@ -34,8 +34,14 @@ class Publisher(_pub.Publisher):
     waits); ``await flush()``, ``await wait_for_subscribers()``, ``await close()``,
     ``async with``. Takes the same arguments."""
 
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        # The asyncio socket owns the ZeroMQ socket and closes it; the sync one used on the
+        # hot path is a shadow (a shadow never closes the handle when garbage collected, so
+        # a handle ZeroMQ reuses for a new socket is never closed by mistake).
+        self._asock = zmq.asyncio.Socket(self._ctx, socket_type)
+        return zmq.Socket.shadow(self._asock.underlying)
+
     def _start_flusher(self) -> None:
-        self._asock = zmq.asyncio.Socket.from_socket(self._sock)
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
 
     def _on_pending(self) -> None:
@@ -123,6 +129,17 @@ class Publisher(_pub.Publisher):
         pass
 
 
+class _AsyncCore(_sub.Subscriber):
+    """The sync subscriber's bookkeeping over a socket owned by a zmq.asyncio socket."""
+
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        self._asock = zmq.asyncio.Socket(self._ctx, socket_type)
+        return zmq.Socket.shadow(self._asock.underlying)
+
+    def _close_socket(self) -> None:
+        self._asock.close(linger=0)  # also unregisters it from the event loop
+
+
 class Subscriber:
     """:class:`pybus.Subscriber` for asyncio: ``await recv()``, ``await recv_batch()``,
     ``async for msg in sub``, ``async with``. Takes the same arguments."""
@@ -134,12 +151,8 @@ class Subscriber:
         bind: bool = False,
         **kwargs: Any,
     ) -> None:
-        self._core = _sub.Subscriber(endpoints, topics, bind, **kwargs)
-        self._asock = zmq.asyncio.Socket.from_socket(self._core._sock)
-        self._core._close_socket = self._close_socket  # type: ignore[method-assign]
-
-    def _close_socket(self) -> None:
-        self._asock.close(linger=0)
+        self._core = _AsyncCore(endpoints, topics, bind, **kwargs)
+        self._asock = self._core._asock
 
     @property
     def endpoints(self) -> list[str]:
@@ -226,13 +239,12 @@ class Subscriber:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Message]:
+        # one by one through recv()'s buffer: breaking out of the loop loses nothing
         while not self._core.closed:
             try:
-                batch = await self.recv_batch(10_000, None)
+                yield await self.recv(None)
             except ClosedError:
                 return
-            for m in batch:
-                yield m
 
     async def close(self) -> None:
         """Close the socket (buffered messages are discarded)."""

@@ -141,7 +141,7 @@ class Publisher:
         Size of the ring of pending messages (allocated once).
     max_queued_bytes : int
         Bound on what ZeroMQ queues per subscriber; ``sndhwm`` defaults to
-        ``max(16, max_queued_bytes // largest_frame)`` frames. A subscriber that stops reading
+        ``max(16, max_queued_bytes // max_batch_bytes)`` frames. A subscriber that stops reading
         loses messages beyond that (it sees them as sequence gaps); others are not affected.
     sndhwm : int, optional
         ZeroMQ send high-water mark, in frames (overrides the derived value).
@@ -215,7 +215,8 @@ class Publisher:
             publisher_id = random.getrandbits(64)
         if linger_us > 0:
             # Holding batches open: never send a lone message at once; flush after linger_us.
-            idle_us, delay_us = float(1 << 40), float(linger_us)
+            # (the batcher still sends the very first message at once: it has never drained)
+            idle_us, delay_us = 1e9, float(linger_us)
         else:
             idle_us, delay_us = float(idle_us), float(max_delay_us)
         self._batcher = Batcher(
@@ -234,15 +235,14 @@ class Publisher:
         self._block_timeout = float(block_timeout)
         self._flush_delay_s = delay_us / 1e6
         self._close_linger_ms = int(close_linger_ms)
-        largest_frame = max(max_batch_bytes, max_message_bytes) + base.FRAME_OVERHEAD_BYTES
         self.sndhwm: int = int(sndhwm) if sndhwm is not None else base.hwm_for(
-            max_queued_bytes, largest_frame
+            max_queued_bytes, max_batch_bytes
         )
         if self.sndhwm < 1:
             raise ValidationError(f"sndhwm must be >= 1 frame, got {sndhwm!r}")
 
         self._ctx = context if context is not None else zmq.Context.instance()
-        sock = self._ctx.socket(zmq.XPUB)
+        sock = self._sock = self._new_socket(zmq.XPUB)
         try:
             sock.setsockopt(zmq.LINGER, self._close_linger_ms)
             sock.setsockopt(zmq.SNDHWM, self.sndhwm)
@@ -262,9 +262,8 @@ class Publisher:
                     sock.bind(ep)
                     self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         except zmq.ZMQError as exc:
-            sock.close(linger=0)
+            self._close_socket(0)
             raise from_zmq(exc, f"Publisher({'connect' if connect else 'bind'} {endpoint!r})")
-        self._sock = sock
         self._connect = connect
         self._security = security
         if security is not None and security.is_server:
@@ -699,6 +698,9 @@ class Publisher:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=1.0)
         self._finalizer.detach()
+
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        return self._ctx.socket(socket_type)
 
     def _close_socket(self, linger_ms: int) -> None:
         self._sock.close(linger=linger_ms)

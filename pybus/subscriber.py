@@ -148,7 +148,7 @@ class Subscriber:
             max(max_message_bytes, max_batch_bytes) + base.FRAME_OVERHEAD_BYTES
         )
         self.rcvhwm: int = (
-            int(rcvhwm) if rcvhwm is not None else base.hwm_for(max_queued_bytes, self.max_frame_bytes)
+            int(rcvhwm) if rcvhwm is not None else base.hwm_for(max_queued_bytes, max_batch_bytes)
         )
         if self.rcvhwm < 1:
             raise ValidationError(f"rcvhwm must be >= 1 frame, got {rcvhwm!r}")
@@ -159,7 +159,7 @@ class Subscriber:
         self._log_interval_s = log_interval_s
 
         self._ctx = context if context is not None else zmq.Context.instance()
-        sock = self._ctx.socket(zmq.SUB)
+        sock = self._sock = self._new_socket(zmq.SUB)
         self.endpoints: list[str] = []
         try:
             sock.setsockopt(zmq.LINGER, 0)
@@ -177,9 +177,8 @@ class Subscriber:
                     sock.connect(ep)
                     self.endpoints.append(ep)
         except zmq.ZMQError as exc:
-            sock.close(linger=0)
+            self._close_socket()
             raise from_zmq(exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})")
-        self._sock = sock
         self._bind = bind
         self._security = security
         self._liveness = liveness
@@ -210,7 +209,7 @@ class Subscriber:
         self._gaps = 0
         self._bytes = 0
         self._batches = 0
-        self._last_log = 0.0
+        self._last_log = float("-inf")
         self._unlogged_errors = 0
         self._closed = False
         if bind:
@@ -566,12 +565,13 @@ class Subscriber:
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until the subscriber is closed."""
+        # one by one through recv()'s buffer: breaking out of the loop loses nothing
+        recv = self.recv
         while not self._closed:
             try:
-                batch = self.recv_batch(10_000, None)
+                yield recv(None)
             except ClosedError:
                 return
-            yield from batch
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -629,6 +629,9 @@ class Subscriber:
             self._buf = []
             self._pos = 0
 
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        return self._ctx.socket(socket_type)
+
     def _close_socket(self) -> None:
         self._sock.close(linger=0)
 
@@ -645,7 +648,7 @@ class Subscriber:
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)
         if sock is not None and not sock.closed:
-            sock.close(linger=0)
+            self._close_socket()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -554,3 +554,23 @@ def test_property_agrees_with_hdrh(values, ps, sig, lowest):
     o = _oracle(lowest, 10**10, sig, values)
     _assert_same(h, o, ps=sorted(set(ps)))
     assert _raw_payload(h.encode()) == _raw_payload(o.encode())
+
+
+@settings(max_examples=60, deadline=None)
+@given(payload=st.binary(max_size=120), text=st.text(max_size=40))
+def test_property_decode_never_fails_uncleanly(payload, text):
+    """Arbitrary payloads (behind a valid envelope, with or without a valid header) and
+    arbitrary text either decode to a consistent histogram or raise FrameError."""
+    header = _header(payload_len=len(payload))
+    for blob in (_envelope(payload), _envelope(header + payload), text):
+        try:
+            h = Histogram.decode(blob)
+        except FrameError:
+            continue
+        assert sum(c for _, c in h) == h.total_count
+        assert h.percentile(100) == h.max
+
+
+def test_equivalent_range_out_of_range():
+    with pytest.raises(HistogramRangeError, match=r"\[0, 2047\]"):
+        Histogram(1, 1000, 3).equivalent_range(5000)

@@ -1,0 +1,188 @@
+"""Interoperability from docs/wire.md alone: plain pyzmq sockets, struct and msgpack.
+
+The encoder and decoder below are written from the document, not from pybus's code: a plain
+SUB socket decodes what a pybus Publisher sends, and a plain PUB socket publishes to a pybus
+Subscriber.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+import pybus
+
+pytestmark = pytest.mark.timeout(60)
+
+# docs/wire.md, "Batch frame (version 1)": little-endian
+FRAME_HEADER = struct.Struct("<BBBBIQQq")  # magic0 magic1 version flags count pid first_seq ts
+RECORD_HEADER = struct.Struct("<IHBBI")  # payload_len header_len flags reserved ts_delta
+HELLO = b"\xffpybus-hello:"  # docs/wire.md, "Hello subscription"
+
+
+@dataclass
+class Rec:
+    topic: str
+    seq: int
+    publisher_id: int
+    timestamp_ns: int
+    payload: Any
+    headers: dict[str, Any]
+
+
+def spec_decode(topic: bytes, frame: bytes) -> list[Rec]:
+    """Decode one pub/sub message following docs/wire.md; raise ValueError when invalid."""
+    if len(frame) < 32:
+        raise ValueError("short")
+    m0, m1, version, flags, count, pid, first, base = FRAME_HEADER.unpack_from(frame, 0)
+    if (m0, m1) != (0x50, 0x42) or version != 1 or flags != 0:
+        raise ValueError("header")
+    if count == 0 or count > (len(frame) - 32) // 12:
+        raise ValueError("count")
+    off = 32
+    out = []
+    for i in range(count):
+        if len(frame) - off < 12:
+            raise ValueError("record header")
+        plen, hlen, rflags, reserved, delta = RECORD_HEADER.unpack_from(frame, off)
+        off += 12
+        if rflags & ~0x03 or reserved or bool(rflags & 0x02) != (hlen > 0):
+            raise ValueError("record flags")
+        if off + hlen + plen > len(frame):
+            raise ValueError("record length")
+        header = frame[off : off + hlen]
+        off += hlen
+        payload = frame[off : off + plen]
+        off += plen
+        out.append(
+            Rec(
+                topic=topic.decode("ascii"),
+                seq=first + i,
+                publisher_id=pid,
+                timestamp_ns=base + delta,
+                payload=msgpack.unpackb(payload) if rflags & 0x01 else payload,
+                headers=msgpack.unpackb(header) if hlen else {},
+            )
+        )
+    if off != len(frame):
+        raise ValueError("trailing bytes")
+    return out
+
+
+def spec_encode(
+    pid: int, first_seq: int, records: list[tuple[bytes, bool, dict[str, Any] | None]]
+) -> bytes:
+    """Encode a batch frame following docs/wire.md (payload, is_msgpack, headers)."""
+    base = time.time_ns()
+    parts = [FRAME_HEADER.pack(0x50, 0x42, 1, 0, len(records), pid, first_seq, base)]
+    for i, (payload, is_mp, headers) in enumerate(records):
+        header = msgpack.packb(headers) if headers else b""
+        flags = (0x01 if is_mp else 0) | (0x02 if header else 0)
+        parts.append(RECORD_HEADER.pack(len(payload), len(header), flags, 0, i * 1000))
+        parts.append(header)
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def test_plain_sub_decodes_pybus_traffic() -> None:
+    ctx = zmq.Context.instance()
+    pub = pybus.Publisher("tcp://127.0.0.1:*")
+    raw = ctx.socket(zmq.SUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.SUBSCRIBE, b"orders.")
+    raw.setsockopt(zmq.SUBSCRIBE, HELLO + os.urandom(8).hex().encode())  # to be counted
+    raw.connect(pub.endpoints[0])
+    try:
+        assert pub.wait_for_subscribers(1, timeout=5) == 1  # the foreign hello counts
+        t0 = time.time_ns()
+        pub.publish("orders.created", b"\x00\x01bytes")
+        pub.publish("orders.created", {"id": 7, "tags": ["a"]}, headers={"trace": "t-1"})
+        pub.publish("audit.x", b"filtered at the publisher")
+        for i in range(500):
+            pub.publish("orders.bulk", i.to_bytes(2, "little"))
+        pub.flush()
+        recs: list[Rec] = []
+        while len(recs) < 502:
+            assert raw.poll(5000)
+            parts = raw.recv_multipart()
+            assert len(parts) == 2  # topic frame + batch frame
+            assert parts[0] in (b"orders.created", b"orders.bulk")
+            recs += spec_decode(parts[0], parts[1])
+        t1 = time.time_ns()
+        created = [r for r in recs if r.topic == "orders.created"]
+        assert created[0].payload == b"\x00\x01bytes" and created[0].headers == {}
+        assert created[1].payload == {"id": 7, "tags": ["a"]}
+        assert created[1].headers == {"trace": "t-1"}
+        assert [r.seq for r in created] == [1, 2]
+        bulk = [r for r in recs if r.topic == "orders.bulk"]
+        assert [r.seq for r in bulk] == list(range(1, 501))
+        assert [int.from_bytes(r.payload, "little") for r in bulk] == list(range(500))
+        for r in recs:
+            assert r.publisher_id == pub.publisher_id
+            assert t0 <= r.timestamp_ns <= t1
+        assert not raw.poll(50)  # audit.x never left the publisher
+    finally:
+        raw.close(linger=0)
+        pub.close(linger=0)
+
+
+def test_plain_pub_publishes_to_pybus_subscriber() -> None:
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.XPUB)  # XPUB only to see the subscriber's hello (a handshake)
+    raw.setsockopt(zmq.LINGER, 0)
+    port = raw.bind_to_random_port("tcp://127.0.0.1")
+    gaps: list[tuple[Any, ...]] = []
+    sub = pybus.Subscriber(
+        f"tcp://127.0.0.1:{port}", topics=["sensor.*"], on_gap=lambda *a: gaps.append(a)
+    )
+    try:
+        subs = set()
+        deadline = time.monotonic() + 5
+        while not any(s.startswith(b"\x01" + HELLO) for s in subs):
+            assert raw.poll(int(max(1, (deadline - time.monotonic()) * 1000)))
+            subs.add(raw.recv())
+        # topics before hello: the subscriber's prefix is already registered
+        assert b"\x01sensor." in subs
+        pid = 0xABCDEF
+        f1 = spec_encode(pid, 1, [(b"raw", False, None), (msgpack.packb([1, 2]), True, {"u": "C"})])
+        f2 = spec_encode(pid, 7, [(b"after-gap", False, None)])
+        raw.send(b"sensor.temp", zmq.SNDMORE)
+        raw.send(f1)
+        raw.send(b"sensor.temp", zmq.SNDMORE)
+        raw.send(f2)
+        got: list[pybus.Message] = []
+        while len(got) < 3:
+            got += sub.recv_batch(timeout=5)
+            assert got, "nothing arrived"
+        assert [m.payload for m in got] == [b"raw", [1, 2], b"after-gap"]
+        assert got[1].headers == {"u": "C"} and got[1].is_msgpack
+        assert [m.seq for m in got] == [1, 2, 7]
+        assert {m.publisher_id for m in got} == {pid}
+        assert got[1].timestamp_ns - got[0].timestamp_ns == 1000
+        assert sub.stats()["lost"] == 4 and gaps == [("sensor.temp", pid, 3, 7, 4)]
+    finally:
+        sub.close()
+        raw.close(linger=0)
+
+
+def test_unknown_version_is_rejected_by_both_sides() -> None:
+    good = spec_encode(1, 1, [(b"x", False, None)])
+    v2 = bytearray(good)
+    v2[2] = 2
+    with pytest.raises(ValueError):
+        spec_decode(b"t", bytes(v2))
+    with pytest.raises(pybus.FrameError, match="version 2"):
+        pybus.decode_batch("t", bytes(v2))
+    # and the two implementations agree on a valid frame
+    ours = pybus.decode_batch("t", good)
+    theirs = spec_decode(b"t", good)
+    assert [(m.payload, m.seq, m.timestamp_ns) for m in ours] == [
+        (r.payload, r.seq, r.timestamp_ns) for r in theirs
+    ]
