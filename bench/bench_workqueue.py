@@ -192,7 +192,7 @@ def main() -> None:
                 raise SystemExit("push/pull baseline: use --transport ipc")
             setups["push/pull"] = PushPull(base)
         results: dict[str, list[float]] = {k: [] for k in setups}
-        for k, s in setups.items():  # warm-up, discarded
+        for s in setups.values():  # warm-up, discarded
             s.run(min(n, 50_000))
         for _ in range(args.reps):
             for k, s in setups.items():

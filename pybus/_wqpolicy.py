@@ -7,6 +7,7 @@ now", the rate limiter for "how many messages may go now".
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -16,6 +17,8 @@ from .ratelimit import RateLimiter
 from .retry import RetryPolicy, RetryRun
 
 __all__ = ["RetryPlan", "Throttle", "DEFAULT_RETRY"]
+
+_log = logging.getLogger("pybus.workqueue")
 
 
 def DEFAULT_RETRY() -> RetryPolicy:  # noqa: N802 - a factory standing for a constant
@@ -39,23 +42,28 @@ class RetryPlan:
             )
         self.policy = policy
 
-    def next_delay(self, rec: Any, elapsed_s: float, err: RemoteError) -> float | None:
-        """Record that ``rec``'s latest delivery failed with ``err``.
+    def next_delay(self, failure: Any, elapsed_s: float, err: RemoteError) -> float | None:
+        """Record that a message's latest delivery failed with ``err``.
+
+        ``failure`` is the message's failure record; its ``run`` holds the RetryRun.
 
         Returns the delay before the next delivery, or None when the message must be
         dead-lettered (not retryable, attempts used up, or the deadline would pass).
         ``elapsed_s`` is the time since the message's first delivery (the policy's deadline
         is measured from there).
         """
-        run: RetryRun | None = rec.run
+        run: RetryRun | None = failure.run
         if run is None:
             run = self.policy.start()
             run.started = self.policy.clock() - elapsed_s
-            rec.run = run
+            failure.run = run
         run.begin_attempt()
         try:
             return run.failed(err)
         except (RetryExhaustedError, RemoteError):
+            return None
+        except Exception:  # a user callback (on_retry, retry_on) failed: never kill dispatch
+            _log.exception("retry policy callback failed; dead-lettering the message")
             return None
 
 

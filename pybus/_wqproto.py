@@ -136,7 +136,9 @@ def parse_nack(frame: bytes) -> list[tuple[int, str, str, int, bool]]:
     except Exception as exc:  # msgpack raises several unrelated types
         raise FrameError(f"NACK body is not valid msgpack: {exc}") from None
     if not isinstance(entries, tuple):
-        raise FrameError("NACK body must be a msgpack array of [id, type, message, code, retryable]")
+        raise FrameError(
+            "NACK body must be a msgpack array of [id, type, message, code, retryable]"
+        )
     out = []
     for e in entries:
         if (

@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 
 from . import _wqproto as P
-from ._native._batch import Message, _message_from_wire
+from ._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
 from .errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
 
 __all__ = ["Worker"]
@@ -282,7 +282,10 @@ class Worker:
                     poller.register(sock, zmq.POLLIN)
                     last_recv = last_send = now
                 elif now - last_send >= self._hb_s:
-                    sock.send(P.HEARTBEAT_FRAME, zmq.NOBLOCK)
+                    try:
+                        sock.send(P.HEARTBEAT_FRAME, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # nobody to talk to; the liveness check starts a new session
                     last_send = now
             # graceful end: let handlers finish their current message, ship their acks
             for _ in self._handler_threads:
@@ -301,7 +304,10 @@ class Worker:
                 self._work.put(None)
             sock.close(linger=200)  # give the last acks and BYE a moment to leave
             results.close(0)
-            self._ctx.term()
+            # A handler still stuck in user code keeps its socket open; terminating the
+            # context would then hang, so leave it to the (daemon) thread's exit.
+            if not any(t.is_alive() for t in self._handler_threads):
+                self._ctx.term()
 
     def _forward(self, results: zmq.Socket[Any], sock: zmq.Socket[Any]) -> bool:
         sent = False

@@ -21,6 +21,11 @@ dispatcher thread owns the socket and all delivery state:
 
 Delivery is at least once: a message may be handled twice (a worker killed after its handler
 ran but before its ack left). Workers can suppress such duplicates over a window of ids.
+
+Attempts: only a nack or a missed ack deadline consumes one of the retry policy's attempts. A
+redelivery because the worker vanished (missed heartbeats, BYE, socket gone) does not, so
+killing workers never sends a healthy message to the DLQ; the flip side is that a message
+that crashes every worker process it reaches is redelivered until one acks or nacks it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import heapq
 import itertools
 import logging
 import math
+import operator
 import os
 import re
 import threading
@@ -130,45 +136,42 @@ def _positive_int(name: str, value: int, lo: int = 1, hi: int = 1 << 31) -> None
         raise ValidationError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
 
 
-class _Rec:
-    """One message the queue is responsible for (pending, in flight or waiting to retry)."""
+# A message record is a list (cheaper to make and index than an object, and its first seven
+# items are exactly the wire entry of docs/wire-workqueue.md, so dispatch sends rec[:7]):
+(R_ID, R_DELIVERY, R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS,
+ R_WORKER, R_SENT, R_BORN, R_BATCH) = range(11)
+# R_DELIVERY: deliveries so far; R_TS: put time (ns since the epoch); R_WORKER: the
+# _WorkerState holding it, or None; R_SENT: monotonic time of the last dispatch; R_BORN: of the
+# first one; R_BATCH: its _JBatch when there is a journal.
+_Rec = list  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born, batch]
+_jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS)
+_rid = operator.itemgetter(R_ID)
 
-    __slots__ = (
-        "id",
-        "delivery",
-        "topic",
-        "payload",
-        "flags",
-        "headers",
-        "worker",
-        "sent_at",
-        "born",
-        "failures",
-        "first_fail",
-        "last_fail",
-        "error",
-        "run",
-        "ts",
-    )
 
-    def __init__(
-        self, mid: int, topic: str, payload: bytes, flags: int, headers: bytes | None, ts: int
-    ) -> None:
-        self.id = mid
-        self.ts = ts  # put time, ns since the epoch
-        self.delivery = 0
-        self.topic = topic
-        self.payload = payload
-        self.flags = flags
-        self.headers = headers
-        self.worker: _WorkerState | None = None
-        self.sent_at = 0.0
-        self.born = 0.0
+class _JBatch:
+    """A journal batch (one put()/put_many() call): how many of its messages are unfinished,
+    and which finished since the last journal flush."""
+
+    __slots__ = ("first", "remaining", "done", "touched")
+
+    def __init__(self, first: int, remaining: int) -> None:
+        self.first = first
+        self.remaining = remaining
+        self.done: list[int] = []
+        self.touched = False
+
+
+class _Failure:
+    """Failure history of a message that was nacked or timed out (kept only for those)."""
+
+    __slots__ = ("failures", "first", "last", "error", "run")
+
+    def __init__(self) -> None:
         self.failures = 0
-        self.first_fail = 0.0
-        self.last_fail = 0.0
-        self.error: tuple[str, str, int] | None = None
-        self.run: Any = None  # a RetryRun once the message has failed
+        self.first = 0.0
+        self.last = 0.0
+        self.error: tuple[str, str, int] = ("", "", int(ErrorCode.UNKNOWN))
+        self.run: Any = None  # the RetryRun deciding its delays
 
 
 class _WorkerState:
@@ -276,7 +279,7 @@ class WorkQueue:
         self._journal: Journal | None = Journal(journal, journal_sync) if journal else None
         epoch = self._journal.epoch if self._journal else int.from_bytes(os.urandom(4)) >> 1
         self._epoch = epoch
-        self._ids = itertools.count((epoch << 32) + 1)
+        self._next_id = (epoch << 32) + 1
 
         self._ctx = zmq.Context()
         self._router = self._ctx.socket(zmq.ROUTER)
@@ -284,6 +287,9 @@ class WorkQueue:
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # Credit bounds what each worker is sent, so the send side needs no HWM of its own.
         self._router.sndhwm = 0
+        # pyzmq sends frames above copy_threshold (64 KiB) zero-copy, which hands every
+        # frame's release to its GC thread: more GIL traffic than a memcpy of ~100 KB costs.
+        self._router.copy_threshold = 1 << 30
         try:
             self._router.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -302,7 +308,7 @@ class WorkQueue:
         self._wake_push.connect(wake_addr)
 
         # handover from user threads: a deque plus a one-shot wakeup
-        self._inbox: deque[_Rec] = deque()
+        self._inbox: deque[list[_Rec]] = deque()  # batches of records
         self._wake_armed = False
         self._put_lock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
@@ -319,9 +325,10 @@ class WorkQueue:
         self._workers: dict[bytes, _WorkerState] = {}
         self._in_flight = 0
         self._throttled = False  # the last dispatch stopped on the breaker or rate limiter
-        self._jdel: list[int] = []
+        self._jtouched: list[_JBatch] = []  # batches with finished messages not yet flushed
         self._jdel_since = 0.0
         self._jdone = 0
+        self._failures: dict[int, _Failure] = {}  # only for messages that failed
 
         # counters (written by one thread each; read anywhere)
         self._n_put = 0
@@ -347,9 +354,15 @@ class WorkQueue:
         )
 
         if self._journal is not None:
-            recovered = [_Rec(*row) for row in self._journal.recover()]
-            for rec in recovered:
-                self._live[rec.id] = rec
+            recovered: list[_Rec] = []
+            for first, _n, rows in self._journal.recover():
+                b = _JBatch(first, len(rows))
+                if not rows:  # nothing left to do: let the next flush delete it
+                    b.touched = True
+                    self._jtouched.append(b)
+                recovered += [[mid, 0, t, p, f, h, ts, None, 0.0, 0.0, b]
+                              for mid, t, p, f, h, ts in rows]
+            self._live.update(zip(map(_rid, recovered), recovered, strict=True))
             self._pending.extend(recovered)
             self._n_recovered = len(recovered)
 
@@ -362,27 +375,32 @@ class WorkQueue:
         t = _check_topic(topic)
         data, flags = _encode_payload(payload)
         h = _pack_headers(headers) if headers is not None else None
-        return _Rec(0, t, data, flags, h, time.time_ns())
+        return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None]
 
     def _submit(self, recs: list[_Rec]) -> list[int]:
         if self._closed:
             raise ClosedError("the WorkQueue is closed; create a new one")
-        self._wait_room(len(recs))
+        n = len(recs)
+        self._wait_room(n)
         with self._put_lock:
             if self._closed:
                 raise ClosedError("the WorkQueue is closed; create a new one")
-            ids = self._ids
-            for r in recs:
-                r.id = next(ids)
+            first = self._next_id
+            self._next_id = first + n
+            ids = range(first, first + n)
+            for r, mid in zip(recs, ids, strict=True):
+                r[0] = mid
             if self._journal is not None:
-                self._journal.add([(r.id, r.topic, r.payload, r.flags, r.headers, r.ts)
-                                   for r in recs])
-            self._inbox.extend(recs)
-            self._n_put += len(recs)
+                b = _JBatch(first, n)
+                for r in recs:
+                    r[R_BATCH] = b
+                self._journal.add(first, map(_jentry, recs))
+            self._inbox.append(recs)
+            self._n_put += n
             if not self._wake_armed:
                 self._wake_armed = True
                 self._wake_push.send(b"", zmq.NOBLOCK)
-        return [r.id for r in recs]
+        return list(ids)
 
     def _outstanding(self) -> int:
         return self._n_put + self._n_recovered - self._n_done
@@ -432,14 +450,25 @@ class WorkQueue:
         Validated first (nothing is queued when one item is bad), journaled in ONE
         transaction, handed to the dispatcher in one step. Returns the ids in order.
         """
-        recs = []
-        for i, item in enumerate(items):
+        recs: list[_Rec] = []
+        append = recs.append
+        cache = _topic_cache
+        ts = time.time_ns()  # one put time for the whole call
+        for item in items:
+            # fast path: a (str topic seen before, bytes payload) pair
+            if type(item) is tuple and len(item) == 2:
+                topic, payload = item
+                if type(payload) is bytes and type(topic) is str and topic in cache:
+                    append([0, 0, topic, payload, 0, None, ts, None, 0.0, 0.0, None])
+                    continue
             if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
                 raise ValidationError(
-                    f"put_many item {i} is {type(item).__name__}; each item must be a "
-                    "(topic, payload) or (topic, payload, headers) tuple"
+                    f"put_many item {len(recs)} is {type(item).__name__}; each item must be "
+                    "a (topic, payload) or (topic, payload, headers) tuple"
                 )
-            recs.append(self._make(item[0], item[1], item[2] if len(item) == 3 else None))
+            rec = self._make(item[0], item[1], item[2] if len(item) == 3 else None)
+            rec[R_TS] = ts
+            append(rec)
         if not recs:
             return []
         return self._submit(recs)
@@ -537,7 +566,7 @@ class WorkQueue:
                 wait = next_house - now
                 if self._timers:
                     wait = min(wait, self._timers[0][0] - now)
-                if self._jdel:
+                if self._jtouched:
                     wait = min(wait, self._jdel_since + _JOURNAL_FLUSH_S - now)
                 if self._pending and self._throttled:
                     wait = min(wait, self._throttle.wait_s(now))
@@ -555,8 +584,8 @@ class WorkQueue:
                     next_house = now + tick
                 if self._pending:
                     self._dispatch(time.monotonic())
-                if self._jdel and (
-                    len(self._jdel) >= _JOURNAL_FLUSH_IDS
+                if self._jtouched and (
+                    self._jdone >= _JOURNAL_FLUSH_IDS
                     or now - self._jdel_since >= _JOURNAL_FLUSH_S
                     or self._outstanding() - self._jdone <= 0
                 ):
@@ -591,9 +620,9 @@ class WorkQueue:
             pending = self._pending
             pop = inbox.popleft
             while inbox:
-                rec = pop()
-                live[rec.id] = rec
-                pending.append(rec)
+                batch = pop()
+                live.update(zip(map(_rid, batch), batch, strict=True))
+                pending.extend(batch)
 
     def _read_router(self) -> None:
         router = self._router
@@ -656,26 +685,28 @@ class WorkQueue:
 
     def _on_acks(self, w: _WorkerState | None, acks: list[int], dups: list[int]) -> None:
         live = self._live
+        failures = self._failures
         done = 0
         late = 0
-        jdel = self._jdel if self._journal is not None else None
+        in_flight = self._in_flight
+        journaled = self._journal is not None
         for ids in (acks, dups):
             for mid in ids:
                 rec = live.pop(mid, None)
                 if rec is None:
                     late += 1
                     continue
-                owner = rec.worker
+                owner = rec[R_WORKER]
                 if owner is not None:
-                    owner.inflight.pop(mid, None)
-                    self._in_flight -= 1
-                    rec.worker = None
+                    del owner.inflight[mid]
+                    in_flight -= 1
+                    rec[R_WORKER] = None
+                if failures:
+                    failures.pop(mid, None)
+                if journaled:
+                    self._jfinish(rec)
                 done += 1
-        if jdel is not None and done:
-            if not jdel:
-                self._jdel_since = time.monotonic()
-            jdel.extend(acks)
-            jdel.extend(dups)
+        self._in_flight = in_flight
         if w is not None:
             w.held = max(0, w.held - len(acks) - len(dups))
         c = self._c
@@ -693,13 +724,13 @@ class WorkQueue:
             w.held = max(0, w.held - len(entries))
         for mid, etype, emsg, ecode, retryable in entries:
             rec = self._live.get(mid)
-            if rec is None or w is None or rec.worker is not w:
+            if rec is None or w is None or rec[R_WORKER] is not w:
                 # finished meanwhile, or already handed to someone else
                 self._c["stale_nacks"] += 1
                 continue
             w.inflight.pop(mid, None)
             self._in_flight -= 1
-            rec.worker = None
+            rec[R_WORKER] = None
             self._c["nacked"] += 1
             self._throttle.record_failure()
             self._fail(rec, etype, emsg, ecode, retryable, now)
@@ -708,13 +739,15 @@ class WorkQueue:
         self, rec: _Rec, etype: str, emsg: str, ecode: int, retryable: bool, now: float
     ) -> None:
         wall = time.time()
-        rec.failures += 1
-        if rec.failures == 1:
-            rec.first_fail = wall
-        rec.last_fail = wall
-        rec.error = (etype, emsg, ecode)
+        f = self._failures.get(rec[R_ID])
+        if f is None:
+            f = self._failures[rec[R_ID]] = _Failure()
+            f.first = wall
+        f.failures += 1
+        f.last = wall
+        f.error = (etype, emsg, ecode)
         err = RemoteError(emsg, remote_type=etype, remote_code=ecode, retryable=retryable)
-        delay = self._plan.next_delay(rec, now - rec.born, err)
+        delay = self._plan.next_delay(f, now - rec[R_BORN], err)
         if delay is None:
             self._dead_letter(rec, err)
         else:
@@ -722,27 +755,28 @@ class WorkQueue:
 
     def _dead_letter(self, rec: _Rec, err: RemoteError | None) -> None:
         if self._dlq is not None:
-            etype, emsg, ecode = rec.error or ("Unknown", "", int(ErrorCode.UNKNOWN))
+            f = self._failures.get(rec[R_ID]) or _Failure()
+            etype, emsg, ecode = f.error
             try:
                 self._dlq.add(
-                    rec.topic,
-                    rec.payload,
-                    id=rec.id,
-                    headers=msgpack.unpackb(rec.headers) if rec.headers else None,
+                    rec[R_TOPIC],
+                    rec[R_PAYLOAD],
+                    id=rec[R_ID],
+                    headers=msgpack.unpackb(rec[R_HEADERS]) if rec[R_HEADERS] else None,
                     error_type=etype,
                     error_message=emsg,
                     error_code=ecode,
-                    attempts=rec.failures,
-                    first_failure=rec.first_fail,
-                    last_failure=rec.last_fail,
+                    attempts=f.failures,
+                    first_failure=f.first,
+                    last_failure=f.last,
                     origin=f"WorkQueue {self.endpoint}",
-                    payload_format="msgpack" if rec.flags & P.FLAG_MSGPACK else "raw",
+                    payload_format="msgpack" if rec[R_FLAGS] & P.FLAG_MSGPACK else "raw",
                 )
             except Exception as exc:  # DLQ full (on_full="reject") or its file failed
                 # Never drop it: keep the message and try the dead-lettering again later.
                 self._c["dlq_errors"] += 1
                 log.warning("cannot dead-letter message %d (%s); retrying in %.1f s",
-                            rec.id, exc, _DLQ_RETRY_S)
+                            rec[R_ID], exc, _DLQ_RETRY_S)
                 heapq.heappush(
                     self._timers,
                     (time.monotonic() + _DLQ_RETRY_S, next(self._timer_seq), rec, True),
@@ -751,15 +785,25 @@ class WorkQueue:
         else:
             log.warning(
                 "message %d on %r dead-lettered after %d attempts (%s) and dropped: the "
-                "WorkQueue has no dlq", rec.id, rec.topic, rec.failures, err,
+                "WorkQueue has no dlq", rec[R_ID], rec[R_TOPIC],
+                self._failures[rec[R_ID]].failures, err,
             )
-        self._live.pop(rec.id, None)
+        self._live.pop(rec[R_ID], None)
+        self._failures.pop(rec[R_ID], None)
         self._c["dead_lettered"] += 1
         if self._journal is not None:
-            if not self._jdel:
-                self._jdel_since = time.monotonic()
-            self._jdel.append(rec.id)
+            self._jfinish(rec)
         self._finish(1)
+
+    def _jfinish(self, rec: _Rec) -> None:
+        b: _JBatch = rec[R_BATCH]
+        b.remaining -= 1
+        b.done.append(rec[R_ID])
+        if not b.touched:
+            if not self._jtouched:
+                self._jdel_since = time.monotonic()
+            b.touched = True
+            self._jtouched.append(b)
 
     def _finish(self, n: int) -> None:
         # with a journal a message counts as finished once its delete is committed
@@ -774,7 +818,7 @@ class WorkQueue:
         due = []
         while timers and timers[0][0] <= now:
             _, _, rec, to_dlq = heapq.heappop(timers)
-            if live.get(rec.id) is rec and rec.worker is None:
+            if live.get(rec[R_ID]) is rec and rec[R_WORKER] is None:
                 if to_dlq:
                     self._dead_letter(rec, None)
                 else:
@@ -788,7 +832,7 @@ class WorkQueue:
         back = list(w.inflight.values())
         w.inflight.clear()
         for rec in back:
-            rec.worker = None
+            rec[R_WORKER] = None
         self._in_flight -= len(back)
         # oldest first, ahead of new work: they have waited longest
         self._pending.extendleft(reversed(back))
@@ -808,13 +852,13 @@ class WorkQueue:
                 limit = now - self.ack_timeout
                 expired = []
                 for rec in w.inflight.values():
-                    if rec.sent_at > limit:
+                    if rec[R_SENT] > limit:
                         break  # dispatch order: the rest are younger
                     expired.append(rec)
                 for rec in expired:
-                    del w.inflight[rec.id]
+                    del w.inflight[rec[R_ID]]
                     self._in_flight -= 1
-                    rec.worker = None
+                    rec[R_WORKER] = None
                     self._c["ack_timeouts"] += 1
                     self._fail(
                         rec,
@@ -853,26 +897,30 @@ class WorkQueue:
                     return
             # share the backlog between the workers that have room
             n = min(best_free, room, _MAX_BATCH, -(-len(pending) // n_free))
-            entries = []
+            entries: list[list[Any]] = []
+            popleft = pending.popleft
+            live_get = live.get
+            add = entries.append
             inflight = best.inflight
             redelivered = 0
-            while len(entries) < n and pending:
-                rec = pending.popleft()
-                if live.get(rec.id) is not rec or rec.worker is not None:
+            k = 0
+            # the hot loop: indices are the R_* constants, spelled out for speed
+            while k < n and pending:
+                rec = popleft()
+                mid = rec[0]
+                if live_get(mid) is not rec or rec[7] is not None:
                     continue  # finished or re-dispatched meanwhile
-                d = rec.delivery + 1
-                rec.delivery = d
+                d = rec[1] + 1
+                rec[1] = d
                 if d == 1:
-                    rec.born = now
+                    rec[9] = now  # R_BORN
                 else:
                     redelivered += 1
-                rec.worker = best
-                rec.sent_at = now
-                inflight[rec.id] = rec
-                entries.append(
-                    (rec.id, d, rec.topic, rec.payload, rec.flags, rec.headers, rec.ts)
-                )
-            k = len(entries)
+                rec[7] = best  # R_WORKER
+                rec[8] = now  # R_SENT
+                inflight[mid] = rec
+                add(rec[:7])
+                k += 1
             if throttle.active:
                 throttle.consume(k)
             if not k:
@@ -884,9 +932,18 @@ class WorkQueue:
             self._send(best, P.dispatch(entries), now)
 
     def _flush_journal(self) -> None:
-        if self._journal is None or not self._jdel:
+        if self._journal is None or not self._jtouched:
             return
-        ids, self._jdel = self._jdel, []
-        self._journal.remove(ids)
+        touched, self._jtouched = self._jtouched, []
+        acked: list[tuple[int, list[int]]] = []
+        completed: list[int] = []
+        for b in touched:
+            b.touched = False
+            if b.remaining <= 0:
+                completed.append(b.first)
+            elif b.done:
+                acked.append((b.first, b.done))
+            b.done = []
+        self._journal.progress(acked, completed)
         self._n_done += self._jdone
         self._jdone = 0

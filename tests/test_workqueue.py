@@ -66,7 +66,7 @@ def test_put_work_ack_join_roundtrip():
         for i in range(300):
             payload = b"raw-%d" % i if i % 2 else {"i": i, "s": "x" * (i % 7)}
             headers = {"k": i} if i % 3 == 0 else None
-            sent[q.put("jobs.t%d" % (i % 4), payload, headers=headers)] = (payload, headers)
+            sent[q.put(f"jobs.t{i % 4}", payload, headers=headers)] = (payload, headers)
         ids = q.put_many([("jobs.many", b"m%d" % i) for i in range(200)])
         for i, mid in enumerate(ids):
             sent[mid] = (b"m%d" % i, None)
@@ -225,9 +225,9 @@ def test_exponential_schedule_between_deliveries():
         mid = q.put("e.t", b"")
         assert q.join(10)
     ts = [c[5] for c in rec.calls if c[0] == mid]
-    gaps = [b - a for a, b in zip(ts, ts[1:])]
+    gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
     assert len(gaps) == 3
-    for got, want in zip(gaps, (0.05, 0.1, 0.2)):
+    for got, want in zip(gaps, (0.05, 0.1, 0.2), strict=True):
         assert want <= got < want + 0.5, gaps
 
 
@@ -477,3 +477,66 @@ def test_concurrency_runs_handlers_in_parallel():
         q.put_many([("c.t", b"")] * 8)
         assert q.join(10)
     assert len(rec.calls) == 8
+
+
+def test_documented_dispatch_example_decodes_to_a_message():
+    from pybus import _wqproto as P
+    from pybus.worker import make_work_message
+
+    frame = bytes.fromhex("01 4D 91 97 05 01 A3 61 2E 62 C4 02 68 69 00 C0 01")
+    (entry,) = P.parse_dispatch(frame)
+    m = make_work_message(entry)
+    assert isinstance(m, pybus.Message)
+    assert (m.seq, m.publisher_id, m.topic, m.payload, m.headers, m.timestamp_ns) == (
+        5, 1, "a.b", b"hi", {}, 1)
+    with pytest.raises(pybus.FrameError, match="version 2"):
+        P.command(b"\x02M" + frame[2:])
+
+
+def test_journal_keeps_exactly_the_unfinished_messages(tmp_path):
+    """A worker written from the wire doc acks some messages of a batch and nacks another
+    into the DLQ; after a restart only the rest come back, with their payloads."""
+    import sqlite3
+
+    path = tmp_path / "j.db"
+    ctx = zmq.Context()
+    d = DeadLetterQueue(tmp_path / "dlq.db")
+    try:
+        with WorkQueue(EP, journal=path, dlq=d, retry=RetryPolicy.fixed(0.001, max_attempts=1),
+                       heartbeat_interval=0.05) as q:
+            ids = q.put_many([("jk.t", b"%d" % i) for i in range(10)])
+            single = q.put("jk.t", {"one": 1})
+            s = ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.rcvtimeo = 5000
+            s.connect(q.endpoint)
+            s.send(H.hello(100))
+            got = []
+            while len(got) < 11:
+                f = s.recv()
+                if H.command(f) == "M":
+                    got += [e[0] for e in H.decode_dispatch(f)]
+            s.send(H.ack(ids[:3], [ids[3]]))  # 3 acks + 1 reported duplicate
+            s.send(H.nack([(ids[4], "ValueError", "bad", 1, False)]))
+            s.send(H.ack([single]))
+            H.wait_until(lambda: q.stats()["acked"] == 5 and q.stats()["dead_lettered"] == 1,
+                         5, "acks processed")
+            s.close()
+        j = Journal(path)
+        left = {mid: (t, p) for _, _, rows in j.recover() for mid, t, p, *_ in rows}
+        j.close()
+        assert sorted(left) == ids[5:]
+        assert all(left[m] == ("jk.t", b"%d" % i) for i, m in enumerate(ids) if i >= 5)
+        assert d.get(ids[4]).error_message == "bad"
+        rec = Recorder()
+        with WorkQueue(EP, journal=path) as q, Worker(q.endpoint, rec):
+            assert q.stats()["recovered"] == 5
+            assert q.join(10)
+        assert sorted(rec.ids()) == ids[5:]
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT COUNT(*) FROM batches").fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM acks").fetchone()[0] == 0
+        db.close()
+    finally:
+        d.close()
+        ctx.term()
