@@ -24,7 +24,7 @@ import zmq
 from . import _pubsub_base as base
 from . import _sockets
 from . import metrics as _metrics
-from ._native import Batcher, frame_info
+from ._native import Batcher, Histogram, frame_info
 from .errors import BackpressureError, ClosedError, TimeoutError, ValidationError, from_zmq
 from .topics import validate_topic
 
@@ -161,6 +161,9 @@ class Publisher:
     history_endpoint : str, optional
         Where to serve that history (a ROUTER; required with ``history``); see
         :mod:`pybus.history`.
+    registry : pybus.metrics.Registry or False, optional
+        Where this publisher reports its counters (default: ``pybus.metrics.default_registry``);
+        ``False`` reports nowhere and skips the per-frame topic and batch-size accounting.
 
     Examples
     --------
@@ -283,8 +286,11 @@ class Publisher:
         self._dropped: dict[str, int] = {"ring_full": 0, "closed": 0}
         self._subscribers: set[bytes] = set()
         self._subscriptions = 0
-        # per topic frame (bounded by the batcher's max_topics), updated once per batch
-        self._published_by_topic: dict[bytes, int] = {}
+        # Metrics, updated once per frame (not per message): messages per topic frame (bounded
+        # by the batcher's max_topics) and messages per frame (2 significant figures, ~10 KiB).
+        # registry=False turns this accounting off.
+        self._published_by_topic: dict[bytes, int] | None = None if registry is False else {}
+        self._batch_sizes = Histogram(1, max(2, max_batch_records), 2)
         self._denied_subscriptions = 0
         self._history: Any = None
         self._history_server: Any = None
@@ -429,7 +435,6 @@ class Publisher:
         if frames:
             send = self._send
             nbytes = 0
-            published = 0
             by_topic = self._published_by_topic
             try:
                 for topic, frame in frames:
@@ -440,11 +445,13 @@ class Publisher:
                     else:
                         send(frame, _NOBLOCK, copy=False)
                     nbytes += n
-                    count = frame_info(frame)[2]
-                    published += count
-                    by_topic[topic] = by_topic.get(topic, 0) + count
-                    if self._history is not None:
-                        self._history.add(topic, frame, count)
+                    if by_topic is not None or self._history is not None:
+                        count = frame_info(frame)[2]
+                        if by_topic is not None:
+                            by_topic[topic] = by_topic.get(topic, 0) + count
+                            self._batch_sizes.record(count)
+                        if self._history is not None:
+                            self._history.add(topic, frame, count)
             except zmq.ZMQError as exc:
                 # XPUB never blocks (it drops at a subscriber's HWM), so this is a dead socket
                 raise from_zmq(exc, "Publisher send") from exc

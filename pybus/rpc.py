@@ -41,6 +41,8 @@ from typing import Any
 import msgpack
 import zmq
 
+from . import metrics as _metrics
+from ._native import Histogram
 from .breaker import CircuitBreaker
 from .errors import (
     BusError,
@@ -168,6 +170,10 @@ def _check_timeout(name: str, value: Any) -> float:
     return float(value)
 
 
+#: Latencies above this (1 hour, in ns) are recorded as this.
+_LATENCY_MAX_NS = 3_600_000_000_000
+
+
 class _LogLimiter:
     """Log a recurring warning at most once per interval (the rest are only counted)."""
 
@@ -225,6 +231,7 @@ class Server:
         workers: int = 0,
         max_inflight: int = 1024,
         context: zmq.Context[Any] | None = None,
+        registry: Any = None,
     ) -> None:
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValidationError(
@@ -252,6 +259,8 @@ class Server:
             "busy_rejected": 0,
         }
         self._decode_reasons: dict[str, int] = {}
+        # time in handler code, ns (2 significant figures); exported by pybus.metrics
+        self._handler_latency = Histogram(1, _LATENCY_MAX_NS, 2)
         self._warn = _LogLimiter()
         self._thread: threading.Thread | None = None
         self._io_ident: int | None = None
@@ -281,6 +290,7 @@ class Server:
             sock.close(0)
             raise from_zmq(exc, f"cannot bind RPC server to {endpoint!r}") from exc
         self._sock = sock
+        _metrics.attach(self, registry)
 
     # -- registration -------------------------------------------------------------------
     def handler(self, name: str) -> Callable[[Handler], Handler]:
@@ -540,8 +550,13 @@ class Server:
             raise from_zmq(exc, "RPC server reply") from exc
 
     def _call(self, fn: Handler, arg: Any, cid: int) -> bytes:
+        t0 = time.perf_counter_ns()
         try:
-            result = fn(arg)
+            try:
+                result = fn(arg)
+            finally:
+                took = time.perf_counter_ns() - t0
+                self._handler_latency.record(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
             if type(result) is bytes:
                 return HEADER.pack(WIRE_VERSION, KIND_REPLY, 0, 0, cid) + result
             flags, body = encode_payload(result)
@@ -671,6 +686,8 @@ class _ClientBase:
             "late_replies": 0,
             "decode_errors": 0,
         }
+        # round trips of successful requests, ns (2 significant figures), for pybus.metrics
+        self._rpc_latency = Histogram(1, _LATENCY_MAX_NS, 2)
 
     def stats(self) -> dict[str, int]:
         """Counters: requests, replies, remote_errors, timeouts (attempts that got no
@@ -768,6 +785,7 @@ class Client(_ClientBase):
         *,
         security: Callable[[zmq.Socket[Any]], Any] | None = None,
         context: zmq.Context[Any] | None = None,
+        registry: Any = None,
     ) -> None:
         super().__init__(endpoint, timeout, retry, breaker, rate_limit)
         self._ctx = context or zmq.Context.instance()
@@ -775,6 +793,7 @@ class Client(_ClientBase):
         self._lock = threading.Lock()
         self._sock = _open_dealer(self._ctx, endpoint, security)
         self._rcvtimeo_ms = -1
+        _metrics.attach(self, registry)
 
     def _reset(self) -> None:
         """Lazy Pirate: drop the socket (and anything queued on it), open a fresh one."""
@@ -818,9 +837,14 @@ class Client(_ClientBase):
         t = self.timeout if timeout is None else _check_timeout("timeout", timeout)
         with self._lock:
             self._stats["requests"] += 1
+            t0 = time.perf_counter_ns()
             if self._plain:
-                return self._attempt(name, mb, flags, body, t)
-            return self._with_policies(name, mb, flags, body, t)
+                result = self._attempt(name, mb, flags, body, t)
+            else:
+                result = self._with_policies(name, mb, flags, body, t)
+            took = time.perf_counter_ns() - t0
+            self._rpc_latency.record(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
+            return result
 
     def _with_policies(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
         run = self.retry.start() if self.retry is not None else None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from . import metrics as _metrics
 from .breaker import CircuitBreaker
 from .errors import (
     BackpressureError,
@@ -40,6 +42,7 @@ from .errors import (
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
 from .rpc import (
+    _LATENCY_MAX_NS,
     HEADER,
     HEADER_SIZE,
     KIND_ERROR,
@@ -79,6 +82,7 @@ class AsyncClient(_ClientBase):
         security: Callable[[zmq.Socket[Any]], Any] | None = None,
         max_inflight: int = 10_000,
         context: zmq.Context[Any] | None = None,
+        registry: Any = None,
     ) -> None:
         super().__init__(endpoint, timeout, retry, breaker, rate_limit)
         if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1:
@@ -89,6 +93,7 @@ class AsyncClient(_ClientBase):
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[bytes]] = {}
+        _metrics.attach(self, registry)
 
     # -- socket and reader ----------------------------------------------------------------
     def _ensure_socket(self) -> zmq.asyncio.Socket:
@@ -138,6 +143,13 @@ class AsyncClient(_ClientBase):
     # -- requests -------------------------------------------------------------------------
     async def request(self, name: str, payload: Any = b"", timeout: float | None = None) -> Any:
         """Await ``name``'s reply; same contract as :meth:`pybus.Client.request`."""
+        t0 = time.perf_counter_ns()
+        result = await self._request(name, payload, timeout)
+        took = time.perf_counter_ns() - t0
+        self._rpc_latency.record(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
+        return result
+
+    async def _request(self, name: str, payload: Any, timeout: float | None) -> Any:
         if self._closed:
             raise ClosedError(f"async RPC client for {self.endpoint} is closed")
         mb = self._method(name)

@@ -27,8 +27,13 @@ from typing import Any
 import zmq
 
 from . import _wqproto as P
-from ._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
+from . import metrics as _metrics
+from ._native import Histogram
+from ._native._batch import Message, _message_from_wire
 from .errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
+
+#: Handler times above this (1 hour, in ns) are recorded as this.
+_LATENCY_MAX_NS = 3_600_000_000_000
 
 __all__ = ["Worker"]
 
@@ -94,6 +99,7 @@ class Worker:
         heartbeat_interval: float = 1.0,
         heartbeat_liveness: int = 3,
         ack_flush_interval: float = 0.002,
+        registry: Any = None,
     ) -> None:
         if not isinstance(endpoint, str):
             raise ValidationError(
@@ -162,6 +168,9 @@ class Worker:
             ),
             0,
         )
+        # time in handler(message), ns (2 significant figures); exported by pybus.metrics
+        self._handler_latency = Histogram(1, _LATENCY_MAX_NS, 2)
+        _metrics.attach(self, registry)
 
     # ------------------------------------------------------------------ public
 
@@ -389,6 +398,8 @@ class Worker:
                 nacks: list[list[Any]] = []
                 flush_at = mono() + flush_s
                 handled = 0
+                perf_ns = time.perf_counter_ns
+                record_latency = self._handler_latency.record
                 for i, e in enumerate(entries):
                     if self._stopping or gen != self._gen:
                         with self._c_lock:
@@ -399,6 +410,7 @@ class Worker:
                         dups.append(mid)
                         continue
                     handled += 1
+                    t0 = perf_ns()
                     try:
                         handler(make(e))
                     except Exception as exc:
@@ -407,6 +419,9 @@ class Worker:
                         acks.append(mid)
                         if window:
                             self._remember(mid)
+                    finally:
+                        took = perf_ns() - t0
+                        record_latency(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
                     if mono() >= flush_at:
                         self._flush(push, acks, dups, nacks)
                         acks, dups, nacks = [], [], []

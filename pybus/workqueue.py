@@ -57,6 +57,7 @@ from .errors import (
     ValidationError,
     from_zmq,
 )
+from . import metrics as _metrics
 from .journal import Journal
 
 __all__ = ["WorkQueue"]
@@ -253,6 +254,7 @@ class WorkQueue:
         breaker: Any = None,
         rate_limit: Any = None,
         journal_sync: str = "normal",
+        registry: Any = None,
     ) -> None:
         if not isinstance(endpoint, str):
             raise ValidationError(
@@ -368,6 +370,7 @@ class WorkQueue:
 
         self._thread = threading.Thread(target=self._run, name="pybus-wq-dispatch", daemon=True)
         self._thread.start()
+        _metrics.attach(self, registry)
 
     # ------------------------------------------------------------------ user side
 

@@ -41,16 +41,17 @@ def cumulative(h: Any, bounds: Sequence[float]) -> list[int]:
     return out
 
 
-def merged(values: list[HdrValue]) -> tuple[Any, float]:
+def merged(values: list[HdrValue]) -> tuple[Any, float, float | None]:
     """One histogram for a series fed by several objects (names or topics past the cap)."""
     first = values[0]
     if len(values) == 1:
-        return first.histogram, first.scale
-    h0 = first.histogram
-    out = type(h0)(h0.lowest, h0.highest, h0.significant_figures)
-    for v in values:
+        return first.histogram, first.scale, first.total
+    out = first.histogram.copy()
+    exact: float | None = first.total
+    for v in values[1:]:
         if v.scale != first.scale:
             # Different units cannot be merged bucket for bucket; keep the first unit's data.
             continue
         out.merge(v.histogram)
-    return out, first.scale
+        exact = None if exact is None or v.total is None else exact + v.total
+    return out, first.scale, exact

@@ -37,7 +37,7 @@ class _PublisherAdapter:
         yield "pybus_queue_depth", {}, s["pending"]
         sizes = getattr(pub, "_batch_sizes", None)
         if sizes is not None:
-            yield "pybus_batch_size_messages", {}, HdrValue(sizes, 1.0)
+            yield "pybus_batch_size_messages", {}, HdrValue(sizes, 1.0, s["published"])
 
     def readiness(self, pub: Any) -> tuple[bool, str]:
         return (False, "publisher is closed") if pub.closed else (True, "")
@@ -176,6 +176,88 @@ class _ProxyAdapter:
         return True, ""
 
 
+_QUEUE_EVENTS = ("put", "recovered", "dispatched", "acked", "nacked", "redelivered",
+                 "dead_lettered", "ack_timeouts")
+_WORKER_EVENTS = ("handled", "acked", "nacked", "duplicates")
+
+
+class _WorkQueueAdapter:
+    kind = "work_queue"
+
+    def samples(self, q: Any) -> Iterator[RawSample]:
+        s = q.stats()
+        for ev in _QUEUE_EVENTS:
+            if ev in s:
+                yield "pybus_tasks_total", {"event": ev}, s[ev]
+        yield "pybus_dead_lettered_total", {}, s["dead_lettered"]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_in_flight", {}, s["in_flight"]
+        yield "pybus_queue_depth", {}, s["queue_depth"]
+        yield "pybus_workers", {}, s["workers"]
+
+    def readiness(self, q: Any) -> tuple[bool, str]:
+        return (False, "work queue is closed") if q._closed else (True, "")
+
+
+class _WorkerAdapter:
+    kind = "worker"
+
+    def samples(self, w: Any) -> Iterator[RawSample]:
+        s = w.stats()
+        for ev in _WORKER_EVENTS:
+            yield "pybus_tasks_total", {"event": ev}, s[ev]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        lat = getattr(w, "_handler_latency", None)
+        if lat is not None:
+            yield "pybus_handler_latency_seconds", {}, HdrValue(lat, _NS)
+
+    def readiness(self, w: Any) -> tuple[bool, str]:
+        if w._stopping:
+            return False, "worker is stopped"
+        if not w._ready.is_set():
+            return False, "worker has no session with its queue yet"
+        return True, ""
+
+
+class _RpcServerAdapter:
+    kind = "rpc_server"
+
+    def samples(self, srv: Any) -> Iterator[RawSample]:
+        s = srv.stats()
+        for key, outcome in (("requests", "received"), ("replies", "replied"),
+                             ("handler_errors", "handler_error"),
+                             ("unknown_method", "unknown_method"),
+                             ("busy_rejected", "busy_rejected"), ("unroutable", "unroutable")):
+            yield "pybus_rpc_requests_total", {"role": "server", "outcome": outcome}, s[key]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_in_flight", {}, s["inflight"]
+        yield "pybus_handler_latency_seconds", {}, HdrValue(srv._handler_latency, _NS)
+
+    def readiness(self, srv: Any) -> tuple[bool, str]:
+        return (False, "rpc server is closed") if srv._closed else (True, "")
+
+
+class _RpcClientAdapter:
+    kind = "rpc_client"
+
+    def samples(self, cl: Any) -> Iterator[RawSample]:
+        s = cl.stats()
+        for key, outcome in (("requests", "sent"), ("replies", "replied"),
+                             ("remote_errors", "remote_error"), ("timeouts", "timeout"),
+                             ("late_replies", "late_reply")):
+            yield "pybus_rpc_requests_total", {"role": "client", "outcome": outcome}, s[key]
+        yield "pybus_retries_total", {}, s["retries"]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_rpc_latency_seconds", {}, HdrValue(cl._rpc_latency, _NS)
+
+    def readiness(self, cl: Any) -> tuple[bool, str]:
+        return (False, "rpc client is closed") if cl._closed else (True, "")
+
+
+register_adapter("pybus.rpc.Server", _RpcServerAdapter())
+register_adapter("pybus.rpc._ClientBase", _RpcClientAdapter())
+register_adapter("pybus.workqueue.WorkQueue", _WorkQueueAdapter())
+register_adapter("pybus.worker.Worker", _WorkerAdapter())
 register_adapter("pybus.publisher.Publisher", _PublisherAdapter())
 register_adapter("pybus.subscriber.Subscriber", _SubscriberAdapter())
 register_adapter("pybus.breaker.CircuitBreaker", _BreakerAdapter())

@@ -8,9 +8,9 @@ Naming follows the Prometheus conventions: a ``pybus_`` prefix, base units in th
 (``_seconds``, ``_bytes``), ``_total`` on counters and nowhere else.
 
 An HDR latency family (``kind="hdr"``) is one logical family in the table that is exported three
-ways from the compiled HDR histogram: a summary with real quantiles under the family's own name, a
-histogram with ``le`` buckets under ``<stem>_histogram_<unit>``, and the exact maximum as a gauge
-under ``<stem>_max_<unit>``. Adapters emit the logical name; :func:`expand` produces the three.
+ways from the compiled HDR histogram: a histogram with ``le`` buckets under the family's own name
+(aggregatable with ``histogram_quantile``), a summary with the exact HDR quantiles under
+``<stem>_quantiles_<unit>``, and the exact maximum as a gauge under ``<stem>_max_<unit>``. Adapters emit the logical name; :func:`expand` produces the three.
 """
 
 from __future__ import annotations
@@ -162,17 +162,24 @@ _TABLE: tuple[_Entry, ...] = (
            "", _N, "resilience"),
     # -- rpc
     _Entry("pybus_rpc_requests_total", "counter",
-           "RPC requests, by role (client/server) and outcome.", "",
+           "RPC requests by role and outcome: a server counts received, replied, handler_error, "
+           "unknown_method, busy_rejected, unroutable; a client counts sent, replied, "
+           "remote_error, timeout (per attempt), late_reply.", "",
            ("name", "role", "outcome"), "rpc"),
     _Entry("pybus_rpc_latency_seconds", "hdr",
-           "RPC round-trip latency seen by a client (HDR histogram).", "seconds", _N, "rpc"),
+           "Duration of successful RPC requests seen by a client, retries included (HDR "
+           "histogram).", "seconds", _N, "rpc"),
     _Entry("pybus_handler_latency_seconds", "hdr",
            "Time spent in user handler code (RPC server, work-queue worker).", "seconds", _N,
            "rpc"),
     # -- work queue
     _Entry("pybus_tasks_total", "counter",
-           "Work-queue tasks by event (put, acked, nacked, redelivered, dead_lettered).", "",
+           "Work-queue messages by event: on the queue put, recovered (from the journal), "
+           "dispatched, acked, nacked, redelivered, dead_lettered, ack_timeouts; on a worker "
+           "handled, acked, nacked, duplicates.", "",
            ("name", "event"), "workqueue"),
+    _Entry("pybus_workers", "gauge",
+           "Workers currently connected to a work queue.", "", _N, "workqueue"),
     _Entry("pybus_in_flight", "gauge",
            "Messages or tasks handed out and not yet acknowledged.", "", _N, "workqueue"),
     _Entry("pybus_queue_depth", "gauge",
@@ -224,11 +231,12 @@ def expand(entry: _Entry) -> Iterator[MetricDef]:
     if entry.kind == "hdr":
         stem = _stem(entry.name, entry.unit)
         suffix = "_" + entry.unit if entry.unit else ""
-        yield MetricDef(entry.name, "summary", entry.help + " Quantiles from the HDR data.",
-                        entry.unit, entry.labels, entry.name, group=entry.group)
-        yield MetricDef(stem + "_histogram" + suffix, "histogram",
+        yield MetricDef(entry.name, "histogram",
                         entry.help + " Cumulative buckets from the HDR data.", entry.unit,
                         entry.labels, entry.name, entry.buckets, entry.group)
+        yield MetricDef(stem + "_quantiles" + suffix, "summary",
+                        entry.help + " Exact HDR quantiles since start.", entry.unit,
+                        entry.labels, entry.name, group=entry.group)
         yield MetricDef(stem + "_max" + suffix, "gauge",
                         entry.help + " Exact maximum recorded.", entry.unit, entry.labels,
                         entry.name, group=entry.group)
@@ -279,9 +287,10 @@ def markdown() -> str:
         "`pybus_topics_folded_total`.",
         "",
         "Latency histograms are HdrHistograms from the compiled core, exported three ways: a",
-        "summary with quantiles " + ", ".join(str(q) for q in QUANTILES) + " (exact HDR",
-        "percentiles), a histogram with `le` buckets (for aggregation across processes with",
-        "`histogram_quantile`), and the exact maximum as a gauge.",
+        "histogram with `le` buckets under the family's name (aggregate across processes with",
+        "`histogram_quantile`), a summary `<stem>_quantiles_seconds` with quantiles",
+        ", ".join(str(q) for q in QUANTILES) + " (exact HDR percentiles since start), and the",
+        "exact maximum as a gauge `<stem>_max_seconds`.",
         "",
     ]
     groups: dict[str, list[MetricDef]] = {}

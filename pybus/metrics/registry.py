@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,13 +42,17 @@ class HdrValue:
         The live histogram (read, never modified, at scrape time).
     scale : float
         Multiply a recorded value by this to get base units (``1e-9`` for nanoseconds).
+    total : float, optional
+        The exact sum of the recorded values in base units when the object knows it (messages
+        over batches); otherwise ``_sum`` is ``mean * count`` from the HDR data.
     """
 
-    __slots__ = ("histogram", "scale")
+    __slots__ = ("histogram", "scale", "total")
 
-    def __init__(self, histogram: Any, scale: float = 1.0) -> None:
+    def __init__(self, histogram: Any, scale: float = 1.0, total: float | None = None) -> None:
         self.histogram = histogram
         self.scale = float(scale)
+        self.total = total
 
 
 RawSample = tuple[str, dict[str, str], "float | int | HdrValue"]
@@ -391,20 +395,20 @@ def _build(
         merged = {k: _hdr.merged(v) for k, v in sorted(series_h.items())}
         for d in defs:
             samples: list[tuple[str, Labels, float]] = []
-            for key, (hist, scale) in merged.items():
-                samples.extend(_hdr_samples(d, key, hist, scale))
+            for key, (hist, scale, exact) in merged.items():
+                samples.extend(_hdr_samples(d, key, hist, scale, exact))
             out.append(FamilySnapshot(d, samples))
     return out
 
 
 def _hdr_samples(
-    d: MetricDef, key: Labels, hist: Any, scale: float
+    d: MetricDef, key: Labels, hist: Any, scale: float, exact: float | None
 ) -> Iterator[tuple[str, Labels, float]]:
     count = _hdr.total_count(hist)
     if d.type == "gauge":  # the max
         yield d.name, key, (_hdr.max_value(hist) * scale if count else 0.0)
         return
-    total = _hdr.total_sum(hist) * scale
+    total = exact if exact is not None else _hdr.total_sum(hist) * scale
     if d.type == "summary":
         for q in QUANTILES:
             v = _hdr.value_at_quantile(hist, q) * scale if count else float("nan")
@@ -425,5 +429,3 @@ def _fmt_bound(x: float) -> str:
     # Canonical float text, as prometheus_client writes le/quantile labels ("0.5", "1e-06").
     return repr(float(x))
 
-
-Hook = Callable[[], None]

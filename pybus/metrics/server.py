@@ -104,7 +104,7 @@ class MetricsServer:
         h = f"[{self.addr}]" if ":" in self.addr else self.addr
         self.url = f"http://{h}:{self.port}"
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.5},
+            target=server.serve_forever, kwargs={"poll_interval": 0.2},
             name=f"pybus-metrics-{self.port}", daemon=True,
         )
         self._thread.start()
