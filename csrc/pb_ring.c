@@ -43,6 +43,7 @@ struct pb_ring {
     uint32_t max_message_bytes;
     int64_t idle_ns, max_delay_ns;
     int64_t last_drain_ns, oldest_ns;
+    int drained; /* a drain has emptied the ring at least once (before that: idle) */
     uint64_t publisher_id;
     /* the frame planned by pb_ring_next_frame */
     int planned;
@@ -112,6 +113,11 @@ uint64_t pb_ring_next_seq(const pb_ring *r, uint32_t topic_id) {
     return topic_id < r->ntopics ? r->topics[topic_id].next_seq : 0;
 }
 
+/* now - then >= span, without signed overflow whatever the caller's clock readings. */
+static inline int elapsed_at_least(int64_t then, int64_t now, int64_t span) {
+    return now >= then && (uint64_t)now - (uint64_t)then >= (uint64_t)span;
+}
+
 int pb_ring_append_at(pb_ring *r, uint32_t topic_id, const void *payload, uint32_t payload_len,
                       const void *header, uint16_t header_len, uint8_t flags, int64_t now_ns) {
     if (PB_UNLIKELY(topic_id >= r->ntopics || (flags & ~PB_FRAME_REC_MSGPACK) ||
@@ -154,16 +160,15 @@ int pb_ring_append_at(pb_ring *r, uint32_t topic_id, const void *payload, uint32
     t->count++;
     r->planned = 0; /* a plan may now be able to include this record */
 
-    if (r->pending++ == 0) {
-        r->oldest_ns = now_ns;
-        /* Idle: a lone message goes out at once (raw transport latency). */
-        if (now_ns - r->last_drain_ns >= r->idle_ns) return PB_RING_READY;
-        if (r->max_delay_ns == 0) return PB_RING_READY;
-        return PB_RING_PENDING_FIRST;
-    }
-    if (t->count >= r->max_batch_records || r->used >= r->max_batch_bytes ||
-        now_ns - r->oldest_ns >= r->max_delay_ns)
+    int first = r->pending++ == 0;
+    if (first) r->oldest_ns = now_ns;
+    /* Idle: a lone message goes out at once (raw transport latency); under load the batch
+       grows until a bound or the delay is reached. */
+    if ((first && (!r->drained || elapsed_at_least(r->last_drain_ns, now_ns, r->idle_ns))) ||
+        t->count >= r->max_batch_records || r->used >= r->max_batch_bytes ||
+        elapsed_at_least(r->oldest_ns, now_ns, r->max_delay_ns))
         return PB_RING_READY;
+    if (first) return PB_RING_PENDING_FIRST;
     return PB_RING_PENDING;
 }
 
@@ -226,8 +231,13 @@ int64_t pb_ring_write_frame(pb_ring *r, uint8_t *dst, size_t dst_len) {
         r->used = 0;
         r->oldest_ns = 0;
         r->last_drain_ns = pb_now_ns();
+        r->drained = 1;
     }
     return (int64_t)(w - dst);
+}
+
+void pb_ring_mark_flushed(pb_ring *r, int64_t now_ns) {
+    if (r->pending == 0 && r->drained) r->last_drain_ns = now_ns;
 }
 
 size_t pb_ring_pending_records(const pb_ring *r) { return r->pending; }

@@ -77,10 +77,12 @@ uint64_t pb_ring_next_seq(const pb_ring *r, uint32_t topic_id);
  * number and stamps it with CLOCK_REALTIME in ns (read once). flags are the record flags of the
  * wire format (only PB_FRAME_REC_MSGPACK may be set by callers; PB_FRAME_REC_HAS_HEADER is set by
  * the encoder when header_len > 0).
- * Returns PB_RING_READY when the caller should drain now: the ring was empty and the last drain
- * ended at least idle_ns ago, or the topic has >= max_batch_records pending, or pending_bytes
- * >= max_batch_bytes, or the oldest pending record is >= max_delay_ns old. Otherwise returns
- * PB_RING_PENDING_FIRST if the ring was empty before, else PB_RING_PENDING.
+ * Returns PB_RING_READY when the caller should drain now: the ring was empty and no drain has
+ * emptied it yet or the last one did so at least idle_ns ago; or the topic has >=
+ * max_batch_records pending; or pending_bytes >= max_batch_bytes; or the oldest pending record
+ * is >= max_delay_ns old (all counting this record; a clock reading earlier than the reference
+ * time counts as no time elapsed). Otherwise returns PB_RING_PENDING_FIRST if the ring was
+ * empty before, else PB_RING_PENDING.
  * Errors (nothing is stored, no sequence number is used): PB_EFULL when the record does not fit
  * in the free space; PB_EINVAL for an unregistered topic, payload_len + header_len >
  * max_message_bytes, or flags with bits other than PB_FRAME_REC_MSGPACK. */
@@ -95,7 +97,8 @@ int pb_ring_append_at(pb_ring *r, uint32_t topic_id, const void *payload, uint32
  * last drain) with pending records, and its oldest records up to max_batch_records and
  * max_batch_bytes of frame (a single record larger than max_batch_bytes goes alone). Returns 1
  * with *topic_id and *frame_len (bytes the frame needs) set, or 0 when the ring is empty.
- * Calling it again without pb_ring_write_frame re-plans the same frame. */
+ * Calling it again without pb_ring_write_frame re-plans the same frame; an append in between
+ * cancels the plan (pb_ring_write_frame then returns PB_EINVAL until the next plan). */
 int pb_ring_next_frame(pb_ring *r, uint32_t *topic_id, size_t *frame_len);
 
 /* Write the frame planned by pb_ring_next_frame into dst (dst_len >= its frame_len) and remove
@@ -103,6 +106,12 @@ int pb_ring_next_frame(pb_ring *r, uint32_t *topic_id, size_t *frame_len);
  * dst_len is too small (the ring is unchanged then). When the ring becomes empty it is rewound
  * and the drain time (for idle_ns) is recorded. */
 int64_t pb_ring_write_frame(pb_ring *r, uint8_t *dst, size_t dst_len);
+
+/* Tell the ring that the caller finished sending what it drained, at now_ns: when the ring is
+ * empty, the idle interval (idle_ns) counts from now_ns instead of from the end of the drain,
+ * so the time spent sending a frame does not make the next record look idle. No effect when
+ * records are pending. */
+void pb_ring_mark_flushed(pb_ring *r, int64_t now_ns);
 
 /* Counters and sizes (queries, no side effects). */
 size_t pb_ring_pending_records(const pb_ring *r);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -24,6 +26,20 @@ from pybus import (
 SECOND_US = 1_000_000.0
 
 
+def spec_payloads(frame: bytes) -> tuple[int, list[bytes]]:
+    """first_seq and payloads of a frame, read with struct from docs/wire.md alone."""
+    magic, version, _, count, _, first_seq, _ = struct.unpack_from("<2sBBIQQq", frame, 0)
+    assert (magic, version) == (b"PB", 1)
+    off, payloads = 32, []
+    for _ in range(count):
+        plen, hlen, _, _, _ = struct.unpack_from("<IHBBI", frame, off)
+        off += 12 + hlen
+        payloads.append(frame[off : off + plen])
+        off += plen
+    assert off == len(frame)
+    return first_seq, payloads
+
+
 def documented_record_size(header_len: int, payload_len: int) -> int:
     # docs/wire.md "Ring accounting": 32-byte record header + header + payload, rounded to 8.
     return (32 + header_len + payload_len + 7) // 8 * 8
@@ -41,8 +57,10 @@ def test_constants():
 
 op_st = st.tuples(
     st.integers(min_value=0, max_value=3),  # topic index
-    st.one_of(st.binary(max_size=300), st.dictionaries(st.text(max_size=4), st.integers(0, 99),
-                                                       max_size=3)),
+    st.one_of(
+        st.binary(max_size=300),
+        st.dictionaries(st.text(max_size=4), st.integers(0, 99), max_size=3),
+    ),
     st.one_of(st.none(), st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2)),
     st.booleans(),  # drain after this op
 )
@@ -56,8 +74,15 @@ op_st = st.tuples(
 )
 def test_round_trip_through_drain_and_decode(ops, max_records, max_bytes):
     topics = ["a", "b.c", "dé", "x" * 40]
-    b = Batcher(capacity_bytes=1 << 16, max_batch_records=max_records, max_batch_bytes=max_bytes,
-                max_message_bytes=4096, publisher_id=77, idle_us=0, max_delay_us=SECOND_US)
+    b = Batcher(
+        capacity_bytes=1 << 16,
+        max_batch_records=max_records,
+        max_batch_bytes=max_bytes,
+        max_message_bytes=4096,
+        publisher_id=77,
+        idle_us=0,
+        max_delay_us=SECOND_US,
+    )
     sent: dict[str, list] = {t: [] for t in topics}
     got: dict[str, list] = {t: [] for t in topics}
 
@@ -67,7 +92,9 @@ def test_round_trip_through_drain_and_decode(ops, max_records, max_bytes):
             assert pid == 77
             assert count <= max_records
             assert len(frame) <= max_bytes or count == 1
-            got[topic_b.decode()].extend(decode_batch(topic_b.decode(), frame))
+            msgs = decode_batch(topic_b.decode(), frame)
+            assert spec_payloads(frame) == (first_seq, [m.raw_payload for m in msgs])
+            got[topic_b.decode()].extend(msgs)
         assert b.pending_records == 0 and b.pending_bytes == 0
 
     for i, (ti, payload, headers, drain_now) in enumerate(ops):
@@ -99,8 +126,14 @@ def test_round_trip_through_drain_and_decode(ops, max_records, max_bytes):
 
 
 def test_frames_respect_bounds_and_oversized_record_goes_alone():
-    b = Batcher(capacity_bytes=1 << 20, max_batch_records=3, max_batch_bytes=200,
-                max_message_bytes=1000, idle_us=SECOND_US, max_delay_us=SECOND_US)
+    b = Batcher(
+        capacity_bytes=1 << 20,
+        max_batch_records=3,
+        max_batch_bytes=200,
+        max_message_bytes=1000,
+        idle_us=SECOND_US,
+        max_delay_us=SECOND_US,
+    )
     tid = b.topic_id(b"t")
     for i in range(7):
         b.append(tid, bytes([i]) * 10)
@@ -119,12 +152,19 @@ def test_frames_respect_bounds_and_oversized_record_goes_alone():
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), min_size=1,
-                      max_size=80),
-       capacity=st.integers(min_value=400, max_value=5000))
+@given(
+    sizes=st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), min_size=1, max_size=80),
+    capacity=st.integers(min_value=400, max_value=5000),
+)
 def test_full_exactly_when_next_record_does_not_fit(sizes, capacity):
-    b = Batcher(capacity_bytes=capacity, max_message_bytes=340, max_batch_records=10**6,
-                max_batch_bytes=1 << 30, idle_us=SECOND_US, max_delay_us=SECOND_US)
+    b = Batcher(
+        capacity_bytes=capacity,
+        max_message_bytes=340,
+        max_batch_records=10**6,
+        max_batch_bytes=1 << 30,
+        idle_us=SECOND_US,
+        max_delay_us=SECOND_US,
+    )
     cap = b.capacity_bytes
     assert cap == capacity // 8 * 8
     tid = b.topic_id(b"t")
@@ -152,8 +192,9 @@ def test_full_exactly_when_next_record_does_not_fit(sizes, capacity):
 
 
 def test_publish_full_hook_and_backpressure():
-    b = Batcher(capacity_bytes=256, max_message_bytes=100, idle_us=SECOND_US,
-                max_delay_us=SECOND_US)
+    b = Batcher(
+        capacity_bytes=256, max_message_bytes=100, idle_us=SECOND_US, max_delay_us=SECOND_US
+    )
     calls = []
     b.publish("t", b"x" * 100)  # 136 ring bytes
     with pytest.raises(BackpressureError, match="ring full"):
@@ -193,8 +234,9 @@ def test_decisions_with_explicit_clock():
 
 
 def test_pending_bytes_bound_makes_ready():
-    b = Batcher(max_batch_records=10**6, max_batch_bytes=1000, idle_us=SECOND_US,
-                max_delay_us=SECOND_US)
+    b = Batcher(
+        max_batch_records=10**6, max_batch_bytes=1000, idle_us=SECOND_US, max_delay_us=SECOND_US
+    )
     t1, t2 = b.topic_id(b"one"), b.topic_id(b"two")
     b.append(t1, b"a")
     b.drain()
@@ -226,8 +268,9 @@ def test_hooks_called_on_status():
         packed.append(obj)
         return msgpack.packb(obj)
 
-    b.set_hooks(resolve, pack, lambda: events.append("ready"), lambda: events.append("pending"),
-                None)
+    b.set_hooks(
+        resolve, pack, lambda: events.append("ready"), lambda: events.append("pending"), None
+    )
     b.publish("t", b"1")  # never drained: idle -> READY
     assert events == ["ready"]
     b.drain()
@@ -260,6 +303,8 @@ def test_publish_validation():
         b.publish("t", memoryview(b"x" * 101))
     with pytest.raises(ValidationError, match="must be a str"):
         b.publish(b"t", b"x")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="headers must be a dict"):
+        b.publish("t", b"x", [("k", "v")])  # type: ignore[arg-type]
     b.set_hooks(None, lambda o: "not bytes", None, None, None)
     with pytest.raises(ValidationError, match="must return bytes"):
         b.publish("t", {"a": 1})
@@ -300,3 +345,145 @@ def test_topics_and_publisher_id():
     with pytest.raises(ValidationError, match="max_topics=2"):
         b.topic_id(b"c")
     assert b.next_seq(0) == 1
+
+
+def test_publish_topic_cache_is_per_topic():
+    b = Batcher(idle_us=SECOND_US, max_delay_us=SECOND_US)
+    with pytest.raises(ValidationError, match="must be a str"):
+        b.publish(None, b"x")  # type: ignore[arg-type]
+    for i in range(6):
+        b.publish(("a", "b", "a.b")[i % 3], bytes([i]))
+    got = {t: [m.payload for m in decode_batch(t.decode(), f)] for t, f in b.drain()}
+    assert got == {b"a": [b"\x00", b"\x03"], b"b": [b"\x01", b"\x04"], b"a.b": [b"\x02", b"\x05"]}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.just(("drain",)),
+            st.tuples(
+                st.just("append"),
+                st.integers(0, 2),  # topic
+                st.integers(0, 120),  # payload bytes
+                st.integers(0, 60_000),  # ns after the previous append
+                st.booleans(),  # first record after a drain: idle or busy
+            ),
+        ),
+        max_size=60,
+    ),
+    max_records=st.integers(1, 6),
+    max_bytes=st.integers(64, 1200),
+)
+def test_decisions_match_the_documented_rule(steps, max_records, max_bytes):
+    """A model of the rule in pb_ring.h / the Batcher docstring, driven with explicit clocks."""
+    idle_ns, delay_ns = 5_000, 100_000
+    b = Batcher(
+        capacity_bytes=1 << 16,
+        max_batch_records=max_records,
+        max_batch_bytes=max_bytes,
+        max_message_bytes=200,
+        idle_us=idle_ns / 1000,
+        max_delay_us=delay_ns / 1000,
+    )
+    tids = [b.topic_id(t) for t in (b"a", b"b", b"c")]
+    per_topic = [0, 0, 0]
+    used = 0
+    oldest = 0
+    before_drain = after_drain = None  # real clock around the last drain
+    now = 0
+    for step in steps:
+        if step[0] == "drain":
+            if used:  # draining an empty ring is no drain: the idle clock keeps running
+                before_drain = Batcher.now_ns()
+                b.drain()
+                after_drain = Batcher.now_ns()
+            per_topic, used, oldest = [0, 0, 0], 0, 0
+            continue
+        _, ti, plen, dt, idle = step
+        if used == 0:
+            if before_drain is None:  # never drained: always idle
+                now = Batcher.now_ns() if idle else 0
+                expect_ready = True
+            elif idle:
+                now = after_drain + idle_ns + dt
+                expect_ready = True
+            else:
+                now = before_drain - 1 - dt
+                expect_ready = False
+            oldest = now
+        else:
+            now += dt
+            expect_ready = False
+        per_topic[ti] += 1
+        used += documented_record_size(0, plen)
+        expect_ready = (
+            expect_ready
+            or per_topic[ti] >= max_records
+            or used >= max_bytes
+            or now - oldest >= delay_ns
+        )
+        rc = b.append_at(tids[ti], b"p" * plen, now)
+        assert rc == (READY if expect_ready else PENDING), (step, per_topic, used, now - oldest)
+        assert b.pending_bytes == used
+
+
+def test_publish_releases_buffers_and_references():
+    import sys
+
+    b = Batcher(idle_us=SECOND_US, max_delay_us=SECOND_US)
+    ba = bytearray(b"payload")
+    b.publish("t", ba)
+    b.publish("t", memoryview(ba))
+    ba.append(1)  # no buffer export left behind
+    tid = b.topic_id(b"t")
+    b.append(tid, ba, bytearray(msgpack.packb({"a": 1})))
+    ba.append(2)
+    payload = b"x" * 10
+    rc = sys.getrefcount(payload)
+    for _ in range(1000):
+        b.publish("t", payload)
+        b.append(tid, payload)
+        b.drain()
+    assert sys.getrefcount(payload) == rc
+
+
+def test_mark_flushed_moves_the_idle_reference():
+    idle_ns = 5_000
+    b = Batcher(idle_us=idle_ns / 1000, max_delay_us=SECOND_US)
+    tid = b.topic_id(b"t")
+    b.append(tid, b"x")
+    b.drain()
+    drained_by = Batcher.now_ns()
+    while Batcher.now_ns() <= drained_by + 10 * idle_ns:  # a "slow send" of 50 us, bounded
+        pass
+    a = Batcher.now_ns()
+    b.mark_flushed()
+    # idle is counted from the mark (>= a), so this is not idle yet...
+    assert b.append_at(tid, b"y", a + idle_ns - 1) == PENDING
+    b.drain()
+    # ...whereas without the mark the same gap since the drain is idle
+    drained_by = Batcher.now_ns()
+    while Batcher.now_ns() <= drained_by + 10 * idle_ns:
+        pass
+    a = Batcher.now_ns()
+    assert b.append_at(tid, b"y", a + idle_ns - 1) == READY
+
+
+def test_publish_marks_flushed_after_on_ready():
+    idle_ns = 5_000
+    b = Batcher(idle_us=idle_ns / 1000, max_delay_us=SECOND_US)
+    marks = []
+
+    def slow_flush():
+        b.drain()
+        end = Batcher.now_ns() + 10 * idle_ns
+        while Batcher.now_ns() <= end:  # the send takes 50 us
+            pass
+        marks.append(Batcher.now_ns())
+
+    b.set_hooks(None, None, slow_flush, None, None)
+    b.publish("t", b"1")  # never drained: READY, flushed slowly
+    assert len(marks) == 1
+    tid = b.topic_id(b"t")
+    assert b.append_at(tid, b"2", marks[0] + idle_ns - 1) == PENDING

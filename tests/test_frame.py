@@ -89,8 +89,12 @@ def check_agrees(frame: bytes, topic: str = "t") -> None:
             decode_payloads(frame)
         return
     msgs = decode_batch(topic, frame)
-    assert frame_info(frame) == (info["publisher_id"], info["first_seq"], info["count"],
-                                 info["base"])
+    assert frame_info(frame) == (
+        info["publisher_id"],
+        info["first_seq"],
+        info["count"],
+        info["base"],
+    )
     assert decode_payloads(frame) == [r["payload"] for r in recs]
     assert list(iter_frame(frame)) == [(r["seq"], r["payload"]) for r in recs]
     assert len(msgs) == len(recs)
@@ -106,8 +110,12 @@ def check_agrees(frame: bytes, topic: str = "t") -> None:
 
 record_st = st.tuples(
     st.binary(max_size=80),
-    st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.integers(-(1 << 63), (1 << 64) - 1), min_size=1,
-                                         max_size=3).map(msgpack.packb)),
+    st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.text(max_size=5), st.integers(-(1 << 63), (1 << 64) - 1), min_size=1, max_size=3
+        ).map(msgpack.packb),
+    ),
     st.sampled_from([0, 1]),
     st.integers(min_value=0, max_value=1 << 62),
 )
@@ -182,8 +190,11 @@ def test_random_corruptions_decode_consistently_or_raise():
 
 def test_error_messages_say_what_and_where():
     one = encode_frame(1, 1, [(b"alpha", None, 0, 0)])
-    with pytest.raises(FrameError, match=r"record 0 at offset 32 declares a 5-byte payload "
-                                         r"but only 3 bytes remain") as ei:
+    with pytest.raises(
+        FrameError,
+        match=r"record 0 at offset 32 declares a 5-byte payload "
+        r"but only 3 bytes remain",
+    ) as ei:
         decode_batch("t", one[:47])
     assert (ei.value.offset, ei.value.record, ei.value.reason) == (32, 0, "truncated")
     frame = _sample_frame()
@@ -242,8 +253,9 @@ def test_encode_frame_rejects_bad_records():
 
 
 def test_message_lazy_msgpack_payload_and_headers():
-    frame = encode_frame(5, 9, [(msgpack.packb({"a": 1}), msgpack.packb({"h": 2}), 1, 10),
-                                (b"raw", None, 0, 11)])
+    frame = encode_frame(
+        5, 9, [(msgpack.packb({"a": 1}), msgpack.packb({"h": 2}), 1, 10), (b"raw", None, 0, 11)]
+    )
     m1, m2 = decode_batch("orders.created", frame)
     assert m1.is_msgpack and m1.raw_payload == msgpack.packb({"a": 1})
     p = m1.payload
@@ -283,8 +295,9 @@ def test_message_equality_pickle_repr():
     assert m != Message("a.b", [1, 2], {"a": 2}, seq=1, publisher_id=7, timestamp_ns=100)
     assert m != Message("a.b", [1, 2], {"a": 1}, seq=2, publisher_id=7, timestamp_ns=100)
     assert m != Message("a.c", [1, 2], {"a": 1}, seq=1, publisher_id=7, timestamp_ns=100)
-    assert m != Message("a.b", msgpack.packb([1, 2]), {"a": 1}, seq=1, publisher_id=7,
-                        timestamp_ns=100)  # same bytes but not flagged msgpack
+    assert m != Message(
+        "a.b", msgpack.packb([1, 2]), {"a": 1}, seq=1, publisher_id=7, timestamp_ns=100
+    )  # same bytes but not flagged msgpack
     assert m != "a.b"
     for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
         back = pickle.loads(pickle.dumps(m, protocol=proto))
@@ -293,3 +306,115 @@ def test_message_equality_pickle_repr():
     assert "a.b" in r and "seq=1" in r and "msgpack" in r
     long = Message("t", b"z" * 1000)
     assert len(repr(long)) < 200
+
+
+def spec_encode(pid: int, first_seq: int, base: int, records: list[tuple]) -> bytes:
+    """An encoder written from docs/wire.md with struct only (records: payload, header,
+    msgpack flag, delta)."""
+    out = [FRAME_HEADER.pack(b"PB", 1, 0, len(records), pid, first_seq, base)]
+    for payload, header, is_msgpack, delta in records:
+        flags = (0x01 if is_msgpack else 0) | (0x02 if header else 0)
+        out.append(RECORD_HEADER.pack(len(payload), len(header), flags, 0, delta))
+        out.append(header)
+        out.append(payload)
+    return b"".join(out)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pid=st.integers(0, (1 << 64) - 1),
+    first_seq=st.integers(0, 1 << 40),
+    base=st.integers(-(1 << 62), 1 << 62),
+    records=st.lists(
+        st.tuples(
+            st.binary(max_size=50),
+            st.sampled_from([b"", msgpack.packb({"a": 1}), msgpack.packb({})]),
+            st.booleans(),
+            st.integers(0, 0xFFFFFFFF),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_spec_encoded_frames_decode(pid, first_seq, base, records):
+    frame = spec_encode(pid, first_seq, base, records)
+    msgs = decode_batch("topic", frame)
+    assert frame_info(frame) == (pid, first_seq, len(records), base)
+    for i, (m, (payload, header, is_msgpack, delta)) in enumerate(zip(msgs, records, strict=True)):
+        assert m.seq == first_seq + i
+        assert m.raw_payload == payload and m.is_msgpack == is_msgpack
+        assert m.timestamp_ns == base + delta
+        assert m.headers == (msgpack.unpackb(header) if header else {})
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_arbitrary_bytes_never_crash(data):
+    check_agrees(data)
+    check_agrees(b"PB\x01\x00" + data)
+
+
+def test_buffers_are_released_on_every_path():
+    """A bytearray whose buffer is still exported cannot be resized: check none leaks."""
+    good = bytearray(_sample_frame())
+    bad = bytearray(_sample_frame()[:-1])
+    n = frame_info(bytes(good))[2]
+    arrays = [np.zeros(n, np.int64) for _ in range(3)]
+    decode_batch("t", good)
+    decode_payloads(good)
+    decode_into(good, *arrays)
+    frame_info(good)
+    list(iter_frame(good))
+    for fn in (
+        lambda f: decode_batch("t", f),
+        decode_payloads,
+        iter_frame,
+        lambda f: decode_into(f, *arrays),
+    ):
+        with pytest.raises(FrameError):
+            fn(bad)
+    it = iter_frame(good)
+    next(it)
+    del it  # dropped half-way
+    good.append(0)
+    bad.append(0)  # both resizable: no export left behind
+
+
+def test_no_reference_leaks_in_decode():
+    import sys
+
+    frame = _sample_frame()
+    decode_batch("t", frame)
+    before = sys.gettotalrefcount() if hasattr(sys, "gettotalrefcount") else None
+    topic = "leak.check"
+    rc_topic = sys.getrefcount(topic)
+    rc_frame = sys.getrefcount(frame)
+    for _ in range(1000):
+        msgs = decode_batch(topic, frame)
+        for m in msgs:
+            m.payload, m.headers  # noqa: B018 - exercise the lazy paths
+        decode_payloads(frame)
+        with pytest.raises(FrameError):
+            decode_batch(topic, frame[:-1])
+    del msgs, m
+    assert sys.getrefcount(topic) == rc_topic
+    assert sys.getrefcount(frame) == rc_frame
+    if before is not None:  # debug builds only
+        assert abs(sys.gettotalrefcount() - before) < 100
+
+
+def test_msgpack_payload_edge_cases():
+    m = Message("t", {1: "a", 2: [3]})
+    assert decode_batch("t", encode_frame(1, 1, [(m.raw_payload, None, 1, 0)]))[0].payload == {
+        1: "a",
+        2: [3],
+    }
+    bad = decode_batch("t", encode_frame(1, 1, [(b"\xc1", b"\xc1", 1, 0)]))[0]
+    with pytest.raises(FrameError, match="msgpack payload of 1 bytes does not decode"):
+        bad.payload  # noqa: B018
+    with pytest.raises(FrameError, match="headers of 1 bytes"):
+        bad.headers  # noqa: B018
+    not_map = decode_batch("t", encode_frame(1, 1, [(b"x", msgpack.packb([1]), 0, 0)]))[0]
+    with pytest.raises(FrameError, match="must be a msgpack map"):
+        not_map.headers  # noqa: B018
+    assert bad.raw_payload == b"\xc1"  # raw access still works

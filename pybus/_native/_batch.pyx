@@ -2,8 +2,10 @@
 # cython: initializedcheck=False, cdivision=True
 """The batcher and the batch frame codec (csrc/pb_ring.c, csrc/pb_frame.c) for Python.
 
-Nothing here is thread-safe: a Batcher is used under its owner's lock, and the decode
-functions are safe only on frames nobody mutates meanwhile (bytes frames always are).
+Thread safety: a Batcher is used under its owner's lock. None of its methods releases the
+GIL, so each single call is atomic with respect to other Python threads, but sequences of
+calls are not, and publish() runs Python hooks in the middle. The decode functions hold the
+frame's buffer for the call and are safe on frames nobody mutates meanwhile (bytes always are).
 The wire format is specified in docs/wire.md.
 """
 
@@ -12,11 +14,13 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.ref cimport Py_INCREF, PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from pybus._native.cbatch cimport *
 
+import operator
 import secrets
 
 import msgpack
@@ -52,8 +56,19 @@ RECORD_HEADER_SIZE = PB_FRAME_RECORD_HEADER_SIZE
 RING_RECORD_OVERHEAD = PB_RING_RECORD_OVERHEAD
 FLAG_MSGPACK = PB_FRAME_REC_MSGPACK
 
+cdef object _NO_TOPIC = object()  # never a topic: publish()'s last-topic cache starts empty
 cdef object _packb = msgpack.packb
 cdef object _unpackb = msgpack.unpackb
+
+
+cdef object _unpack_payload(bytes raw):
+    # strict_map_key=False: payload maps keep int keys ({1: "a"} round-trips); headers keep
+    # msgpack's strict default (string keys by convention, docs/wire.md)
+    try:
+        return _unpackb(raw, strict_map_key=False)
+    except Exception as exc:
+        raise FrameError(f"msgpack payload of {len(raw)} bytes does not decode: {exc}",
+                         reason="bad msgpack payload") from exc
 
 
 def ring_record_size(header_len: int, payload_len: int) -> int:
@@ -190,7 +205,7 @@ cdef class Message:
         if not (self._flags & PB_FRAME_REC_MSGPACK):
             return self._raw
         if not self._payload_done:
-            self._payload = _unpackb(self._raw)
+            self._payload = _unpack_payload(self._raw)
             self._payload_done = True
         return self._payload
 
@@ -201,7 +216,12 @@ cdef class Message:
             if self._raw_header is None:
                 self._headers = {}
             else:
-                h = _unpackb(self._raw_header)
+                try:
+                    h = _unpackb(self._raw_header)
+                except Exception as exc:
+                    raise FrameError(f"message headers of {len(self._raw_header)} bytes do "
+                                     f"not decode as msgpack: {exc}",
+                                     reason="bad msgpack headers") from exc
                 if not isinstance(h, dict):
                     raise FrameError(
                         f"message headers decode to a {type(h).__name__}; they must be a "
@@ -211,10 +231,11 @@ cdef class Message:
         return self._headers
 
     def __repr__(self):
-        raw = self._raw if len(self._raw) <= 32 else self._raw[:32] + b"..."
+        full = self._raw if self._raw is not None else b""
+        raw = full if len(full) <= 32 else full[:32] + b"..."
         return (f"Message(topic={self._topic!r}, seq={self.seq}, "
                 f"publisher_id={self.publisher_id:#x}, timestamp_ns={self.timestamp_ns}, "
-                f"payload={raw!r} ({len(self._raw)} B{', msgpack' if self.is_msgpack else ''}), "
+                f"payload={raw!r} ({len(full)} B{', msgpack' if self.is_msgpack else ''}), "
                 f"headers={'yes' if self._raw_header is not None or self._headers else 'none'})")
 
     def __eq__(self, other):
@@ -243,12 +264,18 @@ cdef class Message:
 # Batcher
 
 
-cdef inline int _check_ring(int rc, str what) except -1:
+cdef int _check_ring(int rc, str what) except -1:
+    """The one mapper of C status codes to pybus exceptions (rc >= 0 passes)."""
+    if rc >= 0:
+        return 0
+    detail = f"{what}: {pb_strerror(rc).decode()}"
     if rc == PB_ENOMEM:
-        raise MemoryError(f"{what}: out of memory")
-    if rc < 0:
-        raise ValidationError(f"{what}: {pb_strerror(rc).decode()}")
-    return 0
+        raise MemoryError(detail)
+    if rc == PB_EFULL:
+        raise BackpressureError(detail)
+    if rc == PB_EFRAME:
+        raise FrameError(detail)
+    raise ValidationError(detail)
 
 
 @cython.final
@@ -272,8 +299,9 @@ cdef class Batcher:
     publisher_id : int
         u64 written into each frame; 0 picks a random nonzero id.
     idle_us : float
-        A message appended to an empty batcher this long after the last drain is READY at
-        once (a lone message goes out at raw transport latency).
+        A message appended to an empty batcher that was never drained, or whose last drain
+        emptied it at least this long ago, is READY at once (a lone message goes out at raw
+        transport latency).
     max_delay_us : float
         READY once the oldest pending record is this old.
     """
@@ -284,17 +312,25 @@ cdef class Batcher:
 
     cdef pb_ring *_r
     cdef dict _ids_by_str      # publish cache: str topic -> id
+    cdef object _last_topic    # the last topic object publish() saw, and its id
+    cdef uint32_t _last_tid
     cdef dict _ids_by_bytes    # bytes topic -> id
     cdef list _names           # id -> bytes topic
     cdef uint32_t _max_message
+    cdef uint32_t _max_batch_records
+    cdef size_t _max_batch_bytes
+    cdef double _idle_us
+    cdef double _max_delay_us
     cdef object _resolve_topic
     cdef object _pack
+    cdef object _default_pack
     cdef object _on_ready
     cdef object _on_pending
     cdef object _on_full
 
     def __cinit__(self):
         self._r = NULL
+        self._last_topic = _NO_TOPIC
 
     def __init__(self, capacity_bytes=8 << 20, max_batch_records=8192, max_batch_bytes=256 << 10,
                  max_message_bytes=1 << 20, max_topics=65536, publisher_id=0, idle_us=5.0,
@@ -330,11 +366,18 @@ cdef class Batcher:
         cfg.publisher_id = publisher_id
         _check_ring(pb_ring_init(&cfg, &self._r), "Batcher")
         self._max_message = max_message_bytes
+        self._max_batch_records = max_batch_records
+        self._max_batch_bytes = max_batch_bytes
+        self._idle_us = idle_us
+        self._max_delay_us = max_delay_us
         self._ids_by_str = {}
         self._ids_by_bytes = {}
         self._names = []
         self._resolve_topic = None
-        self._pack = _packb
+        # a reused Packer packs a dict in about half the time of msgpack.packb (anchor numbers,
+        # section 6); it is not thread-safe, and neither is the Batcher
+        self._default_pack = msgpack.Packer().pack
+        self._pack = self._default_pack
         self._on_ready = None
         self._on_pending = None
         self._on_full = None
@@ -394,12 +437,38 @@ cdef class Batcher:
 
     cdef int _append_buf(self, object topic_id, object payload, object header, object flags,
                          bint use_now, int64_t now_ns) except -10:
-        self._ok()
-        if not 0 <= topic_id < len(self._names):
+        if self._r == NULL:
+            self._ok()
+        cdef long long tid = _as_int64(topic_id, "topic_id")
+        cdef long long fl = _as_int64(flags, "flags")
+        cdef int rc
+        if tid < 0 or tid >= pb_ring_topic_count(self._r):
             raise ValidationError(f"unknown topic id {topic_id!r}; register it with topic_id() "
                                   f"(registered ids are 0..{len(self._names) - 1})")
-        if flags != 0 and flags != PB_FRAME_REC_MSGPACK:
+        if fl != 0 and fl != PB_FRAME_REC_MSGPACK:
             raise ValidationError(f"flags={flags!r} is not allowed; use 0 or FLAG_MSGPACK (1)")
+        if type(payload) is bytes and header is None:
+            # the common case, without buffer-protocol round trips
+            if PyBytes_GET_SIZE(payload) > self._max_message:
+                self._too_big(PyBytes_GET_SIZE(payload), 0)
+            if use_now:
+                rc = pb_ring_append(self._r, <uint32_t>tid, PyBytes_AS_STRING(payload),
+                                    <uint32_t>PyBytes_GET_SIZE(payload), NULL, 0, <uint8_t>fl)
+            else:
+                rc = pb_ring_append_at(self._r, <uint32_t>tid, PyBytes_AS_STRING(payload),
+                                       <uint32_t>PyBytes_GET_SIZE(payload), NULL, 0,
+                                       <uint8_t>fl, now_ns)
+        else:
+            rc = self._append_views(<uint32_t>tid, payload, header, <uint8_t>fl, use_now, now_ns)
+        if rc == PB_RING_PENDING_FIRST:
+            return PB_RING_PENDING
+        if rc == PB_EFULL or rc >= 0:
+            return rc
+        _check_ring(rc, "append refused")
+        return -10  # not reached
+
+    cdef int _append_views(self, uint32_t tid, object payload, object header, uint8_t fl,
+                           bint use_now, int64_t now_ns) except -10:
         cdef Py_buffer pv
         cdef Py_buffer hv
         cdef int rc
@@ -410,28 +479,23 @@ cdef class Batcher:
                 PyObject_GetBuffer(header, &hv, PyBUF_SIMPLE)
                 hlen = hv.len
             try:
-                if pv.len + hlen > self._max_message or hlen > 0xFFFF:
-                    raise ValidationError(
-                        f"message of {pv.len} payload + {hlen} header bytes is too large; "
-                        f"allowed: payload + header <= max_message_bytes={self._max_message}, "
-                        "header <= 65535")
+                if hlen > 0xFFFF:
+                    raise ValidationError(f"header of {hlen} bytes is too large; "
+                                          "allowed: at most 65535")
+                if pv.len + hlen > self._max_message:
+                    self._too_big(pv.len, hlen)
                 if use_now:
-                    rc = pb_ring_append(self._r, topic_id, pv.buf, <uint32_t>pv.len,
-                                        hv.buf if hlen else NULL, <uint16_t>hlen, flags)
+                    rc = pb_ring_append(self._r, tid, pv.buf, <uint32_t>pv.len,
+                                        hv.buf if hlen else NULL, <uint16_t>hlen, fl)
                 else:
-                    rc = pb_ring_append_at(self._r, topic_id, pv.buf, <uint32_t>pv.len,
-                                           hv.buf if hlen else NULL, <uint16_t>hlen, flags,
-                                           now_ns)
+                    rc = pb_ring_append_at(self._r, tid, pv.buf, <uint32_t>pv.len,
+                                           hv.buf if hlen else NULL, <uint16_t>hlen, fl, now_ns)
             finally:
                 if header is not None:
                     PyBuffer_Release(&hv)
         finally:
             PyBuffer_Release(&pv)
-        if rc == PB_RING_PENDING_FIRST:
-            return PB_RING_PENDING
-        if rc == PB_EFULL or rc >= 0:
-            return rc
-        raise ValidationError(f"append refused: {pb_strerror(rc).decode()}")
+        return rc
 
     def append(self, topic_id, payload, header=None, flags=0):
         """Append one record; returns READY, PENDING or FULL (nothing stored).
@@ -460,7 +524,7 @@ cdef class Batcher:
             Called on a topic cache miss; validates the topic (may raise TopicError) and
             returns ``self.topic_id(topic.encode())``. None: register without validation.
         pack : callable(object) -> bytes or None
-            Packs non-bytes payloads and headers (None: msgpack.packb).
+            Packs non-bytes payloads and headers (None: a msgpack.Packer of this Batcher).
         on_ready : callable() or None
             Called when the batcher should be drained now.
         on_pending : callable() or None
@@ -476,7 +540,7 @@ cdef class Batcher:
             if f is not None and not callable(f):
                 raise ValidationError(f"{name} must be callable or None, got {f!r}")
         self._resolve_topic = resolve_topic
-        self._pack = _packb if pack is None else pack
+        self._pack = self._default_pack if pack is None else pack
         self._on_ready = on_ready
         self._on_pending = on_pending
         self._on_full = on_full
@@ -499,15 +563,39 @@ cdef class Batcher:
 
         Bytes-like payloads go as is; anything else is packed with the pack hook and flagged
         msgpack; headers (a dict) are packed too. Then the hooks act on the status (see
-        set_hooks). Raises ValidationError when payload + headers exceed max_message_bytes.
+        set_hooks): READY -> on_ready(), PENDING that made the batcher non-empty ->
+        on_pending(), FULL -> return on_full(topic, payload, headers) (nothing stored).
+        The message is stored before on_ready/on_pending run: if a hook raises, the exception
+        propagates and the message stays queued.
+
+        Returns
+        -------
+        None, or what on_full returned.
+
+        Raises
+        ------
+        ValidationError
+            payload + headers exceed max_message_bytes, headers is not a dict, the topic is
+            not a str, or the pack hook returned something other than bytes.
+        TopicError
+            From resolve_topic on a topic not seen before.
+        BackpressureError
+            The ring is full and there is no on_full hook.
         """
-        cdef PyObject *cached = PyDict_GetItem(self._ids_by_str, topic)
+        cdef PyObject *cached
         cdef uint32_t tid
-        if cached != NULL:
-            tid = <uint32_t><object>cached
+        if topic is self._last_topic:
+            # publishers mostly repeat one topic object: an identity check beats the dict
+            tid = self._last_tid
         else:
-            self._ok()
-            tid = self._resolve(topic)
+            cached = PyDict_GetItem(self._ids_by_str, topic)
+            if cached != NULL:
+                tid = <uint32_t><object>cached
+            else:
+                self._ok()
+                tid = self._resolve(topic)
+            self._last_topic = topic
+            self._last_tid = tid
         cdef uint8_t flags = 0
         cdef object data = payload
         cdef object hdr = None
@@ -517,6 +605,9 @@ cdef class Batcher:
         cdef int rc
         cdef bint was_buffer = False
         if headers is not None:
+            if not isinstance(headers, dict):
+                raise ValidationError(f"headers must be a dict or None, got "
+                                      f"{type(headers).__name__}")
             hdr = self._pack(headers)
             if not isinstance(hdr, bytes):
                 raise ValidationError(f"the pack hook returned {type(hdr).__name__}; "
@@ -554,6 +645,8 @@ cdef class Batcher:
         if rc == PB_RING_READY:
             if self._on_ready is not None:
                 self._on_ready()
+                # idle time counts from the end of the send, not of the drain
+                pb_ring_mark_flushed(self._r, pb_now_ns())
             return None
         if rc == PB_RING_PENDING_FIRST:
             if self._on_pending is not None:
@@ -565,7 +658,7 @@ cdef class Batcher:
             raise BackpressureError(
                 f"batcher ring full ({pb_ring_pending_bytes(self._r)} of "
                 f"{pb_ring_capacity(self._r)} bytes pending); drain it or raise capacity_bytes")
-        raise ValidationError(f"publish refused: {pb_strerror(rc).decode()}")
+        _check_ring(rc, "publish refused")
 
     cdef int _too_big(self, Py_ssize_t plen, Py_ssize_t hlen) except -1:
         raise ValidationError(
@@ -590,6 +683,17 @@ cdef class Batcher:
                 raise RuntimeError("pb_ring_write_frame refused its own plan")  # not reachable
             out.append((self._names[tid], frame))
         return out
+
+    def mark_flushed(self):
+        """Note that the frames drained last have been sent (call after sending them).
+
+        The idle interval then counts from now rather than from the end of the drain, so a
+        slow send does not make the next message look idle. publish() does this itself after
+        on_ready returns; call it after draining and sending from elsewhere (a flusher).
+        No effect while records are pending.
+        """
+        self._ok()
+        pb_ring_mark_flushed(self._r, pb_now_ns())
 
     # -- state -------------------------------------------------------------------------------
 
@@ -619,7 +723,29 @@ cdef class Batcher:
 
     @property
     def max_message_bytes(self):
+        """Bound of payload + header bytes of one message."""
         return self._max_message
+
+    @property
+    def max_batch_records(self):
+        """Records per frame at most (and the per-topic READY bound)."""
+        return self._max_batch_records
+
+    @property
+    def max_batch_bytes(self):
+        """Frame bytes at most (and the pending-bytes READY bound)."""
+        return self._max_batch_bytes
+
+    @property
+    def idle_us(self):
+        """Idle time after a drain from which a lone message is READY at once."""
+        return self._idle_us
+
+    @property
+    def max_delay_us(self):
+        """Age of the oldest pending record at which an append returns READY; a caller's
+        timer armed by on_pending should drain at oldest_pending_ns + max_delay_us."""
+        return self._max_delay_us
 
     @property
     def records_appended(self):
@@ -649,6 +775,27 @@ cdef class Batcher:
     def now_ns():
         """The clock records are stamped with (CLOCK_REALTIME ns)."""
         return pb_now_ns()
+
+
+cdef inline long long _as_int64(object v, str name) except? -1:
+    cdef int overflow = 0
+    cdef long long x
+    if type(v) is int:
+        x = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow == 0:
+            return x
+    return _bad_int(v, name)
+
+
+cdef long long _bad_int(object v, str name) except? -1:
+    # the slow path: int subclasses and objects with __index__ (numpy integers), or errors
+    if type(v) is not int:
+        if isinstance(v, bool) or not hasattr(type(v), "__index__"):
+            raise ValidationError(f"{name} must be an int, got {type(v).__name__}")
+        v = operator.index(v)
+    if not (-(1 << 63) <= v < (1 << 63)):
+        raise ValidationError(f"{name}={v} is out of range")
+    return v
 
 
 cdef int _check_int(str name, object v, object lo, object hi) except -1:

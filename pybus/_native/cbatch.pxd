@@ -47,6 +47,7 @@ cdef extern from "pb_ring.h" nogil:
                           uint8_t flags, int64_t now_ns)
     int pb_ring_next_frame(pb_ring *r, uint32_t *topic_id, size_t *frame_len)
     int64_t pb_ring_write_frame(pb_ring *r, uint8_t *dst, size_t dst_len)
+    void pb_ring_mark_flushed(pb_ring *r, int64_t now_ns)
     size_t pb_ring_pending_records(const pb_ring *r)
     size_t pb_ring_pending_bytes(const pb_ring *r)
     size_t pb_ring_capacity(const pb_ring *r)

@@ -163,6 +163,39 @@ static void test_decisions(void) {
     free(fr[0].buf);
     CHECK(pb_ring_oldest_ns(r) == 0);
     pb_ring_close(r);
+
+    /* mark_flushed moves the idle reference: a drain, then a send finishing at t = now + 1 s */
+    c = default_cfg();
+    CHECK(pb_ring_init(&c, &r) == PB_OK);
+    pb_ring_topic_add(r, &a);
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, 0) == PB_RING_READY);
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    now = pb_now_ns() + 1000000000;
+    pb_ring_mark_flushed(r, now);
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now + c.idle_ns - 1) ==
+          PB_RING_PENDING_FIRST);
+    pb_ring_mark_flushed(r, now + 10 * c.idle_ns); /* records pending: no effect */
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    pb_ring_close(r);
+
+    /* never drained: idle whatever the clock reading; a size bound applies to the first record */
+    c = default_cfg();
+    c.max_batch_records = 1;
+    CHECK(pb_ring_init(&c, &r) == PB_OK);
+    pb_ring_topic_add(r, &a);
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, 0) == PB_RING_READY);
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    /* a clock reading before the drain: not idle, but max_batch_records = 1 -> READY */
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, INT64_MIN) == PB_RING_READY);
+    /* extreme clock readings never overflow (UBSan would abort) */
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, INT64_MAX) == PB_RING_READY);
+    nf = drain_all(r, fr, 8);
+    CHECK(nf == 2);
+    for (size_t f = 0; f < nf; f++) free(fr[f].buf);
+    pb_ring_close(r);
 }
 
 static void test_drain_order(void) {
@@ -222,6 +255,18 @@ static void test_drain_order(void) {
     size_t len;
     CHECK(pb_ring_next_frame(r, &tid, &len) == 0);
     CHECK(pb_ring_write_frame(r, fr[0].buf, 0) == PB_EINVAL);
+    /* an append between plan and write cancels the plan */
+    CHECK(pb_ring_append_at(r, 0, "ab", 2, NULL, 0, 0, 5) >= 0);
+    CHECK(pb_ring_next_frame(r, &tid, &len) == 1 && tid == 0);
+    CHECK(pb_ring_append_at(r, 0, "cd", 2, NULL, 0, 0, 6) >= 0);
+    {
+        uint8_t tmp[256];
+        CHECK(pb_ring_write_frame(r, tmp, sizeof tmp) == PB_EINVAL);
+        CHECK(pb_ring_next_frame(r, &tid, &len) == 1 && len == 32 + 2 * 14);
+        CHECK(pb_ring_write_frame(r, tmp, sizeof tmp) == (int64_t)len);
+        pb_frame_info info;
+        CHECK(pb_frame_validate(tmp, len, &info, NULL) == PB_OK && info.count == 2);
+    }
     pb_ring_close(r);
 }
 
