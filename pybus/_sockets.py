@@ -166,65 +166,67 @@ class _Hub:
 
     def __init__(self, ctx: zmq.Context) -> None:
         self._ctx_ref = weakref.ref(ctx)
-        self._new: queue.SimpleQueue[tuple[zmq.Socket, SocketWatch, list[Curve]]] = (
-            queue.SimpleQueue()
-        )
+        # sockets handed over to the hub thread: ("zap", ROUTER) or ("mon", PAIR, watch, curves)
+        self._new: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._domains: dict[bytes, weakref.ref[Curve]] = {}
         self._lock = threading.Lock()
         self._zap: zmq.Socket | None = None
-        self._zap_error: BaseException | None = None
-        self._ready = threading.Event()
         self.stray_zap = 0  # requests for a domain no live Curve owns (rejected)
         self._thread = threading.Thread(target=self._run, name="pybus-hub", daemon=True)
         self._thread.start()
-        self._ready.wait(5.0)
-        if self._zap_error is not None:
-            raise self._zap_error
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def add_domain(self, curve: Curve) -> None:
+        """Route ZAP requests of ``curve.domain`` to ``curve``; bind the ZAP handler once.
+
+        The ROUTER is created and bound here, in the caller's thread, so that the handler
+        exists before the caller's socket can handshake (requests wait in its queue until the
+        hub thread picks it up), then handed over to the hub thread.
+        """
         with self._lock:
             self._domains[curve.domain] = weakref.ref(curve)
-
-    def watch(self, mon: zmq.Socket, watch: SocketWatch, curves: list[Curve]) -> None:
-        self._new.put((mon, watch, curves))
-
-    def _run(self) -> None:
-        ctx = self._ctx_ref()
-        if ctx is None:
-            self._ready.set()
-            return
-        try:
+            if self._zap is not None:
+                return
+            ctx = self._ctx_ref()
+            if ctx is None:  # pragma: no cover
+                return
             zap = ctx.socket(zmq.ROUTER)
             zap.linger = 0
-            zap.bind(ZAP_ENDPOINT)
-        except zmq.ZMQError as exc:
-            from .errors import TransportError
+            try:
+                zap.bind(ZAP_ENDPOINT)
+            except zmq.ZMQError as exc:
+                zap.close(0)
+                from .errors import TransportError
 
-            self._zap_error = TransportError(
-                f"cannot start the ZAP handler of this ZeroMQ context ({exc}); another "
-                f"authenticator (e.g. zmq.auth) already serves it: use one or the other"
-            )
-            self._ready.set()
-            return
-        del ctx
-        self._zap = zap
-        self._ready.set()
+                raise TransportError(
+                    f"cannot start pybus's ZAP handler in this ZeroMQ context ({exc}); another "
+                    f"authenticator (e.g. zmq.auth) already serves it: use one or the other"
+                ) from None
+            self._zap = zap
+            self._new.put(("zap", zap))
+
+    def watch(self, mon: zmq.Socket, watch: SocketWatch, curves: list[Curve]) -> None:
+        self._new.put(("mon", mon, watch, curves))
+
+    def _run(self) -> None:
         poller = zmq.Poller()
-        poller.register(zap, zmq.POLLIN)
+        zap: zmq.Socket | None = None
         monitors: dict[zmq.Socket, tuple[SocketWatch, list[Curve]]] = {}
         try:
             while True:
                 while True:
                     try:
-                        mon, w, curves = self._new.get_nowait()
+                        item = self._new.get_nowait()
                     except queue.Empty:
                         break
-                    monitors[mon] = (w, curves)
-                    poller.register(mon, zmq.POLLIN)
+                    if item[0] == "zap":
+                        zap = item[1]
+                    else:
+                        monitors[item[1]] = (item[2], item[3])
+                    poller.register(item[1], zmq.POLLIN)
                 for sock, _ in poller.poll(_HUB_POLL_MS):
                     if sock is zap:
                         self._answer_zap(zap)
@@ -238,9 +240,17 @@ class _Hub:
         except Exception:  # pragma: no cover - keep the reason in the log
             log.exception("pybus hub thread failed")
         finally:
+            while True:  # sockets handed over but never picked up are ours to close too
+                try:
+                    item = self._new.get_nowait()
+                except queue.Empty:
+                    break
+                item[1].close(0)
             for mon in monitors:
                 mon.close(0)
-            zap.close(0)
+            with self._lock:
+                if self._zap is not None:
+                    self._zap.close(0)
             with _HUBS_LOCK:
                 for key, hub in list(_HUBS.items()):
                     if hub is self:
@@ -308,12 +318,27 @@ def hub_for(ctx: zmq.Context) -> _Hub:
         return hub
 
 
+def check_options(security: Any, liveness: Any) -> None:
+    """Validate ``security=`` / ``liveness=`` arguments early (in a constructor)."""
+    if liveness is not None and not isinstance(liveness, Liveness):
+        raise ValidationError(f"liveness must be a pybus.Liveness, got {type(liveness).__name__}")
+    if security is not None:
+        from .security import Curve as _Curve
+
+        if not isinstance(security, _Curve):
+            raise ValidationError(
+                f"security must be a pybus.Curve (Curve.server(...) or Curve.client(...)), got "
+                f"{type(security).__name__}"
+            )
+
+
 def configure(
     sock: zmq.Socket,
     *,
     security: Curve | None = None,
     liveness: Liveness | None = None,
     max_msg_bytes: int | None = None,
+    context: zmq.Context | None = None,
 ) -> SocketWatch | None:
     """Apply pybus's transport options to a fresh socket (before bind/connect).
 
@@ -327,6 +352,8 @@ def configure(
         Heartbeats, reconnection and monitoring; default :data:`DEFAULT_LIVENESS`.
     max_msg_bytes : int, optional
         ``MAXMSGSIZE``: larger frames are refused before allocation.
+    context : zmq.Context, optional
+        The socket's context when ``sock.context`` does not tell (a shadow socket).
 
     Returns
     -------
@@ -353,20 +380,28 @@ def configure(
                 f"security must be a pybus.Curve (Curve.server(...) or Curve.client(...)), got "
                 f"{type(security).__name__}"
             )
-        security.apply(sock)
+        security.apply(sock, context)
         if security.is_server:
             curves.append(security)
     if not lv.monitor:
         return None
-    watch = SocketWatch(lv.on_peer)
-    hub = hub_for(sock.context)
-    addr = f"inproc://pybus-monitor-{id(sock):x}-{id(watch):x}"
+    return watch(sock, lv.on_peer, curves, context)
+
+
+def watch(sock: zmq.Socket, on_peer: PeerCallback | None = None,
+          curves: list[Curve] | None = None, context: zmq.Context | None = None) -> SocketWatch:
+    """Monitor ``sock``'s peer events (before bind/connect); returns its counters."""
+    w = SocketWatch(on_peer)
+    curves = curves or []
+    ctx = context if context is not None else sock.context
+    hub = hub_for(ctx)
+    addr = f"inproc://pybus-monitor-{id(sock):x}-{id(w):x}"
     sock.monitor(addr, zmq.EVENT_ALL)
-    mon = sock.context.socket(zmq.PAIR)
+    mon = ctx.socket(zmq.PAIR)
     mon.linger = 0
     mon.connect(addr)  # connected here, so no event is lost before the hub reads it
-    hub.watch(mon, watch, curves)
-    return watch
+    hub.watch(mon, w, curves)
+    return w
 
 
 def rebind(sock: zmq.Socket, bound: list[str], connected: list[str]) -> None:

@@ -237,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
+# keygen, proxy (pybus/cli_security.py)
+from .cli_security import register as _register_security  # noqa: E402
+
+_EXTRA_COMMANDS.append(_register_security)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pybus`` command; returns the exit code (the console script exits with it)."""

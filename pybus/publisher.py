@@ -251,7 +251,8 @@ class Publisher:
             sock.setsockopt(zmq.SNDHWM, self.sndhwm)
             # subscriptions arrive as messages on the XPUB socket; bound their queue as well
             sock.setsockopt(zmq.RCVHWM, 10_000)
-            self._watch = _sockets.configure(sock, security=security, liveness=liveness)
+            self._watch = _sockets.configure(sock, security=security, liveness=liveness,
+                                             context=self._ctx)
             # per-key subscribe permissions: apply each subscription ourselves (XPUB manual)
             self._acl = security if security is not None and security.has_permissions else None
             if self._acl is not None:

@@ -387,7 +387,7 @@ class Curve:
 
     # -- applying to a socket --------------------------------------------------------------
 
-    def apply(self, sock: zmq.Socket) -> None:
+    def apply(self, sock: zmq.Socket, context: zmq.Context | None = None) -> None:
         """Set the CURVE options on ``sock`` (before bind/connect).
 
         For a server this also starts (once per ZeroMQ context) the ZAP handler that enforces
@@ -396,7 +396,7 @@ class Curve:
         if self.role == "server":
             from ._sockets import hub_for
 
-            hub_for(sock.context).add_domain(self)
+            hub_for(context if context is not None else sock.context).add_domain(self)
             sock.setsockopt(zmq.ZAP_DOMAIN, self.domain)
             sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
             sock.setsockopt(zmq.CURVE_SERVER, 1)
@@ -406,6 +406,15 @@ class Curve:
             sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public_key)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public_key)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
+
+    def __call__(self, sock: zmq.Socket) -> None:
+        """Use as a socket hook (``security=`` of :class:`pybus.Server`/:class:`pybus.Client`):
+        set CURVE on ``sock`` and, for a server, count its failed handshakes."""
+        self.apply(sock)
+        if self.role == "server":
+            from ._sockets import watch
+
+            watch(sock, None, [self])
 
     def _register_owner(self, owner: Any) -> None:
         """``owner._security_rekick()`` is called after :meth:`revoke` (to cut live peers)."""

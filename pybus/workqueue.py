@@ -57,6 +57,7 @@ from .errors import (
     ValidationError,
     from_zmq,
 )
+from . import _sockets
 from . import metrics as _metrics
 from .journal import Journal
 
@@ -231,6 +232,10 @@ class WorkQueue:
         Caps the dispatch rate (messages per second); the dispatcher never blocks on it.
     journal_sync : {"normal", "full"}
         See :class:`pybus.journal.Journal`.
+    security : pybus.Curve, optional
+        CURVE for the ROUTER (usually ``Curve.server`` with the workers' keys allowed).
+    liveness : pybus.Liveness, optional
+        ZMTP heartbeats, reconnection backoff and peer events (default ``Liveness()``).
 
     Examples
     --------
@@ -255,6 +260,8 @@ class WorkQueue:
         rate_limit: Any = None,
         journal_sync: str = "normal",
         registry: Any = None,
+        security: Any = None,
+        liveness: Any = None,
     ) -> None:
         if not isinstance(endpoint, str):
             raise ValidationError(
@@ -292,7 +299,9 @@ class WorkQueue:
         # pyzmq sends frames above copy_threshold (64 KiB) zero-copy, which hands every
         # frame's release to its GC thread: more GIL traffic than a memcpy of ~100 KB costs.
         self._router.copy_threshold = 1 << 30
+        self._rekick = False
         try:
+            self._watch = _sockets.configure(self._router, security=security, liveness=liveness)
             self._router.bind(endpoint)
         except zmq.ZMQError as exc:
             self._router.close()
@@ -301,6 +310,8 @@ class WorkQueue:
                 self._journal.close()
             raise from_zmq(exc, f"WorkQueue cannot bind {endpoint!r}") from None
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        if security is not None and security.is_server:
+            security._register_owner(self)
         wake_addr = f"inproc://pybus-wq-wake-{id(self):x}"
         self._wake_pull = self._ctx.socket(zmq.PULL)
         self._wake_pull.linger = 0
@@ -521,6 +532,16 @@ class WorkQueue:
         s["workers"] = len(self._workers)
         return s
 
+    def _security_rekick(self) -> None:
+        """After :meth:`pybus.Curve.revoke`: the dispatcher drops every connection."""
+        self._rekick = True
+        try:
+            with self._put_lock:
+                if not self._closed:
+                    self._wake_push.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the dispatcher and release the socket (idempotent).
 
@@ -565,6 +586,9 @@ class WorkQueue:
         next_house = time.monotonic() + tick
         try:
             while not self._stopping:
+                if self._rekick:  # a key was revoked: peers must authenticate again
+                    self._rekick = False
+                    _sockets.rebind(router, [self.endpoint], [])
                 now = time.monotonic()
                 wait = next_house - now
                 if self._timers:
