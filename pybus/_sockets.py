@@ -23,7 +23,9 @@ set); monitor sockets are PAIRs connected in the caller's thread, so no event is
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 import weakref
@@ -140,12 +142,58 @@ class SocketWatch:
         self.events: dict[str, int] = {}
         self._on_peer = on_peer
         self.last_event: tuple[str, str] | None = None
+        # live connections: OS file descriptor -> (local, peer) address, to drop them on revoke
+        self._conns: dict[int, tuple[Any, Any]] = {}
+        self._conns_lock = threading.Lock()
+        self.dropped_connections = 0
+        self._hub: _Hub | None = None
 
     @property
     def peers(self) -> int:
         """Connections up now (connected + accepted - disconnected), as far as events tell."""
         e = self.events
         return max(0, e.get("connected", 0) + e.get("accepted", 0) - e.get("disconnected", 0))
+
+    def _track(self, name: str, fd: int) -> None:
+        """Hub thread: remember each connection's descriptor and addresses (TCP/IPC only)."""
+        if name in ("accepted", "connected"):
+            try:
+                with socket.socket(fileno=os.dup(fd)) as s:
+                    addrs = (s.getsockname(), s.getpeername())
+            except OSError:
+                return
+            with self._conns_lock:
+                self._conns[fd] = addrs
+        elif name in ("disconnected", "closed"):
+            with self._conns_lock:
+                self._conns.pop(fd, None)
+
+    def drop_connections(self) -> int:
+        """Shut down every live connection of the socket (ZeroMQ then closes its side).
+
+        Used after a key is revoked: established CURVE sessions are never re-authenticated,
+        so they are cut and their peers reconnect through ZAP again. Each descriptor is
+        checked to still be the same connection (same local and peer address) before it is
+        shut down, so a descriptor number reused meanwhile is left alone. Returns how many
+        connections were shut down.
+        """
+        hub = self._hub
+        if hub is not None and hub.alive:
+            hub.sync()
+        with self._conns_lock:
+            conns = list(self._conns.items())
+        n = 0
+        for fd, addrs in conns:
+            try:
+                with socket.socket(fileno=os.dup(fd)) as s:
+                    if (s.getsockname(), s.getpeername()) != addrs:
+                        continue
+                    s.shutdown(socket.SHUT_RDWR)
+                    n += 1
+            except OSError:
+                continue
+        self.dropped_connections += n
+        return n
 
     def _event(self, name: str, endpoint: str) -> None:
         self.events[name] = self.events.get(name, 0) + 1
@@ -208,6 +256,12 @@ class _Hub:
             self._zap = zap
             self._new.put(("zap", zap))
 
+    def sync(self, timeout: float = 1.0) -> bool:
+        """Wait until the hub has read every monitor event queued so far."""
+        done = threading.Event()
+        self._new.put(("sync", done))
+        return done.wait(timeout)
+
     def watch(self, mon: zmq.Socket, watch: SocketWatch, curves: list[Curve]) -> None:
         self._new.put(("mon", mon, watch, curves))
 
@@ -222,6 +276,14 @@ class _Hub:
                         item = self._new.get_nowait()
                     except queue.Empty:
                         break
+                    if item[0] == "sync":  # read every monitor now, then release the caller
+                        for mon, (w, curves) in list(monitors.items()):
+                            if not self._read_monitor(mon, w, curves):
+                                poller.unregister(mon)
+                                del monitors[mon]
+                                mon.close(0)
+                        item[1].set()
+                        continue
                     if item[0] == "zap":
                         zap = item[1]
                     else:
@@ -245,7 +307,10 @@ class _Hub:
                     item = self._new.get_nowait()
                 except queue.Empty:
                     break
-                item[1].close(0)
+                if item[0] == "sync":
+                    item[1].set()
+                else:
+                    item[1].close(0)
             for mon in monitors:
                 mon.close(0)
             with self._lock:
@@ -271,6 +336,8 @@ class _Hub:
             if name is None:
                 continue
             endpoint = frames[1].decode("utf-8", "replace")
+            if name in ("accepted", "connected", "disconnected", "closed"):
+                watch._track(name, int.from_bytes(frames[0][2:6], "little"))
             watch._event(name, endpoint)
             if name.startswith("handshake_failed"):
                 for c in curves:
@@ -400,16 +467,17 @@ def watch(sock: zmq.Socket, on_peer: PeerCallback | None = None,
     mon = ctx.socket(zmq.PAIR)
     mon.linger = 0
     mon.connect(addr)  # connected here, so no event is lost before the hub reads it
+    w._hub = hub
     hub.watch(mon, w, curves)
     return w
 
 
 def rebind(sock: zmq.Socket, bound: list[str], connected: list[str]) -> None:
-    """Drop every connection of ``sock`` and let peers come back through the handshake.
+    """Drop ``sock``'s connections by unbinding/rebinding (disconnecting/reconnecting).
 
-    Unbinding a ZeroMQ endpoint closes the connections accepted on it; disconnecting closes the
-    outgoing ones. Reconnecting peers are authenticated again by ZAP, so a revoked key is cut
-    off. The caller must own ``sock`` (its thread or lock).
+    The fallback of :meth:`SocketWatch.drop_connections` for sockets without a monitor: it
+    closes listeners and outgoing connections, but libzmq does not always close connections
+    already accepted on an unbound endpoint, so it is best effort. The caller must own ``sock``.
     """
     for ep in bound:
         try:

@@ -293,7 +293,11 @@ class Proxy:
         """After a revocation: restart the loop with fresh connections (see Curve.revoke)."""
         if self._closed or self._thread is None or not self._thread.is_alive():
             return
-        with self._ctl_lock:
+        if self._front_watch is not None and self._back_watch is not None:
+            self._front_watch.drop_connections()
+            self._back_watch.drop_connections()
+            return
+        with self._ctl_lock:  # not monitored: restart the loop on rebound sockets
             raw = self._stats_raw_locked()
             for k, v in zip(_STAT_KEYS, raw):
                 self._base_stats[k] += v

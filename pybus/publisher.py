@@ -527,13 +527,17 @@ class Publisher:
 
     def _security_rekick(self) -> None:
         """After a revocation: drop every connection so peers authenticate again."""
-        with self._send_lock:
+        if self._watch is not None:
+            self._watch.drop_connections()
+            return
+        with self._send_lock:  # not monitored: unbind/rebind (less reliable, see _sockets)
             if self._closed:
                 return
             bound = [] if self._connect else list(self.endpoints)
             conn = list(self.endpoints) if self._connect else []
+            # no reset of the subscriber set: ZeroMQ reports each lost peer's unsubscription
+            # (and a peer back before its old connection is gone is never reported twice)
             _sockets.rebind(self._sock, bound, conn)
-            self._subscribers.clear()
 
     def _history_snapshot(
         self, sub_id: bytes, prefixes: list[bytes], wait_s: float

@@ -69,7 +69,7 @@ def _key(value: object, what: str) -> bytes:
                 f"it has non-ASCII characters"
             ) from None
     elif isinstance(value, (bytes, bytearray, memoryview)):
-        raw = bytes(value).strip()
+        raw = bytes(value)
     else:
         raise ValidationError(
             f"{what} must be a Z85 key (40-byte bytes or 40-character str), got "

@@ -551,7 +551,10 @@ class Subscriber:
 
     def _security_rekick(self) -> None:
         """After a revocation: drop every connection so peers authenticate again."""
-        with self._lock:
+        if self._watch is not None:
+            self._watch.drop_connections()
+            return
+        with self._lock:  # not monitored: unbind/rebind (less reliable, see _sockets)
             if self._closed:
                 return
             bound = list(self.endpoints) if self._bind else []

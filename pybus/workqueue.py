@@ -533,8 +533,11 @@ class WorkQueue:
         return s
 
     def _security_rekick(self) -> None:
-        """After :meth:`pybus.Curve.revoke`: the dispatcher drops every connection."""
-        self._rekick = True
+        """After :meth:`pybus.Curve.revoke`: drop every connection (peers authenticate again)."""
+        if self._watch is not None:
+            self._watch.drop_connections()
+            return
+        self._rekick = True  # not monitored: the dispatcher unbinds and rebinds
         try:
             with self._put_lock:
                 if not self._closed:
