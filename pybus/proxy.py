@@ -41,6 +41,13 @@ _STAT_KEYS = (
 )
 _proxy_seq = iter(range(1, 1 << 62))
 
+# libzmq 4.3.5's rewritten steerable proxy swapped the meaning of PAUSE and RESUME (fixed
+# after the release: zeromq/libzmq#4600); pybus sends whichever word does what it says.
+if zmq.zmq_version_info()[:3] == (4, 3, 5):
+    _PAUSE, _RESUME = b"RESUME", b"PAUSE"
+else:
+    _PAUSE, _RESUME = b"PAUSE", b"RESUME"
+
 
 def _eps(value: str | Sequence[str], what: str) -> list[str]:
     eps = [value] if isinstance(value, str) else list(value)
@@ -257,20 +264,21 @@ class Proxy:
             if self._thread is None or not self._thread.is_alive():
                 raise ClosedError("the Proxy is not running (start() it first)")
             self._ctl.send(cmd)
-            if not reply:
-                return []
+            # libzmq >= 4.3.5 acknowledges every command (an empty frame; STATISTICS: 8)
             if not self._ctl.poll(int(timeout * 1000), zmq.POLLIN):
+                if not reply:
+                    return []
                 raise TimeoutError(f"the proxy did not answer {cmd.decode()} within {timeout}s")
             return self._ctl.recv_multipart()
 
     def pause(self) -> None:
         """Stop forwarding; messages queue up to the high-water marks (then publishers drop)."""
-        self._command(b"PAUSE")
+        self._command(_PAUSE)
         self._state = "paused"
 
     def resume(self) -> None:
         """Forward again after :meth:`pause`."""
-        self._command(b"RESUME")
+        self._command(_RESUME)
         self._state = "running"
 
     def terminate(self, timeout: float = 2.0) -> None:
@@ -279,6 +287,8 @@ class Proxy:
             return
         with self._ctl_lock:
             self._ctl.send(b"TERMINATE")
+            if self._ctl.poll(int(timeout * 1000), zmq.POLLIN):
+                self._ctl.recv_multipart()  # the acknowledgement
         self._thread.join(timeout)
         self._state = "terminated"
 
@@ -303,6 +313,8 @@ class Proxy:
                 self._base_stats[k] += v
             self._rekick = True
             self._ctl.send(b"TERMINATE")
+            if self._ctl.poll(2000, zmq.POLLIN):
+                self._ctl.recv_multipart()
 
     # -- statistics ---------------------------------------------------------------------------
 
