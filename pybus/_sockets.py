@@ -89,6 +89,10 @@ class Liveness:
     reconnect_ivl_max_ms : int
         ... up to this bound. The defaults bring a connection back within about a second of
         its link returning.
+    connect_timeout_ms : int
+        Give up a TCP connection attempt after this long (0: the kernel's SYN retries, which
+        back off to minutes) and try again after the reconnection delay, so a host whose link
+        returns is reached within about ``connect_timeout_ms + reconnect_ivl_max_ms``.
     monitor : bool
         Watch the socket's peer events (one PAIR socket per watched socket).
     on_peer : callable, optional
@@ -103,12 +107,13 @@ class Liveness:
     heartbeat_ttl_ms: int = 3000
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 1000
+    connect_timeout_ms: int = 1000
     monitor: bool = True
     on_peer: PeerCallback | None = None
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_ivl_ms", "heartbeat_timeout_ms", "heartbeat_ttl_ms",
-                     "reconnect_ivl_ms", "reconnect_ivl_max_ms"):
+                     "reconnect_ivl_ms", "reconnect_ivl_max_ms", "connect_timeout_ms"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 6_553_500:
                 raise ValidationError(f"Liveness.{name} must be an int in 0..6553500 ms, got {v!r}")
@@ -436,6 +441,7 @@ def configure(
         sock.setsockopt(zmq.HEARTBEAT_TTL, lv.heartbeat_ttl_ms)
     sock.setsockopt(zmq.RECONNECT_IVL, lv.reconnect_ivl_ms)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, lv.reconnect_ivl_max_ms)
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, lv.connect_timeout_ms)
     if max_msg_bytes is not None:
         sock.setsockopt(zmq.MAXMSGSIZE, int(max_msg_bytes))
     curves: list[Curve] = []
