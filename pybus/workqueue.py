@@ -190,6 +190,9 @@ class _WorkerState:
 
 from ._wqpolicy import RetryPlan, Throttle  # noqa: E402  (after the record types)
 
+#: Largest frame a worker may send (ACK of MAX_IDS_PER_FRAME ids, plus NACK error texts).
+_MAX_WORKER_FRAME_BYTES = 64 << 20
+
 
 class WorkQueue:
     """At-least-once work queue: binds a ROUTER and hands messages to :class:`pybus.Worker`.
@@ -301,7 +304,10 @@ class WorkQueue:
         self._router.copy_threshold = 1 << 30
         self._rekick = False
         try:
-            self._watch = _sockets.configure(self._router, security=security, liveness=liveness)
+            # MAXMSGSIZE: worker frames are small (an ACK holds at most 2**20 ids, 16 MiB); a
+            # larger one is refused by ZeroMQ before it allocates it
+            self._watch = _sockets.configure(self._router, security=security, liveness=liveness,
+                                             max_msg_bytes=_MAX_WORKER_FRAME_BYTES)
             self._router.bind(endpoint)
         except zmq.ZMQError as exc:
             self._router.close()
