@@ -51,7 +51,9 @@ class HistoryStore:
 
     def __init__(self, depth: int, max_topics: int) -> None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ValidationError(f"history must be an int >= 1 (messages per topic), got {depth!r}")
+            raise ValidationError(
+                f"history must be an int >= 1 (messages per topic), got {depth!r}"
+            )
         self.depth = depth
         self.max_topics = max_topics
         # topic bytes -> (deque of (frame, count), total count)

@@ -18,8 +18,8 @@ side TCP flow control pushes back to the publishers, whose own high-water marks 
 from __future__ import annotations
 
 import logging
-import threading
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -309,7 +309,7 @@ class Proxy:
             return
         with self._ctl_lock:  # not monitored: restart the loop on rebound sockets
             raw = self._stats_raw_locked()
-            for k, v in zip(_STAT_KEYS, raw):
+            for k, v in zip(_STAT_KEYS, raw, strict=False):
                 self._base_stats[k] += v
             self._rekick = True
             self._ctl.send(b"TERMINATE")
@@ -339,7 +339,7 @@ class Proxy:
         if not self._closed and self._thread is not None and self._thread.is_alive():
             with self._ctl_lock:
                 if self._thread.is_alive():
-                    for k, v in zip(_STAT_KEYS, self._stats_raw_locked()):
+                    for k, v in zip(_STAT_KEYS, self._stats_raw_locked(), strict=False):
                         totals[k] += v
         out: dict[str, Any] = {"frontend": {}, "backend": {}}
         for (side, key), v in totals.items():

@@ -268,6 +268,9 @@ class Publisher:
         except zmq.ZMQError as exc:
             self._close_socket(0)
             raise from_zmq(exc, f"Publisher({'connect' if connect else 'bind'} {endpoint!r})")
+        except BaseException:  # e.g. a bad security= or liveness= argument
+            self._close_socket(0)
+            raise
         self._connect = connect
         self._security = security
         if security is not None and security.is_server:

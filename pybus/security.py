@@ -461,7 +461,9 @@ class Curve:
 
     # -- ZAP (called from the hub thread) --------------------------------------------------
 
-    def _authorize(self, mechanism: bytes, creds: list[bytes], address: str) -> tuple[bool, str, bytes]:
+    def _authorize(
+        self, mechanism: bytes, creds: list[bytes], address: str
+    ) -> tuple[bool, str, bytes]:
         if mechanism != b"CURVE" or len(creds) != 1 or len(creds[0]) != 32:
             return self._reject("mechanism", None, address, f"mechanism {mechanism!r} refused")
         key = zmq.utils.z85.encode(creds[0])
@@ -475,7 +477,9 @@ class Curve:
                 reason = "not_allowed"
         return self._reject(reason, key, address, f"client key {reason.replace('_', ' ')}")
 
-    def _reject(self, reason: str, key: bytes | None, address: str, text: str) -> tuple[bool, str, bytes]:
+    def _reject(
+        self, reason: str, key: bytes | None, address: str, text: str
+    ) -> tuple[bool, str, bytes]:
         with self._lock:
             self._rejected_by_reason[reason] += 1
             if key is not None:

@@ -184,6 +184,9 @@ class Subscriber:
         except zmq.ZMQError as exc:
             self._close_socket()
             raise from_zmq(exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})")
+        except BaseException:  # e.g. a bad security= or liveness= argument
+            self._close_socket()
+            raise
         self._bind = bind
         self._security = security
         self._liveness = liveness
@@ -468,7 +471,8 @@ class Subscriber:
                         self._on_gap(topic, pid, expected, first, lost)
                     except Exception:
                         log.exception("pybus Subscriber on_gap callback raised")
-                self._slow("gap", f"{lost} messages of {topic!r} lost (seq {expected}..{first - 1})")
+                self._slow("gap", f"{lost} messages of {topic!r} lost "
+                           f"(seq {expected}..{first - 1})")
             else:
                 self._out_of_order += min(count, expected - first)
         streams[key] = first + count

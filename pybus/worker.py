@@ -26,8 +26,8 @@ from typing import Any
 
 import zmq
 
-from . import _wqproto as P
 from . import _sockets
+from . import _wqproto as P
 from . import metrics as _metrics
 from ._native import Histogram
 from ._native._batch import Message, _message_from_wire

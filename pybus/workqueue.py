@@ -46,7 +46,9 @@ from typing import Any
 import msgpack
 import zmq
 
+from . import _sockets
 from . import _wqproto as P
+from . import metrics as _metrics
 from .errors import (
     BackpressureError,
     BusError,
@@ -57,8 +59,6 @@ from .errors import (
     ValidationError,
     from_zmq,
 )
-from . import _sockets
-from . import metrics as _metrics
 from .journal import Journal
 
 __all__ = ["WorkQueue"]

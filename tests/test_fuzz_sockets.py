@@ -17,10 +17,8 @@ from __future__ import annotations
 import os
 import random
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import psutil
 import pytest

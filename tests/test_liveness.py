@@ -246,7 +246,7 @@ def test_late_joiner_gets_history_then_live_without_gaps_or_duplicates() -> None
                 pub.publish(t, sent[t])
             time.sleep(0.0002)
 
-    for i in range(200):
+    for _i in range(200):
         for t in sent:
             sent[t] += 1
             pub.publish(t, sent[t])

@@ -160,16 +160,16 @@ class Net:
     def check_connectivity(self) -> None:
         """A TCP round trip between two hosts (bridged traffic may be filtered by a firewall)."""
         code = (
-            "import socket,sys;s=socket.socket();s.bind(('%s',7999));s.listen();"
-            "c,_=s.accept();c.sendall(c.recv(5))" % self.addr("proxy")
+            "import socket,sys;s=socket.socket();s.bind(('{}',7999));s.listen();"
+            "c,_=s.accept();c.sendall(c.recv(5))".format(self.addr("proxy"))
         )
         server = subprocess.Popen(["ip", "netns", "exec", self.ns["proxy"], sys.executable, "-c",
                                    code])
         try:
             client = (
                 "import socket,time\nfor i in range(50):\n try:\n  s=socket.create_connection("
-                "('%s',7999),timeout=1);break\n except OSError: time.sleep(0.05)\n"
-                "s.sendall(b'hello');assert s.recv(5)==b'hello'" % self.addr("proxy")
+                "('{}',7999),timeout=1);break\n except OSError: time.sleep(0.05)\n"
+                "s.sendall(b'hello');assert s.recv(5)==b'hello'".format(self.addr("proxy"))
             )
             r = subprocess.run(["ip", "netns", "exec", self.ns["pub"], sys.executable, "-c",
                                 client], capture_output=True, timeout=15)
