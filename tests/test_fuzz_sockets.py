@@ -29,7 +29,11 @@ from hypothesis import strategies as st
 import pybus
 from pybus import _wqproto as P
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [
+    pytest.mark.timeout(600),
+    # a target's thread dying is a crash, even if the test body does not notice
+    pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"),
+]
 BIG = 1_000_000
 MIB = 1 << 20
 RSS_BOUND = 32 * MIB
@@ -58,6 +62,13 @@ def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.005)
     return cond()
+
+
+def _catch_up(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Flow control for the fuzzer: wait until the target has dealt with what was sent, so
+    the measured RSS is the target's, not queues of unread fuzz in this same process."""
+    if not _until(cond, timeout):
+        raise AssertionError(f"the target did not keep up: {what}")
 
 
 def _rss() -> int:
@@ -156,11 +167,16 @@ def test_fuzz_subscriber_accounts_for_every_frame(fuzz_s: float, rng: random.Ran
         base = sub.stats()
         rss0 = _rss()
         sent = 0
+        def accounted() -> int:
+            sub.recv_batch(BIG, timeout=0.001)  # keep reading, as an application would
+            s = sub.stats()
+            return (s["batches"] - base["batches"]) + (s["decode_errors"] - base["decode_errors"])
+
         for _ in _time_loop(fuzz_s, 2_000_000):
             raw.send_multipart(pubsub_message(rng))
             sent += 1
-            if sent % 512 == 0:
-                sub.recv_batch(BIG, timeout=0)  # keep reading, as an application would
+            if sent % 256 == 0:
+                _catch_up(lambda n=sent: accounted() == n, f"{accounted()} of {sent} accounted")
         _sentinel_roundtrip(raw, sub, timeout=60)
         s = sub.stats()
         frames = (s["batches"] - base["batches"]) + (s["decode_errors"] - base["decode_errors"])
@@ -231,6 +247,15 @@ def test_fuzz_rpc_server(fuzz_s: float, rng: random.Random) -> None:
                 sent += 1
                 while raw.poll(0):  # replies to frames that happened to be valid
                     raw.recv_multipart()
+                if sent % 256 == 0:
+                    def done() -> int:
+                        while raw.poll(0):
+                            raw.recv_multipart()
+                        st_ = server.stats()
+                        return st_["requests"] + st_["decode_errors"] - st_[
+                            "decode_error_reasons"].get("payload", 0)
+
+                    _catch_up(lambda n=sent: done() == n + 1, f"{done()} of {sent + 1}")
             with pybus.Client(server.endpoint, timeout=30.0, registry=False) as c:
                 assert c.request("echo", b"after") == b"after"  # still serving
             s = server.stats()
@@ -269,14 +294,22 @@ def test_fuzz_work_queue(fuzz_s: float, rng: random.Random) -> None:
                 else:
                     raw.send_multipart([random_frame(rng, 16) for _ in range(rng.randint(2, 3))])
                 n_invalid += 1
+                if n_invalid % 256 == 0:
+                    _catch_up(lambda n=n_invalid: q.stats()["decode_errors"] == n, "wq phase A")
             assert _until(lambda: q.stats()["decode_errors"] == n_invalid, 30), (
                 n_invalid, q.stats())
             # phase B: mutated valid commands (some valid: HELLO makes the fuzzer a "worker")
             valid = _wq_valid_frames()
+            n_b = 0
             for _ in _time_loop(fuzz_s / 2, 1_000_000):
                 raw.send(mutate(rng.choice(valid), rng))
+                n_b += 1
                 while raw.poll(0):
                     raw.recv_multipart()
+                if n_b % 256 == 0:  # a round trip through the queue's socket: it keeps up
+                    raw.send(b"\x00bad version")
+                    n_invalid += 1
+                    _catch_up(lambda n=n_invalid: q.stats()["decode_errors"] >= n, "wq phase B")
             raw.close()
             # still a working queue: a real worker drains real work
             done: list[int] = []
@@ -310,25 +343,43 @@ def test_fuzz_worker(fuzz_s: float, rng: random.Random) -> None:
         for _ in _time_loop(fuzz_s / 2, 1_000_000):
             raw.send_multipart([ident, bytes([rng.choice([0, 2, 0xFF])]) + random_frame(rng)])
             n_invalid += 1
+            if n_invalid % 256 == 0:
+                _catch_up(lambda n=n_invalid: w.stats()["decode_errors"] == n, "worker phase A")
         assert _until(lambda: w.stats()["decode_errors"] == n_invalid, 30), (n_invalid,
                                                                                w.stats())
         good = P.dispatch([[10**9 + i, 1, "fz.t", b"x", 0, None, time.time_ns()]
                            for i in range(3)])
+        n_b = 0
         for _ in _time_loop(fuzz_s / 2, 1_000_000):
             raw.send_multipart([ident, mutate(rng.choice([good, P.welcome(1000, 3, 8),
                                                           P.HEARTBEAT_FRAME]), rng)])
+            n_b += 1
             while raw.poll(0):
                 raw.recv_multipart()
-        # still working: a valid dispatch is handled and acked
-        raw.send_multipart([ident, P.dispatch([[424242, 1, "fz.t", b"ok", 0, None, 1]])])
+            if n_b % 256 == 0:
+                raw.send_multipart([ident, b"\x00bad version"])
+                n_invalid += 1
+                _catch_up(lambda n=n_invalid: w.stats()["decode_errors"] >= n, "worker phase B")
+        # still working: a valid dispatch is handled and acked. A fuzzed WELCOME may have
+        # given the worker a short heartbeat, after which our silence makes it start a new
+        # session (Paranoid Pirate): answer its HELLO and dispatch to its current identity.
         deadline = time.monotonic() + 20
         acked = False
+        next_send = 0.0
         while not acked and time.monotonic() < deadline:
-            if raw.poll(100):
-                _, f = raw.recv_multipart()
-                if f[:2] == bytes([P.VERSION, P.ACK]):
+            if time.monotonic() >= next_send:
+                raw.send_multipart([ident, P.dispatch([[424242, 1, "fz.t", b"ok", 0, None, 1]])])
+                next_send = time.monotonic() + 1.0
+            if raw.poll(50):
+                who, f = raw.recv_multipart()
+                if f[:2] == bytes([P.VERSION, P.HELLO]):
+                    ident = who
+                    raw.send_multipart([ident, P.welcome(30_000, 3, 16)])
+                    next_send = 0.0
+                elif f[:2] == bytes([P.VERSION, P.ACK]):
                     acked = 424242 in P.parse_ack(f)[0]
         assert acked and 424242 in handled
+        assert w._thread is not None and w._thread.is_alive()
         assert _rss() - rss0 < RSS_BOUND
     finally:
         w.stop(2)
@@ -375,8 +426,14 @@ def test_fuzz_proxy_both_sides(fuzz_s: float, rng: random.Random) -> None:
             parts += len(msg)
             if rng.random() < 0.2:  # garbage towards the publishers, through the backend
                 back.send(random_frame(rng, 64))
-            if sent % 512 == 0:
-                sub.recv_batch(BIG, timeout=0)
+            if sent % 256 == 0:
+                def accounted() -> int:
+                    sub.recv_batch(BIG, timeout=0.001)
+                    s_ = sub.stats()
+                    return (s_["batches"] - base["batches"]) + (
+                        s_["decode_errors"] - base["decode_errors"])
+
+                _catch_up(lambda n=sent: accounted() >= n, f"proxy path {accounted()} of {sent}")
         sentinel()
         s = sub.stats()
         got = (s["batches"] - base["batches"]) + (s["decode_errors"] - base["decode_errors"])

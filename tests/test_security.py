@@ -381,3 +381,28 @@ def test_zap_conflict_with_another_authenticator_is_a_clear_error(
     finally:
         auth.stop()
         ctx.destroy(0)
+
+
+def test_rejections_and_peer_events_are_exported_as_metrics(
+    keys: dict[str, tuple[bytes, bytes]],
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pybus.metrics import Registry
+
+    reg = Registry()
+    srv = Curve.server(keys["server"][1], allow=[keys["alice"][0]])
+    pub = pybus.Publisher("tcp://127.0.0.1:*", security=srv, registry=reg)
+    bad = pybus.Subscriber(pub.endpoints, registry=False,
+                           security=Curve.client(keys["mallory"][1], keys["server"][0]))
+    try:
+        assert _until(lambda: srv.stats()["rejected_by_reason"]["not_allowed"] >= 1)
+        text = reg.render().decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        rejected = {s.labels["reason"]: s.value for s in fams["pybus_auth_rejected"].samples}
+        assert rejected["not_allowed"] == srv.stats()["rejected_by_reason"]["not_allowed"]
+        events = {s.labels["event"]: s.value for s in fams["pybus_peer_events"].samples}
+        assert events["accepted"] >= 1 and events["handshake_failed_auth"] >= 1
+    finally:
+        bad.close()
+        pub.close(linger=0)

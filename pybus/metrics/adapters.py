@@ -20,6 +20,16 @@ def _topic(t: str) -> str:
     return "other" if t == "<other>" else t
 
 
+def _transport_samples(obj: Any, s: dict[str, Any]) -> Iterator[RawSample]:
+    """Peer events of a socket's monitor and its CURVE server's rejections (pybus.security)."""
+    for event, n in s.get("peer_events", {}).items():
+        yield "pybus_peer_events_total", {"side": "socket", "event": event}, n
+    sec = getattr(obj, "_security", None)
+    if sec is not None and getattr(sec, "is_server", False):
+        for reason, n in sec.stats()["rejected_by_reason"].items():
+            yield "pybus_auth_rejected_total", {"reason": reason}, n
+
+
 class _PublisherAdapter:
     kind = "publisher"
 
@@ -38,6 +48,7 @@ class _PublisherAdapter:
         sizes = getattr(pub, "_batch_sizes", None)
         if sizes is not None:
             yield "pybus_batch_size_messages", {}, HdrValue(sizes, 1.0, s["published"])
+        yield from _transport_samples(pub, s)
 
     def readiness(self, pub: Any) -> tuple[bool, str]:
         return (False, "publisher is closed") if pub.closed else (True, "")
@@ -62,6 +73,7 @@ class _SubscriberAdapter:
         lat = getattr(sub, "_latency", None)
         if lat is not None:
             yield "pybus_end_to_end_latency_seconds", {}, HdrValue(lat, _NS)
+        yield from _transport_samples(sub, s)
 
     def readiness(self, sub: Any) -> tuple[bool, str]:
         return (False, "subscriber is closed") if sub.closed else (True, "")
