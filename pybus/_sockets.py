@@ -159,7 +159,7 @@ class SocketWatch:
         e = self.events
         return max(0, e.get("connected", 0) + e.get("accepted", 0) - e.get("disconnected", 0))
 
-    def _track(self, name: str, fd: int) -> None:
+    def _track(self, name: str, fd: int, endpoint: str) -> None:
         """Hub thread: remember each connection's descriptor and addresses (TCP/IPC only)."""
         if name in ("accepted", "connected"):
             try:
@@ -167,6 +167,13 @@ class SocketWatch:
                     addrs = (s.getsockname(), s.getpeername())
             except OSError:
                 return
+            # the descriptor must still be this event's connection (not a number reused since):
+            # a tcp connection's local (accepted) or peer (connected) port is the endpoint's
+            if endpoint.startswith("tcp://"):
+                port = endpoint.rsplit(":", 1)[-1]
+                side = addrs[0] if name == "accepted" else addrs[1]
+                if not (isinstance(side, tuple) and str(side[1]) == port):
+                    return
             with self._conns_lock:
                 self._conns[fd] = addrs
         elif name in ("disconnected", "closed"):
@@ -342,7 +349,7 @@ class _Hub:
                 continue
             endpoint = frames[1].decode("utf-8", "replace")
             if name in ("accepted", "connected", "disconnected", "closed"):
-                watch._track(name, int.from_bytes(frames[0][2:6], "little"))
+                watch._track(name, int.from_bytes(frames[0][2:6], "little"), endpoint)
             watch._event(name, endpoint)
             if name.startswith("handshake_failed"):
                 for c in curves:

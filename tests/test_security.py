@@ -397,6 +397,8 @@ def test_rejections_and_peer_events_are_exported_as_metrics(
                            security=Curve.client(keys["mallory"][1], keys["server"][0]))
     try:
         assert _until(lambda: srv.stats()["rejected_by_reason"]["not_allowed"] >= 1)
+        # monitor events are read by the hub thread too, a moment apart from ZAP requests
+        assert _until(lambda: pub.stats()["peer_events"].get("handshake_failed_auth", 0) >= 1)
         text = reg.render().decode()
         fams = {f.name: f for f in text_string_to_metric_families(text)}
         rejected = {s.labels["reason"]: s.value for s in fams["pybus_auth_rejected"].samples}
@@ -406,3 +408,31 @@ def test_rejections_and_peer_events_are_exported_as_metrics(
     finally:
         bad.close()
         pub.close(linger=0)
+
+
+def test_asyncio_twins_take_security_and_late_join(keys: dict[str, tuple[bytes, bytes]]) -> None:
+    import asyncio
+
+    import pybus.aio
+
+    async def main() -> None:
+        srv = Curve.server(keys["server"][1], allow=[keys["alice"][0]])
+        sp = keys["server"][0]
+        async with pybus.aio.Publisher("tcp://127.0.0.1:*", security=srv, history=10,
+                                       history_endpoint="tcp://127.0.0.1:*",
+                                       registry=False) as pub:
+            for i in range(20):
+                pub.publish("aio.t", i)
+            await pub.flush()
+            async with pybus.aio.Subscriber(pub.endpoints, security=Curve.client(
+                    keys["alice"][1], sp), registry=False) as sub, pybus.aio.Subscriber(
+                    pub.endpoints, security=Curve.client(keys["mallory"][1], sp),
+                    registry=False) as bad:
+                assert await pub.wait_for_subscribers(1, timeout=5) == 1
+                assert await sub.fetch_history(pub.history_endpoint) == 10
+                pub.publish("aio.t", 20)
+                got = [(await sub.recv(timeout=5)).payload for _ in range(11)]
+                assert got == list(range(10, 21))
+                assert await bad.recv_batch(100, timeout=0.3) == []
+
+    asyncio.run(asyncio.wait_for(main(), 30))
