@@ -327,7 +327,7 @@ def main() -> None:
     print()
     print(
         f"{'case':15s} {'p50 us median [min, max]':>28s} {'p99 us median [min, max]':>28s}"
-        "   p50 ratio  p99 ratio"
+        "   ratio of medians (p50, p99)     ratio of min p50"
     )
     for name, r in results.items():
         base = "raw-tcp" if name.endswith("tcp") or name.startswith("zenoh") else "raw-ipc"

@@ -11,9 +11,6 @@
 #else
 #define PB_LIKELY(x) (x)
 #define PB_UNLIKELY(x) (x)
-/* A short English description of a status code (static storage). */
-const char *pb_strerror(int status);
-
 #endif
 
 /* Status codes: 0 is success, errors are negative. */

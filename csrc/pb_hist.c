@@ -174,8 +174,7 @@ int pb_hist_record_n(pb_hist *h, int64_t value, int64_t count) {
 int pb_hist_record_corrected(pb_hist *h, int64_t value, int64_t expected_interval) {
     int rc = pb_hist_record(h, value);
     if (rc < 0 || expected_interval <= 0 || value <= expected_interval) return rc;
-    for (int64_t missing = value - expected_interval; missing >= expected_interval;
-         missing -= expected_interval)
+    for (int64_t missing = value - expected_interval; missing > 0; missing -= expected_interval)
         pb_hist_record(h, missing); /* in range: 0 < missing < value */
     return PB_OK;
 }

@@ -75,9 +75,11 @@ int pb_hist_record(pb_hist *h, int64_t value);
  * or when the total count would overflow int64. */
 int pb_hist_record_n(pb_hist *h, int64_t value, int64_t count);
 
-/* Record `value`, then correct for coordinated omission the way HdrHistogram (Java and C)
- * does: when expected_interval > 0 and value > expected_interval, also record
- * value - k * expected_interval for k = 1, 2, ... while that is >= expected_interval.
+/* Record `value`, then correct for coordinated omission the way the Python `hdrhistogram`
+ * package does (pybus's interoperability oracle): when expected_interval > 0 and
+ * value > expected_interval, also record value - k * expected_interval for k = 1, 2, ...
+ * while that is > 0. (HdrHistogram Java and C stop at >= expected_interval, so they omit
+ * the last remainder below the interval.)
  * Errors (nothing recorded): PB_ERANGE when value is out of range. */
 int pb_hist_record_corrected(pb_hist *h, int64_t value, int64_t expected_interval);
 

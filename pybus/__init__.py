@@ -1,7 +1,9 @@
 """pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
 
+from . import aio, metrics
 from ._native import *  # noqa: F403
 from ._native import __all__ as _native_all
+from ._sockets import Liveness, SlowConsumerError
 from ._version import __version__
 from .breaker import CircuitBreaker, CircuitState
 from .dlq import DeadLetter, DeadLetterQueue
@@ -22,19 +24,16 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
+from .proxy import Proxy
 from .pubsub import Publisher, Subscriber
-from . import aio
 from .ratelimit import KeyedRateLimiter, RateLimiter
 from .retry import RetryPolicy
-from .worker import Worker
-from .workqueue import WorkQueue
-from . import metrics
-from ._sockets import Liveness, SlowConsumerError
-from .security import Curve, keypair, load_keypair, load_public_key, load_secret_key, save_keypair
-from .proxy import Proxy
 from .rpc import Client, Server
 from .rpc_aio import AsyncClient
+from .security import Curve, keypair, load_keypair, load_public_key, load_secret_key, save_keypair
+from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
+from .worker import Worker
+from .workqueue import WorkQueue
 
 __all__ = [
     "__version__",

@@ -103,13 +103,13 @@ def parse(text: str) -> dict[str, Family]:
         if brace >= 0 and (space < 0 or brace < space):
             name = line[:brace]
             labels, end = _parse_labels(line, brace + 1, raw)
-            rest = line[end:].split()
+            fields = line[end:].split()
         else:
             name, labels = line[:space] if space > 0 else line, {}
-            rest = line[space:].split() if space > 0 else []
-        if not rest or not name:
+            fields = line[space:].split() if space > 0 else []
+        if not fields or not name:
             raise ValidationError(f"sample line without a value: {raw!r}")
-        value = _value(rest[0], raw)
+        value = _value(fields[0], raw)
         fam = fams.get(name)
         if fam is None:
             for suf in _SUFFIXES:

@@ -104,7 +104,7 @@ class Publisher(_pub.Publisher):
                     f"{count} of {n} subscribers after {timeout}s on {self.endpoints}"
                 )
             slice_s = 0.002 if base._BOUND_SUBSCRIBERS else 0.05
-            await self._asock.poll(max(1, int(min(remaining, slice_s) * 1000)), zmq.POLLIN)
+            await self._asock.poll(timeout=max(1, int(min(remaining, slice_s) * 1000)))
 
     async def close(self, linger: float | None = None) -> None:  # type: ignore[override]
         """Send what is pending and close (bounded by ``linger``)."""
@@ -210,7 +210,7 @@ class Subscriber:
                     return out
                 ms = max(1, int(remaining * 1000 + 0.999))
             try:
-                await self._asock.poll(ms, zmq.POLLIN)
+                await self._asock.poll(timeout=ms)
             except asyncio.CancelledError:
                 if core.closed:  # close() from another task cancels the pending poll
                     raise ClosedError("the Subscriber was closed") from None

@@ -100,6 +100,9 @@ class CircuitBreaker:
         Monotonic seconds (inject a fake in tests).
     name : str
         Used in error messages and logs.
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
     """
 
     def __init__(

@@ -68,6 +68,7 @@ _FORMATS = {"raw": 0, "msgpack": 1}
 _FORMAT_NAMES = {v: k for k, v in _FORMATS.items()}
 _ON_FULL = ("drop_oldest", "reject")
 _PAGE = 256  # rows fetched per query while replaying, so memory stays bounded
+_INHERITED: list[sqlite3.Connection] = []  # connections a forked child must not close
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -172,6 +173,9 @@ class DeadLetterQueue:
         How long a writer waits for another process's lock before failing.
     clock : callable
         Wall-clock seconds for failure times and ``purge(older_than=...)``.
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
     """
 
     def __init__(
@@ -216,6 +220,10 @@ class DeadLetterQueue:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == pid:
             return conn
+        if conn is not None:
+            # Inherited across fork: never use it, and never let it be closed here
+            # (SQLite's close could checkpoint or unlink files the parent relies on).
+            _INHERITED.append(conn)
         # New thread, or a forked child: SQLite connections must not cross a fork.
         try:
             conn = sqlite3.connect(

@@ -75,6 +75,9 @@ class RateLimiter:
         Injected monotonic clock, blocking sleep and async sleep.
     name : str
         Used in error messages.
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
     """
 
     def __init__(

@@ -88,6 +88,9 @@ class RetryPolicy:
     clock, sleep, asleep, rng
         Injected time source (seconds, monotonic), blocking sleep, async sleep
         and random source (anything with ``random() -> float in [0, 1)``).
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
     """
 
     def __init__(
@@ -239,6 +242,46 @@ class RetryPolicy:
         """The schedule with jitter applied: one delay (seconds) per retry."""
         for d in self.base_delays():
             yield self._jittered(d)
+
+    def base_delay(self, retry: int) -> float:
+        """Delay before retry number ``retry`` (1 = the second attempt), before jitter.
+
+        The closed form of :meth:`base_delays`, for callers that track attempts
+        themselves (a work queue's timer heap keeps an int per message, not a run).
+        """
+        if isinstance(retry, bool) or not isinstance(retry, int) or retry < 1:
+            raise ValidationError(f"retry must be an int >= 1, got {retry!r}")
+        k = retry - 1
+        if self.kind == "fixed":
+            d = self.initial
+        elif self.kind == "linear":
+            d = self.initial + self.step * k
+        else:
+            try:
+                d = self.initial * self.multiplier**k
+            except OverflowError:
+                d = math.inf
+        return d if self.max_delay is None else min(d, self.max_delay)
+
+    def delay(self, retry: int) -> float:
+        """:meth:`base_delay` with this policy's jitter applied."""
+        return self._jittered(self.base_delay(retry))
+
+    def next_delay(
+        self, exc: BaseException, attempts: int, elapsed: float | None = None
+    ) -> float | None:
+        """After ``attempts`` failed attempts (the last with ``exc``), the delay before
+        the next one, or None to give up: ``exc`` is not retryable, ``max_attempts``
+        are used up, or waiting would pass the deadline (``elapsed`` seconds since
+        the first attempt)."""
+        if not self.is_retryable(exc):
+            return None
+        if self.max_attempts is not None and attempts >= self.max_attempts:
+            return None
+        d = self.delay(attempts)
+        if self.deadline is not None and elapsed is not None and elapsed + d > self.deadline:
+            return None
+        return d
 
     def is_retryable(self, exc: BaseException) -> bool:
         """True when ``exc`` is worth another attempt under this policy."""

@@ -55,7 +55,7 @@ from .errors import (
     ValidationError,
     from_zmq,
 )
-from .ratelimit import RateLimiter
+from .ratelimit import KeyedRateLimiter, RateLimiter
 from .retry import RetryPolicy
 
 __all__ = ["Server", "Client", "Handler"]
@@ -208,6 +208,14 @@ class Server:
     max_inflight : int
         With workers, requests queued or running at once; beyond it a request is
         answered at once with a retryable ``BackpressureError``.
+    rate_limit : RateLimiter, KeyedRateLimiter or None
+        Admission control, never blocking the I/O thread: a request without a
+        token is answered at once with a retryable ``RateLimitError``. A
+        :class:`~pybus.KeyedRateLimiter` keeps one bucket per client (keyed by
+        its ZeroMQ routing identity).
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
     context : zmq.Context or None
         Default: the process-wide ``zmq.Context.instance()``.
 
@@ -230,9 +238,16 @@ class Server:
         *,
         workers: int = 0,
         max_inflight: int = 1024,
+        rate_limit: RateLimiter | KeyedRateLimiter | None = None,
         context: zmq.Context[Any] | None = None,
         registry: Any = None,
     ) -> None:
+        if rate_limit is not None and not isinstance(rate_limit, (RateLimiter, KeyedRateLimiter)):
+            raise ValidationError(
+                f"rate_limit must be a RateLimiter, a KeyedRateLimiter (per client) or None, "
+                f"got {rate_limit!r}"
+            )
+        self.rate_limit = rate_limit
         if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValidationError(
                 f"endpoint {endpoint!r} is not valid; endpoints look like tcp://HOST:PORT, "
@@ -257,6 +272,7 @@ class Server:
             "decode_errors": 0,
             "unroutable": 0,
             "busy_rejected": 0,
+            "rate_limited": 0,
         }
         self._decode_reasons: dict[str, int] = {}
         # time in handler code, ns (2 significant figures); exported by pybus.metrics
@@ -505,7 +521,10 @@ class Server:
                 continue
             stats["requests"] += 1
             fn = self._handlers.get(frame[HEADER_SIZE:end])
-            if fn is None:
+            if self.rate_limit is not None and not self._admit(ident):
+                stats["rate_limited"] += 1
+                reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + self._limited(ident)
+            elif fn is None:
                 stats["unknown_method"] += 1
                 reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + self._unknown(
                     frame[HEADER_SIZE:end]
@@ -565,6 +584,28 @@ class Server:
             with self._lock:  # worker threads share the counter
                 self._stats["handler_errors"] += 1
             return HEADER.pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + error_payload(exc)
+
+    def _admit(self, ident: bytes) -> bool:
+        limiter = self.rate_limit
+        if isinstance(limiter, KeyedRateLimiter):
+            return limiter.try_acquire(ident)
+        assert limiter is not None
+        return limiter.try_acquire()
+
+    def _limited(self, ident: bytes) -> bytes:
+        limiter = self.rate_limit
+        bucket = limiter.bucket(ident) if isinstance(limiter, KeyedRateLimiter) else limiter
+        assert bucket is not None
+        wait = bucket.retry_after()
+        return msgpack.packb(
+            {
+                "type": "RateLimitError",
+                "message": f"rate limit exceeded ({bucket.rate:g} requests/s, burst "
+                f"{bucket.burst:g}); next token in {wait:.3g} s",
+                "code": int(ErrorCode.RATE_LIMITED),
+                "retryable": True,
+            }
+        )
 
     def _unknown(self, name: bytes) -> bytes:
         shown = name.decode("utf-8", "replace")
@@ -768,6 +809,9 @@ class Client(_ClientBase):
     security : callable(socket) or None
         Applied to each new DEALER before it connects (e.g. CURVE client keys).
     context : zmq.Context or None
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
 
     Notes
     -----

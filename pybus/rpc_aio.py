@@ -99,6 +99,16 @@ class AsyncClient(_ClientBase):
     def _ensure_socket(self) -> zmq.asyncio.Socket:
         if self._closed:
             raise ClosedError(f"async RPC client for {self.endpoint} is closed")
+        reader = self._reader
+        if reader is not None and (
+            reader.done() or reader.get_loop() is not asyncio.get_running_loop()
+        ):
+            # The reader died or belongs to another (finished) event loop: start over.
+            if self._sock is not None:
+                self._sock.close(0)
+            self._sock = None
+            self._reader = None
+            self._pending.clear()
         if self._sock is None:
             self._sock = _open_dealer(  # type: ignore[assignment]
                 self._ctx, self.endpoint, self._security, zmq.asyncio.Socket

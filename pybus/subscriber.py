@@ -29,7 +29,8 @@ log = logging.getLogger("pybus.subscriber")
 #: ``on_gap(topic, publisher_id, expected_seq, got_seq, lost)``
 GapCallback = Callable[[str, int, int, int, int], None]
 
-_NOBLOCK = zmq.NOBLOCK
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
 _TOPIC_CACHE_SIZE = 4096
 #: Latencies above this (1 hour, in ns) are recorded as this.
 _LATENCY_MAX_NS = 3_600_000_000_000
@@ -94,6 +95,9 @@ class Subscriber:
         :meth:`fetch_history`.
     history_endpoint : str or list of str, optional
         The publishers' history endpoints (their ``history_endpoint``).
+    registry : pybus.metrics.Registry or False, optional
+        Where this subscriber reports its counters (default: ``pybus.metrics.default_registry``);
+        ``False`` reports nowhere and skips the per-frame latency recording.
 
     Examples
     --------
@@ -146,7 +150,9 @@ class Subscriber:
         if max_streams < 1:
             raise ValidationError(f"max_streams must be >= 1, got {max_streams}")
         if on_gap is not None and not callable(on_gap):
-            raise ValidationError("on_gap must be callable(topic, publisher_id, expected, got, lost)")
+            raise ValidationError(
+                "on_gap must be callable(topic, publisher_id, expected, got, lost)"
+            )
         self._matcher = TopicMatcher(topics)  # validates every pattern before any socket
         self.max_frame_bytes: int = (
             max(max_message_bytes, max_batch_bytes) + base.FRAME_OVERHEAD_BYTES
@@ -183,7 +189,9 @@ class Subscriber:
                     self.endpoints.append(ep)
         except zmq.ZMQError as exc:
             self._close_socket()
-            raise from_zmq(exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})")
+            raise from_zmq(
+                exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})"
+            ) from exc
         except BaseException:  # e.g. a bad security= or liveness= argument
             self._close_socket()
             raise
@@ -200,7 +208,9 @@ class Subscriber:
         self._floors: dict[tuple[int, bytes], int] = {}
         self._history_duplicates = 0
         self._history_received = 0
-        self._recv = sock.recv
+        # pyzmq's Cython methods, without the sugar layer (per frame, not per message)
+        self._recv = zmq.backend.Socket.recv.__get__(sock)
+        self._get = zmq.backend.Socket.get.__get__(sock)
         self._lock = threading.Lock()
         # messages decoded but not yet handed out (recv() takes them one by one)
         self._buf: list[Message] = []
@@ -219,7 +229,9 @@ class Subscriber:
         self._batches = 0
         # publish-to-receive latency in ns, one record_n per frame (2 significant figures: 1 %
         # precision in ~30 KiB); exported by pybus.metrics as quantiles and buckets
-        self._latency = Histogram(1, _LATENCY_MAX_NS, 2)
+        # (registry=False: no latency recording)
+        self._latency: Histogram | None = None if registry is False else Histogram(
+            1, _LATENCY_MAX_NS, 2)
         self._last_log = float("-inf")
         self._unlogged_errors = 0
         self._closed = False
@@ -359,7 +371,7 @@ class Subscriber:
     def _fill(self, out: list[Message], max_messages: int) -> None:
         """Receive frames already queued, without blocking, until out has max_messages."""
         recv = self._recv
-        sock = self._sock
+        get = self._get
         topics = self._topics
         while len(out) < max_messages:
             try:
@@ -368,13 +380,13 @@ class Subscriber:
                 return
             except zmq.ZMQError as exc:
                 raise from_zmq(exc, "Subscriber.recv") from exc
-            if not sock.rcvmore:
+            if not get(_RCVMORE):
                 self._decode_error("single-frame message (expected topic + batch frame)", topic_b)
                 continue
             frame = recv(_NOBLOCK)
-            if sock.rcvmore:
+            if get(_RCVMORE):
                 parts = 2
-                while sock.rcvmore:
+                while get(_RCVMORE):
                     recv(_NOBLOCK)
                     parts += 1
                 self._decode_error(f"{parts}-frame message (expected 2 frames)", topic_b)
@@ -411,10 +423,11 @@ class Subscriber:
             self._bytes += len(frame)
             # the frame's first publish time (CLOCK_REALTIME, comparable across processes);
             # clamped: another host's clock may be ahead, a stalled frame may be very late
-            lat = _time_ns() - _ts
-            self._latency.record_n(
-                0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
-            )
+            if self._latency is not None:
+                lat = _time_ns() - _ts
+                self._latency.record_n(
+                    0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
+                )
             self._account(topic, topic_b, pid, first, count)
             room = max_messages - len(out)
             if len(msgs) <= room:

@@ -52,8 +52,9 @@ _ALLOWED_PATTERN = (
     f"segment only, '#' (zero or more segments); segments are 1-{MAX_SEGMENT_LENGTH} chars "
     f"of [A-Za-z0-9_-], at most {MAX_TOPIC_LENGTH} chars in all"
 )
-_SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_SEGMENT_LENGTH)
-_TOPIC_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}(?:\.[A-Za-z0-9_-]{1,%d})*" % ((MAX_SEGMENT_LENGTH,) * 2))
+_SEG = "[A-Za-z0-9_-]{1,%d}" % MAX_SEGMENT_LENGTH  # noqa: UP031 - regex braces
+_SEGMENT_RE = re.compile(_SEG)
+_TOPIC_RE = re.compile(_SEG + r"(?:\." + _SEG + ")*")
 
 
 def is_valid_topic(topic: object) -> bool:
@@ -186,16 +187,16 @@ class TopicPattern:
         self.prefix: bytes = prefix.encode("ascii")
         #: True when the pattern has no wildcard (exact topic).
         self.literal: bool = wild_at == len(segs)
-        seg_re = r"[A-Za-z0-9_-]{1,%d}" % MAX_SEGMENT_LENGTH
+        seg_re = _SEG
         parts: list[str] = []
         for i, seg in enumerate(segs):
             if seg == "*":
                 parts.append(("" if i == 0 else r"\.") + seg_re)
             elif seg in ("#", "**"):
                 if i == 0:
-                    parts.append(r"(?:%s(?:\.%s)*)?" % (seg_re, seg_re))
+                    parts.append("(?:" + seg_re + r"(?:\." + seg_re + ")*)?")
                 else:
-                    parts.append(r"(?:\.%s)*" % seg_re)
+                    parts.append(r"(?:\." + seg_re + ")*")
             else:
                 parts.append(("" if i == 0 else r"\.") + re.escape(seg))
         self._regex = re.compile("".join(parts))

@@ -30,7 +30,7 @@ from . import _sockets
 from . import _wqproto as P
 from . import metrics as _metrics
 from ._native import Histogram
-from ._native._batch import Message, _message_from_wire
+from ._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
 from .errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
 
 #: Handler times above this (1 hour, in ns) are recorded as this.
@@ -92,6 +92,9 @@ class Worker:
         CURVE for the connection to the queue (usually ``Curve.client``).
     liveness : pybus.Liveness, optional
         ZMTP heartbeats, reconnection backoff and peer events (default ``Liveness()``).
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
     """
 
     def __init__(

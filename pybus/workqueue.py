@@ -239,6 +239,9 @@ class WorkQueue:
         CURVE for the ROUTER (usually ``Curve.server`` with the workers' keys allowed).
     liveness : pybus.Liveness, optional
         ZMTP heartbeats, reconnection backoff and peer events (default ``Liveness()``).
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
 
     Examples
     --------

@@ -23,7 +23,7 @@ from pybus import (
     ring_record_size,
 )
 
-SECOND_US = 1_000_000.0
+LONG_US = 1e9  # 1000 s: no idle or delay rule can fire during a test
 
 
 def spec_payloads(frame: bytes) -> tuple[int, list[bytes]]:
@@ -81,7 +81,7 @@ def test_round_trip_through_drain_and_decode(ops, max_records, max_bytes):
         max_message_bytes=4096,
         publisher_id=77,
         idle_us=0,
-        max_delay_us=SECOND_US,
+        max_delay_us=LONG_US,
     )
     sent: dict[str, list] = {t: [] for t in topics}
     got: dict[str, list] = {t: [] for t in topics}
@@ -131,8 +131,8 @@ def test_frames_respect_bounds_and_oversized_record_goes_alone():
         max_batch_records=3,
         max_batch_bytes=200,
         max_message_bytes=1000,
-        idle_us=SECOND_US,
-        max_delay_us=SECOND_US,
+        idle_us=LONG_US,
+        max_delay_us=LONG_US,
     )
     tid = b.topic_id(b"t")
     for i in range(7):
@@ -162,8 +162,8 @@ def test_full_exactly_when_next_record_does_not_fit(sizes, capacity):
         max_message_bytes=340,
         max_batch_records=10**6,
         max_batch_bytes=1 << 30,
-        idle_us=SECOND_US,
-        max_delay_us=SECOND_US,
+        idle_us=LONG_US,
+        max_delay_us=LONG_US,
     )
     cap = b.capacity_bytes
     assert cap == capacity // 8 * 8
@@ -192,9 +192,7 @@ def test_full_exactly_when_next_record_does_not_fit(sizes, capacity):
 
 
 def test_publish_full_hook_and_backpressure():
-    b = Batcher(
-        capacity_bytes=256, max_message_bytes=100, idle_us=SECOND_US, max_delay_us=SECOND_US
-    )
+    b = Batcher(capacity_bytes=256, max_message_bytes=100, idle_us=LONG_US, max_delay_us=LONG_US)
     calls = []
     b.publish("t", b"x" * 100)  # 136 ring bytes
     with pytest.raises(BackpressureError, match="ring full"):
@@ -214,15 +212,15 @@ def test_decisions_with_explicit_clock():
     tid = b.topic_id(b"t")
     t0 = Batcher.now_ns()
     assert b.append_at(tid, b"m", t0) == READY  # never drained: idle
+    # a clock reading taken before a drain ends is certainly within idle_us of it: not idle
+    before = Batcher.now_ns()
     b.drain()
-    now = Batcher.now_ns()  # just after the drain: not idle (within 5 us is not guaranteed,
-    # so use a clock reading from before the drain ended, which is certainly "not idle")
-    assert b.append_at(tid, b"m", now - 10**6) == PENDING
-    assert b.append_at(tid, b"m", now - 10**6 + 1) == PENDING
-    assert b.append_at(tid, b"m", now - 10**6 + 2) == PENDING
-    assert b.append_at(tid, b"m", now - 10**6 + 3) == READY  # 4 records: max_batch_records
+    assert b.append_at(tid, b"m", before) == PENDING
+    assert b.append_at(tid, b"m", before + 1) == PENDING
+    assert b.append_at(tid, b"m", before + 2) == PENDING
+    assert b.append_at(tid, b"m", before + 3) == READY  # 4 records: max_batch_records
+    base = Batcher.now_ns()
     b.drain()
-    base = Batcher.now_ns() - 10**6
     assert b.append_at(tid, b"m", base) == PENDING
     assert b.oldest_pending_ns == base
     assert b.append_at(tid, b"m", base + 99_999) == PENDING
@@ -235,7 +233,7 @@ def test_decisions_with_explicit_clock():
 
 def test_pending_bytes_bound_makes_ready():
     b = Batcher(
-        max_batch_records=10**6, max_batch_bytes=1000, idle_us=SECOND_US, max_delay_us=SECOND_US
+        max_batch_records=10**6, max_batch_bytes=1000, idle_us=LONG_US, max_delay_us=LONG_US
     )
     t1, t2 = b.topic_id(b"one"), b.topic_id(b"two")
     b.append(t1, b"a")
@@ -252,7 +250,7 @@ def test_pending_bytes_bound_makes_ready():
 
 
 def test_hooks_called_on_status():
-    b = Batcher(max_batch_records=3, idle_us=SECOND_US, max_delay_us=SECOND_US)
+    b = Batcher(max_batch_records=3, idle_us=LONG_US, max_delay_us=LONG_US)
     events = []
     resolved = []
 
@@ -348,7 +346,7 @@ def test_topics_and_publisher_id():
 
 
 def test_publish_topic_cache_is_per_topic():
-    b = Batcher(idle_us=SECOND_US, max_delay_us=SECOND_US)
+    b = Batcher(idle_us=LONG_US, max_delay_us=LONG_US)
     with pytest.raises(ValidationError, match="must be a str"):
         b.publish(None, b"x")  # type: ignore[arg-type]
     for i in range(6):
@@ -431,7 +429,7 @@ def test_decisions_match_the_documented_rule(steps, max_records, max_bytes):
 def test_publish_releases_buffers_and_references():
     import sys
 
-    b = Batcher(idle_us=SECOND_US, max_delay_us=SECOND_US)
+    b = Batcher(idle_us=LONG_US, max_delay_us=LONG_US)
     ba = bytearray(b"payload")
     b.publish("t", ba)
     b.publish("t", memoryview(ba))
@@ -450,7 +448,7 @@ def test_publish_releases_buffers_and_references():
 
 def test_mark_flushed_moves_the_idle_reference():
     idle_ns = 5_000
-    b = Batcher(idle_us=idle_ns / 1000, max_delay_us=SECOND_US)
+    b = Batcher(idle_us=idle_ns / 1000, max_delay_us=LONG_US)
     tid = b.topic_id(b"t")
     b.append(tid, b"x")
     b.drain()
@@ -472,7 +470,7 @@ def test_mark_flushed_moves_the_idle_reference():
 
 def test_publish_marks_flushed_after_on_ready():
     idle_ns = 5_000
-    b = Batcher(idle_us=idle_ns / 1000, max_delay_us=SECOND_US)
+    b = Batcher(idle_us=idle_ns / 1000, max_delay_us=LONG_US)
     marks = []
 
     def slow_flush():

@@ -302,6 +302,10 @@ def test_message_equality_pickle_repr():
     for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
         back = pickle.loads(pickle.dumps(m, protocol=proto))
         assert back == m and back.payload == [1, 2] and back.headers == {"a": 1}
+    m.headers["added"] = True  # a changed headers dict is what gets pickled
+    assert pickle.loads(pickle.dumps(m)).headers == {"a": 1, "added": True}
+    m.headers.clear()
+    assert pickle.loads(pickle.dumps(m)).headers == {}
     r = repr(m)
     assert "a.b" in r and "seq=1" in r and "msgpack" in r
     long = Message("t", b"z" * 1000)

@@ -73,8 +73,9 @@ def test_exposition_parses_and_matches_object_stats(bus, tmp_path):
     smp = samples(text)
     pname, sname = reg.objects()[0][1], reg.objects()[1][1]
     for i in range(3):
-        assert value(smp, "pybus_messages_published_total", name=pname, topic=f"orders.t{i}") == 1000
-        assert value(smp, "pybus_messages_received_total", name=sname, topic=f"orders.t{i}") == 1000
+        topic = f"orders.t{i}"
+        assert value(smp, "pybus_messages_published_total", name=pname, topic=topic) == 1000
+        assert value(smp, "pybus_messages_received_total", name=sname, topic=topic) == 1000
     ps, ss = pub.stats(), sub.stats()
     assert value(smp, "pybus_published_bytes_total", name=pname) == ps["bytes"]
     assert value(smp, "pybus_batches_total", name=pname) == ps["batches"]
@@ -243,6 +244,13 @@ def test_registration_is_weak_and_default_registry_is_used():
     assert any(o is rp for _, _, o in metrics.default_registry.objects())
     rp2 = pybus.RetryPolicy.fixed(0.1, registry=False)
     assert not any(o is rp2 for _, _, o in metrics.default_registry.objects())
+    # explicit registration: idempotent, named, and undone by unregister
+    assert metrics.register(rp2, reg, name="api-retries") == "api-retries"
+    assert reg.register(rp2) == "api-retries"
+    assert [n for _, n, _ in reg.objects()] == ["api-retries"]
+    reg.unregister(rp2)
+    assert reg.objects() == []
+    reg.unregister(rp2)  # not registered: no error
     with pytest.raises(pybus.ValidationError, match="registry must be"):
         pybus.RetryPolicy.fixed(0.1, registry="yes")
 
@@ -343,8 +351,78 @@ def test_dashboard_references_only_exported_names():
         assert topic in titles
 
 
+def test_operations_guide_references_only_exported_names():
+    text = (ROOT / "docs" / "operations.md").read_text()
+    used = set(re.findall(r"\bpybus_[a-z0-9_]+", text))
+    assert used and used <= metrics.exported_sample_names(), sorted(
+        used - metrics.exported_sample_names())
+
+
 def test_metrics_reference_doc_is_generated_from_the_table():
     doc = (ROOT / "docs" / "metrics.md").read_text()
     assert doc == markdown(), "docs/metrics.md is stale: python -m pybus.metrics --markdown"
     for d in FAMILIES:
         assert f"`{d.name}`" in doc
+
+
+def test_an_object_dying_while_the_registry_lock_is_held_does_not_deadlock():
+    # A weakref callback runs wherever the object dies: inside any allocation (a garbage
+    # collection) or reference drop, including ones made while this thread holds the registry's
+    # lock in register() or collect(). The callback must not take that lock.
+    import threading
+
+    reg = metrics.Registry(process=False)
+    box = [pybus.CircuitBreaker(1, name="dying", registry=reg)]
+
+    def die_under_lock() -> None:
+        with reg._lock:
+            box.clear()  # the last reference: the weakref callback runs right here
+
+    t = threading.Thread(target=die_under_lock, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the weakref callback deadlocked on the registry lock"
+    assert reg.objects() == []
+    assert reg._names == set()
+    # the name is free again
+    keep = pybus.CircuitBreaker(1, name="dying", registry=reg)
+    assert [n for _, n, _ in reg.objects()] == ["dying"] and keep
+
+
+def test_scrapes_stay_valid_while_the_bus_is_busy(bus):
+    # The subscriber records latencies from its own thread while scrapes read the histograms:
+    # every scrape must still be valid OpenMetrics (buckets non-decreasing, +Inf == _count).
+    import threading
+
+    reg, pub, sub = bus
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def traffic() -> None:
+        try:
+            while not stop.is_set():
+                for i in range(200):
+                    pub.publish(f"busy.t{i % 3}", b"b" * 64)
+                pub.flush()
+                sub.recv_batch(10_000, timeout=0.05)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    import sys
+
+    t = threading.Thread(target=traffic, daemon=True)
+    old_switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: make the race likely
+    t.start()
+    try:
+        for _ in range(40):
+            fams = {f.name: f for f in parse_om(reg.render("openmetrics").decode())}
+            h = fams["pybus_end_to_end_latency_seconds"]
+            buckets = [s.value for s in h.samples if s.name.endswith("_bucket")]
+            assert buckets == sorted(buckets)
+    finally:
+        sys.setswitchinterval(old_switch)
+        stop.set()
+        t.join(10)
+    assert not errors
+    assert sum(sub.stats()["received_by_topic"].values()) > 0

@@ -122,6 +122,17 @@ def test_stop_closes_the_port():
         pass
 
 
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this host")
+def test_serve_ipv6_loopback():
+    try:
+        srv = metrics.serve(0, addr="::1", registry=metrics.Registry(process=False))
+    except pybus.TransportError as exc:
+        pytest.skip(f"IPv6 loopback unavailable: {exc}")
+    with srv:
+        assert srv.url == f"http://[::1]:{srv.port}"
+        assert get(srv.url + "/healthz")[0] == 200
+
+
 def test_serve_bad_port_and_port_in_use():
     with pytest.raises(pybus.ValidationError, match="port must be"):
         metrics.serve(70000)

@@ -45,7 +45,9 @@ def pair(tmp_path: Path) -> Iterator[tuple[pybus.Publisher, pybus.Subscriber]]:
     pub.close(linger=0)
 
 
-def test_message_fields_bytes_msgpack_headers(pair: tuple[pybus.Publisher, pybus.Subscriber]) -> None:
+def test_message_fields_bytes_msgpack_headers(
+    pair: tuple[pybus.Publisher, pybus.Subscriber],
+) -> None:
     pub, sub = pair
     t0 = time.time_ns()
     pub.publish("orders.created", b"raw-bytes")
@@ -215,7 +217,9 @@ def test_per_topic_order_and_consecutive_seqs_under_load(
     assert st["batches"] < n // 3, "under load messages should share frames"
 
 
-def test_tail_of_burst_is_sent_without_flush(pair: tuple[pybus.Publisher, pybus.Subscriber]) -> None:
+def test_tail_of_burst_is_sent_without_flush(
+    pair: tuple[pybus.Publisher, pybus.Subscriber],
+) -> None:
     pub, sub = pair
     # no flush(): the flusher thread must send whatever the last publish left pending
     for i in range(2000):
@@ -253,7 +257,9 @@ def test_linger_us_holds_batches_open() -> None:
         pub.close(linger=0)
 
 
-def test_iteration_recv_timeouts_and_batches(pair: tuple[pybus.Publisher, pybus.Subscriber]) -> None:
+def test_iteration_recv_timeouts_and_batches(
+    pair: tuple[pybus.Publisher, pybus.Subscriber],
+) -> None:
     pub, sub = pair
     t0 = time.monotonic()
     with pytest.raises(pybus.TimeoutError):
@@ -327,7 +333,11 @@ def test_backpressure_raise_and_drop() -> None:
 def test_backpressure_block_flushes_then_times_out(tmp_path: Path) -> None:
     ep = _endpoint("ipc", tmp_path)
     pub = pybus.Publisher(
-        ep, on_full="block", block_timeout=0.2, capacity_bytes=4096, max_message_bytes=512,
+        ep,
+        on_full="block",
+        block_timeout=0.2,
+        capacity_bytes=4096,
+        max_message_bytes=512,
         linger_us=1_000_000,
     )
     sub = pybus.Subscriber(ep, topics=["t"])

@@ -91,7 +91,7 @@ def test_forced_hwm_drops_are_all_accounted(tmp_path: Path) -> None:
             assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
             assert seqs[-1] == calls[t] + 1  # the last message is a delivered sentinel
         assert sum(g[4] for g in gaps) == st["lost"]
-        for topic, pid, expected, got_seq, lost in gaps:
+        for _topic, pid, expected, got_seq, lost in gaps:
             assert pid == pub.publisher_id and got_seq - expected == lost > 0
         assert st["out_of_order"] == 0 and st["decode_errors"] == 0
     finally:
@@ -104,7 +104,11 @@ def test_ring_full_drops_and_hwm_drops_add_up(tmp_path: Path) -> None:
     subscriber: both kinds of loss, and the books still balance exactly."""
     ep = _ipc(tmp_path)
     pub = pybus.Publisher(
-        ep, on_full="drop", capacity_bytes=8192, max_message_bytes=256, linger_us=2_000,
+        ep,
+        on_full="drop",
+        capacity_bytes=8192,
+        max_message_bytes=256,
+        linger_us=2_000,
         sndhwm=2,
     )
     sub = pybus.Subscriber(ep, topics=["#"], rcvhwm=2)

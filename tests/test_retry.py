@@ -238,3 +238,35 @@ def test_acall_exhausted(clock):
 def test_bad_arguments(build, match):
     with pytest.raises(ValidationError, match=match):
         build()
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        RetryPolicy.fixed(0.3, max_attempts=8),
+        RetryPolicy.linear(0.1, 0.25, max_delay=1.0, max_attempts=9),
+        RetryPolicy.exponential(0.01, multiplier=3, max_delay=2.0, max_attempts=12),
+        RetryPolicy.exponential(0.5, max_attempts=10),
+    ],
+)
+def test_closed_form_matches_schedule(policy):
+    assert [policy.base_delay(k) for k in range(1, policy.max_attempts)] == pytest.approx(
+        list(policy.base_delays())
+    )
+    # Huge retry numbers stay capped instead of overflowing.
+    capped = RetryPolicy.exponential(
+        1.0, multiplier=10, max_delay=5.0, max_attempts=None, deadline=9
+    )
+    assert capped.base_delay(10_000) == 5.0
+
+
+def test_next_delay_for_callers_tracking_attempts():
+    p = RetryPolicy.exponential(1.0, max_attempts=3, deadline=10.0)
+    t = pybus.TimeoutError("t")
+    assert p.next_delay(t, 1) == 1.0
+    assert p.next_delay(t, 2) == 2.0
+    assert p.next_delay(t, 3) is None  # attempts used up
+    assert p.next_delay(t, 2, elapsed=8.5) is None  # 8.5 + 2 would pass the deadline
+    assert p.next_delay(ValidationError("v"), 1) is None  # not retryable
+    with pytest.raises(ValidationError, match="retry must be"):
+        p.base_delay(0)

@@ -101,6 +101,7 @@ def test_payload_reaches_handler_as_sent_and_reply_comes_back(server, endpoint):
         assert c.request("echo", b"") == b""
     assert server.seen == [b"\x00raw\xff", {"k": [1, 2.5, "x", None, b"b"]}, "", b""]
     assert type(server.seen[0]) is bytes
+    server.stop()  # "replies" counts after the send returns: let the loop finish first
     st = server.stats()
     assert st["requests"] == st["replies"] == 5
 
@@ -304,8 +305,10 @@ SERVER_SCRIPT = textwrap.dedent(
 
 
 def spawn_server(endpoint):
+    # cwd away from the repository, so `python -c` imports the installed pybus.
+    cwd = endpoint[len("ipc://") :].rsplit("/", 1)[0]
     p = subprocess.Popen(
-        [sys.executable, "-c", SERVER_SCRIPT, endpoint], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SERVER_SCRIPT, endpoint], stdout=subprocess.PIPE, text=True, cwd=cwd
     )
     assert p.stdout.readline().strip() == "ready"  # handshake, not a sleep
     return p
@@ -380,6 +383,24 @@ def test_rate_limit_per_attempt(server, endpoint, clock):
         clock.advance(1.0)
         assert c.request("echo", b"3") == b"3"
     assert server.seen == [b"1", b"3"]
+
+
+def test_server_rate_limit_per_client(endpoint, clock):
+    limiter = pybus.KeyedRateLimiter(1.0, 2, max_keys=100, clock=clock)
+    srv = Server(endpoint, rate_limit=limiter)
+    srv.add_handler("echo", lambda p: p)
+    with srv, Client(endpoint, timeout=3) as a, Client(endpoint, timeout=3) as b:
+        assert [a.request("echo", i) for i in range(2)] == [0, 1]
+        with pytest.raises(RemoteError, match=r"rate limit exceeded.*next token in 1 s") as ei:
+            a.request("echo", 2)
+        assert ei.value.remote_type == "RateLimitError" and ei.value.retryable
+        assert ei.value.remote_code == int(pybus.ErrorCode.RATE_LIMITED)
+        assert [b.request("echo", i) for i in range(2)] == [0, 1]  # its own bucket
+        clock.advance(1.0)
+        assert a.request("echo", 3) == 3
+        assert srv.stats()["rate_limited"] == 1 and len(limiter) == 2
+    with pytest.raises(ValidationError, match="rate_limit"):
+        Server(endpoint, rate_limit=5)
 
 
 def test_many_clients_concurrently_and_workers(endpoint):
@@ -584,3 +605,13 @@ def test_security_hook_applied_to_both_sockets(endpoint):
             assert c.request("echo", b"s") == b"s"
             assert c._sock.getsockopt(zmq.SNDHWM) == 123
     assert applied == [zmq.ROUTER, zmq.DEALER]
+
+
+def test_async_client_survives_a_new_event_loop(server, endpoint):
+    c = AsyncClient(endpoint, timeout=3.0)
+    assert asyncio.run(c.request("echo", b"one")) == b"one"
+    # A second asyncio.run() is a new loop: the old reader task is gone with the old loop.
+    assert asyncio.run(c.request("echo", b"two")) == b"two"
+    asyncio.run(c.aclose())
+    with pytest.raises(pybus.ClosedError):
+        asyncio.run(c.request("echo", b"x"))

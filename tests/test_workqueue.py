@@ -99,11 +99,16 @@ def test_join_times_out_without_workers_and_counts_depth():
 
 
 def test_two_workers_share_the_load_by_credit():
-    a, b = Recorder(), Recorder()
+    # Each handler call takes ~0.5 ms of (GIL-free) work, so a worker holding its 50 credits
+    # is busy and the dispatcher must hand the rest to the other one.
+    def work(m):
+        time.sleep(0.0005)
+
+    a, b = Recorder(fail=work), Recorder(fail=work)
     with WorkQueue(EP) as q, Worker(q.endpoint, a, prefetch=50) as wa, \
             Worker(q.endpoint, b, prefetch=50) as wb:
         assert wa.wait_ready(5) and wb.wait_ready(5)
-        ids = q.put_many([("x.y", b"p")] * 2000)
+        ids = q.put_many([("x.y", b"p")] * 1000)
         assert q.join(10)
         assert sorted(a.ids() + b.ids()) == sorted(ids)
         # credit 50 each: neither worker can take everything

@@ -47,9 +47,9 @@ __all__ = [
     "ring_record_size",
 ]
 
-READY = 1
-PENDING = 0
-FULL = -4  # PB_EFULL
+READY = PB_RING_READY
+PENDING = PB_RING_PENDING
+FULL = PB_EFULL
 FRAME_VERSION = PB_FRAME_VERSION
 FRAME_HEADER_SIZE = PB_FRAME_HEADER_SIZE
 RECORD_HEADER_SIZE = PB_FRAME_RECORD_HEADER_SIZE
@@ -253,8 +253,8 @@ cdef class Message:
 
     def __reduce__(self):
         raw_header = self._raw_header
-        if raw_header is None and self._headers_done and self._headers:
-            raw_header = _packb(self._headers)  # headers mutated after creation
+        if self._headers_done:  # the decoded dict may have been changed since: pickle it as is
+            raw_header = _packb(self._headers) if self._headers else None
         return (_message_from_wire, (self._topic, self._raw, raw_header,
                                      self._flags & PB_FRAME_REC_MSGPACK, self.seq,
                                      self.publisher_id, self.timestamp_ns))
@@ -306,9 +306,9 @@ cdef class Batcher:
         READY once the oldest pending record is this old.
     """
 
-    READY = 1
-    PENDING = 0
-    FULL = -4
+    READY = PB_RING_READY
+    PENDING = PB_RING_PENDING
+    FULL = PB_EFULL
 
     cdef pb_ring *_r
     cdef dict _ids_by_str      # publish cache: str topic -> id

@@ -168,10 +168,10 @@ cdef class Histogram:
     def record_corrected(self, value, expected_interval):
         """Record ``value`` and back-fill for coordinated omission.
 
-        As HdrHistogram (Java, C): when ``expected_interval > 0`` and ``value`` exceeds it,
-        also record ``value - k * expected_interval`` for k = 1, 2, ... while that is
-        ``>= expected_interval``. (The ``hdrhistogram`` package additionally records the
-        last remainder below ``expected_interval``; pybus follows Java and C.)
+        As the ``hdrhistogram`` package's ``record_corrected_value``: when
+        ``expected_interval > 0`` and ``value`` exceeds it, also record
+        ``value - k * expected_interval`` for k = 1, 2, ... while that is ``> 0``.
+        (HdrHistogram Java and C omit the last remainder below ``expected_interval``.)
 
         Raises
         ------

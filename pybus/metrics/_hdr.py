@@ -44,9 +44,12 @@ def cumulative(h: Any, bounds: Sequence[float]) -> list[int]:
 def merged(values: list[HdrValue]) -> tuple[Any, float, float | None]:
     """One histogram for a series fed by several objects (names or topics past the cap)."""
     first = values[0]
-    if len(values) == 1:
-        return first.histogram, first.scale, first.total
+    # A copy (one memcpy, under the GIL) is a consistent snapshot: the owner keeps recording
+    # from its own thread while the quantiles, buckets and count are read from the copy, so
+    # the +Inf bucket always equals _count and buckets never decrease.
     out = first.histogram.copy()
+    if len(values) == 1:
+        return out, first.scale, first.total
     exact: float | None = first.total
     for v in values[1:]:
         if v.scale != first.scale:

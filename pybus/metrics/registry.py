@@ -8,6 +8,8 @@ topics folded into ``"other"``) and returns family snapshots that the exposition
 
 from __future__ import annotations
 
+import collections
+import functools
 import itertools
 import logging
 import threading
@@ -154,6 +156,7 @@ class Registry:
         self.process = process
         self._lock = threading.Lock()
         self._objects: dict[int, _Registered] = {}
+        self._dead: collections.deque[tuple[int, tuple[str, str]]] = collections.deque()
         self._names: set[tuple[str, str]] = set()
         self._seq: dict[str, itertools.count[int]] = {}
         # Topic cap state: admitted topics are kept for the registry's life (stable series);
@@ -196,6 +199,7 @@ class Registry:
             raise ValidationError(f"metrics name must be a non-empty str, got {name!r}")
         key = id(obj)
         with self._lock:
+            self._purge_locked()
             old = self._objects.get(key)
             if old is not None and old.ref() is obj:
                 return old.name
@@ -210,28 +214,39 @@ class Registry:
                 while (kind, name) in self._names:
                     name, i = f"{base}-{i}", i + 1
             self._names.add((kind, name))
-            ref = weakref.ref(obj, lambda _r, k=key, n=(kind, name): self._forget(k, n))
+            ref = weakref.ref(obj, functools.partial(self._forget_ref, key, (kind, name)))
             self._objects[key] = _Registered(ref, kind, name, adapter)
         return name
 
     def unregister(self, obj: Any) -> None:
         """Stop reporting ``obj`` (no error if it was not registered)."""
         with self._lock:
+            self._purge_locked()
             reg = self._objects.get(id(obj))
             if reg is not None and reg.ref() is obj:
                 del self._objects[id(obj)]
                 self._names.discard((reg.kind, reg.name))
 
-    def _forget(self, key: int, kn: tuple[str, str]) -> None:
-        with self._lock:
+    def _forget_ref(self, key: int, kn: tuple[str, str], _ref: object) -> None:
+        # A weakref callback can run inside any allocation, including one made while this
+        # thread holds self._lock (a garbage collection during register or collect): it must
+        # not take the lock. deque.append is atomic; the removal happens under the lock later.
+        self._dead.append((key, kn))
+
+    def _purge_locked(self) -> None:
+        dead = self._dead
+        while dead:
+            key, kn = dead.popleft()
             reg = self._objects.get(key)
             if reg is not None and reg.ref() is None:
                 del self._objects[key]
-            self._names.discard(kn)
+            if not any(r.kind == kn[0] and r.name == kn[1] for r in self._objects.values()):
+                self._names.discard(kn)
 
     def objects(self) -> list[tuple[str, str, Any]]:
         """``(kind, name, obj)`` for every live registered object."""
         with self._lock:
+            self._purge_locked()
             regs = list(self._objects.values())
         out = []
         for r in regs:

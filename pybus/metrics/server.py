@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +12,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import TransportError, ValidationError
-from .exposition import negotiate, render
+from .exposition import negotiate
 from .registry import Registry
 
 
@@ -77,6 +78,8 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, addr: tuple[str, int], registry: Registry) -> None:
+        if ":" in addr[0]:  # an IPv6 literal such as "::1"
+            self.address_family = socket.AF_INET6
         super().__init__(addr, _Handler)
         self.registry = registry
         self.started = time.monotonic()
