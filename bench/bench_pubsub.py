@@ -16,6 +16,9 @@ for 64 B and 1 KiB payloads over ipc and tcp loopback. Latency (one-way, measure
 msg/s paced, and pybus at 50 % of its measured maximum rate; percentiles from an HDR
 histogram (``pybus.Histogram``).
 
+Memory: RSS of a publisher (and of its subscriber) when the subscriber never reads, after
+100 k and after 10 M messages (2 M with ``--quick``), with the default bounds.
+
 Run ``python bench/bench_pubsub.py`` (``--quick`` for a ~20 s smoke run, ``--json FILE`` to
 keep the numbers). Importable: ``main(argv)`` returns the result dict.
 """
@@ -35,6 +38,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import zmq
@@ -341,7 +345,7 @@ def _run_tp(variant: str, transport: str, size: int, n: int, tmpdir: str) -> dic
 STAMP = struct.Struct("<Bq")
 
 
-def _rx_latency(ep: str, kind: str, n: int, conn: Any) -> None:
+def _rx_latency(ep: str, kind: str, n: int, stamp_every: int, conn: Any) -> None:
     hist = pybus.Histogram(1, 60_000_000_000, 3)
     record = hist.record
     got = 0
@@ -367,18 +371,17 @@ def _rx_latency(ep: str, kind: str, n: int, conn: Any) -> None:
         sub = pybus.Subscriber(ep, topics=[TOPIC], bind=True, rcvhwm=BIG_HWM)
         conn.send(sub.endpoints[0])
         recv_batch = sub.recv_batch
-        stamped = 0
+        unpack = STAMP.unpack_from
         while got < n:
             batch = recv_batch(10_000, IDLE_TIMEOUT_S)
             if not batch:
                 break
             t = _now()
             got += len(batch)
-            for m in batch:
-                p = m.payload
-                if p[0]:
-                    record(t - STAMP.unpack_from(p)[1])
-                    stamped += 1
+            # message i (seq i + 1) carries a stamp when i % stamp_every == 0: touch only those
+            j0 = -(batch[0].seq - 1) % stamp_every
+            for m in batch[j0::stamp_every]:
+                record(t - unpack(m.payload)[1])
         sub.close()
     conn.send((got, hist.encode()))
 
@@ -387,14 +390,17 @@ def _pace(
     n: int,
     rate: float,
     stamp_every: int,
-    send_one: Callable[[bytes], Any],
+    send_plain: Callable[[], Any],
+    send_stamped: Callable[[bytes], Any],
     size: int,
     flush: Callable[[], Any] | None,
 ) -> None:
-    """Send n messages at `rate`/s; every stamp_every-th carries its intended send time."""
+    """Send n messages at `rate`/s, open loop: message i is due at t0 + i / rate and is sent
+    as soon as it is due (late ones at once, in a burst); every stamp_every-th carries its
+    intended send time, so the receiver measures latency from it (coordinated omission)."""
     interval = 1e9 / rate
-    plain = b"\x00" * size
     pad = b"\x00" * (size - STAMP.size)
+    pack = STAMP.pack
     t0 = _now() + 1_000_000
     i = 0
     while i < n:
@@ -404,13 +410,18 @@ def _pace(
             wait_ns = t0 + i * interval - now
             if wait_ns > 300_000:
                 time.sleep((wait_ns - 200_000) / 1e9)
+            elif wait_ns > 20_000:
+                time.sleep(0)  # yield the CPU (2 cores: ZeroMQ's I/O threads need it too)
             continue
         while i < due:
             if i % stamp_every == 0:
-                send_one(STAMP.pack(1, int(t0 + i * interval)) + pad)
-            else:
-                send_one(plain)
-            i += 1
+                send_stamped(pack(1, int(t0 + i * interval)) + pad)
+                i += 1
+            # the plain ones up to the next stamp, in a tight loop
+            k = min(due, (i // stamp_every + 1) * stamp_every if i % stamp_every else i) - i
+            for _ in range(k):
+                send_plain()
+            i += k
     if flush is not None:
         flush()
 
@@ -422,7 +433,7 @@ def _run_latency(
     ep = _endpoint("ipc", tmpdir)
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_rx_latency, args=(ep, kind, n, child), daemon=True)
+    proc = ctx.Process(target=_rx_latency, args=(ep, kind, n, stamp_every, child), daemon=True)
     proc.start()
     try:
         if not parent.poll(30):
@@ -432,13 +443,24 @@ def _run_latency(
             zctx = zmq.Context()
             s = _xpub_connected(zctx, ep)
             send = s.send
-            _pace(n, rate, stamp_every, lambda p: send(TOPIC_B + p), size, None)
+            plain = TOPIC_B + b"\x00" * size
+            _pace(
+                n, rate, stamp_every, partial(send, plain), lambda p: send(TOPIC_B + p), size, None
+            )
             close = _closer(zctx, s)
         else:
             pub = pybus.Publisher(ep, connect=True, sndhwm=BIG_HWM)
             pub.wait_for_subscribers(1, timeout=10)
             publish = pub.publish
-            _pace(n, rate, stamp_every, lambda p: publish(TOPIC, p), size, pub.flush)
+            _pace(
+                n,
+                rate,
+                stamp_every,
+                partial(publish, TOPIC, b"\x00" * size),
+                partial(publish, TOPIC),
+                size,
+                pub.flush,
+            )
             close = pub.close
         try:
             if not parent.poll(60):
@@ -459,6 +481,79 @@ def _run_latency(
         "samples": h.total_count,
         "max_us": h.max / 1000,
         **us,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# memory: a publisher feeding a subscriber that never reads
+
+
+def _rx_stalled(ep: str, conn: Any) -> None:
+    import psutil
+
+    # connects (so ZeroMQ attaches it without it ever being called into); default HWMs
+    sub = pybus.Subscriber(ep, topics=[TOPIC])
+    conn.send("ready")
+    proc = psutil.Process()
+    samples = []
+    while True:
+        msg = conn.recv()
+        if msg == "stop":
+            break
+        samples.append(proc.memory_info().rss)
+        conn.send(samples[-1])
+    sub.close()
+
+
+def _run_rss(n: int, tmpdir: str) -> dict[str, Any]:
+    """RSS of both processes after the first 100k messages and after n (default bounds)."""
+    import psutil
+
+    ep = _endpoint("ipc", tmpdir)
+    pub = pybus.Publisher(ep)  # default bounds: the point of the measurement
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_rx_stalled, args=(ep, child), daemon=True)
+    proc.start()
+    me = psutil.Process()
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("stalled subscriber did not start")
+        parent.recv()
+        pub.wait_for_subscribers(1, timeout=10)
+        publish = pub.publish
+        payload = b"r" * 64
+        for _ in range(100_000):
+            publish(TOPIC, payload)
+        pub.flush()
+        parent.send("sample")
+        sub_first = parent.recv()
+        pub_first = me.memory_info().rss
+        t0 = time.monotonic()
+        done = 100_000
+        while done < n:
+            for _ in range(100_000):
+                publish(TOPIC, payload)
+            done += 100_000
+        pub.flush()
+        secs = time.monotonic() - t0
+        parent.send("sample")
+        sub_last = parent.recv()
+        pub_last = me.memory_info().rss
+        parent.send("stop")
+    finally:
+        pub.close(linger=0)
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    mib = 1 / 2**20
+    return {
+        "messages": done,
+        "publish_rate": (done - 100_000) / max(secs, 1e-9),
+        "publisher_rss_first_mib": pub_first * mib,
+        "publisher_growth_mib": (pub_last - pub_first) * mib,
+        "subscriber_rss_first_mib": sub_first * mib,
+        "subscriber_growth_mib": (sub_last - sub_first) * mib,
     }
 
 
@@ -491,6 +586,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sizes", default="64,1024")
     ap.add_argument("--variants", default="pybus-batch,pybus-recv,zmq-send,py-batch,zenoh")
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--no-rss", action="store_true", help="skip the stalled-subscriber RSS run")
     args = ap.parse_args(argv)
     quick = args.quick
     reps = args.reps or (2 if quick else 5)
@@ -575,6 +671,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     k: _summ([r[k] for r in runs]) for k in ("p50", "p99", "p99.9")
                 } | {"rate": rate, "runs": runs}
             out["latency"] = lat
+        if not args.no_rss:
+            n_rss = 2_000_000 if quick else 10_000_000
+            out["rss"] = _run_rss(n_rss, tmpdir)
+            r = out["rss"]
+            print(
+                f"  rss: {r['messages']:,} messages to a stalled subscriber "
+                f"({_fmt_rate(r['publish_rate'])} msg/s): publisher +"
+                f"{r['publisher_growth_mib']:.1f} MiB over {r['publisher_rss_first_mib']:.0f} MiB "
+                f"after 100k, subscriber +{r['subscriber_growth_mib']:.1f} MiB",
+                flush=True,
+            )
     out["ratios"] = _ratios(out)
     out["loadavg_at_end"] = os.getloadavg()
     _print_summary(out)
@@ -638,6 +745,12 @@ BARS = [
     ("ipc/64 pybus-batch / zenoh", lambda o: o["ratios"]["ipc/64 pybus-batch / zenoh"], ">=", 8.0),
     ("paced-1000 p99 pybus / zmq", lambda o: o["ratios"]["paced-1000 p99 pybus / zmq"], "<=", 1.2),
     ("half-max p99 (us)", lambda o: o["latency"]["half-max/pybus"]["p99"]["median"], "<", 1000.0),
+    (
+        "publisher RSS growth, stalled sub (MiB)",
+        lambda o: o["rss"]["publisher_growth_mib"],
+        "<",
+        64.0,
+    ),
 ]
 
 

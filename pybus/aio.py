@@ -187,9 +187,14 @@ class Subscriber:
     ) -> list[Message]:
         """Up to ``max_messages`` messages; waits up to ``timeout`` s (None: forever) for the
         first one. Returns an empty list on timeout."""
-        core = self._core
         if max_messages < 1:
             raise ValidationError(f"max_messages must be >= 1, got {max_messages}")
+        return await self._recv_into(max_messages, timeout, 1 << 30)
+
+    async def _recv_into(
+        self, max_messages: int, timeout: float | None, max_frames: int
+    ) -> list[Message]:
+        core = self._core
         core._check_open()
         out = core._take_buffered(max_messages)
         if len(out) == max_messages:
@@ -197,7 +202,7 @@ class Subscriber:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with core._lock:
-                core._fill(out, max_messages)
+                core._fill(out, max_messages, max_frames)
                 if core._snail is not None:
                     core._suicide()  # slow_consumer="close": raises SlowConsumerError
             if out:
@@ -230,7 +235,7 @@ class Subscriber:
         if pos < len(core._buf):
             core._pos = pos + 1
             return core._buf[pos]
-        batch = await self.recv_batch(8192, timeout)
+        batch = await self._recv_into(8192, timeout, 1)
         if not batch:
             raise TimeoutError(f"no message within {timeout}s on {core.endpoints}")
         return core._install(batch)

@@ -87,7 +87,7 @@ def _flusher_loop(
             if pub is None:
                 return
             if period is None:
-                period = pub._flush_delay_s
+                period = pub._first_tick_s
             urgent = pub._urgent
             try:
                 appended = pub._batcher.records_appended
@@ -171,6 +171,13 @@ class Publisher:
         Where this publisher reports its counters (default: ``pybus.metrics.default_registry``);
         ``False`` reports nowhere and skips the per-frame topic and batch-size accounting.
 
+    Notes
+    -----
+    ``publish`` may be called from several threads (per-topic order is the order of the
+    calls). A publish never blocks on a slow subscriber: ZeroMQ drops that subscriber's frames
+    at its high-water mark, and the subscriber counts them as lost from the sequence gaps.
+    ``close()`` gives ZeroMQ ``close_linger_ms`` to deliver what is queued, then discards it.
+
     Examples
     --------
     >>> with pybus.Publisher("ipc:///tmp/orders") as pub:          # doctest: +SKIP
@@ -243,6 +250,11 @@ class Publisher:
         self._on_full_policy: OnFull = on_full
         self._block_timeout = float(block_timeout)
         self._flush_delay_s = delay_us / 1e6
+        self._lingering = linger_us > 0
+        # The flusher's first look after a batch starts: with linger_us, when the batch is due;
+        # else after idle_us, so a lone message (or the end of a burst) that came too soon
+        # after the previous send to go out at once waits about idle_us, not max_delay_us.
+        self._first_tick_s = delay_us / 1e6 if linger_us > 0 else min(idle_us, delay_us) / 1e6
         self._close_linger_ms = int(close_linger_ms)
         self.sndhwm: int = (
             int(sndhwm) if sndhwm is not None else base.hwm_for(max_queued_bytes, max_batch_bytes)
@@ -326,8 +338,8 @@ class Publisher:
         self._batcher.set_hooks(
             self._resolve_topic, _pack, self._on_ready, self._on_pending, self._on_full
         )
-        #: Publish one message: ``publish(topic, payload, headers=None)``. The batcher's C
-        #: method itself, so a publish is one call into compiled code. See :meth:`_publish_doc`.
+        # publish(topic, payload, headers=None) is the batcher's C method itself, so a publish
+        # is one call into compiled code (documented by the class-level publish below).
         self.publish = self._batcher.publish  # type: ignore[method-assign]
 
         self._wake = threading.Event()
@@ -581,9 +593,9 @@ class Publisher:
                 raise ClosedError("closed")
             b = self._batcher
             if b.pending_records:
-                if urgent or b.records_appended == appended_before:
+                if urgent or self._lingering or b.records_appended == appended_before:
                     self._flush_locked()
-                    period = self._flush_delay_s
+                    period = self._first_tick_s
                 else:  # still publishing: that thread sends by itself, back off
                     return min(period * 2, _MAX_TICK_S)
             # disarm, then look again: a record that arrived meanwhile re-arms (no lost wake-up)
