@@ -89,6 +89,14 @@ class Liveness:
     reconnect_ivl_max_ms : int
         ... up to this bound. The defaults bring a connection back within about a second of
         its link returning.
+    tcp_keepalive_idle_s, tcp_keepalive_intvl_s, tcp_keepalive_cnt : int
+        TCP keepalive (kernel probes on an idle connection; 0 idle: off). Sockets that receive
+        the data stream (Subscriber, the proxy's frontend, the work queue's ROUTER) detect a
+        dead peer this way rather than with ZMTP heartbeats: libzmq <= 4.3.5 can abort
+        (``Assertion failed: _input_stopped``, zeromq/libzmq#3937, #4767) when a heartbeat
+        timeout hits a connection whose receive queue is full -- a slow consumer. Heartbeats
+        stay on the sending sides (Publisher, the proxy's backend, Worker), which notice a
+        dead subscriber and free its queue.
     connect_timeout_ms : int
         Give up a TCP connection attempt after this long (0: the kernel's SYN retries, which
         back off to minutes) and try again after the reconnection delay, so a host whose link
@@ -108,12 +116,16 @@ class Liveness:
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 1000
     connect_timeout_ms: int = 1000
+    tcp_keepalive_idle_s: int = 10
+    tcp_keepalive_intvl_s: int = 2
+    tcp_keepalive_cnt: int = 3
     monitor: bool = True
     on_peer: PeerCallback | None = None
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_ivl_ms", "heartbeat_timeout_ms", "heartbeat_ttl_ms",
-                     "reconnect_ivl_ms", "reconnect_ivl_max_ms", "connect_timeout_ms"):
+                     "reconnect_ivl_ms", "reconnect_ivl_max_ms", "connect_timeout_ms",
+                     "tcp_keepalive_idle_s", "tcp_keepalive_intvl_s", "tcp_keepalive_cnt"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 6_553_500:
                 raise ValidationError(f"Liveness.{name} must be an int in 0..6553500 ms, got {v!r}")
@@ -232,14 +244,16 @@ class _Hub:
         self._lock = threading.Lock()
         self._zap: zmq.Socket | None = None
         self.stray_zap = 0  # requests for a domain no live Curve owns (rejected)
+        # set (under _lock) when the hub decides to exit: it then accepts nothing more
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name="pybus-hub", daemon=True)
         self._thread.start()
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and not self._closing
 
-    def add_domain(self, curve: Curve) -> None:
+    def add_domain(self, curve: Curve) -> bool:
         """Route ZAP requests of ``curve.domain`` to ``curve``; bind the ZAP handler once.
 
         The ROUTER is created and bound here, in the caller's thread, so that the handler
@@ -247,12 +261,14 @@ class _Hub:
         hub thread picks it up), then handed over to the hub thread.
         """
         with self._lock:
+            if self._closing:
+                return False
             self._domains[curve.domain] = weakref.ref(curve)
             if self._zap is not None:
-                return
+                return True
             ctx = self._ctx_ref()
             if ctx is None:  # pragma: no cover
-                return
+                return True
             zap = ctx.socket(zmq.ROUTER)
             zap.linger = 0
             try:
@@ -267,6 +283,7 @@ class _Hub:
                 ) from None
             self._zap = zap
             self._new.put(("zap", zap))
+            return True
 
     def sync(self, timeout: float = 1.0) -> bool:
         """Wait until the hub has read every monitor event queued so far."""
@@ -274,15 +291,27 @@ class _Hub:
         self._new.put(("sync", done))
         return done.wait(timeout)
 
-    def watch(self, mon: zmq.Socket, watch: SocketWatch, curves: list[Curve]) -> None:
-        self._new.put(("mon", mon, watch, curves))
+    def watch(self, mon: zmq.Socket, watch: SocketWatch, curves: list[Curve]) -> bool:
+        with self._lock:
+            if self._closing:
+                return False
+            self._new.put(("mon", mon, watch, curves))
+            return True
 
     def _run(self) -> None:
         poller = zmq.Poller()
         zap: zmq.Socket | None = None
         monitors: dict[zmq.Socket, tuple[SocketWatch, list[Curve]]] = {}
+        watched = False
         try:
             while True:
+                if watched and not monitors and zap is None:
+                    # every watched socket is closed: exit (an empty poll set would never see
+                    # the context terminate), unless something was handed over meanwhile
+                    with self._lock:
+                        if self._new.empty():
+                            self._closing = True
+                            break
                 while True:
                     try:
                         item = self._new.get_nowait()
@@ -300,6 +329,7 @@ class _Hub:
                         zap = item[1]
                     else:
                         monitors[item[1]] = (item[2], item[3])
+                        watched = True
                     poller.register(item[1], zmq.POLLIN)
                 for sock, _ in poller.poll(_HUB_POLL_MS):
                     if sock is zap:
@@ -314,6 +344,8 @@ class _Hub:
         except Exception:  # pragma: no cover - keep the reason in the log
             log.exception("pybus hub thread failed")
         finally:
+            with self._lock:
+                self._closing = True
             while True:  # sockets handed over but never picked up are ours to close too
                 try:
                     item = self._new.get_nowait()
@@ -387,7 +419,7 @@ _HUBS_LOCK = threading.Lock()
 
 
 def hub_for(ctx: zmq.Context) -> _Hub:
-    """The hub of ``ctx``, started on first use."""
+    """The hub of ``ctx``, started on first use (and again after it exited)."""
     with _HUBS_LOCK:
         hub = _HUBS.get(id(ctx))
         if hub is not None and hub.alive and hub._ctx_ref() is ctx:
@@ -418,6 +450,7 @@ def configure(
     liveness: Liveness | None = None,
     max_msg_bytes: int | None = None,
     context: zmq.Context | None = None,
+    receives_stream: bool = False,
 ) -> SocketWatch | None:
     """Apply pybus's transport options to a fresh socket (before bind/connect).
 
@@ -433,6 +466,9 @@ def configure(
         ``MAXMSGSIZE``: larger frames are refused before allocation.
     context : zmq.Context, optional
         The socket's context when ``sock.context`` does not tell (a shadow socket).
+    receives_stream : bool
+        The socket receives a data stream into a bounded queue the application may let fill
+        up: no ZMTP heartbeats (see :class:`Liveness`), TCP keepalive only.
 
     Returns
     -------
@@ -442,10 +478,15 @@ def configure(
     lv = DEFAULT_LIVENESS if liveness is None else liveness
     if not isinstance(lv, Liveness):
         raise ValidationError(f"liveness must be a pybus.Liveness, got {type(lv).__name__}")
-    if lv.heartbeat_ivl_ms:
+    if lv.heartbeat_ivl_ms and not receives_stream:
         sock.setsockopt(zmq.HEARTBEAT_IVL, lv.heartbeat_ivl_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, lv.heartbeat_timeout_ms)
         sock.setsockopt(zmq.HEARTBEAT_TTL, lv.heartbeat_ttl_ms)
+    if lv.tcp_keepalive_idle_s:
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, lv.tcp_keepalive_idle_s)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, max(1, lv.tcp_keepalive_intvl_s))
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, lv.tcp_keepalive_cnt))
     sock.setsockopt(zmq.RECONNECT_IVL, lv.reconnect_ivl_ms)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, lv.reconnect_ivl_max_ms)
     sock.setsockopt(zmq.CONNECT_TIMEOUT, lv.connect_timeout_ms)
@@ -480,8 +521,9 @@ def watch(sock: zmq.Socket, on_peer: PeerCallback | None = None,
     mon = ctx.socket(zmq.PAIR)
     mon.linger = 0
     mon.connect(addr)  # connected here, so no event is lost before the hub reads it
+    while not hub.watch(mon, w, curves):  # that hub was exiting: a new one takes over
+        hub = hub_for(ctx)
     w._hub = hub
-    hub.watch(mon, w, curves)
     return w
 
 

@@ -165,7 +165,8 @@ class Proxy:
             front.setsockopt(zmq.SNDHWM, 10_000)  # subscriptions upstream
             back.setsockopt(zmq.SNDHWM, sndhwm)
             back.setsockopt(zmq.RCVHWM, 10_000)  # subscriptions from subscribers
-            self._front_watch = _sockets.configure(front, security=fsec, liveness=liveness)
+            self._front_watch = _sockets.configure(front, security=fsec, liveness=liveness,
+                                                   receives_stream=True)
             self._back_watch = _sockets.configure(back, security=bsec, liveness=liveness)
             self.frontend: list[str] = []
             self.backend: list[str] = []

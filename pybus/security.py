@@ -396,7 +396,9 @@ class Curve:
         if self.role == "server":
             from ._sockets import hub_for
 
-            hub_for(context if context is not None else sock.context).add_domain(self)
+            ctx = context if context is not None else sock.context
+            while not hub_for(ctx).add_domain(self):  # that hub was exiting: use a new one
+                pass
             sock.setsockopt(zmq.ZAP_DOMAIN, self.domain)
             sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
             sock.setsockopt(zmq.CURVE_SERVER, 1)

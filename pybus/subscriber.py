@@ -183,7 +183,7 @@ class Subscriber:
             sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
             self._watch = _sockets.configure(sock, security=security, liveness=liveness,
-                                             context=self._ctx)
+                                             context=self._ctx, receives_stream=True)
             for p in self._matcher.patterns:
                 sock.setsockopt(zmq.SUBSCRIBE, self._matcher._compiled[p].prefix)
             sock.setsockopt(zmq.SUBSCRIBE, self._hello)  # after the topics: see docs/wire.md

@@ -310,7 +310,8 @@ class WorkQueue:
             # MAXMSGSIZE: worker frames are small (an ACK holds at most 2**20 ids, 16 MiB); a
             # larger one is refused by ZeroMQ before it allocates it
             self._watch = _sockets.configure(self._router, security=security, liveness=liveness,
-                                             max_msg_bytes=_MAX_WORKER_FRAME_BYTES)
+                                             max_msg_bytes=_MAX_WORKER_FRAME_BYTES,
+                                             receives_stream=True)
             self._router.bind(endpoint)
         except zmq.ZMQError as exc:
             self._router.close()

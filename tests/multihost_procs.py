@@ -39,9 +39,11 @@ def _liveness() -> Any:
 
     # what the test's bar needs: a dead link noticed within ~1 s, a returning one used again
     # within ~1 s (connection attempts abandoned after 500 ms, retried at most 500 ms apart)
+    # (stream receivers use TCP keepalive instead of heartbeats: probes after 1 s of silence)
     return pybus.Liveness(heartbeat_ivl_ms=300, heartbeat_timeout_ms=1000,
                           heartbeat_ttl_ms=1000, reconnect_ivl_ms=50, reconnect_ivl_max_ms=500,
-                          connect_timeout_ms=500)
+                          connect_timeout_ms=500, tcp_keepalive_idle_s=1,
+                          tcp_keepalive_intvl_s=1, tcp_keepalive_cnt=2)
 
 
 def role_proxy(a: dict[str, Any]) -> None:

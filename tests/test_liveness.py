@@ -54,8 +54,13 @@ def test_liveness_options_land_on_the_sockets() -> None:
         assert (s.getsockopt(zmq.RECONNECT_IVL), s.getsockopt(zmq.RECONNECT_IVL_MAX)) == (50, 800)
         d = pybus.Liveness()
         t = sub._sock
-        assert t.getsockopt(zmq.HEARTBEAT_IVL) == d.heartbeat_ivl_ms > 0
+        # a stream receiver: TCP keepalive, no ZMTP heartbeats (libzmq#3937, see Liveness)
+        assert t.getsockopt(zmq.HEARTBEAT_IVL) == 0
+        assert t.getsockopt(zmq.TCP_KEEPALIVE) == 1
+        assert t.getsockopt(zmq.TCP_KEEPALIVE_IDLE) == d.tcp_keepalive_idle_s > 0
+        assert t.getsockopt(zmq.TCP_KEEPALIVE_CNT) == d.tcp_keepalive_cnt > 0
         assert t.getsockopt(zmq.RECONNECT_IVL_MAX) == d.reconnect_ivl_max_ms > 0
+        assert s.getsockopt(zmq.HEARTBEAT_IVL) == 250  # the sending side keeps heartbeats
     finally:
         sub.close()
         pub.close(linger=0)
