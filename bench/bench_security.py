@@ -10,7 +10,7 @@ so machine drift hits both alike. The ratio (CURVE / plaintext throughput) is th
 
 Usage::
 
-    .venv/bin/python bench/bench_security.py [--n 500000] [--reps 5]
+    .venv/bin/python bench/bench_security.py [--n 2000000] [--reps 5]
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def one_run(curve: bool, n: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=500_000)
+    ap.add_argument("--n", type=int, default=2_000_000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
