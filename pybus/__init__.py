@@ -21,6 +21,7 @@ from ._native import (
     iter_frame,
     ring_record_size,
 )
+from ._sockets import Liveness, SlowConsumerError
 from ._version import __version__
 from .breaker import CircuitBreaker, CircuitState
 from .dlq import DeadLetter, DeadLetterQueue
@@ -41,11 +42,13 @@ from .errors import (
     TransportError,
     ValidationError,
 )
+from .proxy import Proxy
 from .pubsub import Publisher, Subscriber
 from .ratelimit import KeyedRateLimiter, RateLimiter
 from .retry import RetryPolicy
 from .rpc import Client, Server
 from .rpc_aio import AsyncClient
+from .security import Curve, keypair, load_keypair, load_public_key, load_secret_key, save_keypair
 from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
 from .worker import Worker
 from .workqueue import WorkQueue
@@ -105,4 +108,13 @@ __all__ = [
     "frame_info",
     "iter_frame",
     "ring_record_size",
+    "Curve",
+    "Liveness",
+    "Proxy",
+    "SlowConsumerError",
+    "keypair",
+    "load_keypair",
+    "load_public_key",
+    "load_secret_key",
+    "save_keypair",
 ]

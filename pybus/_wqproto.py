@@ -108,6 +108,11 @@ def parse_welcome(frame: bytes) -> tuple[int, int, int]:
     _, _, hb_ms, liveness, credit = _WELCOME.unpack(frame)
     if hb_ms == 0 or liveness == 0:
         raise FrameError("WELCOME with a zero heartbeat or liveness; both must be >= 1")
+    # bounded like the queue's own options (a fuzzed 2**32 ms crashed the worker's poll)
+    if hb_ms > 3_600_000 or liveness > 1000:
+        raise FrameError(
+            f"WELCOME heartbeat {hb_ms} ms / liveness {liveness}; allowed 1..3600000 / 1..1000"
+        )
     return hb_ms, liveness, credit
 
 

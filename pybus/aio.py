@@ -178,6 +178,10 @@ class Subscriber:
         """See :meth:`pybus.Subscriber.stats`."""
         return self._core.stats()
 
+    async def fetch_history(self, endpoint: str, timeout: float = 5.0) -> int:
+        """See :meth:`pybus.Subscriber.fetch_history` (runs in a worker thread)."""
+        return await asyncio.to_thread(self._core.fetch_history, endpoint, timeout)
+
     async def recv_batch(
         self, max_messages: int = 10_000, timeout: float | None = None
     ) -> list[Message]:
@@ -199,6 +203,8 @@ class Subscriber:
         while True:
             with core._lock:
                 core._fill(out, max_messages, max_frames)
+                if core._snail is not None:
+                    core._suicide()  # slow_consumer="close": raises SlowConsumerError
             if out:
                 return out
             if deadline is None:

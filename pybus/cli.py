@@ -760,6 +760,10 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--hlog", metavar="FILE", help="write an HdrHistogram interval log")
     bn.add_argument("--plot", metavar="FILE.png",
                     help='write a PNG (needs matplotlib: pip install "pybus[plot]")')
+
+    from .cli_security import register as register_security  # keygen, proxy
+
+    register_security(sub)
     return p
 
 

@@ -22,6 +22,7 @@ import msgpack
 import zmq
 
 from . import _pubsub_base as base
+from . import _sockets
 from . import metrics as _metrics
 from ._native import Batcher, Histogram, frame_info
 from ._native._batch import set_thread_timer_slack
@@ -175,6 +176,16 @@ class Publisher:
         64-bit id written in every frame (default: random).
     context : zmq.Context, optional
         Defaults to ``zmq.Context.instance()`` (inproc peers must share the context).
+    security : pybus.Curve, optional
+        CURVE for this socket (usually ``Curve.server``; see :mod:`pybus.security`). With
+        ``permissions``, each subscription is checked against the subscriber's key.
+    liveness : pybus.Liveness, optional
+        Heartbeats, reconnection backoff and peer-event callbacks (default ``Liveness()``).
+    history : int
+        Keep the last ``history`` messages per topic for late joiners (0: none).
+    history_endpoint : str, optional
+        Where to serve that history (a ROUTER; required with ``history``); see
+        :mod:`pybus.history`.
     registry : pybus.metrics.Registry or False, optional
         Where this publisher reports its counters (default: ``pybus.metrics.default_registry``);
         ``False`` reports nowhere and skips the per-frame topic and batch-size accounting.
@@ -214,8 +225,14 @@ class Publisher:
         publisher_id: int | None = None,
         context: zmq.Context | None = None,
         registry: Any = None,
+        security: Any = None,
+        liveness: Any = None,
+        history: int = 0,
+        history_endpoint: str | None = None,
     ) -> None:
         self._closed = True  # until fully constructed (so __del__/close are safe)
+        if history and not history_endpoint:
+            raise ValidationError("history needs history_endpoint (e.g. 'tcp://*:5557')")
         if on_full not in _ON_FULL:
             raise ValidationError(f"on_full must be one of {_ON_FULL}, got {on_full!r}")
         if not block_timeout >= 0:
@@ -271,6 +288,12 @@ class Publisher:
             sock.setsockopt(zmq.SNDHWM, self.sndhwm)
             # subscriptions arrive as messages on the XPUB socket; bound their queue as well
             sock.setsockopt(zmq.RCVHWM, 10_000)
+            self._watch = _sockets.configure(sock, security=security, liveness=liveness,
+                                             context=self._ctx)
+            # per-key subscribe permissions: apply each subscription ourselves (XPUB manual)
+            self._acl = security if security is not None and security.has_permissions else None
+            if self._acl is not None:
+                sock.setsockopt(zmq.XPUB_MANUAL, 1)
             self.endpoints: list[str] = []
             for ep in endpoints:
                 if connect:
@@ -284,6 +307,13 @@ class Publisher:
             raise from_zmq(
                 exc, f"Publisher({'connect' if connect else 'bind'} {endpoint!r})"
             ) from exc
+        except BaseException:  # e.g. a bad security= or liveness= argument
+            self._close_socket(0)
+            raise
+        self._connect = connect
+        self._security = security
+        if security is not None and security.is_server:
+            security._register_owner(self)
         # pyzmq's Cython send, without the sugar layer's routing_id/group handling (2x faster)
         self._send = zmq.backend.Socket.send.__get__(sock)
         self._next_sub_check = 0.0
@@ -305,6 +335,25 @@ class Publisher:
         # registry=False turns this accounting off.
         self._published_by_topic: dict[bytes, int] | None = None if registry is False else {}
         self._batch_sizes = Histogram(1, max(2, max_batch_records), 2)
+        self._denied_subscriptions = 0
+        self._history: Any = None
+        self._history_server: Any = None
+        if history:
+            from .history import HistoryServer, HistoryStore
+
+            self._history = HistoryStore(history, max_topics)
+            try:
+                self._history_server = HistoryServer(
+                    self._ctx, history_endpoint, self._history_snapshot,  # type: ignore[arg-type]
+                    {"publisher_id": publisher_id, "history": history},
+                    lambda s: _sockets.configure(s, security=security, liveness=liveness),
+                )
+            except BaseException:
+                sock.close(linger=0)
+                raise
+            self.history_endpoint: str | None = self._history_server.endpoint
+        else:
+            self.history_endpoint = None
 
         self._batcher.set_hooks(
             self._resolve_topic, _pack, self._on_ready, self._on_pending, self._on_full
@@ -441,10 +490,13 @@ class Publisher:
                     else:
                         send(frame, _NOBLOCK, copy=False)
                     nbytes += n
-                    if by_topic is not None:
+                    if by_topic is not None or self._history is not None:
                         count = frame_info(frame)[2]
-                        by_topic[topic] = by_topic.get(topic, 0) + count
-                        self._batch_sizes.record(count)
+                        if by_topic is not None:
+                            by_topic[topic] = by_topic.get(topic, 0) + count
+                            self._batch_sizes.record(count)
+                        if self._history is not None:
+                            self._history.add(topic, frame, count)
             except zmq.ZMQError as exc:
                 # XPUB never blocks (it drops at a subscriber's HWM), so this is a dead socket
                 raise from_zmq(exc, "Publisher send") from exc
@@ -460,6 +512,9 @@ class Publisher:
     def _read_subscriptions(self) -> None:
         """Consume XPUB (un)subscription messages without blocking (caller holds the lock)."""
         sock = self._sock
+        if self._acl is not None:
+            self._read_subscriptions_acl()
+            return
         while sock.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
             try:
                 msg = sock.recv(_NOBLOCK)
@@ -475,6 +530,77 @@ class Publisher:
                     self._subscribers.discard(body)
             else:
                 self._subscriptions += 1 if msg[0] == 1 else -1
+
+    def _read_subscriptions_acl(self) -> None:
+        """XPUB manual mode: apply each (un)subscription the sender's key permits.
+
+        ZeroMQ applies ``SUBSCRIBE``/``UNSUBSCRIBE`` set right after a subscription message to
+        the connection that sent it, and the message carries that connection's ZAP user id
+        (the client's Z85 public key), so permissions hold per subscriber.
+        """
+        sock = self._sock
+        acl = self._acl
+        while sock.get(_EVENTS) & _POLLIN:
+            try:
+                frame = sock.recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            msg = frame.bytes
+            if not msg or msg[0] not in (0, 1):
+                continue
+            body = msg[1:]
+            subscribe = msg[0] == 1
+            hello = body.startswith(base.HELLO_PREFIX)
+            if subscribe and not hello:
+                try:
+                    user = frame.get("User-Id")
+                except zmq.ZMQError:
+                    user = ""
+                if not acl.may_subscribe(user, body):
+                    self._denied_subscriptions += 1
+                    acl._count_denied_subscription(user, body)
+                    continue
+            sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, body)
+            if hello:
+                if subscribe:
+                    self._subscribers.add(body)
+                else:
+                    self._subscribers.discard(body)
+            else:
+                self._subscriptions += 1 if subscribe else -1
+
+    def _security_rekick(self) -> None:
+        """After a revocation: drop every connection so peers authenticate again."""
+        if self._watch is not None:
+            self._watch.drop_connections()
+            return
+        with self._send_lock:  # not monitored: unbind/rebind (less reliable, see _sockets)
+            if self._closed:
+                return
+            bound = [] if self._connect else list(self.endpoints)
+            conn = list(self.endpoints) if self._connect else []
+            # no reset of the subscriber set: ZeroMQ reports each lost peer's unsubscription
+            # (and a peer back before its old connection is gone is never reported twice)
+            _sockets.rebind(self._sock, bound, conn)
+
+    def _history_snapshot(
+        self, sub_id: bytes, prefixes: list[bytes], wait_s: float
+    ) -> list[tuple[bytes, bytes]] | str:
+        """History thread: wait for the subscriber's hello, then copy the store (Clone)."""
+        hello = base.HELLO_PREFIX + sub_id
+        deadline = time.monotonic() + wait_s
+        while True:
+            base._poke_bound_subscribers()
+            with self._send_lock:
+                if self._closed:
+                    return "publisher closed"
+                self._read_subscriptions()
+                if not sub_id or hello in self._subscribers:
+                    return self._history.snapshot(prefixes)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return f"subscriber {sub_id.decode(errors='replace')} not subscribed here"
+                self._sock.poll(max(1, int(min(remaining, 0.005) * 1000)), zmq.POLLIN)
 
     def _tick(self, period: float, appended_before: int) -> float | None:
         """Flusher thread: send what is pending if publishing stopped during the last period.
@@ -592,6 +718,8 @@ class Publisher:
                 "dropped": dict(self._dropped),
                 "subscribers": len(self._subscribers),
                 "sndhwm": self.sndhwm,
+                "denied_subscriptions": self._denied_subscriptions,
+                "peer_events": dict(self._watch.events) if self._watch is not None else {},
             }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -608,6 +736,8 @@ class Publisher:
         if self._closed:
             return
         linger_ms = self._close_linger_ms if linger is None else max(0, int(linger * 1000))
+        if self._history_server is not None:  # before taking the lock its thread may wait for
+            self._history_server.close()
         got = self._send_lock.acquire(timeout=max(self._block_timeout, 0.1))
         try:
             if got:

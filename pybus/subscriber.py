@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from . import _pubsub_base as base
+from . import _sockets
 from . import metrics as _metrics
 from ._native import Histogram, Message, decode_batch, frame_info
 from .errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
@@ -79,6 +80,23 @@ class Subscriber:
         Decode errors are logged at most once per this many seconds.
     context : zmq.Context, optional
         Defaults to ``zmq.Context.instance()``.
+    security : pybus.Curve, optional
+        CURVE for this socket (usually ``Curve.client``; see :mod:`pybus.security`).
+    liveness : pybus.Liveness, optional
+        Heartbeats, reconnection backoff and peer-event callbacks (default ``Liveness()``).
+    slow_consumer : {"drop", "close"}
+        What to do when this subscriber falls behind (a sequence gap: messages were dropped
+        for it at a high-water mark, or ``max_lag_s`` exceeded): ``"drop"`` counts and goes
+        on (``stats()["slow_consumer_events"]``); ``"close"`` closes the subscriber and raises
+        :class:`pybus.SlowConsumerError` from ``recv`` ("Suicidal Snail").
+    max_lag_s : float, optional
+        Lag bound: a batch stamped more than this many seconds before it is received counts
+        as falling behind (publisher and subscriber clocks must agree to that precision).
+    late_join : bool
+        Fetch the publishers' recent history (``history_endpoint``) before live messages; see
+        :meth:`fetch_history`.
+    history_endpoint : str or list of str, optional
+        The publishers' history endpoints (their ``history_endpoint``).
     registry : pybus.metrics.Registry or False, optional
         Where this subscriber reports its counters (default: ``pybus.metrics.default_registry``);
         ``False`` reports nowhere and skips the per-frame latency recording.
@@ -112,8 +130,20 @@ class Subscriber:
         log_interval_s: float = 10.0,
         context: zmq.Context | None = None,
         registry: Any = None,
+        security: Any = None,
+        liveness: Any = None,
+        slow_consumer: str = "drop",
+        max_lag_s: float | None = None,
+        late_join: bool = False,
+        history_endpoint: str | Sequence[str] | None = None,
     ) -> None:
         self._closed = True
+        if slow_consumer not in ("drop", "close"):
+            raise ValidationError(f"slow_consumer must be 'drop' or 'close', got {slow_consumer!r}")
+        if max_lag_s is not None and not max_lag_s > 0:
+            raise ValidationError(f"max_lag_s must be > 0 seconds or None, got {max_lag_s!r}")
+        if late_join and not history_endpoint:
+            raise ValidationError("late_join needs history_endpoint (the publisher's)")
         eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not eps or not all(isinstance(e, str) and e for e in eps):
             raise ValidationError(
@@ -154,6 +184,8 @@ class Subscriber:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+            self._watch = _sockets.configure(sock, security=security, liveness=liveness,
+                                             context=self._ctx, receives_stream=True)
             for p in self._matcher.patterns:
                 sock.setsockopt(zmq.SUBSCRIBE, self._matcher._compiled[p].prefix)
             sock.setsockopt(zmq.SUBSCRIBE, self._hello)  # after the topics: see docs/wire.md
@@ -169,6 +201,22 @@ class Subscriber:
             raise from_zmq(
                 exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})"
             ) from exc
+        except BaseException:  # e.g. a bad security= or liveness= argument
+            self._close_socket()
+            raise
+        self._bind = bind
+        self._security = security
+        self._liveness = liveness
+        if security is not None and security.is_server:
+            security._register_owner(self)
+        self._snail_close = slow_consumer == "close"
+        self._max_lag_ns = int(max_lag_s * 1e9) if max_lag_s is not None else 0
+        self._snail: tuple[str, str] | None = None
+        self._slow_events: dict[str, int] = {"gap": 0, "lag": 0}
+        # (publisher_id, topic) -> last sequence number delivered from a history snapshot
+        self._floors: dict[tuple[int, bytes], int] = {}
+        self._history_duplicates = 0
+        self._history_received = 0
         # pyzmq's Cython methods, without the sugar layer (per frame, not per message)
         self._recv = zmq.backend.Socket.recv.__get__(sock)
         self._rcvmore = zmq.backend.Socket.get.__get__(sock)
@@ -201,6 +249,14 @@ class Subscriber:
         if bind:
             base._BOUND_SUBSCRIBERS.add(self)
         _metrics.attach(self, registry)
+        if late_join:
+            eps_h = [history_endpoint] if isinstance(history_endpoint, str) else history_endpoint
+            try:
+                for ep in eps_h:  # type: ignore[union-attr]
+                    self.fetch_history(ep)
+            except BaseException:
+                self.close()
+                raise
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -285,6 +341,8 @@ class Subscriber:
         with self._lock:
             if out:  # buffered messages are there: add what arrived, never wait
                 self._fill(out, max_messages, max_frames)
+                if self._snail is not None:
+                    self._suicide()
                 return out
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
@@ -292,6 +350,8 @@ class Subscriber:
                 if first is None:
                     return out
                 self._fill(out, max_messages, max_frames, first)
+                if self._snail is not None:
+                    self._suicide()  # slow_consumer="close": raises SlowConsumerError
                 if out:
                     return out
 
@@ -392,6 +452,21 @@ class Subscriber:
             except FrameError as exc:
                 self._decode_error(str(exc), topic_b)
                 continue
+            if self._floors:
+                floor = self._floors.get((pid, topic_b))
+                if floor is not None:  # after a history snapshot: drop live duplicates
+                    if first + count - 1 <= floor:
+                        self._history_duplicates += count
+                        continue
+                    del self._floors[(pid, topic_b)]
+                    if first <= floor:
+                        skip = floor + 1 - first
+                        self._history_duplicates += skip
+                        msgs = msgs[skip:]
+                        first, count = floor + 1, count - skip
+            if self._max_lag_ns and _ts and time.time_ns() - _ts > self._max_lag_ns:
+                self._slow("lag", f"batch of {topic!r} arrived "
+                           f"{(time.time_ns() - _ts) / 1e9:.3f}s after it was sent")
             self._batches += 1
             self._bytes += len(frame)
             # the frame's first publish time (CLOCK_REALTIME, comparable across processes);
@@ -464,9 +539,99 @@ class Subscriber:
                         self._on_gap(topic, pid, expected, first, lost)
                     except Exception:
                         log.exception("pybus Subscriber on_gap callback raised")
+                self._slow("gap", f"{lost} messages of {topic!r} lost "
+                           f"(seq {expected}..{first - 1})")
             else:
                 self._out_of_order += min(count, expected - first)
         streams[key] = first + count
+
+    def _slow(self, kind: str, detail: str) -> None:
+        self._slow_events[kind] += 1
+        if self._snail_close and self._snail is None:
+            self._snail = (kind, detail)
+
+    def _suicide(self) -> None:
+        """slow_consumer="close": close and raise (caller holds the lock)."""
+        assert self._snail is not None
+        kind, detail = self._snail
+        st = self._stats_locked()
+        self._closed = True
+        base._BOUND_SUBSCRIBERS.discard(self)
+        self._close_socket()
+        self._buf, self._pos = [], 0
+        log.error("pybus Subscriber closed itself as a slow consumer: %s", detail)
+        raise _sockets.SlowConsumerError(
+            f"subscriber fell behind and closed itself (slow_consumer='close'): {detail}; "
+            f"read faster, raise max_queued_bytes/rcvhwm, or use slow_consumer='drop'",
+            kind, st,
+        )
+
+    def fetch_history(self, endpoint: str, timeout: float = 5.0) -> int:
+        """Fetch a publisher's recent messages (Clone pattern); returns how many were queued.
+
+        The snapshot (the last ``history`` messages per matching topic) is delivered by
+        ``recv`` before anything received live after it; live messages the snapshot already
+        holds are dropped (``stats()["history_duplicates"]``), so the hand-over has neither
+        gaps nor duplicates. The publisher answers only once this subscriber's subscription
+        has reached it, so nothing published after the snapshot can be missed.
+        """
+        from .history import request_snapshot
+
+        self._check_open()
+        prefixes = sorted({self._matcher._compiled[p].prefix for p in self._matcher.patterns})
+        if b"" in prefixes:
+            prefixes = [b""]
+        head, pairs = request_snapshot(
+            self._ctx, endpoint, self.id, prefixes, timeout,
+            lambda s: _sockets.configure(s, security=self._security,
+                                         liveness=_sockets.Liveness(monitor=False)),
+        )
+        depth = head.get("history", 0)
+        streams: dict[tuple[int, bytes], list[Message]] = {}
+        for topic_b, frame in pairs:
+            topic = self._classify(topic_b)
+            if topic.__class__ is not str:
+                continue
+            try:
+                pid, _first, _count, _ts = frame_info(frame)
+                msgs = decode_batch(topic, frame)
+            except FrameError as exc:
+                self._decode_error(str(exc), topic_b)
+                continue
+            streams.setdefault((pid, topic_b), []).extend(msgs)
+        snap: list[Message] = []
+        with self._lock:
+            for key, msgs in streams.items():
+                msgs = msgs[-depth:] if depth else msgs
+                last = msgs[-1].seq
+                floor = max(self._floors.get(key, 0), last)
+                self._floors[key] = floor
+                if self._streams.get(key, 0) <= floor:
+                    self._streams[key] = floor + 1
+                snap += msgs
+            keep = [m for m in self._buf[self._pos :] if not self._dup(m)]
+            self._buf, self._pos = snap + keep, 0
+            self._history_received += len(snap)
+        return len(snap)
+
+    def _dup(self, m: Message) -> bool:
+        floor = self._floors.get((m.publisher_id, m.topic.encode("ascii")))
+        if floor is not None and m.seq <= floor:
+            self._history_duplicates += 1
+            return True
+        return False
+
+    def _security_rekick(self) -> None:
+        """After a revocation: drop every connection so peers authenticate again."""
+        if self._watch is not None:
+            self._watch.drop_connections()
+            return
+        with self._lock:  # not monitored: unbind/rebind (less reliable, see _sockets)
+            if self._closed:
+                return
+            bound = list(self.endpoints) if self._bind else []
+            conn = [] if self._bind else list(self.endpoints)
+            _sockets.rebind(self._sock, bound, conn)
 
     def _decode_error(self, reason: str, topic_b: bytes) -> None:
         self._decode_errors += 1
@@ -505,19 +670,26 @@ class Subscriber:
         already passed: duplicates or reordering), ``gaps`` (discontinuities detected), ``bytes``
         and ``batches`` (frames received), ``streams`` tracked, ``buffered``."""
         with self._lock:
-            return {
-                "received": sum(self._received.values()),
-                "received_by_topic": dict(self._received),
-                "lost": sum(self._lost.values()),
-                "lost_by_topic": dict(self._lost),
-                "decode_errors": self._decode_errors,
-                "decode_errors_by_reason": dict(self._decode_errors_by_reason),
-                "out_of_order": self._out_of_order,
-                "gaps": self._gaps,
-                "bytes": self._bytes,
-                "batches": self._batches,
-                "streams": len(self._streams),
-                "buffered": len(self._buf) - self._pos,
+            return self._stats_locked()
+
+    def _stats_locked(self) -> dict[str, Any]:
+        return {
+            "received": sum(self._received.values()),
+            "received_by_topic": dict(self._received),
+            "lost": sum(self._lost.values()),
+            "lost_by_topic": dict(self._lost),
+            "decode_errors": self._decode_errors,
+            "decode_errors_by_reason": dict(self._decode_errors_by_reason),
+            "out_of_order": self._out_of_order,
+            "gaps": self._gaps,
+            "bytes": self._bytes,
+            "batches": self._batches,
+            "streams": len(self._streams),
+            "buffered": len(self._buf) - self._pos,
+            "slow_consumer_events": dict(self._slow_events),
+            "history_received": self._history_received,
+            "history_duplicates": self._history_duplicates,
+            "peer_events": dict(self._watch.events) if self._watch is not None else {},
             }
 
     # -- lifecycle ----------------------------------------------------------------------------

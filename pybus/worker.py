@@ -26,6 +26,7 @@ from typing import Any
 
 import zmq
 
+from . import _sockets
 from . import _wqproto as P
 from . import metrics as _metrics
 from ._native import Histogram
@@ -87,6 +88,10 @@ class Worker:
         Used until the queue's WELCOME tells the queue's own values.
     ack_flush_interval : float
         Longest time a finished message's ack waits to be batched with others.
+    security : pybus.Curve, optional
+        CURVE for the connection to the queue (usually ``Curve.client``).
+    liveness : pybus.Liveness, optional
+        ZMTP heartbeats, reconnection backoff and peer events (default ``Liveness()``).
     registry : pybus.metrics.Registry or False, optional
         Where this object reports its counters (default: ``pybus.metrics.default_registry``;
         ``False``: nowhere).
@@ -103,6 +108,8 @@ class Worker:
         heartbeat_liveness: int = 3,
         ack_flush_interval: float = 0.002,
         registry: Any = None,
+        security: Any = None,
+        liveness: Any = None,
     ) -> None:
         if not isinstance(endpoint, str):
             raise ValidationError(
@@ -138,6 +145,10 @@ class Worker:
                 raise ValidationError(f"{name} must be a number > 0, got {v!r}")
         self.endpoint = endpoint
         self.handler = handler
+        _sockets.check_options(security, liveness)
+        self._security = security
+        self._zmtp_liveness = liveness
+        self._watch: Any = None
         self.concurrency = concurrency
         self.dedupe_window = dedupe_window
         self.prefetch = prefetch
@@ -241,6 +252,8 @@ class Worker:
         sock.linger = 0
         sock.rcvhwm = 0  # the queue's credit bounds what it sends us
         try:
+            self._watch = _sockets.configure(sock, security=self._security,
+                                             liveness=self._zmtp_liveness)
             sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
             sock.close()

@@ -46,6 +46,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from . import _sockets
 from . import _wqproto as P
 from . import metrics as _metrics
 from .errors import (
@@ -189,6 +190,9 @@ class _WorkerState:
 
 from ._wqpolicy import RetryPlan, Throttle  # noqa: E402  (after the record types)
 
+#: Largest frame a worker may send (ACK of MAX_IDS_PER_FRAME ids, plus NACK error texts).
+_MAX_WORKER_FRAME_BYTES = 64 << 20
+
 
 class WorkQueue:
     """At-least-once work queue: binds a ROUTER and hands messages to :class:`pybus.Worker`.
@@ -231,6 +235,10 @@ class WorkQueue:
         Caps the dispatch rate (messages per second); the dispatcher never blocks on it.
     journal_sync : {"normal", "full"}
         See :class:`pybus.journal.Journal`.
+    security : pybus.Curve, optional
+        CURVE for the ROUTER (usually ``Curve.server`` with the workers' keys allowed).
+    liveness : pybus.Liveness, optional
+        ZMTP heartbeats, reconnection backoff and peer events (default ``Liveness()``).
     registry : pybus.metrics.Registry or False, optional
         Where this object reports its counters (default: ``pybus.metrics.default_registry``;
         ``False``: nowhere).
@@ -258,6 +266,8 @@ class WorkQueue:
         rate_limit: Any = None,
         journal_sync: str = "normal",
         registry: Any = None,
+        security: Any = None,
+        liveness: Any = None,
     ) -> None:
         if not isinstance(endpoint, str):
             raise ValidationError(
@@ -295,7 +305,13 @@ class WorkQueue:
         # pyzmq sends frames above copy_threshold (64 KiB) zero-copy, which hands every
         # frame's release to its GC thread: more GIL traffic than a memcpy of ~100 KB costs.
         self._router.copy_threshold = 1 << 30
+        self._rekick = False
         try:
+            # MAXMSGSIZE: worker frames are small (an ACK holds at most 2**20 ids, 16 MiB); a
+            # larger one is refused by ZeroMQ before it allocates it
+            self._watch = _sockets.configure(self._router, security=security, liveness=liveness,
+                                             max_msg_bytes=_MAX_WORKER_FRAME_BYTES,
+                                             receives_stream=True)
             self._router.bind(endpoint)
         except zmq.ZMQError as exc:
             self._router.close()
@@ -304,6 +320,8 @@ class WorkQueue:
                 self._journal.close()
             raise from_zmq(exc, f"WorkQueue cannot bind {endpoint!r}") from None
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        if security is not None and security.is_server:
+            security._register_owner(self)
         wake_addr = f"inproc://pybus-wq-wake-{id(self):x}"
         self._wake_pull = self._ctx.socket(zmq.PULL)
         self._wake_pull.linger = 0
@@ -524,6 +542,19 @@ class WorkQueue:
         s["workers"] = len(self._workers)
         return s
 
+    def _security_rekick(self) -> None:
+        """After :meth:`pybus.Curve.revoke`: drop every connection (peers authenticate again)."""
+        if self._watch is not None:
+            self._watch.drop_connections()
+            return
+        self._rekick = True  # not monitored: the dispatcher unbinds and rebinds
+        try:
+            with self._put_lock:
+                if not self._closed:
+                    self._wake_push.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the dispatcher and release the socket (idempotent).
 
@@ -568,6 +599,9 @@ class WorkQueue:
         next_house = time.monotonic() + tick
         try:
             while not self._stopping:
+                if self._rekick:  # a key was revoked: peers must authenticate again
+                    self._rekick = False
+                    _sockets.rebind(router, [self.endpoint], [])
                 now = time.monotonic()
                 wait = next_house - now
                 if self._timers:

@@ -20,6 +20,16 @@ def _topic(t: str) -> str:
     return "other" if t == "<other>" else t
 
 
+def _transport_samples(obj: Any, s: dict[str, Any]) -> Iterator[RawSample]:
+    """Peer events of a socket's monitor and its CURVE server's rejections (pybus.security)."""
+    for event, n in s.get("peer_events", {}).items():
+        yield "pybus_peer_events_total", {"side": "socket", "event": event}, n
+    sec = getattr(obj, "_security", None)
+    if sec is not None and getattr(sec, "is_server", False):
+        for reason, n in sec.stats()["rejected_by_reason"].items():
+            yield "pybus_auth_rejected_total", {"reason": reason}, n
+
+
 class _PublisherAdapter:
     kind = "publisher"
 
@@ -38,6 +48,7 @@ class _PublisherAdapter:
         sizes = getattr(pub, "_batch_sizes", None)
         if sizes is not None:
             yield "pybus_batch_size_messages", {}, HdrValue(sizes, 1.0, s["published"])
+        yield from _transport_samples(pub, s)
 
     def readiness(self, pub: Any) -> tuple[bool, str]:
         return (False, "publisher is closed") if pub.closed else (True, "")
@@ -62,6 +73,7 @@ class _SubscriberAdapter:
         lat = getattr(sub, "_latency", None)
         if lat is not None:
             yield "pybus_end_to_end_latency_seconds", {}, HdrValue(lat, _NS)
+        yield from _transport_samples(sub, s)
 
     def readiness(self, sub: Any) -> tuple[bool, str]:
         return (False, "subscriber is closed") if sub.closed else (True, "")
@@ -142,6 +154,37 @@ class _DlqAdapter:
         yield "pybus_dlq_evicted_total", {}, s["evictions"]
 
     def readiness(self, dlq: Any) -> tuple[bool, str]:
+        return True, ""
+
+
+class _ProxyAdapter:
+    kind = "proxy"
+
+    def samples(self, px: Any) -> Iterator[RawSample]:
+        if px.closed:
+            return
+        s = px.stats()
+        for side in ("frontend", "backend"):
+            d = s[side]
+            for direction in ("in", "out"):
+                yield ("pybus_proxy_messages_total", {"side": side, "direction": direction},
+                       d[f"messages_{direction}"])
+                yield ("pybus_proxy_bytes_total", {"side": side, "direction": direction},
+                       d[f"bytes_{direction}"])
+            if d.get("peers") is not None:
+                yield "pybus_peers", {"side": side}, d["peers"]
+            for event, n in d.get("peer_events", {}).items():
+                yield "pybus_peer_events_total", {"side": side, "event": event}, n
+        rejected: dict[str, int] = {}
+        for a in s["auth"]:
+            for reason, n in a["rejected_by_reason"].items():
+                rejected[reason] = rejected.get(reason, 0) + n
+        for reason, n in rejected.items():
+            yield "pybus_auth_rejected_total", {"reason": reason}, n
+
+    def readiness(self, px: Any) -> tuple[bool, str]:
+        if px.closed or px.stats()["state"] != "running":
+            return False, f"proxy is {'closed' if px.closed else px.stats()['state']}"
         return True, ""
 
 
@@ -234,3 +277,4 @@ register_adapter("pybus.ratelimit.RateLimiter", _RateLimiterAdapter())
 register_adapter("pybus.ratelimit.KeyedRateLimiter", _KeyedRateLimiterAdapter())
 register_adapter("pybus.retry.RetryPolicy", _RetryAdapter())
 register_adapter("pybus.dlq.DeadLetterQueue", _DlqAdapter())
+register_adapter("pybus.proxy.Proxy", _ProxyAdapter())

@@ -185,6 +185,21 @@ _TABLE: tuple[_Entry, ...] = (
            "Messages or tasks handed out and not yet acknowledged.", "", _N, "workqueue"),
     _Entry("pybus_queue_depth", "gauge",
            "Messages or tasks waiting to be handed out.", "", _N, "workqueue"),
+    # -- proxy and transport security
+    _Entry("pybus_proxy_messages_total", "counter",
+           "Message parts a proxy received (in) or sent (out), by side (frontend/backend).", "",
+           ("name", "side", "direction"), "proxy"),
+    _Entry("pybus_proxy_bytes_total", "counter",
+           "Bytes a proxy received (in) or sent (out), by side (frontend/backend).", "bytes",
+           ("name", "side", "direction"), "proxy"),
+    _Entry("pybus_peer_events_total", "counter",
+           "ZeroMQ socket-monitor events (connected, accepted, disconnected, handshake_failed, "
+           "...), by side.", "", ("name", "side", "event"), "proxy"),
+    _Entry("pybus_peers", "gauge",
+           "Connections currently up, by side.", "", ("name", "side"), "proxy"),
+    _Entry("pybus_auth_rejected_total", "counter",
+           "Connection attempts refused by CURVE/ZAP, by reason (not_allowed, revoked, "
+           "mechanism, handshake).", "", ("name", "reason"), "proxy"),
     # -- process (psutil); prefixed so they never clash with prometheus_client's process_*
     _Entry("pybus_process_cpu_seconds_total", "counter",
            "User plus system CPU time of this process.", "seconds", (), "process"),

@@ -1,0 +1,344 @@
+"""Liveness: ZMTP heartbeats, reconnection backoff, peer events, slow consumers, late joiners."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import zmq
+
+import pybus
+
+pytestmark = pytest.mark.timeout(60)
+BIG = 100_000
+
+
+def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def _drain(sub: pybus.Subscriber, n: int, timeout: float = 10.0) -> list[pybus.Message]:
+    out: list[pybus.Message] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        out += sub.recv_batch(n - len(out), timeout=max(0.01, deadline - time.monotonic()))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- options -----------------------------------------------------------------------------------
+
+
+def test_liveness_options_land_on_the_sockets() -> None:
+    lv = pybus.Liveness(heartbeat_ivl_ms=250, heartbeat_timeout_ms=900, heartbeat_ttl_ms=1200,
+                        reconnect_ivl_ms=50, reconnect_ivl_max_ms=800)
+    pub = pybus.Publisher("tcp://127.0.0.1:*", liveness=lv, registry=False)
+    sub = pybus.Subscriber(pub.endpoints, registry=False)  # defaults
+    try:
+        s = pub._sock
+        assert (s.getsockopt(zmq.HEARTBEAT_IVL), s.getsockopt(zmq.HEARTBEAT_TIMEOUT),
+                s.getsockopt(zmq.HEARTBEAT_TTL)) == (250, 900, 1200)
+        assert (s.getsockopt(zmq.RECONNECT_IVL), s.getsockopt(zmq.RECONNECT_IVL_MAX)) == (50, 800)
+        d = pybus.Liveness()
+        t = sub._sock
+        # a stream receiver: TCP keepalive, no ZMTP heartbeats (libzmq#3937, see Liveness)
+        assert t.getsockopt(zmq.HEARTBEAT_IVL) == 0
+        assert t.getsockopt(zmq.TCP_KEEPALIVE) == 1
+        assert t.getsockopt(zmq.TCP_KEEPALIVE_IDLE) == d.tcp_keepalive_idle_s > 0
+        assert t.getsockopt(zmq.TCP_KEEPALIVE_CNT) == d.tcp_keepalive_cnt > 0
+        assert t.getsockopt(zmq.RECONNECT_IVL_MAX) == d.reconnect_ivl_max_ms > 0
+        assert s.getsockopt(zmq.HEARTBEAT_IVL) == 250  # the sending side keeps heartbeats
+    finally:
+        sub.close()
+        pub.close(linger=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        ({"heartbeat_ivl_ms": -1}, "heartbeat_ivl_ms"),
+        ({"heartbeat_ttl_ms": 150}, "multiple of 100"),
+        ({"reconnect_ivl_ms": 500, "reconnect_ivl_max_ms": 100}, "reconnect_ivl_max_ms"),
+        ({"on_peer": 3}, "on_peer"),
+    ],
+)
+def test_bad_liveness_options(kwargs: dict[str, object], msg: str) -> None:
+    with pytest.raises(pybus.ValidationError, match=msg):
+        pybus.Liveness(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(pybus.ValidationError, match="liveness must be"):
+        pybus.Subscriber("tcp://127.0.0.1:1", liveness=5)
+
+
+# -- peer events and reconnection ------------------------------------------------------------
+
+
+def test_peer_events_reach_callbacks_and_counters_and_reconnect_after_restart() -> None:
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def on_peer(event: str, endpoint: str) -> None:
+        with lock:
+            events.append((event, endpoint))
+
+    port = _free_port()
+    ep = f"tcp://127.0.0.1:{port}"
+    sub = pybus.Subscriber(ep, liveness=pybus.Liveness(on_peer=on_peer, reconnect_ivl_ms=20,
+                                                       reconnect_ivl_max_ms=200),
+                           rcvhwm=BIG, registry=False)
+    pub = pybus.Publisher(ep, sndhwm=BIG, registry=False)
+    try:
+        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        assert _until(lambda: ("handshake_succeeded", ep) in events)
+        assert ("connected", ep) in events
+        pub.publish("a.b", 1)
+        pub.flush()
+        first = _drain(sub, 1)
+        pub.close(linger=0)  # the publisher host goes away ...
+        assert _until(lambda: sub.recv_batch(1, timeout=0.01) == [] and
+                      ("disconnected", ep) in events)
+        pub = pybus.Publisher(ep, sndhwm=BIG, registry=False)  # ... and comes back
+        # the SUB reconnects by itself (bounded backoff) and resends its subscriptions
+        assert _until(lambda: sub.recv_batch(1, timeout=0.01) == [] and
+                      pub.stats()["subscribers"] == 1)
+        pub.publish("a.b", 2)
+        pub.flush()
+        second = _drain(sub, 1)
+        assert [m.payload for m in first + second] == [1, 2]
+        st = sub.stats()["peer_events"]
+        assert st["connected"] >= 2 and st["disconnected"] >= 1
+        assert sum(1 for e, _ in events if e == "handshake_succeeded") >= 2
+    finally:
+        sub.close()
+        pub.close(linger=0)
+
+
+@pytest.mark.parametrize("heartbeats", [True, False])
+def test_heartbeat_timeout_closes_a_silent_connection(heartbeats: bool) -> None:
+    """A peer that stops answering (a frozen host, a dead link) is dropped after the
+    heartbeat timeout, instead of the connection lingering for TCP's minutes."""
+    lv = pybus.Liveness(heartbeat_ivl_ms=100 if heartbeats else 0, heartbeat_timeout_ms=300,
+                        heartbeat_ttl_ms=300)
+    pub = pybus.Publisher("tcp://127.0.0.1:*", liveness=lv, registry=False)
+    host, port = pub.endpoints[0].rsplit(":", 1)
+    # a raw TCP client that completes the ZMTP greeting and then falls silent: it never
+    # answers a PING (ZMTP 3.1 needs the peer to send PONG, or any traffic)
+    raw = socket.create_connection(("127.0.0.1", int(port)))
+    try:
+        greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x01" + b"NULL" + b"\x00" * 16 + \
+            b"\x00" + b"\x00" * 31
+        raw.sendall(greeting)
+        # READY command with Socket-Type SUB
+        body = b"\x05READY" + b"\x0bSocket-Type" + (3).to_bytes(4, "big") + b"SUB"
+        raw.sendall(b"\x04" + bytes([len(body)]) + body)
+        assert _until(lambda: pub._watch.events.get("handshake_succeeded", 0) >= 1)
+        dropped = _until(lambda: pub._watch.events.get("disconnected", 0) >= 1,
+                         3.0 if heartbeats else 1.0)
+        assert dropped is heartbeats
+    finally:
+        raw.close()
+        pub.close(linger=0)
+
+
+# -- slow consumers ------------------------------------------------------------------------------
+
+
+def _overflow(pub: pybus.Publisher, n: int) -> None:
+    payload = b"x" * 8192
+    for _ in range(n):
+        pub.publish("slow.t", payload)
+    pub.flush()
+
+
+def test_slow_consumer_drop_counts_and_goes_on() -> None:
+    pub = pybus.Publisher("tcp://127.0.0.1:*", sndhwm=16, max_batch_records=1, registry=False)
+    sub = pybus.Subscriber(pub.endpoints, rcvhwm=16, registry=False)  # slow_consumer="drop"
+    try:
+        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        _overflow(pub, 3000)
+        got = _drain(sub, 3000, timeout=1.0)
+        pub.publish("slow.t", b"last")
+        pub.flush()
+        got += _drain(sub, 1)
+        st = sub.stats()
+        assert got[-1].raw_payload == b"last"
+        assert st["received"] + st["lost"] == 3001
+        assert st["lost"] > 0 and st["slow_consumer_events"]["gap"] == st["gaps"] >= 1
+        assert not sub.closed
+    finally:
+        sub.close()
+        pub.close(linger=0)
+
+
+def test_slow_consumer_close_raises_suicidal_snail() -> None:
+    pub = pybus.Publisher("tcp://127.0.0.1:*", sndhwm=16, max_batch_records=1, registry=False)
+    sub = pybus.Subscriber(pub.endpoints, rcvhwm=16, slow_consumer="close", registry=False)
+    try:
+        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        _overflow(pub, 3000)
+        pub.publish("slow.t", b"last")
+        pub.flush()
+        with pytest.raises(pybus.SlowConsumerError, match="fell behind") as info:
+            for _ in range(10_000):
+                sub.recv(timeout=2.0)
+        assert info.value.reason == "gap" and info.value.stats["lost"] > 0
+        assert isinstance(info.value, pybus.BackpressureError)
+        assert sub.closed
+        with pytest.raises(pybus.ClosedError):
+            sub.recv(timeout=0.1)
+    finally:
+        sub.close()
+        pub.close(linger=0)
+
+
+def test_slow_consumer_by_lag() -> None:
+    pub = pybus.Publisher("tcp://127.0.0.1:*", registry=False)
+    sub = pybus.Subscriber(pub.endpoints, slow_consumer="close", max_lag_s=0.05, registry=False)
+    lagged = pybus.Subscriber(pub.endpoints, max_lag_s=0.05, registry=False)  # drop: counts
+    try:
+        assert pub.wait_for_subscribers(2, timeout=5) == 2
+        pub.publish("lag.t", 1)
+        pub.flush()
+        assert sub.recv(timeout=2).payload == 1  # read at once: no lag
+        assert _drain(lagged, 1)[0].payload == 1
+        pub.publish("lag.t", 2)
+        pub.flush()
+        assert _until(lambda: sub._sock.poll(0) != 0 and lagged._sock.poll(0) != 0)
+        time.sleep(0.2)  # the message sits unread: this is the lag under test
+        with pytest.raises(pybus.SlowConsumerError) as info:
+            sub.recv(timeout=2)
+        assert info.value.reason == "lag"
+        assert _drain(lagged, 1)[0].payload == 2
+        assert lagged.stats()["slow_consumer_events"]["lag"] == 1
+    finally:
+        sub.close()
+        lagged.close()
+        pub.close(linger=0)
+
+
+def test_bad_slow_consumer_arguments() -> None:
+    with pytest.raises(pybus.ValidationError, match="slow_consumer"):
+        pybus.Subscriber("tcp://127.0.0.1:1", slow_consumer="kill")
+    with pytest.raises(pybus.ValidationError, match="max_lag_s"):
+        pybus.Subscriber("tcp://127.0.0.1:1", max_lag_s=0)
+
+
+# -- late joiners (Clone pattern) ----------------------------------------------------------------
+
+
+def test_late_joiner_gets_history_then_live_without_gaps_or_duplicates() -> None:
+    pub = pybus.Publisher("tcp://127.0.0.1:*", history=50, history_endpoint="tcp://127.0.0.1:*",
+                          sndhwm=BIG, registry=False)
+    stop = threading.Event()
+    sent = {"a.x": 0, "a.y": 0, "b.z": 0}
+
+    def publish_forever() -> None:  # live traffic during the hand-over
+        while not stop.is_set() and sent["a.x"] < 200_000:
+            for t in sent:
+                sent[t] += 1
+                pub.publish(t, sent[t])
+            time.sleep(0.0002)
+
+    for _i in range(200):
+        for t in sent:
+            sent[t] += 1
+            pub.publish(t, sent[t])
+    pub.flush()
+    th = threading.Thread(target=publish_forever)
+    th.start()
+    late = None
+    try:
+        late = pybus.Subscriber(pub.endpoints, topics=["a.#"], late_join=True,
+                                history_endpoint=pub.history_endpoint, rcvhwm=BIG,
+                                registry=False)
+        time.sleep(0.2)
+        stop.set()
+        th.join(5)
+        pub.flush()
+        total = sent["a.x"]
+        got = _drain(late, 10**9, timeout=0.5)
+        by_topic: dict[str, list[int]] = {}
+        for m in got:
+            by_topic.setdefault(m.topic, []).append(m.payload)
+        assert set(by_topic) == {"a.x", "a.y"}  # b.z is not subscribed
+        for t in ("a.x", "a.y"):
+            vals = by_topic[t]
+            # starts with the last 50 of history and runs, without a hole or a repeat, to
+            # the last one published
+            assert vals == list(range(vals[0], total + 1)), (vals[:5], vals[-5:])
+        st = late.stats()
+        assert st["history_received"] == 100 and st["lost"] == 0
+        seqs = [m.seq for m in got if m.topic == "a.x"]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    finally:
+        stop.set()
+        th.join(5)
+        if late is not None:
+            late.close()
+        pub.close(linger=0)
+
+
+def test_fetch_history_later_drops_buffered_duplicates() -> None:
+    pub = pybus.Publisher("tcp://127.0.0.1:*", history=5, history_endpoint="tcp://127.0.0.1:*",
+                          sndhwm=BIG, registry=False)
+    sub = pybus.Subscriber(pub.endpoints, rcvhwm=BIG, registry=False)
+    try:
+        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        for i in range(1, 11):
+            pub.publish("h.t", i)
+        pub.flush()
+        assert _until(lambda: sub._sock.poll(0) != 0)
+        assert sub.fetch_history(pub.history_endpoint) == 5
+        got = [m.payload for m in _drain(sub, 20, timeout=0.5)]
+        # the snapshot (6..10), then the live 1..10 already queued: 6..10 are duplicates and
+        # 1..5 are older than the snapshot (behind it): both dropped
+        assert got == [6, 7, 8, 9, 10]
+        assert sub.stats()["history_duplicates"] == 10
+    finally:
+        sub.close()
+        pub.close(linger=0)
+
+
+def test_history_request_errors() -> None:
+    pub = pybus.Publisher("tcp://127.0.0.1:*", history=5, history_endpoint="tcp://127.0.0.1:*",
+                          registry=False)
+    try:
+        from pybus.history import request_snapshot
+
+        with pytest.raises(pybus.TransportError, match="not subscribed"):
+            # a subscriber id the publisher never saw: refused after the (shortened) wait
+            import pybus.history as h
+
+            old = h.HELLO_WAIT_S
+            h.HELLO_WAIT_S = 0.2
+            try:
+                request_snapshot(zmq.Context.instance(), pub.history_endpoint,
+                                 b"00000000deadbeef", [b""], 3.0, lambda s: None)
+            finally:
+                h.HELLO_WAIT_S = old
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(pub.history_endpoint)
+        raw.send_multipart([b"garbage"])
+        assert raw.poll(3000)
+        assert raw.recv_multipart()[:2] == [b"PBH1", b"ERR"]
+        raw.close()
+        assert pub._history_server.bad_requests == 1
+    finally:
+        pub.close(linger=0)
+    with pytest.raises(pybus.ValidationError, match="history_endpoint"):
+        pybus.Publisher("tcp://127.0.0.1:*", history=5)
+    with pytest.raises(pybus.ValidationError, match="history_endpoint"):
+        pybus.Subscriber("tcp://127.0.0.1:1", late_join=True)

@@ -1,0 +1,318 @@
+"""pybus.Proxy: ZeroMQ's steerable XSUB/XPUB proxy between pybus publishers and subscribers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import zmq
+
+import pybus
+from pybus import Curve
+
+pytestmark = pytest.mark.timeout(60)
+BIG = 100_000
+
+
+def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def _drain(sub: pybus.Subscriber, n: int, timeout: float = 10.0) -> list[pybus.Message]:
+    out: list[pybus.Message] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        out += sub.recv_batch(n - len(out), timeout=max(0.01, deadline - time.monotonic()))
+    return out
+
+
+@pytest.fixture
+def proxy() -> Iterator[pybus.Proxy]:
+    px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", sndhwm=BIG, rcvhwm=BIG,
+                     registry=False)
+    yield px
+    px.close()
+
+
+def test_many_publishers_to_many_subscribers_with_topics_and_gapless_sequences(
+    proxy: pybus.Proxy,
+) -> None:
+    pubs = [pybus.Publisher(proxy.frontend, connect=True, sndhwm=BIG) for _ in range(2)]
+    orders = pybus.Subscriber(proxy.backend, topics=["orders.#"], rcvhwm=BIG)
+    every = pybus.Subscriber(proxy.backend, topics=["#"], rcvhwm=BIG)
+    try:
+        for p in pubs:  # hello subscriptions cross the proxy
+            assert p.wait_for_subscribers(2, timeout=5) == 2
+        for i in range(500):
+            for p in pubs:
+                p.publish("orders.new", i)
+                p.publish("audit.x", i)
+        for p in pubs:
+            p.flush()
+        got_o = _drain(orders, 1000)
+        got_e = _drain(every, 2000)
+        assert len(got_o) == 1000 and {m.topic for m in got_o} == {"orders.new"}
+        assert len(got_e) == 2000
+        for p in pubs:  # per (publisher, topic): in order, consecutive sequence numbers
+            seqs = [m.seq for m in got_e if m.publisher_id == p.publisher_id and
+                    m.topic == "audit.x"]
+            assert seqs == list(range(seqs[0], seqs[0] + 500))
+        assert orders.stats()["lost"] == every.stats()["lost"] == 0
+        st = proxy.stats()
+        # ZeroMQ counts message parts: every pybus frame is two (topic + batch frame)
+        assert st["frontend"]["messages_in"] == st["backend"]["messages_out"]
+        assert st["frontend"]["messages_in"] % 2 == 0 and st["frontend"]["messages_in"] >= 4
+        assert st["frontend"]["bytes_in"] == st["backend"]["bytes_out"] > 2000 * 2
+        # subscriptions went the other way (topics and hellos; deduplicated by XPUB)
+        assert st["backend"]["messages_in"] == st["frontend"]["messages_out"] >= 4
+        assert _until(lambda: proxy.stats()["backend"]["peers"] == 2 and
+                      proxy.stats()["frontend"]["peers"] == 2)
+    finally:
+        orders.close()
+        every.close()
+        for p in pubs:
+            p.close(linger=0)
+
+
+def test_burst_of_10k_arrives_whole(proxy: pybus.Proxy) -> None:
+    pub = pybus.Publisher(proxy.frontend, connect=True, sndhwm=BIG)
+    subs = [pybus.Subscriber(proxy.backend, rcvhwm=BIG) for _ in range(2)]
+    try:
+        assert pub.wait_for_subscribers(2, timeout=5) == 2
+        for i in range(10_000):
+            pub.publish("burst.t", b"%d" % i)
+        pub.flush()
+        for s in subs:
+            got = _drain(s, 10_000)
+            assert [m.raw_payload for m in got] == [b"%d" % i for i in range(10_000)]
+            assert s.stats()["lost"] == 0 and s.stats()["gaps"] == 0
+    finally:
+        for s in subs:
+            s.close()
+        pub.close(linger=0)
+
+
+def test_stalled_subscriber_loses_what_the_proxy_drops_and_counts_it_as_gaps() -> None:
+    # What a stalled subscriber cannot take (its queues: the proxy's per-subscriber HWM, TCP
+    # buffers, its own RCVHWM) XPUB drops for it alone. ZeroMQ does not report those drops to
+    # the proxy; the subscriber counts them exactly, as sequence gaps.
+    import threading
+
+    px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", sndhwm=200, rcvhwm=BIG,
+                     registry=False)
+    pub = pybus.Publisher(px.frontend, connect=True, sndhwm=BIG)
+    fast = pybus.Subscriber(px.backend, rcvhwm=BIG)
+    slow = pybus.Subscriber(px.backend, rcvhwm=10)
+    n = 4000
+    payload = b"p" * 8192  # 32 MB in all: far more than the stalled path can buffer
+    got_fast: list[pybus.Message] = []
+
+    def read_fast() -> None:
+        got_fast.extend(_drain(fast, n, timeout=30))
+
+    reader = threading.Thread(target=read_fast)
+    try:
+        assert pub.wait_for_subscribers(2, timeout=5) == 2
+        reader.start()
+        for i in range(n):
+            pub.publish("s.t", payload)
+            if i % 8 == 7:
+                pub.flush()
+                time.sleep(0.0005)  # a paced producer; the fast reader keeps up
+        pub.flush()
+        reader.join(35)
+        assert len(got_fast) == n and fast.stats()["lost"] == 0
+        first, last = got_fast[0].seq, got_fast[-1].seq
+        got_slow = _drain(slow, n, timeout=1.0)  # now it reads what was left for it
+        assert len(got_slow) < n
+        # one more message: its arrival reveals the tail the stalled subscriber lost
+        pub.publish("s.t", b"end")
+        pub.flush()
+        got_slow += _drain(slow, 1, timeout=5.0)
+        assert got_slow[-1].raw_payload == b"end"
+        seqs = [m.seq for m in got_slow]
+        assert seqs == sorted(seqs) and seqs[-1] == last + 1
+        st = slow.stats()
+        missed = set(range(first, last + 2)) - set(seqs)
+        # exactly the messages it did not get, no more, no less
+        assert st["lost"] == len(missed) > 0
+        assert st["received"] + st["lost"] == n + 1
+        assert st["gaps"] >= 1
+    finally:
+        fast.close()
+        slow.close()
+        pub.close(linger=0)
+        px.close()
+
+
+def test_pause_resume_terminate(proxy: pybus.Proxy) -> None:
+    pub = pybus.Publisher(proxy.frontend, connect=True, sndhwm=BIG)
+    sub = pybus.Subscriber(proxy.backend, rcvhwm=BIG)
+    try:
+        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        proxy.pause()
+        assert proxy.stats()["state"] == "paused"
+        for i in range(100):
+            pub.publish("p.t", i)
+        pub.flush()
+        assert sub.recv_batch(1000, timeout=0.3) == []
+        proxy.resume()
+        assert [m.payload for m in _drain(sub, 100)] == list(range(100))
+        proxy.terminate()
+        assert proxy.wait(1.0)
+        with pytest.raises(pybus.ClosedError):
+            proxy.pause()
+    finally:
+        sub.close()
+        pub.close(linger=0)
+
+
+def test_capture_tap_sees_the_traffic(proxy: pybus.Proxy) -> None:
+    px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", capture="tcp://127.0.0.1:*",
+                     registry=False)
+    tap = zmq.Context.instance().socket(zmq.SUB)
+    tap.linger = 0
+    tap.subscribe(b"cap.")
+    tap.connect(px.capture)
+    pub = pybus.Publisher(px.frontend, connect=True)
+    sub = pybus.Subscriber(px.backend, topics=["cap.#"])
+    try:
+        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        deadline = time.monotonic() + 5
+        frames: list[list[bytes]] = []
+        i = 0
+        while not frames and time.monotonic() < deadline:  # the tap's join is asynchronous
+            pub.publish("cap.x", i)
+            pub.flush()
+            i += 1
+            if tap.poll(50):
+                frames.append(tap.recv_multipart())
+        assert frames and frames[0][0] == b"cap.x"
+        pid, first, count, _ = pybus.frame_info(frames[0][1])
+        assert pid == pub.publisher_id and count >= 1
+        assert len(_drain(sub, i)) == i
+    finally:
+        tap.close()
+        sub.close()
+        pub.close(linger=0)
+        px.close()
+
+
+def test_curve_on_both_sides_with_separate_allowlists() -> None:
+    srv_p, srv_s = pybus.keypair()
+    pub_k, sub_k, bad_k = pybus.keypair(), pybus.keypair(), pybus.keypair()
+    fsec = Curve.server(srv_s, allow=[pub_k[0]])
+    bsec = Curve.server(srv_s, allow=[sub_k[0]])
+    px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", frontend_security=fsec,
+                     backend_security=bsec, registry=False)
+    pub = pybus.Publisher(px.frontend, connect=True, security=Curve.client(pub_k[1], srv_p))
+    # the subscriber's key is not allowed on the frontend (and vice versa)
+    rogue_pub = pybus.Publisher(px.frontend, connect=True,
+                                security=Curve.client(sub_k[1], srv_p))
+    sub = pybus.Subscriber(px.backend, security=Curve.client(sub_k[1], srv_p))
+    rogue_sub = pybus.Subscriber(px.backend, security=Curve.client(bad_k[1], srv_p))
+    plain_sub = pybus.Subscriber(px.backend)
+    try:
+        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        for p in (pub, rogue_pub):
+            for i in range(100):
+                p.publish("sec.t", i)
+            p.flush()
+        got = _drain(sub, 100)
+        assert len(got) == 100 and {m.publisher_id for m in got} == {pub.publisher_id}
+        assert sub.recv_batch(1000, timeout=0.3) == []
+        assert rogue_sub.recv_batch(1000, timeout=0.2) == []
+        assert plain_sub.recv_batch(1000, timeout=0.2) == []
+        assert _until(lambda: fsec.stats()["rejected_by_reason"]["not_allowed"] >= 1)
+        assert _until(lambda: bsec.stats()["rejected_by_reason"]["not_allowed"] >= 1)
+        assert _until(lambda: bsec.stats()["rejected_by_reason"]["handshake"] >= 1)
+        auth = px.stats()["auth"]
+        assert sum(a["rejected"] for a in auth) >= 3
+    finally:
+        for s in (sub, rogue_sub, plain_sub):
+            s.close()
+        for p in (pub, rogue_pub):
+            p.close(linger=0)
+        px.close()
+
+
+def test_proxy_metrics_are_exported() -> None:
+    from pybus.metrics import Registry
+
+    reg = Registry()
+    px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", registry=reg)
+    pub = pybus.Publisher(px.frontend, connect=True, registry=False)
+    sub = pybus.Subscriber(px.backend, registry=False)
+    try:
+        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        pub.publish("m.t", b"x" * 100)
+        pub.flush()
+        assert len(_drain(sub, 1)) == 1
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = reg.render().decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        samples = {(s.labels["side"], s.labels["direction"]): s.value
+                   for s in fams["pybus_proxy_messages"].samples}
+        st = px.stats()
+        assert samples[("frontend", "in")] >= 2
+        assert samples[("frontend", "in")] <= st["frontend"]["messages_in"]
+        assert ("backend", "out") in samples
+    finally:
+        sub.close()
+        pub.close(linger=0)
+        px.close()
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(pybus.ValidationError, match="frontend"):
+        pybus.Proxy("nope", "tcp://127.0.0.1:*")
+    p, s = pybus.keypair()
+    with pytest.raises(pybus.ValidationError, match="Curve.server"):
+        pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", security=Curve.client(s, p))
+    with pytest.raises(pybus.ValidationError, match="permissions"):
+        pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", security=Curve.server(
+            s, allow="any", permissions={p: {"subscribe": ["#"]}}))
+    with pytest.raises(pybus.ValidationError, match="sndhwm"):
+        pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", sndhwm=0)
+
+
+def test_cli_proxy_runs_and_forwards() -> None:
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    fe, be = (f"tcp://127.0.0.1:{p}" for p in ports)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from pybus.cli import main; raise SystemExit(main())", "proxy",
+         "--frontend", fe, "--backend", be, "--duration", "20", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    pub = pybus.Publisher(fe, connect=True)
+    sub = pybus.Subscriber(be)
+    try:
+        assert pub.wait_for_subscribers(1, timeout=10) == 1
+        pub.publish("cli.t", 1)
+        pub.flush()
+        assert _drain(sub, 1)[0].payload == 1
+    finally:
+        sub.close()
+        pub.close(linger=0)
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "publishers ->" in err
+    import json
+
+    assert json.loads(out.strip().splitlines()[-1])["frontend"]["messages_in"] >= 2
