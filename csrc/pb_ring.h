@@ -74,9 +74,11 @@ uint32_t pb_ring_topic_count(const pb_ring *r);
 uint64_t pb_ring_next_seq(const pb_ring *r, uint32_t topic_id);
 
 /* Append a record: copies header and payload into the ring, assigns the topic's next sequence
- * number and stamps it with CLOCK_REALTIME in ns (read once). flags are the record flags of the
- * wire format (only PB_FRAME_REC_MSGPACK may be set by callers; PB_FRAME_REC_HAS_HEADER is set by
- * the encoder when header_len > 0).
+ * number and stamps it with CLOCK_REALTIME in ns (the ring's clock: on x86 with an invariant TSC,
+ * the TSC extrapolated from a CLOCK_REALTIME reading re-taken every millisecond, within well
+ * under a microsecond of CLOCK_REALTIME; elsewhere clock_gettime itself). flags are the record
+ * flags of the wire format (only PB_FRAME_REC_MSGPACK may be set by callers;
+ * PB_FRAME_REC_HAS_HEADER is set by the encoder when header_len > 0).
  * Returns PB_RING_READY when the caller should drain now: the ring was empty and no drain has
  * emptied it yet or the last one did so at least idle_ns ago; or the topic has >=
  * max_batch_records pending; or pending_bytes >= max_batch_bytes; or the oldest pending record
@@ -113,6 +115,13 @@ int64_t pb_ring_write_frame(pb_ring *r, uint8_t *dst, size_t dst_len);
  * records are pending. */
 void pb_ring_mark_flushed(pb_ring *r, int64_t now_ns);
 
+/* Tell the ring that the caller drained it because appends had stopped (a flusher that found
+ * no append during its wait): when the ring is empty, the idle interval counts from the last
+ * append instead of from the drain, so a record appended idle_ns or more after the previous
+ * one is READY at once (the publisher was idle) although the drain itself was recent. No effect
+ * when records are pending or nothing was ever appended. */
+void pb_ring_mark_quiet(pb_ring *r);
+
 /* Counters and sizes (queries, no side effects). */
 size_t pb_ring_pending_records(const pb_ring *r);
 size_t pb_ring_pending_bytes(const pb_ring *r);  /* ring bytes in use, see above */
@@ -125,7 +134,8 @@ uint64_t pb_ring_full_count(const pb_ring *r);
  * oldest + max_delay_ns when no further append comes. */
 int64_t pb_ring_oldest_ns(const pb_ring *r);
 
-/* CLOCK_REALTIME in ns, the clock records are stamped with. */
+/* CLOCK_REALTIME in ns (clock_gettime), the clock records are stamped with (see pb_ring_append
+ * for how appends read it cheaply). */
 int64_t pb_now_ns(void);
 
 #ifdef __cplusplus

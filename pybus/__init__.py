@@ -1,8 +1,26 @@
 """pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
 
 from . import aio, metrics
-from ._native import *  # noqa: F403
-from ._native import __all__ as _native_all
+from ._native import (
+    FLAG_MSGPACK,
+    FRAME_HEADER_SIZE,
+    FRAME_VERSION,
+    FULL,
+    PENDING,
+    READY,
+    RECORD_HEADER_SIZE,
+    RING_RECORD_OVERHEAD,
+    Batcher,
+    Histogram,
+    Message,
+    decode_batch,
+    decode_into,
+    decode_payloads,
+    encode_frame,
+    frame_info,
+    iter_frame,
+    ring_record_size,
+)
 from ._sockets import Liveness, SlowConsumerError
 from ._version import __version__
 from .breaker import CircuitBreaker, CircuitState
@@ -72,6 +90,24 @@ __all__ = [
     "validate_topic",
     "Worker",
     "WorkQueue",
+    "Batcher",
+    "FLAG_MSGPACK",
+    "FRAME_HEADER_SIZE",
+    "FRAME_VERSION",
+    "Histogram",
+    "Message",
+    "FULL",
+    "PENDING",
+    "READY",
+    "RECORD_HEADER_SIZE",
+    "RING_RECORD_OVERHEAD",
+    "decode_batch",
+    "decode_into",
+    "decode_payloads",
+    "encode_frame",
+    "frame_info",
+    "iter_frame",
+    "ring_record_size",
     "Curve",
     "Liveness",
     "Proxy",
@@ -81,5 +117,4 @@ __all__ = [
     "load_public_key",
     "load_secret_key",
     "save_keypair",
-    *_native_all,
 ]

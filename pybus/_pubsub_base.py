@@ -16,12 +16,15 @@ if TYPE_CHECKING:  # pragma: no cover
 HELLO_PREFIX = b"\xffpybus-hello:"
 #: Default bound on one message (payload + msgpack headers), in bytes.
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
-#: Default bound on a batch frame's records, in bytes.
-DEFAULT_MAX_BATCH_BYTES = 256 << 10
+#: Default bound on a batch frame's records, in bytes. Kept small so that the frame high-water
+#: marks can be generous: ZeroMQ counts its queues in frames, not bytes, and a burst of many
+#: small frames (one per topic, or one lone message per frame at moderate rates) must not hit a
+#: high-water mark while the subscriber keeps up; the bytes bound is hwm * max_batch_bytes.
+DEFAULT_MAX_BATCH_BYTES = 64 << 10
 #: Default bound on the bytes of batch frames ZeroMQ queues per peer: publisher SNDHWM and
-#: subscriber RCVHWM default to max(16, bound // max_batch_bytes) frames (256). A message larger
-#: than max_batch_bytes travels alone in its frame, so with such messages the queue may hold up
-#: to hwm * (max_message_bytes + FRAME_OVERHEAD_BYTES).
+#: subscriber RCVHWM default to max(16, bound // max_batch_bytes) frames (1024 with the
+#: defaults). A message larger than max_batch_bytes travels alone in its frame, so with such
+#: messages the queue may hold up to hwm * (max_message_bytes + FRAME_OVERHEAD_BYTES).
 DEFAULT_MAX_QUEUED_BYTES = 64 << 20
 #: A batch frame's bytes beyond its payloads: 32-byte frame header, 12 bytes per record, plus
 #: at most 65535 header bytes per record (docs/wire.md).

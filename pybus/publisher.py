@@ -25,6 +25,7 @@ from . import _pubsub_base as base
 from . import _sockets
 from . import metrics as _metrics
 from ._native import Batcher, Histogram, frame_info
+from ._native._batch import set_thread_timer_slack
 from .errors import BackpressureError, ClosedError, TimeoutError, ValidationError, from_zmq
 from .topics import validate_topic
 
@@ -44,6 +45,7 @@ _POLLIN = int(zmq.POLLIN)
 # How often a busy publisher reads the XPUB subscription messages (they queue meanwhile).
 _SUB_CHECK_INTERVAL_S = 0.01
 _monotonic = time.monotonic
+_time_ns = time.time_ns  # the batcher's clock (CLOCK_REALTIME)
 # With per-key permissions (XPUB manual mode) the publisher applies each subscription itself
 # and refuses more than this many, or a prefix longer than any topic: ZeroMQ keeps every
 # distinct prefix in its subscription trie, with no bound of its own.
@@ -51,6 +53,8 @@ _MAX_SUBSCRIPTIONS = 100_000
 _MAX_SUBSCRIPTION_BYTES = 1024
 # Longest period of the flusher thread while the publishing thread sends by itself.
 _MAX_TICK_S = 0.002
+# Timer slack of the flusher thread (see _flusher_loop), ns.
+_FLUSHER_TIMER_SLACK_NS = 1000
 
 
 def _pack(obj: Any) -> bytes:
@@ -80,7 +84,12 @@ def _flusher_loop(
     off (doubling its period up to ``_MAX_TICK_S``): each of its wake-ups costs a GIL hand-off
     (up to the 5 ms switch interval, measured as a 40 % throughput loss when it flushed under
     load), so it stays out of the way of a busy publisher.
+
+    Its waits are a few tens of microseconds: with Linux's default timer slack (50 us) each
+    one ends ~80 us late (measured: a 20-us wait took ~105 us), which made the tail of every
+    burst wait ~5x idle_us; a 1-us slack for this thread alone brings that to ~45 us.
     """
+    set_thread_timer_slack(_FLUSHER_TIMER_SLACK_NS)
     while True:
         wake.wait()
         if stop.is_set():
@@ -91,16 +100,23 @@ def _flusher_loop(
             pub = ref()
             if pub is None:
                 return
-            if period is None:
-                period = pub._first_tick_s
             urgent = pub._urgent
             try:
-                appended = pub._batcher.records_appended
+                if period is None:
+                    # First look of an arming: due first_tick after the record that armed us,
+                    # not after this thread woke up (waking took ~50 us, measured), and
+                    # "publishing went on" counts from that record.
+                    period = pub._first_tick_s
+                    appended = pub._arm_appended
+                    wait = period - (_time_ns() - pub._batcher.oldest_pending_ns) / 1e9
+                else:
+                    appended = pub._batcher.records_appended
+                    wait = period
             except Exception:  # closed underneath us
                 return
             del pub
-            if not urgent and period > 0:
-                stop.wait(period)
+            if not urgent and wait > 0:
+                stop.wait(wait)
             if stop.is_set():
                 return
             pub = ref()
@@ -147,13 +163,16 @@ class Publisher:
         Largest payload + headers of one message; larger ones raise
         :class:`~pybus.ValidationError` at publish.
     max_batch_bytes, max_batch_records : int
-        Bounds of one batch frame.
+        Bounds of one batch frame (defaults 64 KiB and 8192 records; a single larger message
+        travels alone in its frame).
     capacity_bytes : int
         Size of the ring of pending messages (allocated once).
     max_queued_bytes : int
-        Bound on what ZeroMQ queues per subscriber; ``sndhwm`` defaults to
-        ``max(16, max_queued_bytes // max_batch_bytes)`` frames. A subscriber that stops reading
-        loses messages beyond that (it sees them as sequence gaps); others are not affected.
+        Bound on what ZeroMQ queues per subscriber (default 64 MiB); ``sndhwm`` defaults to
+        ``max(16, max_queued_bytes // max_batch_bytes)`` frames (1024 with the defaults: a
+        burst of many small frames, one per topic, reaches a subscriber that keeps up). A
+        subscriber that stops reading loses messages beyond that (it sees them as sequence
+        gaps); others are not affected.
     sndhwm : int, optional
         ZeroMQ send high-water mark, in frames (overrides the derived value).
     close_linger_ms : int
@@ -308,6 +327,7 @@ class Publisher:
         self._full_guard = threading.local()
         self._urgent = False
         self._armed = False
+        self._arm_appended = 0
 
         # counters (updated under the send lock)
         self._batches = 0
@@ -411,6 +431,7 @@ class Publisher:
     def _on_pending(self) -> None:
         if not self._armed:
             self._armed = True
+            self._arm_appended = self._batcher.records_appended
             self._wake.set()
 
     def _on_full(self, topic: str, payload: Any, headers: Any) -> Any:
@@ -603,6 +624,11 @@ class Publisher:
             if b.pending_records:
                 if urgent or self._lingering or b.records_appended == appended_before:
                     self._flush_locked()
+                    if not urgent:
+                        # publishing had stopped for first_tick: the next message, if it
+                        # comes idle_us after the last one, finds the publisher idle and goes
+                        # out at once (else it would wait for this thread, ~50-80 us)
+                        b.mark_quiet()
                     period = self._first_tick_s
                 else:  # still publishing: that thread sends by itself, back off
                     return min(period * 2, _MAX_TICK_S)

@@ -58,16 +58,18 @@ class Subscriber:
     bind : bool
         Bind the endpoints (publishers connect) instead of connecting.
     rcvhwm : int, optional
-        ZeroMQ receive high-water mark in frames (default: derived from
-        ``max_queued_bytes`` and the largest frame, so the queue stays near that bound).
+        ZeroMQ receive high-water mark in frames (default:
+        ``max(16, max_queued_bytes // max_batch_bytes)``, 1024 with the defaults, so the queue
+        stays near that bound in bytes).
     max_message_bytes : int
         The largest message this subscriber accepts; frames larger than one such message
         or one batch (``max_batch_bytes``) are refused by ZeroMQ (``MAXMSGSIZE``, which
         disconnects the peer that sent them).
     max_batch_bytes : int
-        The publishers' batch bound (for ``MAXMSGSIZE``).
+        The publishers' batch bound (for ``MAXMSGSIZE`` and the default ``rcvhwm``; default
+        64 KiB, the publishers' default).
     max_queued_bytes : int
-        Bound on the bytes ZeroMQ queues for this subscriber.
+        Bound on the bytes ZeroMQ queues for this subscriber (default 64 MiB).
     on_gap : callable, optional
         ``on_gap(topic, publisher_id, expected_seq, got_seq, lost)`` called when a stream
         skips sequence numbers (messages lost, typically at a high-water mark).
@@ -217,6 +219,7 @@ class Subscriber:
         self._history_received = 0
         # pyzmq's Cython methods, without the sugar layer (per frame, not per message)
         self._recv = zmq.backend.Socket.recv.__get__(sock)
+        self._rcvmore = zmq.backend.Socket.get.__get__(sock)
         self._rcvtimeo_ms = -1
         self._lock = threading.Lock()
         # messages decoded but not yet handed out (recv() takes them one by one)
@@ -237,8 +240,9 @@ class Subscriber:
         # publish-to-receive latency in ns, one record_n per frame (2 significant figures: 1 %
         # precision in ~30 KiB); exported by pybus.metrics as quantiles and buckets
         # (registry=False: no latency recording)
-        self._latency: Histogram | None = None if registry is False else Histogram(
-            1, _LATENCY_MAX_NS, 2)
+        self._latency: Histogram | None = (
+            None if registry is False else Histogram(1, _LATENCY_MAX_NS, 2)
+        )
         self._last_log = float("-inf")
         self._unlogged_errors = 0
         self._closed = False
@@ -370,7 +374,7 @@ class Subscriber:
                 if ms != self._rcvtimeo_ms:
                     self._sock.setsockopt(zmq.RCVTIMEO, ms)
                     self._rcvtimeo_ms = ms
-                return recv(0, False)
+                return recv(0, True)
             except zmq.Again:
                 if ms == 0:
                     return None
@@ -406,23 +410,25 @@ class Subscriber:
         """Receive frames already queued, without blocking, until out has max_messages
         (or max_frames frames were read)."""
         recv = self._recv
+        rcvmore = self._rcvmore
         topics = self._topics
-        # copy=False: a zmq.Frame tells .more without a getsockopt (measured 30 % cheaper per
-        # message at low rates), and decode_batch reads the frame through the buffer protocol
-        # (it copies each payload out, so no Message keeps the frame alive)
+        # The topic frame is received as bytes (copy=True: a zmq.Frame object costs ~3 us more
+        # to create than it saves; its .more becomes one RCVMORE getsockopt). The batch frame
+        # is received as a zmq.Frame (copy=False): large frames are not copied, .more is free,
+        # and decode_batch reads it through the buffer protocol (copying each payload out, so
+        # no Message keeps the frame alive).
         while len(out) < max_messages and max_frames > 0:
             max_frames -= 1
             if first_frame is not None:
-                tf, first_frame = first_frame, None
+                topic_b, first_frame = first_frame, None
             else:
                 try:
-                    tf = recv(_NOBLOCK, False)
+                    topic_b = recv(_NOBLOCK, True)
                 except zmq.Again:
                     return
                 except zmq.ZMQError as exc:
                     raise from_zmq(exc, "Subscriber.recv") from exc
-            topic_b = tf.bytes
-            if not tf.more:
+            if not rcvmore(_RCVMORE):
                 self._decode_error("single-frame message (expected topic + batch frame)", topic_b)
                 continue
             frame = recv(_NOBLOCK, False)
@@ -474,6 +480,13 @@ class Subscriber:
             room = max_messages - len(out)
             if len(msgs) <= room:
                 out += msgs
+                if count == 1:
+                    # A lone message in its frame: its publisher was idle, so another frame is
+                    # unlikely to be queued, and asking costs a failed non-blocking receive
+                    # (~10 us: a syscall in ZeroMQ plus a zmq.Again exception), which would
+                    # come straight on top of this message's latency. Under load frames hold
+                    # many messages and the loop goes on.
+                    return
             else:
                 out += msgs[:room]
                 # the rest waits in the buffer (only reached when it is empty: see recv_batch)

@@ -485,3 +485,24 @@ def test_publish_marks_flushed_after_on_ready():
     assert len(marks) == 1
     tid = b.topic_id(b"t")
     assert b.append_at(tid, b"2", marks[0] + idle_ns - 1) == PENDING
+
+
+def test_mark_quiet_counts_idle_from_the_last_append():
+    idle_ns = 5_000
+    b = Batcher(idle_us=idle_ns / 1000, max_delay_us=LONG_US)
+    tid = b.topic_id(b"t")
+    t = Batcher.now_ns()  # every drain below happens after t + 1 (real clock)
+    assert b.append_at(tid, b"x", t) == READY
+    b.drain()
+    assert b.append_at(tid, b"y", t + 1) == PENDING  # a burst: the tail waits for a flusher
+    b.mark_quiet()  # records pending: no effect
+    b.drain()  # the flusher sends the tail...
+    b.mark_flushed()
+    # the last drain is later than t + 1, so t + idle_ns is not idle_ns after it
+    assert b.append_at(tid, b"z", t + idle_ns) == PENDING
+    b.drain()
+    b.mark_quiet()  # ...because publishing had stopped: idle counts from the last append
+    assert b.append_at(tid, b"w", t + 2 * idle_ns - 1) == PENDING
+    b.drain()
+    b.mark_quiet()
+    assert b.append_at(tid, b"v", t + 3 * idle_ns - 1) == READY

@@ -135,6 +135,37 @@ def test_ring_full_drops_and_hwm_drops_add_up(tmp_path: Path) -> None:
         pub.close(linger=0)
 
 
+def test_burst_of_many_small_frames_arrives_whole_with_default_hwms(tmp_path: Path) -> None:
+    """1000 topics, one 4 KiB message each, published in chunks: 1000 frames (about 4 MB,
+    more than the kernel's socket buffers hold) reach a subscriber that reads only after the
+    burst, with the default high-water marks: ZeroMQ counts them in frames, and small frames
+    must not be dropped there (the first messages of a stream could not even show as a gap)."""
+    ep = _ipc(tmp_path)
+    pub = pybus.Publisher(ep)  # the defaults are the point
+    sub = pybus.Subscriber(ep, topics=["burst.#"])
+    topics = [f"burst.t{i:04d}" for i in range(1000)]
+    payload = b"b" * 4096
+    try:
+        assert pub.sndhwm >= len(topics) and sub.rcvhwm >= len(topics)
+        pub.wait_for_subscribers(1, timeout=5)
+        for start in range(0, len(topics), 100):
+            for t in topics[start : start + 100]:
+                pub.publish(t, payload)
+            pub.flush()
+        assert pub.stats()["batches"] == len(topics)  # one frame per topic: the worst case
+        got: list[pybus.Message] = []
+        deadline = time.monotonic() + 20
+        while len(got) < len(topics) and time.monotonic() < deadline:
+            got += sub.recv_batch(timeout=0.5)
+        assert sorted(m.topic for m in got) == topics
+        assert all(m.seq == 1 and m.payload == payload for m in got)
+        st = sub.stats()
+        assert st["received"] == len(topics) and st["lost"] == 0 and st["batches"] == len(topics)
+    finally:
+        sub.close()
+        pub.close(linger=0)
+
+
 def test_rss_flat_for_publisher_and_idle_subscriber(tmp_path: Path) -> None:
     """A publisher feeding a subscriber that never reads: the process RSS stays flat."""
     ep = _ipc(tmp_path)
@@ -159,7 +190,7 @@ def test_rss_flat_for_publisher_and_idle_subscriber(tmp_path: Path) -> None:
         pub.flush()
         grown = proc.memory_info().rss - rss_100k
         assert n >= 1_000_000
-        # queues: 16 + 16 frames of <= 256 KiB, plus kernel socket buffers
+        # queues: 16 + 16 frames of <= 64 KiB (the default max_batch_bytes), plus kernel buffers
         assert grown < 24 << 20, f"RSS grew by {grown / 2**20:.1f} MiB after {n} messages"
         assert pub.stats()["published"] == n
     finally:

@@ -9,6 +9,7 @@ cdef extern from "pb_common.h" nogil:
     int PB_EFULL
     int PB_EFRAME
     const char *pb_strerror(int status)
+    int pb_thread_timer_slack(int64_t ns)
 
 
 cdef extern from "pb_ring.h" nogil:
@@ -48,6 +49,7 @@ cdef extern from "pb_ring.h" nogil:
     int pb_ring_next_frame(pb_ring *r, uint32_t *topic_id, size_t *frame_len)
     int64_t pb_ring_write_frame(pb_ring *r, uint8_t *dst, size_t dst_len)
     void pb_ring_mark_flushed(pb_ring *r, int64_t now_ns)
+    void pb_ring_mark_quiet(pb_ring *r)
     size_t pb_ring_pending_records(const pb_ring *r)
     size_t pb_ring_pending_bytes(const pb_ring *r)
     size_t pb_ring_capacity(const pb_ring *r)

@@ -181,6 +181,38 @@ static void test_decisions(void) {
     free(fr[0].buf);
     pb_ring_close(r);
 
+    /* mark_quiet: after a drain at t, idle counts from the last append (t - 3 idle) */
+    c = default_cfg();
+    CHECK(pb_ring_init(&c, &r) == PB_OK);
+    pb_ring_topic_add(r, &a);
+    pb_ring_mark_quiet(r); /* nothing appended yet: no effect, still never drained */
+    now = pb_now_ns() + 1000000000;
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now) == PB_RING_READY);
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    pb_ring_mark_flushed(r, now);
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now + 1) == PB_RING_PENDING_FIRST);
+    pb_ring_mark_quiet(r); /* records pending: no effect */
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    pb_ring_mark_flushed(r, now + 3 * c.idle_ns); /* a drain "at" now + 3 idle */
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now + 3 * c.idle_ns + 1) ==
+          PB_RING_PENDING_FIRST);
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    pb_ring_mark_flushed(r, now + 4 * c.idle_ns);
+    pb_ring_mark_quiet(r); /* idle now counts from the last append, now + 3 idle + 1 */
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now + 4 * c.idle_ns) ==
+          PB_RING_PENDING_FIRST);
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    pb_ring_mark_flushed(r, now + 4 * c.idle_ns + 1);
+    pb_ring_mark_quiet(r); /* last append at now + 4 idle: READY from now + 5 idle */
+    CHECK(pb_ring_append_at(r, a, "m", 1, NULL, 0, 0, now + 5 * c.idle_ns) == PB_RING_READY);
+    nf = drain_all(r, fr, 8);
+    free(fr[0].buf);
+    pb_ring_close(r);
+
     /* never drained: idle whatever the clock reading; a size bound applies to the first record */
     c = default_cfg();
     c.max_batch_records = 1;
@@ -370,6 +402,34 @@ static void test_timestamp_saturation(void) {
     CHECK(rec.timestamp_ns == 1000 + (int64_t)PB_FRAME_MAX_DELTA);
 }
 
+/* pb_ring_append's clock (the TSC extrapolated between CLOCK_REALTIME anchors, see pb_ring.c)
+ * stays within 20 us of CLOCK_REALTIME over many anchor periods and calibrations; a wrong
+ * ns-per-tick ratio would be off by up to a whole anchor period (1 ms). */
+static void test_clock(void) {
+    pb_ring *r = NULL;
+    pb_ring_config c = default_cfg();
+    uint32_t a;
+    frame_t fr[2];
+    CHECK(pb_ring_init(&c, &r) == PB_OK);
+    pb_ring_topic_add(r, &a);
+    int64_t start = pb_now_ns();
+    long n = 0, off = 0;
+    while (pb_now_ns() - start < 20000000) { /* 20 ms, bounded */
+        int64_t before = pb_now_ns();
+        pb_ring_append(r, a, "m", 1, NULL, 0, 0);
+        int64_t after = pb_now_ns();
+        int64_t ts = pb_ring_oldest_ns(r);
+        if (ts < before - 20000 || ts > after + 20000) off++;
+        n++;
+        if (drain_all(r, fr, 2) == 1) free(fr[0].buf);
+    }
+    CHECK(n > 100);
+    /* a preempted reading may fall outside its bracket: allow a few in a thousand */
+    CHECK(off * 1000 <= n * 3);
+    if (off * 1000 > n * 3) fprintf(stderr, "clock: %ld of %ld readings off\n", off, n);
+    pb_ring_close(r);
+}
+
 int main(void) {
     test_config();
     test_capacity();
@@ -377,6 +437,7 @@ int main(void) {
     test_drain_order();
     test_decoder_robust();
     test_timestamp_saturation();
+    test_clock();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
