@@ -46,6 +46,11 @@ _POLLIN = int(zmq.POLLIN)
 _SUB_CHECK_INTERVAL_S = 0.01
 _monotonic = time.monotonic
 _time_ns = time.time_ns  # the batcher's clock (CLOCK_REALTIME)
+# With per-key permissions (XPUB manual mode) the publisher applies each subscription itself
+# and refuses more than this many, or a prefix longer than any topic: ZeroMQ keeps every
+# distinct prefix in its subscription trie, with no bound of its own.
+_MAX_SUBSCRIPTIONS = 100_000
+_MAX_SUBSCRIPTION_BYTES = 1024
 # Longest period of the flusher thread while the publishing thread sends by itself.
 _MAX_TICK_S = 0.002
 # Timer slack of the flusher thread (see _flusher_loop), ns.
@@ -556,7 +561,10 @@ class Publisher:
                     user = frame.get("User-Id")
                 except zmq.ZMQError:
                     user = ""
-                if not acl.may_subscribe(user, body):
+                # bounded: ZeroMQ keeps every distinct prefix in its subscription trie
+                if (len(body) > _MAX_SUBSCRIPTION_BYTES
+                        or self._subscriptions >= _MAX_SUBSCRIPTIONS
+                        or not acl.may_subscribe(user, body)):
                     self._denied_subscriptions += 1
                     acl._count_denied_subscription(user, body)
                     continue

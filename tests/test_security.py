@@ -244,6 +244,7 @@ def test_revoked_key_is_cut_off_at_once_and_refused_on_reconnect(
         # a SUB resends its subscriptions on reconnection when its owner calls into it (as a
         # receive loop does): keep alice reading while waiting for her to be back
         assert _until(lambda: alice.recv_batch(1, timeout=0.01) == [] and
+                      alice.stats()["peer_events"].get("handshake_succeeded", 0) >= 2 and
                       pub.stats()["subscribers"] == 1)
         for i in range(1, 101):
             pub.publish("a.b", i)
@@ -273,6 +274,7 @@ def test_allow_any_admits_any_client_key_but_not_plaintext(
         srv.revoke(keys["mallory"][0])  # revocation works under "any" too
         assert _until(lambda: a.recv_batch(1, timeout=0.01) == [] and
                       m.recv_batch(1, timeout=0.01) == [] and
+                      a.stats()["peer_events"].get("handshake_succeeded", 0) >= 2 and
                       pub.stats()["subscribers"] == 1)
         pub.publish("x.y", 1)
         pub.flush()
