@@ -191,7 +191,8 @@ def test_rss_flat_for_publisher_and_idle_subscriber(tmp_path: Path) -> None:
         grown = proc.memory_info().rss - rss_100k
         assert n >= 1_000_000
         # queues: 16 + 16 frames of <= 64 KiB (the default max_batch_bytes), plus kernel buffers
-        assert grown < 24 << 20, f"RSS grew by {grown / 2**20:.1f} MiB after {n} messages"
+        # and allocator slack (per-thread malloc arenas); unbounded growth would be >= 160 MB
+        assert grown < 48 << 20, f"RSS grew by {grown / 2**20:.1f} MiB after {n} messages"
         assert pub.stats()["published"] == n
     finally:
         sub.close()
