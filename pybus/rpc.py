@@ -493,6 +493,11 @@ class Server:
         forward_marker = ctrl_prefix + _CTRL_FORWARD
         stop_marker = ctrl_prefix + _CTRL_STOP
         RCVMORE, MORE_NOBLOCK, NOBLOCK = zmq.RCVMORE, _SNDMORE_NOBLOCK, _NOBLOCK
+        # Module globals and builtins as locals: in this long-running loop CPython 3.11
+        # left the LOAD_GLOBALs unspecialised (callgrind: ~13 dict lookups per request).
+        header_size, wire_version, flag_msgpack = HEADER_SIZE, WIRE_VERSION, FLAG_MSGPACK
+        kind_request, kind_reply, kind_error = KIND_REQUEST, KIND_REPLY, KIND_ERROR
+        len_, type_, bytes_ = len, type, bytes
         sock.setsockopt(zmq.RCVTIMEO, _IDLE_CHECK_MS)
         while not self._closed:
             try:
@@ -527,41 +532,41 @@ class Server:
                 if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
                     break
                 raise
-            if len(frame) < HEADER_SIZE:
+            if len_(frame) < header_size:
                 self._bad_frame("short")
                 continue
             version, kind, flags, mlen, cid = unpack_from(frame)
-            if version != WIRE_VERSION:
+            if version != wire_version:
                 self._bad_frame("version")
                 continue
-            if flags & ~FLAG_MSGPACK:
+            if flags & ~flag_msgpack:
                 self._bad_frame("flags")  # reserved bits must be zero
                 continue
-            if kind != KIND_REQUEST:
+            if kind != kind_request:
                 if frame == stop_marker:
                     break
                 self._bad_frame("kind")
                 continue
-            end = HEADER_SIZE + mlen
-            if mlen == 0 or len(frame) < end:
+            end = header_size + mlen
+            if mlen == 0 or len_(frame) < end:
                 self._bad_frame("method")
                 continue
             stats["requests"] += 1
-            fn = self._handlers.get(frame[HEADER_SIZE:end])
+            fn = self._handlers.get(frame[header_size:end])
             if self.rate_limit is not None and not self._admit(ident):
                 stats["rate_limited"] += 1
-                reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + self._limited(ident)
+                reply = pack(wire_version, kind_error, flag_msgpack, 0, cid) + self._limited(ident)
             elif fn is None:
                 stats["unknown_method"] += 1
-                reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + self._unknown(
-                    frame[HEADER_SIZE:end]
+                reply = pack(wire_version, kind_error, flag_msgpack, 0, cid) + self._unknown(
+                    frame[header_size:end]
                 )
             else:
                 try:
                     arg = decode_payload(flags, frame[end:]) if flags else frame[end:]
                 except FrameError as exc:
                     self._bad_frame("payload")
-                    reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid)
+                    reply = pack(wire_version, kind_error, flag_msgpack, 0, cid)
                     reply += error_payload(exc)
                 else:
                     if pool is not None:
@@ -570,14 +575,14 @@ class Server:
                     # _call inlined: this is the per-request hot path.
                     try:
                         result = fn(arg)
-                        if type(result) is bytes:
-                            reply = pack(WIRE_VERSION, KIND_REPLY, 0, 0, cid) + result
+                        if type_(result) is bytes_:
+                            reply = pack(wire_version, kind_reply, 0, 0, cid) + result
                         else:
                             rflags, body = encode_payload(result)
-                            reply = pack(WIRE_VERSION, KIND_REPLY, rflags, 0, cid) + body
+                            reply = pack(wire_version, kind_reply, rflags, 0, cid) + body
                     except Exception as exc:  # noqa: BLE001 - goes back to the client
                         stats["handler_errors"] += 1
-                        reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid)
+                        reply = pack(wire_version, kind_error, flag_msgpack, 0, cid)
                         reply += error_payload(exc)
             try:
                 zsend(sock, ident, MORE_NOBLOCK)
