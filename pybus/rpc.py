@@ -40,6 +40,7 @@ from typing import Any
 
 import msgpack
 import zmq
+from zmq.backend import Socket as _ZmqBackendSocket
 
 from . import metrics as _metrics
 from ._native import Histogram
@@ -76,11 +77,32 @@ _CID_MASK = (1 << 64) - 1
 _CTRL_STOP = b"S"
 _CTRL_FORWARD = b"F"
 _BYTES_TYPES = (bytes, bytearray, memoryview)
+# Plain ints: pyzmq's flag constants are IntEnum members, converted on every call.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_PACK = HEADER.pack
+_perf_counter_ns = time.perf_counter_ns
+_monotonic = time.monotonic
+_UNPACK_FROM = HEADER.unpack_from
 # The server's receive timeout while idle: bounds how long stop() can take even
 # if its wake-up message were lost; costs nothing while requests flow.
 _IDLE_CHECK_MS = 100
 
 _log = logging.getLogger("pybus.rpc")
+
+
+def _send_of(sock: zmq.Socket[Any]) -> Callable[..., Any]:
+    """The unbound ``send`` to call as ``send(sock, data, flags)`` on the hot paths.
+
+    pyzmq's ``zmq.Socket.send`` is a Python wrapper (routing_id/group handling we
+    never use) around the compiled ``send``; calling the compiled one directly saves
+    ~0.25 us per frame. A socket class that overrides ``send`` (zmq.green, a
+    user's ``socket_class``) keeps its override.
+    """
+    send = type(sock).send
+    if send is zmq.Socket.send and issubclass(zmq.Socket, _ZmqBackendSocket):
+        return _ZmqBackendSocket.send  # type: ignore[no-any-return]
+    return send  # type: ignore[no-any-return]
 
 
 def encode_payload(payload: Any) -> tuple[int, bytes]:
@@ -461,15 +483,21 @@ class Server:
             )
         sock = self._sock
         recv = sock.recv
-        send = sock.send
+        zsend = _send_of(sock)
         getsockopt = sock.getsockopt
         unpack_from = HEADER.unpack_from
         pack = HEADER.pack
+        pool = self._pool  # set above, cleared only by _shutdown after the loop ends
         stats = self._stats
         ctrl_prefix = self._ctrl_prefix
         forward_marker = ctrl_prefix + _CTRL_FORWARD
         stop_marker = ctrl_prefix + _CTRL_STOP
-        RCVMORE, SNDMORE, NOBLOCK = zmq.RCVMORE, zmq.SNDMORE, zmq.NOBLOCK
+        RCVMORE, MORE_NOBLOCK, NOBLOCK = zmq.RCVMORE, _SNDMORE_NOBLOCK, _NOBLOCK
+        # Module globals and builtins as locals: in this long-running loop CPython 3.11
+        # left the LOAD_GLOBALs unspecialised (callgrind: ~13 dict lookups per request).
+        header_size, wire_version, flag_msgpack = HEADER_SIZE, WIRE_VERSION, FLAG_MSGPACK
+        kind_request, kind_reply, kind_error = KIND_REQUEST, KIND_REPLY, KIND_ERROR
+        len_, type_, bytes_ = len, type, bytes
         sock.setsockopt(zmq.RCVTIMEO, _IDLE_CHECK_MS)
         while not self._closed:
             try:
@@ -477,16 +505,20 @@ class Server:
                     ident = recv()
                 except zmq.Again:
                     continue  # idle: re-check _closed
-                frame = recv()
-                if getsockopt(RCVMORE):
+                # The body as a zmq.Frame only to read its "more" flag: pyzmq's
+                # getsockopt(RCVMORE) costs about twice a Frame (~8.7k vs ~4.9k
+                # instructions: it builds a SocketOption enum on every call).
+                zframe = recv(0, False)
+                frame = zframe.bytes
+                if zframe.more:
                     if frame == forward_marker:
                         # A worker thread's reply: [marker][client identity][reply].
                         client = recv()
                         reply = recv() if getsockopt(RCVMORE) else b""
                         self._inflight -= 1
                         try:
-                            send(client, SNDMORE | NOBLOCK)
-                            send(reply, NOBLOCK)
+                            zsend(sock, client, MORE_NOBLOCK)
+                            zsend(sock, reply, NOBLOCK)
                             stats["replies"] += 1
                         except zmq.ZMQError as exc:
                             self._send_failed(exc)
@@ -500,61 +532,61 @@ class Server:
                 if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
                     break
                 raise
-            if len(frame) < HEADER_SIZE:
+            if len_(frame) < header_size:
                 self._bad_frame("short")
                 continue
             version, kind, flags, mlen, cid = unpack_from(frame)
-            if version != WIRE_VERSION:
+            if version != wire_version:
                 self._bad_frame("version")
                 continue
-            if flags & ~FLAG_MSGPACK:
+            if flags & ~flag_msgpack:
                 self._bad_frame("flags")  # reserved bits must be zero
                 continue
-            if kind != KIND_REQUEST:
+            if kind != kind_request:
                 if frame == stop_marker:
                     break
                 self._bad_frame("kind")
                 continue
-            end = HEADER_SIZE + mlen
-            if mlen == 0 or len(frame) < end:
+            end = header_size + mlen
+            if mlen == 0 or len_(frame) < end:
                 self._bad_frame("method")
                 continue
             stats["requests"] += 1
-            fn = self._handlers.get(frame[HEADER_SIZE:end])
+            fn = self._handlers.get(frame[header_size:end])
             if self.rate_limit is not None and not self._admit(ident):
                 stats["rate_limited"] += 1
-                reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + self._limited(ident)
+                reply = pack(wire_version, kind_error, flag_msgpack, 0, cid) + self._limited(ident)
             elif fn is None:
                 stats["unknown_method"] += 1
-                reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid) + self._unknown(
-                    frame[HEADER_SIZE:end]
+                reply = pack(wire_version, kind_error, flag_msgpack, 0, cid) + self._unknown(
+                    frame[header_size:end]
                 )
             else:
                 try:
                     arg = decode_payload(flags, frame[end:]) if flags else frame[end:]
                 except FrameError as exc:
                     self._bad_frame("payload")
-                    reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid)
+                    reply = pack(wire_version, kind_error, flag_msgpack, 0, cid)
                     reply += error_payload(exc)
                 else:
-                    if self._pool is not None:
+                    if pool is not None:
                         self._submit(fn, arg, ident, cid)
                         continue
                     # _call inlined: this is the per-request hot path.
                     try:
                         result = fn(arg)
-                        if type(result) is bytes:
-                            reply = pack(WIRE_VERSION, KIND_REPLY, 0, 0, cid) + result
+                        if type_(result) is bytes_:
+                            reply = pack(wire_version, kind_reply, 0, 0, cid) + result
                         else:
                             rflags, body = encode_payload(result)
-                            reply = pack(WIRE_VERSION, KIND_REPLY, rflags, 0, cid) + body
+                            reply = pack(wire_version, kind_reply, rflags, 0, cid) + body
                     except Exception as exc:  # noqa: BLE001 - goes back to the client
                         stats["handler_errors"] += 1
-                        reply = pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid)
+                        reply = pack(wire_version, kind_error, flag_msgpack, 0, cid)
                         reply += error_payload(exc)
             try:
-                send(ident, SNDMORE | NOBLOCK)
-                send(reply, NOBLOCK)
+                zsend(sock, ident, MORE_NOBLOCK)
+                zsend(sock, reply, NOBLOCK)
                 stats["replies"] += 1
             except zmq.ZMQError as exc:
                 self._send_failed(exc)
@@ -836,6 +868,7 @@ class Client(_ClientBase):
         self._security = security
         self._lock = threading.Lock()
         self._sock = _open_dealer(self._ctx, endpoint, security)
+        self._send = _send_of(self._sock)
         self._rcvtimeo_ms = -1
         _metrics.attach(self, registry)
 
@@ -843,6 +876,7 @@ class Client(_ClientBase):
         """Lazy Pirate: drop the socket (and anything queued on it), open a fresh one."""
         self._sock.close(0)
         self._sock = _open_dealer(self._ctx, self.endpoint, self._security)
+        self._send = _send_of(self._sock)
         self._rcvtimeo_ms = -1
         self._stats["reconnects"] += 1
 
@@ -876,19 +910,29 @@ class Client(_ClientBase):
         """
         if self._closed:
             raise ClosedError(f"RPC client for {self.endpoint} is closed")
-        mb = self._method(name)
-        flags, body = encode_payload(payload)
+        mb = self._methods.get(name)
+        if mb is None:
+            mb = self._method(name)
+        if type(payload) is bytes:
+            flags, body = 0, payload
+        else:
+            flags, body = encode_payload(payload)
         t = self.timeout if timeout is None else _check_timeout("timeout", timeout)
-        with self._lock:
+        # acquire/release rather than "with": ~0.14 us less per request on CPython 3.11.
+        lock = self._lock
+        lock.acquire()
+        try:
             self._stats["requests"] += 1
-            t0 = time.perf_counter_ns()
+            t0 = _perf_counter_ns()
             if self._plain:
                 result = self._attempt(name, mb, flags, body, t)
             else:
                 result = self._with_policies(name, mb, flags, body, t)
-            took = time.perf_counter_ns() - t0
+            took = _perf_counter_ns() - t0
             self._rpc_latency.record(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
             return result
+        finally:
+            lock.release()
 
     def _with_policies(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
         run = self.retry.start() if self.retry is not None else None
@@ -932,12 +976,12 @@ class Client(_ClientBase):
                 self.retry.sleep(delay)
 
     def _attempt(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
-        cid = self._next_cid()
-        frame = HEADER.pack(WIRE_VERSION, KIND_REQUEST, flags, len(mb), cid) + mb + body
-        deadline = time.monotonic() + t
+        cid = self._cid = (self._cid + 1) & _CID_MASK
+        frame = _PACK(WIRE_VERSION, KIND_REQUEST, flags, len(mb), cid) + mb + body
+        deadline = _monotonic() + t
         sock = self._sock
         try:
-            sock.send(frame, zmq.NOBLOCK)
+            self._send(sock, frame, _NOBLOCK)
         except zmq.Again:
             # IMMEDIATE and no live connection (yet): wait for one, within the timeout.
             if not sock.poll(max(1, int(t * 1000)), zmq.POLLOUT):
@@ -950,14 +994,17 @@ class Client(_ClientBase):
                 sock.send(frame, zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
+            remaining = deadline - _monotonic()
+            ms = int(remaining * 1000) + 1 if remaining > 0 else 0
         except zmq.ZMQError as exc:
             raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
+        else:
+            # Sent at once: the whole timeout is left (to well under the 1 ms
+            # granularity), so the first wait needs no clock read; the receive
+            # timeout then stays unchanged from request to request (no setsockopt).
+            ms = int(t * 1000) + 1
         recv = sock.recv
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            ms = int(remaining * 1000) + 1
+        while ms > 0:
             if ms != self._rcvtimeo_ms:
                 sock.setsockopt(zmq.RCVTIMEO, ms)
                 self._rcvtimeo_ms = ms
@@ -969,9 +1016,17 @@ class Client(_ClientBase):
                 raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
             # No RCVMORE check (0.8 us): a DEALER has no identity frames to keep in
             # step, so each frame of a (malformed) multipart reply is judged alone.
+            if len(reply) >= HEADER_SIZE:
+                version, kind, rflags, _mlen, rcid = _UNPACK_FROM(reply)
+                # The common case (our raw-bytes reply) inline; _parse_reply does the rest.
+                if rcid == cid and kind == KIND_REPLY and rflags == 0 and version == WIRE_VERSION:
+                    self._stats["replies"] += 1
+                    return reply[HEADER_SIZE:]
             ok, value = self._parse_reply(reply, cid)
             if ok:
                 return value
+            remaining = deadline - _monotonic()
+            ms = int(remaining * 1000) + 1 if remaining > 0 else 0
         self._stats["timeouts"] += 1
         raise TimeoutError(f"no reply to {name!r} from {self.endpoint} within {t:g} s")
 
