@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import zmq
@@ -285,7 +286,7 @@ def test_bad_arguments() -> None:
         pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", sndhwm=0)
 
 
-def test_cli_proxy_runs_and_forwards() -> None:
+def test_cli_proxy_runs_and_forwards(tmp_path: Path) -> None:
     import socket
 
     ports = []
@@ -298,6 +299,7 @@ def test_cli_proxy_runs_and_forwards() -> None:
         [sys.executable, "-c", "from pybus.cli import main; raise SystemExit(main())", "proxy",
          "--frontend", fe, "--backend", be, "--duration", "20", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,  # away from the source tree, so the installed (compiled) pybus loads
     )
     pub = pybus.Publisher(fe, connect=True)
     sub = pybus.Subscriber(be)
