@@ -73,6 +73,8 @@ FLAG_MSGPACK = 0x01
 HEADER = struct.Struct("<BBBBQ")
 HEADER_SIZE = HEADER.size  # 12
 MAX_METHOD_BYTES = 255
+# Largest frame an RPC socket accepts by default (ZeroMQ MAXMSGSIZE): bounded memory per peer.
+MAX_MESSAGE_BYTES = 64 << 20
 _CID_MASK = (1 << 64) - 1
 _CTRL_STOP = b"S"
 _CTRL_FORWARD = b"F"
@@ -227,6 +229,9 @@ class Server:
         0 (default) runs handlers inline in the I/O thread - the lowest
         latency; N > 0 runs them in a pool of N threads, so slow handlers do not
         hold up other requests.
+    max_message_bytes : int
+        Largest request frame accepted (ZeroMQ's ``MAXMSGSIZE``, default 64 MiB): a larger one
+        is refused before allocation and its sender disconnected.
     max_inflight : int
         With workers, requests queued or running at once; beyond it a request is
         answered at once with a retryable ``BackpressureError``.
@@ -263,6 +268,7 @@ class Server:
         rate_limit: RateLimiter | KeyedRateLimiter | None = None,
         context: zmq.Context[Any] | None = None,
         registry: Any = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         if rate_limit is not None and not isinstance(rate_limit, (RateLimiter, KeyedRateLimiter)):
             raise ValidationError(
@@ -279,6 +285,11 @@ class Server:
             raise ValidationError(f"workers must be an int >= 0 (0 = inline), got {workers!r}")
         if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1:
             raise ValidationError(f"max_inflight must be an int >= 1, got {max_inflight!r}")
+        if (isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int)
+                or max_message_bytes < 64):
+            raise ValidationError(
+                f"max_message_bytes must be an int >= 64, got {max_message_bytes!r}"
+            )
         self._ctx = context or zmq.Context.instance()
         self._handlers: dict[bytes, Handler] = {}
         self.workers = workers
@@ -317,6 +328,9 @@ class Server:
             # Without ROUTER_MANDATORY a reply to a vanished client disappears
             # silently; with it we get EHOSTUNREACH and can count it.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # a larger frame is refused by ZeroMQ from its header, before allocation, and the
+            # peer that sent it is disconnected
+            sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
             if security is not None:
                 security(sock)
             sock.bind(endpoint)
@@ -708,6 +722,7 @@ def _open_dealer(
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 20)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if security is not None:
             security(sock)
         sock.connect(endpoint)

@@ -615,3 +615,24 @@ def test_async_client_survives_a_new_event_loop(server, endpoint):
     asyncio.run(c.aclose())
     with pytest.raises(pybus.ClosedError):
         asyncio.run(c.request("echo", b"x"))
+
+
+def test_oversized_request_is_refused_before_allocation_and_server_keeps_serving(tmp_path):
+    """MAXMSGSIZE: a frame above max_message_bytes disconnects its sender; others are served."""
+    ep = f"ipc://{tmp_path}/big.ipc"
+    with pybus.Server(ep, max_message_bytes=4096) as server:
+        server.add_handler("echo", lambda p: p)
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(ep)
+        try:
+            raw.send(b"\x00" * 8192)  # far above the limit: never reaches the server's code
+            with pybus.Client(ep, timeout=5.0) as c:
+                assert c.request("echo", b"x" * 1000) == b"x" * 1000
+            assert not raw.poll(200)
+            st = server.stats()
+            assert st["requests"] == 1 and st["decode_errors"] == 0
+        finally:
+            raw.close()
+    with pytest.raises(pybus.ValidationError, match="max_message_bytes"):
+        pybus.Server(ep, max_message_bytes=10)
