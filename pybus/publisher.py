@@ -545,7 +545,8 @@ class Publisher:
         """
         sock = self._sock
         acl = self._acl
-        while sock.get(_EVENTS) & _POLLIN:
+        assert acl is not None  # only installed with a Curve that has permissions
+        while sock.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
             try:
                 frame = sock.recv(_NOBLOCK, copy=False)
             except zmq.Again:
