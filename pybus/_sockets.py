@@ -443,6 +443,57 @@ def check_options(security: Any, liveness: Any) -> None:
             )
 
 
+def apply_liveness(
+    sock: zmq.Socket, lv: Liveness, *, heartbeats: bool = True, reconnect: bool = True
+) -> None:
+    """Set ``lv``'s heartbeat, TCP keepalive and reconnection options on ``sock``.
+
+    The option-setting part of :func:`configure`, for sockets that take no security or
+    monitor from it (the RPC sockets, whose CURVE is a hook and whose client sockets are
+    replaced on every Lazy Pirate reset). Call it once per socket, before bind/connect.
+
+    Parameters
+    ----------
+    sock : zmq.Socket
+        The socket (not yet bound or connected).
+    lv : Liveness
+        The options to apply (``lv.monitor`` and ``lv.on_peer`` are not used here).
+    heartbeats : bool
+        Set the ZMTP heartbeat options (False for sockets that receive into a queue the
+        application may let fill up; see :class:`Liveness`).
+    reconnect : bool
+        Set ``RECONNECT_IVL`` / ``RECONNECT_IVL_MAX`` / ``CONNECT_TIMEOUT`` (False when the
+        caller keeps its own reconnection settings).
+    """
+    if heartbeats and lv.heartbeat_ivl_ms:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, lv.heartbeat_ivl_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, lv.heartbeat_timeout_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, lv.heartbeat_ttl_ms)
+    if lv.tcp_keepalive_idle_s:
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, lv.tcp_keepalive_idle_s)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, max(1, lv.tcp_keepalive_intvl_s))
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, lv.tcp_keepalive_cnt))
+    if reconnect:
+        sock.setsockopt(zmq.RECONNECT_IVL, lv.reconnect_ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, lv.reconnect_ivl_max_ms)
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, lv.connect_timeout_ms)
+
+
+def check_rpc_liveness(liveness: Any) -> None:
+    """Validate an RPC object's ``liveness=`` (RPC sockets are never monitored)."""
+    if liveness is None:
+        return
+    if not isinstance(liveness, Liveness):
+        raise ValidationError(f"liveness must be a pybus.Liveness, got {type(liveness).__name__}")
+    if liveness.on_peer is not None:
+        raise ValidationError(
+            "Liveness.on_peer is not supported by pybus.Server/Client/AsyncClient: RPC sockets "
+            "are not monitored (a client opens a new socket on every Lazy Pirate reset); "
+            "leave on_peer None"
+        )
+
+
 def configure(
     sock: zmq.Socket,
     *,
@@ -478,18 +529,7 @@ def configure(
     lv = DEFAULT_LIVENESS if liveness is None else liveness
     if not isinstance(lv, Liveness):
         raise ValidationError(f"liveness must be a pybus.Liveness, got {type(lv).__name__}")
-    if lv.heartbeat_ivl_ms and not receives_stream:
-        sock.setsockopt(zmq.HEARTBEAT_IVL, lv.heartbeat_ivl_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, lv.heartbeat_timeout_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, lv.heartbeat_ttl_ms)
-    if lv.tcp_keepalive_idle_s:
-        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, lv.tcp_keepalive_idle_s)
-        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, max(1, lv.tcp_keepalive_intvl_s))
-        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, max(1, lv.tcp_keepalive_cnt))
-    sock.setsockopt(zmq.RECONNECT_IVL, lv.reconnect_ivl_ms)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, lv.reconnect_ivl_max_ms)
-    sock.setsockopt(zmq.CONNECT_TIMEOUT, lv.connect_timeout_ms)
+    apply_liveness(sock, lv, heartbeats=not receives_stream)
     if max_msg_bytes is not None:
         sock.setsockopt(zmq.MAXMSGSIZE, int(max_msg_bytes))
     curves: list[Curve] = []

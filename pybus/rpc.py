@@ -44,6 +44,7 @@ from zmq.backend import Socket as _ZmqBackendSocket
 
 from . import metrics as _metrics
 from ._native import Histogram
+from ._sockets import DEFAULT_LIVENESS, Liveness, apply_liveness, check_rpc_liveness
 from .breaker import CircuitBreaker
 from .errors import (
     BusError,
@@ -225,6 +226,14 @@ class Server:
         :attr:`endpoint`), ``ipc://PATH`` or ``inproc://NAME``.
     security : callable(socket) or None
         Applied to the ROUTER before it binds (e.g. to set CURVE server keys).
+    liveness : pybus.Liveness or None
+        ZMTP heartbeats (``HEARTBEAT_IVL`` / ``TIMEOUT`` / ``TTL``), TCP keepalive and
+        reconnection options of the ROUTER, set once before it binds. Default (None): TCP
+        keepalive of :class:`~pybus.Liveness` only, no ZMTP heartbeats -- the ROUTER receives
+        every client's requests into one queue that a slow handler lets fill up, and libzmq
+        <= 4.3.5 can abort when a heartbeat timeout hits such a connection (zeromq/libzmq#3937);
+        pass a Liveness to have heartbeats anyway. RPC sockets are not monitored:
+        ``monitor`` is ignored and ``on_peer`` is refused.
     workers : int
         0 (default) runs handlers inline in the I/O thread - the lowest
         latency; N > 0 runs them in a pool of N threads, so slow handlers do not
@@ -269,7 +278,9 @@ class Server:
         context: zmq.Context[Any] | None = None,
         registry: Any = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        liveness: Liveness | None = None,
     ) -> None:
+        check_rpc_liveness(liveness)
         if rate_limit is not None and not isinstance(rate_limit, (RateLimiter, KeyedRateLimiter)):
             raise ValidationError(
                 f"rate_limit must be a RateLimiter, a KeyedRateLimiter (per client) or None, "
@@ -331,6 +342,10 @@ class Server:
             # a larger frame is refused by ZeroMQ from its header, before allocation, and the
             # peer that sent it is disconnected
             sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+            if liveness is None:
+                apply_liveness(sock, DEFAULT_LIVENESS, heartbeats=False, reconnect=False)
+            else:
+                apply_liveness(sock, liveness)
             if security is not None:
                 security(sock)
             sock.bind(endpoint)
@@ -713,6 +728,7 @@ def _open_dealer(
     endpoint: str,
     security: Callable[[zmq.Socket[Any]], Any] | None,
     socket_class: Any = None,
+    liveness: Liveness | None = None,
 ) -> zmq.Socket[Any]:
     sock = ctx.socket(zmq.DEALER) if socket_class is None else socket_class(ctx, zmq.DEALER)
     try:
@@ -720,8 +736,14 @@ def _open_dealer(
         # IMMEDIATE: queue only on completed connections, so a request to a dead
         # server is not parked in a pipe and replayed when it comes back.
         sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.RECONNECT_IVL, 20)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if liveness is None:
+            # Lazy Pirate defaults: reconnect fast to a server that comes back; heartbeats
+            # and keepalive of the default Liveness notice one that died silently.
+            sock.setsockopt(zmq.RECONNECT_IVL, 20)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            apply_liveness(sock, DEFAULT_LIVENESS, reconnect=False)
+        else:
+            apply_liveness(sock, liveness)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if security is not None:
             security(sock)
@@ -855,6 +877,12 @@ class Client(_ClientBase):
         One token per attempt, waited for up to the attempt's timeout.
     security : callable(socket) or None
         Applied to each new DEALER before it connects (e.g. CURVE client keys).
+    liveness : pybus.Liveness or None
+        Heartbeat, TCP keepalive and reconnection options of each DEALER, set once when it is
+        opened. Default (None): the heartbeats and keepalive of :class:`~pybus.Liveness` with
+        the client's own fast reconnection (``RECONNECT_IVL`` 20 ms up to 1 s); a given
+        Liveness also sets its reconnection options. The sockets are not monitored
+        (``monitor`` is ignored, ``on_peer`` refused): a Lazy Pirate reset replaces them.
     context : zmq.Context or None
     registry : pybus.metrics.Registry or False, optional
         Where this object reports its counters (default: ``pybus.metrics.default_registry``;
@@ -877,12 +905,15 @@ class Client(_ClientBase):
         security: Callable[[zmq.Socket[Any]], Any] | None = None,
         context: zmq.Context[Any] | None = None,
         registry: Any = None,
+        liveness: Liveness | None = None,
     ) -> None:
+        check_rpc_liveness(liveness)
         super().__init__(endpoint, timeout, retry, breaker, rate_limit)
         self._ctx = context or zmq.Context.instance()
         self._security = security
+        self._liveness = liveness
         self._lock = threading.Lock()
-        self._sock = _open_dealer(self._ctx, endpoint, security)
+        self._sock = _open_dealer(self._ctx, endpoint, security, liveness=liveness)
         self._send = _send_of(self._sock)
         self._rcvtimeo_ms = -1
         _metrics.attach(self, registry)
@@ -890,7 +921,9 @@ class Client(_ClientBase):
     def _reset(self) -> None:
         """Lazy Pirate: drop the socket (and anything queued on it), open a fresh one."""
         self._sock.close(0)
-        self._sock = _open_dealer(self._ctx, self.endpoint, self._security)
+        self._sock = _open_dealer(
+            self._ctx, self.endpoint, self._security, liveness=self._liveness
+        )
         self._send = _send_of(self._sock)
         self._rcvtimeo_ms = -1
         self._stats["reconnects"] += 1

@@ -30,6 +30,7 @@ import zmq
 import zmq.asyncio
 
 from . import metrics as _metrics
+from ._sockets import Liveness, check_rpc_liveness
 from .breaker import CircuitBreaker
 from .errors import (
     BackpressureError,
@@ -63,7 +64,7 @@ class AsyncClient(_ClientBase):
 
     Parameters
     ----------
-    endpoint, timeout, retry, breaker, rate_limit, security
+    endpoint, timeout, retry, breaker, rate_limit, security, liveness
         As for :class:`pybus.Client` (the retry policy's ``asleep`` is used).
     max_inflight : int
         Requests awaiting a reply at once; one more raises BackpressureError.
@@ -83,12 +84,15 @@ class AsyncClient(_ClientBase):
         max_inflight: int = 10_000,
         context: zmq.Context[Any] | None = None,
         registry: Any = None,
+        liveness: Liveness | None = None,
     ) -> None:
+        check_rpc_liveness(liveness)
         super().__init__(endpoint, timeout, retry, breaker, rate_limit)
         if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1:
             raise ValidationError(f"max_inflight must be an int >= 1, got {max_inflight!r}")
         self.max_inflight = max_inflight
         self._security = security
+        self._liveness = liveness
         self._ctx = zmq.asyncio.Context.shadow(context or zmq.Context.instance())
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -111,7 +115,7 @@ class AsyncClient(_ClientBase):
             self._pending.clear()
         if self._sock is None:
             self._sock = _open_dealer(  # type: ignore[assignment]
-                self._ctx, self.endpoint, self._security, zmq.asyncio.Socket
+                self._ctx, self.endpoint, self._security, zmq.asyncio.Socket, self._liveness
             )
             assert self._sock is not None
             self._reader = asyncio.get_running_loop().create_task(self._read(self._sock))

@@ -636,3 +636,80 @@ def test_oversized_request_is_refused_before_allocation_and_server_keeps_serving
             raw.close()
     with pytest.raises(pybus.ValidationError, match="max_message_bytes"):
         pybus.Server(ep, max_message_bytes=10)
+
+
+# -- liveness (ZMTP heartbeats, TCP keepalive) on the RPC sockets -----------------------------
+def _live_opts(sock):
+    return {
+        name: sock.getsockopt(getattr(zmq, name))
+        for name in ("HEARTBEAT_IVL", "HEARTBEAT_TIMEOUT", "HEARTBEAT_TTL", "TCP_KEEPALIVE",
+                     "TCP_KEEPALIVE_IDLE", "TCP_KEEPALIVE_INTVL", "TCP_KEEPALIVE_CNT",
+                     "RECONNECT_IVL", "RECONNECT_IVL_MAX", "CONNECT_TIMEOUT")
+    }
+
+
+def test_liveness_options_land_on_rpc_sockets_and_requests_work():
+    lv = pybus.Liveness(heartbeat_ivl_ms=100, heartbeat_timeout_ms=300, heartbeat_ttl_ms=700,
+                        reconnect_ivl_ms=40, reconnect_ivl_max_ms=400, connect_timeout_ms=900,
+                        tcp_keepalive_idle_s=7, tcp_keepalive_intvl_s=3, tcp_keepalive_cnt=4)
+    want = {"HEARTBEAT_IVL": 100, "HEARTBEAT_TIMEOUT": 300, "HEARTBEAT_TTL": 700,
+            "TCP_KEEPALIVE": 1, "TCP_KEEPALIVE_IDLE": 7, "TCP_KEEPALIVE_INTVL": 3,
+            "TCP_KEEPALIVE_CNT": 4, "RECONNECT_IVL": 40, "RECONNECT_IVL_MAX": 400,
+            "CONNECT_TIMEOUT": 900}
+    srv = Server("tcp://127.0.0.1:0", liveness=lv)
+    srv.add_handler("echo", lambda p: p)
+    srv.start()
+    try:
+        assert _live_opts(srv._sock) == want
+        with Client(srv.endpoint, timeout=3.0, liveness=lv) as c:
+            assert _live_opts(c._sock) == want
+            assert c._sock.getsockopt(zmq.IMMEDIATE) == 1  # Lazy Pirate semantics kept
+            assert c.request("echo", b"hb-1") == b"hb-1"
+            # idle for several heartbeat timeouts: pings are answered, the connection stays
+            time.sleep(1.0)
+            assert c.request("echo", {"n": 2}) == {"n": 2}
+            # a Lazy Pirate reset opens a socket with the same options
+            c._reset()
+            assert _live_opts(c._sock) == want
+            assert c.request("echo", b"hb-3") == b"hb-3"
+
+        async def main():
+            async with AsyncClient(srv.endpoint, timeout=3.0, liveness=lv) as ac:
+                assert await ac.request("echo", b"aio") == b"aio"
+                return _live_opts(ac._sock)
+
+        assert asyncio.run(main()) == want
+    finally:
+        srv.stop()
+
+
+def test_rpc_liveness_defaults(endpoint):
+    srv = Server(endpoint)
+    srv.add_handler("echo", lambda p: p)
+    srv.start()
+    try:
+        d = pybus.Liveness()
+        s = _live_opts(srv._sock)
+        # the ROUTER receives into a queue a slow handler fills: keepalive, no heartbeats
+        assert s["HEARTBEAT_IVL"] == 0
+        assert (s["TCP_KEEPALIVE"], s["TCP_KEEPALIVE_IDLE"]) == (1, d.tcp_keepalive_idle_s)
+        with Client(endpoint, timeout=3.0) as c:
+            o = _live_opts(c._sock)
+            assert (o["HEARTBEAT_IVL"], o["HEARTBEAT_TIMEOUT"], o["HEARTBEAT_TTL"]) == (
+                d.heartbeat_ivl_ms, d.heartbeat_timeout_ms, d.heartbeat_ttl_ms)
+            assert (o["TCP_KEEPALIVE"], o["TCP_KEEPALIVE_CNT"]) == (1, d.tcp_keepalive_cnt)
+            # the client's own fast Lazy Pirate reconnection, not the Liveness one
+            assert (o["RECONNECT_IVL"], o["RECONNECT_IVL_MAX"]) == (20, 1000)
+            assert c._sock.getsockopt(zmq.IMMEDIATE) == 1
+            assert c.request("echo", b"x") == b"x"
+    finally:
+        srv.stop()
+
+
+def test_rpc_liveness_rejects_bad_values(endpoint):
+    with pytest.raises(ValidationError, match="liveness must be a pybus.Liveness"):
+        Server(endpoint, liveness={"heartbeat_ivl_ms": 100})
+    with pytest.raises(ValidationError, match="on_peer"):
+        Client(endpoint, liveness=pybus.Liveness(on_peer=lambda e, ep: None))
+    with pytest.raises(ValidationError, match="on_peer"):
+        AsyncClient(endpoint, liveness=pybus.Liveness(on_peer=lambda e, ep: None))
