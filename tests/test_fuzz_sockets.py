@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -28,6 +29,9 @@ from hypothesis import strategies as st
 
 import pybus
 from pybus import _wqproto as P
+
+sys.path.insert(0, os.path.dirname(__file__))
+from waiting import until  # noqa: E402
 
 pytestmark = [
     pytest.mark.timeout(600),
@@ -55,19 +59,11 @@ def rng() -> Iterator[random.Random]:
     yield random.Random(seed)
 
 
-def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
-
 
 def _catch_up(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     """Flow control for the fuzzer: wait until the target has dealt with what was sent, so
     the measured RSS is the target's, not queues of unread fuzz in this same process."""
-    if not _until(cond, timeout):
+    if not until(cond, timeout):
         raise AssertionError(f"the target did not keep up: {what}")
 
 
@@ -301,7 +297,7 @@ def test_fuzz_work_queue(fuzz_s: float, rng: random.Random) -> None:
                 n_invalid += 1
                 if n_invalid % 256 == 0:
                     _catch_up(lambda n=n_invalid: q.stats()["decode_errors"] == n, "wq phase A")
-            assert _until(lambda: q.stats()["decode_errors"] == n_invalid, 30), (
+            assert until(lambda: q.stats()["decode_errors"] == n_invalid, 30), (
                 n_invalid, q.stats())
             # phase B: mutated valid commands (some valid: HELLO makes the fuzzer a "worker")
             valid = _wq_valid_frames()
@@ -350,7 +346,7 @@ def test_fuzz_worker(fuzz_s: float, rng: random.Random) -> None:
             n_invalid += 1
             if n_invalid % 256 == 0:
                 _catch_up(lambda n=n_invalid: w.stats()["decode_errors"] == n, "worker phase A")
-        assert _until(lambda: w.stats()["decode_errors"] == n_invalid, 30), (n_invalid,
+        assert until(lambda: w.stats()["decode_errors"] == n_invalid, 30), (n_invalid,
                                                                                w.stats())
         good = P.dispatch([[10**9 + i, 1, "fz.t", b"x", 0, None, time.time_ns()]
                            for i in range(3)])
@@ -527,7 +523,7 @@ def test_oversized_frame_refused_by_subscriber_before_allocation() -> None:
         # drops the connection without reading (or allocating) the body
         conn.sendall(_huge_frame_header() + b"only a few bytes follow")
         assert _closed_by_peer(conn)
-        assert _until(lambda: sub.stats()["peer_events"].get("disconnected", 0) >= 1)
+        assert until(lambda: sub.stats()["peer_events"].get("disconnected", 0) >= 1)
         assert sub.recv_batch(10, timeout=0.2) == []
         assert _rss() - rss0 < 8 * MIB
     finally:
@@ -550,7 +546,7 @@ def test_oversized_frame_refused_by_proxy_frontend() -> None:
         assert _closed_by_peer(s)
         assert _rss() - rss0 < 8 * MIB
         assert px.stats()["frontend"]["messages_in"] == 0
-        assert _until(lambda: px.stats()["frontend"]["peer_events"].get("disconnected", 0) >= 1)
+        assert until(lambda: px.stats()["frontend"]["peer_events"].get("disconnected", 0) >= 1)
     finally:
         s.close()
         px.close()

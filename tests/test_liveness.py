@@ -2,35 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 import zmq
 
 import pybus
 
+sys.path.insert(0, os.path.dirname(__file__))
+from waiting import drain as _drain  # noqa: E402
+from waiting import until as _until  # noqa: E402
+
 pytestmark = pytest.mark.timeout(60)
 BIG = 100_000
 
 
-def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
-def _drain(sub: pybus.Subscriber, n: int, timeout: float = 10.0) -> list[pybus.Message]:
-    out: list[pybus.Message] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < deadline:
-        out += sub.recv_batch(n - len(out), timeout=max(0.01, deadline - time.monotonic()))
-    return out
 
 
 def _free_port() -> int:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import time
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,24 +21,13 @@ import zmq.auth
 import pybus
 from pybus import Curve
 
+sys.path.insert(0, os.path.dirname(__file__))
+from waiting import drain as _drain  # noqa: E402
+from waiting import until as _until  # noqa: E402
+
 pytestmark = pytest.mark.timeout(60)
 
 
-def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
-def _drain(sub: pybus.Subscriber, n: int, timeout: float = 5.0) -> list[pybus.Message]:
-    out: list[pybus.Message] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n and time.monotonic() < deadline:
-        out += sub.recv_batch(n - len(out), timeout=max(0.01, deadline - time.monotonic()))
-    return out
 
 
 @pytest.fixture
