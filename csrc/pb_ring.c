@@ -332,3 +332,4 @@ uint64_t pb_ring_records_appended(const pb_ring *r) { return r->appended; }
 uint64_t pb_ring_frames_drained(const pb_ring *r) { return r->frames; }
 uint64_t pb_ring_full_count(const pb_ring *r) { return r->full; }
 int64_t pb_ring_oldest_ns(const pb_ring *r) { return r->oldest_ns; }
+int64_t pb_ring_last_append_ns(const pb_ring *r) { return r->last_append_ns; }

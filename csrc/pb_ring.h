@@ -133,6 +133,9 @@ uint64_t pb_ring_full_count(const pb_ring *r);
 /* Timestamp of the oldest pending record (0 when empty): a caller's timer can drain at
  * oldest + max_delay_ns when no further append comes. */
 int64_t pb_ring_oldest_ns(const pb_ring *r);
+/* Timestamp of the newest record ever appended (0 before the first): a flusher compares it
+ * with the clock to tell a publisher that paused from one still appending. */
+int64_t pb_ring_last_append_ns(const pb_ring *r);
 
 /* CLOCK_REALTIME in ns (clock_gettime), the clock records are stamped with (see pb_ring_append
  * for how appends read it cheaply). */

@@ -228,6 +228,45 @@ def test_tail_of_burst_is_sent_without_flush(
     assert msgs[-1].seq == 2000
 
 
+def test_flusher_sends_a_tail_once_publishing_paused_even_after_more_appends() -> None:
+    # A paced publisher: bursts separated by pauses longer than idle_us. The flusher must send
+    # a burst's tail once the *last* publish is idle_us old, even though records were appended
+    # after the one that armed it (the old rule, "no append since arming", never fired for such
+    # a publisher, so each tail waited for the next burst's max_delay_us).
+    pub = pybus.Publisher(f"inproc://tick-{uuid.uuid4().hex}", idle_us=200, max_delay_us=1e6)
+    try:
+        pub._wake.set = lambda: None  # type: ignore[method-assign]  # drive _tick by hand
+        pub.publish("t", b"a")  # READY: a publisher that never sent anything sends at once
+        b = pub._batcher
+        pub.publish("t", b"b")  # PENDING: just drained; this arms the flusher
+        pub.publish("t", b"c")  # publishing went on after the arming
+        assert b.pending_records == 2 and b.last_append_ns > 0
+        assert pub._tick(pub._first_tick_s) is not None  # still publishing: back off
+        assert b.pending_records == 2
+        deadline = time.monotonic() + 5
+        while time.time_ns() - b.last_append_ns < 200_000:  # publishing pauses for idle_us
+            assert time.monotonic() < deadline
+            time.sleep(0.0002)
+        assert pub._tick(pub._first_tick_s) is None  # paused: sent, nothing left to watch
+        assert b.pending_records == 0
+        assert pub.stats()["batches"] == 2
+    finally:
+        pub.close(linger=0)
+
+
+def test_batcher_last_append_ns_follows_appends() -> None:
+    b = pybus.Batcher()
+    assert b.last_append_ns == 0
+    tid = b.topic_id(b"t")
+    now = pybus.Batcher.now_ns()
+    b.append_at(tid, b"x", now + 5)
+    assert b.last_append_ns == now + 5
+    b.drain()
+    assert b.last_append_ns == now + 5  # a drain does not move it
+    b.publish("t", b"y")
+    assert now <= b.last_append_ns <= pybus.Batcher.now_ns()
+
+
 def test_idle_publisher_sends_each_message_at_once(
     pair: tuple[pybus.Publisher, pybus.Subscriber],
 ) -> None:

@@ -791,6 +791,12 @@ cdef class Batcher:
         self._ok()
         return pb_ring_oldest_ns(self._r)
 
+    @property
+    def last_append_ns(self):
+        """Timestamp (CLOCK_REALTIME ns) of the newest record appended, 0 before the first."""
+        self._ok()
+        return pb_ring_last_append_ns(self._r)
+
     @staticmethod
     def now_ns():
         """The clock records are stamped with (CLOCK_REALTIME ns)."""

@@ -58,6 +58,7 @@ cdef extern from "pb_ring.h" nogil:
     uint64_t pb_ring_frames_drained(const pb_ring *r)
     uint64_t pb_ring_full_count(const pb_ring *r)
     int64_t pb_ring_oldest_ns(const pb_ring *r)
+    int64_t pb_ring_last_append_ns(const pb_ring *r)
     int64_t pb_now_ns()
 
 
