@@ -52,7 +52,7 @@ _time_ns = time.time_ns  # the batcher's clock (CLOCK_REALTIME)
 _MAX_SUBSCRIPTIONS = 100_000
 _MAX_SUBSCRIPTION_BYTES = 1024
 # Longest period of the flusher thread while the publishing thread sends by itself.
-_MAX_TICK_S = 0.002
+_MAX_TICK_S = 0.001
 # Timer slack of the flusher thread (see _flusher_loop), ns.
 _FLUSHER_TIMER_SLACK_NS = 1000
 
@@ -79,13 +79,17 @@ def _flusher_loop(
     Idle, it sleeps on ``wake``. Armed by the first pending record of a batch, it wakes after
     the flush delay; if the last publish is at least that long ago (the burst ended) it sends
     what is pending, so the tail of a burst leaves about ``idle_us`` (``linger_us``) after the
-    last publish. "Nothing was published since the arming" would be the wrong test: a paced
-    publisher (a burst every ~100 us) then never looks quiet, and each burst's tail waited
-    for the next burst's max_delay_us (measured: 155 us instead of ~30 us at 20k msg/s). While publishing goes on, the publishing thread sends by itself (the batcher
-    reports READY once the oldest record is ``max_delay_us`` old), and this thread only backs
-    off (doubling its period up to ``_MAX_TICK_S``): each of its wake-ups costs a GIL hand-off
-    (up to the 5 ms switch interval, measured as a 40 % throughput loss when it flushed under
-    load), so it stays out of the way of a busy publisher.
+    last publish. ("Nothing was published since the arming" was the wrong test: a paced
+    publisher, a burst every ~100 us, never looked quiet, and each burst's tail waited for the
+    next burst's max_delay_us: 155 us instead of ~30 us at 20k msg/s, measured.)
+
+    While publishing goes on, the publishing thread sends by itself (the batcher reports READY
+    once the oldest record is ``max_delay_us`` old), and this thread backs off (doubling its
+    period up to ``_MAX_TICK_S``) and stays armed across frames: each of its wake-ups costs a
+    GIL hand-off (up to the 5 ms switch interval; a 40 % throughput loss when it flushed under
+    load, 10-40 ns of CPU per message when it was re-armed at every frame, both measured), so
+    it stays out of the way of a busy publisher. The price: the tail left when a long burst
+    stops waits up to ``_MAX_TICK_S``.
 
     Its waits are a few tens of microseconds: with Linux's default timer slack (50 us) each
     one ends ~80 us late (measured: a 20-us wait took ~105 us), which made the tail of every
@@ -622,8 +626,7 @@ class Publisher:
                 raise ClosedError("closed")
             b = self._batcher
             if b.pending_records:
-                paused = _time_ns() - b.last_append_ns >= self._quiet_ns
-                if urgent or self._lingering or paused:
+                if urgent or self._lingering or self._paused(b):
                     self._flush_locked()
                     if not urgent:
                         # publishing had stopped for first_tick: the next message, if it
@@ -633,12 +636,22 @@ class Publisher:
                     period = self._first_tick_s
                 else:  # still publishing: that thread sends by itself, back off
                     return min(period * 2, _MAX_TICK_S)
+            elif period > self._first_tick_s and not self._paused(b):
+                # Backing off and the publishing thread drained by itself: it is busy, so stay
+                # armed on the backed-off period. Disarming here re-armed (and woke) this
+                # thread at the next frame's first record, a GIL hand-off per frame that cost
+                # 10-40 ns of CPU per message under sustained load (measured).
+                return min(period * 2, _MAX_TICK_S)
             # disarm, then look again: a record that arrived meanwhile re-arms (no lost wake-up)
             self._armed = False
             if b.pending_records:
                 self._armed = True
                 return period
             return None
+
+    def _paused(self, b: Batcher) -> bool:
+        """Whether the last publish is first_tick old: a burst ended (else one goes on)."""
+        return _time_ns() - b.last_append_ns >= self._quiet_ns
 
     def flush(self, timeout: float | None = 1.0) -> None:
         """Hand everything pending to ZeroMQ now.

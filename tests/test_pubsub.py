@@ -254,6 +254,34 @@ def test_flusher_sends_a_tail_once_publishing_paused_even_after_more_appends() -
         pub.close(linger=0)
 
 
+def test_flusher_stays_armed_while_the_publisher_drains_by_itself() -> None:
+    # Under sustained load the publishing thread sends its own frames; a backing-off flusher
+    # that finds nothing pending must stay armed (not be re-armed and woken at every frame),
+    # and disarm once publishing has paused.
+    pub = pybus.Publisher(f"inproc://armed-{uuid.uuid4().hex}", idle_us=20_000, max_delay_us=1e6)
+    try:
+        pub._wake.set = lambda: None  # type: ignore[method-assign]  # drive _tick by hand
+        b = pub._batcher
+        first = pub._first_tick_s
+        pub.publish("t", b"a")
+        pub.publish("t", b"b")  # pending: arms the flusher
+        assert pub._armed
+        backed_off = pub._tick(first)  # publishing goes on: back off
+        assert backed_off is not None and backed_off > first
+        pub.flush()  # the publishing thread drained by itself
+        assert b.pending_records == 0
+        if not pub._paused(b):  # (only a machine stalled for 20 ms has paused already)
+            nxt = pub._tick(backed_off)
+            assert nxt is not None and nxt >= backed_off and pub._armed
+        deadline = time.monotonic() + 5
+        while not pub._paused(b):
+            assert time.monotonic() < deadline
+            time.sleep(0.0002)
+        assert pub._tick(backed_off) is None and not pub._armed  # paused: disarm
+    finally:
+        pub.close(linger=0)
+
+
 def test_batcher_last_append_ns_follows_appends() -> None:
     b = pybus.Batcher()
     assert b.last_append_ns == 0
