@@ -284,6 +284,7 @@ class Publisher:
         self._first_tick_s = delay_us / 1e6 if linger_us > 0 else min(idle_us, delay_us) / 1e6
         # A pause this long after the last publish means the burst ended (see _tick).
         self._quiet_ns = int(self._first_tick_s * 1e9)
+        self._max_tick_s = max(_MAX_TICK_S, self._first_tick_s)
         self._close_linger_ms = int(close_linger_ms)
         self.sndhwm: int = (
             int(sndhwm) if sndhwm is not None else base.hwm_for(max_queued_bytes, max_batch_bytes)
@@ -332,6 +333,7 @@ class Publisher:
         self._full_guard = threading.local()
         self._urgent = False
         self._armed = False
+        self._backing_off = False  # the flusher saw publishing go on (see _tick)
 
         # counters (updated under the send lock)
         self._batches = 0
@@ -634,14 +636,17 @@ class Publisher:
                         # out at once (else it would wait for this thread, ~50-80 us)
                         b.mark_quiet()
                     period = self._first_tick_s
+                    self._backing_off = False
                 else:  # still publishing: that thread sends by itself, back off
-                    return min(period * 2, _MAX_TICK_S)
-            elif period > self._first_tick_s and not self._paused(b):
-                # Backing off and the publishing thread drained by itself: it is busy, so stay
-                # armed on the backed-off period. Disarming here re-armed (and woke) this
-                # thread at the next frame's first record, a GIL hand-off per frame that cost
-                # 10-40 ns of CPU per message under sustained load (measured).
-                return min(period * 2, _MAX_TICK_S)
+                    self._backing_off = True
+                    return min(period * 2, self._max_tick_s)
+            elif self._backing_off and not self._paused(b):
+                # The publishing thread drained by itself and is busy: stay armed on the
+                # backed-off period. Disarming here re-armed (and woke) this thread at the
+                # next frame's first record, a GIL hand-off per frame that cost 10-40 ns of
+                # CPU per message under sustained load (measured).
+                return min(period * 2, self._max_tick_s)
+            self._backing_off = False
             # disarm, then look again: a record that arrived meanwhile re-arms (no lost wake-up)
             self._armed = False
             if b.pending_records:
