@@ -62,6 +62,8 @@ class _SubscriberAdapter:
         for t, n in s["received_by_topic"].items():
             yield "pybus_messages_received_total", {"topic": _topic(t)}, n
         yield "pybus_messages_lost_total", {}, s["lost"]
+        for reason, n in s.get("dropped", {}).items():
+            yield "pybus_messages_dropped_total", {"reason": reason}, n
         yield "pybus_messages_out_of_order_total", {}, s["out_of_order"]
         yield "pybus_decode_errors_total", {}, s["decode_errors"]
         yield "pybus_queue_depth", {}, s["buffered"]

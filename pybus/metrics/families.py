@@ -112,7 +112,8 @@ _TABLE: tuple[_Entry, ...] = (
            "pybus subscribers currently attached to a publisher.", "", _N, "pubsub"),
     _Entry("pybus_messages_dropped_total", "counter",
            "Messages dropped, by reason (ring_full: the ring was full with on_full='drop'; "
-           "closed: still pending when the publisher closed).", "", ("name", "reason"),
+           "closed: still pending when the publisher closed; forbidden: a subscriber or proxy "
+           "dropped them because the sending key may not publish that topic).", "", ("name", "reason"),
            "pubsub"),
     # -- receive side
     _Entry("pybus_messages_received_total", "counter",
