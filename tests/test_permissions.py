@@ -145,3 +145,83 @@ def test_bound_subscriber_drops_and_counts_forbidden_publications(
         pa.close(linger=0)
         pb.close(linger=0)
         sub.close()
+
+
+# -- through a Proxy -------------------------------------------------------------------------------
+
+
+def test_publish_and_subscribe_permissions_end_to_end_through_a_proxy(
+    keys: dict[str, tuple[bytes, bytes]],
+) -> None:
+    alice, bob, carol = keys["alice"], keys["bob"], keys["carol"]
+    dave = pybus.keypair()
+    sp = keys["server"][0]
+    srv = Curve.server(keys["server"][1], allow=[alice[0], bob[0], carol[0], dave[0]],
+                       log_interval_s=3600, permissions={
+                           alice[0]: {"publish": ["orders.*"]},           # may not subscribe
+                           bob[0]: {"publish": ["#"]},
+                           carol[0]: {"subscribe": ["orders.#"]},         # may not publish
+                           dave[0]: {"subscribe": ["#"], "publish": []},
+                       })
+    reg = pybus.metrics.Registry()
+    px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", security=srv, sndhwm=100_000,
+                     rcvhwm=100_000, registry=reg)
+    assert px.stats()["checked"] is True
+
+    def sub(k: tuple[bytes, bytes], topics: list[str]) -> pybus.Subscriber:
+        return pybus.Subscriber(px.backend, topics=topics, rcvhwm=100_000, registry=False,
+                                security=Curve.client(k[1], sp))
+
+    def pub(k: tuple[bytes, bytes]) -> pybus.Publisher:
+        return pybus.Publisher(px.frontend, connect=True, sndhwm=100_000, registry=False,
+                               security=Curve.client(k[1], sp))
+
+    sc = sub(carol, ["orders.*", "audit.*"])   # "audit." is denied to carol
+    sd = sub(dave, ["#"])
+    sa = sub(alice, ["#"])                     # alice has no subscribe permission at all
+    pa, pb, pc = pub(alice), pub(bob), pub(carol)
+    subs, pubs = [sc, sd, sa], [pa, pb, pc]
+    try:
+        for p in pubs:  # hello subscriptions always cross (wait_for_subscribers works)
+            assert p.wait_for_subscribers(3, timeout=5) == 3
+        n = 200
+        for i in range(n):
+            pa.publish("orders.new", i)    # allowed
+            pa.publish("audit.x", i)       # forbidden: alice may only publish orders.*
+            pb.publish("audit.x", i)       # allowed
+            pc.publish("orders.new", i)    # forbidden: carol may not publish
+            if i % 50 == 49:
+                for p in pubs:
+                    p.flush()
+        for p in pubs:
+            p.flush()
+        got_c = drain(sc, n)
+        got_d = drain(sd, 2 * n)
+        assert {(m.topic, m.publisher_id) for m in got_c} == {("orders.new", pa.publisher_id)}
+        assert [m.payload for m in got_c] == list(range(n))
+        assert {(m.topic, m.publisher_id) for m in got_d} == {
+            ("orders.new", pa.publisher_id), ("audit.x", pb.publisher_id)}
+        assert len(got_d) == 2 * n
+        assert until(lambda: px.stats()["forbidden"] == 2 * n)
+        for s in subs:
+            assert s.recv_batch(1000, timeout=0.2) == []
+        assert sa.stats()["received"] == 0
+        assert sc.stats()["lost"] == sd.stats()["lost"] == 0
+        st = px.stats()
+        assert st["forbidden"] == 2 * n  # exactly: every forbidden message, none allowed
+        assert st["forbidden_by_key"] == {alice[0].decode(): n, carol[0].decode(): n}
+        assert st["denied_subscriptions"] >= 2  # carol's "audit.", alice's ""
+        assert srv.stats()["denied_publications"] == 2 * n
+        fams = {f.name: f for f in text_string_to_metric_families(reg.render().decode())}
+        dropped = {s.labels["reason"]: s.value for s in fams["pybus_messages_dropped"].samples}
+        assert dropped == {"forbidden": 2 * n}
+    finally:
+        for s in subs:
+            s.close()
+        for p in pubs:
+            p.close(linger=0)
+    # every subscription, granted or denied, is withdrawn when its subscribers leave: the
+    # proxy's bookkeeping returns to empty (bounded memory) and so does the publishers' view
+    assert until(lambda: px._granted == {} and px._denied_live == {}), (px._granted,
+                                                                         px._denied_live)
+    px.close()

@@ -177,6 +177,8 @@ class _ProxyAdapter:
                 yield "pybus_peers", {"side": side}, d["peers"]
             for event, n in d.get("peer_events", {}).items():
                 yield "pybus_peer_events_total", {"side": side, "event": event}, n
+        if s.get("checked"):
+            yield "pybus_messages_dropped_total", {"reason": "forbidden"}, s["forbidden"]
         rejected: dict[str, int] = {}
         for a in s["auth"]:
             for reason, n in a["rejected_by_reason"].items():
