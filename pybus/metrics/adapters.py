@@ -210,6 +210,7 @@ class _WorkQueueAdapter:
         yield "pybus_in_flight", {}, s["in_flight"]
         yield "pybus_queue_depth", {}, s["queue_depth"]
         yield "pybus_workers", {}, s["workers"]
+        yield from _transport_samples(q, s)
 
     def readiness(self, q: Any) -> tuple[bool, str]:
         return (False, "work queue is closed") if q._closed else (True, "")
@@ -226,6 +227,7 @@ class _WorkerAdapter:
         lat = getattr(w, "_handler_latency", None)
         if lat is not None:
             yield "pybus_handler_latency_seconds", {}, HdrValue(lat, _NS)
+        yield from _transport_samples(w, s)
 
     def readiness(self, w: Any) -> tuple[bool, str]:
         if w._stopping:
@@ -248,6 +250,7 @@ class _RpcServerAdapter:
         yield "pybus_decode_errors_total", {}, s["decode_errors"]
         yield "pybus_in_flight", {}, s["inflight"]
         yield "pybus_handler_latency_seconds", {}, HdrValue(srv._handler_latency, _NS)
+        yield from _transport_samples(srv, s)
 
     def readiness(self, srv: Any) -> tuple[bool, str]:
         return (False, "rpc server is closed") if srv._closed else (True, "")
@@ -265,6 +268,7 @@ class _RpcClientAdapter:
         yield "pybus_retries_total", {}, s["retries"]
         yield "pybus_decode_errors_total", {}, s["decode_errors"]
         yield "pybus_rpc_latency_seconds", {}, HdrValue(cl._rpc_latency, _NS)
+        yield from _transport_samples(cl, s)
 
     def readiness(self, cl: Any) -> tuple[bool, str]:
         return (False, "rpc client is closed") if cl._closed else (True, "")

@@ -195,7 +195,8 @@ _TABLE: tuple[_Entry, ...] = (
            ("name", "side", "direction"), "proxy"),
     _Entry("pybus_peer_events_total", "counter",
            "ZeroMQ socket-monitor events (connected, accepted, disconnected, handshake_failed, "
-           "...), by side.", "", ("name", "side", "event"), "proxy"),
+           "...) of a pybus socket (publisher, subscriber, RPC server and client, work queue, "
+           "worker: side=socket; a proxy: side=frontend/backend).", "", ("name", "side", "event"), "proxy"),
     _Entry("pybus_peers", "gauge",
            "Connections currently up, by side.", "", ("name", "side"), "proxy"),
     _Entry("pybus_auth_rejected_total", "counter",
