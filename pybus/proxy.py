@@ -363,7 +363,7 @@ class Proxy:
             if acl is not None:
                 topic = first.bytes
                 try:
-                    user = first.get("User-Id")
+                    user = str(first.get("User-Id"))
                 except zmq.ZMQError:
                     user = ""
                 ok = cache.get((user, topic))
@@ -378,7 +378,7 @@ class Proxy:
         count = 1
         if len(parts) == 2:
             try:
-                count = frame_info(parts[1])[2]
+                count = frame_info(parts[1].buffer)[2]
             except FrameError:
                 pass
         self._forbidden += count
@@ -422,7 +422,7 @@ class Proxy:
             if not msg or msg[0] not in (0, 1):
                 continue  # not a subscription message
             try:
-                user = frame.get("User-Id")
+                user = str(frame.get("User-Id"))
             except zmq.ZMQError:
                 user = ""  # XPUB's own unsubscriptions for a connection that went away
             out = self._on_subscription(back, msg[0] == 1, msg[1:], user)

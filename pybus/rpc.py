@@ -371,8 +371,9 @@ class Server:
             raise from_zmq(exc, f"cannot bind RPC server to {endpoint!r}") from exc
         self._sock = sock
         self._security = security
-        if getattr(security, "is_server", False) and hasattr(security, "_register_owner"):
-            security._register_owner(self)  # Curve.revoke cuts this server's connections too
+        register = getattr(security, "_register_owner", None)
+        if register is not None and getattr(security, "is_server", False):
+            register(self)  # Curve.revoke cuts this server's connections too
         _metrics.attach(self, registry)
 
     def _security_rekick(self) -> None:
