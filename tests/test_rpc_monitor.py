@@ -213,3 +213,39 @@ def test_work_queue_and_worker_export_peer_events() -> None:
     finally:
         w.stop()
         q.close()
+
+
+def test_curve_server_hook_shares_the_one_monitor_and_revoke_cuts_clients(
+    ctx: zmq.Context,
+) -> None:
+    srv_pub, srv_sec = pybus.keypair()
+    good, bad = pybus.keypair(), pybus.keypair()
+    curve = pybus.Curve.server(srv_sec, allow=[good[0], bad[0]])
+    srv_ev = Events()
+    srv = Server("tcp://127.0.0.1:0", security=curve, context=ctx, registry=False,
+                 liveness=Liveness(on_peer=srv_ev))
+    srv.add_handler("echo", lambda p: p)
+    srv.start()
+    try:
+        # one monitor for the ROUTER: on_peer and the Curve's handshake counting share it
+        assert watched_monitors(ctx) == 1
+        plain = Client(srv.endpoint, timeout=0.3, context=ctx, registry=False,
+                       liveness=Liveness(monitor=False))
+        with pytest.raises(pybus.TimeoutError):
+            plain.request("echo", b"no")
+        plain.close()
+        assert until(lambda: srv_ev.count("handshake_failed") >= 1 and
+                     curve.stats()["rejected_by_reason"]["handshake"] >= 1)
+        cb = Client(srv.endpoint, timeout=2.0, context=ctx, registry=False,
+                    security=pybus.Curve.client(bad[1], srv_pub))
+        assert cb.request("echo", b"ok") == b"ok"
+        assert until(lambda: srv.stats()["peers"] == 1)
+        curve.revoke(bad[0])  # the server's live connection of the revoked key is cut
+        assert until(lambda: srv_ev.count("disconnected") >= 1)
+        assert until(lambda: curve.stats()["rejected_by_reason"]["revoked"] >= 1)
+        with pytest.raises(pybus.TimeoutError):
+            cb.request("echo", b"again", timeout=0.3)
+        cb.close()
+    finally:
+        srv.stop()
+    assert until(lambda: watched_monitors(ctx) == 0)
