@@ -225,3 +225,102 @@ def test_publish_and_subscribe_permissions_end_to_end_through_a_proxy(
     assert until(lambda: px._granted == {} and px._denied_live == {}), (px._granted,
                                                                          px._denied_live)
     px.close()
+
+
+def test_checked_proxy_with_permissions_survives_garbage_and_accounts_for_it(
+    keys: dict[str, tuple[bytes, bytes]],
+) -> None:
+    """Random messages into the frontend and random (un)subscriptions into the backend of a
+    proxy with permissions, from admitted keys: nothing crashes, every message is forwarded or
+    counted as forbidden exactly, and a legitimate subscriber still gets its traffic."""
+    import random
+    import time
+
+    import zmq
+
+    from pybus.topics import is_valid_topic
+
+    rng = random.Random(6)
+    alice, bob, carol = keys["alice"], keys["bob"], keys["carol"]
+    sp = keys["server"][0]
+    srv = Curve.server(keys["server"][1], allow=[alice[0], bob[0], carol[0]],
+                       log_interval_s=3600, permissions={
+                           alice[0]: {"publish": ["fz.ok.#"]},
+                           bob[0]: {"subscribe": ["fz.#"]},
+                           carol[0]: {"subscribe": ["#"]},
+                       })
+    px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", security=srv, registry=False)
+    ctx = zmq.Context.instance()
+    front = ctx.socket(zmq.PUB)
+    back = ctx.socket(zmq.XSUB)
+    for s, k in ((front, alice), (back, bob)):
+        s.linger = 0
+        Curve.client(k[1], sp).apply(s)
+    front.sndhwm = 1_000_000
+    front.connect(px.frontend[0])
+    back.connect(px.backend[0])
+    sub = pybus.Subscriber(px.backend, rcvhwm=1_000_000, registry=False, log_interval_s=3600,
+                           security=Curve.client(carol[1], sp))
+
+    def allowed(topic: bytes) -> bool:  # the oracle: "fz.ok.#" for alice
+        try:
+            t = topic.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+        return is_valid_topic(t) and (t == "fz.ok" or t.startswith("fz.ok."))
+
+    topics = [b"fz.ok", b"fz.ok.a", b"fz.ok.a.b", b"fz.no", b"fz.okx", b"fz", b"", b"fz.ok.",
+              b"\xff\xfe", b"fz.ok..a", b"other.x"]
+    try:
+        # the raw PUB learns carol's "everything" subscription through the proxy
+        assert until(lambda: front.send_multipart([b"fz.ok.probe", b"p"]) is None and
+                     sub.recv_batch(1000, timeout=0.01) == [] and
+                     px.stats()["frontend"]["messages_in"] > 0)
+        base = px.stats()
+        forbidden_parts = allowed_parts = forbidden_msgs = 0
+        deadline = time.monotonic() + 1.0
+        for i in range(20_000):
+            if time.monotonic() > deadline:
+                break
+            topic = rng.choice(topics) if rng.random() < 0.9 else rng.randbytes(rng.randint(0, 9))
+            msg = [topic] + [rng.randbytes(rng.randint(0, 40)) for _ in range(rng.randint(0, 3))]
+            front.send_multipart(msg)
+            if allowed(topic):
+                allowed_parts += len(msg)
+            else:
+                forbidden_parts += len(msg)
+                forbidden_msgs += 1  # garbage payloads: counted as one message per frame
+            if rng.random() < 0.3:
+                g = rng.choice([b"\x01", b"\x00"]) + rng.choice(
+                    [b"fz.", b"", b"fz.ok.", b"x", rng.randbytes(rng.randint(0, 8))])
+                back.send(g)
+            if i % 512 == 0:
+                sub.recv_batch(1_000_000, timeout=0.001)  # keep carol's queue short
+        assert until(lambda: px.stats()["forbidden"] - base["forbidden"] == forbidden_msgs and
+                     px.stats()["frontend"]["messages_in"] - base["frontend"]["messages_in"]
+                     == allowed_parts + forbidden_parts, 10), (px.stats(), forbidden_msgs)
+        st = px.stats()
+        assert st["state"] == "running"
+        assert st["forbidden_by_key"] == {alice[0].decode(): forbidden_msgs}
+        # everything allowed went out to the subscribers' side (XPUB sends parts to each
+        # matching subscriber once: counted once per message part by the proxy)
+        assert st["backend"]["messages_out"] - base["backend"]["messages_out"] == allowed_parts
+        # the proxy still works: a real publisher's messages reach carol
+        pub = pybus.Publisher(px.frontend, connect=True, registry=False,
+                              security=Curve.client(alice[1], sp))
+        try:
+            assert pub.wait_for_subscribers(1, timeout=5) >= 1
+            for j in range(10):
+                pub.publish("fz.ok.end", j)
+            pub.flush()
+            got = []
+            assert until(lambda: got.extend(
+                m for m in sub.recv_batch(1_000_000, timeout=0.01) if m.topic == "fz.ok.end"
+            ) or len(got) == 10, 10)
+        finally:
+            pub.close(linger=0)
+    finally:
+        sub.close()
+        front.close()
+        back.close()
+        px.close()
