@@ -447,9 +447,10 @@ class Proxy:
         hello = prefix.startswith(base.HELLO_PREFIX)
         granted, denied = self._granted, self._denied_live
         if subscribe:
-            ok = hello or (len(prefix) <= _MAX_SUBSCRIPTION_BYTES
-                           and len(granted) < _MAX_SUBSCRIPTIONS
-                           and acl.may_subscribe(user, prefix))
+            # bounded: ZeroMQ keeps every distinct prefix in its tries (hellos count too)
+            ok = (len(prefix) <= _MAX_SUBSCRIPTION_BYTES
+                  and (prefix in granted or len(granted) < _MAX_SUBSCRIPTIONS)
+                  and (hello or acl.may_subscribe(user, prefix)))
             if not ok:
                 self._denied_subscriptions += 1
                 if len(denied) < _MAX_SUBSCRIPTIONS or prefix in denied:
