@@ -455,7 +455,7 @@ class Proxy:
                 self._denied_subscriptions += 1
                 if len(denied) < _MAX_SUBSCRIPTIONS or prefix in denied:
                     denied[prefix] = denied.get(prefix, 0) + 1
-                acl._count_denied_subscription(user, prefix)
+                acl._count_denied_subscription(user, prefix, f"proxy {self.backend}")
                 return None
             back.setsockopt(zmq.SUBSCRIBE, prefix)
             n = granted.get(prefix, 0)

@@ -560,7 +560,10 @@ class Curve:
             self._rejected_by_reason["handshake"] += 1
         self._log_rejection("handshake", "unknown (plaintext peer or wrong server key)", endpoint)
 
-    def _log_rejection(self, reason: str, key: str, where: str) -> None:
+    def _log_rejection(self, reason: str, key: str, where: str, *,
+                       denial: bool = False) -> None:
+        """Log a refusal (WARNING) at most once per ``log_interval_s``; ``denial``: a topic
+        permission refused to an admitted peer rather than a refused connection."""
         now = time.monotonic()
         with self._lock:
             if now - self._last_log < self._log_interval_s:
@@ -568,6 +571,14 @@ class Curve:
                 return
             self._last_log = now
             suppressed, self._unlogged = self._unlogged, 0
+        if denial:
+            log.warning(
+                "pybus CURVE: %s for public key %s at %s [%d publications and %d subscriptions "
+                "denied in all, %d refusals not logged since the last message]",
+                reason, key, where, self._denied_publications, self._denied_subscriptions,
+                suppressed,
+            )
+            return
         log.warning(
             "pybus CURVE: rejected a peer (%s) public key %s at %s [%d rejections in all, %d "
             "not logged since the last message]",
@@ -591,10 +602,12 @@ class Curve:
                 return True
         return False
 
-    def _count_denied_subscription(self, user_id: str, prefix: bytes) -> None:
+    def _count_denied_subscription(self, user_id: str, prefix: bytes,
+                                   where: str = "publisher") -> None:
         with self._lock:
             self._denied_subscriptions += 1
-        self._log_rejection(f"subscription {prefix[:64]!r} denied", user_id or "-", "publisher")
+        self._log_rejection(f"subscription {prefix[:64]!r} denied", user_id or "-", where,
+                            denial=True)
 
     # -- publish permissions (called by a Subscriber or a Proxy frontend per received frame) --
 
@@ -649,7 +662,8 @@ class Curve:
                     len(self._denied_publish_keys) >= _MAX_TRACKED_KEYS:
                 k = "<other>"
             self._denied_publish_keys[k] = self._denied_publish_keys.get(k, 0) + messages
-        self._log_rejection(f"publication on {topic[:64]!r} forbidden", user_id or "-", where)
+        self._log_rejection(f"publication on {topic[:64]!r} forbidden", user_id or "-", where,
+                            denial=True)
 
     # -- accounting ------------------------------------------------------------------------
 
