@@ -756,11 +756,7 @@ def _open_dealer(
     security: Callable[[zmq.Socket[Any]], Any] | None,
     socket_class: Any = None,
     liveness: Liveness | None = None,
-    owner: _ClientBase | None = None,
 ) -> zmq.Socket[Any]:
-    """A connected DEALER with the client's options. With ``owner``, its socket monitor
-    counts into ``owner._watch`` (kept across Lazy Pirate resets: the closed socket's
-    monitor ends with it)."""
     sock = ctx.socket(zmq.DEALER) if socket_class is None else socket_class(ctx, zmq.DEALER)
     try:
         sock.setsockopt(zmq.LINGER, 0)
@@ -776,11 +772,7 @@ def _open_dealer(
         else:
             apply_liveness(sock, liveness)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        if owner is not None:
-            owner._watch = secure_and_watch(
-                sock, security, liveness, context=owner._monitor_ctx, into=owner._watch
-            )
-        elif security is not None:
+        if security is not None:
             security(sock)
         sock.connect(endpoint)
     except zmq.ZMQError as exc:
@@ -836,6 +828,15 @@ class _ClientBase:
         # peer events of every DEALER this client opens (one SocketWatch across resets)
         self._watch: SocketWatch | None = None
         self._monitor_ctx: zmq.Context[Any] | None = None
+
+    def _secure_and_watch(self, sock: zmq.Socket[Any]) -> None:
+        """The hook ``_open_dealer`` applies to each new DEALER (before it connects): the
+        user's ``security`` hook, then the socket monitor, counting into the one ``_watch``
+        this client keeps across Lazy Pirate resets (a closed socket's monitor ends with it)."""
+        self._watch = secure_and_watch(
+            sock, getattr(self, "_security", None), getattr(self, "_liveness", None),
+            context=self._monitor_ctx, into=self._watch,
+        )
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, replies, remote_errors, timeouts (attempts that got no
@@ -960,7 +961,7 @@ class Client(_ClientBase):
         self._liveness = liveness
         self._lock = threading.Lock()
         self._monitor_ctx = self._ctx
-        self._sock = _open_dealer(self._ctx, endpoint, security, liveness=liveness, owner=self)
+        self._sock = _open_dealer(self._ctx, endpoint, self._secure_and_watch, liveness=liveness)
         self._send = _send_of(self._sock)
         self._rcvtimeo_ms = -1
         _metrics.attach(self, registry)
@@ -972,7 +973,7 @@ class Client(_ClientBase):
         with the old socket (ZeroMQ sends MONITOR_STOPPED, the hub closes its end)."""
         self._sock.close(0)
         self._sock = _open_dealer(
-            self._ctx, self.endpoint, self._security, liveness=self._liveness, owner=self
+            self._ctx, self.endpoint, self._secure_and_watch, liveness=self._liveness
         )
         self._send = _send_of(self._sock)
         self._rcvtimeo_ms = -1

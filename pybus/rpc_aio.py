@@ -120,8 +120,8 @@ class AsyncClient(_ClientBase):
             self._pending.clear()
         if self._sock is None:
             self._sock = _open_dealer(  # type: ignore[assignment]
-                self._ctx, self.endpoint, self._security, zmq.asyncio.Socket, self._liveness,
-                owner=self,
+                self._ctx, self.endpoint, self._secure_and_watch, zmq.asyncio.Socket,
+                self._liveness,
             )
             assert self._sock is not None
             self._reader = asyncio.get_running_loop().create_task(self._read(self._sock))
