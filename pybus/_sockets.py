@@ -262,6 +262,8 @@ class _Hub:
         self.stray_zap = 0  # requests for a domain no live Curve owns (rejected)
         #: Monitor sockets the hub thread reads now (written by that thread only).
         self.watched = 0
+        # monitors handed over (watch()) and not yet picked up by the hub thread
+        self._pending_monitors = 0
         # set (under _lock) when the hub decides to exit: it then accepts nothing more
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="pybus-hub", daemon=True)
@@ -313,8 +315,15 @@ class _Hub:
         with self._lock:
             if self._closing:
                 return False
+            self._pending_monitors += 1
             self._new.put(("mon", mon, watch, curves))
             return True
+
+    @property
+    def monitors(self) -> int:
+        """Monitor sockets this hub reads or was handed and will read."""
+        with self._lock:
+            return self.watched + self._pending_monitors
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -349,7 +358,9 @@ class _Hub:
                     else:
                         monitors[item[1]] = (item[2], item[3])
                         watched = True
-                        self.watched = len(monitors)
+                        with self._lock:
+                            self.watched = len(monitors)
+                            self._pending_monitors -= 1
                     poller.register(item[1], zmq.POLLIN)
                 for sock, _ in poller.poll(_HUB_POLL_MS):
                     if sock is zap:
@@ -378,7 +389,9 @@ class _Hub:
                     item[1].close(0)
             for mon in monitors:
                 mon.close(0)
-            self.watched = 0
+            with self._lock:
+                self.watched = 0
+                self._pending_monitors = 0
             with self._lock:
                 if self._zap is not None:
                     self._zap.close(0)
@@ -552,12 +565,14 @@ def secure_and_watch(
 
 
 def watched_monitors(ctx: zmq.Context) -> int:
-    """How many socket monitors the hub of ``ctx`` reads now (0 without a hub)."""
+    """How many socket monitors the hub of ``ctx`` reads (or was handed and will read);
+    0 without a hub. A closed socket's monitor leaves this count once the hub has seen its
+    MONITOR_STOPPED event (asynchronously)."""
     with _HUBS_LOCK:
         hub = _HUBS.get(id(ctx))
     if hub is None or hub._ctx_ref() is not ctx:
         return 0
-    return hub.watched
+    return hub.monitors
 
 
 def configure(
