@@ -8,6 +8,11 @@ public key may connect; pybus answers from :class:`Curve`'s allowlist (see ``pyb
 for the handler thread), counts and logs every rejection with the client's public key in Z85
 (never a secret), and rate-limits that log.
 
+Per-key topic permissions (``Curve.server(..., permissions={key: {"publish": [...],
+"subscribe": [...]}})``) are an allowlist on top: publish rights are checked per received frame
+by a secured Subscriber or a Proxy frontend (the frame's ZeroMQ ``User-Id`` is the sender's Z85
+key), subscribe rights per subscription by a Publisher or a Proxy backend (XPUB manual mode).
+
 Plaintext peers and clients that use a wrong server key fail the handshake before ZAP is
 asked; the server socket's monitor counts those (``rejected_by_reason["handshake"]``; ZeroMQ
 does not tell which key, if any, they used).
