@@ -22,6 +22,7 @@ set); monitor sockets are PAIRs connected in the caller's thread, so no event is
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -164,12 +165,23 @@ class SocketWatch:
         self._conns_lock = threading.Lock()
         self.dropped_connections = 0
         self._hub: _Hub | None = None
+        # connections up per monitored socket (one watch may outlive several sockets, e.g. a
+        # Lazy Pirate client's): ZeroMQ reports no "disconnected" for the connections of a
+        # socket its owner closes, so they are taken off when that socket's monitor stops
+        self._up: dict[int, int] = {}
+        self._ended_with_socket = 0
 
     @property
     def peers(self) -> int:
-        """Connections up now (connected + accepted - disconnected), as far as events tell."""
+        """Connections up now (connected + accepted - disconnected, less those that ended
+        with a socket closed by its owner), as far as events tell."""
         e = self.events
-        return max(0, e.get("connected", 0) + e.get("accepted", 0) - e.get("disconnected", 0))
+        return max(0, e.get("connected", 0) + e.get("accepted", 0) - e.get("disconnected", 0)
+                   - self._ended_with_socket)
+
+    def _monitor_stopped(self, src: int) -> None:
+        """Hub thread: the socket behind monitor ``src`` is closed, with its connections."""
+        self._ended_with_socket += max(0, self._up.pop(src, 0))
 
     def _track(self, name: str, fd: int, endpoint: str) -> None:
         """Hub thread: remember each connection's descriptor and addresses (TCP/IPC only)."""
@@ -219,7 +231,11 @@ class SocketWatch:
         self.dropped_connections += n
         return n
 
-    def _event(self, name: str, endpoint: str) -> None:
+    def _event(self, name: str, endpoint: str, src: int = 0) -> None:
+        if name in ("connected", "accepted"):
+            self._up[src] = self._up.get(src, 0) + 1
+        elif name == "disconnected":
+            self._up[src] = self._up.get(src, 0) - 1
         self.events[name] = self.events.get(name, 0) + 1
         self.last_event = (name, endpoint)
         cb = self._on_peer
@@ -244,6 +260,10 @@ class _Hub:
         self._lock = threading.Lock()
         self._zap: zmq.Socket | None = None
         self.stray_zap = 0  # requests for a domain no live Curve owns (rejected)
+        #: Monitor sockets the hub thread reads now (written by that thread only).
+        self.watched = 0
+        # monitors handed over (watch()) and not yet picked up by the hub thread
+        self._pending_monitors = 0
         # set (under _lock) when the hub decides to exit: it then accepts nothing more
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="pybus-hub", daemon=True)
@@ -295,8 +315,15 @@ class _Hub:
         with self._lock:
             if self._closing:
                 return False
+            self._pending_monitors += 1
             self._new.put(("mon", mon, watch, curves))
             return True
+
+    @property
+    def monitors(self) -> int:
+        """Monitor sockets this hub reads or was handed and will read."""
+        with self._lock:
+            return self.watched + self._pending_monitors
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -323,6 +350,7 @@ class _Hub:
                                 poller.unregister(mon)
                                 del monitors[mon]
                                 mon.close(0)
+                        self.watched = len(monitors)
                         item[1].set()
                         continue
                     if item[0] == "zap":
@@ -330,6 +358,9 @@ class _Hub:
                     else:
                         monitors[item[1]] = (item[2], item[3])
                         watched = True
+                        with self._lock:
+                            self.watched = len(monitors)
+                            self._pending_monitors -= 1
                     poller.register(item[1], zmq.POLLIN)
                 for sock, _ in poller.poll(_HUB_POLL_MS):
                     if sock is zap:
@@ -339,6 +370,7 @@ class _Hub:
                             poller.unregister(sock)
                             del monitors[sock]
                             sock.close(0)
+                            self.watched = len(monitors)
         except zmq.ContextTerminated:
             pass
         except Exception:  # pragma: no cover - keep the reason in the log
@@ -358,6 +390,9 @@ class _Hub:
             for mon in monitors:
                 mon.close(0)
             with self._lock:
+                self.watched = 0
+                self._pending_monitors = 0
+            with self._lock:
                 if self._zap is not None:
                     self._zap.close(0)
             with _HUBS_LOCK:
@@ -375,6 +410,7 @@ class _Hub:
                 continue
             event = int.from_bytes(frames[0][:2], "little")
             if event == zmq.EVENT_MONITOR_STOPPED:
+                watch._monitor_stopped(id(mon))
                 return False
             name = _EVENT_NAMES.get(event)
             if name is None:
@@ -382,7 +418,7 @@ class _Hub:
             endpoint = frames[1].decode("utf-8", "replace")
             if name in ("accepted", "connected", "disconnected", "closed"):
                 watch._track(name, int.from_bytes(frames[0][2:6], "little"), endpoint)
-            watch._event(name, endpoint)
+            watch._event(name, endpoint, id(mon))
             if name.startswith("handshake_failed"):
                 for c in curves:
                     c._handshake_failed(name, endpoint)
@@ -415,6 +451,7 @@ class _Hub:
 
 
 _HUBS: dict[int, _Hub] = {}
+_MONITOR_SEQ = itertools.count(1)
 _HUBS_LOCK = threading.Lock()
 
 
@@ -448,9 +485,10 @@ def apply_liveness(
 ) -> None:
     """Set ``lv``'s heartbeat, TCP keepalive and reconnection options on ``sock``.
 
-    The option-setting part of :func:`configure`, for sockets that take no security or
-    monitor from it (the RPC sockets, whose CURVE is a hook and whose client sockets are
-    replaced on every Lazy Pirate reset). Call it once per socket, before bind/connect.
+    The option-setting part of :func:`configure`, for sockets that take their security hook
+    and monitor from :func:`secure_and_watch` instead (the RPC sockets, whose CURVE is a hook
+    and whose client sockets are replaced on every Lazy Pirate reset, keeping one
+    :class:`SocketWatch`). Call it once per socket, before bind/connect.
 
     Parameters
     ----------
@@ -481,17 +519,60 @@ def apply_liveness(
 
 
 def check_rpc_liveness(liveness: Any) -> None:
-    """Validate an RPC object's ``liveness=`` (RPC sockets are never monitored)."""
+    """Validate an RPC object's ``liveness=`` (a :class:`Liveness` or None)."""
     if liveness is None:
         return
     if not isinstance(liveness, Liveness):
         raise ValidationError(f"liveness must be a pybus.Liveness, got {type(liveness).__name__}")
-    if liveness.on_peer is not None:
-        raise ValidationError(
-            "Liveness.on_peer is not supported by pybus.Server/Client/AsyncClient: RPC sockets "
-            "are not monitored (a client opens a new socket on every Lazy Pirate reset); "
-            "leave on_peer None"
-        )
+
+
+def secure_and_watch(
+    sock: zmq.Socket,
+    security: Any,
+    liveness: Liveness | None,
+    *,
+    context: zmq.Context | None = None,
+    into: SocketWatch | None = None,
+) -> SocketWatch | None:
+    """Apply an RPC object's ``security=`` hook and start its socket monitor (before
+    bind/connect); the liveness *options* are set by the caller (:func:`apply_liveness`).
+
+    ``security`` is any ``hook(socket)``; a :class:`pybus.Curve` server is applied directly so
+    that its failed handshakes are counted by this socket's one monitor (ZeroMQ keeps a single
+    monitor per socket: a second would silence the first). ``into`` keeps counting into an
+    existing :class:`SocketWatch` (a Lazy Pirate client replaces its socket but keeps its
+    counters); the old socket's monitor ends with that socket (ZeroMQ sends
+    ``MONITOR_STOPPED`` when it is closed, and the hub then closes its end).
+
+    Returns the socket's :class:`SocketWatch`, or None when ``liveness.monitor`` is False.
+    """
+    lv = DEFAULT_LIVENESS if liveness is None else liveness
+    curves: list[Curve] = []
+    if security is not None:
+        from .security import Curve as _Curve
+
+        if isinstance(security, _Curve):
+            security.apply(sock, context)
+            if security.is_server:
+                curves.append(security)
+        else:
+            security(sock)
+    if not lv.monitor:
+        if curves:  # as the Curve hook always did: its failed handshakes are counted
+            watch(sock, None, curves, context)
+        return None
+    return watch(sock, lv.on_peer, curves, context, into=into)
+
+
+def watched_monitors(ctx: zmq.Context) -> int:
+    """How many socket monitors the hub of ``ctx`` reads (or was handed and will read);
+    0 without a hub. A closed socket's monitor leaves this count once the hub has seen its
+    MONITOR_STOPPED event (asynchronously)."""
+    with _HUBS_LOCK:
+        hub = _HUBS.get(id(ctx))
+    if hub is None or hub._ctx_ref() is not ctx:
+        return 0
+    return hub.monitors
 
 
 def configure(
@@ -502,6 +583,7 @@ def configure(
     max_msg_bytes: int | None = None,
     context: zmq.Context | None = None,
     receives_stream: bool = False,
+    into: SocketWatch | None = None,
 ) -> SocketWatch | None:
     """Apply pybus's transport options to a fresh socket (before bind/connect).
 
@@ -520,6 +602,9 @@ def configure(
     receives_stream : bool
         The socket receives a data stream into a bounded queue the application may let fill
         up: no ZMTP heartbeats (see :class:`Liveness`), TCP keepalive only.
+    into : SocketWatch, optional
+        Count this socket's events into an existing watch (a socket that replaces another,
+        e.g. a worker's new session), so the owner's counters and ``on_peer`` carry on.
 
     Returns
     -------
@@ -546,17 +631,24 @@ def configure(
             curves.append(security)
     if not lv.monitor:
         return None
-    return watch(sock, lv.on_peer, curves, context)
+    return watch(sock, lv.on_peer, curves, context, into=into)
 
 
 def watch(sock: zmq.Socket, on_peer: PeerCallback | None = None,
-          curves: list[Curve] | None = None, context: zmq.Context | None = None) -> SocketWatch:
-    """Monitor ``sock``'s peer events (before bind/connect); returns its counters."""
-    w = SocketWatch(on_peer)
+          curves: list[Curve] | None = None, context: zmq.Context | None = None,
+          *, into: SocketWatch | None = None) -> SocketWatch:
+    """Monitor ``sock``'s peer events (before bind/connect); returns its counters.
+
+    ``into``: count into this existing :class:`SocketWatch` (its ``on_peer`` is kept) rather
+    than a new one, e.g. for the successive sockets of one Lazy Pirate client.
+    """
+    w = into if into is not None else SocketWatch(on_peer)
     curves = curves or []
     ctx = context if context is not None else sock.context
     hub = hub_for(ctx)
-    addr = f"inproc://pybus-monitor-{id(sock):x}-{id(w):x}"
+    # unique per monitor: an old socket's monitor endpoint may still be bound while its
+    # socket is being reaped, and Python may reuse the old socket object's id
+    addr = f"inproc://pybus-monitor-{next(_MONITOR_SEQ)}-{id(sock):x}-{id(w):x}"
     sock.monitor(addr, zmq.EVENT_ALL)
     mon = ctx.socket(zmq.PAIR)
     mon.linger = 0

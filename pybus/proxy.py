@@ -8,6 +8,14 @@ the proxy), and frames pass untouched, so subscribers' sequence-gap accounting s
 to end. Nothing here is a home-made broker: the Python thread only starts the C loop and
 steers it through its control socket (PAUSE, RESUME, TERMINATE, STATISTICS).
 
+With per-key topic permissions (a ``Curve.server(..., permissions=...)`` on either side) the C
+loop cannot be used, since it never shows a message to Python. The proxy then runs a *checked*
+loop in Python over the same XSUB/XPUB sockets and the same control commands: the backend XPUB
+is in manual mode and applies each subscription only when the subscriber's key (ZeroMQ's
+``User-Id``) may subscribe to it; each frame from the frontend is forwarded only when its
+publisher's key may publish its topic (cached per key and topic), else dropped and counted.
+That loop is several times slower than ZeroMQ's (see ``bench/bench_permissions.py``).
+
 Loss: ZeroMQ's XPUB drops, per subscriber, what exceeds that subscriber's send high-water
 mark (``sndhwm``). While subscribers keep up nothing is dropped; a stalled subscriber loses the
 excess, which ZeroMQ does not report to the proxy -- the subscriber sees it, exactly, as
@@ -27,7 +35,8 @@ import zmq
 
 from . import _pubsub_base as base
 from . import _sockets
-from .errors import ClosedError, TimeoutError, ValidationError, from_zmq
+from ._native import frame_info
+from .errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
 
 __all__ = ["Proxy"]
 
@@ -40,6 +49,16 @@ _STAT_KEYS = (
     ("backend", "messages_out"), ("backend", "bytes_out"),
 )
 _proxy_seq = iter(range(1, 1 << 62))
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+# The checked loop reads at most this many messages from one side per wake-up.
+_BURST = 1024
+# Checked loop limits, as a Publisher with permissions has them: ZeroMQ keeps every distinct
+# prefix in its subscription tries with no bound of its own.
+_MAX_SUBSCRIPTIONS = 100_000
+_MAX_SUBSCRIPTION_BYTES = 1024
+# Forbidden messages counted per key; beyond this many keys they count as "<other>".
+_MAX_TRACKED_KEYS = 1024
 
 # libzmq 4.3.5's rewritten steerable proxy swapped the meaning of PAUSE and RESUME (fixed
 # after the release: zeromq/libzmq#4600); pybus sends whichever word does what it says.
@@ -68,12 +87,6 @@ def _check_security(sec: Any, what: str) -> None:
     if not sec.is_server:
         raise ValidationError(
             f"{what} must be Curve.server(...): the proxy binds and peers authenticate to it"
-        )
-    if sec.has_permissions:
-        raise ValidationError(
-            f"{what} has per-topic permissions, which a Proxy cannot enforce (ZeroMQ's proxy "
-            f"loop applies subscriptions itself); enforce them at the Publisher, or give the "
-            f"proxy an allowlist only"
         )
 
 
@@ -110,6 +123,14 @@ class Proxy:
         Start forwarding at once (else call :meth:`start`).
     registry : optional
         Metrics registry (``pybus.metrics``); ``False`` to not report.
+    checked : bool, optional
+        Forward in pybus's checked Python loop instead of ZeroMQ's C loop. Default (None):
+        checked exactly when a side's ``Curve`` has ``permissions`` (the frontend's enforce
+        publish rights, the backend's subscribe rights); ``False`` with permissions is an
+        error. The checked loop keeps pause/resume/terminate, statistics and the capture tap,
+        and adds ``stats()["forbidden"]`` (messages dropped because their publisher's key may
+        not publish the topic) and ``stats()["denied_subscriptions"]``. It is slower than the
+        C loop (``bench/bench_permissions.py`` measures by how much).
 
     Examples
     --------
@@ -135,6 +156,7 @@ class Proxy:
         context: zmq.Context | None = None,
         start: bool = True,
         registry: Any = None,
+        checked: bool | None = None,
     ) -> None:
         self._closed = True
         front_eps = _eps(frontend, "frontend")
@@ -145,6 +167,18 @@ class Proxy:
         bsec = backend_security if backend_security is not None else security
         _check_security(fsec, "frontend_security")
         _check_security(bsec, "backend_security")
+        perms = any(x is not None and x.has_permissions for x in (fsec, bsec))
+        if checked is None:
+            checked = perms
+        elif checked is False and perms:
+            raise ValidationError(
+                "checked=False with per-topic permissions: ZeroMQ's C proxy loop never shows a "
+                "message to Python, so permissions need the checked loop (checked=None or True)"
+            )
+        self._checked = bool(checked)
+        # the checked loop's permission checks, per side (None: not enforced on that side)
+        self._pub_acl = fsec if fsec is not None and fsec.has_permissions else None
+        self._sub_acl = bsec if bsec is not None and bsec.has_permissions else None
         for name, v in (("sndhwm", sndhwm), ("rcvhwm", rcvhwm), ("max_message_bytes",
                                                                   max_message_bytes)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -165,6 +199,8 @@ class Proxy:
             front.setsockopt(zmq.SNDHWM, 10_000)  # subscriptions upstream
             back.setsockopt(zmq.SNDHWM, sndhwm)
             back.setsockopt(zmq.RCVHWM, 10_000)  # subscriptions from subscribers
+            if self._sub_acl is not None:
+                back.setsockopt(zmq.XPUB_MANUAL, 1)  # the checked loop applies subscriptions
             self._front_watch = _sockets.configure(front, security=fsec, liveness=liveness,
                                                    receives_stream=True)
             self._back_watch = _sockets.configure(back, security=bsec, liveness=liveness)
@@ -210,6 +246,15 @@ class Proxy:
         self._base_stats = dict.fromkeys(_STAT_KEYS, 0)
         self._restarts = 0
         self._error: BaseException | None = None
+        # checked loop: the message parts it counts like ZeroMQ's STATISTICS (see _STAT_KEYS)
+        self._ck = dict.fromkeys(_STAT_KEYS, 0)
+        self._forbidden = 0
+        self._forbidden_by_key: dict[str, int] = {}
+        self._denied_subscriptions = 0
+        # granted subscriptions per prefix (forwarded upstream once, withdrawn at zero), and
+        # denied ones still held by live connections: see _on_subscription
+        self._granted: dict[bytes, int] = {}
+        self._denied_live: dict[bytes, int] = {}
         for sec in {id(x): x for x in (fsec, bsec) if x is not None}.values():
             sec._register_owner(self)
         self._securities = [x for x in (fsec, bsec) if x is not None]
@@ -240,7 +285,10 @@ class Proxy:
         front, back, cap, ctl_in = self._front, self._back, self._cap, self._ctl_in
         try:
             while True:
-                zmq.proxy_steerable(front, back, cap, ctl_in)
+                if self._checked:
+                    self._checked_loop()
+                else:
+                    zmq.proxy_steerable(front, back, cap, ctl_in)
                 if not self._rekick:
                     break
                 # revoked key: drop every connection, let peers authenticate again, resume
@@ -257,6 +305,183 @@ class Proxy:
             for s in (front, back, cap, ctl_in):
                 if s is not None:
                     s.close(0)
+
+    # -- the checked loop (per-key permissions) -----------------------------------------------
+
+    def _checked_loop(self) -> None:
+        """Forward like ``zmq_proxy_steerable``, checking permissions; returns on TERMINATE.
+
+        Runs in the proxy thread, which owns the sockets. Frontend frames are read in bursts
+        (up to ``_BURST`` messages per wake-up) so the poll is amortised under load.
+        """
+        front, back, cap, ctl = self._front, self._back, self._cap, self._ctl_in
+        # counters per run of the loop, as ZeroMQ's are (a restart after a revocation adds
+        # them to _base_stats)
+        self._ck = dict.fromkeys(_STAT_KEYS, 0)
+        poller = zmq.Poller()
+        poller.register(ctl, zmq.POLLIN)
+        running = zmq.Poller()
+        for sk in (front, back, ctl):
+            running.register(sk, zmq.POLLIN)
+        paused = False
+        while True:
+            events = dict((poller if paused else running).poll())
+            if ctl in events:
+                cmd = ctl.recv()
+                if cmd == b"TERMINATE":
+                    ctl.send(b"")
+                    return
+                if cmd == b"STATISTICS":
+                    ctl.send_multipart([v.to_bytes(8, sys.byteorder) for v in self._ck.values()])
+                    continue
+                if cmd == _PAUSE:
+                    paused = True
+                elif cmd == _RESUME:
+                    paused = False
+                ctl.send(b"")  # acknowledge, as libzmq >= 4.3.5 does
+                continue
+            if back in events:
+                self._forward_subscriptions(back, front, cap)
+            if front in events:
+                self._forward_publications(front, back, cap)
+
+    def _forward_publications(self, front: zmq.Socket, back: zmq.Socket,
+                              cap: zmq.Socket | None) -> None:
+        ck = self._ck
+        acl = self._pub_acl
+        cache: dict[tuple[str, bytes], bool] = {}
+        for _ in range(_BURST):
+            try:
+                first = front.recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            parts = [first]
+            while parts[-1].more:
+                parts.append(front.recv(0, copy=False))  # the rest of a message is there
+            ck[("frontend", "messages_in")] += len(parts)
+            ck[("frontend", "bytes_in")] += sum(len(p) for p in parts)
+            if acl is not None:
+                topic = first.bytes
+                try:
+                    user = str(first.get("User-Id"))
+                except zmq.ZMQError:
+                    user = ""
+                ok = cache.get((user, topic))
+                if ok is None:
+                    ok = cache[(user, topic)] = acl.may_publish(user, topic)
+                if not ok:
+                    self._drop_forbidden(user, topic, parts)
+                    continue
+            self._send_parts(back, parts, "backend", cap)
+
+    def _drop_forbidden(self, user: str, topic: bytes, parts: list[zmq.Frame]) -> None:
+        count = 1
+        if len(parts) == 2:
+            try:
+                count = frame_info(parts[1].buffer)[2]
+            except FrameError:
+                pass
+        self._forbidden += count
+        fk = self._forbidden_by_key
+        k = user if (user in fk or len(fk) < _MAX_TRACKED_KEYS) else "<other>"
+        fk[k] = fk.get(k, 0) + count
+        assert self._pub_acl is not None
+        self._pub_acl._count_denied_publication(user, topic, count, f"proxy {self.frontend}")
+
+    def _send_parts(self, sock: zmq.Socket, parts: list[Any], side: str,
+                    cap: zmq.Socket | None) -> None:
+        ck = self._ck
+        last = len(parts) - 1
+        for i, p in enumerate(parts):
+            try:
+                sock.send(p, _SNDMORE_NOBLOCK if i < last else _NOBLOCK, copy=False)
+            except zmq.Again:  # XSUB upstream full (XPUB never blocks): dropped, like C
+                return
+            ck[(side, "messages_out")] += 1
+            ck[(side, "bytes_out")] += len(p)
+            if cap is not None:
+                try:
+                    cap.send(p, _SNDMORE_NOBLOCK if i < last else _NOBLOCK, copy=False)
+                except zmq.Again:
+                    pass
+
+    def _forward_subscriptions(self, back: zmq.Socket, front: zmq.Socket,
+                               cap: zmq.Socket | None) -> None:
+        ck = self._ck
+        for _ in range(_BURST):
+            try:
+                frame = back.recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ck[("backend", "messages_in")] += 1
+            ck[("backend", "bytes_in")] += len(frame)
+            if self._sub_acl is None:
+                self._send_parts(front, [frame], "frontend", cap)
+                continue
+            msg = frame.bytes
+            if not msg or msg[0] not in (0, 1):
+                continue  # not a subscription message
+            try:
+                user = str(frame.get("User-Id"))
+            except zmq.ZMQError:
+                user = ""  # XPUB's own unsubscriptions for a connection that went away
+            out = self._on_subscription(back, msg[0] == 1, msg[1:], user)
+            if out is not None:
+                self._send_parts(front, [out], "frontend", cap)
+
+    def _on_subscription(self, back: zmq.Socket, subscribe: bool, prefix: bytes,
+                         user: str) -> bytes | None:
+        """Backend in XPUB manual mode: apply a permitted (un)subscription to the connection
+        that sent it; return the message to forward upstream, if any.
+
+        Upstream (to the publishers) gets the union of granted prefixes, each subscribed once
+        and withdrawn when its last holder leaves, so publishers never send what no allowed
+        subscriber asked for. When a connection goes away XPUB reports its prefixes without a
+        user id; such an unsubscription is booked against a denied holder of the prefix while
+        there is one, else against a granted one. That can only keep a prefix subscribed
+        upstream longer than needed (publishers send a little more; the backend still filters
+        per connection), never withdraw one a granted subscriber still holds.
+        """
+        acl = self._sub_acl
+        assert acl is not None
+        hello = prefix.startswith(base.HELLO_PREFIX)
+        granted, denied = self._granted, self._denied_live
+        if subscribe:
+            # bounded: ZeroMQ keeps every distinct prefix in its tries (hellos count too)
+            ok = (len(prefix) <= _MAX_SUBSCRIPTION_BYTES
+                  and (prefix in granted or len(granted) < _MAX_SUBSCRIPTIONS)
+                  and (hello or acl.may_subscribe(user, prefix)))
+            if not ok:
+                self._denied_subscriptions += 1
+                if len(denied) < _MAX_SUBSCRIPTIONS or prefix in denied:
+                    denied[prefix] = denied.get(prefix, 0) + 1
+                acl._count_denied_subscription(user, prefix, f"proxy {self.backend}")
+                return None
+            back.setsockopt(zmq.SUBSCRIBE, prefix)
+            n = granted.get(prefix, 0)
+            granted[prefix] = n + 1
+            return b"\x01" + prefix if n == 0 else None
+        back.setsockopt(zmq.UNSUBSCRIBE, prefix)  # ignored by XPUB without a sender pipe
+        if user and not hello and not acl.may_subscribe(user, prefix):
+            from_denied = True
+        elif user or hello:
+            from_denied = False
+        else:  # a departed connection: which kind of holder it was is unknown
+            from_denied = denied.get(prefix, 0) > 0
+        if from_denied and denied.get(prefix, 0) > 0:
+            if denied[prefix] == 1:
+                del denied[prefix]
+            else:
+                denied[prefix] -= 1
+            return None
+        n = granted.get(prefix, 0)
+        if n == 0:
+            return None
+        if n == 1:
+            del granted[prefix]
+            return b"\x00" + prefix
+        granted[prefix] = n - 1
+        return None
 
     def _command(self, cmd: bytes, reply: bool = False, timeout: float = 2.0) -> list[bytes]:
         if self._closed:
@@ -335,6 +560,9 @@ class Proxy:
         ``bytes_out`` -- ZeroMQ counts message *parts* (a pybus message is two: topic and
         batch frame); the frontend's ``messages_in`` are publications, the backend's
         ``messages_in`` subscriptions. ``peers``: connections up on each side; ``state``.
+        ``checked``: the checked Python loop runs (permissions); ``forbidden``: messages it
+        dropped because their publisher's key may not publish the topic (``forbidden_by_key``
+        by Z85 key); ``denied_subscriptions``: subscriptions it refused.
         """
         totals = dict(self._base_stats)
         if not self._closed and self._thread is not None and self._thread.is_alive():
@@ -350,6 +578,10 @@ class Proxy:
             out[side]["peer_events"] = dict(w.events) if w is not None else {}
         out["state"] = self._state
         out["restarts"] = self._restarts
+        out["checked"] = self._checked
+        out["forbidden"] = self._forbidden
+        out["forbidden_by_key"] = dict(self._forbidden_by_key)
+        out["denied_subscriptions"] = self._denied_subscriptions
         out["auth"] = [s.stats() for s in self._securities]
         return out
 

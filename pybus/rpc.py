@@ -44,7 +44,14 @@ from zmq.backend import Socket as _ZmqBackendSocket
 
 from . import metrics as _metrics
 from ._native import Histogram
-from ._sockets import DEFAULT_LIVENESS, Liveness, apply_liveness, check_rpc_liveness
+from ._sockets import (
+    DEFAULT_LIVENESS,
+    Liveness,
+    SocketWatch,
+    apply_liveness,
+    check_rpc_liveness,
+    secure_and_watch,
+)
 from .breaker import CircuitBreaker
 from .errors import (
     BusError,
@@ -225,15 +232,18 @@ class Server:
         Where to bind: ``tcp://HOST:PORT`` (port 0 or ``*`` picks one; see
         :attr:`endpoint`), ``ipc://PATH`` or ``inproc://NAME``.
     security : callable(socket) or None
-        Applied to the ROUTER before it binds (e.g. to set CURVE server keys).
+        Applied to the ROUTER before it binds (e.g. a :class:`pybus.Curve` server; its
+        allowlist, counters and ``revoke`` then cover this server's connections).
     liveness : pybus.Liveness or None
         ZMTP heartbeats (``HEARTBEAT_IVL`` / ``TIMEOUT`` / ``TTL``), TCP keepalive and
         reconnection options of the ROUTER, set once before it binds. Default (None): TCP
         keepalive of :class:`~pybus.Liveness` only, no ZMTP heartbeats -- the ROUTER receives
         every client's requests into one queue that a slow handler lets fill up, and libzmq
         <= 4.3.5 can abort when a heartbeat timeout hits such a connection (zeromq/libzmq#3937);
-        pass a Liveness to have heartbeats anyway. RPC sockets are not monitored:
-        ``monitor`` is ignored and ``on_peer`` is refused.
+        pass a Liveness to have heartbeats anyway. The ROUTER is monitored like every pybus
+        socket (unless ``monitor=False``): clients' ``accepted`` / ``disconnected`` / handshake
+        events go to ``on_peer(event, endpoint)`` (called from the context's hub thread), are
+        counted in ``stats()["peer_events"]`` and exported as ``pybus_peer_events_total``.
     workers : int
         0 (default) runs handlers inline in the I/O thread - the lowest
         latency; N > 0 runs them in a pool of N threads, so slow handlers do not
@@ -346,8 +356,11 @@ class Server:
                 apply_liveness(sock, DEFAULT_LIVENESS, heartbeats=False, reconnect=False)
             else:
                 apply_liveness(sock, liveness)
-            if security is not None:
-                security(sock)
+            # the security hook, then the monitor (one per socket: a Curve server's failed
+            # handshakes are counted by the same one)
+            self._watch: SocketWatch | None = secure_and_watch(
+                sock, security, liveness, context=self._ctx
+            )
             sock.bind(endpoint)
             # Read the resolved endpoint (tcp port 0 -> real port) before the
             # control bind below overwrites LAST_ENDPOINT.
@@ -357,7 +370,17 @@ class Server:
             sock.close(0)
             raise from_zmq(exc, f"cannot bind RPC server to {endpoint!r}") from exc
         self._sock = sock
+        self._security = security
+        register = getattr(security, "_register_owner", None)
+        if register is not None and getattr(security, "is_server", False):
+            register(self)  # Curve.revoke cuts this server's connections too
         _metrics.attach(self, registry)
+
+    def _security_rekick(self) -> None:
+        """After a Curve revocation: shut down every live connection so clients go through
+        ZAP again (their Lazy Pirate retry reconnects; the revoked key is refused)."""
+        if self._watch is not None and not self._closed:
+            self._watch.drop_connections()
 
     # -- registration -------------------------------------------------------------------
     def handler(self, name: str) -> Callable[[Handler], Handler]:
@@ -389,10 +412,14 @@ class Server:
     def stats(self) -> dict[str, Any]:
         """Counters: requests, replies, handler_errors, unknown_method, decode_errors
         (malformed frames dropped; ``decode_error_reasons`` splits them by reason),
-        unroutable (replies whose client had gone), busy_rejected, inflight."""
+        unroutable (replies whose client had gone), busy_rejected, inflight, and the socket
+        monitor's ``peer_events`` (event name -> count) and ``peers`` (connections up)."""
         out: dict[str, Any] = dict(self._stats)
         out["decode_error_reasons"] = dict(self._decode_reasons)
         out["inflight"] = self._inflight
+        w = self._watch
+        out["peer_events"] = dict(w.events) if w is not None else {}
+        out["peers"] = w.peers if w is not None else None
         return out
 
     def _bad_frame(self, reason: str) -> None:
@@ -798,13 +825,30 @@ class _ClientBase:
         }
         # round trips of successful requests, ns (2 significant figures), for pybus.metrics
         self._rpc_latency = Histogram(1, _LATENCY_MAX_NS, 2)
+        # peer events of every DEALER this client opens (one SocketWatch across resets)
+        self._watch: SocketWatch | None = None
+        self._monitor_ctx: zmq.Context[Any] | None = None
 
-    def stats(self) -> dict[str, int]:
+    def _secure_and_watch(self, sock: zmq.Socket[Any]) -> None:
+        """The hook ``_open_dealer`` applies to each new DEALER (before it connects): the
+        user's ``security`` hook, then the socket monitor, counting into the one ``_watch``
+        this client keeps across Lazy Pirate resets (a closed socket's monitor ends with it)."""
+        self._watch = secure_and_watch(
+            sock, getattr(self, "_security", None), getattr(self, "_liveness", None),
+            context=self._monitor_ctx, into=self._watch,
+        )
+
+    def stats(self) -> dict[str, Any]:
         """Counters: requests, replies, remote_errors, timeouts (attempts that got no
         reply in time), retries, reconnects (Lazy Pirate socket resets),
         late_replies (replies to abandoned attempts, dropped), decode_errors
-        (malformed frames dropped)."""
-        return dict(self._stats)
+        (malformed frames dropped), and the socket monitor's ``peer_events`` (event name ->
+        count, over every socket the client opened) and ``peers`` (connections up)."""
+        out: dict[str, Any] = dict(self._stats)
+        w = self._watch
+        out["peer_events"] = dict(w.events) if w is not None else {}
+        out["peers"] = w.peers if w is not None else None
+        return out
 
     def _method(self, name: str) -> bytes:
         mb = self._methods.get(name)
@@ -881,8 +925,11 @@ class Client(_ClientBase):
         Heartbeat, TCP keepalive and reconnection options of each DEALER, set once when it is
         opened. Default (None): the heartbeats and keepalive of :class:`~pybus.Liveness` with
         the client's own fast reconnection (``RECONNECT_IVL`` 20 ms up to 1 s); a given
-        Liveness also sets its reconnection options. The sockets are not monitored
-        (``monitor`` is ignored, ``on_peer`` refused): a Lazy Pirate reset replaces them.
+        Liveness also sets its reconnection options. Each DEALER is monitored (unless
+        ``monitor=False``): ``on_peer(event, endpoint)`` gets its ``connected`` /
+        ``disconnected`` / handshake events, called from the context's hub thread, and
+        ``stats()["peer_events"]`` counts them over every socket the client opened (a Lazy
+        Pirate reset replaces the socket; the old one's monitor ends with it).
     context : zmq.Context or None
     registry : pybus.metrics.Registry or False, optional
         Where this object reports its counters (default: ``pybus.metrics.default_registry``;
@@ -913,16 +960,20 @@ class Client(_ClientBase):
         self._security = security
         self._liveness = liveness
         self._lock = threading.Lock()
-        self._sock = _open_dealer(self._ctx, endpoint, security, liveness=liveness)
+        self._monitor_ctx = self._ctx
+        self._sock = _open_dealer(self._ctx, endpoint, self._secure_and_watch, liveness=liveness)
         self._send = _send_of(self._sock)
         self._rcvtimeo_ms = -1
         _metrics.attach(self, registry)
 
     def _reset(self) -> None:
-        """Lazy Pirate: drop the socket (and anything queued on it), open a fresh one."""
+        """Lazy Pirate: drop the socket (and anything queued on it), open a fresh one.
+
+        The new socket's monitor counts into the same ``_watch``; the old one's monitor stops
+        with the old socket (ZeroMQ sends MONITOR_STOPPED, the hub closes its end)."""
         self._sock.close(0)
         self._sock = _open_dealer(
-            self._ctx, self.endpoint, self._security, liveness=self._liveness
+            self._ctx, self.endpoint, self._secure_and_watch, liveness=self._liveness
         )
         self._send = _send_of(self._sock)
         self._rcvtimeo_ms = -1

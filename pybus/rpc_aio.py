@@ -65,7 +65,9 @@ class AsyncClient(_ClientBase):
     Parameters
     ----------
     endpoint, timeout, retry, breaker, rate_limit, security, liveness
-        As for :class:`pybus.Client` (the retry policy's ``asleep`` is used).
+        As for :class:`pybus.Client` (the retry policy's ``asleep`` is used). The DEALER is
+        opened on first use and monitored like the Client's (``liveness.on_peer``,
+        ``stats()["peer_events"]``), across resets.
     max_inflight : int
         Requests awaiting a reply at once; one more raises BackpressureError.
     context : zmq.Context or None
@@ -93,7 +95,10 @@ class AsyncClient(_ClientBase):
         self.max_inflight = max_inflight
         self._security = security
         self._liveness = liveness
-        self._ctx = zmq.asyncio.Context.shadow(context or zmq.Context.instance())
+        base_ctx = context or zmq.Context.instance()
+        self._ctx = zmq.asyncio.Context.shadow(base_ctx)
+        # monitors are plain sockets of the real context, read by its hub thread
+        self._monitor_ctx = base_ctx
         self._sock: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[bytes]] = {}
@@ -115,7 +120,8 @@ class AsyncClient(_ClientBase):
             self._pending.clear()
         if self._sock is None:
             self._sock = _open_dealer(  # type: ignore[assignment]
-                self._ctx, self.endpoint, self._security, zmq.asyncio.Socket, self._liveness
+                self._ctx, self.endpoint, self._secure_and_watch, zmq.asyncio.Socket,
+                self._liveness,
             )
             assert self._sock is not None
             self._reader = asyncio.get_running_loop().create_task(self._read(self._sock))

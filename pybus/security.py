@@ -8,6 +8,11 @@ public key may connect; pybus answers from :class:`Curve`'s allowlist (see ``pyb
 for the handler thread), counts and logs every rejection with the client's public key in Z85
 (never a secret), and rate-limits that log.
 
+Per-key topic permissions (``Curve.server(..., permissions={key: {"publish": [...],
+"subscribe": [...]}})``) are an allowlist on top: publish rights are checked per received frame
+by a secured Subscriber or a Proxy frontend (the frame's ZeroMQ ``User-Id`` is the sender's Z85
+key), subscribe rights per subscription by a Publisher or a Proxy backend (XPUB manual mode).
+
 Plaintext peers and clients that use a wrong server key fail the handshake before ZAP is
 asked; the server socket's monitor counts those (``rejected_by_reason["handshake"]``; ZeroMQ
 does not tell which key, if any, they used).
@@ -224,22 +229,60 @@ def load_keypair(directory: str | os.PathLike[str], name: str) -> tuple[bytes, b
 # -- topic permissions -----------------------------------------------------------------------
 
 
+#: Permission kinds a ``permissions`` entry may hold.
+PERMISSION_KINDS = ("publish", "subscribe")
+# Most (user, topic) publish decisions remembered per Curve; when full the cache is cleared.
+_PUBLISH_CACHE_SIZE = 4096
+
+
 def _compile_permission(pattern: object, key: bytes) -> bytes | None:
     """A subscribe permission as the topic prefix it opens (None: everything)."""
     from .topics import validate_topic
 
     if not isinstance(pattern, str):
-        raise ValidationError(f"permission patterns must be str, got {pattern!r} for {key!r}")
+        raise ValidationError(
+            f"subscribe permission patterns must be str, got {pattern!r} for {key.decode()}"
+        )
     if pattern in ("#", "**"):
         return None
     if pattern.endswith(".#"):
-        validate_topic(pattern[:-2])
+        try:
+            validate_topic(pattern[:-2])
+        except ValidationError as exc:
+            raise ValidationError(
+                f"subscribe permission {pattern!r} for {key.decode()}: {exc}"
+            ) from None
         return pattern[:-1].encode("ascii")  # "orders.#" opens every topic under "orders."
     raise ValidationError(
         f"subscribe permission {pattern!r} for {key.decode()}: use '#' (everything) or a "
         f"subtree 'a.b.#'. ZeroMQ filters by prefix, so only whole subtrees can be enforced "
         f"at the publisher"
     )
+
+
+def _compile_publish_permission(pattern: object, key: bytes) -> Any:
+    """A publish permission as a compiled topic pattern (``*`` one segment, ``#`` trailing)."""
+    from .topics import TopicPattern
+
+    if not isinstance(pattern, str):
+        raise ValidationError(
+            f"publish permission patterns must be str, got {pattern!r} for {key.decode()}"
+        )
+    try:
+        return TopicPattern(pattern)
+    except ValidationError as exc:
+        raise ValidationError(f"publish permission {pattern!r} for {key.decode()}: {exc}") from None
+
+
+def _patterns(value: object, kind: str, key: bytes) -> list[object]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (bytes, bytearray)) or not isinstance(value, Iterable):
+        raise ValidationError(
+            f"permissions[{key.decode()}][{kind!r}] must be a list of topic patterns, got "
+            f"{type(value).__name__}"
+        )
+    return list(value)
 
 
 class Curve:
@@ -277,6 +320,9 @@ class Curve:
         self._allow: set[bytes] = set()
         self._revoked: set[bytes] = set()
         self._subscribe_perms: dict[bytes, list[bytes | None]] | None = None
+        self._publish_perms: dict[bytes, list[Any]] | None = None
+        # (user id str, topic bytes) -> may publish; filled by the sockets that check
+        self._publish_cache: dict[tuple[str, bytes], bool] = {}
         if role == "client":
             if server_public_key is None:
                 raise ValidationError("Curve.client needs the server's public key")
@@ -298,25 +344,36 @@ class Curve:
                     )
                 self._allow = {_key(k, "a key in allow") for k in allow}
             if permissions is not None:
+                if not isinstance(permissions, Mapping):
+                    raise ValidationError(
+                        "permissions must be a dict {client public key: {'publish': [...], "
+                        "'subscribe': [...]}}"
+                    )
                 self._subscribe_perms = {}
+                self._publish_perms = {}
                 for k, perm in permissions.items():
                     key = _key(k, "a key in permissions")
                     if not isinstance(perm, Mapping):
                         raise ValidationError(
                             f"permissions[{key.decode()}] must be a dict like "
-                            f"{{'subscribe': ['orders.#']}}"
+                            f"{{'publish': ['orders.*'], 'subscribe': ['orders.#']}}"
                         )
-                    unknown = set(perm) - {"subscribe"}
+                    unknown = set(perm) - set(PERMISSION_KINDS)
                     if unknown:
                         raise ValidationError(
-                            f"permissions[{key.decode()}] has {sorted(unknown)}; only 'subscribe' "
-                            f"is enforced (at the publisher, see docs/security.md). Publish "
-                            f"rights are granted per socket by its allowlist"
+                            f"permissions[{key.decode()}] has {sorted(map(str, unknown))}; the "
+                            f"allowed kinds are 'publish' and 'subscribe' (a kind left out is "
+                            f"denied)"
                         )
-                    pats = perm.get("subscribe", [])
-                    if isinstance(pats, str):
-                        pats = [pats]
-                    self._subscribe_perms[key] = [_compile_permission(p, key) for p in pats]
+                    # a kind left out grants nothing: permissions are an allowlist
+                    self._subscribe_perms[key] = [
+                        _compile_permission(p, key)
+                        for p in _patterns(perm.get("subscribe", []), "subscribe", key)
+                    ]
+                    self._publish_perms[key] = [
+                        _compile_publish_permission(p, key)
+                        for p in _patterns(perm.get("publish", []), "publish", key)
+                    ]
         if not log_interval_s >= 0:
             raise ValidationError(f"log_interval_s must be >= 0, got {log_interval_s!r}")
         self._log_interval_s = float(log_interval_s)
@@ -329,6 +386,8 @@ class Curve:
         }
         self._rejected_keys: dict[str, int] = {}
         self._denied_subscriptions = 0
+        self._denied_publications = 0
+        self._denied_publish_keys: dict[str, int] = {}
         self._last_log = 0.0
         self._unlogged = 0
 
@@ -356,10 +415,15 @@ class Curve:
         public_key : bytes or str, optional
             Checked against the key derived from ``secret_key``.
         permissions : dict, optional
-            ``{client_public_key: {"subscribe": ["orders.#", ...]}}``: topic subtrees a
-            client may subscribe to at a :class:`pybus.Publisher` secured by this object
-            (enforced per connection with XPUB manual mode). With ``permissions`` given, a
-            key without an entry may subscribe to nothing.
+            ``{client_public_key: {"publish": ["orders.*", ...], "subscribe": ["orders.#",
+            ...]}}``. ``subscribe``: topic subtrees (``#`` or ``a.b.#``) a client may
+            subscribe to at a :class:`pybus.Publisher` or a :class:`pybus.Proxy` backend
+            secured by this object (enforced per connection with XPUB manual mode).
+            ``publish``: topic patterns (``*`` one segment, ``#`` trailing segments) a client
+            may publish into a :class:`pybus.Subscriber` or a :class:`pybus.Proxy` frontend
+            secured by this object (checked per received frame; other frames are dropped and
+            counted). Permissions are an allowlist: with ``permissions`` given, a key without
+            an entry may do neither, and a kind left out of a key's entry is denied to it.
         log_interval_s : float
             Rejections are logged (WARNING) at most once per this many seconds.
         """
@@ -383,6 +447,7 @@ class Curve:
 
     @property
     def has_permissions(self) -> bool:
+        """True when per-key topic ``permissions`` were given (publish and subscribe)."""
         return self._subscribe_perms is not None
 
     # -- applying to a socket --------------------------------------------------------------
@@ -500,7 +565,10 @@ class Curve:
             self._rejected_by_reason["handshake"] += 1
         self._log_rejection("handshake", "unknown (plaintext peer or wrong server key)", endpoint)
 
-    def _log_rejection(self, reason: str, key: str, where: str) -> None:
+    def _log_rejection(self, reason: str, key: str, where: str, *,
+                       denial: bool = False) -> None:
+        """Log a refusal (WARNING) at most once per ``log_interval_s``; ``denial``: a topic
+        permission refused to an admitted peer rather than a refused connection."""
         now = time.monotonic()
         with self._lock:
             if now - self._last_log < self._log_interval_s:
@@ -508,6 +576,14 @@ class Curve:
                 return
             self._last_log = now
             suppressed, self._unlogged = self._unlogged, 0
+        if denial:
+            log.warning(
+                "pybus CURVE: %s for public key %s at %s [%d publications and %d subscriptions "
+                "denied in all, %d refusals not logged since the last message]",
+                reason, key, where, self._denied_publications, self._denied_subscriptions,
+                suppressed,
+            )
+            return
         log.warning(
             "pybus CURVE: rejected a peer (%s) public key %s at %s [%d rejections in all, %d "
             "not logged since the last message]",
@@ -531,10 +607,68 @@ class Curve:
                 return True
         return False
 
-    def _count_denied_subscription(self, user_id: str, prefix: bytes) -> None:
+    def _count_denied_subscription(self, user_id: str, prefix: bytes,
+                                   where: str = "publisher") -> None:
         with self._lock:
             self._denied_subscriptions += 1
-        self._log_rejection(f"subscription {prefix[:64]!r} denied", user_id or "-", "publisher")
+        self._log_rejection(f"subscription {prefix[:64]!r} denied", user_id or "-", where,
+                            denial=True)
+
+    # -- publish permissions (called by a Subscriber or a Proxy frontend per received frame) --
+
+    def may_publish(self, user_id: bytes | str | None, topic: bytes | str) -> bool:
+        """Whether the client ``user_id`` (its Z85 public key) may publish on ``topic``.
+
+        Without ``permissions`` everything is allowed. A frame without a user id (a plaintext
+        or NULL-mechanism peer, which a CURVE server socket never admits) is denied. The
+        decision is cached per (user, topic) in a bounded dict.
+        """
+        perms = self._publish_perms
+        if perms is None:
+            return True
+        if isinstance(user_id, bytes):
+            user_id = user_id.decode("ascii", "replace")
+        if isinstance(topic, str):
+            topic = topic.encode("ascii", "replace")
+        k = (user_id or "", topic)
+        hit = self._publish_cache.get(k)
+        if hit is None:
+            hit = self._decide_publish(k[0], topic)
+        return hit
+
+    def _decide_publish(self, user: str, topic: bytes) -> bool:
+        """The uncached publish decision for ``(user, topic)``; remembers it (bounded)."""
+        from .topics import is_valid_topic
+
+        perms = self._publish_perms
+        assert perms is not None
+        allowed = perms.get(user.encode("ascii", "replace"))
+        ok = False
+        if allowed:
+            try:
+                text = topic.decode("ascii")
+            except UnicodeDecodeError:
+                text = ""
+            ok = is_valid_topic(text) and any(p.matches(text) for p in allowed)
+        cache = self._publish_cache
+        if len(cache) >= _PUBLISH_CACHE_SIZE:
+            cache.clear()  # bounded whatever topics or keys peers use
+        cache[(user, topic)] = ok
+        return ok
+
+    def _count_denied_publication(self, user_id: str, topic: bytes, messages: int,
+                                  where: str) -> None:
+        """Count (and log, rate-limited) ``messages`` dropped because ``user_id`` may not
+        publish ``topic``."""
+        with self._lock:
+            self._denied_publications += messages
+            k = user_id or "-"
+            if k not in self._denied_publish_keys and \
+                    len(self._denied_publish_keys) >= _MAX_TRACKED_KEYS:
+                k = "<other>"
+            self._denied_publish_keys[k] = self._denied_publish_keys.get(k, 0) + messages
+        self._log_rejection(f"publication on {topic[:64]!r} forbidden", user_id or "-", where,
+                            denial=True)
 
     # -- accounting ------------------------------------------------------------------------
 
@@ -546,7 +680,9 @@ class Curve:
     def stats(self) -> dict[str, Any]:
         """``accepted`` (ZAP approvals), ``rejected`` and ``rejected_by_reason`` (``not_allowed``,
         ``revoked``, ``mechanism``, ``handshake`` = plaintext peer or wrong server key),
-        ``rejected_keys`` (Z85 public key -> count), ``denied_subscriptions``."""
+        ``rejected_keys`` (Z85 public key -> count), ``denied_subscriptions``,
+        ``denied_publications`` (messages dropped for lack of a publish permission) and
+        ``denied_publish_keys`` (Z85 public key -> such messages)."""
         with self._lock:
             return {
                 "role": self.role,
@@ -555,6 +691,8 @@ class Curve:
                 "rejected_by_reason": dict(self._rejected_by_reason),
                 "rejected_keys": dict(self._rejected_keys),
                 "denied_subscriptions": self._denied_subscriptions,
+                "denied_publications": self._denied_publications,
+                "denied_publish_keys": dict(self._denied_publish_keys),
                 "allowed": "any" if self._any else len(self._allow),
                 "revoked": len(self._revoked),
             }

@@ -81,7 +81,11 @@ class Subscriber:
     context : zmq.Context, optional
         Defaults to ``zmq.Context.instance()``.
     security : pybus.Curve, optional
-        CURVE for this socket (usually ``Curve.client``; see :mod:`pybus.security`).
+        CURVE for this socket (usually ``Curve.client``; see :mod:`pybus.security`). A
+        ``Curve.server`` with ``permissions`` (typically on a subscriber that binds and that
+        publishers connect to) also enforces publish permissions: each received frame's
+        sender key (ZeroMQ's ``User-Id``) must be allowed to publish its topic, else the frame
+        is dropped and its messages counted (``stats()["dropped"]["forbidden"]``).
     liveness : pybus.Liveness, optional
         Heartbeats, reconnection backoff and peer-event callbacks (default ``Liveness()``).
     slow_consumer : {"drop", "close"}
@@ -206,6 +210,13 @@ class Subscriber:
             raise
         self._bind = bind
         self._security = security
+        # publish permissions: checked per received frame (see _forbidden)
+        self._pub_acl = (security if security is not None and security.is_server
+                         and security.has_permissions else None)
+        # (user id, topic bytes) -> may publish; bounded (cleared when full)
+        self._pub_ok: dict[tuple[str, bytes], bool] = {}
+        self._forbidden = 0
+        self._forbidden_by_key: dict[str, int] = {}
         self._liveness = liveness
         if security is not None and security.is_server:
             security._register_owner(self)
@@ -412,6 +423,8 @@ class Subscriber:
         recv = self._recv
         rcvmore = self._rcvmore
         topics = self._topics
+        pub_acl = self._pub_acl
+        pub_ok = self._pub_ok
         # The topic frame is received as bytes (copy=True: a zmq.Frame object costs ~3 us more
         # to create than it saves; its .more becomes one RCVMORE getsockopt). The batch frame
         # is received as a zmq.Frame (copy=False): large frames are not copied, .more is free,
@@ -446,6 +459,16 @@ class Subscriber:
                 if topic == _INVALID:
                     self._decode_error("topic frame is not a valid topic", topic_b)
                 continue
+            if pub_acl is not None:
+                # publish permissions: the sender's key, as ZAP named it, per frame (a batch)
+                try:
+                    user = frame.get("User-Id")
+                except zmq.ZMQError:  # no user id: not a peer ZAP admitted under CURVE
+                    user = ""
+                if not pub_ok.get((user, topic_b), False) and self._forbidden_frame(
+                    user, topic_b, frame
+                ):
+                    continue
             try:
                 pid, first, count, _ts = frame_info(frame)
                 msgs = decode_batch(topic, frame)
@@ -496,6 +519,31 @@ class Subscriber:
                 self._buf = rest
                 self._pos = 0
                 return
+
+    def _forbidden_frame(self, user: str, topic_b: bytes, frame: Any) -> bool:
+        """A frame whose (user, topic) is not cached as allowed: decide (and cache); when the
+        key may not publish the topic, count the frame's messages and return True (drop)."""
+        acl = self._pub_acl
+        assert acl is not None
+        key = (user, topic_b)
+        ok = self._pub_ok.get(key)
+        if ok is None:
+            ok = acl._decide_publish(user, topic_b)
+            if len(self._pub_ok) >= _TOPIC_CACHE_SIZE:
+                self._pub_ok.clear()  # bounded whatever keys and topics peers use
+            self._pub_ok[key] = ok
+        if ok:
+            return False
+        try:
+            count = frame_info(frame)[2]
+        except FrameError:
+            count = 1  # malformed as well: one frame that held at least one message
+        self._forbidden += count
+        fk = self._forbidden_by_key
+        k = user if (user in fk or len(fk) < _MAX_TRACKED_TOPICS) else "<other>"
+        fk[k] = fk.get(k, 0) + count
+        acl._count_denied_publication(user, topic_b, count, f"subscriber {self.endpoints}")
+        return True
 
     def _classify(self, topic_b: bytes) -> Any:
         try:
@@ -668,7 +716,9 @@ class Subscriber:
         """Counters: ``received`` and ``lost`` (total and ``*_by_topic``), ``decode_errors``
         (and ``decode_errors_by_reason``), ``out_of_order`` (messages whose sequence number was
         already passed: duplicates or reordering), ``gaps`` (discontinuities detected), ``bytes``
-        and ``batches`` (frames received), ``streams`` tracked, ``buffered``."""
+        and ``batches`` (frames received), ``streams`` tracked, ``buffered``, ``dropped``
+        (messages dropped by reason: ``forbidden`` = their publisher's key may not publish
+        that topic, see ``security``) and ``forbidden_by_key`` (Z85 key -> such messages)."""
         with self._lock:
             return self._stats_locked()
 
@@ -690,6 +740,8 @@ class Subscriber:
             "history_received": self._history_received,
             "history_duplicates": self._history_duplicates,
             "peer_events": dict(self._watch.events) if self._watch is not None else {},
+            "dropped": {"forbidden": self._forbidden},
+            "forbidden_by_key": dict(self._forbidden_by_key),
             }
 
     # -- lifecycle ----------------------------------------------------------------------------

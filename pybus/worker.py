@@ -230,10 +230,14 @@ class Worker:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """Counters: received, handled, acked, nacked, duplicates, stale_dropped (not started
-        because their session ended), decode_errors, sessions."""
-        return dict(self._c)
+        because their session ended), decode_errors, sessions, and the socket monitor's
+        ``peer_events`` (event name -> count, over every session's socket)."""
+        out: dict[str, Any] = dict(self._c)
+        w = self._watch
+        out["peer_events"] = dict(w.events) if w is not None else {}
+        return out
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -252,8 +256,9 @@ class Worker:
         sock.linger = 0
         sock.rcvhwm = 0  # the queue's credit bounds what it sends us
         try:
+            # one SocketWatch over every session's socket: counters and on_peer carry on
             self._watch = _sockets.configure(sock, security=self._security,
-                                             liveness=self._zmtp_liveness)
+                                             liveness=self._zmtp_liveness, into=self._watch)
             sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
             sock.close()

@@ -529,12 +529,15 @@ class WorkQueue:
             finally:
                 self._waiters -= 1
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """Counters: put, recovered, dispatched, acked, nacked, redelivered, dead_lettered,
         in_flight, queue_depth, workers, duplicates (reported by workers), decode_errors
         (malformed frames dropped), late_acks (acks for finished messages), stale_nacks,
-        ack_timeouts, workers_lost, unknown_peers."""
-        s = dict(self._c)
+        ack_timeouts, workers_lost, unknown_peers, and the ROUTER monitor's ``peer_events``
+        (event name -> count)."""
+        s: dict[str, Any] = dict(self._c)
+        w = self._watch
+        s["peer_events"] = dict(w.events) if w is not None else {}
         s["put"] = self._n_put
         s["recovered"] = self._n_recovered
         s["in_flight"] = self._in_flight

@@ -395,11 +395,13 @@ def test_fuzz_worker(fuzz_s: float, rng: random.Random) -> None:
 # -- Proxy -----------------------------------------------------------------------------------
 
 
-def test_fuzz_proxy_both_sides(fuzz_s: float, rng: random.Random) -> None:
+@pytest.mark.parametrize("checked", [False, True], ids=["zmq-loop", "checked-loop"])
+def test_fuzz_proxy_both_sides(fuzz_s: float, rng: random.Random, checked: bool) -> None:
     # default high-water marks: the raw backend peer subscribes (fuzzed subscriptions may be
     # "everything") and never reads, so the proxy queues up to sndhwm messages for it -- the
-    # bound under test (a 1 M HWM would legitimately hold ~1 GB)
-    px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", registry=False)
+    # bound under test (a 1 M HWM would legitimately hold ~1 GB). checked: pybus's Python
+    # forwarding loop (the one permissions use) must account like ZeroMQ's C loop.
+    px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", registry=False, checked=checked)
     ctx = zmq.Context.instance()
     front = ctx.socket(zmq.PUB)
     front.linger = 0

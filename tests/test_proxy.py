@@ -25,10 +25,13 @@ BIG = 100_000
 
 
 
-@pytest.fixture
-def proxy() -> Iterator[pybus.Proxy]:
+@pytest.fixture(params=[False, True], ids=["zmq-loop", "checked-loop"])
+def proxy(request: pytest.FixtureRequest) -> Iterator[pybus.Proxy]:
+    # every test on this fixture runs on ZeroMQ's C loop and on pybus's checked Python loop
+    # (the one permissions need): both must keep the same semantics
     px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", sndhwm=BIG, rcvhwm=BIG,
-                     registry=False)
+                     registry=False, checked=request.param)
+    assert px.stats()["checked"] is request.param
     yield px
     px.close()
 
@@ -168,7 +171,7 @@ def test_pause_resume_terminate(proxy: pybus.Proxy) -> None:
 
 def test_capture_tap_sees_the_traffic(proxy: pybus.Proxy) -> None:
     px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", capture="tcp://127.0.0.1:*",
-                     registry=False)
+                     registry=False, checked=proxy.stats()["checked"])
     tap = zmq.Context.instance().socket(zmq.SUB)
     tap.linger = 0
     tap.subscribe(b"cap.")
@@ -269,9 +272,9 @@ def test_bad_arguments() -> None:
     p, s = pybus.keypair()
     with pytest.raises(pybus.ValidationError, match="Curve.server"):
         pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", security=Curve.client(s, p))
-    with pytest.raises(pybus.ValidationError, match="permissions"):
-        pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", security=Curve.server(
-            s, allow="any", permissions={p: {"subscribe": ["#"]}}))
+    with pytest.raises(pybus.ValidationError, match="checked=False with per-topic permissions"):
+        pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", checked=False,
+                    security=Curve.server(s, allow="any", permissions={p: {"subscribe": ["#"]}}))
     with pytest.raises(pybus.ValidationError, match="sndhwm"):
         pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", sndhwm=0)
 

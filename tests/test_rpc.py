@@ -709,7 +709,7 @@ def test_rpc_liveness_defaults(endpoint):
 def test_rpc_liveness_rejects_bad_values(endpoint):
     with pytest.raises(ValidationError, match="liveness must be a pybus.Liveness"):
         Server(endpoint, liveness={"heartbeat_ivl_ms": 100})
-    with pytest.raises(ValidationError, match="on_peer"):
-        Client(endpoint, liveness=pybus.Liveness(on_peer=lambda e, ep: None))
-    with pytest.raises(ValidationError, match="on_peer"):
-        AsyncClient(endpoint, liveness=pybus.Liveness(on_peer=lambda e, ep: None))
+    with pytest.raises(ValidationError, match="liveness must be a pybus.Liveness"):
+        Client(endpoint, liveness=5)
+    with pytest.raises(ValidationError, match="liveness must be a pybus.Liveness"):
+        AsyncClient(endpoint, liveness="on")

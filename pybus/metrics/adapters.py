@@ -62,6 +62,8 @@ class _SubscriberAdapter:
         for t, n in s["received_by_topic"].items():
             yield "pybus_messages_received_total", {"topic": _topic(t)}, n
         yield "pybus_messages_lost_total", {}, s["lost"]
+        for reason, n in s.get("dropped", {}).items():
+            yield "pybus_messages_dropped_total", {"reason": reason}, n
         yield "pybus_messages_out_of_order_total", {}, s["out_of_order"]
         yield "pybus_decode_errors_total", {}, s["decode_errors"]
         yield "pybus_queue_depth", {}, s["buffered"]
@@ -175,6 +177,8 @@ class _ProxyAdapter:
                 yield "pybus_peers", {"side": side}, d["peers"]
             for event, n in d.get("peer_events", {}).items():
                 yield "pybus_peer_events_total", {"side": side, "event": event}, n
+        if s.get("checked"):
+            yield "pybus_messages_dropped_total", {"reason": "forbidden"}, s["forbidden"]
         rejected: dict[str, int] = {}
         for a in s["auth"]:
             for reason, n in a["rejected_by_reason"].items():
@@ -206,6 +210,7 @@ class _WorkQueueAdapter:
         yield "pybus_in_flight", {}, s["in_flight"]
         yield "pybus_queue_depth", {}, s["queue_depth"]
         yield "pybus_workers", {}, s["workers"]
+        yield from _transport_samples(q, s)
 
     def readiness(self, q: Any) -> tuple[bool, str]:
         return (False, "work queue is closed") if q._closed else (True, "")
@@ -222,6 +227,7 @@ class _WorkerAdapter:
         lat = getattr(w, "_handler_latency", None)
         if lat is not None:
             yield "pybus_handler_latency_seconds", {}, HdrValue(lat, _NS)
+        yield from _transport_samples(w, s)
 
     def readiness(self, w: Any) -> tuple[bool, str]:
         if w._stopping:
@@ -244,6 +250,7 @@ class _RpcServerAdapter:
         yield "pybus_decode_errors_total", {}, s["decode_errors"]
         yield "pybus_in_flight", {}, s["inflight"]
         yield "pybus_handler_latency_seconds", {}, HdrValue(srv._handler_latency, _NS)
+        yield from _transport_samples(srv, s)
 
     def readiness(self, srv: Any) -> tuple[bool, str]:
         return (False, "rpc server is closed") if srv._closed else (True, "")
@@ -261,6 +268,7 @@ class _RpcClientAdapter:
         yield "pybus_retries_total", {}, s["retries"]
         yield "pybus_decode_errors_total", {}, s["decode_errors"]
         yield "pybus_rpc_latency_seconds", {}, HdrValue(cl._rpc_latency, _NS)
+        yield from _transport_samples(cl, s)
 
     def readiness(self, cl: Any) -> tuple[bool, str]:
         return (False, "rpc client is closed") if cl._closed else (True, "")
