@@ -425,63 +425,67 @@ class Proxy:
                 user = str(frame.get("User-Id"))
             except zmq.ZMQError:
                 user = ""  # XPUB's own unsubscriptions for a connection that went away
-            out = self._on_subscription(back, msg[0] == 1, msg[1:], user)
-            if out is not None:
+            for out in self._on_subscription(back, msg[0] == 1, msg[1:], user):
                 self._send_parts(front, [out], "frontend", cap)
 
     def _on_subscription(self, back: zmq.Socket, subscribe: bool, prefix: bytes,
-                         user: str) -> bytes | None:
+                         user: str) -> list[bytes]:
         """Backend in XPUB manual mode: apply a permitted (un)subscription to the connection
-        that sent it; return the message to forward upstream, if any.
+        that sent it; return the messages to forward upstream.
 
-        Upstream (to the publishers) gets the union of granted prefixes, each subscribed once
-        and withdrawn when its last holder leaves, so publishers never send what no allowed
-        subscriber asked for. When a connection goes away XPUB reports its prefixes without a
-        user id; such an unsubscription is booked against a denied holder of the prefix while
-        there is one, else against a granted one. That can only keep a prefix subscribed
-        upstream longer than needed (publishers send a little more; the backend still filters
-        per connection), never withdraw one a granted subscriber still holds.
+        A subscription wider than the key's permissions is applied narrowed to them (see
+        :meth:`pybus.Curve.granted_prefixes`). Upstream (to the publishers) gets the union of
+        granted requests as asked, each subscribed once and withdrawn when its last holder
+        leaves: XPUB reports a departed connection's subscriptions as asked and without a
+        user id, so only requests can be booked (upstream may send a little more than the
+        narrowed prefixes pass; the backend filters per connection). Such a departure is
+        booked against a denied holder of the prefix while there is one, else against a
+        granted one. That can only keep a prefix subscribed upstream longer than needed,
+        never withdraw one a granted subscriber still holds.
         """
         acl = self._sub_acl
         assert acl is not None
         hello = prefix.startswith(base.HELLO_PREFIX)
         granted, denied = self._granted, self._denied_live
+        applied = [prefix] if hello or not user else acl.granted_prefixes(user, prefix)
         if subscribe:
             # bounded: ZeroMQ keeps every distinct prefix in its tries (hellos count too)
-            ok = (len(prefix) <= _MAX_SUBSCRIPTION_BYTES
-                  and (prefix in granted or len(granted) < _MAX_SUBSCRIPTIONS)
-                  and (hello or acl.may_subscribe(user, prefix)))
-            if not ok:
+            if (not applied or len(prefix) > _MAX_SUBSCRIPTION_BYTES
+                    or (prefix not in granted and len(granted) >= _MAX_SUBSCRIPTIONS)):
                 self._denied_subscriptions += 1
                 if len(denied) < _MAX_SUBSCRIPTIONS or prefix in denied:
                     denied[prefix] = denied.get(prefix, 0) + 1
                 acl._count_denied_subscription(user, prefix, f"proxy {self.backend}")
-                return None
-            back.setsockopt(zmq.SUBSCRIBE, prefix)
+                return []
+            for p in applied:
+                back.setsockopt(zmq.SUBSCRIBE, p)
             n = granted.get(prefix, 0)
             granted[prefix] = n + 1
-            return b"\x01" + prefix if n == 0 else None
-        back.setsockopt(zmq.UNSUBSCRIBE, prefix)  # ignored by XPUB without a sender pipe
-        if user and not hello and not acl.may_subscribe(user, prefix):
-            from_denied = True
+            return [b"\x01" + prefix] if n == 0 else []
+        for p in applied:
+            back.setsockopt(zmq.UNSUBSCRIBE, p)  # ignored by XPUB without a sender pipe
+        if user and not hello:
+            from_denied = not applied
         elif user or hello:
             from_denied = False
         else:  # a departed connection: which kind of holder it was is unknown
             from_denied = denied.get(prefix, 0) > 0
-        if from_denied and denied.get(prefix, 0) > 0:
-            if denied[prefix] == 1:
-                del denied[prefix]
-            else:
-                denied[prefix] -= 1
-            return None
-        n = granted.get(prefix, 0)
-        if n == 0:
-            return None
-        if n == 1:
-            del granted[prefix]
-            return b"\x00" + prefix
-        granted[prefix] = n - 1
-        return None
+        if from_denied:
+            if denied.get(prefix, 0) > 0:
+                self._release(denied, prefix)
+            return []
+        if granted.get(prefix, 0) > 0 and self._release(granted, prefix):
+            return [b"\x00" + prefix]
+        return []
+
+    @staticmethod
+    def _release(counts: dict[bytes, int], prefix: bytes) -> bool:
+        """One holder of ``prefix`` fewer; True when it was the last."""
+        if counts[prefix] == 1:
+            del counts[prefix]
+            return True
+        counts[prefix] -= 1
+        return False
 
     def _command(self, cmd: bytes, reply: bool = False, timeout: float = 2.0) -> list[bytes]:
         if self._closed:

@@ -341,6 +341,8 @@ class Publisher:
         self._dropped: dict[str, int] = {"ring_full": 0, "closed": 0}
         self._subscribers: set[bytes] = set()
         self._subscriptions = 0
+        # with permissions: subscriptions granted, per prefix as asked (bounds the trie)
+        self._granted: dict[bytes, int] = {}
         # Metrics, updated once per frame (not per message): messages per topic frame (bounded
         # by the batcher's max_topics) and messages per frame (2 significant figures, ~10 KiB).
         # registry=False turns this accounting off.
@@ -561,27 +563,41 @@ class Publisher:
                 continue
             body = msg[1:]
             subscribe = msg[0] == 1
-            hello = body.startswith(base.HELLO_PREFIX)
-            if subscribe and not hello:
-                try:
-                    user = frame.get("User-Id")
-                except zmq.ZMQError:
-                    user = ""
-                # bounded: ZeroMQ keeps every distinct prefix in its subscription trie
-                if (len(body) > _MAX_SUBSCRIPTION_BYTES
-                        or self._subscriptions >= _MAX_SUBSCRIPTIONS
-                        or not acl.may_subscribe(user, body)):
-                    self._denied_subscriptions += 1
-                    acl._count_denied_subscription(user, body)
-                    continue
-            sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, body)
-            if hello:
+            if body.startswith(base.HELLO_PREFIX):
+                sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, body)
                 if subscribe:
                     self._subscribers.add(body)
                 else:
                     self._subscribers.discard(body)
-            else:
-                self._subscriptions += 1 if subscribe else -1
+                continue
+            try:
+                user = frame.get("User-Id")
+            except zmq.ZMQError:
+                user = ""
+            # A subscription wider than the key's permissions is applied narrowed to them.
+            # Without a user id this is XPUB reporting a departed connection's subscriptions
+            # (as asked): ZeroMQ drops that connection's prefixes itself.
+            applied = acl.granted_prefixes(user, body) if user else []
+            granted = self._granted
+            if subscribe:
+                # bounded: ZeroMQ keeps every distinct prefix in its subscription trie (and
+                # a request applies at most one prefix per permission of its key)
+                if (not applied or len(body) > _MAX_SUBSCRIPTION_BYTES
+                        or self._subscriptions >= _MAX_SUBSCRIPTIONS):
+                    self._denied_subscriptions += 1
+                    acl._count_denied_subscription(user, body)
+                    continue
+                granted[body] = granted.get(body, 0) + 1
+                self._subscriptions += 1
+            elif (applied or not user) and granted.get(body, 0) > 0:
+                # (a departed connection's denied request with a granted one's prefix only
+                # releases the bound early by one)
+                granted[body] -= 1
+                if not granted[body]:
+                    del granted[body]
+                self._subscriptions -= 1
+            for prefix in applied:
+                sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, prefix)
 
     def _security_rekick(self) -> None:
         """After a revocation: drop every connection so peers authenticate again."""

@@ -607,6 +607,24 @@ class Curve:
                 return True
         return False
 
+    def granted_prefixes(self, user_id: bytes | str | None, prefix: bytes) -> list[bytes]:
+        """The ZeroMQ prefixes to apply for the client's subscription to ``prefix``.
+
+        ``[prefix]`` when it is permitted. Otherwise the permitted subtrees inside it: a
+        subscriber with the pattern ``orders.#`` asks for the prefix ``orders`` (its pattern
+        also matches the topic ``orders`` itself), which would also pass ``ordersX.*``;
+        a key granted ``orders.#`` then gets the narrower ``orders.`` (and a ``#``
+        subscriber every subtree its key is granted). Empty: denied.
+        """
+        if self.may_subscribe(user_id, prefix):
+            return [prefix]
+        perms = self._subscribe_perms
+        assert perms is not None  # may_subscribe allows everything without permissions
+        if isinstance(user_id, str):
+            user_id = user_id.encode("ascii", "replace")
+        allowed = perms.get(user_id or b"") or []
+        return sorted({p for p in allowed if p is not None and p.startswith(prefix)})
+
     def _count_denied_subscription(self, user_id: str, prefix: bytes,
                                    where: str = "publisher") -> None:
         with self._lock:

@@ -179,29 +179,37 @@ def test_publish_and_subscribe_permissions_end_to_end_through_a_proxy(
     sc = sub(carol, ["orders.*", "audit.*"])   # "audit." is denied to carol
     sd = sub(dave, ["#"])
     sa = sub(alice, ["#"])                     # alice has no subscribe permission at all
+    # carol's own pattern asks for the prefix "orders" (it matches the topic "orders" too),
+    # wider than her "orders.": narrowed to it, so "ordersx.*" never reaches her socket
+    sc2 = sub(carol, ["orders.#"])
     pa, pb, pc = pub(alice), pub(bob), pub(carol)
-    subs, pubs = [sc, sd, sa], [pa, pb, pc]
+    subs, pubs = [sc, sd, sa, sc2], [pa, pb, pc]
     try:
         for p in pubs:  # hello subscriptions always cross (wait_for_subscribers works)
-            assert p.wait_for_subscribers(3, timeout=5) == 3
+            assert p.wait_for_subscribers(4, timeout=5) == 4
         n = 200
         for i in range(n):
             pa.publish("orders.new", i)    # allowed
             pa.publish("audit.x", i)       # forbidden: alice may only publish orders.*
             pb.publish("audit.x", i)       # allowed
             pc.publish("orders.new", i)    # forbidden: carol may not publish
+            pb.publish("ordersx.leak", i)  # allowed, but only dave may read it
             if i % 50 == 49:
                 for p in pubs:
                     p.flush()
         for p in pubs:
             p.flush()
         got_c = drain(sc, n)
-        got_d = drain(sd, 2 * n)
-        assert {(m.topic, m.publisher_id) for m in got_c} == {("orders.new", pa.publisher_id)}
-        assert [m.payload for m in got_c] == list(range(n))
+        got_c2 = drain(sc2, n)
+        got_d = drain(sd, 3 * n)
+        for got in (got_c, got_c2):
+            assert {(m.topic, m.publisher_id) for m in got} == {("orders.new", pa.publisher_id)}
+            assert [m.payload for m in got] == list(range(n))
+        assert b"ordersx.leak" not in sc2._topics  # never reached carol's socket
         assert {(m.topic, m.publisher_id) for m in got_d} == {
-            ("orders.new", pa.publisher_id), ("audit.x", pb.publisher_id)}
-        assert len(got_d) == 2 * n
+            ("orders.new", pa.publisher_id), ("audit.x", pb.publisher_id),
+            ("ordersx.leak", pb.publisher_id)}
+        assert len(got_d) == 3 * n
         assert until(lambda: px.stats()["forbidden"] == 2 * n)
         for s in subs:
             assert s.recv_batch(1000, timeout=0.2) == []
