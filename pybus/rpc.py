@@ -43,7 +43,7 @@ import zmq
 from zmq.backend import Socket as _ZmqBackendSocket
 
 from . import metrics as _metrics
-from ._native import Histogram
+from ._native import Histogram, _zmqfast
 from ._sockets import DEFAULT_LIVENESS, Liveness, apply_liveness, check_rpc_liveness
 from .breaker import CircuitBreaker
 from .errors import (
@@ -92,6 +92,26 @@ _UNPACK_FROM = HEADER.unpack_from
 _IDLE_CHECK_MS = 100
 
 _log = logging.getLogger("pybus.rpc")
+
+#: Whether Clients and Servers created from now on do their hot-path I/O through
+#: ``pybus._native._zmqfast`` (straight into the libzmq pyzmq loaded) instead of pyzmq's
+#: Python-level send/recv. False when that library could not be resolved or verified, or when
+#: ``PYBUS_NO_ZMQ_FASTPATH=1`` was set at import; tests set it to exercise both paths.
+FASTPATH: bool = _zmqfast.AVAILABLE
+_EAGAIN = int(zmq.EAGAIN)
+_fast_send_request = _zmqfast.send_request
+_fast_recv_reply = _zmqfast.recv_reply
+
+
+def _fast_address(sock: zmq.Socket[Any]) -> int:
+    """``sock.underlying`` when the fast path may drive ``sock``, else 0.
+
+    Only plain pyzmq sockets qualify: a subclass (zmq.green, a user's socket_class) may
+    override send/recv to cooperate with an event loop, which a blocking C call would bypass.
+    """
+    if FASTPATH and type(sock) is zmq.Socket:
+        return int(sock.underlying)
+    return 0
 
 
 def _send_of(sock: zmq.Socket[Any]) -> Callable[..., Any]:
@@ -511,6 +531,10 @@ class Server:
                 self.workers, thread_name_prefix="pybus-rpc-worker"
             )
         sock = self._sock
+        addr = _fast_address(sock)
+        if addr:
+            self._loop_fast(addr)
+            return
         recv = sock.recv
         zsend = _send_of(sock)
         getsockopt = sock.getsockopt
@@ -619,6 +643,95 @@ class Server:
                 stats["replies"] += 1
             except zmq.ZMQError as exc:
                 self._send_failed(exc)
+
+    def _loop_fast(self, addr: int) -> None:
+        """The I/O loop on ``_zmqfast``: the request is read and its header judged in C, the
+        reply header written in C; the decisions (and their counters) stay here, in the same
+        order as the pyzmq loop below this one."""
+        sock = self._sock
+        recv = sock.recv
+        zsend = _send_of(sock)
+        getsockopt = sock.getsockopt
+        recv_request = _zmqfast.recv_request
+        send_reply = _zmqfast.send_reply
+        pool = self._pool  # set by _loop, cleared only by _shutdown after the loop ends
+        stats = self._stats
+        ctrl_prefix = self._ctrl_prefix
+        forward_marker = ctrl_prefix + _CTRL_FORWARD
+        stop_marker = ctrl_prefix + _CTRL_STOP
+        multipart, kind_reason = _zmqfast.REASON_MULTIPART, _zmqfast.REASON_KIND
+        RCVMORE, MORE_NOBLOCK, NOBLOCK = zmq.RCVMORE, _SNDMORE_NOBLOCK, _NOBLOCK
+        # Module globals and builtins as locals (see _loop).
+        flag_msgpack, kind_reply, kind_error = FLAG_MSGPACK, KIND_REPLY, KIND_ERROR
+        type_, bytes_, closed_error = type, bytes, ClosedError
+        sock.setsockopt(zmq.RCVTIMEO, _IDLE_CHECK_MS)
+        while not self._closed:
+            try:
+                r = recv_request(addr)
+            except closed_error:
+                break
+            if r is None:
+                continue  # idle: re-check _closed
+            reason, ident, cid, flags, method, data = r
+            if reason is not None:
+                if reason == multipart:
+                    try:
+                        if data == forward_marker:
+                            # A worker thread's reply: [marker][client identity][reply].
+                            client = recv()
+                            reply = recv() if getsockopt(RCVMORE) else b""
+                            self._inflight -= 1
+                            try:
+                                zsend(sock, client, MORE_NOBLOCK)
+                                zsend(sock, reply, NOBLOCK)
+                                stats["replies"] += 1
+                            except zmq.ZMQError as exc:
+                                self._send_failed(exc)
+                            continue
+                        # A well-formed request is a single frame after the identity.
+                        while getsockopt(RCVMORE):
+                            recv()
+                    except zmq.ZMQError as exc:
+                        if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                            break
+                        raise
+                elif reason == kind_reason and data == stop_marker:
+                    break
+                self._bad_frame(reason)
+                continue
+            stats["requests"] += 1
+            fn = self._handlers.get(method)
+            if self.rate_limit is not None and not self._admit(ident):
+                stats["rate_limited"] += 1
+                kind, rflags, body = kind_error, flag_msgpack, self._limited(ident)
+            elif fn is None:
+                stats["unknown_method"] += 1
+                kind, rflags, body = kind_error, flag_msgpack, self._unknown(method)
+            else:
+                try:
+                    arg = decode_payload(flags, data) if flags else data
+                except FrameError as exc:
+                    self._bad_frame("payload")
+                    kind, rflags, body = kind_error, flag_msgpack, error_payload(exc)
+                else:
+                    if pool is not None:
+                        self._submit(fn, arg, ident, cid)
+                        continue
+                    try:
+                        result = fn(arg)
+                        if type_(result) is bytes_:
+                            kind, rflags, body = kind_reply, 0, result
+                        else:
+                            rflags, body = encode_payload(result)
+                            kind = kind_reply
+                    except Exception as exc:  # noqa: BLE001 - goes back to the client
+                        stats["handler_errors"] += 1
+                        kind, rflags, body = kind_error, flag_msgpack, error_payload(exc)
+            err = send_reply(addr, ident, cid, kind, rflags, body)
+            if err:
+                self._send_failed(zmq.ZMQError(err))
+            else:
+                stats["replies"] += 1
 
     def _send_failed(self, exc: zmq.ZMQError) -> None:
         if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
@@ -915,16 +1028,20 @@ class Client(_ClientBase):
         self._lock = threading.Lock()
         self._sock = _open_dealer(self._ctx, endpoint, security, liveness=liveness)
         self._send = _send_of(self._sock)
+        # The socket's address for _zmqfast (0: use pyzmq's calls); replaced with the socket.
+        self._addr = _fast_address(self._sock)
         self._rcvtimeo_ms = -1
         _metrics.attach(self, registry)
 
     def _reset(self) -> None:
         """Lazy Pirate: drop the socket (and anything queued on it), open a fresh one."""
+        self._addr = 0
         self._sock.close(0)
         self._sock = _open_dealer(
             self._ctx, self.endpoint, self._security, liveness=self._liveness
         )
         self._send = _send_of(self._sock)
+        self._addr = _fast_address(self._sock)
         self._rcvtimeo_ms = -1
         self._stats["reconnects"] += 1
 
@@ -973,7 +1090,7 @@ class Client(_ClientBase):
             self._stats["requests"] += 1
             t0 = _perf_counter_ns()
             if self._plain:
-                result = self._attempt(name, mb, flags, body, t)
+                result = self._attempt(name, mb, flags, body, t, t0)
             else:
                 result = self._with_policies(name, mb, flags, body, t)
             took = _perf_counter_ns() - t0
@@ -996,11 +1113,13 @@ class Client(_ClientBase):
                 if self.rate_limit is not None:
                     self.rate_limit.acquire(timeout=t_attempt)
                 if breaker is None:
-                    return self._attempt(name, mb, flags, body, t_attempt)
+                    return self._attempt(name, mb, flags, body, t_attempt, _perf_counter_ns())
                 breaker.check()
                 t0 = breaker.clock()
                 try:
-                    result = self._attempt(name, mb, flags, body, t_attempt)
+                    result = self._attempt(
+                        name, mb, flags, body, t_attempt, _perf_counter_ns()
+                    )
                 except BaseException as exc:
                     breaker.record_exception(exc, breaker.clock() - t0)
                     raise
@@ -1023,7 +1142,62 @@ class Client(_ClientBase):
                 assert self.retry is not None
                 self.retry.sleep(delay)
 
-    def _attempt(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
+    def _attempt(
+        self, name: str, mb: bytes, flags: int, body: bytes, t: float, t0: int
+    ) -> Any:
+        """One attempt: send, wait up to ``t`` s counted from ``t0`` (perf_counter_ns)."""
+        addr = self._addr
+        if not addr:
+            return self._attempt_pyzmq(name, mb, flags, body, t)
+        cid = self._cid = (self._cid + 1) & _CID_MASK
+        err = _fast_send_request(addr, cid, flags, mb, body)
+        if err:
+            if err != _EAGAIN:
+                exc = zmq.ZMQError(err)
+                raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
+            # IMMEDIATE and no live connection (yet): wait for one, within the timeout.
+            if not self._sock.poll(max(1, int(t * 1000)), zmq.POLLOUT):
+                self._stats["timeouts"] += 1
+                raise TimeoutError(
+                    f"cannot reach an RPC server at {self.endpoint} within {t:g} s "
+                    "(no connection); is it running?"
+                ) from None
+            err = _fast_send_request(addr, cid, flags, mb, body)
+            if err:
+                exc = zmq.ZMQError(err)
+                raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
+            remaining = t - (_perf_counter_ns() - t0) * 1e-9
+            ms = int(remaining * 1000) + 1 if remaining > 0 else 0
+        else:
+            # Sent at once: the whole timeout is left (to well under the 1 ms granularity),
+            # so the first wait needs no clock read, and the receive timeout stays unchanged
+            # from request to request (no setsockopt).
+            ms = int(t * 1000) + 1
+        recv_reply = _fast_recv_reply
+        while ms > 0:
+            if ms != self._rcvtimeo_ms:
+                self._sock.setsockopt(zmq.RCVTIMEO, ms)
+                self._rcvtimeo_ms = ms
+            try:
+                reply = recv_reply(addr, cid)
+            except BusError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, zmq.ZMQError):
+                    raise from_zmq(cause, f"request {name!r} to {self.endpoint}") from cause
+                raise
+            if type(reply) is bytes:  # our raw-bytes reply, judged in C
+                self._stats["replies"] += 1
+                return reply
+            if reply is not None:
+                ok, value = self._parse_reply(bytes(reply), cid)
+                if ok:
+                    return value
+            remaining = t - (_perf_counter_ns() - t0) * 1e-9
+            ms = int(remaining * 1000) + 1 if remaining > 0 else 0
+        self._stats["timeouts"] += 1
+        raise TimeoutError(f"no reply to {name!r} from {self.endpoint} within {t:g} s")
+
+    def _attempt_pyzmq(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
         cid = self._cid = (self._cid + 1) & _CID_MASK
         frame = _PACK(WIRE_VERSION, KIND_REQUEST, flags, len(mb), cid) + mb + body
         deadline = _monotonic() + t
@@ -1083,6 +1257,7 @@ class Client(_ClientBase):
         with self._lock:
             if not self._closed:
                 self._closed = True
+                self._addr = 0
                 self._sock.close(0)
 
     def __enter__(self) -> Client:
