@@ -4,6 +4,7 @@ __all__ = [
     "AVAILABLE",
     "UNAVAILABLE_REASON",
     "library_path",
+    "call",
     "send_request",
     "recv_reply",
     "recv_request",
@@ -27,6 +28,9 @@ REASON_METHOD: str
 REASON_MULTIPART: str
 
 def library_path() -> str: ...
+def call(
+    sock: int, cid_base: int, seq: int, flags: int, method: bytes, payload: bytes
+) -> bytes | bytearray | int | None: ...
 def send_request(sock: int, cid: int, flags: int, method: bytes, payload: bytes) -> int: ...
 def recv_reply(sock: int, cid: int) -> bytes | bytearray | None: ...
 def recv_request(

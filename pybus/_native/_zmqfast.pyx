@@ -44,6 +44,7 @@ __all__ = [
     "AVAILABLE",
     "UNAVAILABLE_REASON",
     "library_path",
+    "call",
     "send_request",
     "recv_reply",
     "recv_request",
@@ -223,6 +224,65 @@ def recv_reply(size_t sock, uint64_t cid):
     cdef int err
     cdef const uint8_t *data
     cdef size_t n
+    pb_zmq_msg_init(&msg)
+    with nogil:
+        err = pb_zmq_msg_recv(&msg, s, 0)
+    if err:
+        pb_zmq_msg_close(&msg)
+        if err == EAGAIN:
+            return None
+        if err == EINTR:
+            _signalled()
+            return None
+        _raise(err, "RPC client receive")
+    data = <const uint8_t *>pb_zmq_msg_data(&msg)
+    n = pb_zmq_msg_size(&msg)
+    try:
+        if (n >= HEADER_SIZE and data[1] == KIND_REPLY and data[2] == 0
+                and data[0] == WIRE_VERSION and _le64(data + 4) == cid):
+            return PyBytes_FromStringAndSize(<const char *>data + HEADER_SIZE,
+                                             <Py_ssize_t>(n - HEADER_SIZE))
+        return PyByteArray_FromStringAndSize(<const char *>data, <Py_ssize_t>n)
+    finally:
+        pb_zmq_msg_close(&msg)
+
+
+def call(size_t sock, uint64_t cid_base, uint64_t seq, uint8_t flags, bytes method not None,
+         bytes payload not None):
+    """:func:`send_request` then :func:`recv_reply` in one call (the client's hot path).
+
+    The correlation id is ``(cid_base + seq) mod 2**64``: a client keeps a random base and a
+    small counter, so its per-request arithmetic stays on small Python ints.
+
+    Returns
+    -------
+    bytes, bytearray or None
+        As :func:`recv_reply`, once the request was queued.
+    int
+        The ZeroMQ errno when the request could not be queued (nothing was sent and nothing
+        waited for): EAGAIN when it would block, others as ZeroMQ reports them.
+    """
+    cdef void *s = _socket(sock)
+    cdef uint64_t cid = cid_base + seq
+    cdef uint8_t head[HEADER_SIZE]
+    cdef pb_zmq_buf bufs[3]
+    cdef Py_ssize_t mlen = PyBytes_GET_SIZE(method)
+    cdef pb_zmq_msg msg
+    cdef int err
+    cdef const uint8_t *data
+    cdef size_t n
+    if mlen < 1 or mlen > 255:
+        raise ValueError(f"method is {mlen} bytes; allowed: 1-255")
+    _header(head, KIND_REQUEST, flags, <uint8_t>mlen, cid)
+    bufs[0].data = head
+    bufs[0].len = HEADER_SIZE
+    bufs[1].data = PyBytes_AS_STRING(method)
+    bufs[1].len = <size_t>mlen
+    bufs[2].data = PyBytes_AS_STRING(payload)
+    bufs[2].len = <size_t>PyBytes_GET_SIZE(payload)
+    err = _send_concat(s, bufs, 3, 0)
+    if err:
+        return err
     pb_zmq_msg_init(&msg)
     with nogil:
         err = pb_zmq_msg_recv(&msg, s, 0)
