@@ -387,3 +387,65 @@ def test_env_var_selects_the_fallback_and_rpc_tests_pass_on_it():
         env=env, capture_output=True, text=True, timeout=180, cwd="/",
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+def test_threads_sharing_one_client_get_their_own_replies(tmp_path, path):
+    """ClientCore's lock serialises requests: no reply reaches another thread's call."""
+    ep = f"ipc://{tmp_path}/threads.ipc"
+    errors: list = []
+    with pybus.Server(ep) as srv:
+        srv.add_handler("echo", lambda p: p)
+        with pybus.Client(ep, timeout=5.0) as c:
+            def run(k: int) -> None:
+                try:
+                    for i in range(300):
+                        want = f"{k}:{i}".encode()
+                        got = c.request("echo", want)
+                        if got != want:
+                            errors.append((want, got))
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(20)
+            st = c.stats()
+    assert errors == []
+    assert st["requests"] == st["replies"] == 1200
+    assert st["late_replies"] == st["timeouts"] == 0
+
+
+def test_changing_the_client_timeout_takes_effect_on_the_next_request(tmp_path, path):
+    ep = f"ipc://{tmp_path}/tmo.ipc"
+    release = threading.Event()
+    with pybus.Server(ep, workers=1) as srv:
+        srv.add_handler("echo", lambda p: p)
+        srv.add_handler("stall", lambda p: release.wait(5) and p)
+        with pybus.Client(ep, timeout=5.0) as c:
+            for _ in range(3):  # the fast path is set up for 5 s by now
+                assert c.request("echo", b"a") == b"a"
+            c.timeout = 0.2
+            t0 = time.monotonic()
+            with pytest.raises(pybus.TimeoutError):
+                c.request("stall", b"b")
+            assert time.monotonic() - t0 < 2.0
+            release.set()
+            c.timeout = 5.0
+            assert c.request("echo", b"c") == b"c"
+            st = c.stats()
+    assert st["timeouts"] == 1 and st["late_replies"] == 1
+
+
+def test_closed_client_refuses_on_both_paths(tmp_path, path):
+    ep = f"ipc://{tmp_path}/closed.ipc"
+    with pybus.Server(ep) as srv:
+        srv.add_handler("echo", lambda p: p)
+        c = pybus.Client(ep, timeout=2.0)
+        assert c.request("echo", b"x") == b"x"
+        assert c.request("echo", b"y") == b"y"
+        c.close()
+        c.close()
+        with pytest.raises(pybus.ClosedError):
+            c.request("echo", b"z")

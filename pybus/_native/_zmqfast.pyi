@@ -1,9 +1,12 @@
 """Type stub of pybus._native._zmqfast (request/reply I/O straight into pyzmq's libzmq)."""
 
+from typing import Any
+
 __all__ = [
     "AVAILABLE",
     "UNAVAILABLE_REASON",
     "library_path",
+    "ClientCore",
     "call",
     "send_request",
     "recv_reply",
@@ -28,6 +31,23 @@ REASON_METHOD: str
 REASON_MULTIPART: str
 
 def library_path() -> str: ...
+
+class ClientCore:
+    _addr: int
+    _cid_base: int
+    _seq: int
+    _n_requests: int
+    _n_replies: int
+    timeout: float
+    _fast_timeout: float
+    _plain: bool
+    _closed: bool
+    _methods: dict[str, bytes]
+    _rpc_latency: Any
+    def _acquire(self) -> None: ...
+    def _release(self) -> None: ...
+    def request(self, name: str, payload: Any = b"", timeout: float | None = None) -> Any: ...
+
 def call(
     sock: int, cid_base: int, seq: int, flags: int, method: bytes, payload: bytes
 ) -> bytes | bytearray | int | None: ...

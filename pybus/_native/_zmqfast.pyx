@@ -28,11 +28,31 @@ functions then raise ``pybus.BusError`` and pybus uses pyzmq's own calls instead
 
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pythread cimport (
+    NOWAIT_LOCK,
+    PY_LOCK_ACQUIRED,
+    PY_LOCK_INTR,
+    PyLockStatus,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_type_lock,
+)
+from cpython.ref cimport PyObject
 from libc.errno cimport EAGAIN, EINTR, ENOTSOCK
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from pybus._native.czmq cimport *
+
+
+cdef extern from "pythread.h" nogil:
+    # CPython 3.2+ (not in Cython's cpython/pythread.pxd): a wait that a signal can interrupt
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
+                                             int intr_flag)
 
 import os
 
@@ -44,6 +64,7 @@ __all__ = [
     "AVAILABLE",
     "UNAVAILABLE_REASON",
     "library_path",
+    "ClientCore",
     "call",
     "send_request",
     "recv_reply",
@@ -262,8 +283,10 @@ def call(size_t sock, uint64_t cid_base, uint64_t seq, uint8_t flags, bytes meth
         The ZeroMQ errno when the request could not be queued (nothing was sent and nothing
         waited for): EAGAIN when it would block, others as ZeroMQ reports them.
     """
-    cdef void *s = _socket(sock)
-    cdef uint64_t cid = cid_base + seq
+    return _call(_socket(sock), cid_base + seq, flags, method, payload)
+
+
+cdef object _call(void *s, uint64_t cid, uint8_t flags, bytes method, bytes payload):
     cdef uint8_t head[HEADER_SIZE]
     cdef pb_zmq_buf bufs[3]
     cdef Py_ssize_t mlen = PyBytes_GET_SIZE(method)
@@ -304,6 +327,139 @@ def call(size_t sock, uint64_t cid_base, uint64_t seq, uint8_t flags, bytes meth
         return PyByteArray_FromStringAndSize(<const char *>data, <Py_ssize_t>n)
     finally:
         pb_zmq_msg_close(&msg)
+
+
+# -- the client's request, in C -----------------------------------------------------------
+cdef int64_t _LATENCY_MAX_NS = 3_600_000_000_000  # pybus.rpc._LATENCY_MAX_NS
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    # CLOCK_MONOTONIC: the clock time.perf_counter_ns reads on Linux, so t0 mixes with it.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+
+cdef int _lock(PyThread_type_lock m) except -1:
+    """Acquire m; waits with the GIL released and stays interruptible (Ctrl-C)."""
+    cdef PyLockStatus r
+    if PyThread_acquire_lock(m, NOWAIT_LOCK):
+        return 0
+    while True:
+        with nogil:
+            r = PyThread_acquire_lock_timed(m, -1, 1)
+        if r == PY_LOCK_ACQUIRED:
+            return 0
+        if r == PY_LOCK_INTR:
+            _signalled()
+
+
+cdef class ClientCore:
+    """The state and the common case of :meth:`pybus.Client.request`, compiled.
+
+    A base class of ``pybus.rpc.Client`` (which sets every field from Python). It owns one C
+    object: the mutex serialising requests (``_acquire`` / ``_release`` from Python).
+    ``request`` handles here the case that dominates a request/reply workload -- bytes
+    payload, the client's own timeout, no retry/breaker/rate limit, the fast path on, our raw
+    reply arriving -- and hands anything else to the Python methods ``_request`` (the whole
+    request) or ``_attempt_rest`` (after a send or a wait that did not end with our reply).
+    ``_fast_timeout`` is the timeout the socket's RCVTIMEO is set for (0: none; Python sets
+    it, and clears it whenever RCVTIMEO changes).
+    """
+
+    cdef PyThread_type_lock _mutex
+    cdef public size_t _addr
+    cdef public uint64_t _cid_base
+    cdef public uint64_t _seq
+    cdef public long long _n_requests
+    cdef public long long _n_replies
+    cdef public double timeout
+    cdef public double _fast_timeout
+    cdef public bint _plain
+    cdef public bint _closed
+    cdef public dict _methods
+    cdef public object _rpc_latency
+
+    def __cinit__(self, *args, **kwargs):
+        self._mutex = PyThread_allocate_lock()
+        if self._mutex == NULL:
+            raise MemoryError("cannot allocate the RPC client's lock")
+
+    def __dealloc__(self):
+        if self._mutex != NULL:
+            PyThread_free_lock(self._mutex)
+
+    def _acquire(self) -> None:
+        """Take the request lock (blocking; interruptible by signals)."""
+        _lock(self._mutex)
+
+    def _release(self) -> None:
+        """Release the request lock; only by the thread that took it."""
+        PyThread_release_lock(self._mutex)
+
+    def request(self, name, payload=b"", timeout=None):
+        """Call ``name`` on the server and return its reply payload.
+
+        Parameters
+        ----------
+        name : str
+            The handler's name (1-255 UTF-8 bytes).
+        payload : bytes or msgpack-serialisable
+            Bytes go raw; anything else is msgpack-encoded.
+        timeout : float or None
+            Per-attempt timeout in seconds; default the client's.
+
+        Returns
+        -------
+        bytes or object
+            What the handler returned (bytes raw, anything else decoded).
+
+        Raises
+        ------
+        RemoteError
+            The handler raised (or no handler has that name).
+        TimeoutError
+            No reply after every attempt the retry policy allows.
+        RetryExhaustedError
+            Every attempt failed with another retryable error.
+        CircuitOpenError, RateLimitError
+            The breaker or rate limiter refused (and retries, if any, ran out).
+        ClosedError
+            The client is closed.
+        """
+        cdef PyObject *mb
+        cdef uint64_t cid
+        cdef int64_t t0, took
+        if (timeout is not None or not _ok or self._addr == 0 or type(payload) is not bytes
+                or self.timeout != self._fast_timeout or self._closed or not self._plain):
+            return self._request(name, payload, timeout)
+        mb = PyDict_GetItem(self._methods, name)
+        if mb == NULL:
+            return self._request(name, payload, timeout)
+        _lock(self._mutex)
+        if self._addr == 0 or self._closed or self.timeout != self._fast_timeout:
+            # changed while this thread waited for the lock
+            PyThread_release_lock(self._mutex)
+            return self._request(name, payload, timeout)
+        try:
+            self._n_requests += 1
+            t0 = _now_ns()
+            self._seq += 1
+            cid = self._cid_base + self._seq
+            try:
+                reply = _call(<void *>self._addr, cid, 0, <bytes>mb, payload)
+            except BusError as exc:
+                raise self._remap(exc, name) from exc.__cause__
+            if type(reply) is bytes:
+                self._n_replies += 1
+            else:
+                reply = self._attempt_rest(name, <bytes>mb, 0, payload, self.timeout, t0, cid,
+                                           reply)
+            took = _now_ns() - t0
+            self._rpc_latency.record(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
+            return reply
+        finally:
+            PyThread_release_lock(self._mutex)
 
 
 # -- server -------------------------------------------------------------------------------
