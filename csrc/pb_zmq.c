@@ -85,8 +85,8 @@ static int resolve(void *handle, const char *name, void *fnptr, size_t fnsize) {
 int pb_zmq_load(const char *path) {
     if (loaded) return PB_OK;
     load_error[0] = '\0';
+    search_state st; /* function scope: path may point into it below */
     if (path == NULL) {
-        search_state st;
         memset(&st, 0, sizeof st);
         dl_iterate_phdr(on_object, &st);
         if (st.matches == 0) {
