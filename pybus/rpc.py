@@ -701,13 +701,14 @@ class Server:
                 self._bad_frame(reason)
                 continue
             stats["requests"] += 1
-            fn = self._handlers.get(method)
+            # reason None: method is the bytes name (recv_request's contract)
+            fn = self._handlers.get(method)  # type: ignore[arg-type]
             if self.rate_limit is not None and not self._admit(ident):
                 stats["rate_limited"] += 1
                 kind, rflags, body = kind_error, flag_msgpack, self._limited(ident)
             elif fn is None:
                 stats["unknown_method"] += 1
-                kind, rflags, body = kind_error, flag_msgpack, self._unknown(method)
+                kind, rflags, body = kind_error, flag_msgpack, self._unknown(method)  # type: ignore[arg-type]
             else:
                 try:
                     arg = decode_payload(flags, data) if flags else data

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from typing_extensions import disjoint_base
+
 __all__ = [
     "AVAILABLE",
     "UNAVAILABLE_REASON",
@@ -32,6 +34,7 @@ REASON_MULTIPART: str
 
 def library_path() -> str: ...
 
+@disjoint_base
 class ClientCore:
     _addr: int
     _cid_base: int
