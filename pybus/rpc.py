@@ -42,6 +42,7 @@ import msgpack
 import zmq
 from zmq.backend import Socket as _ZmqBackendSocket
 
+from . import _sockets
 from . import metrics as _metrics
 from ._native import Histogram, _zmqfast
 from ._sockets import DEFAULT_LIVENESS, Liveness, apply_liveness, check_rpc_liveness
@@ -93,26 +94,12 @@ _IDLE_CHECK_MS = 100
 
 _log = logging.getLogger("pybus.rpc")
 
-#: Whether Clients and Servers created from now on do their hot-path I/O through
-#: ``pybus._native._zmqfast`` (straight into the libzmq pyzmq loaded) instead of pyzmq's
-#: Python-level send/recv. False when that library could not be resolved or verified, or when
-#: ``PYBUS_NO_ZMQ_FASTPATH=1`` was set at import; tests set it to exercise both paths.
-FASTPATH: bool = _zmqfast.AVAILABLE
 _EAGAIN = int(zmq.EAGAIN)
 _fast_call = _zmqfast.call
 _fast_send_request = _zmqfast.send_request
 _fast_recv_reply = _zmqfast.recv_reply
-
-
-def _fast_address(sock: zmq.Socket[Any]) -> int:
-    """``sock.underlying`` when the fast path may drive ``sock``, else 0.
-
-    Only plain pyzmq sockets qualify: a subclass (zmq.green, a user's socket_class) may
-    override send/recv to cooperate with an event loop, which a blocking C call would bypass.
-    """
-    if FASTPATH and type(sock) is zmq.Socket:
-        return int(sock.underlying)
-    return 0
+# (0: use pyzmq's calls; see pybus._sockets.FASTPATH for when the fast path is on)
+_fast_address = _sockets.fast_address
 
 
 def _send_of(sock: zmq.Socket[Any]) -> Callable[..., Any]:

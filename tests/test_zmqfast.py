@@ -15,12 +15,14 @@ import pytest
 import zmq
 
 import pybus
-from pybus import rpc
+from pybus import _sockets
 from pybus._native import _zmqfast as fast
 
 pytestmark = pytest.mark.timeout(30)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import wqhelpers as H  # noqa: E402  (a from-the-doc work-queue codec)
 
 # Independent from-the-doc encoder (docs/wire-reqrep.md), not pybus's.
 DOC_HEADER = "<BBBBQ"
@@ -277,7 +279,7 @@ def test_ctrl_c_interrupts_a_blocking_wait(pair):
 def path(request, monkeypatch):
     if request.param == "fast" and not fast.AVAILABLE:
         pytest.skip(f"fast path unavailable: {fast.UNAVAILABLE_REASON}")
-    monkeypatch.setattr(rpc, "FASTPATH", request.param == "fast")
+    monkeypatch.setattr(_sockets, "FASTPATH", request.param == "fast")
     return request.param
 
 
@@ -370,12 +372,12 @@ def test_client_timeout_is_bounded_on_both_paths(tmp_path, path):
 
 def test_env_var_selects_the_fallback_and_rpc_tests_pass_on_it():
     """PYBUS_NO_ZMQ_FASTPATH=1: the fast path reports itself off and refuses to run, and the
-    whole RPC test file passes on pyzmq's calls."""
+    RPC and work-queue test files pass on pyzmq's calls."""
     env = dict(os.environ, PYBUS_NO_ZMQ_FASTPATH="1")
     probe = subprocess.run(
         [sys.executable, "-c",
-         "from pybus._native import _zmqfast as f; from pybus import rpc\n"
-         "print(f.AVAILABLE, rpc.FASTPATH, f.UNAVAILABLE_REASON)\n"
+         "from pybus._native import _zmqfast as f; from pybus import _sockets\n"
+         "print(f.AVAILABLE, _sockets.FASTPATH, f.UNAVAILABLE_REASON)\n"
          "try:\n    f.recv_reply(1, 1)\nexcept Exception as e:\n    print(type(e).__name__)"],
         env=env, capture_output=True, text=True, timeout=60, cwd="/",
     )
@@ -383,8 +385,9 @@ def test_env_var_selects_the_fallback_and_rpc_tests_pass_on_it():
         "False False disabled by PYBUS_NO_ZMQ_FASTPATH", "BusError"], probe.stderr
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         os.path.join(HERE, "test_rpc.py")],
-        env=env, capture_output=True, text=True, timeout=180, cwd="/",
+         *(os.path.join(HERE, f) for f in
+           ("test_rpc.py", "test_workqueue.py", "test_workqueue_faults.py"))],
+        env=env, capture_output=True, text=True, timeout=300, cwd="/",
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
 
@@ -449,3 +452,53 @@ def test_closed_client_refuses_on_both_paths(tmp_path, path):
         c.close()
         with pytest.raises(pybus.ClosedError):
             c.request("echo", b"z")
+
+
+# -- the work queue on both paths ----------------------------------------------------------
+def test_worker_judges_each_part_of_a_multipart_message(path):
+    """A fake queue (from the wire doc) sends [HEARTBEAT][junk][DISPATCH] as ONE message: the
+    junk part is counted, the others are handled as if they had come alone."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    router.rcvtimeo = 5000
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    seen: list = []
+    w = pybus.Worker(f"tcp://127.0.0.1:{port}", lambda m: seen.append(m.seq)).start()
+    try:
+        while True:
+            ident, frame = router.recv_multipart()
+            if H.command(frame) == "H":
+                break
+        assert (w._sock_addr != 0) == (path == "fast")
+        router.send_multipart([ident, bytes([1, ord("W")]) + b"\x32\0\0\0\x03\0\0\0\x10\0\0\0"])
+        assert w.wait_ready(5)
+        router.send_multipart([ident, H.heartbeat(), b"\x07junk",
+                               H.dispatch([(41, 1, "m.p", b"x", 0, None, 0)])])
+        while True:
+            _, frame = router.recv_multipart()
+            if H.command(frame) == "A":
+                break
+        assert H.decode_ack(frame) == ([41], [])
+        assert seen == [41]
+        assert w.stats()["decode_errors"] == 1
+    finally:
+        w.stop()
+        router.close()
+        ctx.term()
+
+
+def test_queue_counts_a_message_of_the_wrong_shape_and_keeps_serving(path):
+    seen: list = []
+    with pybus.WorkQueue("tcp://127.0.0.1:0") as q:
+        assert (q._router_addr != 0) == (path == "fast")
+        raw = zmq.Context.instance().socket(zmq.DEALER)
+        raw.linger = 0
+        raw.connect(q.endpoint)
+        raw.send_multipart([H.hello(4), b"extra"])  # [identity][2 parts]: 3 frames
+        with pybus.Worker(q.endpoint, lambda m: seen.append(m.payload)):
+            q.put("s.t", b"one")
+            assert q.join(10)
+            H.wait_until(lambda: q.stats()["decode_errors"] == 1, 5, "the decode error")
+        raw.close(0)
+    assert seen == [b"one"]

@@ -15,6 +15,8 @@ __all__ = [
     "recv_request",
     "send_reply",
     "send_frame",
+    "recv_message",
+    "send_message",
     "REASON_SHORT",
     "REASON_VERSION",
     "REASON_FLAGS",
@@ -63,3 +65,5 @@ def send_reply(
     sock: int, identity: bytes, cid: int, kind: int, flags: int, payload: bytes
 ) -> int: ...
 def send_frame(sock: int, data: bytes, more: bool = False) -> int: ...
+def recv_message(sock: int, dontwait: bool = True) -> list[bytes] | None: ...
+def send_message(sock: int, parts: tuple[bytes, ...]) -> int: ...

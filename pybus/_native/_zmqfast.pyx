@@ -71,6 +71,8 @@ __all__ = [
     "recv_request",
     "send_reply",
     "send_frame",
+    "recv_message",
+    "send_message",
     "REASON_SHORT",
     "REASON_VERSION",
     "REASON_FLAGS",
@@ -587,3 +589,71 @@ def send_frame(size_t sock, bytes data not None, bint more=False) -> int:
     buf.data = PyBytes_AS_STRING(data)
     buf.len = <size_t>PyBytes_GET_SIZE(data)
     return _send_concat(s, &buf, 1, PB_ZMQ_SNDMORE if more else 0)
+
+
+# -- generic messages (the work queue) -----------------------------------------------------
+def recv_message(size_t sock, bint dontwait=True):
+    """Receive one whole message (every part), or None when none is ready.
+
+    ``dontwait`` False waits (GIL released) up to the socket's RCVTIMEO; a signal
+    interrupting that wait runs the handlers and returns None, as :func:`recv_reply` does.
+
+    Returns
+    -------
+    list of bytes or None
+        The parts in order; ZeroMQ delivers a message's parts together, so once the first
+        arrived the rest never wait.
+    """
+    cdef void *s = _socket(sock)
+    cdef pb_zmq_msg msg
+    cdef int err
+    cdef list parts
+    pb_zmq_msg_init(&msg)
+    if dontwait:
+        err = pb_zmq_msg_recv(&msg, s, PB_ZMQ_DONTWAIT)
+    else:
+        with nogil:
+            err = pb_zmq_msg_recv(&msg, s, 0)
+    if err:
+        pb_zmq_msg_close(&msg)
+        if err == EAGAIN:
+            return None
+        if err == EINTR:
+            _signalled()
+            return None
+        _raise(err, "ZeroMQ receive")
+    try:
+        parts = [PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
+                                           <Py_ssize_t>pb_zmq_msg_size(&msg))]
+        while pb_zmq_msg_more(&msg):
+            _recv_rest(&msg, s)
+            parts.append(PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
+                                                   <Py_ssize_t>pb_zmq_msg_size(&msg)))
+        return parts
+    finally:
+        pb_zmq_msg_close(&msg)
+
+
+def send_message(size_t sock, tuple parts not None) -> int:
+    """Send the bytes in ``parts`` as one message, without blocking.
+
+    Returns 0 once queued, or the ZeroMQ errno of the part that failed (EAGAIN, EHOSTUNREACH
+    from a ROUTER_MANDATORY ROUTER, ...). As with pyzmq's send_multipart, a failure after the
+    first part leaves the parts before it queued; a ROUTER refuses an unroutable message at its
+    first part, before anything is queued.
+    """
+    cdef void *s = _socket(sock)
+    cdef Py_ssize_t i, n = len(parts)
+    cdef pb_zmq_buf buf
+    cdef int err
+    cdef bytes part
+    if n == 0:
+        raise ValueError("a message needs at least one part")
+    for i in range(n):
+        part = parts[i]
+        buf.data = PyBytes_AS_STRING(part)
+        buf.len = <size_t>PyBytes_GET_SIZE(part)
+        err = _send_concat(s, &buf, 1, PB_ZMQ_SNDMORE if i + 1 < n else 0)
+        if err:
+            return err
+    return 0
