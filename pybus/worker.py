@@ -160,6 +160,10 @@ class Worker:
         self._results_addr = f"inproc://pybus-worker-{next(_worker_seq)}-{id(self):x}"
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._gen = 0  # session number; work from an older session is dropped unstarted
+        # _zmqfast addresses of the socket thread's session and results sockets (0: none, or
+        # pyzmq's calls); set and used by the socket thread only
+        self._sock_addr = 0
+        self._results_fast = 0
         self._stopping = False
         self._running = False
         self._ready = threading.Event()
@@ -259,9 +263,9 @@ class Worker:
         except zmq.ZMQError as exc:
             sock.close()
             raise from_zmq(exc, f"Worker cannot connect to {self.endpoint!r}") from None
-        sock.send(P.hello(self.prefetch))
         # the session socket's address for _zmqfast (0: pyzmq's calls); socket thread only
         self._sock_addr = _sockets.fast_address(sock)
+        sock.send(P.hello(self.prefetch))
         self._c["sessions"] += 1
         return sock
 
