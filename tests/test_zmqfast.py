@@ -349,6 +349,8 @@ def test_late_reply_is_counted_on_both_paths(tmp_path, path):
             with pytest.raises(pybus.TimeoutError):
                 c.request("slow", b"first")
             gate.set()
+            # the late reply leaves the server first: one pipe keeps the order of its messages
+            H.wait_until(lambda: srv.stats()["replies"] == 1, 5, "the late reply sent")
             assert c.request("echo", b"second", timeout=2.0) == b"second"
             st = c.stats()
     assert st["timeouts"] == 1 and st["late_replies"] == 1 and st["replies"] == 1
@@ -436,6 +438,7 @@ def test_changing_the_client_timeout_takes_effect_on_the_next_request(tmp_path, 
                 c.request("stall", b"b")
             assert time.monotonic() - t0 < 2.0
             release.set()
+            H.wait_until(lambda: srv.stats()["replies"] == 4, 5, "the late reply sent")
             c.timeout = 5.0
             assert c.request("echo", b"c") == b"c"
             st = c.stats()
