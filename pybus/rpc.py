@@ -635,7 +635,7 @@ class Server:
     def _loop_fast(self, addr: int) -> None:
         """The I/O loop on ``_zmqfast``: the request is read and its header judged in C, the
         reply header written in C; the decisions (and their counters) stay here, in the same
-        order as the pyzmq loop below this one."""
+        order as the pyzmq loop (_loop)."""
         sock = self._sock
         recv = sock.recv
         zsend = _send_of(sock)
