@@ -5,7 +5,10 @@ Each side (client, server) of each pair (raw pyzmq DEALER/ROUTER echo, pybus
 Client/Server) runs under callgrind twice, with ``--small`` and ``--large`` timed
 round trips, while the other side runs natively in a second process; the
 difference of the two totals divided by the difference in round trips is that
-side's cost per request (start-up and import costs cancel out).
+side's cost per request (start-up and import costs cancel out). The measured
+processes run with PYTHONHASHSEED=0: with random hash seeds the start-up costs
+(imports, compiling) differ from run to run by ~1-2 M instructions, which would
+not cancel (up to ~1k instructions per request of noise).
 
 Run:  .venv/bin/python bench/callgrind_rpc.py [--small 200] [--large 2200]
 """
@@ -68,12 +71,14 @@ def _server(kind: str, endpoint: str, n: int) -> None:
 
 def _measured(side: str, kind: str, n: int, tmp: str) -> int:
     endpoint = f"ipc://{tmp}/{side}-{kind}-{n}.ipc"
+    env = dict(os.environ, PYTHONHASHSEED="0")
     server = None
     if side == "client":
         server = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "bench_rpc.py"), "--serve", kind, endpoint],
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
     try:
@@ -94,6 +99,7 @@ def _measured(side: str, kind: str, n: int, tmp: str) -> int:
             text=True,
             timeout=600,
             check=True,
+            env=env,
         ).stderr
     finally:
         if server is not None:

@@ -13,6 +13,7 @@ const char *pb_strerror(int status) {
     case PB_ERANGE: return "value outside the trackable range";
     case PB_EFULL: return "ring full";
     case PB_EFRAME: return "malformed frame";
+    case PB_ENOTFOUND: return "library or symbol not found";
     default: return "unknown status";
     }
 }

@@ -20,6 +20,7 @@
 #define PB_ERANGE (-3)  /* a value is outside a histogram's trackable range */
 #define PB_EFULL (-4)   /* the ring has no room for the record */
 #define PB_EFRAME (-5)  /* a frame is malformed (see the error detail) */
+#define PB_ENOTFOUND (-6)  /* a needed library or symbol is not available (pb_zmq_load) */
 
 /* A short English description of a status code (static storage). */
 const char *pb_strerror(int status);

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ._native import _zmqfast
 from .errors import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -453,6 +454,26 @@ class _Hub:
 _HUBS: dict[int, _Hub] = {}
 _MONITOR_SEQ = itertools.count(1)
 _HUBS_LOCK = threading.Lock()
+
+
+#: Whether sockets created from now on do their hot-path I/O through
+#: ``pybus._native._zmqfast`` (straight into the libzmq pyzmq loaded) instead of pyzmq's
+#: Python-level send/recv (RPC client and server, work queue and worker). False when that
+#: library could not be resolved or verified, or when ``PYBUS_NO_ZMQ_FASTPATH=1`` was set at
+#: import; tests set it to exercise both paths.
+FASTPATH: bool = _zmqfast.AVAILABLE
+
+
+def fast_address(sock: zmq.Socket) -> int:
+    """``sock.underlying`` when the fast path may drive ``sock``, else 0.
+
+    Only plain pyzmq sockets qualify: a subclass (zmq.green, a user's socket_class) may
+    override send/recv to cooperate with an event loop, which a blocking C call would bypass.
+    The address dies with the socket: re-read it whenever the socket is replaced.
+    """
+    if FASTPATH and type(sock) is zmq.Socket:
+        return int(sock.underlying)
+    return 0
 
 
 def hub_for(ctx: zmq.Context) -> _Hub:

@@ -29,7 +29,7 @@ import zmq
 from . import _sockets
 from . import _wqproto as P
 from . import metrics as _metrics
-from ._native import Histogram
+from ._native import Histogram, _zmqfast
 from ._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
 from .errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
 
@@ -160,6 +160,10 @@ class Worker:
         self._results_addr = f"inproc://pybus-worker-{next(_worker_seq)}-{id(self):x}"
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._gen = 0  # session number; work from an older session is dropped unstarted
+        # _zmqfast addresses of the socket thread's session and results sockets (0: none, or
+        # pyzmq's calls); set and used by the socket thread only
+        self._sock_addr = 0
+        self._results_fast = 0
         self._stopping = False
         self._running = False
         self._ready = threading.Event()
@@ -249,6 +253,7 @@ class Worker:
 
     def _new_session(self, old: zmq.Socket[Any] | None) -> zmq.Socket[Any]:
         if old is not None:
+            self._sock_addr = 0
             old.close(0)
             self._gen += 1
         self._ready.clear()
@@ -263,6 +268,8 @@ class Worker:
         except zmq.ZMQError as exc:
             sock.close()
             raise from_zmq(exc, f"Worker cannot connect to {self.endpoint!r}") from None
+        # the session socket's address for _zmqfast (0: pyzmq's calls); socket thread only
+        self._sock_addr = _sockets.fast_address(sock)
         sock.send(P.hello(self.prefetch))
         self._c["sessions"] += 1
         return sock
@@ -271,6 +278,7 @@ class Worker:
         results = self._ctx.socket(zmq.PULL)
         results.linger = 0
         results.bind(self._results_addr)
+        self._results_fast = _sockets.fast_address(results)
         sock = self._new_session(None)
         self._handler_threads = [
             threading.Thread(target=self._handle_loop, name=f"pybus-worker-h{i}", daemon=True)
@@ -340,6 +348,9 @@ class Worker:
                 self._ctx.term()
 
     def _forward(self, results: zmq.Socket[Any], sock: zmq.Socket[Any]) -> bool:
+        addr, results_addr = self._sock_addr, self._results_fast
+        if addr and results_addr:
+            return self._forward_fast(results_addr, addr)
         sent = False
         while True:
             try:
@@ -353,29 +364,54 @@ class Worker:
                 except zmq.ZMQError:
                     pass  # the queue redelivers what we could not ack
 
+    def _forward_fast(self, results_addr: int, addr: int) -> bool:
+        """_forward on _zmqfast (the PUSH side sends one-part messages)."""
+        recv_message, send_frame = _zmqfast.recv_message, _zmqfast.send_frame
+        sent = False
+        while True:
+            parts = recv_message(results_addr)
+            if parts is None:
+                return sent
+            for frame in parts:
+                # empty frames only wake us (stop); a send error (errno) is left to the
+                # queue, which redelivers what we could not ack
+                if frame and not send_frame(addr, frame):
+                    sent = True
+
     def _read(self, sock: zmq.Socket[Any]) -> tuple[bool, bool]:
         got = False
+        addr = self._sock_addr
+        recv_message = _zmqfast.recv_message
+        parts: list[bytes] | None
         for _ in range(64):
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+            if addr:
+                parts = recv_message(addr)
+                if parts is None:
+                    break
+            else:
+                try:
+                    parts = [sock.recv(zmq.NOBLOCK)]
+                except zmq.Again:
+                    break
             got = True
-            try:
-                cmd = P.command(frame)
-                if cmd == P.DISPATCH:
-                    self._enqueue(P.parse_dispatch(frame))
-                elif cmd == P.WELCOME:
-                    hb_ms, liveness, _credit = P.parse_welcome(frame)
-                    self._hb_s = hb_ms / 1000.0
-                    self._liveness = liveness
-                    self._ready.set()
-                elif cmd == P.RECONNECT:
-                    return got, True
-                elif cmd != P.HEARTBEAT:
-                    raise FrameError(f"unknown work-queue command {cmd:#x} from the queue")
-            except FrameError:
-                self._c["decode_errors"] += 1
+            # one part per message from the queue; each part of a (malformed) multipart
+            # message is judged alone, as when read part by part
+            for frame in parts:
+                try:
+                    cmd = P.command(frame)
+                    if cmd == P.DISPATCH:
+                        self._enqueue(P.parse_dispatch(frame))
+                    elif cmd == P.WELCOME:
+                        hb_ms, liveness, _credit = P.parse_welcome(frame)
+                        self._hb_s = hb_ms / 1000.0
+                        self._liveness = liveness
+                        self._ready.set()
+                    elif cmd == P.RECONNECT:
+                        return got, True
+                    elif cmd != P.HEARTBEAT:
+                        raise FrameError(f"unknown work-queue command {cmd:#x} from the queue")
+                except FrameError:
+                    self._c["decode_errors"] += 1
         return got, False
 
     def _enqueue(self, entries: tuple[Any, ...]) -> None:

@@ -49,6 +49,7 @@ import zmq
 from . import _sockets
 from . import _wqproto as P
 from . import metrics as _metrics
+from ._native import _zmqfast
 from .errors import (
     BackpressureError,
     BusError,
@@ -313,6 +314,9 @@ class WorkQueue:
                                              max_msg_bytes=_MAX_WORKER_FRAME_BYTES,
                                              receives_stream=True)
             self._router.bind(endpoint)
+            # the ROUTER's address for _zmqfast (0: pyzmq's calls); the ROUTER lives as long
+            # as the dispatcher (closed only as its thread ends)
+            self._router_addr = _sockets.fast_address(self._router)
         except zmq.ZMQError as exc:
             self._router.close()
             self._ctx.term()
@@ -645,6 +649,7 @@ class WorkQueue:
             except BusError:
                 pass
             poller.unregister(router)
+            self._router_addr = 0
             router.close()
             self._wake_pull.close()
 
@@ -669,11 +674,18 @@ class WorkQueue:
 
     def _read_router(self) -> None:
         router = self._router
+        addr = self._router_addr
+        recv_message = _zmqfast.recv_message
         for _ in range(_RECV_BURST):
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+            if addr:
+                frames = recv_message(addr)
+                if frames is None:
+                    return
+            else:
+                try:
+                    frames = router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
             if len(frames) != 2:
                 self._c["decode_errors"] += 1
                 continue
@@ -683,11 +695,17 @@ class WorkQueue:
                 self._c["decode_errors"] += 1
 
     def _send(self, w: _WorkerState, frame: bytes, now: float) -> bool:
-        try:
-            self._router.send_multipart((w.ident, frame), zmq.NOBLOCK)
-        except zmq.ZMQError:  # EHOSTUNREACH: the peer is gone
-            self._lose_worker(w)
-            return False
+        addr = self._router_addr
+        if addr:
+            if _zmqfast.send_message(addr, (w.ident, frame)):  # an errno: EHOSTUNREACH, ...
+                self._lose_worker(w)
+                return False
+        else:
+            try:
+                self._router.send_multipart((w.ident, frame), zmq.NOBLOCK)
+            except zmq.ZMQError:  # EHOSTUNREACH: the peer is gone
+                self._lose_worker(w)
+                return False
         w.last_send = now
         return True
 
@@ -721,6 +739,9 @@ class WorkQueue:
             raise P.FrameError(f"unknown work-queue command {cmd:#x} from a worker")
 
     def _send_raw(self, ident: bytes, frame: bytes) -> None:
+        if self._router_addr:
+            _zmqfast.send_message(self._router_addr, (ident, frame))  # errors: nothing to do
+            return
         try:
             self._router.send_multipart((ident, frame), zmq.NOBLOCK)
         except zmq.ZMQError:

@@ -1,0 +1,69 @@
+"""Type stub of pybus._native._zmqfast (request/reply I/O straight into pyzmq's libzmq)."""
+
+from typing import Any
+
+from typing_extensions import disjoint_base
+
+__all__ = [
+    "AVAILABLE",
+    "UNAVAILABLE_REASON",
+    "library_path",
+    "ClientCore",
+    "call",
+    "send_request",
+    "recv_reply",
+    "recv_request",
+    "send_reply",
+    "send_frame",
+    "recv_message",
+    "send_message",
+    "REASON_SHORT",
+    "REASON_VERSION",
+    "REASON_FLAGS",
+    "REASON_KIND",
+    "REASON_METHOD",
+    "REASON_MULTIPART",
+]
+
+AVAILABLE: bool
+UNAVAILABLE_REASON: str
+REASON_SHORT: str
+REASON_VERSION: str
+REASON_FLAGS: str
+REASON_KIND: str
+REASON_METHOD: str
+REASON_MULTIPART: str
+
+def library_path() -> str: ...
+
+@disjoint_base
+class ClientCore:
+    _addr: int
+    _cid_base: int
+    _seq: int
+    _n_requests: int
+    _n_replies: int
+    timeout: float
+    _fast_timeout: float
+    _plain: bool
+    _closed: bool
+    _methods: dict[str, bytes]
+    _rpc_latency: Any
+    def _acquire(self) -> None: ...
+    def _release(self) -> None: ...
+    def request(self, name: str, payload: Any = b"", timeout: float | None = None) -> Any: ...
+
+def call(
+    sock: int, cid_base: int, seq: int, flags: int, method: bytes, payload: bytes
+) -> bytes | bytearray | int | None: ...
+def send_request(sock: int, cid: int, flags: int, method: bytes, payload: bytes) -> int: ...
+def recv_reply(sock: int, cid: int) -> bytes | bytearray | None: ...
+def recv_request(
+    sock: int,
+) -> tuple[str | None, bytes, int, int, bytes | None, bytes] | None: ...
+def send_reply(
+    sock: int, identity: bytes, cid: int, kind: int, flags: int, payload: bytes
+) -> int: ...
+def send_frame(sock: int, data: bytes, more: bool = False) -> int: ...
+def recv_message(sock: int, dontwait: bool = True) -> list[bytes] | None: ...
+def send_message(sock: int, parts: tuple[bytes, ...]) -> int: ...

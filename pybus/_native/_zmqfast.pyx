@@ -1,0 +1,659 @@
+# cython: language_level=3, embedsignature=True, boundscheck=False, wraparound=False
+# cython: initializedcheck=False, cdivision=True
+"""Request/reply I/O straight into libzmq, on pyzmq's own sockets (csrc/pb_zmq.c).
+
+pyzmq's ``send``/``recv`` wrappers cost about 5k instructions per frame in Python-level
+bookkeeping; these functions call the libzmq that pyzmq loaded (found at import, never linked
+or loaded by pybus itself) on the raw socket pointer pyzmq exposes as ``Socket.underlying``,
+and build/parse the 12-byte request/reply header of docs/wire-reqrep.md in C.
+
+Contract of every I/O function
+------------------------------
+``sock`` is ``zmq.Socket.underlying`` of an open pyzmq socket, read after the socket's latest
+(re)creation; 0 (what pyzmq reports once the socket is closed) raises ``pybus.ClosedError``.
+Passing the address of a socket closed since is undefined behaviour, as in C: the caller
+(pybus.rpc) keeps the address next to the socket and drops both together. Only the thread
+that owns a socket may call these with it (ZeroMQ sockets are not thread-safe). Blocking
+receives release the GIL and are bounded by the socket's ``RCVTIMEO``; a signal that
+interrupts one runs the Python signal handlers (so Ctrl-C raises KeyboardInterrupt) and, if
+they do not raise, the call returns as if it had timed out, so the caller re-checks its own
+deadline. ZeroMQ errors are raised as pybus errors (``pybus.errors.from_zmq``, the
+``zmq.ZMQError`` as ``__cause__``; ENOTSOCK and ETERM as ``ClosedError``), except where a
+function documents that it returns the errno.
+
+``AVAILABLE`` is False when the library could not be resolved, its version differs from
+``zmq.zmq_version_info()``, or the environment sets ``PYBUS_NO_ZMQ_FASTPATH=1``; the I/O
+functions then raise ``pybus.BusError`` and pybus uses pyzmq's own calls instead.
+"""
+
+from cpython.bytearray cimport PyByteArray_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.pythread cimport (
+    NOWAIT_LOCK,
+    PY_LOCK_ACQUIRED,
+    PY_LOCK_INTR,
+    PyLockStatus,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_type_lock,
+)
+from cpython.ref cimport PyObject
+from libc.errno cimport EAGAIN, EINTR, ENOTSOCK
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from pybus._native.czmq cimport *
+
+
+cdef extern from "pythread.h" nogil:
+    # CPython 3.2+ (not in Cython's cpython/pythread.pxd): a wait that a signal can interrupt
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
+                                             int intr_flag)
+
+import os
+
+import zmq
+
+from pybus.errors import BusError, ClosedError, from_zmq
+
+__all__ = [
+    "AVAILABLE",
+    "UNAVAILABLE_REASON",
+    "library_path",
+    "ClientCore",
+    "call",
+    "send_request",
+    "recv_reply",
+    "recv_request",
+    "send_reply",
+    "send_frame",
+    "recv_message",
+    "send_message",
+    "REASON_SHORT",
+    "REASON_VERSION",
+    "REASON_FLAGS",
+    "REASON_KIND",
+    "REASON_METHOD",
+    "REASON_MULTIPART",
+]
+
+# docs/wire-reqrep.md, "Frame layout"
+cdef enum:
+    HEADER_SIZE = 12
+    WIRE_VERSION = 1
+    KIND_REQUEST = 1
+    KIND_REPLY = 2
+    FLAG_MSGPACK = 1
+
+# Why recv_request judged a frame malformed (the names Server.stats() counts them under).
+REASON_SHORT = "short"
+REASON_VERSION = "version"
+REASON_FLAGS = "flags"
+REASON_KIND = "kind"
+REASON_METHOD = "method"
+REASON_MULTIPART = "multipart"
+
+cdef bint _ok = False
+
+
+def _load():
+    global _ok
+    if os.environ.get("PYBUS_NO_ZMQ_FASTPATH", "") not in ("", "0"):
+        return "disabled by PYBUS_NO_ZMQ_FASTPATH"
+    cdef int rc = pb_zmq_load(NULL)
+    cdef bytes first
+    if rc != PB_OK:
+        # pyzmq built with libzmq linked statically into its extension: try that object.
+        first = pb_zmq_load_error()
+        try:
+            from zmq.backend.cython import _zmq as _ext
+            rc = pb_zmq_load(os.fsencode(_ext.__file__))
+        except (ImportError, AttributeError):
+            pass
+        if rc != PB_OK:
+            return first.decode("utf-8", "replace")
+    cdef int major = 0, minor = 0, patch = 0
+    pb_zmq_version(&major, &minor, &patch)
+    if (major, minor, patch) != tuple(zmq.zmq_version_info()):
+        return (f"libzmq {major}.{minor}.{patch} found at {library_path()} is not the "
+                f"{zmq.zmq_version()} pyzmq reports")
+    _ok = True
+    return ""
+
+
+def library_path() -> str:
+    """The file libzmq's functions were resolved from ("" when not resolved)."""
+    return (<bytes>pb_zmq_library_path()).decode("utf-8", "replace")
+
+
+UNAVAILABLE_REASON = _load()
+AVAILABLE = bool(_ok)
+
+
+# -- helpers ------------------------------------------------------------------------------
+cdef inline uint64_t _le64(const uint8_t *p) noexcept nogil:
+    return (<uint64_t>p[0] | (<uint64_t>p[1] << 8) | (<uint64_t>p[2] << 16)
+            | (<uint64_t>p[3] << 24) | (<uint64_t>p[4] << 32) | (<uint64_t>p[5] << 40)
+            | (<uint64_t>p[6] << 48) | (<uint64_t>p[7] << 56))
+
+
+cdef inline void _header(uint8_t *h, uint8_t kind, uint8_t flags, uint8_t mlen,
+                         uint64_t cid) noexcept nogil:
+    cdef int i
+    h[0] = WIRE_VERSION
+    h[1] = kind
+    h[2] = flags
+    h[3] = mlen
+    for i in range(8):
+        h[4 + i] = <uint8_t>(cid >> (8 * i))
+
+
+cdef int _unavailable() except -1:
+    raise BusError(f"the libzmq fast path is not available: {UNAVAILABLE_REASON}")
+
+
+cdef inline void *_socket(size_t sock) except NULL:
+    if not _ok:
+        _unavailable()
+    if sock == 0:
+        raise ClosedError("the ZeroMQ socket is closed")
+    return <void *>sock
+
+
+cdef int _raise(int err, str what) except -1:
+    exc = zmq.ZMQError(err)
+    if err == ENOTSOCK or err == PB_ZMQ_ETERM:
+        raise ClosedError(f"{what}: the ZeroMQ socket or its context is closed "
+                          f"({exc.strerror})") from exc
+    raise from_zmq(exc, what) from exc
+
+
+cdef inline int _signalled() except -1:
+    # EINTR: let Python's signal handlers run now (Ctrl-C raises here).
+    if PyErr_CheckSignals() < 0:
+        return -1
+    return 0
+
+
+cdef int _send_concat(void *s, const pb_zmq_buf *bufs, size_t n, int flags) except -1:
+    """Send without blocking; EINTR retried after the signal handlers ran. 0 or errno."""
+    cdef int err
+    while True:
+        err = pb_zmq_send_concat(s, bufs, n, flags | PB_ZMQ_DONTWAIT)
+        if err != EINTR:
+            return err
+        _signalled()
+
+
+# -- client -------------------------------------------------------------------------------
+def send_request(size_t sock, uint64_t cid, uint8_t flags, bytes method not None,
+                 bytes payload not None) -> int:
+    """Send one REQUEST frame (header + method + payload) without blocking.
+
+    Parameters
+    ----------
+    sock : int
+        ``zmq.Socket.underlying`` of a DEALER.
+    cid : int
+        Correlation id (0 - 2**64-1).
+    flags : int
+        Header flags (``0x01``: the payload is msgpack).
+    method, payload : bytes
+        The method name (1-255 bytes; the caller validates) and the payload.
+
+    Returns
+    -------
+    int
+        0 once queued, or the ZeroMQ errno: EAGAIN when it would block (e.g. IMMEDIATE and no
+        connection yet), others as ZeroMQ reports them.
+    """
+    cdef void *s = _socket(sock)
+    cdef uint8_t head[HEADER_SIZE]
+    cdef pb_zmq_buf bufs[3]
+    cdef Py_ssize_t mlen = PyBytes_GET_SIZE(method)
+    if mlen < 1 or mlen > 255:
+        raise ValueError(f"method is {mlen} bytes; allowed: 1-255")
+    _header(head, KIND_REQUEST, flags, <uint8_t>mlen, cid)
+    bufs[0].data = head
+    bufs[0].len = HEADER_SIZE
+    bufs[1].data = PyBytes_AS_STRING(method)
+    bufs[1].len = <size_t>mlen
+    bufs[2].data = PyBytes_AS_STRING(payload)
+    bufs[2].len = <size_t>PyBytes_GET_SIZE(payload)
+    return _send_concat(s, bufs, 3, 0)
+
+
+def recv_reply(size_t sock, uint64_t cid):
+    """Wait (GIL released, up to the socket's RCVTIMEO) for the next frame on a DEALER.
+
+    Returns
+    -------
+    bytes
+        The payload of a REPLY whose correlation id is ``cid`` and whose flags are 0 (raw
+        bytes): the common case, judged here.
+    bytearray
+        Any other frame, whole (header included), for the caller to judge: a msgpack or
+        ERROR reply, a late reply, a malformed frame.
+    None
+        Nothing arrived within RCVTIMEO, or a signal interrupted the wait (its handlers ran
+        and did not raise): re-check the deadline.
+    """
+    cdef void *s = _socket(sock)
+    cdef pb_zmq_msg msg
+    cdef int err
+    cdef const uint8_t *data
+    cdef size_t n
+    pb_zmq_msg_init(&msg)
+    with nogil:
+        err = pb_zmq_msg_recv(&msg, s, 0)
+    if err:
+        pb_zmq_msg_close(&msg)
+        if err == EAGAIN:
+            return None
+        if err == EINTR:
+            _signalled()
+            return None
+        _raise(err, "RPC client receive")
+    data = <const uint8_t *>pb_zmq_msg_data(&msg)
+    n = pb_zmq_msg_size(&msg)
+    try:
+        if (n >= HEADER_SIZE and data[1] == KIND_REPLY and data[2] == 0
+                and data[0] == WIRE_VERSION and _le64(data + 4) == cid):
+            return PyBytes_FromStringAndSize(<const char *>data + HEADER_SIZE,
+                                             <Py_ssize_t>(n - HEADER_SIZE))
+        return PyByteArray_FromStringAndSize(<const char *>data, <Py_ssize_t>n)
+    finally:
+        pb_zmq_msg_close(&msg)
+
+
+def call(size_t sock, uint64_t cid_base, uint64_t seq, uint8_t flags, bytes method not None,
+         bytes payload not None):
+    """:func:`send_request` then :func:`recv_reply` in one call (the client's hot path).
+
+    The correlation id is ``(cid_base + seq) mod 2**64``: a client keeps a random base and a
+    small counter, so its per-request arithmetic stays on small Python ints.
+
+    Returns
+    -------
+    bytes, bytearray or None
+        As :func:`recv_reply`, once the request was queued.
+    int
+        The ZeroMQ errno when the request could not be queued (nothing was sent and nothing
+        waited for): EAGAIN when it would block, others as ZeroMQ reports them.
+    """
+    return _call(_socket(sock), cid_base + seq, flags, method, payload)
+
+
+cdef object _call(void *s, uint64_t cid, uint8_t flags, bytes method, bytes payload):
+    cdef uint8_t head[HEADER_SIZE]
+    cdef pb_zmq_buf bufs[3]
+    cdef Py_ssize_t mlen = PyBytes_GET_SIZE(method)
+    cdef pb_zmq_msg msg
+    cdef int err
+    cdef const uint8_t *data
+    cdef size_t n
+    if mlen < 1 or mlen > 255:
+        raise ValueError(f"method is {mlen} bytes; allowed: 1-255")
+    _header(head, KIND_REQUEST, flags, <uint8_t>mlen, cid)
+    bufs[0].data = head
+    bufs[0].len = HEADER_SIZE
+    bufs[1].data = PyBytes_AS_STRING(method)
+    bufs[1].len = <size_t>mlen
+    bufs[2].data = PyBytes_AS_STRING(payload)
+    bufs[2].len = <size_t>PyBytes_GET_SIZE(payload)
+    err = _send_concat(s, bufs, 3, 0)
+    if err:
+        return err
+    pb_zmq_msg_init(&msg)
+    with nogil:
+        err = pb_zmq_msg_recv(&msg, s, 0)
+    if err:
+        pb_zmq_msg_close(&msg)
+        if err == EAGAIN:
+            return None
+        if err == EINTR:
+            _signalled()
+            return None
+        _raise(err, "RPC client receive")
+    data = <const uint8_t *>pb_zmq_msg_data(&msg)
+    n = pb_zmq_msg_size(&msg)
+    try:
+        if (n >= HEADER_SIZE and data[1] == KIND_REPLY and data[2] == 0
+                and data[0] == WIRE_VERSION and _le64(data + 4) == cid):
+            return PyBytes_FromStringAndSize(<const char *>data + HEADER_SIZE,
+                                             <Py_ssize_t>(n - HEADER_SIZE))
+        return PyByteArray_FromStringAndSize(<const char *>data, <Py_ssize_t>n)
+    finally:
+        pb_zmq_msg_close(&msg)
+
+
+# -- the client's request, in C -----------------------------------------------------------
+cdef int64_t _LATENCY_MAX_NS = 3_600_000_000_000  # pybus.rpc._LATENCY_MAX_NS
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    # CLOCK_MONOTONIC: the clock time.perf_counter_ns reads on Linux, so t0 mixes with it.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+
+cdef int _lock(PyThread_type_lock m) except -1:
+    """Acquire m; waits with the GIL released and stays interruptible (Ctrl-C)."""
+    cdef PyLockStatus r
+    if PyThread_acquire_lock(m, NOWAIT_LOCK):
+        return 0
+    while True:
+        with nogil:
+            r = PyThread_acquire_lock_timed(m, -1, 1)
+        if r == PY_LOCK_ACQUIRED:
+            return 0
+        if r == PY_LOCK_INTR:
+            _signalled()
+
+
+cdef class ClientCore:
+    """The state and the common case of :meth:`pybus.Client.request`, compiled.
+
+    A base class of ``pybus.rpc.Client`` (which sets every field from Python). It owns one C
+    object: the mutex serialising requests (``_acquire`` / ``_release`` from Python).
+    ``request`` handles here the case that dominates a request/reply workload -- bytes
+    payload, the client's own timeout, no retry/breaker/rate limit, the fast path on, our raw
+    reply arriving -- and hands anything else to the Python methods ``_request`` (the whole
+    request) or ``_attempt_rest`` (after a send or a wait that did not end with our reply).
+    ``_fast_timeout`` is the timeout the socket's RCVTIMEO is set for (0: none; Python sets
+    it, and clears it whenever RCVTIMEO changes).
+    """
+
+    cdef PyThread_type_lock _mutex
+    cdef public size_t _addr
+    cdef public uint64_t _cid_base
+    cdef public uint64_t _seq
+    cdef public long long _n_requests
+    cdef public long long _n_replies
+    cdef public double timeout
+    cdef public double _fast_timeout
+    cdef public bint _plain
+    cdef public bint _closed
+    cdef public dict _methods
+    cdef public object _rpc_latency
+
+    def __cinit__(self, *args, **kwargs):
+        self._mutex = PyThread_allocate_lock()
+        if self._mutex == NULL:
+            raise MemoryError("cannot allocate the RPC client's lock")
+
+    def __dealloc__(self):
+        if self._mutex != NULL:
+            PyThread_free_lock(self._mutex)
+
+    def _acquire(self) -> None:
+        """Take the request lock (blocking; interruptible by signals)."""
+        _lock(self._mutex)
+
+    def _release(self) -> None:
+        """Release the request lock; only by the thread that took it."""
+        PyThread_release_lock(self._mutex)
+
+    def request(self, name, payload=b"", timeout=None):
+        """Call ``name`` on the server and return its reply payload.
+
+        Parameters
+        ----------
+        name : str
+            The handler's name (1-255 UTF-8 bytes).
+        payload : bytes or msgpack-serialisable
+            Bytes go raw; anything else is msgpack-encoded.
+        timeout : float or None
+            Per-attempt timeout in seconds; default the client's.
+
+        Returns
+        -------
+        bytes or object
+            What the handler returned (bytes raw, anything else decoded).
+
+        Raises
+        ------
+        RemoteError
+            The handler raised (or no handler has that name).
+        TimeoutError
+            No reply after every attempt the retry policy allows.
+        RetryExhaustedError
+            Every attempt failed with another retryable error.
+        CircuitOpenError, RateLimitError
+            The breaker or rate limiter refused (and retries, if any, ran out).
+        ClosedError
+            The client is closed.
+        """
+        cdef PyObject *mb
+        cdef uint64_t cid
+        cdef int64_t t0, took
+        if (timeout is not None or not _ok or self._addr == 0 or type(payload) is not bytes
+                or self.timeout != self._fast_timeout or self._closed or not self._plain):
+            return self._request(name, payload, timeout)
+        mb = PyDict_GetItem(self._methods, name)
+        if mb == NULL:
+            return self._request(name, payload, timeout)
+        _lock(self._mutex)
+        if self._addr == 0 or self._closed or self.timeout != self._fast_timeout:
+            # changed while this thread waited for the lock
+            PyThread_release_lock(self._mutex)
+            return self._request(name, payload, timeout)
+        try:
+            self._n_requests += 1
+            t0 = _now_ns()
+            self._seq += 1
+            cid = self._cid_base + self._seq
+            try:
+                reply = _call(<void *>self._addr, cid, 0, <bytes>mb, payload)
+            except BusError as exc:
+                raise self._remap(exc, name) from exc.__cause__
+            if type(reply) is bytes:
+                self._n_replies += 1
+            else:
+                reply = self._attempt_rest(name, <bytes>mb, 0, payload, self.timeout, t0, cid,
+                                           reply)
+            took = _now_ns() - t0
+            self._rpc_latency.record(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
+            return reply
+        finally:
+            PyThread_release_lock(self._mutex)
+
+
+# -- server -------------------------------------------------------------------------------
+cdef inline int _recv_rest(pb_zmq_msg *msg, void *s) except -1:
+    """The next part of a multipart message already delivered (ZeroMQ delivers all parts
+    atomically): it never waits, so EINTR is retried without running signal handlers (which
+    could leave the socket in the middle of a message)."""
+    cdef int err
+    while True:
+        err = pb_zmq_msg_recv(msg, s, 0)
+        if err != EINTR:
+            break
+    if err:
+        _raise(err, "RPC server receive")
+    return 0
+
+
+def recv_request(size_t sock):
+    """Wait (GIL released, up to the socket's RCVTIMEO) for the next request on a ROUTER.
+
+    Reads the identity frame and the frame after it, and judges that frame against
+    docs/wire-reqrep.md in the order the Python server does (length, version, flags, kind,
+    method length).
+
+    Returns
+    -------
+    None
+        Nothing arrived within RCVTIMEO (or a signal interrupted the wait and its handlers did
+        not raise).
+    tuple
+        ``(reason, identity, cid, flags, method, data)``. A well-formed REQUEST has reason
+        None, its correlation id, flags, method name and payload (bytes). Otherwise reason is
+        one of the ``REASON_*`` strings, cid and flags are 0, method is None and data is the
+        whole frame after the identity. With ``REASON_MULTIPART`` further parts of the
+        message are still unread (the caller reads or drains them).
+    """
+    cdef void *s = _socket(sock)
+    cdef pb_zmq_msg msg
+    cdef int err
+    cdef int more
+    cdef const uint8_t *data
+    cdef size_t n, end
+    cdef bytes ident
+    cdef bytes frame
+    pb_zmq_msg_init(&msg)
+    with nogil:
+        err = pb_zmq_msg_recv(&msg, s, 0)
+    if err:
+        pb_zmq_msg_close(&msg)
+        if err == EAGAIN:
+            return None
+        if err == EINTR:
+            _signalled()
+            return None
+        _raise(err, "RPC server receive")
+    try:
+        ident = PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
+                                          <Py_ssize_t>pb_zmq_msg_size(&msg))
+        if not pb_zmq_msg_more(&msg):
+            # Not a ROUTER's [identity][frame]: nothing follows the "identity".
+            return (REASON_SHORT, ident, 0, 0, None, b"")
+        _recv_rest(&msg, s)
+        data = <const uint8_t *>pb_zmq_msg_data(&msg)
+        n = pb_zmq_msg_size(&msg)
+        more = pb_zmq_msg_more(&msg)
+        if (not more and n >= HEADER_SIZE and data[0] == WIRE_VERSION and data[2] <= FLAG_MSGPACK
+                and data[1] == KIND_REQUEST and data[3] != 0 and n >= HEADER_SIZE + data[3]):
+            end = HEADER_SIZE + data[3]
+            return (None, ident, _le64(data + 4), data[2],
+                    PyBytes_FromStringAndSize(<const char *>data + HEADER_SIZE, data[3]),
+                    PyBytes_FromStringAndSize(<const char *>data + end, <Py_ssize_t>(n - end)))
+        frame = PyBytes_FromStringAndSize(<const char *>data, <Py_ssize_t>n)
+        if more:
+            reason = REASON_MULTIPART
+        elif n < HEADER_SIZE:
+            reason = REASON_SHORT
+        elif data[0] != WIRE_VERSION:
+            reason = REASON_VERSION
+        elif data[2] & ~FLAG_MSGPACK:
+            reason = REASON_FLAGS
+        elif data[1] != KIND_REQUEST:
+            reason = REASON_KIND
+        else:
+            reason = REASON_METHOD
+        return (reason, ident, 0, 0, None, frame)
+    finally:
+        pb_zmq_msg_close(&msg)
+
+
+def send_reply(size_t sock, bytes identity not None, uint64_t cid, uint8_t kind, uint8_t flags,
+               bytes payload not None) -> int:
+    """Send ``[identity][header + payload]`` on a ROUTER without blocking.
+
+    Returns
+    -------
+    int
+        0 once queued, or the ZeroMQ errno: EHOSTUNREACH (ROUTER_MANDATORY and the peer is
+        gone), EAGAIN (its queue is full), ENOTSOCK / ETERM (closed), others as ZeroMQ
+        reports them.
+    """
+    cdef void *s = _socket(sock)
+    cdef uint8_t head[HEADER_SIZE]
+    cdef pb_zmq_buf bufs[2]
+    cdef int err
+    bufs[0].data = PyBytes_AS_STRING(identity)
+    bufs[0].len = <size_t>PyBytes_GET_SIZE(identity)
+    err = _send_concat(s, bufs, 1, PB_ZMQ_SNDMORE)
+    if err:
+        return err
+    _header(head, kind, flags, 0, cid)
+    bufs[0].data = head
+    bufs[0].len = HEADER_SIZE
+    bufs[1].data = PyBytes_AS_STRING(payload)
+    bufs[1].len = <size_t>PyBytes_GET_SIZE(payload)
+    return _send_concat(s, bufs, 2, 0)
+
+
+def send_frame(size_t sock, bytes data not None, bint more=False) -> int:
+    """Send one frame of ``data`` without blocking (``more``: further parts follow).
+
+    Returns 0 once queued, or the ZeroMQ errno (EAGAIN, EHOSTUNREACH, ...).
+    """
+    cdef void *s = _socket(sock)
+    cdef pb_zmq_buf buf
+    buf.data = PyBytes_AS_STRING(data)
+    buf.len = <size_t>PyBytes_GET_SIZE(data)
+    return _send_concat(s, &buf, 1, PB_ZMQ_SNDMORE if more else 0)
+
+
+# -- generic messages (the work queue) -----------------------------------------------------
+def recv_message(size_t sock, bint dontwait=True):
+    """Receive one whole message (every part), or None when none is ready.
+
+    ``dontwait`` False waits (GIL released) up to the socket's RCVTIMEO; a signal
+    interrupting that wait runs the handlers and returns None, as :func:`recv_reply` does.
+
+    Returns
+    -------
+    list of bytes or None
+        The parts in order; ZeroMQ delivers a message's parts together, so once the first
+        arrived the rest never wait.
+    """
+    cdef void *s = _socket(sock)
+    cdef pb_zmq_msg msg
+    cdef int err
+    cdef list parts
+    pb_zmq_msg_init(&msg)
+    if dontwait:
+        err = pb_zmq_msg_recv(&msg, s, PB_ZMQ_DONTWAIT)
+    else:
+        with nogil:
+            err = pb_zmq_msg_recv(&msg, s, 0)
+    if err:
+        pb_zmq_msg_close(&msg)
+        if err == EAGAIN:
+            return None
+        if err == EINTR:
+            _signalled()
+            return None
+        _raise(err, "ZeroMQ receive")
+    try:
+        parts = [PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
+                                           <Py_ssize_t>pb_zmq_msg_size(&msg))]
+        while pb_zmq_msg_more(&msg):
+            _recv_rest(&msg, s)
+            parts.append(PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
+                                                   <Py_ssize_t>pb_zmq_msg_size(&msg)))
+        return parts
+    finally:
+        pb_zmq_msg_close(&msg)
+
+
+def send_message(size_t sock, tuple parts not None) -> int:
+    """Send the bytes in ``parts`` as one message, without blocking.
+
+    Returns 0 once queued, or the ZeroMQ errno of the part that failed (EAGAIN, EHOSTUNREACH
+    from a ROUTER_MANDATORY ROUTER, ...). As with pyzmq's send_multipart, a failure after the
+    first part leaves the parts before it queued; a ROUTER refuses an unroutable message at its
+    first part, before anything is queued.
+    """
+    cdef void *s = _socket(sock)
+    cdef Py_ssize_t i, n = len(parts)
+    cdef pb_zmq_buf buf
+    cdef int err
+    cdef bytes part
+    if n == 0:
+        raise ValueError("a message needs at least one part")
+    for i in range(n):
+        part = parts[i]
+        buf.data = PyBytes_AS_STRING(part)
+        buf.len = <size_t>PyBytes_GET_SIZE(part)
+        err = _send_concat(s, &buf, 1, PB_ZMQ_SNDMORE if i + 1 < n else 0)
+        if err:
+            return err
+    return 0
