@@ -7,15 +7,23 @@ two subscribers, a proxy, a work-queue producer and two worker hosts. Programs a
 namespaces.
 
 Faults: a host's link taken down and up (its bridge port), a host's processes killed with
-SIGKILL and restarted, and ``tc netem`` loss/delay where the kernel has ``sch_netem``.
+SIGKILL and restarted, and a lossy, slow link. That last one runs where the kernel has it:
+``tc netem`` loss/delay needs ``sch_netem`` (skipped otherwise); without netem, random loss
+comes from nftables in the host's own namespace (``numgen random mod 100 < 2 drop``, needs
+``nft`` from Debian's ``nftables`` and nf_tables with numgen) and queueing delay from a TBF rate
+limit on both ends of the host's veth (needs ``sch_tbf``); each skips with the reason when its
+part is missing. The nftables rules' counters and the peers' TCP retransmits are read back, so
+a no-op rule fails the test; an undegraded baseline run is timed beside the degraded one.
 
 Checks: subscribers resume within 2 s of the link's return and report exactly the gaps they
-missed (publisher's seqs vs received + reported lost); the work queue loses nothing through a
-worker host's death; memory stays bounded (RSS growth of every process).
+missed (publisher's seqs vs received + reported lost); across a lossy link (TCP repairs it)
+every message arrives, in order, with no gap, and the work queue loses nothing; the work queue
+loses nothing through a worker host's death; memory stays bounded (RSS of every process).
 
 CI runs scaled-down bars (the whole file in well under a minute). ``--long`` (or
 ``PYBUS_LONG=1``) runs the issue's bars: link down 5 s at 100 k msg/s, 200 k work items.
-Needs root (CAP_NET_ADMIN) and iproute2; skips with the reason otherwise.
+Needs root (CAP_NET_ADMIN) and iproute2; skips with the reason otherwise. Nothing outside the
+test's namespaces is changed except its own bridge and veth ports (no root-namespace firewall).
 """
 
 from __future__ import annotations
@@ -405,3 +413,236 @@ def test_netem_loss_and_delay(hosts: Net) -> None:
     finally:
         _sh("ip", "netns", "exec", net.ns["sub2"], "tc", "qdisc", "del", "dev", "eth0", "root",
             check=False)
+
+
+# --- a lossy, slow link without netem: nftables loss + TBF rate limit -------------------------
+
+LOSS_TABLE = "pbloss"
+
+
+def _nft_ruleset(loss_pct: int) -> str:
+    # Per direction: the first rule counts every TCP packet the host sees, the second drops a
+    # random loss_pct % of them (numgen random) and counts what it dropped.
+    chains = []
+    for name, hook in (("rx", "input"), ("tx", "output")):
+        chains.append(
+            f"  chain {name} {{\n"
+            f"    type filter hook {hook} priority 0; policy accept;\n"
+            f"    meta l4proto tcp counter\n"
+            f"    meta l4proto tcp numgen random mod 100 < {loss_pct} counter drop\n"
+            f"  }}\n"
+        )
+    return f"table inet {LOSS_TABLE} {{\n{''.join(chains)}}}\n"
+
+
+def _tcp_retrans(ns: str) -> int:
+    """TcpRetransSegs of a namespace (/proc/net/snmp is per network namespace)."""
+    text = _sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").stdout
+    rows = [line.split() for line in text.splitlines() if line.startswith("Tcp:")]
+    header, values = rows[0], rows[1]
+    return int(values[header.index("RetransSegs")])
+
+
+class LossyLink:
+    """Random packet loss and a rate limit on one host's link, for kernels without sch_netem.
+
+    Loss: an nftables table in the host's own namespace dropping ``loss_pct`` % of TCP packets
+    at random on input and output (``numgen random``). Rate: a TBF qdisc at both ends of the
+    host's veth (``eth0`` inside, its bridge port outside), so traffic towards the host queues
+    too (the port is the test's own device; nothing else in the root namespace is touched).
+    """
+
+    def __init__(self, net: Net, host: str, loss_pct: int, rate: str | None) -> None:
+        self.net, self.host, self.loss_pct, self.rate = net, host, loss_pct, rate
+        self.ns = net.ns[host]
+        self.devs: list[tuple[list[str], str]] = []  # (command prefix, device) with a TBF
+
+    def apply(self) -> None:
+        """Install the loss and the rate limit; skips the test (with the reason) if it cannot."""
+        if shutil.which("nft") is None:
+            pytest.skip("nft (Debian package nftables) is not installed: no packet-loss fault")
+        r = subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"],
+                           input=_nft_ruleset(self.loss_pct), capture_output=True, text=True,
+                           timeout=20)
+        if r.returncode != 0:
+            pytest.skip("nftables random loss unavailable (needs nf_tables with numgen): "
+                        + r.stderr.strip()[-300:])
+        if self.rate is None:
+            return
+        for prefix, dev in ((["ip", "netns", "exec", self.ns], "eth0"),
+                            ([], self.net.port[self.host])):
+            r = _sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rate,
+                    "burst", "16kb", "latency", "200ms", check=False)
+            if r.returncode != 0:
+                pytest.skip(f"tc tbf unavailable (this kernel lacks sch_tbf): {r.stderr.strip()}")
+            self.devs.append((prefix, dev))
+
+    def probe(self) -> None:
+        """Install and remove at once: skip before any baseline run where this kernel can't."""
+        try:
+            self.apply()
+        finally:
+            self.remove()
+
+    def remove(self) -> None:
+        for prefix, dev in self.devs:
+            _sh(*prefix, "tc", "qdisc", "del", "dev", dev, "root", check=False)
+        self.devs.clear()
+        _sh("ip", "netns", "exec", self.ns, "nft", "delete", "table", "inet", LOSS_TABLE,
+            check=False)
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per direction: TCP packets seen and packets dropped, read back from the kernel."""
+        out = json.loads(_sh("ip", "netns", "exec", self.ns, "nft", "-j", "list", "table",
+                             "inet", LOSS_TABLE).stdout)
+        res: dict[str, dict[str, int]] = {}
+        for item in out["nftables"]:
+            rule = item.get("rule")
+            if rule is None:
+                continue
+            exprs = rule["expr"]
+            packets = next(e["counter"]["packets"] for e in exprs if "counter" in e)
+            kind = "dropped" if any("drop" in e for e in exprs) else "seen"
+            res.setdefault(rule["chain"], {})[kind] = packets
+        return res
+
+    def shaped(self) -> dict[str, dict[str, int]]:
+        """Per shaped device: TBF's bytes sent, packets delayed (overlimits) and dropped."""
+        res = {}
+        for prefix, dev in self.devs:
+            qd = json.loads(_sh(*prefix, "tc", "-s", "-j", "qdisc", "show", "dev", dev).stdout)
+            tbf = next(q for q in qd if q["kind"] == "tbf")
+            res[dev] = {"bytes": tbf["bytes"], "overlimits": tbf["overlimits"],
+                        "drops": tbf["drops"]}
+        return res
+
+
+def _pubsub_run(net: Net, n: int, rate: int, pad: int) -> dict[str, Any]:
+    """Publisher -> proxy -> sub2, n messages at rate/s; every role's result, and timings."""
+    px = net.run("proxy", "proxy", frontend=f"tcp://{net.addr('proxy')}:{FRONT}",
+                 backend=f"tcp://{net.addr('proxy')}:{BACK}", hwm=2 * n, max_s=60)
+    px.wait_event("ready", 20)
+    sub = net.run("sub2", "sub", connect=f"tcp://{net.addr('proxy')}:{BACK}", max_n=n,
+                  expect_n=n, max_s=60, rcvhwm=2 * n)
+    sub.wait_event("ready", 20)
+    pub = net.run("pub", "pub", connect=f"tcp://{net.addr('proxy')}:{FRONT}", subscribers=1,
+                  rate=rate, duration_s=n / rate, linger_s=1.0, sndhwm=2 * n, pad=pad)
+    started = pub.wait_event("started", 30)
+    published = pub.wait_event("published", 60)
+    res = sub.wait_event("result", 60)
+    pub_res = pub.wait_event("result", 30)
+    px.stop()
+    px_res = px.wait_event("result", 20)
+    return {"sub": res, "pub": pub_res, "proxy": px_res, "published": published,
+            "delivery_s": res["last_wall"] - started["t"]}
+
+
+def test_nft_loss_and_tbf_rate_limit(hosts: Net) -> None:
+    """Where there is no netem: 2 % random loss and a rate limit on sub2's link cost nothing."""
+    net = hosts
+    n, rate, pad = 20_000, 10_000, 200  # ~4 MB of payload offered at ~17 Mbit/s for 2 s
+    tbf_rate_bit = 8_000_000  # half of what is offered: the rest waits in the queues
+    lossy = LossyLink(net, "sub2", loss_pct=2, rate=str(tbf_rate_bit) + "bit")
+    lossy.probe()
+    # the undegraded baseline, in the same run on the same hosts
+    base = _pubsub_run(net, n, rate, pad)
+    _check_sub(base["sub"], n)
+    assert base["sub"]["lost"] == 0
+    for p in net.procs:
+        p.kill()
+    net.procs.clear()
+    try:
+        lossy.apply()
+        retrans0 = _tcp_retrans(net.ns["proxy"])
+        deg = _pubsub_run(net, n, rate, pad)
+        retrans = _tcp_retrans(net.ns["proxy"]) - retrans0
+        counts = lossy.counters()
+        shaped = lossy.shaped()
+    finally:
+        lossy.remove()
+    assert deg["published"]["n"] == n
+    res = deg["sub"]
+    # TCP repairs the loss: every message arrives, in order, no gap reported
+    _check_sub(res, n)
+    assert res["lost"] == 0 and res["gaps"] == 0 and res["received"] == n, res
+    for r in (res, deg["pub"], deg["proxy"]):
+        assert r["rss"] < 512 * MIB, r
+    for r in (res, deg["pub"]):
+        assert r["rss_growth"] < 64 * MIB, r
+    # the link really was degraded: packets were dropped towards sub2 and the proxy resent them
+    assert counts["rx"]["dropped"] > 0, counts
+    assert retrans > 0, "the proxy retransmitted nothing: no loss reached TCP"
+    # ... and really shaped: the port towards sub2 held packets back, and all the payload could
+    # not have passed it faster than its rate (minus the bucket's burst)
+    port = net.port["sub2"]
+    assert shaped[port]["overlimits"] > 0, shaped
+    floor_s = (n * pad - 16 * 1024) * 8 / tbf_rate_bit
+    assert deg["delivery_s"] >= floor_s, (deg["delivery_s"], floor_s)
+    print(f"\nnft loss + tbf: {n} msgs, 0 lost; dropped rx {counts['rx']['dropped']}/"
+          f"{counts['rx']['seen']} tx {counts['tx']['dropped']}/{counts['tx']['seen']} TCP "
+          f"packets, proxy retransmitted {retrans} segments; tbf {port}: "
+          f"{shaped[port]['overlimits']} overlimits, {shaped[port]['drops']} drops; delivered "
+          f"in {deg['delivery_s']:.2f}s vs {base['delivery_s']:.2f}s undegraded (floor "
+          f"{floor_s:.2f}s); sub rss {res['rss'] / MIB:.0f} MiB (+{res['rss_growth'] / MIB:.1f}),"
+          f" pub +{deg['pub']['rss_growth'] / MIB:.1f} MiB, proxy {deg['proxy']['rss'] / MIB:.0f}"
+          f" MiB")
+
+
+def _wq_run(net: Net, tmp_path: Path, tag: str, n: int) -> dict[str, Any]:
+    """Producer on wqp, one worker on w1: n items; the results, the ids handled, the time."""
+    record = str(tmp_path / f"{tag}.ids")
+    t0 = time.monotonic()
+    wq = net.run("wqp", "wq", bind=f"tcp://{net.addr('wqp')}:{WQ}",
+                 journal=str(tmp_path / f"{tag}.db"), n=n, max_s=60)
+    wq.wait_event("ready", 20)
+    # a small prefetch: many round trips, so the loss hits the work queue's own traffic often
+    w = net.run("w1", "worker", connect=f"tcp://{net.addr('wqp')}:{WQ}", record=record,
+                max_s=60, work_s=0.0, prefetch=16)
+    put = wq.wait_event("put", 30)
+    res = wq.wait_event("result", 60)
+    elapsed = time.monotonic() - t0
+    w.stop()
+    w_res = w.wait_event("result", 20)
+    data = Path(record).read_bytes()
+    got = struct.unpack(f"<{len(data) // 8}Q", data[: len(data) // 8 * 8])
+    return {"put": put, "wq": res, "worker": w_res, "got": got, "elapsed_s": elapsed}
+
+
+def _check_wq(run: dict[str, Any], n: int) -> None:
+    res, put = run["wq"], run["put"]
+    assert put["n"] == n and res["done"], res
+    missing = set(range(put["first"], put["last"] + 1)) - set(run["got"])
+    assert not missing, f"{len(missing)} work items lost, e.g. {sorted(missing)[:5]}"
+    assert res["stats"].get("dead_lettered", 0) == 0, res["stats"]
+    assert res["rss_growth"] < 256 * MIB and run["worker"]["rss"] < 512 * MIB
+
+
+def test_work_queue_across_a_lossy_link_loses_nothing(hosts: Net, tmp_path: Path) -> None:
+    """The producer and one worker across 2 % random loss: every item handled, none dead."""
+    net = hosts
+    n = 5_000
+    lossy = LossyLink(net, "w1", loss_pct=2, rate=None)
+    lossy.probe()
+    base = _wq_run(net, tmp_path, "base", n)
+    _check_wq(base, n)
+    for p in net.procs:
+        p.kill()
+    net.procs.clear()
+    try:
+        lossy.apply()
+        retrans0 = _tcp_retrans(net.ns["wqp"]) + _tcp_retrans(net.ns["w1"])
+        deg = _wq_run(net, tmp_path, "lossy", n)
+        retrans = _tcp_retrans(net.ns["wqp"]) + _tcp_retrans(net.ns["w1"]) - retrans0
+        counts = lossy.counters()
+    finally:
+        lossy.remove()
+    _check_wq(deg, n)
+    # the loss happened (~700 TCP packets cross the link at 2 %: none dropped is ~1e-6 likely)
+    dropped = counts["rx"]["dropped"] + counts["tx"]["dropped"]
+    assert dropped > 0, counts
+    print(f"\nwork queue over a lossy link: {n} items, 0 lost, {len(deg['got']) - n} handled "
+          f"twice; dropped rx {counts['rx']['dropped']}/{counts['rx']['seen']} tx "
+          f"{counts['tx']['dropped']}/{counts['tx']['seen']} TCP packets, {retrans} segments "
+          f"retransmitted; {deg['elapsed_s']:.2f}s vs {base['elapsed_s']:.2f}s undegraded; "
+          f"producer rss +{deg['wq']['rss_growth'] / MIB:.1f} MiB, worker "
+          f"{deg['worker']['rss'] / MIB:.0f} MiB")
