@@ -9,12 +9,8 @@ to end. Nothing here is a home-made broker: the Python thread only starts the C 
 steers it through its control socket (PAUSE, RESUME, TERMINATE, STATISTICS).
 
 With per-key topic permissions (a ``Curve.server(..., permissions=...)`` on either side) the C
-loop cannot be used, since it never shows a message to Python. The proxy then runs a *checked*
-loop in Python over the same XSUB/XPUB sockets and the same control commands: the backend XPUB
-is in manual mode and applies each subscription only when the subscriber's key (ZeroMQ's
-``User-Id``) may subscribe to it; each frame from the frontend is forwarded only when its
-publisher's key may publish its topic (cached per key and topic), else dropped and counted.
-That loop is several times slower than ZeroMQ's (see ``bench/bench_permissions.py``).
+loop cannot be used, since it never shows a message to Python: the proxy then runs the checked
+loop of ``pybus._proxy_checked`` over the same sockets and control commands.
 
 Loss: ZeroMQ's XPUB drops, per subscriber, what exceeds that subscriber's send high-water
 mark (``sndhwm``). While subscribers keep up nothing is dropped; a stalled subscriber loses the
@@ -35,38 +31,14 @@ import zmq
 
 from . import _pubsub_base as base
 from . import _sockets
-from ._native import frame_info
-from .errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
+from ._proxy_checked import PAUSE, RESUME, STAT_KEYS, CheckedLoop
+from .errors import ClosedError, TimeoutError, ValidationError, from_zmq
 
 __all__ = ["Proxy"]
 
 log = logging.getLogger("pybus.proxy")
 
-_STAT_KEYS = (
-    ("frontend", "messages_in"), ("frontend", "bytes_in"),
-    ("frontend", "messages_out"), ("frontend", "bytes_out"),
-    ("backend", "messages_in"), ("backend", "bytes_in"),
-    ("backend", "messages_out"), ("backend", "bytes_out"),
-)
 _proxy_seq = iter(range(1, 1 << 62))
-_NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-# The checked loop reads at most this many messages from one side per wake-up.
-_BURST = 1024
-# Checked loop limits, as a Publisher with permissions has them: ZeroMQ keeps every distinct
-# prefix in its subscription tries with no bound of its own.
-_MAX_SUBSCRIPTIONS = 100_000
-_MAX_SUBSCRIPTION_BYTES = 1024
-# Forbidden messages counted per key; beyond this many keys they count as "<other>".
-_MAX_TRACKED_KEYS = 1024
-
-# libzmq 4.3.5's rewritten steerable proxy swapped the meaning of PAUSE and RESUME (fixed
-# after the release: zeromq/libzmq#4600); pybus sends whichever word does what it says.
-if zmq.zmq_version_info()[:3] == (4, 3, 5):
-    _PAUSE, _RESUME = b"RESUME", b"PAUSE"
-else:
-    _PAUSE, _RESUME = b"PAUSE", b"RESUME"
-
 
 def _eps(value: str | Sequence[str], what: str) -> list[str]:
     eps = [value] if isinstance(value, str) else list(value)
@@ -177,8 +149,8 @@ class Proxy:
             )
         self._checked = bool(checked)
         # the checked loop's permission checks, per side (None: not enforced on that side)
-        self._pub_acl = fsec if fsec is not None and fsec.has_permissions else None
-        self._sub_acl = bsec if bsec is not None and bsec.has_permissions else None
+        pub_acl = fsec if fsec is not None and fsec.has_permissions else None
+        sub_acl = bsec if bsec is not None and bsec.has_permissions else None
         for name, v in (("sndhwm", sndhwm), ("rcvhwm", rcvhwm), ("max_message_bytes",
                                                                   max_message_bytes)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -199,7 +171,7 @@ class Proxy:
             front.setsockopt(zmq.SNDHWM, 10_000)  # subscriptions upstream
             back.setsockopt(zmq.SNDHWM, sndhwm)
             back.setsockopt(zmq.RCVHWM, 10_000)  # subscriptions from subscribers
-            if self._sub_acl is not None:
+            if sub_acl is not None:
                 back.setsockopt(zmq.XPUB_MANUAL, 1)  # the checked loop applies subscriptions
             self._front_watch = _sockets.configure(front, security=fsec, liveness=liveness,
                                                    receives_stream=True)
@@ -243,18 +215,10 @@ class Proxy:
         self._state = "stopped"
         self._thread: threading.Thread | None = None
         self._rekick = False
-        self._base_stats = dict.fromkeys(_STAT_KEYS, 0)
+        self._base_stats = dict.fromkeys(STAT_KEYS, 0)
         self._restarts = 0
         self._error: BaseException | None = None
-        # checked loop: the message parts it counts like ZeroMQ's STATISTICS (see _STAT_KEYS)
-        self._ck = dict.fromkeys(_STAT_KEYS, 0)
-        self._forbidden = 0
-        self._forbidden_by_key: dict[str, int] = {}
-        self._denied_subscriptions = 0
-        # granted subscriptions per prefix (forwarded upstream once, withdrawn at zero), and
-        # denied ones still held by live connections: see _on_subscription
-        self._granted: dict[bytes, int] = {}
-        self._denied_live: dict[bytes, int] = {}
+        self._checker = CheckedLoop(pub_acl, sub_acl, self.frontend, self.backend)
         for sec in {id(x): x for x in (fsec, bsec) if x is not None}.values():
             sec._register_owner(self)
         self._securities = [x for x in (fsec, bsec) if x is not None]
@@ -286,7 +250,7 @@ class Proxy:
         try:
             while True:
                 if self._checked:
-                    self._checked_loop()
+                    self._checker.run(front, back, cap, ctl_in)
                 else:
                     zmq.proxy_steerable(front, back, cap, ctl_in)
                 if not self._rekick:
@@ -306,187 +270,6 @@ class Proxy:
                 if s is not None:
                     s.close(0)
 
-    # -- the checked loop (per-key permissions) -----------------------------------------------
-
-    def _checked_loop(self) -> None:
-        """Forward like ``zmq_proxy_steerable``, checking permissions; returns on TERMINATE.
-
-        Runs in the proxy thread, which owns the sockets. Frontend frames are read in bursts
-        (up to ``_BURST`` messages per wake-up) so the poll is amortised under load.
-        """
-        front, back, cap, ctl = self._front, self._back, self._cap, self._ctl_in
-        # counters per run of the loop, as ZeroMQ's are (a restart after a revocation adds
-        # them to _base_stats)
-        self._ck = dict.fromkeys(_STAT_KEYS, 0)
-        poller = zmq.Poller()
-        poller.register(ctl, zmq.POLLIN)
-        running = zmq.Poller()
-        for sk in (front, back, ctl):
-            running.register(sk, zmq.POLLIN)
-        paused = False
-        while True:
-            events = dict((poller if paused else running).poll())
-            if ctl in events:
-                cmd = ctl.recv()
-                if cmd == b"TERMINATE":
-                    ctl.send(b"")
-                    return
-                if cmd == b"STATISTICS":
-                    ctl.send_multipart([v.to_bytes(8, sys.byteorder) for v in self._ck.values()])
-                    continue
-                if cmd == _PAUSE:
-                    paused = True
-                elif cmd == _RESUME:
-                    paused = False
-                ctl.send(b"")  # acknowledge, as libzmq >= 4.3.5 does
-                continue
-            if back in events:
-                self._forward_subscriptions(back, front, cap)
-            if front in events:
-                self._forward_publications(front, back, cap)
-
-    def _forward_publications(self, front: zmq.Socket, back: zmq.Socket,
-                              cap: zmq.Socket | None) -> None:
-        ck = self._ck
-        acl = self._pub_acl
-        cache: dict[tuple[str, bytes], bool] = {}
-        for _ in range(_BURST):
-            try:
-                first = front.recv(_NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            parts = [first]
-            while parts[-1].more:
-                parts.append(front.recv(0, copy=False))  # the rest of a message is there
-            ck[("frontend", "messages_in")] += len(parts)
-            ck[("frontend", "bytes_in")] += sum(len(p) for p in parts)
-            if acl is not None:
-                topic = first.bytes
-                try:
-                    user = str(first.get("User-Id"))
-                except zmq.ZMQError:
-                    user = ""
-                ok = cache.get((user, topic))
-                if ok is None:
-                    ok = cache[(user, topic)] = acl.may_publish(user, topic)
-                if not ok:
-                    self._drop_forbidden(user, topic, parts)
-                    continue
-            self._send_parts(back, parts, "backend", cap)
-
-    def _drop_forbidden(self, user: str, topic: bytes, parts: list[zmq.Frame]) -> None:
-        count = 1
-        if len(parts) == 2:
-            try:
-                count = frame_info(parts[1].buffer)[2]
-            except FrameError:
-                pass
-        self._forbidden += count
-        fk = self._forbidden_by_key
-        k = user if (user in fk or len(fk) < _MAX_TRACKED_KEYS) else "<other>"
-        fk[k] = fk.get(k, 0) + count
-        assert self._pub_acl is not None
-        self._pub_acl._count_denied_publication(user, topic, count, f"proxy {self.frontend}")
-
-    def _send_parts(self, sock: zmq.Socket, parts: list[Any], side: str,
-                    cap: zmq.Socket | None) -> None:
-        ck = self._ck
-        last = len(parts) - 1
-        for i, p in enumerate(parts):
-            try:
-                sock.send(p, _SNDMORE_NOBLOCK if i < last else _NOBLOCK, copy=False)
-            except zmq.Again:  # XSUB upstream full (XPUB never blocks): dropped, like C
-                return
-            ck[(side, "messages_out")] += 1
-            ck[(side, "bytes_out")] += len(p)
-            if cap is not None:
-                try:
-                    cap.send(p, _SNDMORE_NOBLOCK if i < last else _NOBLOCK, copy=False)
-                except zmq.Again:
-                    pass
-
-    def _forward_subscriptions(self, back: zmq.Socket, front: zmq.Socket,
-                               cap: zmq.Socket | None) -> None:
-        ck = self._ck
-        for _ in range(_BURST):
-            try:
-                frame = back.recv(_NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            ck[("backend", "messages_in")] += 1
-            ck[("backend", "bytes_in")] += len(frame)
-            if self._sub_acl is None:
-                self._send_parts(front, [frame], "frontend", cap)
-                continue
-            msg = frame.bytes
-            if not msg or msg[0] not in (0, 1):
-                continue  # not a subscription message
-            try:
-                user = str(frame.get("User-Id"))
-            except zmq.ZMQError:
-                user = ""  # XPUB's own unsubscriptions for a connection that went away
-            for out in self._on_subscription(back, msg[0] == 1, msg[1:], user):
-                self._send_parts(front, [out], "frontend", cap)
-
-    def _on_subscription(self, back: zmq.Socket, subscribe: bool, prefix: bytes,
-                         user: str) -> list[bytes]:
-        """Backend in XPUB manual mode: apply a permitted (un)subscription to the connection
-        that sent it; return the messages to forward upstream.
-
-        A subscription wider than the key's permissions is applied narrowed to them (see
-        :meth:`pybus.Curve.granted_prefixes`). Upstream (to the publishers) gets the union of
-        granted requests as asked, each subscribed once and withdrawn when its last holder
-        leaves: XPUB reports a departed connection's subscriptions as asked and without a
-        user id, so only requests can be booked (upstream may send a little more than the
-        narrowed prefixes pass; the backend filters per connection). Such a departure is
-        booked against a denied holder of the prefix while there is one, else against a
-        granted one. That can only keep a prefix subscribed upstream longer than needed,
-        never withdraw one a granted subscriber still holds.
-        """
-        acl = self._sub_acl
-        assert acl is not None
-        hello = prefix.startswith(base.HELLO_PREFIX)
-        granted, denied = self._granted, self._denied_live
-        applied = [prefix] if hello or not user else acl.granted_prefixes(user, prefix)
-        if subscribe:
-            # bounded: ZeroMQ keeps every distinct prefix in its tries (hellos count too)
-            if (not applied or len(prefix) > _MAX_SUBSCRIPTION_BYTES
-                    or (prefix not in granted and len(granted) >= _MAX_SUBSCRIPTIONS)):
-                self._denied_subscriptions += 1
-                if len(denied) < _MAX_SUBSCRIPTIONS or prefix in denied:
-                    denied[prefix] = denied.get(prefix, 0) + 1
-                acl._count_denied_subscription(user, prefix, f"proxy {self.backend}")
-                return []
-            for p in applied:
-                back.setsockopt(zmq.SUBSCRIBE, p)
-            n = granted.get(prefix, 0)
-            granted[prefix] = n + 1
-            return [b"\x01" + prefix] if n == 0 else []
-        for p in applied:
-            back.setsockopt(zmq.UNSUBSCRIBE, p)  # ignored by XPUB without a sender pipe
-        if user and not hello:
-            from_denied = not applied
-        elif user or hello:
-            from_denied = False
-        else:  # a departed connection: which kind of holder it was is unknown
-            from_denied = denied.get(prefix, 0) > 0
-        if from_denied:
-            if denied.get(prefix, 0) > 0:
-                self._release(denied, prefix)
-            return []
-        if granted.get(prefix, 0) > 0 and self._release(granted, prefix):
-            return [b"\x00" + prefix]
-        return []
-
-    @staticmethod
-    def _release(counts: dict[bytes, int], prefix: bytes) -> bool:
-        """One holder of ``prefix`` fewer; True when it was the last."""
-        if counts[prefix] == 1:
-            del counts[prefix]
-            return True
-        counts[prefix] -= 1
-        return False
-
     def _command(self, cmd: bytes, reply: bool = False, timeout: float = 2.0) -> list[bytes]:
         if self._closed:
             raise ClosedError(f"{cmd.decode()} on a closed Proxy")
@@ -503,12 +286,12 @@ class Proxy:
 
     def pause(self) -> None:
         """Stop forwarding; messages queue up to the high-water marks (then publishers drop)."""
-        self._command(_PAUSE)
+        self._command(PAUSE)
         self._state = "paused"
 
     def resume(self) -> None:
         """Forward again after :meth:`pause`."""
-        self._command(_RESUME)
+        self._command(RESUME)
         self._state = "running"
 
     def terminate(self, timeout: float = 2.0) -> None:
@@ -539,7 +322,7 @@ class Proxy:
             return
         with self._ctl_lock:  # not monitored: restart the loop on rebound sockets
             raw = self._stats_raw_locked()
-            for k, v in zip(_STAT_KEYS, raw, strict=False):
+            for k, v in zip(STAT_KEYS, raw, strict=False):
                 self._base_stats[k] += v
             self._rekick = True
             self._ctl.send(b"TERMINATE")
@@ -572,7 +355,7 @@ class Proxy:
         if not self._closed and self._thread is not None and self._thread.is_alive():
             with self._ctl_lock:
                 if self._thread.is_alive():
-                    for k, v in zip(_STAT_KEYS, self._stats_raw_locked(), strict=False):
+                    for k, v in zip(STAT_KEYS, self._stats_raw_locked(), strict=False):
                         totals[k] += v
         out: dict[str, Any] = {"frontend": {}, "backend": {}}
         for (side, key), v in totals.items():
@@ -583,9 +366,10 @@ class Proxy:
         out["state"] = self._state
         out["restarts"] = self._restarts
         out["checked"] = self._checked
-        out["forbidden"] = self._forbidden
-        out["forbidden_by_key"] = dict(self._forbidden_by_key)
-        out["denied_subscriptions"] = self._denied_subscriptions
+        ck = self._checker
+        out["forbidden"] = ck.forbidden
+        out["forbidden_by_key"] = dict(ck.forbidden_by_key)
+        out["denied_subscriptions"] = ck.denied_subscriptions
         out["auth"] = [s.stats() for s in self._securities]
         return out
 

@@ -230,8 +230,8 @@ def test_publish_and_subscribe_permissions_end_to_end_through_a_proxy(
             p.close(linger=0)
     # every subscription, granted or denied, is withdrawn when its subscribers leave: the
     # proxy's bookkeeping returns to empty (bounded memory) and so does the publishers' view
-    assert until(lambda: px._granted == {} and px._denied_live == {}), (px._granted,
-                                                                         px._denied_live)
+    ck = px._checker
+    assert until(lambda: ck.granted == {} and ck.denied_live == {}), (ck.granted, ck.denied_live)
     px.close()
 
 
