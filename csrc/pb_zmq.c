@@ -3,6 +3,7 @@
 #include "pb_zmq.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <link.h>
 #include <stdio.h>
 #include <string.h>
@@ -167,6 +168,20 @@ int pb_zmq_send_concat(void *socket, const pb_zmq_buf *bufs, size_t n, int flags
         dst += bufs[i].len;
     }
     if (PB_LIKELY(z.msg_send(&msg, socket, flags) >= 0)) return 0;  /* libzmq owns it now */
+    int err = z.errno_();
+    z.msg_close(&msg);
+    return err;
+}
+
+int pb_zmq_send_filled(void *socket, size_t len, int (*fill)(void *dst, size_t len, void *arg),
+                       void *arg, int flags) {
+    pb_zmq_msg msg;
+    if (PB_UNLIKELY(z.msg_init_size(&msg, len) != 0)) return z.errno_();
+    if (PB_UNLIKELY(fill(z.msg_data(&msg), len, arg) != 0)) {
+        z.msg_close(&msg);
+        return EINVAL;
+    }
+    if (PB_LIKELY(z.msg_send(&msg, socket, flags) >= 0)) return 0; /* libzmq owns it now */
     int err = z.errno_();
     z.msg_close(&msg);
     return err;

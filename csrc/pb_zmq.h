@@ -78,6 +78,14 @@ int pb_zmq_send(void *socket, const void *data, size_t len, int flags);
  * ENOMEM when the frame cannot be allocated. */
 int pb_zmq_send_concat(void *socket, const pb_zmq_buf *bufs, size_t n, int flags);
 
+/* Send one frame of len bytes that fill(dst, len, arg) writes in place: one allocation by
+ * libzmq and no intermediate copy (a batch frame drained straight from the ring). fill returns
+ * 0, or nonzero to cancel the send (the message is released, nothing is sent; returns EINVAL).
+ * Otherwise returns as pb_zmq_send, or ENOMEM when the frame cannot be allocated (fill is then
+ * not called). */
+int pb_zmq_send_filled(void *socket, size_t len, int (*fill)(void *dst, size_t len, void *arg),
+                       void *arg, int flags);
+
 /* Initialise an empty message (zmq_msg_init); always succeeds. */
 void pb_zmq_msg_init(pb_zmq_msg *msg);
 

@@ -469,6 +469,7 @@ def test_backpressure_when_max_queued_reached():
         with pytest.raises(pybus.BackpressureError, match="max_queued=10"):
             q.put("a.b", b"")
         rec = Recorder()
+        q.put_timeout = 10  # room comes once the worker has connected and acked (no timing bet)
         with Worker(q.endpoint, rec):
             q.put("a.b", b"")  # waits for room, then goes
             assert q.join(10)

@@ -265,13 +265,19 @@ def test_signal_handler_runs_during_a_wait_and_the_request_still_completes(tmp_p
 def test_ctrl_c_interrupts_a_blocking_wait(pair):
     _, dealer, _ = pair
     dealer.setsockopt(zmq.RCVTIMEO, 10_000)
+    # Python's own SIGINT handler, also when this run was started in the background (a shell
+    # starts background jobs with SIGINT ignored, and Python then leaves it ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
     t0 = time.monotonic()
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        fast.recv_reply(dealer.underlying, 1)
-    assert time.monotonic() - t0 < 5
-    timer.join()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fast.recv_reply(dealer.underlying, 1)
+        assert time.monotonic() - t0 < 5
+    finally:
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- pybus.rpc on both paths ---------------------------------------------------------------
@@ -376,7 +382,7 @@ def test_client_timeout_is_bounded_on_both_paths(tmp_path, path):
 
 def test_env_var_selects_the_fallback_and_rpc_tests_pass_on_it():
     """PYBUS_NO_ZMQ_FASTPATH=1: the fast path reports itself off and refuses to run, and the
-    RPC and work-queue test files pass on pyzmq's calls."""
+    RPC, work-queue and publish/subscribe test files pass on pyzmq's calls."""
     env = dict(os.environ, PYBUS_NO_ZMQ_FASTPATH="1")
     probe = subprocess.run(
         [sys.executable, "-c",
@@ -390,10 +396,48 @@ def test_env_var_selects_the_fallback_and_rpc_tests_pass_on_it():
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
          *(os.path.join(HERE, f) for f in
-           ("test_rpc.py", "test_workqueue.py", "test_workqueue_faults.py"))],
+           ("test_rpc.py", "test_workqueue.py", "test_workqueue_faults.py", "test_pubsub.py",
+            "test_pubsub_accounting.py"))],
         env=env, capture_output=True, text=True, timeout=300, cwd="/",
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+def test_publisher_drains_straight_into_zeromq_on_the_fast_path(tmp_path, path):
+    """With the fast path a Publisher's frames go from the ring into ZeroMQ messages
+    (Batcher.drain_to); a plain pyzmq SUB decodes them exactly as on pyzmq's path, and the
+    publisher's counters agree."""
+    ep = f"ipc://{tmp_path}/drain.ipc"
+    pub = pybus.Publisher(ep, sndhwm=100_000)
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.RCVTIMEO, 5000)
+    sub.setsockopt(zmq.SUBSCRIBE, b"t.")
+    sub.setsockopt(zmq.SUBSCRIBE, pybus._pubsub_base.HELLO_PREFIX + b"raw-sub")  # a hello
+    sub.connect(ep)
+    try:
+        assert (pub._fast_addr != 0) == (path == "fast")
+        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        n = 5000
+        for i in range(n):
+            pub.publish("t.a" if i % 3 else "t.b", i.to_bytes(4, "little") * 4)
+        pub.flush()
+        got: dict[str, list[int]] = {"t.a": [], "t.b": []}
+        while sum(map(len, got.values())) < n:
+            topic, frame = sub.recv_multipart()
+            for m in pybus.decode_batch(topic.decode(), frame):
+                assert m.payload == m.payload[:4] * 4
+                got[m.topic].append(int.from_bytes(m.payload[:4], "little"))
+        assert got["t.a"] == [i for i in range(n) if i % 3]
+        assert got["t.b"] == [i for i in range(n) if not i % 3]
+        st = pub.stats()
+        assert st["published"] == n and st["batches"] >= 2
+        # per-topic counts come from each frame's header as it was written into ZeroMQ's message
+        assert pub._published_by_topic == {b"t.a": len(got["t.a"]), b"t.b": len(got["t.b"])}
+    finally:
+        sub.close(0)
+        pub.close(linger=0)
 
 
 def test_threads_sharing_one_client_get_their_own_replies(tmp_path, path):

@@ -26,6 +26,9 @@ cdef extern from "pb_zmq.h" nogil:
     const char *pb_zmq_strerror(int errnum)
     int pb_zmq_send(void *socket, const void *data, size_t len, int flags)
     int pb_zmq_send_concat(void *socket, const pb_zmq_buf *bufs, size_t n, int flags)
+    int pb_zmq_send_filled(void *socket, size_t len,
+                           int (*fill)(void *dst, size_t len, void *arg) noexcept nogil,
+                           void *arg, int flags)
     void pb_zmq_msg_init(pb_zmq_msg *msg)
     int pb_zmq_msg_recv(pb_zmq_msg *msg, void *socket, int flags)
     const void *pb_zmq_msg_data(pb_zmq_msg *msg)
