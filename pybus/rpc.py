@@ -580,16 +580,7 @@ class Server:
                 frame = zframe.bytes
                 if zframe.more:
                     if frame == forward_marker:
-                        # A worker thread's reply: [marker][client identity][reply].
-                        client = recv()
-                        reply = recv() if getsockopt(RCVMORE) else b""
-                        self._inflight -= 1
-                        try:
-                            zsend(sock, client, MORE_NOBLOCK)
-                            zsend(sock, reply, NOBLOCK)
-                            stats["replies"] += 1
-                        except zmq.ZMQError as exc:
-                            self._send_failed(exc)
+                        self._forward_worker_reply()
                         continue
                     # A well-formed request is a single frame after the identity.
                     while getsockopt(RCVMORE):
@@ -665,7 +656,6 @@ class Server:
         order as the pyzmq loop (_loop)."""
         sock = self._sock
         recv = sock.recv
-        zsend = _send_of(sock)
         getsockopt = sock.getsockopt
         recv_request = _zmqfast.recv_request
         send_reply = _zmqfast.send_reply
@@ -675,7 +665,7 @@ class Server:
         forward_marker = ctrl_prefix + _CTRL_FORWARD
         stop_marker = ctrl_prefix + _CTRL_STOP
         multipart, kind_reason = _zmqfast.REASON_MULTIPART, _zmqfast.REASON_KIND
-        RCVMORE, MORE_NOBLOCK, NOBLOCK = zmq.RCVMORE, _SNDMORE_NOBLOCK, _NOBLOCK
+        RCVMORE = zmq.RCVMORE
         # Module globals and builtins as locals (see _loop).
         flag_msgpack, kind_reply, kind_error = FLAG_MSGPACK, KIND_REPLY, KIND_ERROR
         type_, bytes_, closed_error = type, bytes, ClosedError
@@ -692,16 +682,7 @@ class Server:
                 if reason == multipart:
                     try:
                         if data == forward_marker:
-                            # A worker thread's reply: [marker][client identity][reply].
-                            client = recv()
-                            reply = recv() if getsockopt(RCVMORE) else b""
-                            self._inflight -= 1
-                            try:
-                                zsend(sock, client, MORE_NOBLOCK)
-                                zsend(sock, reply, NOBLOCK)
-                                stats["replies"] += 1
-                            except zmq.ZMQError as exc:
-                                self._send_failed(exc)
+                            self._forward_worker_reply()
                             continue
                         # A well-formed request is a single frame after the identity.
                         while getsockopt(RCVMORE):
@@ -748,6 +729,20 @@ class Server:
                 self._send_failed(zmq.ZMQError(err))
             else:
                 stats["replies"] += 1
+
+    def _forward_worker_reply(self) -> None:
+        """A worker thread's reply, [marker][client identity][reply], after its marker was read:
+        send it on to the client (only the I/O thread may touch the ROUTER)."""
+        sock = self._sock
+        client = sock.recv()
+        reply = sock.recv() if sock.getsockopt(zmq.RCVMORE) else b""
+        self._inflight -= 1
+        try:
+            sock.send(client, _SNDMORE_NOBLOCK)
+            sock.send(reply, _NOBLOCK)
+            self._stats["replies"] += 1
+        except zmq.ZMQError as exc:
+            self._send_failed(exc)
 
     def _send_failed(self, exc: zmq.ZMQError) -> None:
         if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):

@@ -242,7 +242,10 @@ def recv_reply(size_t sock, uint64_t cid):
         Nothing arrived within RCVTIMEO, or a signal interrupted the wait (its handlers ran
         and did not raise): re-check the deadline.
     """
-    cdef void *s = _socket(sock)
+    return _recv_reply(_socket(sock), cid)
+
+
+cdef object _recv_reply(void *s, uint64_t cid):
     cdef pb_zmq_msg msg
     cdef int err
     cdef const uint8_t *data
@@ -292,10 +295,7 @@ cdef object _call(void *s, uint64_t cid, uint8_t flags, bytes method, bytes payl
     cdef uint8_t head[HEADER_SIZE]
     cdef pb_zmq_buf bufs[3]
     cdef Py_ssize_t mlen = PyBytes_GET_SIZE(method)
-    cdef pb_zmq_msg msg
     cdef int err
-    cdef const uint8_t *data
-    cdef size_t n
     if mlen < 1 or mlen > 255:
         raise ValueError(f"method is {mlen} bytes; allowed: 1-255")
     _header(head, KIND_REQUEST, flags, <uint8_t>mlen, cid)
@@ -308,27 +308,7 @@ cdef object _call(void *s, uint64_t cid, uint8_t flags, bytes method, bytes payl
     err = _send_concat(s, bufs, 3, 0)
     if err:
         return err
-    pb_zmq_msg_init(&msg)
-    with nogil:
-        err = pb_zmq_msg_recv(&msg, s, 0)
-    if err:
-        pb_zmq_msg_close(&msg)
-        if err == EAGAIN:
-            return None
-        if err == EINTR:
-            _signalled()
-            return None
-        _raise(err, "RPC client receive")
-    data = <const uint8_t *>pb_zmq_msg_data(&msg)
-    n = pb_zmq_msg_size(&msg)
-    try:
-        if (n >= HEADER_SIZE and data[1] == KIND_REPLY and data[2] == 0
-                and data[0] == WIRE_VERSION and _le64(data + 4) == cid):
-            return PyBytes_FromStringAndSize(<const char *>data + HEADER_SIZE,
-                                             <Py_ssize_t>(n - HEADER_SIZE))
-        return PyByteArray_FromStringAndSize(<const char *>data, <Py_ssize_t>n)
-    finally:
-        pb_zmq_msg_close(&msg)
+    return _recv_reply(s, cid)
 
 
 # -- the client's request, in C -----------------------------------------------------------

@@ -113,8 +113,8 @@ _TABLE: tuple[_Entry, ...] = (
     _Entry("pybus_messages_dropped_total", "counter",
            "Messages dropped, by reason (ring_full: the ring was full with on_full='drop'; "
            "closed: still pending when the publisher closed; forbidden: a subscriber or proxy "
-           "dropped them because the sending key may not publish that topic).", "", ("name", "reason"),
-           "pubsub"),
+           "dropped them because the sending key may not publish that topic).", "",
+           ("name", "reason"), "pubsub"),
     # -- receive side
     _Entry("pybus_messages_received_total", "counter",
            "Messages a subscriber received and decoded, by topic.", "", _NT, "pubsub"),
@@ -196,7 +196,8 @@ _TABLE: tuple[_Entry, ...] = (
     _Entry("pybus_peer_events_total", "counter",
            "ZeroMQ socket-monitor events (connected, accepted, disconnected, handshake_failed, "
            "...) of a pybus socket (publisher, subscriber, RPC server and client, work queue, "
-           "worker: side=socket; a proxy: side=frontend/backend).", "", ("name", "side", "event"), "proxy"),
+           "worker: side=socket; a proxy: side=frontend/backend).", "",
+           ("name", "side", "event"), "proxy"),
     _Entry("pybus_peers", "gauge",
            "Connections currently up, by side.", "", ("name", "side"), "proxy"),
     _Entry("pybus_auth_rejected_total", "counter",
