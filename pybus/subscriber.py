@@ -18,7 +18,7 @@ import zmq
 from . import _pubsub_base as base
 from . import _sockets
 from . import metrics as _metrics
-from ._native import Histogram, Message, decode_batch, frame_info
+from ._native import Histogram, Message, _zmqfast, decode_batch, frame_info
 from .errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
 from .topics import TopicMatcher, is_valid_topic
 
@@ -231,6 +231,10 @@ class Subscriber:
         # pyzmq's Cython methods, without the sugar layer (per frame, not per message)
         self._recv = zmq.backend.Socket.recv.__get__(sock)
         self._rcvmore = zmq.backend.Socket.get.__get__(sock)
+        # libzmq's own socket when [topic][frame] may be read straight from libzmq (the batch
+        # frame then stays in its buffer), else 0. Publish permissions need each frame's
+        # ZAP User-Id, which only pyzmq's Frame reads.
+        self._fast_addr = _sockets.fast_address(sock) if self._pub_acl is None else 0
         self._rcvtimeo_ms = -1
         self._lock = threading.Lock()
         # messages decoded but not yet handed out (recv() takes them one by one)
@@ -373,6 +377,7 @@ class Subscriber:
         slices of at most _POLL_SLICE_MS so a close() from another thread is noticed.
         Returns None at the deadline. The caller holds the lock."""
         recv = self._recv
+        fast = self._fast_addr
         while True:
             if self._closed:
                 raise ClosedError("the Subscriber was closed")
@@ -385,6 +390,14 @@ class Subscriber:
                 if ms != self._rcvtimeo_ms:
                     self._sock.setsockopt(zmq.RCVTIMEO, ms)
                     self._rcvtimeo_ms = ms
+                if fast:
+                    # the whole [topic][frame] (see _fill); None: timed out
+                    got = _zmqfast.recv_pubsub(fast, False)
+                    if got is not None:
+                        return got
+                    if ms == 0:
+                        return None
+                    continue
                 return recv(0, True)
             except zmq.Again:
                 if ms == 0:
@@ -393,6 +406,14 @@ class Subscriber:
                 if self._closed:
                     raise ClosedError("the Subscriber was closed") from exc
                 raise from_zmq(exc, "Subscriber.recv") from exc
+            except ClosedError:
+                raise ClosedError("the Subscriber was closed") from None
+
+    def _bad_parts(self, parts: int, topic_b: bytes) -> None:
+        if parts == 1:
+            self._decode_error("single-frame message (expected topic + batch frame)", topic_b)
+        else:
+            self._decode_error(f"{parts}-frame message (expected 2 frames)", topic_b)
 
     def _take_buffered(self, max_messages: int) -> list[Message]:
         pos = self._pos
@@ -430,28 +451,44 @@ class Subscriber:
         # is received as a zmq.Frame (copy=False): large frames are not copied, .more is free,
         # and decode_batch reads it through the buffer protocol (copying each payload out, so
         # no Message keeps the frame alive).
+        fast = self._fast_addr
+        recv_pubsub = _zmqfast.recv_pubsub
         while len(out) < max_messages and max_frames > 0:
             max_frames -= 1
-            if first_frame is not None:
-                topic_b, first_frame = first_frame, None
+            if fast:
+                # [topic][frame] read straight from libzmq: the batch frame stays in libzmq's
+                # buffer (a ZFrame), with none of pyzmq's per-call work
+                if first_frame is not None:
+                    got, first_frame = first_frame, None
+                else:
+                    got = recv_pubsub(fast, True)
+                    if got is None:
+                        return
+                topic_b, frame, parts = got
+                if frame is None:
+                    self._bad_parts(parts, topic_b)
+                    continue
             else:
-                try:
-                    topic_b = recv(_NOBLOCK, True)
-                except zmq.Again:
-                    return
-                except zmq.ZMQError as exc:
-                    raise from_zmq(exc, "Subscriber.recv") from exc
-            if not rcvmore(_RCVMORE):
-                self._decode_error("single-frame message (expected topic + batch frame)", topic_b)
-                continue
-            frame = recv(_NOBLOCK, False)
-            if frame.more:
-                parts = 2
-                while frame.more:
-                    frame = recv(_NOBLOCK, False)
-                    parts += 1
-                self._decode_error(f"{parts}-frame message (expected 2 frames)", topic_b)
-                continue
+                if first_frame is not None:
+                    topic_b, first_frame = first_frame, None
+                else:
+                    try:
+                        topic_b = recv(_NOBLOCK, True)
+                    except zmq.Again:
+                        return
+                    except zmq.ZMQError as exc:
+                        raise from_zmq(exc, "Subscriber.recv") from exc
+                if not rcvmore(_RCVMORE):
+                    self._bad_parts(1, topic_b)
+                    continue
+                frame = recv(_NOBLOCK, False)
+                if frame.more:
+                    parts = 2
+                    while frame.more:
+                        frame = recv(_NOBLOCK, False)
+                        parts += 1
+                    self._bad_parts(parts, topic_b)
+                    continue
             topic = topics.get(topic_b)
             if topic is None:
                 topic = self._classify(topic_b)

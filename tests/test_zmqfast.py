@@ -551,3 +551,57 @@ def test_queue_counts_a_message_of_the_wrong_shape_and_keeps_serving(path):
             H.wait_until(lambda: q.stats()["decode_errors"] == 1, 5, "the decode error")
         raw.close(0)
     assert seen == [b"one"]
+
+
+@needs_fast
+def test_recv_pubsub_reads_topic_and_frame_and_counts_malformed_parts():
+    """recv_pubsub: [topic][frame] with the frame left in libzmq's buffer (decoded through the
+    buffer protocol, also a frame small enough for ZeroMQ to keep inside its message struct);
+    malformed messages come back with their part count, every part consumed; None when
+    nothing is ready, and after RCVTIMEO when waiting."""
+    ctx = zmq.Context.instance()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    for s in (pub, sub):
+        s.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    ep = f"inproc://recv-pubsub-{os.getpid()}-{time.monotonic_ns()}"
+    sub.bind(ep)
+    pub.connect(ep)
+    try:
+        b = pybus.Batcher()
+        for i in range(5):
+            b.publish("a.b", bytes([i]) * 3)
+        ((topic, frame),) = b.drain()
+        deadline = time.monotonic() + 5
+        while fast.recv_pubsub(sub.underlying) is None:  # the subscription reaches the PUB
+            pub.send_multipart([b"probe", b"x"])
+            assert time.monotonic() < deadline
+        while fast.recv_pubsub(sub.underlying) is not None:
+            pass
+        pub.send_multipart([topic, frame])
+        pub.send(b"lone")
+        pub.send_multipart([b"x", b"y", b"z", b"w"])
+        pub.send_multipart([b"t", b"tiny"])
+        got = []
+        while len(got) < 4:
+            r = fast.recv_pubsub(sub.underlying, False)
+            if r is not None:
+                got.append(r)
+            assert time.monotonic() < deadline
+        t, zf, parts = got[0]
+        assert (t, parts, len(zf)) == (b"a.b", 2, len(frame))
+        assert bytes(memoryview(zf)) == frame == zf.bytes
+        assert [m.payload for m in pybus.decode_batch("a.b", zf)] == [bytes([i]) * 3
+                                                                       for i in range(5)]
+        assert pybus.frame_info(zf) == pybus.frame_info(frame)
+        assert got[1] == (b"lone", None, 1)
+        assert got[2] == (b"x", None, 4)
+        assert got[3][0] == b"t" and got[3][1].bytes == b"tiny" and got[3][2] == 2
+        assert fast.recv_pubsub(sub.underlying) is None
+        sub.setsockopt(zmq.RCVTIMEO, 50)
+        t0 = time.monotonic()
+        assert fast.recv_pubsub(sub.underlying, False) is None
+        assert 0.03 < time.monotonic() - t0 < 5
+    finally:
+        pub.close(0)
+        sub.close(0)

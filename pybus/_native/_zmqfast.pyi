@@ -1,6 +1,6 @@
 """Type stub of pybus._native._zmqfast (request/reply I/O straight into pyzmq's libzmq)."""
 
-from typing import Any
+from typing import Any, final
 
 from typing_extensions import disjoint_base
 
@@ -67,3 +67,12 @@ def send_reply(
 def send_frame(sock: int, data: bytes, more: bool = False) -> int: ...
 def recv_message(sock: int, dontwait: bool = True) -> list[bytes] | None: ...
 def send_message(sock: int, parts: tuple[bytes, ...]) -> int: ...
+
+@final
+class ZFrame:
+    """A received ZeroMQ frame kept in libzmq's buffer (read-only buffer protocol)."""
+    def __len__(self) -> int: ...
+    @property
+    def bytes(self) -> bytes: ...
+
+def recv_pubsub(sock: int, dontwait: bool = True) -> tuple[bytes, ZFrame | None, int] | None: ...

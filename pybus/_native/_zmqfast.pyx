@@ -26,6 +26,8 @@ function documents that it returns the errno.
 functions then raise ``pybus.BusError`` and pybus uses pyzmq's own calls instead.
 """
 
+cimport cython
+from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
@@ -637,3 +639,98 @@ def send_message(size_t sock, tuple parts not None) -> int:
         if err:
             return err
     return 0
+
+
+# -- publish/subscribe: a subscriber's [topic][batch frame] ---------------------------------
+@cython.final
+cdef class ZFrame:
+    """A received ZeroMQ frame, kept in libzmq's own buffer (no copy into a bytes object).
+
+    Read-only through the buffer protocol (``memoryview(f)``, ``decode_batch(topic, f)``,
+    ``frame_info(f)``); ``len(f)`` is its size. The buffer is released with the object.
+    """
+    cdef pb_zmq_msg _msg
+
+    def __cinit__(self):
+        pb_zmq_msg_init(&self._msg)
+
+    def __dealloc__(self):
+        pb_zmq_msg_close(&self._msg)
+
+    def __len__(self):
+        return <Py_ssize_t>pb_zmq_msg_size(&self._msg)
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        PyBuffer_FillInfo(buffer, self, <void *>pb_zmq_msg_data(&self._msg),
+                          <Py_ssize_t>pb_zmq_msg_size(&self._msg), 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        pass
+
+    @property
+    def bytes(self):
+        """A copy as bytes."""
+        return PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&self._msg),
+                                         <Py_ssize_t>pb_zmq_msg_size(&self._msg))
+
+
+cdef int _recv_part(pb_zmq_msg *msg, void *s, int flags) except -1:
+    """One frame into msg: 0, or 1 when nothing came (EAGAIN, or EINTR after the signal
+    handlers ran and did not raise); other errors raise."""
+    cdef int err
+    if flags & PB_ZMQ_DONTWAIT:
+        err = pb_zmq_msg_recv(msg, s, flags)
+    else:
+        with nogil:
+            err = pb_zmq_msg_recv(msg, s, flags)
+    if err == 0:
+        return 0
+    if err == EAGAIN:
+        return 1
+    if err == EINTR:
+        _signalled()
+        return 1
+    _raise(err, "Subscriber receive")
+
+
+def recv_pubsub(size_t sock, bint dontwait=True):
+    """Receive one pub/sub message, [topic][batch frame], from a SUB socket.
+
+    ``dontwait`` False waits (GIL released) up to the socket's RCVTIMEO.
+
+    Returns
+    -------
+    None
+        Nothing was ready (or a signal interrupted the wait and its handlers did not raise).
+    (topic bytes, ZFrame, 2)
+        A well-formed two-part message; the batch frame stays in libzmq's buffer.
+    (topic bytes, None, parts)
+        A message of ``parts`` frames (1, or more than 2), all consumed: malformed.
+    """
+    cdef void *s = _socket(sock)
+    cdef pb_zmq_msg part
+    cdef ZFrame frame
+    cdef bytes topic
+    cdef int parts, more
+    pb_zmq_msg_init(&part)
+    try:
+        if _recv_part(&part, s, PB_ZMQ_DONTWAIT if dontwait else 0):
+            return None
+        topic = PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&part),
+                                          <Py_ssize_t>pb_zmq_msg_size(&part))
+        if not pb_zmq_msg_more(&part):
+            return (topic, None, 1)
+        frame = ZFrame.__new__(ZFrame)
+        # ZeroMQ delivers a message's parts together: once the first is here, so is the rest
+        if _recv_part(&frame._msg, s, PB_ZMQ_DONTWAIT):
+            return (topic, None, 1)  # not reachable
+        if not pb_zmq_msg_more(&frame._msg):
+            return (topic, frame, 2)
+        parts = 2
+        more = 1
+        while more and not _recv_part(&part, s, PB_ZMQ_DONTWAIT):
+            parts += 1
+            more = pb_zmq_msg_more(&part)
+        return (topic, None, parts)
+    finally:
+        pb_zmq_msg_close(&part)
