@@ -191,6 +191,40 @@ cdef int _send_concat(void *s, const pb_zmq_buf *bufs, size_t n, int flags) exce
         _signalled()
 
 
+cdef int _wait_part(pb_zmq_msg *msg, void *s, bint dontwait, str what) except -1:
+    """The first frame of the next message into msg: 0, or 1 when none came (EAGAIN: nothing
+    ready, or RCVTIMEO expired; EINTR after the signal handlers ran and did not raise), so
+    the caller re-checks its deadline. Waiting releases the GIL; other errors raise."""
+    cdef int err
+    if dontwait:
+        err = pb_zmq_msg_recv(msg, s, PB_ZMQ_DONTWAIT)
+    else:
+        with nogil:
+            err = pb_zmq_msg_recv(msg, s, 0)
+    if err == 0:
+        return 0
+    if err == EAGAIN:
+        return 1
+    if err == EINTR:
+        _signalled()
+        return 1
+    _raise(err, what)
+
+
+cdef inline int _recv_rest(pb_zmq_msg *msg, void *s, str what) except -1:
+    """The next part of a multipart message already delivered (ZeroMQ delivers all parts
+    atomically): it never waits, so EINTR is retried without running signal handlers (which
+    could leave the socket in the middle of a message)."""
+    cdef int err
+    while True:
+        err = pb_zmq_msg_recv(msg, s, 0)
+        if err != EINTR:
+            break
+    if err:
+        _raise(err, what)
+    return 0
+
+
 # -- client -------------------------------------------------------------------------------
 def send_request(size_t sock, uint64_t cid, uint8_t flags, bytes method not None,
                  bytes payload not None) -> int:
@@ -249,23 +283,14 @@ def recv_reply(size_t sock, uint64_t cid):
 
 cdef object _recv_reply(void *s, uint64_t cid):
     cdef pb_zmq_msg msg
-    cdef int err
     cdef const uint8_t *data
     cdef size_t n
     pb_zmq_msg_init(&msg)
-    with nogil:
-        err = pb_zmq_msg_recv(&msg, s, 0)
-    if err:
-        pb_zmq_msg_close(&msg)
-        if err == EAGAIN:
-            return None
-        if err == EINTR:
-            _signalled()
-            return None
-        _raise(err, "RPC client receive")
-    data = <const uint8_t *>pb_zmq_msg_data(&msg)
-    n = pb_zmq_msg_size(&msg)
     try:
+        if _wait_part(&msg, s, False, "RPC client receive"):
+            return None
+        data = <const uint8_t *>pb_zmq_msg_data(&msg)
+        n = pb_zmq_msg_size(&msg)
         if (n >= HEADER_SIZE and data[1] == KIND_REPLY and data[2] == 0
                 and data[0] == WIRE_VERSION and _le64(data + 4) == cid):
             return PyBytes_FromStringAndSize(<const char *>data + HEADER_SIZE,
@@ -447,20 +472,6 @@ cdef class ClientCore:
 
 
 # -- server -------------------------------------------------------------------------------
-cdef inline int _recv_rest(pb_zmq_msg *msg, void *s) except -1:
-    """The next part of a multipart message already delivered (ZeroMQ delivers all parts
-    atomically): it never waits, so EINTR is retried without running signal handlers (which
-    could leave the socket in the middle of a message)."""
-    cdef int err
-    while True:
-        err = pb_zmq_msg_recv(msg, s, 0)
-        if err != EINTR:
-            break
-    if err:
-        _raise(err, "RPC server receive")
-    return 0
-
-
 def recv_request(size_t sock):
     """Wait (GIL released, up to the socket's RCVTIMEO) for the next request on a ROUTER.
 
@@ -482,30 +493,21 @@ def recv_request(size_t sock):
     """
     cdef void *s = _socket(sock)
     cdef pb_zmq_msg msg
-    cdef int err
     cdef int more
     cdef const uint8_t *data
     cdef size_t n, end
     cdef bytes ident
     cdef bytes frame
     pb_zmq_msg_init(&msg)
-    with nogil:
-        err = pb_zmq_msg_recv(&msg, s, 0)
-    if err:
-        pb_zmq_msg_close(&msg)
-        if err == EAGAIN:
-            return None
-        if err == EINTR:
-            _signalled()
-            return None
-        _raise(err, "RPC server receive")
     try:
+        if _wait_part(&msg, s, False, "RPC server receive"):
+            return None
         ident = PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
                                           <Py_ssize_t>pb_zmq_msg_size(&msg))
         if not pb_zmq_msg_more(&msg):
             # Not a ROUTER's [identity][frame]: nothing follows the "identity".
             return (REASON_SHORT, ident, 0, 0, None, b"")
-        _recv_rest(&msg, s)
+        _recv_rest(&msg, s, "RPC server receive")
         data = <const uint8_t *>pb_zmq_msg_data(&msg)
         n = pb_zmq_msg_size(&msg)
         more = pb_zmq_msg_more(&msg)
@@ -588,27 +590,15 @@ def recv_message(size_t sock, bint dontwait=True):
     """
     cdef void *s = _socket(sock)
     cdef pb_zmq_msg msg
-    cdef int err
     cdef list parts
     pb_zmq_msg_init(&msg)
-    if dontwait:
-        err = pb_zmq_msg_recv(&msg, s, PB_ZMQ_DONTWAIT)
-    else:
-        with nogil:
-            err = pb_zmq_msg_recv(&msg, s, 0)
-    if err:
-        pb_zmq_msg_close(&msg)
-        if err == EAGAIN:
-            return None
-        if err == EINTR:
-            _signalled()
-            return None
-        _raise(err, "ZeroMQ receive")
     try:
+        if _wait_part(&msg, s, dontwait, "ZeroMQ receive"):
+            return None
         parts = [PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
                                            <Py_ssize_t>pb_zmq_msg_size(&msg))]
         while pb_zmq_msg_more(&msg):
-            _recv_rest(&msg, s)
+            _recv_rest(&msg, s, "ZeroMQ receive")
             parts.append(PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
                                                    <Py_ssize_t>pb_zmq_msg_size(&msg)))
         return parts
@@ -674,25 +664,6 @@ cdef class ZFrame:
                                          <Py_ssize_t>pb_zmq_msg_size(&self._msg))
 
 
-cdef int _recv_part(pb_zmq_msg *msg, void *s, int flags) except -1:
-    """One frame into msg: 0, or 1 when nothing came (EAGAIN, or EINTR after the signal
-    handlers ran and did not raise); other errors raise."""
-    cdef int err
-    if flags & PB_ZMQ_DONTWAIT:
-        err = pb_zmq_msg_recv(msg, s, flags)
-    else:
-        with nogil:
-            err = pb_zmq_msg_recv(msg, s, flags)
-    if err == 0:
-        return 0
-    if err == EAGAIN:
-        return 1
-    if err == EINTR:
-        _signalled()
-        return 1
-    _raise(err, "Subscriber receive")
-
-
 def recv_pubsub(size_t sock, bint dontwait=True):
     """Receive one pub/sub message, [topic][batch frame], from a SUB socket.
 
@@ -714,21 +685,20 @@ def recv_pubsub(size_t sock, bint dontwait=True):
     cdef int parts, more
     pb_zmq_msg_init(&part)
     try:
-        if _recv_part(&part, s, PB_ZMQ_DONTWAIT if dontwait else 0):
+        if _wait_part(&part, s, dontwait, "Subscriber receive"):
             return None
         topic = PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&part),
                                           <Py_ssize_t>pb_zmq_msg_size(&part))
         if not pb_zmq_msg_more(&part):
             return (topic, None, 1)
         frame = ZFrame.__new__(ZFrame)
-        # ZeroMQ delivers a message's parts together: once the first is here, so is the rest
-        if _recv_part(&frame._msg, s, PB_ZMQ_DONTWAIT):
-            return (topic, None, 1)  # not reachable
+        _recv_rest(&frame._msg, s, "Subscriber receive")
         if not pb_zmq_msg_more(&frame._msg):
             return (topic, frame, 2)
         parts = 2
         more = 1
-        while more and not _recv_part(&part, s, PB_ZMQ_DONTWAIT):
+        while more:
+            _recv_rest(&part, s, "Subscriber receive")
             parts += 1
             more = pb_zmq_msg_more(&part)
         return (topic, None, parts)
