@@ -247,7 +247,11 @@ def send_request(size_t sock, uint64_t cid, uint8_t flags, bytes method not None
         0 once queued, or the ZeroMQ errno: EAGAIN when it would block (e.g. IMMEDIATE and no
         connection yet), others as ZeroMQ reports them.
     """
-    cdef void *s = _socket(sock)
+    return _send_request(_socket(sock), cid, flags, method, payload)
+
+
+cdef int _send_request(void *s, uint64_t cid, uint8_t flags, bytes method,
+                       bytes payload) except -1:
     cdef uint8_t head[HEADER_SIZE]
     cdef pb_zmq_buf bufs[3]
     cdef Py_ssize_t mlen = PyBytes_GET_SIZE(method)
@@ -319,20 +323,7 @@ def call(size_t sock, uint64_t cid_base, uint64_t seq, uint8_t flags, bytes meth
 
 
 cdef object _call(void *s, uint64_t cid, uint8_t flags, bytes method, bytes payload):
-    cdef uint8_t head[HEADER_SIZE]
-    cdef pb_zmq_buf bufs[3]
-    cdef Py_ssize_t mlen = PyBytes_GET_SIZE(method)
-    cdef int err
-    if mlen < 1 or mlen > 255:
-        raise ValueError(f"method is {mlen} bytes; allowed: 1-255")
-    _header(head, KIND_REQUEST, flags, <uint8_t>mlen, cid)
-    bufs[0].data = head
-    bufs[0].len = HEADER_SIZE
-    bufs[1].data = PyBytes_AS_STRING(method)
-    bufs[1].len = <size_t>mlen
-    bufs[2].data = PyBytes_AS_STRING(payload)
-    bufs[2].len = <size_t>PyBytes_GET_SIZE(payload)
-    err = _send_concat(s, bufs, 3, 0)
+    cdef int err = _send_request(s, cid, flags, method, payload)
     if err:
         return err
     return _recv_reply(s, cid)
