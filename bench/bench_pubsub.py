@@ -54,6 +54,15 @@ _now = time.perf_counter_ns
 # "Do this n times" without allocating an int per turn (timeit's idiom): every sender loop
 # below uses it alike, so the table compares the libraries, not range()'s integers.
 _times = partial(itertools.repeat, None)
+#: Publisher frame bounds of the pybus throughput runs (printed in the header; the latency
+#: runs keep the defaults):
+#: frames up to 256 KiB / 300 us instead of the defaults' 64 KiB / 100 us, so each of
+#: ZeroMQ's I/O threads wakes about 4x less often per message (measured per thread: 20-25
+#: instead of 35-45 ns per 64-B message). The defaults stay small because ZeroMQ counts its
+#: high-water marks in frames: small frames leave room for bursts over many topics
+#: (docs/operations.md). ``--default-frames`` measures the defaults.
+THROUGHPUT_FRAMES: dict[str, Any] = {"max_batch_bytes": 256 << 10, "max_delay_us": 300.0}
+_pub_frames: dict[str, Any] = dict(THROUGHPUT_FRAMES)  # set by main(); children fork it
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,7 +202,7 @@ def _rx_zenoh(ep: str, n: int, mode: str, conn: Any) -> None:
 
 
 def _tx_pybus(ep: str, n: int, payload: bytes) -> tuple[int, Callable[[], None]]:
-    pub = pybus.Publisher(ep, connect=True, sndhwm=BIG_HWM)
+    pub = pybus.Publisher(ep, connect=True, sndhwm=BIG_HWM, **_pub_frames)
     pub.wait_for_subscribers(1, timeout=10)
     publish = pub.publish
     t0 = _now()
@@ -595,7 +604,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--variants", default="pybus-batch,pybus-recv,zmq-send,py-batch,zenoh")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-rss", action="store_true", help="skip the stalled-subscriber RSS run")
+    ap.add_argument(
+        "--default-frames",
+        action="store_true",
+        help="pybus publishers with the default frame bounds (not THROUGHPUT_FRAMES)",
+    )
     args = ap.parse_args(argv)
+    _pub_frames.clear()
+    if not args.default_frames:
+        _pub_frames.update(THROUGHPUT_FRAMES)
     quick = args.quick
     reps = args.reps or (2 if quick else 5)
     scale = 0.15 if quick else 1.0
@@ -625,13 +642,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "reps": reps,
         "quick": quick,
+        "publisher_frames": dict(_pub_frames) or "defaults",
         "throughput": {},
         "latency": {},
         "notes": notes,
     }
     print(
         f"pybus pub/sub benchmark: {reps} reps per case, load average {load[0]:.2f} "
-        f"on {os.cpu_count()} CPUs{' (quick)' if quick else ''}",
+        f"on {os.cpu_count()} CPUs{' (quick)' if quick else ''}; pybus publisher frames: "
+        f"{_pub_frames or 'the defaults'}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="pybus-bench-") as tmpdir:
