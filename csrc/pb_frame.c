@@ -58,14 +58,22 @@ int pb_frame_read_header(const uint8_t *buf, size_t len, pb_frame_info *info,
         return fail(err, 2, -1, "unknown version",
                     "unknown batch frame version %u at offset 2; this receiver speaks version %d",
                     buf[2], PB_FRAME_VERSION);
-    if (PB_UNLIKELY(buf[3] != 0))
+    if (PB_UNLIKELY(buf[3] & ~PB_FRAME_FLAG_POSITION))
         return fail(err, 3, -1, "reserved flags",
-                    "frame flags 0x%02x at offset 3 use reserved bits; version 1 allows 0",
+                    "frame flags 0x%02x at offset 3 use reserved bits; version 1 allows 0 or "
+                    "0x01 (position)",
                     buf[3]);
     uint32_t count = rd_u32(buf + 4);
     size_t room = (len - PB_FRAME_HEADER_SIZE) / PB_FRAME_RECORD_HEADER_SIZE;
-    if (PB_UNLIKELY(count == 0))
+    if (buf[3] & PB_FRAME_FLAG_POSITION) {
+        if (PB_UNLIKELY(count != 0 || len != PB_FRAME_HEADER_SIZE))
+            return fail(err, 4, -1, "bad position",
+                        "position frame declares %u records in %zu bytes; a position frame is "
+                        "the 32-byte header alone with count 0",
+                        count, len);
+    } else if (PB_UNLIKELY(count == 0)) {
         return fail(err, 4, -1, "empty", "frame declares 0 records; a frame holds at least 1");
+    }
     if (PB_UNLIKELY((size_t)count > room))
         return fail(err, 4, -1, "bad count",
                     "frame declares %u records but its %zu bytes fit at most %zu", count, len,
@@ -141,6 +149,13 @@ uint8_t *pb_frame_write_header(uint8_t *dst, uint32_t count, uint64_t publisher_
     wr_u64(dst + 16, first_seq);
     wr_u64(dst + 24, (uint64_t)base_timestamp_ns);
     return dst + PB_FRAME_HEADER_SIZE;
+}
+
+uint8_t *pb_frame_write_position(uint8_t *dst, uint64_t publisher_id, uint64_t next_seq,
+                                 int64_t timestamp_ns) {
+    uint8_t *end = pb_frame_write_header(dst, 0, publisher_id, next_seq, timestamp_ns);
+    dst[3] = PB_FRAME_FLAG_POSITION;
+    return end;
 }
 
 uint8_t *pb_frame_write_record(uint8_t *dst, const void *payload, uint32_t payload_len,

@@ -5,6 +5,8 @@
  * Record: u32 payload_len | u16 header_len | u8 record_flags | u8 reserved | u32 ts_delta_ns
  *         (12 bytes) then header_len header bytes, then payload_len payload bytes.
  * Record i has sequence first_seq + i and timestamp base_timestamp_ns + ts_delta_ns.
+ * A position frame (frame_flags PB_FRAME_FLAG_POSITION) is the 32-byte header alone, count 0:
+ * first_seq is the next sequence number of its stream, so every message before it was sent.
  *
  * Decoding never reads outside [buf, buf + len), whatever the bytes. Thread safety: all
  * functions are pure over their arguments (safe from any thread on distinct outputs).
@@ -29,6 +31,7 @@ extern "C" {
 #define PB_FRAME_REC_HAS_HEADER 0x02u /* header_len > 0 (a msgpack map) */
 #define PB_FRAME_REC_KNOWN (PB_FRAME_REC_MSGPACK | PB_FRAME_REC_HAS_HEADER)
 #define PB_FRAME_MAX_DELTA 0xFFFFFFFFu
+#define PB_FRAME_FLAG_POSITION 0x01u /* frame_flags: a position frame (no records) */
 
 typedef struct pb_frame_info {
     uint64_t publisher_id;
@@ -97,6 +100,10 @@ static inline size_t pb_frame_record_size(uint16_t header_len, uint32_t payload_
 /* Write a frame header at dst (32 bytes); returns dst + 32. */
 uint8_t *pb_frame_write_header(uint8_t *dst, uint32_t count, uint64_t publisher_id,
                                uint64_t first_seq, int64_t base_timestamp_ns);
+
+/* Write a position frame at dst (32 bytes): the stream's next sequence number, no records. */
+uint8_t *pb_frame_write_position(uint8_t *dst, uint64_t publisher_id, uint64_t next_seq,
+                                 int64_t timestamp_ns);
 
 /* Write one record at dst; the timestamp delta is timestamp_ns - base_timestamp_ns clamped to
  * 0..PB_FRAME_MAX_DELTA; PB_FRAME_REC_HAS_HEADER is set iff header_len > 0. Returns the end. */

@@ -53,6 +53,10 @@ typedef struct pb_topic {
     uint32_t head, tail;  /* offsets of the oldest / newest pending record */
     uint32_t count;       /* pending records */
     uint32_t next_active; /* next topic in the active list, or PB_NIL */
+    /* position announcements (pb_ring_positions_due) */
+    uint64_t announced_seq; /* next_seq when last announced (0: never) */
+    int64_t announced_ns;   /* when, on the caller's clock */
+    uint32_t repeats_left;  /* announcements of announced_seq still to make */
 } pb_topic;
 
 struct pb_ring {
@@ -68,6 +72,7 @@ struct pb_ring {
     int64_t idle_ns, max_delay_ns;
     int64_t last_drain_ns, oldest_ns, last_append_ns;
     int drained; /* a drain has emptied the ring at least once (before that: idle) */
+    uint32_t position_cursor; /* where pb_ring_positions_due resumes after hitting its limit */
     uint64_t publisher_id;
     /* the frame planned by pb_ring_next_frame */
     int planned;
@@ -182,6 +187,9 @@ int pb_ring_topic_add(pb_ring *r, uint32_t *id_out) {
     t->next_seq = 1;
     t->head = t->tail = t->next_active = PB_NIL;
     t->count = 0;
+    t->announced_seq = 0;
+    t->announced_ns = 0;
+    t->repeats_left = 0;
     *id_out = id;
     return PB_OK;
 }
@@ -190,6 +198,55 @@ uint32_t pb_ring_topic_count(const pb_ring *r) { return r->ntopics; }
 
 uint64_t pb_ring_next_seq(const pb_ring *r, uint32_t topic_id) {
     return topic_id < r->ntopics ? r->topics[topic_id].next_seq : 0;
+}
+
+uint32_t pb_ring_topic_pending(const pb_ring *r, uint32_t topic_id) {
+    return topic_id < r->ntopics ? r->topics[topic_id].count : 0;
+}
+
+int64_t pb_ring_positions_due(pb_ring *r, int64_t now_ns, int64_t interval_ns, uint32_t repeats,
+                              uint32_t limit, int force, pb_ring_position_fn emit, void *arg) {
+    int64_t next_due = 0;
+    uint32_t n = r->ntopics, emitted = 0;
+    if (r->position_cursor >= n) r->position_cursor = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t id = r->position_cursor + i < n ? r->position_cursor + i : r->position_cursor + i - n;
+        pb_topic *t = &r->topics[id];
+        if (t->next_seq <= 1 || t->count) continue; /* nothing published, or not all sent */
+        int64_t due;
+        if (t->next_seq != t->announced_seq) {
+            /* moved since its last announcement: due one interval after that one */
+            due = (force || t->announced_seq == 0) ? now_ns : t->announced_ns + interval_ns;
+        } else if (t->repeats_left) {
+            /* repeats back off: 1, 2, 4 ... intervals after the previous announcement */
+            uint32_t k = repeats - 1 - t->repeats_left;
+            due = t->announced_ns + (interval_ns << (k < 20 ? k : 20));
+        } else {
+            continue;
+        }
+        if (now_ns >= due) {
+            if (limit && emitted == limit) {
+                /* the rest next time, from here (round robin), a tenth of an interval on */
+                r->position_cursor = id;
+                int64_t soon = now_ns + interval_ns / 10;
+                return next_due && next_due < soon ? next_due : soon;
+            }
+            if (emit(id, t->next_seq, arg) != 0) return -1;
+            emitted++;
+            if (t->next_seq != t->announced_seq) {
+                t->announced_seq = t->next_seq;
+                t->repeats_left = repeats ? repeats - 1 : 0;
+            } else {
+                t->repeats_left--;
+            }
+            t->announced_ns = now_ns;
+            if (!t->repeats_left) continue;
+            uint32_t k = repeats - 1 - t->repeats_left;
+            due = now_ns + (interval_ns << (k < 20 ? k : 20));
+        }
+        if (next_due == 0 || due < next_due) next_due = due;
+    }
+    return next_due;
 }
 
 /* now - then >= span, without signed overflow whatever the caller's clock readings. */

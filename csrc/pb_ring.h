@@ -73,6 +73,26 @@ uint32_t pb_ring_topic_count(const pb_ring *r);
 /* Sequence number the next record of topic_id will get (0 if topic_id is not registered). */
 uint64_t pb_ring_next_seq(const pb_ring *r, uint32_t topic_id);
 
+/* Records of topic_id still pending in the ring (0 if topic_id is not registered). */
+uint32_t pb_ring_topic_pending(const pb_ring *r, uint32_t topic_id);
+
+/* Position announcements (docs/wire.md, position frames): which topics should tell
+ * subscribers their next sequence number now, so that a subscriber detects the loss of a
+ * stream's last messages, which no later message would reveal. A topic qualifies once it has
+ * published and none of its records is pending (everything before the position was sent). A
+ * topic whose next_seq moved since its last announcement is due one interval_ns after that
+ * announcement (at once when never announced, or with force); the announcement of a given
+ * next_seq is made `repeats` times in all, 1, 2, 4 ... intervals apart, in case ZeroMQ drops
+ * one at a high-water mark. emit(topic_id, next_seq, arg) is called for each topic due at
+ * now_ns (a nonzero return stops the scan: -1 is returned, the topic's state unchanged), at
+ * most `limit` of them per call (0: no limit; the scan resumes where it stopped, so every
+ * topic gets its turn). Returns the earliest time another announcement falls due, or 0 if
+ * none is scheduled.
+ * Times are the caller's (any monotonic ns clock). O(registered topics). */
+typedef int (*pb_ring_position_fn)(uint32_t topic_id, uint64_t next_seq, void *arg);
+int64_t pb_ring_positions_due(pb_ring *r, int64_t now_ns, int64_t interval_ns, uint32_t repeats,
+                              uint32_t limit, int force, pb_ring_position_fn emit, void *arg);
+
 /* Append a record: copies header and payload into the ring, assigns the topic's next sequence
  * number and stamps it with CLOCK_REALTIME in ns (the ring's clock: on x86 with an invariant TSC,
  * the TSC extrapolated from a CLOCK_REALTIME reading re-taken every millisecond, within well

@@ -43,6 +43,30 @@ class Publisher(_pub.Publisher):
 
     def _start_flusher(self) -> None:
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._position_timer: asyncio.TimerHandle | None = None
+
+    def _schedule_positions(self) -> None:
+        # no flusher thread: a loop timer sends the position frames when due
+        due = self._position_due
+        if due is None or self._position_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # flushed from outside the loop: close() sends the last ones
+            return
+        delay = max(0.0, (due - time.monotonic_ns()) / 1e9)
+        self._position_timer = loop.call_later(delay, self._position_fire)
+
+    def _position_fire(self) -> None:
+        self._position_timer = None
+        if self._closed:
+            return
+        if self._send_lock.acquire(False):
+            try:
+                self._position_tick_locked()
+            finally:
+                self._send_lock.release()
+        self._schedule_positions()  # busy lock, or the next ones
 
     def _on_pending(self) -> None:
         if self._timer is None:
@@ -108,9 +132,10 @@ class Publisher(_pub.Publisher):
 
     async def close(self, linger: float | None = None) -> None:  # type: ignore[override]
         """Send what is pending and close (bounded by ``linger``)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._position_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._position_timer = None
         _pub.Publisher.close(self, linger)
 
     def _close_socket(self, linger_ms: int) -> None:

@@ -55,6 +55,17 @@ _MAX_SUBSCRIPTION_BYTES = 1024
 _MAX_TICK_S = 0.001
 # Timer slack of the flusher thread (see _flusher_loop), ns.
 _FLUSHER_TIMER_SLACK_NS = 1000
+# Position frames (docs/wire.md): a topic that published announces its next sequence number
+# at most once per interval while it moves, and each announcement is repeated, 1, 2, 4 and 8
+# intervals apart (about 1.5 s in all), in case ZeroMQ dropped one at a subscriber's
+# high-water mark. A subscriber then counts the loss of a stream's last messages too, which no
+# later message would reveal.
+_POSITION_INTERVAL_NS = 100_000_000
+_POSITION_REPEATS = 5
+# At most this many position frames per scan (the rest follow 10 ms later, round robin): with
+# thousands of topics, positions must not crowd the data out of the high-water marks.
+_POSITION_LIMIT = 256
+_monotonic_ns = time.monotonic_ns
 
 
 def _pack(obj: Any) -> bytes:
@@ -97,9 +108,27 @@ def _flusher_loop(
     """
     set_thread_timer_slack(_FLUSHER_TIMER_SLACK_NS)
     while True:
-        wake.wait()
+        pub = ref()
+        if pub is None:
+            return
+        timeout = pub._position_wait()
+        del pub
+        woke = wake.wait(timeout)
         if stop.is_set():
             return
+        if not woke:  # position frames are due (and nothing woke us)
+            pub = ref()
+            if pub is None:
+                return
+            try:
+                pub._position_tick()
+            except ClosedError:
+                return
+            except Exception:  # never let the thread die silently
+                log.exception("pybus publisher flusher failed")
+            finally:
+                del pub
+            continue
         wake.clear()
         period: float | None = None
         while True:
@@ -341,6 +370,8 @@ class Publisher:
         # counters (updated under the send lock)
         self._batches = 0
         self._bytes = 0
+        self._positions_sent = 0
+        self._position_due: int | None = None  # monotonic ns of the next position scan
         self._dropped: dict[str, int] = {"ring_full": 0, "closed": 0}
         self._subscribers: set[bytes] = set()
         self._subscriptions = 0
@@ -491,10 +522,18 @@ class Publisher:
                 self._batcher.drain()
                 self._dropped["closed"] += n
             raise ClosedError("publish() on a closed Publisher")
+        batches = self._batches
         if self._fast_addr and self._history is None:
             self._flush_fast()
         else:
             self._flush_frames()
+        due = self._position_due
+        if due is None:
+            if self._batches != batches:  # streams moved: announce them within an interval
+                self._position_due = _monotonic_ns() + _POSITION_INTERVAL_NS
+                self._schedule_positions()
+        elif _monotonic_ns() >= due:
+            self._send_positions(_monotonic_ns())
         # Reading subscriptions costs a few microseconds (ZeroMQ processes its commands), so
         # at most once per interval here; wait_for_subscribers and stats read them at once.
         now = _monotonic()
@@ -546,6 +585,46 @@ class Publisher:
                 raise from_zmq(exc, "Publisher send") from exc
             self._batches += len(frames)
             self._bytes += nbytes
+
+    def _send_positions(self, now_ns: int, force: bool = False) -> None:
+        """Send the position frames due (caller holds the send lock; see docs/wire.md)."""
+        frames, self._position_due = self._batcher.position_frames(
+            now_ns, _POSITION_INTERVAL_NS, _POSITION_REPEATS, force, 0 if force else _POSITION_LIMIT
+        )
+        if frames:
+            send = self._send
+            try:
+                for topic, frame in frames:
+                    send(topic, _SNDMORE_NOBLOCK)
+                    send(frame, _NOBLOCK)
+            except zmq.ZMQError as exc:
+                raise from_zmq(exc, "Publisher send") from exc
+            self._positions_sent += len(frames)
+        if self._position_due is not None and not self._closed:
+            self._schedule_positions()
+
+    def _schedule_positions(self) -> None:
+        """Position frames fall due at ``_position_due``: make sure someone sends them (the
+        flusher thread, which may be asleep without a timeout, reads it when woken)."""
+        self._wake.set()
+
+    def _position_wait(self) -> float | None:
+        """Flusher thread: seconds until position frames are due (None: none scheduled)."""
+        due = self._position_due
+        return None if due is None else max(0.0, (due - _monotonic_ns()) / 1e9)
+
+    def _position_tick(self) -> None:
+        """Flusher thread: send the position frames due (after what is pending)."""
+        with self._send_lock:
+            self._position_tick_locked()
+
+    def _position_tick_locked(self) -> None:
+        if self._closed:
+            raise ClosedError("closed")
+        if self._batcher.pending_records:
+            self._flush_locked()  # sends the due positions too
+        else:
+            self._send_positions(_monotonic_ns())
 
     def _read_subscriptions(self) -> None:
         """Consume XPUB (un)subscription messages without blocking (caller holds the lock)."""
@@ -774,7 +853,8 @@ class Publisher:
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``published`` (messages handed to ZeroMQ), ``pending``, ``batches``,
-        ``bytes``, ``dropped`` by reason (``ring_full``, ``closed``), ``subscribers``."""
+        ``bytes``, ``positions_sent`` (position frames, docs/wire.md), ``dropped`` by reason
+        (``ring_full``, ``closed``), ``subscribers``."""
         with self._send_lock:
             if not self._closed:
                 self._read_subscriptions()
@@ -784,6 +864,7 @@ class Publisher:
                 "pending": self._batcher.pending_records,
                 "batches": self._batches,
                 "bytes": self._bytes,
+                "positions_sent": self._positions_sent,
                 "dropped": dict(self._dropped),
                 "subscribers": len(self._subscribers),
                 "sndhwm": self.sndhwm,
@@ -812,6 +893,9 @@ class Publisher:
             if got:
                 try:
                     self._flush_locked()
+                    # the last position of every stream that moved, so subscribers can count
+                    # the loss of its last messages
+                    self._send_positions(_monotonic_ns(), force=True)
                 except Exception:
                     log.exception("pybus publisher: final flush failed")
             self._closed = True

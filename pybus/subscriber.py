@@ -252,6 +252,7 @@ class Subscriber:
         self._gaps = 0
         self._bytes = 0
         self._batches = 0
+        self._positions = 0
         # publish-to-receive latency in ns, one record_n per frame (2 significant figures: 1 %
         # precision in ~30 KiB); exported by pybus.metrics as quantiles and buckets
         # (registry=False: no latency recording)
@@ -508,6 +509,9 @@ class Subscriber:
                     continue
             try:
                 pid, first, count, _ts = frame_info(frame)
+                if not count:  # a position frame: no messages, the stream's next seq
+                    self._position(topic, topic_b, pid, first)
+                    continue
                 msgs = decode_batch(topic, frame)
             except FrameError as exc:
                 self._decode_error(str(exc), topic_b)
@@ -598,9 +602,20 @@ class Subscriber:
         self._topics[topic_b] = value
         return value
 
+    def _position(self, topic: str, topic_b: bytes, pid: int, next_seq: int) -> None:
+        """A position frame (docs/wire.md): every message of the stream before next_seq was
+        sent, so those that never arrived are lost, even when no later message comes. An
+        older position (a repeat, or one overtaken by messages) changes nothing."""
+        self._positions += 1
+        expected = self._streams.get((pid, topic_b))
+        if expected is None or next_seq > expected:
+            self._account(topic, topic_b, pid, next_seq, 0)
+
     def _account(self, topic: str, topic_b: bytes, pid: int, first: int, count: int) -> None:
         received = self._received
-        if topic in received:
+        if not count:  # a position: nothing received
+            pass
+        elif topic in received:
             received[topic] += count
         elif len(received) < _MAX_TRACKED_TOPICS:
             received[topic] = count
@@ -753,7 +768,8 @@ class Subscriber:
         """Counters: ``received`` and ``lost`` (total and ``*_by_topic``), ``decode_errors``
         (and ``decode_errors_by_reason``), ``out_of_order`` (messages whose sequence number was
         already passed: duplicates or reordering), ``gaps`` (discontinuities detected), ``bytes``
-        and ``batches`` (frames received), ``streams`` tracked, ``buffered``, ``dropped``
+        and ``batches`` (frames received), ``positions`` (position frames received, which
+        reveal lost last messages; docs/wire.md), ``streams`` tracked, ``buffered``, ``dropped``
         (messages dropped by reason: ``forbidden`` = their publisher's key may not publish
         that topic, see ``security``) and ``forbidden_by_key`` (Z85 key -> such messages)."""
         with self._lock:
@@ -771,6 +787,7 @@ class Subscriber:
             "gaps": self._gaps,
             "bytes": self._bytes,
             "batches": self._batches,
+            "positions": self._positions,
             "streams": len(self._streams),
             "buffered": len(self._buf) - self._pos,
             "slow_consumer_events": dict(self._slow_events),

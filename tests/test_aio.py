@@ -118,3 +118,25 @@ def test_async_publisher_requires_async_with() -> None:
         await pub.close()
 
     _run(main())
+
+
+def test_async_publisher_sends_position_frames_from_the_loop() -> None:
+    """No flusher thread: an event-loop timer announces each stream's position (docs/wire.md),
+    so an async subscriber counts the loss of the last messages of a stream too."""
+
+    async def main() -> None:
+        ep = f"inproc://aio-pos-{uuid.uuid4().hex}"
+        async with pybus.aio.Publisher(ep) as pub:
+            async with pybus.aio.Subscriber(ep, topics=["p.#"]) as sub:
+                await pub.wait_for_subscribers(1, timeout=5)
+                pub.publish("p.a", b"1")
+                pub.publish("p.a", b"2")
+                assert [m.seq for m in await sub.recv_batch(timeout=5)] in ([1, 2], [1])
+                deadline = time.monotonic() + 5
+                while pub.stats()["positions_sent"] < 2 and time.monotonic() < deadline:
+                    await sub.recv_batch(timeout=0.05)  # the loop runs the timers meanwhile
+                # the first position and at least one repeat went out, ~100 ms apart
+                assert pub.stats()["positions_sent"] >= 2
+                assert sub.stats()["positions"] >= 1 and sub.stats()["lost"] == 0
+
+    _run(main())

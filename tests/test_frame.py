@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pybus import (
+    Batcher,
     FrameError,
     Message,
     ValidationError,
@@ -43,8 +44,12 @@ def spec_decode(frame: bytes) -> tuple[dict, list[dict]]:
         raise SpecError("magic")
     if version != 1:
         raise SpecError("version")
-    if fflags != 0:
+    if fflags not in (0, 1):
         raise SpecError("frame flags")
+    if fflags == 1:  # a position frame: the 32-byte header alone, count 0
+        if count != 0 or len(frame) != FRAME_HEADER.size:
+            raise SpecError("position")
+        return {"publisher_id": pid, "first_seq": first_seq, "base": base, "count": 0}, []
     if count == 0:
         raise SpecError("empty")
     off = FRAME_HEADER.size
@@ -211,6 +216,69 @@ def test_error_messages_say_what_and_where():
     huge_count = frame[:4] + struct.pack("<I", 10**6) + frame[8:]
     with pytest.raises(FrameError, match="fit at most"):
         frame_info(huge_count)
+
+
+def test_position_frames_follow_the_spec():
+    """A position frame (frame_flags 0x01) is the header alone with count 0: no records,
+    first_seq is the stream's next sequence number. Anything else with that flag is refused."""
+    b = Batcher()
+    b.publish("pos.a", b"1")
+    b.publish("pos.a", b"2")
+    assert b.position_frames(0, 10**8, 3) == ([], None)  # pending: its data is not sent yet
+    b.drain()
+    frames, due = b.position_frames(10**9, 10**8, 3)
+    assert due == 10**9 + 10**8  # the first repeat, one interval later
+    assert [t for t, _ in frames] == [b"pos.a"]
+    position = frames[0][1]
+    info, recs = spec_decode(position)
+    assert recs == [] and info["count"] == 0 and info["first_seq"] == 3
+    assert info["publisher_id"] == b.publisher_id
+    assert frame_info(position) == (b.publisher_id, 3, 0, info["base"])
+    assert decode_batch("pos.a", position) == [] and decode_payloads(position) == []
+    assert list(iter_frame(position)) == []
+    check_agrees(position)
+    for bad, why in (
+        (position[:4] + struct.pack("<I", 1) + position[8:], "1 records"),  # a count
+        (position + bytes(12), "44 bytes"),  # a record's worth of bytes after the header
+        (position[:3] + b"\x03" + position[4:], "reserved bits"),  # an unknown flag
+    ):
+        with pytest.raises(FrameError, match=why):
+            decode_batch("pos.a", bad)
+        with pytest.raises(SpecError):
+            spec_decode(bad)
+    empty = _sample_frame()[:4] + struct.pack("<I", 0) + _sample_frame()[8:32]
+    with pytest.raises(FrameError, match="0 records"):
+        frame_info(empty)  # count 0 without the position flag is still malformed
+
+
+def test_position_announcements_repeat_then_stop():
+    """Each next seq is announced `repeats` times, 1, 2, 4 intervals apart; a moving topic at
+    most once per interval; force announces moved topics at once."""
+    b = Batcher()
+    b.publish("pos.a", b"x")
+    b.drain()
+    sent = []
+    for t in range(0, 2000, 10):
+        frames, _ = b.position_frames(t, 100, 4)
+        sent += [t] * len(frames)
+    assert sent == [0, 100, 300, 700]
+    b.publish("pos.a", b"y")
+    b.drain()
+    assert b.position_frames(750, 100, 4)[0] == []  # moved, but announced 50 ago
+    assert len(b.position_frames(750, 100, 4, force=True)[0]) == 1
+    frames, due = b.position_frames(800, 100, 4)
+    assert frames == [] and due == 850
+    with pytest.raises(ValidationError, match="interval_ns"):
+        b.position_frames(0, 0, 1)
+    # a limit: two per call, the third (round robin) a tenth of an interval later
+    b = Batcher()
+    for t in ("l.a", "l.b", "l.c"):
+        b.publish(t, b"z")
+    b.drain()
+    frames, due = b.position_frames(0, 100, 1, limit=2)
+    assert [t for t, _ in frames] == [b"l.a", b"l.b"] and due == 10
+    frames, due = b.position_frames(10, 100, 1, limit=2)
+    assert [t for t, _ in frames] == [b"l.c"] and due is None
 
 
 def test_accepts_any_buffer():

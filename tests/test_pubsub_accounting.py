@@ -99,6 +99,46 @@ def test_forced_hwm_drops_are_all_accounted(tmp_path: Path) -> None:
         pub.close(linger=0)
 
 
+def test_lost_last_messages_are_counted_from_position_frames(tmp_path: Path) -> None:
+    """No sentinels: the publisher stops after a burst the stalled subscriber could not hold.
+    The messages dropped at the end of each stream show no gap, since nothing follows them;
+    the publisher's position frames reveal them, and the books balance exactly."""
+    ep = _ipc(tmp_path)
+    topics = ["tail.a", "tail.b"]
+    pub = pybus.Publisher(ep, sndhwm=2, max_batch_records=64)
+    sub = pybus.Subscriber(ep, topics=["tail.*"], rcvhwm=2)
+    try:
+        pub.wait_for_subscribers(1, timeout=5)
+        for t in topics:  # the subscriber has seen every stream before the stall
+            pub.publish(t, b"warm")
+        pub.flush()
+        delivered = sub.recv_batch(timeout=5)
+        while len(delivered) < 2:
+            delivered += sub.recv_batch(timeout=5)
+        for i in range(50_000):
+            for t in topics:
+                pub.publish(t, b"%08d" % i)
+        pub.flush()
+        total = 2 + 2 * 50_000
+        deadline = time.monotonic() + 20
+        while len(delivered) + sub.stats()["lost"] < total:
+            assert time.monotonic() < deadline, (len(delivered), sub.stats(), pub.stats())
+            delivered += sub.recv_batch(100_000, timeout=0.05)
+        st, pst = sub.stats(), pub.stats()
+        assert pst["published"] == total and st["lost"] > 0 and st["positions"] > 0
+        assert len(delivered) + st["lost"] == total
+        for t in topics:
+            seqs = [m.seq for m in delivered if m.topic == t]
+            assert seqs == sorted(set(seqs))
+            assert len(seqs) + st["lost_by_topic"][t] == 50_001
+        # what the stream's last position said: nothing after it, no double count
+        assert sub.recv_batch(timeout=0.3) == [] and sub.stats()["lost"] == st["lost"]
+        assert st["out_of_order"] == 0 and st["decode_errors"] == 0
+    finally:
+        sub.close()
+        pub.close(linger=0)
+
+
 def test_ring_full_drops_and_hwm_drops_add_up(tmp_path: Path) -> None:
     """on_full='drop' with a tiny ring (batches held open by linger_us) plus a stalled
     subscriber: both kinds of loss, and the books still balance exactly."""

@@ -37,13 +37,22 @@ class Rec:
     headers: dict[str, Any]
 
 
-def spec_decode(topic: bytes, frame: bytes) -> list[Rec]:
-    """Decode one pub/sub message following docs/wire.md; raise ValueError when invalid."""
+def spec_decode(
+    topic: bytes, frame: bytes, positions: dict[tuple[int, str], int] | None = None
+) -> list[Rec]:
+    """Decode one pub/sub message following docs/wire.md; raise ValueError when invalid.
+    A position frame yields no records; its next sequence number goes to ``positions``."""
     if len(frame) < 32:
         raise ValueError("short")
     m0, m1, version, flags, count, pid, first, base = FRAME_HEADER.unpack_from(frame, 0)
-    if (m0, m1) != (0x50, 0x42) or version != 1 or flags != 0:
+    if (m0, m1) != (0x50, 0x42) or version != 1 or flags not in (0, 1):
         raise ValueError("header")
+    if flags == 1:  # position frame: the header alone, count 0, first_seq = next seq
+        if count != 0 or len(frame) != 32:
+            raise ValueError("position")
+        if positions is not None:
+            positions[(pid, topic.decode("ascii"))] = first
+        return []
     if count == 0 or count > (len(frame) - 32) // 12:
         raise ValueError("count")
     off = 32
@@ -108,14 +117,18 @@ def test_plain_sub_decodes_pybus_traffic() -> None:
         for i in range(500):
             pub.publish("orders.bulk", i.to_bytes(2, "little"))
         pub.flush()
+        t1 = time.time_ns()
         recs: list[Rec] = []
-        while len(recs) < 502:
+        positions: dict[tuple[int, str], int] = {}
+        pid = pub.publisher_id
+        # the messages, then (within ~100 ms) each stream's position: its next seq
+        while len(recs) < 502 or len(positions) < 2:
             assert raw.poll(5000)
             parts = raw.recv_multipart()
             assert len(parts) == 2  # topic frame + batch frame
-            assert parts[0] in (b"orders.created", b"orders.bulk")
-            recs += spec_decode(parts[0], parts[1])
-        t1 = time.time_ns()
+            assert parts[0] in (b"orders.created", b"orders.bulk")  # audit.x: filtered out
+            recs += spec_decode(parts[0], parts[1], positions)
+        assert positions == {(pid, "orders.created"): 3, (pid, "orders.bulk"): 501}
         created = [r for r in recs if r.topic == "orders.created"]
         assert created[0].payload == b"\x00\x01bytes" and created[0].headers == {}
         assert created[1].payload == {"id": 7, "tags": ["a"]}
@@ -127,7 +140,11 @@ def test_plain_sub_decodes_pybus_traffic() -> None:
         for r in recs:
             assert r.publisher_id == pub.publisher_id
             assert t0 <= r.timestamp_ns <= t1
-        assert not raw.poll(50)  # audit.x never left the publisher
+        # position repeats may follow (docs/wire.md); audit.x never left the publisher
+        while raw.poll(50):
+            parts = raw.recv_multipart()
+            assert spec_decode(parts[0], parts[1], positions) == [] and parts[0] != b"audit.x"
+        assert positions == {(pid, "orders.created"): 3, (pid, "orders.bulk"): 501}
     finally:
         raw.close(linger=0)
         pub.close(linger=0)
@@ -167,6 +184,16 @@ def test_plain_pub_publishes_to_pybus_subscriber() -> None:
         assert {m.publisher_id for m in got} == {pid}
         assert got[1].timestamp_ns - got[0].timestamp_ns == 1000
         assert sub.stats()["lost"] == 4 and gaps == [("sensor.temp", pid, 3, 7, 4)]
+        # a position frame written from docs/wire.md: seqs 8 and 9 were sent and never came
+        position = FRAME_HEADER.pack(0x50, 0x42, 1, 1, 0, pid, 10, time.time_ns())
+        raw.send(b"sensor.temp", zmq.SNDMORE)
+        raw.send(position)
+        deadline = time.monotonic() + 5
+        while sub.stats()["positions"] < 1 and time.monotonic() < deadline:
+            assert sub.recv_batch(timeout=0.05) == []
+        st = sub.stats()
+        assert st["positions"] == 1 and st["lost"] == 6 and st["received"] == 3
+        assert gaps[-1] == ("sensor.temp", pid, 8, 10, 2)
     finally:
         sub.close()
         raw.close(linger=0)

@@ -26,6 +26,7 @@ __all__ = [
     "RECORD_HEADER_SIZE",
     "RING_RECORD_OVERHEAD",
     "FLAG_MSGPACK",
+    "FLAG_POSITION",
     "ring_record_size",
 ]
 
@@ -37,6 +38,7 @@ FRAME_HEADER_SIZE: int
 RECORD_HEADER_SIZE: int
 RING_RECORD_OVERHEAD: int
 FLAG_MSGPACK: int
+FLAG_POSITION: int
 
 def ring_record_size(header_len: int, payload_len: int) -> int: ...
 
@@ -111,6 +113,9 @@ class Batcher:
         on_full: Callable[[str, Any, Any], Any] | None,
     ) -> None: ...
     def publish(self, topic: str, payload: Any, headers: dict[Any, Any] | None = None) -> Any: ...
+    def position_frames(
+        self, now_ns: int, interval_ns: int, repeats: int, force: bool = False, limit: int = 0
+    ) -> tuple[list[tuple[bytes, bytes]], int | None]: ...
     def drain_to(self, sock: int) -> tuple[list[tuple[bytes, int, int]], int]: ...
     def drain(self) -> list[tuple[bytes, bytes]]: ...
     def mark_flushed(self) -> None: ...

@@ -48,6 +48,7 @@ __all__ = [
     "RECORD_HEADER_SIZE",
     "RING_RECORD_OVERHEAD",
     "FLAG_MSGPACK",
+    "FLAG_POSITION",
     "ring_record_size",
 ]
 
@@ -59,6 +60,7 @@ FRAME_HEADER_SIZE = PB_FRAME_HEADER_SIZE
 RECORD_HEADER_SIZE = PB_FRAME_RECORD_HEADER_SIZE
 RING_RECORD_OVERHEAD = PB_RING_RECORD_OVERHEAD
 FLAG_MSGPACK = PB_FRAME_REC_MSGPACK
+FLAG_POSITION = PB_FRAME_FLAG_POSITION  # frame_flags of a position frame (docs/wire.md)
 
 cdef object _NO_TOPIC = object()  # never a topic: publish()'s last-topic cache starts empty
 cdef object _packb = msgpack.packb
@@ -303,6 +305,27 @@ cdef int _fill_frame(void *dst, size_t length, void *arg) noexcept nogil:
         return -1
     f.count = info.count if pb_frame_read_header(<const uint8_t *>dst, length, &info,
                                                  NULL) == PB_OK else 0
+    return 0
+
+
+cdef struct _Positions:
+    PyObject *out     # list of (topic bytes, frame bytes)
+    PyObject *names   # the Batcher's id -> topic bytes
+    uint64_t publisher_id
+    int64_t timestamp_ns
+
+
+cdef int _emit_position(uint32_t tid, uint64_t next_seq, void *arg) noexcept with gil:
+    # pb_ring_positions_due's callback: one position frame (docs/wire.md)
+    cdef _Positions *p = <_Positions *>arg
+    cdef bytes frame
+    try:
+        frame = PyBytes_FromStringAndSize(NULL, PB_FRAME_HEADER_SIZE)
+        pb_frame_write_position(<uint8_t *>PyBytes_AS_STRING(frame), p.publisher_id, next_seq,
+                                p.timestamp_ns)
+        (<list>p.out).append(((<list>p.names)[tid], frame))
+    except BaseException:  # MemoryError: the scan stops, the topic stays due
+        return -1
     return 0
 
 
@@ -699,6 +722,52 @@ cdef class Batcher:
         raise ValidationError(
             f"message of {plen} payload + {hlen} header bytes is too large; allowed: "
             f"payload + headers <= max_message_bytes={self._max_message}")
+
+    # -- positions ---------------------------------------------------------------------------
+
+    def position_frames(self, int64_t now_ns, int64_t interval_ns, uint32_t repeats,
+                        bint force=False, uint32_t limit=0):
+        """The position frames due at ``now_ns`` (docs/wire.md): one per topic that should
+        tell subscribers its next sequence number, so they detect the loss of a stream's last
+        messages, which no later message would reveal.
+
+        A topic qualifies once it has published and none of its records is pending. When its
+        sequence moved since its last announcement it is due ``interval_ns`` after that one (at
+        once the first time, or with ``force``); each announcement is made ``repeats`` times,
+        1, 2, 4 ... intervals apart, in case ZeroMQ drops one at a high-water mark.
+
+        Parameters
+        ----------
+        now_ns, interval_ns : int
+            A monotonic clock reading and the base interval, in ns (the caller's clock).
+        repeats : int
+            Announcements of one next sequence number.
+        force : bool
+            Announce moved topics now, whatever the interval (a closing publisher).
+        limit : int
+            At most this many frames per call (0: all due); the next call resumes where this
+            one stopped, and the returned due time is then a tenth of an interval away.
+
+        Returns
+        -------
+        (list of (topic bytes, frame bytes), int or None)
+            The frames to send (as [topic][frame], like batch frames), and when the next one
+            falls due (None: nothing is scheduled until a topic moves again).
+        """
+        self._ok()
+        if interval_ns <= 0:
+            raise ValidationError(f"interval_ns must be > 0, got {interval_ns}")
+        cdef list out = []
+        cdef _Positions p
+        p.out = <PyObject *>out
+        p.names = <PyObject *>self._names
+        p.publisher_id = pb_ring_publisher_id(self._r)
+        p.timestamp_ns = pb_now_ns()
+        cdef int64_t due = pb_ring_positions_due(self._r, now_ns, interval_ns, repeats, limit,
+                                                 force, _emit_position, &p)
+        if due < 0:
+            raise MemoryError("position frames: out of memory")
+        return out, (due if due else None)
 
     # -- drain -------------------------------------------------------------------------------
 

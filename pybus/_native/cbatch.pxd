@@ -41,6 +41,11 @@ cdef extern from "pb_ring.h" nogil:
     int pb_ring_topic_add(pb_ring *r, uint32_t *id_out)
     uint32_t pb_ring_topic_count(const pb_ring *r)
     uint64_t pb_ring_next_seq(const pb_ring *r, uint32_t topic_id)
+    uint32_t pb_ring_topic_pending(const pb_ring *r, uint32_t topic_id)
+    ctypedef int (*pb_ring_position_fn)(uint32_t topic_id, uint64_t next_seq, void *arg)
+    int64_t pb_ring_positions_due(pb_ring *r, int64_t now_ns, int64_t interval_ns,
+                                  uint32_t repeats, uint32_t limit, int force,
+                                  pb_ring_position_fn emit, void *arg)
     int pb_ring_append(pb_ring *r, uint32_t topic_id, const void *payload, uint32_t payload_len,
                        const void *header, uint16_t header_len, uint8_t flags)
     int pb_ring_append_at(pb_ring *r, uint32_t topic_id, const void *payload,
@@ -68,6 +73,7 @@ cdef extern from "pb_frame.h" nogil:
     unsigned int PB_FRAME_RECORD_HEADER_SIZE
     unsigned int PB_FRAME_REC_MSGPACK
     unsigned int PB_FRAME_REC_HAS_HEADER
+    unsigned int PB_FRAME_FLAG_POSITION
 
     ctypedef struct pb_frame_info:
         uint64_t publisher_id
@@ -101,6 +107,8 @@ cdef extern from "pb_frame.h" nogil:
     size_t pb_frame_record_size(uint16_t header_len, uint32_t payload_len)
     uint8_t *pb_frame_write_header(uint8_t *dst, uint32_t count, uint64_t publisher_id,
                                    uint64_t first_seq, int64_t base_timestamp_ns)
+    uint8_t *pb_frame_write_position(uint8_t *dst, uint64_t publisher_id, uint64_t next_seq,
+                                     int64_t timestamp_ns)
     uint8_t *pb_frame_write_record(uint8_t *dst, const void *payload, uint32_t payload_len,
                                    const void *header, uint16_t header_len, uint8_t flags,
                                    int64_t timestamp_ns, int64_t base_timestamp_ns)

@@ -430,6 +430,69 @@ static void test_clock(void) {
     pb_ring_close(r);
 }
 
+/* pb_ring_positions_due: who is due when, the frames it leads to, and a failing emit. */
+typedef struct {
+    uint32_t topics[8];
+    uint64_t seqs[8];
+    int n, fail;
+} emitted_t;
+
+static int record_position(uint32_t topic_id, uint64_t next_seq, void *arg) {
+    emitted_t *e = arg;
+    if (e->fail) return -1;
+    if (e->n < 8) {
+        e->topics[e->n] = topic_id;
+        e->seqs[e->n] = next_seq;
+    }
+    e->n++;
+    return 0;
+}
+
+static void test_positions(void) {
+    pb_ring_config c = default_cfg();
+    pb_ring *r = NULL;
+    CHECK(pb_ring_init(&c, &r) == PB_OK);
+    uint32_t a, b;
+    CHECK(pb_ring_topic_add(r, &a) == PB_OK && pb_ring_topic_add(r, &b) == PB_OK);
+    emitted_t e = {0};
+    CHECK(pb_ring_positions_due(r, 0, 100, 3, 0, 0, record_position, &e) == 0 && e.n == 0);
+    CHECK(pb_ring_append_at(r, a, "x", 1, NULL, 0, 0, 1) >= 0);
+    CHECK(pb_ring_topic_pending(r, a) == 1 && pb_ring_topic_pending(r, 99) == 0);
+    /* pending: not announced (its record is not sent yet) */
+    CHECK(pb_ring_positions_due(r, 0, 100, 3, 0, 0, record_position, &e) == 0 && e.n == 0);
+    frame_t frames[4];
+    size_t nf = drain_all(r, frames, 4);
+    for (size_t i = 0; i < nf; i++) free(frames[i].buf);
+    CHECK(pb_ring_positions_due(r, 1000, 100, 3, 0, 0, record_position, &e) == 1100);
+    CHECK(e.n == 1 && e.topics[0] == a && e.seqs[0] == 2); /* b never published */
+    e.fail = 1; /* a failing emit stops the scan and leaves the topic due */
+    CHECK(pb_ring_positions_due(r, 1100, 100, 3, 0, 0, record_position, &e) == -1);
+    e.fail = 0;
+    CHECK(pb_ring_positions_due(r, 1100, 100, 3, 0, 0, record_position, &e) == 1300 && e.n == 2);
+    CHECK(pb_ring_positions_due(r, 1300, 100, 3, 0, 0, record_position, &e) == 0 && e.n == 3);
+    CHECK(pb_ring_positions_due(r, 9000, 100, 3, 0, 0, record_position, &e) == 0 && e.n == 3);
+    /* a limit: at most 2 per call, the rest a tenth of an interval later, round robin */
+    uint32_t c3;
+    CHECK(pb_ring_topic_add(r, &c3) == PB_OK);
+    for (uint32_t id = 0; id < 3; id++) CHECK(pb_ring_append_at(r, id, "y", 1, NULL, 0, 0, 2) >= 0);
+    nf = drain_all(r, frames, 4);
+    for (size_t i = 0; i < nf; i++) free(frames[i].buf);
+    emitted_t f = {0};
+    CHECK(pb_ring_positions_due(r, 10000, 100, 1, 2, 0, record_position, &f) == 10010);
+    CHECK(f.n == 2 && f.topics[0] == a && f.topics[1] == b);
+    CHECK(pb_ring_positions_due(r, 10010, 100, 1, 2, 0, record_position, &f) == 0);
+    CHECK(f.n == 3 && f.topics[2] == c3 && f.seqs[2] == 2);
+    uint8_t pos[PB_FRAME_HEADER_SIZE];
+    pb_frame_write_position(pos, 7, 42, 5);
+    pb_frame_info info;
+    pb_frame_error err;
+    CHECK(pb_frame_validate(pos, sizeof pos, &info, &err) == PB_OK);
+    CHECK(info.count == 0 && info.flags == PB_FRAME_FLAG_POSITION && info.first_seq == 42);
+    pos[4] = 1; /* a count: refused */
+    CHECK(pb_frame_validate(pos, sizeof pos, &info, &err) == PB_EFRAME);
+    pb_ring_close(r);
+}
+
 int main(void) {
     test_config();
     test_capacity();
@@ -438,6 +501,7 @@ int main(void) {
     test_decoder_robust();
     test_timestamp_saturation();
     test_clock();
+    test_positions();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
