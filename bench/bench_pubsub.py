@@ -522,47 +522,71 @@ def _rx_stalled(ep: str, conn: Any) -> None:
     sub.close()
 
 
-def _run_rss(n: int, tmpdir: str) -> dict[str, Any]:
-    """RSS of both processes after the first 100k messages and after n (default bounds)."""
+def _tx_rss(ep: str, n: int, conn: Any) -> None:
+    """The publisher of the RSS run, in a fresh (spawned) process: its heap holds nothing
+    from the throughput runs, so its RSS is the publisher's own."""
     import psutil
 
-    ep = _endpoint("ipc", tmpdir)
-    pub = pybus.Publisher(ep)  # default bounds: the point of the measurement
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_rx_stalled, args=(ep, child), daemon=True)
-    proc.start()
     me = psutil.Process()
+    pub = pybus.Publisher(ep)  # default bounds: the point of the measurement
     try:
-        if not parent.poll(30):
-            raise RuntimeError("stalled subscriber did not start")
-        parent.recv()
         pub.wait_for_subscribers(1, timeout=10)
         publish = pub.publish
         payload = b"r" * 64
-        for _ in range(100_000):
+        for _ in _times(100_000):
             publish(TOPIC, payload)
         pub.flush()
-        parent.send("sample")
-        sub_first = parent.recv()
-        pub_first = me.memory_info().rss
+        conn.send(me.memory_info().rss)
+        assert conn.recv() == "go"
         t0 = time.monotonic()
         done = 100_000
         while done < n:
-            for _ in range(100_000):
+            for _ in _times(100_000):
                 publish(TOPIC, payload)
             done += 100_000
         pub.flush()
-        secs = time.monotonic() - t0
-        parent.send("sample")
-        sub_last = parent.recv()
-        pub_last = me.memory_info().rss
-        parent.send("stop")
+        conn.send((me.memory_info().rss, done, time.monotonic() - t0))
+        conn.recv()  # "stop": the subscriber has been sampled
     finally:
         pub.close(linger=0)
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
+
+
+def _run_rss(n: int, tmpdir: str) -> dict[str, Any]:
+    """RSS of both processes after the first 100k messages and after n (default bounds)."""
+    ep = _endpoint("ipc", tmpdir)
+    sub_conn, sub_child = mp.get_context("fork").Pipe()
+    sub_proc = mp.get_context("fork").Process(
+        target=_rx_stalled, args=(ep, sub_child), daemon=True
+    )
+    sub_proc.start()
+    pub_conn, pub_child = mp.get_context("spawn").Pipe()
+    pub_proc = mp.get_context("spawn").Process(
+        target=_tx_rss, args=(ep, n, pub_child), daemon=True
+    )
+    try:
+        if not sub_conn.poll(30):
+            raise RuntimeError("stalled subscriber did not start")
+        sub_conn.recv()
+        pub_proc.start()
+        if not pub_conn.poll(60):
+            raise RuntimeError("RSS publisher did not report")
+        pub_first = pub_conn.recv()
+        sub_conn.send("sample")
+        sub_first = sub_conn.recv()
+        pub_conn.send("go")
+        if not pub_conn.poll(600):
+            raise RuntimeError("RSS publisher did not finish")
+        pub_last, done, secs = pub_conn.recv()
+        sub_conn.send("sample")
+        sub_last = sub_conn.recv()
+        pub_conn.send("stop")
+        sub_conn.send("stop")
+    finally:
+        for proc in (pub_proc, sub_proc):
+            if proc.pid is not None:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()
     mib = 1 / 2**20
     return {
         "messages": done,
