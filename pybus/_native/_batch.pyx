@@ -132,7 +132,7 @@ def _message_from_wire(topic, raw, raw_header, flags, seq, publisher_id, timesta
 # trigger. (Storing a Message inside its own headers dict would leak it: don't.)
 @cython.final
 @cython.no_gc
-@cython.freelist(4096)
+@cython.freelist(16384)
 cdef class Message:
     """One message: topic, payload, headers, per-topic sequence number, publisher and time.
 
