@@ -60,7 +60,9 @@ _times = partial(itertools.repeat, None)
 #: ZeroMQ's I/O threads wakes about 4x less often per message (measured per thread: 20-25
 #: instead of 35-45 ns per 64-B message). The defaults stay small because ZeroMQ counts its
 #: high-water marks in frames: small frames leave room for bursts over many topics
-#: (docs/operations.md). ``--default-frames`` measures the defaults.
+#: (docs/operations.md). With them the bench calls ``pybus.tune_allocator()`` (frames above
+#: glibc's 128 KiB mmap threshold otherwise fault their pages in again, every frame); it is
+#: process-wide, so every variant of the run gets it. ``--untuned`` measures neither.
 THROUGHPUT_FRAMES: dict[str, Any] = {"max_batch_bytes": 256 << 10, "max_delay_us": 300.0}
 _pub_frames: dict[str, Any] = dict(THROUGHPUT_FRAMES)  # set by main(); children fork it
 
@@ -629,14 +631,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-rss", action="store_true", help="skip the stalled-subscriber RSS run")
     ap.add_argument(
-        "--default-frames",
+        "--untuned",
         action="store_true",
-        help="pybus publishers with the default frame bounds (not THROUGHPUT_FRAMES)",
+        help="default pybus frame bounds (not THROUGHPUT_FRAMES) and glibc's default malloc",
     )
     args = ap.parse_args(argv)
     _pub_frames.clear()
-    if not args.default_frames:
+    tuned_malloc = False
+    if not args.untuned:
         _pub_frames.update(THROUGHPUT_FRAMES)
+        tuned_malloc = pybus.tune_allocator()  # before any sender or receiver allocates
     quick = args.quick
     reps = args.reps or (2 if quick else 5)
     scale = 0.15 if quick else 1.0
@@ -667,6 +671,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reps": reps,
         "quick": quick,
         "publisher_frames": dict(_pub_frames) or "defaults",
+        "tune_allocator": tuned_malloc,
         "throughput": {},
         "latency": {},
         "notes": notes,
@@ -674,7 +679,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"pybus pub/sub benchmark: {reps} reps per case, load average {load[0]:.2f} "
         f"on {os.cpu_count()} CPUs{' (quick)' if quick else ''}; pybus publisher frames: "
-        f"{_pub_frames or 'the defaults'}",
+        f"{_pub_frames or 'the defaults'}; tune_allocator: {tuned_malloc}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="pybus-bench-") as tmpdir:

@@ -23,6 +23,7 @@ from ._native import (
 )
 from ._sockets import Liveness, SlowConsumerError
 from ._version import __version__
+from .allocator import tune_allocator
 from .breaker import CircuitBreaker, CircuitState
 from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
@@ -90,6 +91,7 @@ __all__ = [
     "validate_topic",
     "Worker",
     "WorkQueue",
+    "tune_allocator",
     "Batcher",
     "FLAG_MSGPACK",
     "FRAME_HEADER_SIZE",
