@@ -544,7 +544,7 @@ class Subscriber:
             room = max_messages - len(out)
             if len(msgs) <= room:
                 out += msgs
-                if count == 1:
+                if count == 1 and not fast:
                     # A lone message in its frame: its publisher was idle, so another frame is
                     # unlikely to be queued, and asking costs a failed non-blocking receive
                     # (~10 us: a syscall in ZeroMQ plus a zmq.Again exception), which would
