@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -46,9 +47,10 @@ CHECK = textwrap.dedent(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
-def test_tuning_keeps_frame_sized_blocks_on_the_heap() -> None:
+def test_tuning_keeps_frame_sized_blocks_on_the_heap(tmp_path: Path) -> None:
+    # cwd: not the repository root, whose pybus/ is the uninstalled source tree
     out = subprocess.run(
-        [sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
