@@ -56,12 +56,13 @@ _MAX_TICK_S = 0.001
 # Timer slack of the flusher thread (see _flusher_loop), ns.
 _FLUSHER_TIMER_SLACK_NS = 1000
 # Position frames (docs/wire.md): a topic that published announces its next sequence number
-# at most once per interval while it moves, and each announcement is repeated, 1, 2, 4 and 8
-# intervals apart (about 1.5 s in all), in case ZeroMQ dropped one at a subscriber's
-# high-water mark. A subscriber then counts the loss of a stream's last messages too, which no
-# later message would reveal.
+# at most once per interval while it moves, and each announcement is repeated 1, 2, 4 ... 64
+# intervals apart (the last ~12.7 s after the first), in case ZeroMQ dropped one at the
+# high-water mark of a subscriber that is behind: 8 small frames per stream and pause. A
+# subscriber then counts the loss of a stream's last messages too, which no later message
+# would reveal.
 _POSITION_INTERVAL_NS = 100_000_000
-_POSITION_REPEATS = 5
+_POSITION_REPEATS = 8
 # At most this many position frames per scan (the rest follow 10 ms later, round robin): with
 # thousands of topics, positions must not crowd the data out of the high-water marks.
 _POSITION_LIMIT = 256
