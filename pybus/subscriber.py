@@ -454,7 +454,21 @@ class Subscriber:
         # no Message keeps the frame alive).
         fast = self._fast_addr
         recv_pubsub = _zmqfast.recv_pubsub
+        # the common case compiled (fill_pubsub), this loop for the rest: without publish
+        # permissions, history floors or a lag bound to check per frame
+        fill = fast and pub_acl is None and not self._floors and not self._max_lag_ns
         while len(out) < max_messages and max_frames > 0:
+            if fill and first_frame is None:
+                n, nbytes, first_frame = _zmqfast.fill_pubsub(
+                    fast, topics, self._streams, self._received, out, max_messages,
+                    max_frames, decode_batch, self._latency, _LATENCY_MAX_NS,
+                )
+                if n:
+                    self._batches += n
+                    self._bytes += nbytes
+                    max_frames -= n
+                if first_frame is None:
+                    return
             max_frames -= 1
             if fast:
                 # [topic][frame] read straight from libzmq: the batch frame stays in libzmq's

@@ -606,3 +606,70 @@ def test_recv_pubsub_reads_topic_and_frame_and_counts_malformed_parts():
     finally:
         pub.close(0)
         sub.close(0)
+
+
+def _scripted_subscriber_run(compiled: bool) -> tuple[list[tuple[str, int, bytes]], dict]:
+    """A plain XPUB sends a scripted mix to a pybus Subscriber: stream continuations (the
+    compiled fill_pubsub's case), new streams, a gap, a position frame, a malformed frame, a
+    filtered topic and a three-part message (all handed back to the Python path)."""
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.XPUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    port = raw.bind_to_random_port("tcp://127.0.0.1")
+    sub = pybus.Subscriber(f"tcp://127.0.0.1:{port}", topics=["s.*"], rcvhwm=100_000)
+    if not compiled:
+        sub._fast_addr = 0  # the pyzmq path: the reference
+    try:
+        while not raw.poll(5000) or not raw.recv().startswith(b"\x01\xffpybus-hello:"):
+            pass
+        pid = 0x5151
+        now = time.time_ns()
+
+        def frame(first: int, *payloads: bytes) -> bytes:
+            return pybus.encode_frame(pid, first, [(p, None, 0, now) for p in payloads])
+
+        position = struct.pack("<2sBBIQQq", b"PB", 1, 1, 0, pid, 9, now)
+        script: list[list[bytes]] = [
+            [b"s.a", frame(1, b"a1", b"a2")],
+            [b"s.b", frame(1, b"b1")],
+            [b"s.a", frame(3, b"a3")],  # continuations from here on
+            [b"s.a", frame(4, b"a4", b"a5")],
+            [b"s.b", frame(2, b"b2")],
+            [b"s.b", frame(5, b"b5")],  # gap: 3 and 4 lost
+            [b"s.b", position],  # 5 came, 6-8 lost
+            [b"s.a", b"garbage"],
+            [b"x.y", frame(1, b"not subscribed: ZeroMQ filters it out")],
+            [b"s.a", frame(6, b"a6"), b"extra part"],  # three parts: malformed
+            [b"s.a", frame(6, b"a6")],
+            [b"s.c", frame(1, b"c1")],
+        ] + [[b"s.c", frame(i, b"c%d" % i)] for i in range(2, 200)]
+        for parts in script:
+            raw.send_multipart(parts)
+        got: list[pybus.Message] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 208 and time.monotonic() < deadline:
+            got += sub.recv_batch(timeout=0.2)
+        while sub.stats()["positions"] < 1 and time.monotonic() < deadline:
+            got += sub.recv_batch(timeout=0.05)
+        st = sub.stats()
+        for volatile in ("peer_events", "slow_consumer_events"):
+            st.pop(volatile, None)
+        return [(m.topic, m.seq, m.payload) for m in got], st
+    finally:
+        sub.close()
+        raw.close(linger=0)
+
+
+def test_compiled_fill_accounts_exactly_like_the_python_path():
+    if not fast.AVAILABLE:
+        pytest.skip(fast.UNAVAILABLE_REASON)
+    ref_msgs, ref = _scripted_subscriber_run(compiled=False)
+    msgs, st = _scripted_subscriber_run(compiled=True)
+    assert msgs == ref_msgs
+    assert len(msgs) == 208 and msgs[:4] == [
+        ("s.a", 1, b"a1"), ("s.a", 2, b"a2"), ("s.b", 1, b"b1"), ("s.a", 3, b"a3")]
+    assert st == ref
+    assert st["received_by_topic"] == {"s.a": 6, "s.b": 3, "s.c": 199}
+    assert st["lost_by_topic"] == {"s.b": 5} and st["gaps"] == 2
+    assert st["decode_errors"] == 2 and st["positions"] == 1
+    assert st["batches"] == 206  # the data frames: 4 of s.a, 3 of s.b, 199 of s.c

@@ -1,5 +1,6 @@
 """Type stub of pybus._native._zmqfast (request/reply I/O straight into pyzmq's libzmq)."""
 
+from collections.abc import Callable
 from typing import Any, final
 
 from typing_extensions import disjoint_base
@@ -76,3 +77,15 @@ class ZFrame:
     def bytes(self) -> bytes: ...
 
 def recv_pubsub(sock: int, dontwait: bool = True) -> tuple[bytes, ZFrame | None, int] | None: ...
+def fill_pubsub(
+    sock: int,
+    topics: dict[bytes, Any],
+    streams: dict[tuple[int, bytes], int],
+    received: dict[str, int],
+    out: list[Any],
+    max_messages: int,
+    max_frames: int,
+    decode: Callable[[str, Any], list[Any]],
+    latency: Any,
+    latency_max_ns: int,
+) -> tuple[int, int, tuple[bytes, ZFrame | None, int] | None]: ...
