@@ -669,7 +669,10 @@ def recv_pubsub(size_t sock, bint dontwait=True):
     (topic bytes, None, parts)
         A message of ``parts`` frames (1, or more than 2), all consumed: malformed.
     """
-    cdef void *s = _socket(sock)
+    return _recv_pubsub(_socket(sock), dontwait)
+
+
+cdef object _recv_pubsub(void *s, bint dontwait):
     cdef pb_zmq_msg part
     cdef ZFrame frame
     cdef bytes topic
@@ -727,8 +730,9 @@ def fill_pubsub(size_t sock, dict topics, dict streams, dict received, list out,
     cdef PyObject *p
     cdef object got, topic, msgs, m0, key, seq
     cdef int64_t lat
+    cdef void *s = _socket(sock)
     while frames < max_frames and len(out) < max_messages:
-        got = recv_pubsub(sock, True)
+        got = _recv_pubsub(s, True)
         if got is None:
             break
         frame = (<tuple>got)[1]
