@@ -139,7 +139,9 @@ def raw_sub_proc(endpoint: str, n: int, srv_pub: bytes, cli_sec: bytes, conn: An
     ctx.term()
 
 
-def proxy_raw_run(checked: bool, n: int) -> dict[str, Any]:
+def _curve_proxy(checked: bool) -> tuple[Any, bytes, bytes, bytes]:
+    """A CURVE proxy (with publish/subscribe rights when checked); returns it, the server's
+    public key, and the secret keys of the publisher and of the subscriber it admits."""
     import pybus
 
     srv_pub, srv_sec = pybus.keypair()
@@ -150,6 +152,11 @@ def proxy_raw_run(checked: bool, n: int) -> dict[str, Any]:
     srv = pybus.Curve.server(srv_sec, allow=[pk_pub, sk_pub], permissions=permissions)
     px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", security=srv, sndhwm=BIG_HWM,
                      rcvhwm=BIG_HWM, registry=False)
+    return px, srv_pub, pk_sec, sk_sec
+
+
+def proxy_raw_run(checked: bool, n: int) -> dict[str, Any]:
+    px, srv_pub, pk_sec, sk_sec = _curve_proxy(checked)
     sp, sc = SPAWN.Pipe()
     s = SPAWN.Process(target=raw_sub_proc, args=(px.backend[0], n, srv_pub, sk_sec, sc))
     s.start()
@@ -210,16 +217,7 @@ def subscriber_run(perms: bool, n: int) -> dict[str, Any]:
 
 
 def proxy_run(checked: bool, n: int, records: int = 8192) -> dict[str, Any]:
-    import pybus
-
-    srv_pub, srv_sec = pybus.keypair()
-    pk_pub, pk_sec = pybus.keypair()
-    sk_pub, sk_sec = pybus.keypair()
-    permissions = ({pk_pub: {"publish": ["#"]}, sk_pub: {"subscribe": ["#"]}}
-                   if checked else None)
-    srv = pybus.Curve.server(srv_sec, allow=[pk_pub, sk_pub], permissions=permissions)
-    px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", security=srv, sndhwm=BIG_HWM,
-                     rcvhwm=BIG_HWM, registry=False)
+    px, srv_pub, pk_sec, sk_sec = _curve_proxy(checked)
     assert px.stats()["checked"] is checked
     sp, sc = SPAWN.Pipe()
     s = SPAWN.Process(target=sub_proc, args=(px.backend[0], n, srv_pub, sk_sec, sc))

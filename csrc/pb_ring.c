@@ -200,8 +200,10 @@ uint64_t pb_ring_next_seq(const pb_ring *r, uint32_t topic_id) {
     return topic_id < r->ntopics ? r->topics[topic_id].next_seq : 0;
 }
 
-uint32_t pb_ring_topic_pending(const pb_ring *r, uint32_t topic_id) {
-    return topic_id < r->ntopics ? r->topics[topic_id].count : 0;
+/* Repeats of one announcement back off: 1, 2, 4 ... intervals after the previous one. */
+static inline int64_t repeat_delay(int64_t interval_ns, uint32_t repeats, uint32_t left) {
+    uint32_t k = repeats - 1 - left;
+    return interval_ns << (k < 20 ? k : 20);
 }
 
 int64_t pb_ring_positions_due(pb_ring *r, int64_t now_ns, int64_t interval_ns, uint32_t repeats,
@@ -218,9 +220,7 @@ int64_t pb_ring_positions_due(pb_ring *r, int64_t now_ns, int64_t interval_ns, u
             /* moved since its last announcement: due one interval after that one */
             due = (force || t->announced_seq == 0) ? now_ns : t->announced_ns + interval_ns;
         } else if (t->repeats_left) {
-            /* repeats back off: 1, 2, 4 ... intervals after the previous announcement */
-            uint32_t k = repeats - 1 - t->repeats_left;
-            due = t->announced_ns + (interval_ns << (k < 20 ? k : 20));
+            due = t->announced_ns + repeat_delay(interval_ns, repeats, t->repeats_left);
         } else {
             continue;
         }
@@ -241,8 +241,7 @@ int64_t pb_ring_positions_due(pb_ring *r, int64_t now_ns, int64_t interval_ns, u
             }
             t->announced_ns = now_ns;
             if (!t->repeats_left) continue;
-            uint32_t k = repeats - 1 - t->repeats_left;
-            due = now_ns + (interval_ns << (k < 20 ? k : 20));
+            due = now_ns + repeat_delay(interval_ns, repeats, t->repeats_left);
         }
         if (next_due == 0 || due < next_due) next_due = due;
     }

@@ -73,9 +73,6 @@ uint32_t pb_ring_topic_count(const pb_ring *r);
 /* Sequence number the next record of topic_id will get (0 if topic_id is not registered). */
 uint64_t pb_ring_next_seq(const pb_ring *r, uint32_t topic_id);
 
-/* Records of topic_id still pending in the ring (0 if topic_id is not registered). */
-uint32_t pb_ring_topic_pending(const pb_ring *r, uint32_t topic_id);
-
 /* Position announcements (docs/wire.md, position frames): which topics should tell
  * subscribers their next sequence number now, so that a subscriber detects the loss of a
  * stream's last messages, which no later message would reveal. A topic qualifies once it has

@@ -534,8 +534,10 @@ class Publisher:
             if self._batches != batches:  # streams moved: announce them within an interval
                 self._position_due = _monotonic_ns() + _POSITION_INTERVAL_NS
                 self._schedule_positions()
-        elif _monotonic_ns() >= due:
-            self._send_positions(_monotonic_ns())
+        else:
+            now_ns = _monotonic_ns()
+            if now_ns >= due:
+                self._send_positions(now_ns)
         # Reading subscriptions costs a few microseconds (ZeroMQ processes its commands), so
         # at most once per interval here; wait_for_subscribers and stats read them at once.
         now = _monotonic()

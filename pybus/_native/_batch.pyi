@@ -26,7 +26,6 @@ __all__ = [
     "RECORD_HEADER_SIZE",
     "RING_RECORD_OVERHEAD",
     "FLAG_MSGPACK",
-    "FLAG_POSITION",
     "ring_record_size",
 ]
 
@@ -38,7 +37,6 @@ FRAME_HEADER_SIZE: int
 RECORD_HEADER_SIZE: int
 RING_RECORD_OVERHEAD: int
 FLAG_MSGPACK: int
-FLAG_POSITION: int
 
 def ring_record_size(header_len: int, payload_len: int) -> int: ...
 

@@ -48,7 +48,6 @@ __all__ = [
     "RECORD_HEADER_SIZE",
     "RING_RECORD_OVERHEAD",
     "FLAG_MSGPACK",
-    "FLAG_POSITION",
     "ring_record_size",
 ]
 
@@ -60,7 +59,6 @@ FRAME_HEADER_SIZE = PB_FRAME_HEADER_SIZE
 RECORD_HEADER_SIZE = PB_FRAME_RECORD_HEADER_SIZE
 RING_RECORD_OVERHEAD = PB_RING_RECORD_OVERHEAD
 FLAG_MSGPACK = PB_FRAME_REC_MSGPACK
-FLAG_POSITION = PB_FRAME_FLAG_POSITION  # frame_flags of a position frame (docs/wire.md)
 
 cdef object _NO_TOPIC = object()  # never a topic: publish()'s last-topic cache starts empty
 cdef object _packb = msgpack.packb

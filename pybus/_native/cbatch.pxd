@@ -41,7 +41,6 @@ cdef extern from "pb_ring.h" nogil:
     int pb_ring_topic_add(pb_ring *r, uint32_t *id_out)
     uint32_t pb_ring_topic_count(const pb_ring *r)
     uint64_t pb_ring_next_seq(const pb_ring *r, uint32_t topic_id)
-    uint32_t pb_ring_topic_pending(const pb_ring *r, uint32_t topic_id)
     ctypedef int (*pb_ring_position_fn)(uint32_t topic_id, uint64_t next_seq, void *arg)
     int64_t pb_ring_positions_due(pb_ring *r, int64_t now_ns, int64_t interval_ns,
                                   uint32_t repeats, uint32_t limit, int force,
@@ -73,7 +72,6 @@ cdef extern from "pb_frame.h" nogil:
     unsigned int PB_FRAME_RECORD_HEADER_SIZE
     unsigned int PB_FRAME_REC_MSGPACK
     unsigned int PB_FRAME_REC_HAS_HEADER
-    unsigned int PB_FRAME_FLAG_POSITION
 
     ctypedef struct pb_frame_info:
         uint64_t publisher_id
