@@ -388,7 +388,7 @@ class Curve:
         self._denied_subscriptions = 0
         self._denied_publications = 0
         self._denied_publish_keys: dict[str, int] = {}
-        self._last_log = 0.0
+        self._last_log = float("-inf")  # never: monotonic() may be below log_interval_s
         self._unlogged = 0
 
     # -- constructors ---------------------------------------------------------------------

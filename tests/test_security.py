@@ -327,6 +327,27 @@ def test_permission_patterns_are_validated() -> None:
         Curve(role="client", secret_key=s, server_public_key=p, allow="any")
 
 
+def test_first_rejection_is_logged_even_soon_after_boot(
+    keys: dict[str, tuple[bytes, bytes]], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # time.monotonic() counts from about boot: on a machine up for less than log_interval_s
+    # a "last logged at 0" throttle would swallow the first refusal
+    import zmq.utils.z85
+
+    srv = Curve.server(keys["server"][1], allow=[keys["alice"][0]], log_interval_s=10)
+    mallory = zmq.utils.z85.decode(keys["mallory"][0])
+    caplog.set_level(logging.WARNING, "pybus.security")
+    with monkeypatch.context() as m:  # the clock 5 s after boot, only around the two refusals
+        m.setattr(pybus.security.time, "monotonic", lambda: 5.0)
+        assert srv._authorize(b"CURVE", [mallory], "tcp://192.0.2.1:1")[0] is False
+        assert srv._authorize(b"CURVE", [mallory], "tcp://192.0.2.1:2")[0] is False
+    logged = [r.getMessage() for r in caplog.records if r.name == "pybus.security"]
+    assert len(logged) == 1, logged  # the first refusal, the second within the interval
+    assert keys["mallory"][0].decode() in logged[0]
+    assert srv.stats()["rejected_by_reason"]["not_allowed"] == 2
+
+
 def test_secured_rpc_server_and_client_via_the_hook(keys: dict[str, tuple[bytes, bytes]]) -> None:
     srv_curve = Curve.server(keys["server"][1], allow=[keys["alice"][0]])
     sp = keys["server"][0]
