@@ -26,6 +26,9 @@ DEFAULT_MAX_BATCH_BYTES = 64 << 10
 #: defaults). A message larger than max_batch_bytes travels alone in its frame, so with such
 #: messages the queue may hold up to hwm * (max_message_bytes + FRAME_OVERHEAD_BYTES).
 DEFAULT_MAX_QUEUED_BYTES = 64 << 20
+#: Default flow-control window of a reliable publisher, and the bound in bytes its send
+#: high-water mark is derived from in both modes (docs/wire.md, "Flow control").
+DEFAULT_WINDOW_BYTES = 32 << 20
 #: A batch frame's bytes beyond its payloads: 32-byte frame header, 12 bytes per record, plus
 #: at most 65535 header bytes per record (docs/wire.md).
 FRAME_OVERHEAD_BYTES = 32 + 12 + 65535

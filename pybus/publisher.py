@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -24,6 +25,7 @@ import zmq
 from . import _pubsub_base as base
 from . import _sockets
 from . import metrics as _metrics
+from ._flow import ACK_PREFIX, FLOW_TOPIC, FlowWindow, pack_mark, unpack_ack
 from ._native import Batcher, Histogram, frame_info
 from ._native._batch import set_thread_timer_slack
 from .errors import BackpressureError, ClosedError, TimeoutError, ValidationError, from_zmq
@@ -35,6 +37,19 @@ log = logging.getLogger("pybus.publisher")
 
 OnFull = Literal["block", "drop", "raise"]
 _ON_FULL = ("block", "drop", "raise")
+Delivery = Literal["reliable", "best_effort"]
+_DELIVERY = ("reliable", "best_effort")
+# Reliable mode: at most this many frames of the send high-water mark kept free of the window,
+# for the marks that go out beside the data (position frames go in the window, see
+# _send_positions).
+_WINDOW_SPARE_FRAMES = 16
+# Reliable mode: the smallest default send high-water mark, in frames. ZeroMQ may see a
+# queue as up to half its high-water mark fuller than it is (a reader reports what it read
+# every hwm/2 messages), so the window in frames is half of it.
+_MIN_RELIABLE_HWM = 256
+# Longest slice a publisher blocked by the window waits for acks before it looks again (for
+# stalled subscribers to evict, a closing publisher, a deadline).
+_WINDOW_POLL_S = 0.005
 # Frames at least this big go to ZeroMQ without a copy. Below, copying is cheaper: pyzmq's
 # zero-copy send tracks the buffer and releases it from a background thread (measured).
 _ZERO_COPY_MIN_BYTES = 1 << 20
@@ -179,12 +194,32 @@ class Publisher:
         ``inproc://NAME`` (same process, same ZeroMQ context). Bound by default.
     connect : bool
         Connect to ``endpoint`` instead of binding (the subscriber binds).
+    delivery : {"reliable", "best_effort"}
+        ``"reliable"`` (the default): nothing is lost to a pybus Subscriber that is connected
+        and reading. The publisher keeps at most ``window_bytes`` (and half its send
+        high-water mark in frames) in flight to each subscriber, counted from the
+        subscribers' acknowledgements (docs/wire.md, "Flow control"), and waits for the
+        slowest live one. ``"best_effort"``: never waits; ZeroMQ drops what exceeds a
+        subscriber's high-water mark, and the subscriber counts it as lost.
+    window_bytes : int
+        Reliable mode: bytes in flight per subscriber at most (default 32 MiB). Both modes:
+        the send high-water mark defaults to ``window_bytes // max_batch_bytes`` frames (at
+        least 256 in reliable mode, 16 in best effort), so ZeroMQ's queue stays near it.
+    slow_consumer_timeout : float
+        Reliable mode: a subscriber that holds the publisher back this many seconds without
+        reading anything is evicted (counted in ``stats()["evictions"]``, logged once): the
+        publisher stops waiting for it and the others keep receiving everything. It counts
+        its own loss when it wakes up, and is paced again once it has caught up.
     on_full : {"block", "drop", "raise"}
-        What a publish does when the ring is full: send what is pending and retry for up to
-        ``block_timeout`` seconds, then raise :class:`~pybus.BackpressureError`; count the
-        message in ``stats()["dropped"]["ring_full"]`` and drop it; or raise at once.
+        What a publish does when it cannot be queued: the ring is full, in reliable mode
+        because the slowest live subscriber's window is full. ``"block"`` waits (for acks,
+        evicting stalled subscribers) up to ``block_timeout`` seconds, then raises
+        :class:`~pybus.BackpressureError`; ``"drop"`` counts the message in
+        ``stats()["dropped"]`` (``backpressure`` when the window held it back, else
+        ``ring_full``) and drops it; ``"raise"`` raises at once.
     block_timeout : float
-        Seconds a ``block`` publish may wait.
+        Seconds a ``block`` publish may wait (default 10, longer than the default
+        ``slow_consumer_timeout``: a stalled subscriber is evicted before a publish fails).
     linger_us : float
         Hold a batch open for this many microseconds to let it grow (default 0: an idle
         publisher sends each message at once; under load batches form by themselves).
@@ -201,14 +236,11 @@ class Publisher:
         travels alone in its frame).
     capacity_bytes : int
         Size of the ring of pending messages (allocated once).
-    max_queued_bytes : int
-        Bound on what ZeroMQ queues per subscriber (default 64 MiB); ``sndhwm`` defaults to
-        ``max(16, max_queued_bytes // max_batch_bytes)`` frames (1024 with the defaults: a
-        burst of many small frames, one per topic, reaches a subscriber that keeps up). A
-        subscriber that stops reading loses messages beyond that (it sees them as sequence
-        gaps); others are not affected.
+    max_queued_bytes : int, optional
+        Deprecated alias of ``window_bytes``.
     sndhwm : int, optional
-        ZeroMQ send high-water mark, in frames (overrides the derived value).
+        ZeroMQ send high-water mark, in frames (overrides the derived value; at least 4 in
+        reliable mode).
     close_linger_ms : int
         Default linger of :meth:`close`, in milliseconds.
     publisher_id : int, optional
@@ -232,9 +264,12 @@ class Publisher:
     Notes
     -----
     ``publish`` may be called from several threads (per-topic order is the order of the
-    calls). A publish never blocks on a slow subscriber: ZeroMQ drops that subscriber's frames
-    at its high-water mark, and the subscriber counts them as lost from the sequence gaps.
-    ``close()`` gives ZeroMQ ``close_linger_ms`` to deliver what is queued, then discards it.
+    calls). In reliable mode a publish waits for the slowest live pybus Subscriber (peers
+    without pybus's hello, such as a raw ZeroMQ SUB, get best effort). In best effort a
+    publish never waits on a subscriber: ZeroMQ drops that subscriber's frames at its
+    high-water mark, and the subscriber counts them as lost from the sequence gaps.
+    ``close()`` first waits (up to ``block_timeout``) for the window to take what is pending,
+    then gives ZeroMQ ``close_linger_ms`` to deliver what is queued.
 
     Examples
     --------
@@ -248,8 +283,11 @@ class Publisher:
         endpoint: str | Sequence[str],
         connect: bool = False,
         *,
+        delivery: Delivery = "reliable",
+        window_bytes: int = base.DEFAULT_WINDOW_BYTES,
+        slow_consumer_timeout: float = 5.0,
         on_full: OnFull = "block",
-        block_timeout: float = 1.0,
+        block_timeout: float = 10.0,
         linger_us: float = 0.0,
         max_delay_us: float = 100.0,
         idle_us: float = 20.0,
@@ -258,7 +296,7 @@ class Publisher:
         max_batch_records: int = 8192,
         capacity_bytes: int = 8 << 20,
         max_topics: int = 65536,
-        max_queued_bytes: int = base.DEFAULT_MAX_QUEUED_BYTES,
+        max_queued_bytes: int | None = None,
         sndhwm: int | None = None,
         close_linger_ms: int = 1000,
         publisher_id: int | None = None,
@@ -274,6 +312,18 @@ class Publisher:
             raise ValidationError("history needs history_endpoint (e.g. 'tcp://*:5557')")
         if on_full not in _ON_FULL:
             raise ValidationError(f"on_full must be one of {_ON_FULL}, got {on_full!r}")
+        if delivery not in _DELIVERY:
+            raise ValidationError(f"delivery must be one of {_DELIVERY}, got {delivery!r}")
+        if max_queued_bytes is not None:
+            warnings.warn("Publisher(max_queued_bytes=) is deprecated: use window_bytes=",
+                          DeprecationWarning, stacklevel=2)
+            window_bytes = max_queued_bytes
+        if isinstance(window_bytes, bool) or not isinstance(window_bytes, int) or window_bytes < 1:
+            raise ValidationError(f"window_bytes must be an int >= 1, got {window_bytes!r}")
+        if not slow_consumer_timeout > 0:
+            raise ValidationError(
+                f"slow_consumer_timeout must be > 0 seconds, got {slow_consumer_timeout!r}"
+            )
         if not block_timeout >= 0:
             raise ValidationError(f"block_timeout must be >= 0 seconds, got {block_timeout!r}")
         if not linger_us >= 0:
@@ -317,11 +367,28 @@ class Publisher:
         self._quiet_ns = int(self._first_tick_s * 1e9)
         self._max_tick_s = max(_MAX_TICK_S, self._first_tick_s)
         self._close_linger_ms = int(close_linger_ms)
-        self.sndhwm: int = (
-            int(sndhwm) if sndhwm is not None else base.hwm_for(max_queued_bytes, max_batch_bytes)
+        reliable = delivery == "reliable"
+        if sndhwm is not None:
+            self.sndhwm: int = int(sndhwm)
+        else:
+            self.sndhwm = base.hwm_for(window_bytes, max_batch_bytes)
+            if reliable:
+                self.sndhwm = max(_MIN_RELIABLE_HWM, self.sndhwm)
+        least = 4 if reliable else 1
+        if self.sndhwm < least:
+            raise ValidationError(
+                f"sndhwm must be >= {least} frames with delivery={delivery!r}, got {sndhwm!r}"
+            )
+        self.delivery: Delivery = delivery
+        self.window_bytes: int = window_bytes
+        # reliable: the window in frames is half the high-water mark, which ZeroMQ may see
+        # that much fuller than it is, less a few spare frames for the marks
+        spare = max(1, min(_WINDOW_SPARE_FRAMES, self.sndhwm // 8))
+        self._flow: FlowWindow | None = (
+            FlowWindow(self.sndhwm // 2 - spare, window_bytes, int(slow_consumer_timeout * 1e9))
+            if reliable else None
         )
-        if self.sndhwm < 1:
-            raise ValidationError(f"sndhwm must be >= 1 frame, got {sndhwm!r}")
+        self._window_blocked = False  # the last flush left records the window held back
 
         self._ctx = context if context is not None else zmq.Context.instance()
         sock = self._sock = self._new_socket(zmq.XPUB)
@@ -374,7 +441,7 @@ class Publisher:
         self._bytes = 0
         self._positions_sent = 0
         self._position_due: int | None = None  # monotonic ns of the next position scan
-        self._dropped: dict[str, int] = {"ring_full": 0, "closed": 0}
+        self._dropped: dict[str, int] = {"ring_full": 0, "backpressure": 0, "closed": 0}
         self._subscribers: set[bytes] = set()
         self._subscriptions = 0
         # with permissions: subscriptions granted, per prefix as asked (bounds the trie)
@@ -466,6 +533,10 @@ class Publisher:
         if lock.acquire(False) or lock.acquire(timeout=self._block_timeout or 0.001):
             try:
                 self._flush_locked()
+                if self._window_blocked and self._on_full_policy == "block":
+                    # back-pressure: wait here for the slowest subscriber (what does not get
+                    # through in time stays queued; a full ring then applies on_full)
+                    self._wait_window_locked(time.monotonic() + self._block_timeout)
             finally:
                 lock.release()
         elif not self._urgent:
@@ -482,15 +553,18 @@ class Publisher:
         if getattr(guard, "active", False):
             return _RETRY  # nested call from our own retry below: let the retry loop decide
         policy = self._on_full_policy
+        window = self._window_blocked
         if policy == "drop":
             with self._count_lock:  # not the send lock: a drop must never wait for a send
-                self._dropped["ring_full"] += 1
+                self._dropped["backpressure" if window else "ring_full"] += 1
             return None
         if policy == "raise":
+            why = ("the slowest subscriber's window is full" if window else
+                   f"the publisher's ring is full ({self._batcher.pending_bytes} of "
+                   f"{self._batcher.capacity_bytes} bytes pending)")
             raise BackpressureError(
-                f"the publisher's ring is full ({self._batcher.pending_bytes} of "
-                f"{self._batcher.capacity_bytes} bytes pending); use on_full='block' or 'drop', "
-                f"a larger capacity_bytes, or publish more slowly"
+                f"{why}; use on_full='block' or 'drop', a larger capacity_bytes, or publish "
+                f"more slowly"
             )
         deadline = time.monotonic() + self._block_timeout
         guard.active = True
@@ -499,17 +573,18 @@ class Publisher:
                 remaining = deadline - time.monotonic()
                 if self._send_lock.acquire(timeout=max(0.0, remaining)):
                     try:
-                        self._flush_locked()
+                        self._wait_window_locked(deadline)
                     finally:
                         self._send_lock.release()
                     result = self._batcher.publish(topic, payload, headers)
                     if result is not _RETRY:
                         return result
                 if time.monotonic() >= deadline:
+                    why = ("the slowest subscriber's window stayed full" if self._window_blocked
+                           else "the publisher's ring stayed full")
                     raise BackpressureError(
-                        f"the publisher's ring stayed full for block_timeout="
-                        f"{self._block_timeout}s; raise block_timeout or capacity_bytes, or use "
-                        f"on_full='drop'"
+                        f"{why} for block_timeout={self._block_timeout}s; raise block_timeout "
+                        f"or capacity_bytes, or use on_full='drop'"
                     )
         finally:
             guard.active = False
@@ -525,10 +600,11 @@ class Publisher:
                 self._dropped["closed"] += n
             raise ClosedError("publish() on a closed Publisher")
         batches = self._batches
-        if self._fast_addr and self._history is None:
-            self._flush_fast()
+        flow = self._flow
+        if flow is None:
+            self._drain(0, 0)
         else:
-            self._flush_frames()
+            self._flush_window(flow)
         due = self._position_due
         if due is None:
             if self._batches != batches:  # streams moved: announce them within an interval
@@ -545,9 +621,69 @@ class Publisher:
             self._next_sub_check = now + _SUB_CHECK_INTERVAL_S
             self._read_subscriptions()
 
-    def _flush_fast(self) -> None:
+    def _flush_window(self, flow: FlowWindow) -> None:
+        """Reliable mode: drain what the slowest live subscriber's window takes (see _flow)."""
+        b = self._batcher
+        frames, nbytes = flow.room()
+        if frames >= 0 and (b.pending_records > frames or b.pending_bytes > nbytes):
+            self._read_subscriptions()  # may not all fit: take the acks that arrived
+            frames, nbytes = flow.room()
+        if frames == 0 or nbytes == 0:
+            self._evict_stalled(flow)
+            frames, nbytes = flow.room()
+        if frames != 0 and nbytes != 0:
+            sent_frames, sent_bytes = self._drain(max(frames, 0), max(nbytes, 0))
+            flow.sent(sent_frames, sent_bytes)
+        blocked = b.pending_records > 0
+        self._window_blocked = blocked
+        if flow.peers and flow.mark_due(blocked):
+            self._send_mark(flow)
+
+    def _send_mark(self, flow: FlowWindow) -> None:
+        """A mark at the current position, on the flow topic every Subscriber takes."""
+        body = pack_mark(self.publisher_id, flow.frames, flow.bytes)
+        try:
+            self._send(FLOW_TOPIC, _SNDMORE_NOBLOCK)
+            self._send(body, _NOBLOCK)
+        except zmq.ZMQError as exc:
+            raise from_zmq(exc, "Publisher send") from exc
+        flow.mark_sent(len(body))
+
+    def _evict_stalled(self, flow: FlowWindow) -> None:
+        for sub_id in flow.evict_stalled(_monotonic_ns()):
+            peer = flow.peers[sub_id]
+            log.warning(
+                "pybus publisher %016x evicted subscriber %s: it read nothing for %.1fs with "
+                "its window full (%d frames, %d bytes in flight); it counts what it loses and "
+                "is paced again once it catches up", self.publisher_id,
+                sub_id.decode(errors="replace"), flow.timeout_ns / 1e9,
+                flow.frames - peer.acked_frames, flow.bytes - peer.acked_bytes,
+            )
+
+    def _wait_window_locked(self, deadline: float) -> None:
+        """Flush, and while the window holds records back, wait for acks (evicting stalled
+        subscribers) until it takes them all or ``deadline`` (monotonic s). Caller holds the
+        send lock."""
+        while True:
+            self._flush_locked()
+            if not self._window_blocked:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # acks arrive as input on the XPUB socket
+            self._sock.poll(max(1, int(min(remaining, _WINDOW_POLL_S) * 1000)), zmq.POLLIN)
+            self._read_subscriptions()
+
+    def _drain(self, max_frames: int, max_bytes: int) -> tuple[int, int]:
+        """Send pending frames (all, or up to the bounds); returns the frames and bytes sent."""
+        if self._fast_addr and self._history is None:
+            return self._flush_fast(max_frames, max_bytes)
+        return self._flush_frames(max_frames, max_bytes)
+
+    def _flush_fast(self, max_frames: int, max_bytes: int) -> tuple[int, int]:
         """Drain straight into ZeroMQ messages (the libzmq fast path)."""
-        sent, err = self._batcher.drain_to(self._fast_addr)
+        sent, err = self._batcher.drain_to(self._fast_addr, max_frames, max_bytes)
         by_topic = self._published_by_topic
         nbytes = 0
         for topic, count, n in sent:
@@ -560,13 +696,14 @@ class Publisher:
         if err:
             # XPUB never blocks (it drops at a subscriber's HWM), so this is a dead socket
             raise from_zmq(zmq.ZMQError(err), "Publisher send")
+        return len(sent), nbytes
 
-    def _flush_frames(self) -> None:
+    def _flush_frames(self, max_frames: int, max_bytes: int) -> tuple[int, int]:
         """Drain into bytes frames and send them with pyzmq (also when history keeps them)."""
-        frames = self._batcher.drain()
+        frames = self._batcher.drain(max_frames, max_bytes)
+        nbytes = 0
         if frames:
             send = self._send
-            nbytes = 0
             by_topic = self._published_by_topic
             try:
                 for topic, frame in frames:
@@ -589,21 +726,37 @@ class Publisher:
                 raise from_zmq(exc, "Publisher send") from exc
             self._batches += len(frames)
             self._bytes += nbytes
+        return len(frames), nbytes
 
     def _send_positions(self, now_ns: int, force: bool = False) -> None:
         """Send the position frames due (caller holds the send lock; see docs/wire.md)."""
+        limit = 0 if force else _POSITION_LIMIT
+        flow = self._flow
+        if flow is not None and not force:
+            room = flow.room()[0]
+            if room == 0:  # they go in the window too: later
+                self._position_due = now_ns + _POSITION_INTERVAL_NS // 10
+                if not self._closed:
+                    self._schedule_positions()
+                return
+            if room > 0:
+                limit = min(limit, room)
         frames, self._position_due = self._batcher.position_frames(
-            now_ns, _POSITION_INTERVAL_NS, _POSITION_REPEATS, force, 0 if force else _POSITION_LIMIT
+            now_ns, _POSITION_INTERVAL_NS, _POSITION_REPEATS, force, limit
         )
         if frames:
             send = self._send
+            nbytes = 0
             try:
                 for topic, frame in frames:
                     send(topic, _SNDMORE_NOBLOCK)
                     send(frame, _NOBLOCK)
+                    nbytes += len(frame)
             except zmq.ZMQError as exc:
                 raise from_zmq(exc, "Publisher send") from exc
             self._positions_sent += len(frames)
+            if flow is not None:
+                flow.sent(len(frames), nbytes)
         if self._position_due is not None and not self._closed:
             self._schedule_positions()
 
@@ -635,22 +788,44 @@ class Publisher:
         sock = self._sock
         if self._acl is not None:
             self._read_subscriptions_acl()
+        else:
+            while sock.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
+                try:
+                    msg = sock.recv(_NOBLOCK)
+                except zmq.Again:
+                    break
+                if not msg:
+                    continue
+                if msg[0] > 1:
+                    self._on_ack(msg)
+                    continue
+                body = msg[1:]
+                if body.startswith(base.HELLO_PREFIX):
+                    self._on_hello(body, msg[0] == 1)
+                elif body != FLOW_TOPIC:
+                    self._subscriptions += 1 if msg[0] == 1 else -1
+        if self._flow is not None:
+            self._flow.note_read()
+
+    def _on_hello(self, hello: bytes, subscribe: bool) -> None:
+        """A pybus Subscriber arrived (or left): it counts, and is paced in reliable mode."""
+        sub_id = hello[len(base.HELLO_PREFIX):]
+        if subscribe:
+            self._subscribers.add(hello)
+            if self._flow is not None:
+                self._flow.add(sub_id, _monotonic_ns())
+        else:
+            self._subscribers.discard(hello)
+            if self._flow is not None:
+                self._flow.remove(sub_id)
+
+    def _on_ack(self, msg: bytes) -> None:
+        """An upstream message that is not a subscription: a subscriber's ack, or ignored."""
+        if self._flow is None or not msg.startswith(ACK_PREFIX):
             return
-        while sock.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
-            try:
-                msg = sock.recv(_NOBLOCK)
-            except zmq.Again:
-                return
-            if not msg:
-                continue
-            body = msg[1:]
-            if body.startswith(base.HELLO_PREFIX):
-                if msg[0] == 1:
-                    self._subscribers.add(body)
-                else:
-                    self._subscribers.discard(body)
-            else:
-                self._subscriptions += 1 if msg[0] == 1 else -1
+        ack = unpack_ack(msg)
+        if ack is not None and ack[1] == self.publisher_id:
+            self._flow.ack(ack[0], ack[2], ack[3], _monotonic_ns())
 
     def _read_subscriptions_acl(self) -> None:
         """XPUB manual mode: apply each (un)subscription the sender's key permits.
@@ -668,16 +843,18 @@ class Publisher:
             except zmq.Again:
                 return
             msg = frame.bytes
-            if not msg or msg[0] not in (0, 1):
+            if not msg:
+                continue
+            if msg[0] > 1:
+                self._on_ack(msg)
                 continue
             body = msg[1:]
             subscribe = msg[0] == 1
-            if body.startswith(base.HELLO_PREFIX):
+            if body.startswith(base.HELLO_PREFIX) or body == FLOW_TOPIC:
+                # not data topics: every pybus Subscriber takes them, whatever its key
                 sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, body)
-                if subscribe:
-                    self._subscribers.add(body)
-                else:
-                    self._subscribers.discard(body)
+                if body != FLOW_TOPIC:
+                    self._on_hello(body, subscribe)
                 continue
             try:
                 user = frame.get("User-Id")
@@ -755,6 +932,12 @@ class Publisher:
             if b.pending_records:
                 if urgent or self._lingering or self._paused(b):
                     self._flush_locked()
+                    if self._window_blocked:
+                        # the tail waits for the window: wait for acks here (in short slices,
+                        # the lock is shared with the publishing threads), then look again
+                        self._wait_window_locked(time.monotonic() + _WINDOW_POLL_S)
+                        if self._window_blocked:
+                            return self._first_tick_s
                     if not urgent:
                         # publishing had stopped for first_tick: the next message, if it
                         # comes idle_us after the last one, finds the publisher idle and goes
@@ -786,22 +969,32 @@ class Publisher:
     def flush(self, timeout: float | None = 1.0) -> None:
         """Hand everything pending to ZeroMQ now.
 
-        ZeroMQ then delivers in the background; a subscriber that is behind by more than the
-        high-water mark loses messages (it counts them as sequence gaps).
+        ZeroMQ then delivers in the background. In reliable mode this waits (up to
+        ``timeout``) for the slowest live subscriber's window to take it all; in best effort a
+        subscriber that is behind by more than the high-water mark loses messages (it counts
+        them as sequence gaps).
 
         Raises
         ------
         TimeoutError
             Another thread kept the send lock for ``timeout`` seconds.
+        BackpressureError
+            Reliable mode: the window still held messages back after ``timeout`` seconds.
         ClosedError
             After :meth:`close`.
         """
         if self._closed:
             raise ClosedError("flush() on a closed Publisher")
+        deadline = time.monotonic() + (1e9 if timeout is None else max(0.0, timeout))
         if not self._send_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             raise TimeoutError(f"flush() could not get the send lock within {timeout}s")
         try:
-            self._flush_locked()
+            self._wait_window_locked(deadline)
+            if self._window_blocked:
+                raise BackpressureError(
+                    f"flush(): the slowest subscriber's window still held "
+                    f"{self._batcher.pending_records} messages back after {timeout}s"
+                )
         finally:
             self._send_lock.release()
 
@@ -863,6 +1056,9 @@ class Publisher:
             if not self._closed:
                 self._read_subscriptions()
             b = self._batcher
+            flow = self._flow
+            in_flight = flow.in_flight() if flow is not None else (0, 0)
+            in_flight = (max(0, in_flight[0]), max(0, in_flight[1]))
             return {
                 "published": b.records_appended - b.pending_records - self._dropped["closed"],
                 "pending": self._batcher.pending_records,
@@ -874,6 +1070,16 @@ class Publisher:
                 "sndhwm": self.sndhwm,
                 "denied_subscriptions": self._denied_subscriptions,
                 "peer_events": dict(self._watch.events) if self._watch is not None else {},
+                "delivery": self.delivery,
+                "window_frames": flow.window_frames if flow is not None else 0,
+                "window_bytes": self.window_bytes,
+                "in_flight_frames": in_flight[0],
+                "in_flight_bytes": in_flight[1],
+                "evictions": flow.evictions if flow is not None else 0,
+                "evicted": flow.evicted if flow is not None else 0,
+                "readmissions": flow.readmissions if flow is not None else 0,
+                "marks_sent": flow.marks_sent if flow is not None else 0,
+                "acks": flow.acks if flow is not None else 0,
             }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -885,7 +1091,9 @@ class Publisher:
         ----------
         linger : float, optional
             Seconds ZeroMQ may keep trying to deliver queued frames after close (default
-            ``close_linger_ms``). Never blocks longer than about ``linger`` + ``block_timeout``.
+            ``close_linger_ms``). Never blocks longer than about ``linger`` + ``block_timeout``
+            (in reliable mode, what the window has not taken by then is counted in
+            ``stats()["dropped"]["closed"]``).
         """
         if self._closed:
             return
@@ -896,7 +1104,13 @@ class Publisher:
         try:
             if got:
                 try:
-                    self._flush_locked()
+                    # reliable: what is pending waits for the window (a stalled subscriber is
+                    # evicted within slow_consumer_timeout, shorter than block_timeout)
+                    self._wait_window_locked(time.monotonic() + self._block_timeout)
+                    n = self._batcher.pending_records
+                    if n:  # the window never took them
+                        self._batcher.drain()
+                        self._dropped["closed"] += n
                     # the last position of every stream that moved, so subscribers can count
                     # the loss of its last messages
                     self._send_positions(_monotonic_ns(), force=True)

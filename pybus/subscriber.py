@@ -1,4 +1,7 @@
-"""The subscriber: a ZeroMQ SUB socket, batch decoding in C, per-stream gap detection.
+"""The subscriber: a ZeroMQ XSUB socket, batch decoding in C, per-stream gap detection.
+
+XSUB rather than SUB so that it can acknowledge reliable publishers' marks upstream
+(``pybus._flow``, docs/wire.md "Flow control"); subscriptions are then messages it sends.
 
 All per-message work is in ``decode_batch`` (C); this module runs once per received frame:
 topic filter (cached), ``frame_info`` for the sequence check, decode, and counters.
@@ -18,6 +21,7 @@ import zmq
 from . import _pubsub_base as base
 from . import _sockets
 from . import metrics as _metrics
+from ._flow import FLOW_TOPIC, pack_ack, unpack_mark
 from ._native import Histogram, Message, _zmqfast, decode_batch, frame_info
 from .errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
 from .topics import TopicMatcher, is_valid_topic
@@ -41,6 +45,9 @@ _MAX_TRACKED_TOPICS = 4096
 # Sentinel values of the topic cache.
 _FILTERED = 0
 _INVALID = 1
+_FLOW = 2  # a reliable publisher's mark: acknowledged, not delivered
+_SUBSCRIBE = b"\x01"
+_UNSUBSCRIBE = b"\x00"
 # Longest slice a blocking wait polls the socket before checking whether it was closed.
 _POLL_SLICE_MS = 100
 
@@ -59,7 +66,7 @@ class Subscriber:
         Bind the endpoints (publishers connect) instead of connecting.
     rcvhwm : int, optional
         ZeroMQ receive high-water mark in frames (default:
-        ``max(16, max_queued_bytes // max_batch_bytes)``, 1024 with the defaults, so the queue
+        ``max(16, window_bytes // max_batch_bytes)``, 512 with the defaults, so the queue
         stays near that bound in bytes).
     max_message_bytes : int
         The largest message this subscriber accepts; frames larger than one such message
@@ -68,8 +75,11 @@ class Subscriber:
     max_batch_bytes : int
         The publishers' batch bound (for ``MAXMSGSIZE`` and the default ``rcvhwm``; default
         64 KiB, the publishers' default).
-    max_queued_bytes : int
-        Bound on the bytes ZeroMQ queues for this subscriber (default 64 MiB).
+    window_bytes : int
+        Bound on the bytes ZeroMQ queues for this subscriber (default 32 MiB, a reliable
+        publisher's default window).
+    max_queued_bytes : int, optional
+        Deprecated alias of ``window_bytes``.
     on_gap : callable, optional
         ``on_gap(topic, publisher_id, expected_seq, got_seq, lost)`` called when a stream
         skips sequence numbers (messages lost, typically at a high-water mark).
@@ -128,7 +138,8 @@ class Subscriber:
         rcvhwm: int | None = None,
         max_message_bytes: int = base.DEFAULT_MAX_MESSAGE_BYTES,
         max_batch_bytes: int = base.DEFAULT_MAX_BATCH_BYTES,
-        max_queued_bytes: int = base.DEFAULT_MAX_QUEUED_BYTES,
+        window_bytes: int = base.DEFAULT_WINDOW_BYTES,
+        max_queued_bytes: int | None = None,
         on_gap: GapCallback | None = None,
         max_streams: int = 65536,
         log_interval_s: float = 10.0,
@@ -154,6 +165,12 @@ class Subscriber:
                 f"endpoints must be a non-empty str or a list of them (tcp://HOST:PORT, "
                 f"ipc://PATH, inproc://NAME), got {endpoints!r}"
             )
+        if max_queued_bytes is not None:
+            import warnings
+
+            warnings.warn("Subscriber(max_queued_bytes=) is deprecated: use window_bytes=",
+                          DeprecationWarning, stacklevel=2)
+            window_bytes = max_queued_bytes
         if topics is None:
             topics = ["#"]
         elif isinstance(topics, str):
@@ -171,7 +188,7 @@ class Subscriber:
             max(max_message_bytes, max_batch_bytes) + base.FRAME_OVERHEAD_BYTES
         )
         self.rcvhwm: int = (
-            int(rcvhwm) if rcvhwm is not None else base.hwm_for(max_queued_bytes, max_batch_bytes)
+            int(rcvhwm) if rcvhwm is not None else base.hwm_for(window_bytes, max_batch_bytes)
         )
         if self.rcvhwm < 1:
             raise ValidationError(f"rcvhwm must be >= 1 frame, got {rcvhwm!r}")
@@ -182,7 +199,7 @@ class Subscriber:
         self._log_interval_s = log_interval_s
 
         self._ctx = context if context is not None else zmq.Context.instance()
-        sock = self._sock = self._new_socket(zmq.SUB)
+        sock = self._sock = self._new_socket(zmq.XSUB)
         self.endpoints: list[str] = []
         try:
             sock.setsockopt(zmq.LINGER, 0)
@@ -191,8 +208,10 @@ class Subscriber:
             self._watch = _sockets.configure(sock, security=security, liveness=liveness,
                                              context=self._ctx, receives_stream=True)
             for p in self._matcher.patterns:
-                sock.setsockopt(zmq.SUBSCRIBE, self._matcher._compiled[p].prefix)
-            sock.setsockopt(zmq.SUBSCRIBE, self._hello)  # after the topics: see docs/wire.md
+                sock.send(_SUBSCRIBE + self._matcher._compiled[p].prefix)
+            # after the topics, the flow topic then the hello (byte order): see docs/wire.md
+            sock.send(_SUBSCRIBE + FLOW_TOPIC)
+            sock.send(_SUBSCRIBE + self._hello)
             for ep in eps:
                 if bind:
                     sock.bind(ep)
@@ -253,6 +272,7 @@ class Subscriber:
         self._bytes = 0
         self._batches = 0
         self._positions = 0
+        self._marks = 0
         # publish-to-receive latency in ns, one record_n per frame (2 significant figures: 1 %
         # precision in ~30 KiB); exported by pybus.metrics as quantiles and buckets
         # (registry=False: no latency recording)
@@ -281,7 +301,7 @@ class Subscriber:
         self._check_open()
         with self._lock:
             prefix = self._matcher.add(pattern)
-            self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
+            self._sock.send(_SUBSCRIBE + prefix)
             self._topics.clear()
 
     def unsubscribe(self, pattern: str) -> None:
@@ -293,7 +313,7 @@ class Subscriber:
         self._check_open()
         with self._lock:
             prefix = self._matcher.remove(pattern)
-            self._sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+            self._sock.send(_UNSUBSCRIBE + prefix)
             self._topics.clear()
             if self._pos < len(self._buf):
                 keep = [m for m in self._buf[self._pos :] if self._matcher.matches(m.topic)]
@@ -508,7 +528,9 @@ class Subscriber:
             if topic is None:
                 topic = self._classify(topic_b)
             if topic.__class__ is not str:
-                if topic == _INVALID:
+                if topic == _FLOW:
+                    self._on_mark(frame)
+                elif topic == _INVALID:
                     self._decode_error("topic frame is not a valid topic", topic_b)
                 continue
             if pub_acl is not None:
@@ -601,7 +623,25 @@ class Subscriber:
         acl._count_denied_publication(user, topic_b, count, f"subscriber {self.endpoints}")
         return True
 
+    def _on_mark(self, frame: Any) -> None:
+        """A reliable publisher's mark: everything it sent before it has been read here (or
+        filtered out), so acknowledge its position (docs/wire.md, "Flow control"). The ack
+        goes to every connected publisher; the others ignore it. A full upstream queue drops
+        it: a later ack says more."""
+        mark = unpack_mark(frame)
+        if mark is None:
+            self._decode_error("malformed flow mark", FLOW_TOPIC)
+            return
+        self._marks += 1
+        try:
+            self._sock.send(pack_ack(self.id, *mark), _NOBLOCK)
+        except zmq.Again:
+            pass
+
     def _classify(self, topic_b: bytes) -> Any:
+        if topic_b == FLOW_TOPIC:
+            self._topics[topic_b] = _FLOW
+            return _FLOW
         try:
             text = topic_b.decode("ascii")
         except UnicodeDecodeError:
@@ -803,6 +843,7 @@ class Subscriber:
             "bytes": self._bytes,
             "batches": self._batches,
             "positions": self._positions,
+            "marks": self._marks,
             "streams": len(self._streams),
             "buffered": len(self._buf) - self._pos,
             "slow_consumer_events": dict(self._slow_events),

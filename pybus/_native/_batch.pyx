@@ -769,8 +769,8 @@ cdef class Batcher:
 
     # -- drain -------------------------------------------------------------------------------
 
-    def drain_to(self, size_t sock):
-        """Send every pending record as frames straight into ZeroMQ messages, without a bytes
+    def drain_to(self, size_t sock, size_t max_frames=0, size_t max_bytes=0):
+        """Send pending records as frames straight into ZeroMQ messages, without a bytes
         object in between (one copy fewer than drain() then a send).
 
         Parameters
@@ -779,6 +779,10 @@ cdef class Batcher:
             The address of a pyzmq socket's libzmq socket (``zmq.Socket.underlying``), which
             the caller owns and uses from this thread only. Each frame goes as the two parts
             [topic][batch frame], without blocking (an XPUB never blocks).
+        max_frames, max_bytes : int
+            Stop after this many frames, or once this many frame bytes were sent (the frame
+            that crosses the bound is sent whole); 0: no bound. What is left stays pending,
+            in order (a publisher's flow-control window, docs/wire.md).
 
         Returns
         -------
@@ -797,10 +801,12 @@ cdef class Batcher:
         cdef bytes name
         cdef int err
         cdef _Fill fill
+        cdef size_t nframes = 0, nbytes = 0
         fill.r = self._r
         if s == NULL:
             raise ValueError("drain_to needs a socket address (zmq.Socket.underlying)")
-        while pb_ring_next_frame(self._r, &tid, &flen):
+        while ((max_frames == 0 or nframes < max_frames) and (max_bytes == 0 or nbytes < max_bytes)
+               and pb_ring_next_frame(self._r, &tid, &flen)):
             name = self._names[tid]
             err = pb_zmq_send(s, PyBytes_AS_STRING(name), <size_t>PyBytes_GET_SIZE(name),
                               PB_ZMQ_SNDMORE | PB_ZMQ_DONTWAIT)
@@ -812,23 +818,30 @@ cdef class Batcher:
                 _discard_planned(self._r, flen)
                 return out, err
             out.append((name, fill.count, flen))
+            nframes += 1
+            nbytes += flen
         return out, 0
 
-    def drain(self):
-        """Every pending record as frames: a list of (topic bytes, frame bytes).
+    def drain(self, size_t max_frames=0, size_t max_bytes=0):
+        """Pending records as frames: a list of (topic bytes, frame bytes).
 
-        Frames of one topic come in sequence order; the ring is empty afterwards.
+        Frames of one topic come in sequence order. Without bounds the ring is empty
+        afterwards; ``max_frames`` and ``max_bytes`` bound the drain as in :meth:`drain_to`.
         """
         self._ok()
         cdef list out = []
         cdef uint32_t tid
         cdef size_t flen
+        cdef size_t nframes = 0, nbytes = 0
         cdef bytes frame
-        while pb_ring_next_frame(self._r, &tid, &flen):
+        while ((max_frames == 0 or nframes < max_frames) and (max_bytes == 0 or nbytes < max_bytes)
+               and pb_ring_next_frame(self._r, &tid, &flen)):
             frame = PyBytes_FromStringAndSize(NULL, flen)
             if pb_ring_write_frame(self._r, <uint8_t *>PyBytes_AS_STRING(frame), flen) < 0:
                 raise RuntimeError("pb_ring_write_frame refused its own plan")  # not reachable
             out.append((self._names[tid], frame))
+            nframes += 1
+            nbytes += flen
         return out
 
     def mark_flushed(self):

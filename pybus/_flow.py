@@ -1,0 +1,217 @@
+"""Reliable pub/sub flow control: a publisher's window per subscriber, without sockets.
+
+The protocol (docs/wire.md, "Flow control"): a reliable publisher numbers everything it sends
+with a running position (frames and bytes since it started). Every so often it sends a *mark*
+carrying its position on the flow topic, which every pybus Subscriber subscribes to; ZeroMQ
+keeps each pipe in order, so a subscriber that reads a mark has read (or filtered out)
+everything sent before it, and says so upstream with an *ack* carrying that position. What a
+subscriber has not acknowledged is in flight between the two ends, wherever it sits (either
+side's ZeroMQ queue or the kernel's buffers), and the publisher never lets it exceed the
+window: the slowest live subscriber paces the publisher.
+
+``FlowWindow`` holds the state and makes the decisions (how much may be sent now, when a mark
+is due, which subscriber has stalled for too long and is evicted, when an evicted one is
+re-admitted); the publisher drives it with its socket and a clock (ns, any monotonic clock,
+tests use a fake one).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+__all__ = [
+    "FlowWindow",
+    "FLOW_TOPIC",
+    "pack_mark",
+    "unpack_mark",
+    "pack_ack",
+    "unpack_ack",
+    "ACK_PREFIX",
+]
+
+#: Topic of the publishers' marks. Every pybus Subscriber subscribes to it; it sorts before
+#: the hello subscription (``\xffpybus-hello:``), so a publisher that has seen a subscriber's
+#: hello has its flow subscription too (ZeroMQ replays subscriptions in byte order).
+FLOW_TOPIC = b"\xffpybus-flow"
+#: Upstream acks start with 0x02 (ZeroMQ reads 0x00/0x01 as (un)subscriptions), then this.
+ACK_PREFIX = b"\x02pybus-ack:"
+_MARK = struct.Struct("<BQQQ")  # version, publisher id, position in frames, in bytes
+_ACK = struct.Struct("<QQQ")  # publisher id, position in frames, in bytes
+_SUB_ID_LEN = 16  # a subscriber id: 16 lowercase hex digits
+MARK_VERSION = 1
+ACK_LEN = len(ACK_PREFIX) + _SUB_ID_LEN + _ACK.size
+
+
+def pack_mark(publisher_id: int, frames: int, nbytes: int) -> bytes:
+    return _MARK.pack(MARK_VERSION, publisher_id, frames, nbytes)
+
+
+def unpack_mark(body: object) -> tuple[int, int, int] | None:
+    """(publisher id, frames, bytes) of a mark body, or None when it is not one."""
+    try:
+        version, pid, frames, nbytes = _MARK.unpack_from(body)  # type: ignore[arg-type]
+    except (struct.error, TypeError):
+        return None
+    if version != MARK_VERSION or len(body) != _MARK.size:  # type: ignore[arg-type]
+        return None
+    return pid, frames, nbytes
+
+
+def pack_ack(sub_id: bytes, publisher_id: int, frames: int, nbytes: int) -> bytes:
+    return ACK_PREFIX + sub_id + _ACK.pack(publisher_id, frames, nbytes)
+
+
+def unpack_ack(msg: bytes) -> tuple[bytes, int, int, int] | None:
+    """(subscriber id, publisher id, frames, bytes) of an ack message, or None."""
+    if len(msg) != ACK_LEN or not msg.startswith(ACK_PREFIX):
+        return None
+    at = len(ACK_PREFIX)
+    sub_id = msg[at : at + _SUB_ID_LEN]
+    pid, frames, nbytes = _ACK.unpack_from(msg, at + _SUB_ID_LEN)
+    return sub_id, pid, frames, nbytes
+
+
+@dataclass
+class _Peer:
+    acked_frames: int
+    acked_bytes: int
+    last_progress_ns: int
+    blocked_since_ns: int | None = None
+    evicted: bool = False
+
+
+class FlowWindow:
+    """One publisher's in-flight window to each of its subscribers.
+
+    Parameters
+    ----------
+    window_frames, window_bytes : int
+        In flight per subscriber at most (what it has not acknowledged). The frame bound keeps
+        ZeroMQ's queues (counted in frames) from ever dropping: the publisher sets its
+        high-water mark to twice it and more (see ``Publisher``).
+    slow_consumer_timeout_ns : int
+        A subscriber that holds the publisher back this long without acknowledging anything
+        is evicted: the window stops waiting for it.
+    """
+
+    def __init__(self, window_frames: int, window_bytes: int, slow_consumer_timeout_ns: int):
+        if window_frames < 1 or window_bytes < 1:
+            raise ValueError("window_frames and window_bytes must be >= 1")
+        self.window_frames = window_frames
+        self.window_bytes = window_bytes
+        self.timeout_ns = slow_consumer_timeout_ns
+        # a mark every quarter window: an ack then frees at least three quarters of it
+        self.mark_every_frames = max(1, window_frames // 4)
+        self.mark_every_bytes = max(1, window_bytes // 4)
+        self.frames = 0  # position: everything sent so far
+        self.bytes = 0
+        self._mark_frames = 0  # position of the last mark
+        self._mark_bytes = 0
+        self.read_frames = 0  # position when subscriptions were last read (see add)
+        self.read_bytes = 0
+        self.peers: dict[bytes, _Peer] = {}
+        self.evictions = 0
+        self.readmissions = 0
+        self.marks_sent = 0
+        self.acks = 0
+
+    # -- subscribers --------------------------------------------------------------------------
+
+    def add(self, sub_id: bytes, now_ns: int) -> None:
+        """A subscriber's hello arrived. What was sent since subscriptions were last read may
+        already be in its queue (ZeroMQ applies its topics as it attaches), so it counts as in
+        flight from that earlier position."""
+        if sub_id not in self.peers:
+            self.peers[sub_id] = _Peer(self.read_frames, self.read_bytes, now_ns)
+
+    def remove(self, sub_id: bytes) -> None:
+        """The subscriber is gone (ZeroMQ reported its hello unsubscribed)."""
+        self.peers.pop(sub_id, None)
+
+    def note_read(self) -> None:
+        """Subscriptions were read: later hellos count from here."""
+        self.read_frames, self.read_bytes = self.frames, self.bytes
+
+    def ack(self, sub_id: bytes, frames: int, nbytes: int, now_ns: int) -> None:
+        """A subscriber read everything up to the mark at (frames, nbytes)."""
+        p = self.peers.get(sub_id)
+        if p is None or frames > self.frames or nbytes > self.bytes:
+            return  # unknown, or not a position of ours (a forged or stale ack)
+        self.acks += 1
+        if frames > p.acked_frames:
+            p.acked_frames, p.acked_bytes = frames, nbytes
+            p.last_progress_ns = now_ns
+            p.blocked_since_ns = None
+            if (p.evicted and self.frames - frames <= self.window_frames // 2
+                    and self.bytes - nbytes <= self.window_bytes // 2):
+                p.evicted = False  # caught up with what ZeroMQ kept for it: paced again
+                self.readmissions += 1
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def room(self) -> tuple[int, int]:
+        """(frames, bytes) that may be sent now; -1 for no bound (no live subscriber)."""
+        f, b = self.in_flight()
+        if f < 0:
+            return -1, -1
+        return max(0, self.window_frames - f), max(0, self.window_bytes - b)
+
+    def sent(self, frames: int, nbytes: int) -> None:
+        self.frames += frames
+        self.bytes += nbytes
+
+    def mark_due(self, blocked: bool) -> bool:
+        """Whether to send a mark now: every quarter window, and at once when the window is
+        full (so that the subscribers can acknowledge everything they have read)."""
+        df = self.frames - self._mark_frames
+        if not df:
+            return False
+        return (blocked or df >= self.mark_every_frames
+                or self.bytes - self._mark_bytes >= self.mark_every_bytes)
+
+    def mark_sent(self, nbytes: int) -> tuple[int, int]:
+        """Record a mark at the current position (its own frame follows it); returns that
+        position, which the mark carries."""
+        pos = (self.frames, self.bytes)
+        self.sent(1, nbytes)
+        # the mark itself is not worth another mark: count from after it
+        self._mark_frames, self._mark_bytes = self.frames, self.bytes
+        self.marks_sent += 1
+        return pos
+
+    # -- stalls -------------------------------------------------------------------------------
+
+    def evict_stalled(self, now_ns: int) -> list[bytes]:
+        """Evict the subscribers that have held the publisher back (no room left for them)
+        for the timeout without acknowledging anything; returns their ids."""
+        out = []
+        wf, wb = self.window_frames, self.window_bytes
+        for sub_id, p in self.peers.items():
+            if p.evicted:
+                continue
+            if self.frames - p.acked_frames < wf and self.bytes - p.acked_bytes < wb:
+                p.blocked_since_ns = None
+                continue
+            if p.blocked_since_ns is None:
+                p.blocked_since_ns = now_ns
+            if now_ns - max(p.blocked_since_ns, p.last_progress_ns) >= self.timeout_ns:
+                p.evicted = True
+                p.blocked_since_ns = None
+                self.evictions += 1
+                out.append(sub_id)
+        return out
+
+    def in_flight(self) -> tuple[int, int]:
+        """The largest (frames, bytes) in flight to a live, paced subscriber; (-1, -1) when
+        there is none."""
+        f = b = -1
+        for p in self.peers.values():
+            if not p.evicted:
+                f = max(f, self.frames - p.acked_frames)
+                b = max(b, self.bytes - p.acked_bytes)
+        return f, b
+
+    @property
+    def evicted(self) -> int:
+        return sum(1 for p in self.peers.values() if p.evicted)
