@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from . import _pubsub_base as base
+from ._flow import ACK_PREFIX, FLOW_TOPIC
 from ._native import frame_info
 from .errors import FrameError
 
@@ -121,7 +122,7 @@ class CheckedLoop:
                 parts.append(front.recv(0, copy=False))  # the rest of a message is there
             ck[("frontend", "messages_in")] += len(parts)
             ck[("frontend", "bytes_in")] += sum(len(p) for p in parts)
-            if acl is not None:
+            if acl is not None and first.bytes != FLOW_TOPIC:  # marks carry no data
                 topic = first.bytes
                 try:
                     user = str(first.get("User-Id"))
@@ -180,7 +181,11 @@ class CheckedLoop:
                 self._send_parts(front, [frame], "frontend", cap)
                 continue
             msg = frame.bytes
-            if not msg or msg[0] not in (0, 1):
+            if not msg:
+                continue
+            if msg[0] not in (0, 1):
+                if msg.startswith(ACK_PREFIX):  # a subscriber's flow-control ack: upstream
+                    self._send_parts(front, [frame], "frontend", cap)
                 continue  # not a subscription message
             try:
                 user = str(frame.get("User-Id"))
@@ -206,7 +211,8 @@ class CheckedLoop:
         """
         acl = self.sub_acl
         assert acl is not None
-        hello = prefix.startswith(base.HELLO_PREFIX)
+        # hellos and the flow topic are not data topics: every pybus Subscriber takes them
+        hello = prefix.startswith(base.HELLO_PREFIX) or prefix == FLOW_TOPIC
         granted, denied = self.granted, self.denied_live
         applied = [prefix] if hello or not user else acl.granted_prefixes(user, prefix)
         if subscribe:

@@ -24,15 +24,21 @@ from . import _pubsub_base as base
 from . import publisher as _pub
 from . import subscriber as _sub
 from ._native import Message
-from .errors import ClosedError, TimeoutError, ValidationError
+from .errors import BackpressureError, ClosedError, TimeoutError, ValidationError
 
 __all__ = ["Publisher", "Subscriber"]
 
 
 class Publisher(_pub.Publisher):
-    """:class:`pybus.Publisher` for asyncio: ``publish`` is the same one C call (it never
-    waits); ``await flush()``, ``await wait_for_subscribers()``, ``await close()``,
-    ``async with``. Takes the same arguments."""
+    """:class:`pybus.Publisher` for asyncio: ``publish`` is the same one C call;
+    ``await flush()``, ``await wait_for_subscribers()``, ``await close()``, ``async with``.
+    Takes the same arguments.
+
+    In reliable mode what the window holds back stays in the ring and a loop timer sends it
+    as acks arrive, so ``publish`` does not wait while the ring has room; ``await flush()``
+    waits for the window without blocking the loop. A publish that finds the ring full
+    applies ``on_full`` in the calling thread (``"block"`` blocks the loop up to
+    ``block_timeout``; ``"drop"`` or ``"raise"`` suit an event loop better)."""
 
     def _new_socket(self, socket_type: int) -> zmq.Socket:
         # The asyncio socket owns the ZeroMQ socket and closes it; the sync one used on the
@@ -83,8 +89,19 @@ class Publisher(_pub.Publisher):
                 self._flush_locked()
             finally:
                 self._send_lock.release()
+            if self._window_blocked:
+                self._retry_later()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_soon(self._timer_fire)
+
+    def _retry_later(self) -> None:
+        """The window held records back: look again when acks may have come."""
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # outside the loop: flush()/close() will send them
+                return
+            self._timer = loop.call_later(_pub._WINDOW_POLL_S / 5, self._timer_fire)
 
     def _timer_fire(self) -> None:
         self._timer = None
@@ -95,10 +112,37 @@ class Publisher(_pub.Publisher):
                 self._flush_locked()
             finally:
                 self._send_lock.release()
+        if self._batcher.pending_records:  # busy lock, or the window is full
+            self._retry_later()
+
+    async def _await_window(self, deadline: float) -> None:
+        """Flush; while the window holds records back, await acks (without blocking the loop)
+        until it takes them all or the deadline (monotonic s)."""
+        while True:
+            with self._send_lock:
+                self._flush_locked()
+            if not self._window_blocked:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await self._asock.poll(
+                timeout=max(1, int(min(remaining, _pub._WINDOW_POLL_S) * 1000)), flags=zmq.POLLIN
+            )
+            with self._send_lock:
+                self._read_subscriptions()
 
     async def flush(self, timeout: float | None = 1.0) -> None:  # type: ignore[override]
-        """Hand everything pending to ZeroMQ (never waits for subscribers)."""
-        _pub.Publisher.flush(self, timeout)
+        """Hand everything pending to ZeroMQ; in reliable mode, await the window for up to
+        ``timeout`` seconds (then :class:`~pybus.BackpressureError`)."""
+        if self._closed:
+            raise ClosedError("flush() on a closed Publisher")
+        await self._await_window(time.monotonic() + (1e9 if timeout is None else timeout))
+        if self._window_blocked:
+            raise BackpressureError(
+                f"flush(): the slowest subscriber's window still held "
+                f"{self._batcher.pending_records} messages back after {timeout}s"
+            )
 
     async def wait_for_subscribers(  # type: ignore[override]
         self, n: int = 1, timeout: float = 5.0
@@ -132,6 +176,9 @@ class Publisher(_pub.Publisher):
 
     async def close(self, linger: float | None = None) -> None:  # type: ignore[override]
         """Send what is pending and close (bounded by ``linger``)."""
+        if not self._closed and self._flow is not None:
+            # what the window holds back, without blocking the loop (as sync close does)
+            await self._await_window(time.monotonic() + self._block_timeout)
         for timer in (self._timer, self._position_timer):
             if timer is not None:
                 timer.cancel()

@@ -44,6 +44,8 @@ class _PublisherAdapter:
         for reason, n in s["dropped"].items():
             yield "pybus_messages_dropped_total", {"reason": reason}, n
         yield "pybus_subscribers", {}, s["subscribers"]
+        yield "pybus_publisher_evictions_total", {}, s["evictions"]
+        yield "pybus_publisher_in_flight_bytes", {}, s["in_flight_bytes"]
         yield "pybus_queue_depth", {}, s["pending"]
         sizes = getattr(pub, "_batch_sizes", None)
         if sizes is not None:

@@ -112,9 +112,16 @@ _TABLE: tuple[_Entry, ...] = (
            "pybus subscribers currently attached to a publisher.", "", _N, "pubsub"),
     _Entry("pybus_messages_dropped_total", "counter",
            "Messages dropped, by reason (ring_full: the ring was full with on_full='drop'; "
+           "backpressure: the same while a reliable publisher's window held messages back; "
            "closed: still pending when the publisher closed; forbidden: a subscriber or proxy "
            "dropped them because the sending key may not publish that topic).", "",
            ("name", "reason"), "pubsub"),
+    _Entry("pybus_publisher_evictions_total", "counter",
+           "Subscribers a reliable publisher stopped waiting for: their window stayed full "
+           "for slow_consumer_timeout without an ack.", "", _N, "pubsub"),
+    _Entry("pybus_publisher_in_flight_bytes", "gauge",
+           "Bytes a reliable publisher has sent that its slowest paced subscriber has not "
+           "acknowledged yet.", "bytes", _N, "pubsub"),
     # -- receive side
     _Entry("pybus_messages_received_total", "counter",
            "Messages a subscriber received and decoded, by topic.", "", _NT, "pubsub"),
