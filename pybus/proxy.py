@@ -13,10 +13,13 @@ loop cannot be used, since it never shows a message to Python: the proxy then ru
 loop of ``pybus._proxy_checked`` over the same sockets and control commands.
 
 Loss: ZeroMQ's XPUB drops, per subscriber, what exceeds that subscriber's send high-water
-mark (``sndhwm``). While subscribers keep up nothing is dropped; a stalled subscriber loses the
-excess, which ZeroMQ does not report to the proxy -- the subscriber sees it, exactly, as
-sequence gaps (``stats()["lost"]``), and other subscribers are not affected. On the frontend
-side TCP flow control pushes back to the publishers, whose own high-water marks bound memory.
+mark (``sndhwm``), and does not report it to the proxy -- the subscriber sees it, exactly, as
+sequence gaps (``stats()["lost"]``), and other subscribers are not affected. Reliable
+publishers (the default) pace to the subscribers behind the proxy end to end: their marks pass
+downstream and the subscribers' acks upstream (docs/wire.md, "Flow control"), so nothing
+reaches that mark while the reliable publishers' windows together stay within half of it (one
+publisher with the defaults: 240 frames of the default 1000). On the frontend side TCP flow
+control pushes back to the publishers, whose own high-water marks bound memory.
 """
 
 from __future__ import annotations
