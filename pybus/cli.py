@@ -254,7 +254,7 @@ def cmd_pub(args: argparse.Namespace) -> int:
     if args.wait_subscribers < 0:
         raise _usage(f"--wait-subscribers must be >= 0, got {args.wait_subscribers}")
     payloads = _payloads(args)
-    pub = Publisher(ep, connect=not args.bind, registry=False)
+    pub = Publisher(ep, connect=not args.bind, registry=False, delivery=args.delivery)
     try:
         if args.wait_subscribers:
             try:
@@ -688,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="wait for N subscribers before sending (1; 0 sends at once)")
     pb.add_argument("--timeout", type=float, default=5.0,
                     help="seconds to wait for subscribers and for sending (5)")
+    pb.add_argument("--best-effort", dest="delivery", action="store_const",
+                    const="best_effort", default="reliable",
+                    help="never wait for slow subscribers (default: reliable, docs/wire.md)")
     pb.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
 
     sb = _add(sub, "sub", cmd_sub, "print messages from a live bus",
