@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "FlowWindow",
+    "pack_join",
+    "unpack_join",
     "FLOW_TOPIC",
     "pack_mark",
     "unpack_mark",
@@ -70,6 +72,61 @@ def unpack_ack(msg: bytes) -> tuple[bytes, int, int, int] | None:
     sub_id = msg[at : at + _SUB_ID_LEN]
     pid, frames, nbytes = _ACK.unpack_from(msg, at + _SUB_ID_LEN)
     return sub_id, pid, frames, nbytes
+
+
+# -- join snapshots: where every stream stood when a subscriber arrived ---------------------
+#
+# Sent on the subscriber's own hello topic (only it subscribes to that prefix), once the
+# publisher has read its hello and has nothing pending: for each topic that has published,
+# the sequence number its next message will get. With it, the subscriber knows the start of
+# every stream from its arrival on, so a stream whose every message was dropped before it
+# saw any is counted as lost too (docs/wire.md, "Join snapshot").
+
+_JOIN_HEAD = struct.Struct("<BBQI")  # version, flags (0x01: last chunk), publisher id, count
+_JOIN_SEQ = struct.Struct("<Q")
+JOIN_LAST = 0x01
+JOIN_CHUNK_BYTES = 60_000  # well below any subscriber's MAXMSGSIZE
+
+
+def pack_join(publisher_id: int, streams: list[tuple[bytes, int]]) -> list[bytes]:
+    """The join snapshot's frames: (topic, next sequence number) pairs, in chunks."""
+    chunks: list[bytes] = []
+    entries: list[bytes] = []
+    size = 0
+    for topic, next_seq in streams:
+        e = bytes((len(topic),)) + topic + _JOIN_SEQ.pack(next_seq)
+        if entries and size + len(e) > JOIN_CHUNK_BYTES:
+            chunks.append(_JOIN_HEAD.pack(1, 0, publisher_id, len(entries)) + b"".join(entries))
+            entries, size = [], 0
+        entries.append(e)
+        size += len(e)
+    chunks.append(_JOIN_HEAD.pack(1, JOIN_LAST, publisher_id, len(entries)) + b"".join(entries))
+    return chunks
+
+
+def unpack_join(body: object) -> tuple[int, bool, list[tuple[bytes, int]]] | None:
+    """(publisher id, last chunk, [(topic, next seq)]) of a join frame, or None if malformed."""
+    try:
+        data = bytes(body)  # type: ignore[call-overload]
+        version, flags, pid, count = _JOIN_HEAD.unpack_from(data)
+    except (struct.error, TypeError, ValueError):
+        return None
+    if version != 1 or flags & ~JOIN_LAST:
+        return None
+    out = []
+    at = _JOIN_HEAD.size
+    for _ in range(count):
+        if at >= len(data):
+            return None
+        n = data[at]
+        end = at + 1 + n + _JOIN_SEQ.size
+        if n == 0 or end > len(data):
+            return None
+        out.append((data[at + 1 : at + 1 + n], _JOIN_SEQ.unpack_from(data, at + 1 + n)[0]))
+        at = end
+    if at != len(data):
+        return None
+    return pid, bool(flags & JOIN_LAST), out
 
 
 @dataclass

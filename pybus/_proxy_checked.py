@@ -122,8 +122,9 @@ class CheckedLoop:
                 parts.append(front.recv(0, copy=False))  # the rest of a message is there
             ck[("frontend", "messages_in")] += len(parts)
             ck[("frontend", "bytes_in")] += sum(len(p) for p in parts)
-            if acl is not None and first.bytes != FLOW_TOPIC:  # marks carry no data
-                topic = first.bytes
+            topic = first.bytes
+            # marks and join snapshots (on a subscriber's hello topic) carry no data
+            if acl is not None and topic != FLOW_TOPIC and not topic.startswith(base.HELLO_PREFIX):
                 try:
                     user = str(first.get("User-Id"))
                 except zmq.ZMQError:

@@ -25,7 +25,7 @@ import zmq
 from . import _pubsub_base as base
 from . import _sockets
 from . import metrics as _metrics
-from ._flow import ACK_PREFIX, FLOW_TOPIC, FlowWindow, pack_mark, unpack_ack
+from ._flow import ACK_PREFIX, FLOW_TOPIC, FlowWindow, pack_join, pack_mark, unpack_ack
 from ._native import Batcher, Histogram, frame_info
 from ._native._batch import set_thread_timer_slack
 from .errors import BackpressureError, ClosedError, TimeoutError, ValidationError, from_zmq
@@ -443,6 +443,8 @@ class Publisher:
         self._position_due: int | None = None  # monotonic ns of the next position scan
         self._dropped: dict[str, int] = {"ring_full": 0, "backpressure": 0, "closed": 0}
         self._subscribers: set[bytes] = set()
+        # hellos that have not had their join snapshot yet (see _send_joins)
+        self._joins: list[bytes] = []
         self._subscriptions = 0
         # with permissions: subscriptions granted, per prefix as asked (bounds the trie)
         self._granted: dict[bytes, int] = {}
@@ -620,6 +622,8 @@ class Publisher:
         if now >= self._next_sub_check:
             self._next_sub_check = now + _SUB_CHECK_INTERVAL_S
             self._read_subscriptions()
+        elif self._joins and not self._batcher.pending_records:
+            self._send_joins()
 
     def _flush_window(self, flow: FlowWindow) -> None:
         """Reliable mode: drain what the slowest live subscriber's window takes (see _flow)."""
@@ -806,12 +810,44 @@ class Publisher:
                     self._subscriptions += 1 if msg[0] == 1 else -1
         if self._flow is not None:
             self._flow.note_read()
+        if self._joins and not self._batcher.pending_records:
+            self._send_joins()
+
+    def _send_joins(self) -> None:
+        """Tell each newly arrived subscriber, on its own hello topic, the next sequence number
+        of every stream that has published (docs/wire.md, "Join snapshot"): it then counts
+        the loss of a stream it never saw a message of. Sent only with nothing pending, so
+        every number is what the subscriber's first message of that stream should carry.
+        Caller holds the send lock."""
+        b = self._batcher
+        streams = []
+        for tid in range(b.topic_count):
+            seq = b.next_seq(tid)
+            if seq > 1:
+                streams.append((b.topic_name(tid), seq))
+        chunks = pack_join(self.publisher_id, streams)
+        nframes = nbytes = 0
+        try:
+            for hello in self._joins:
+                for chunk in chunks:
+                    self._send(hello, _SNDMORE_NOBLOCK)
+                    self._send(chunk, _NOBLOCK)
+                    nframes += 1
+                    nbytes += len(chunk)
+        except zmq.ZMQError as exc:
+            raise from_zmq(exc, "Publisher send") from exc
+        finally:
+            self._joins.clear()
+        if self._flow is not None:
+            self._flow.sent(nframes, nbytes)
 
     def _on_hello(self, hello: bytes, subscribe: bool) -> None:
         """A pybus Subscriber arrived (or left): it counts, and is paced in reliable mode."""
         sub_id = hello[len(base.HELLO_PREFIX):]
         if subscribe:
             self._subscribers.add(hello)
+            if len(self._joins) < 1024 and hello not in self._joins:
+                self._joins.append(hello)
             if self._flow is not None:
                 self._flow.add(sub_id, _monotonic_ns())
         else:

@@ -21,7 +21,7 @@ import zmq
 from . import _pubsub_base as base
 from . import _sockets
 from . import metrics as _metrics
-from ._flow import FLOW_TOPIC, pack_ack, unpack_mark
+from ._flow import FLOW_TOPIC, pack_ack, unpack_join, unpack_mark
 from ._native import Histogram, Message, _zmqfast, decode_batch, frame_info
 from .errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
 from .topics import TopicMatcher, is_valid_topic
@@ -46,6 +46,9 @@ _MAX_TRACKED_TOPICS = 4096
 _FILTERED = 0
 _INVALID = 1
 _FLOW = 2  # a reliable publisher's mark: acknowledged, not delivered
+_JOIN = 3  # a join snapshot on this subscriber's hello topic: stream starts, not delivered
+# Publishers whose join snapshot arrived, at most (beyond: new ones are not tracked).
+_MAX_JOINED = 4096
 _SUBSCRIBE = b"\x01"
 _UNSUBSCRIBE = b"\x00"
 # Longest slice a blocking wait polls the socket before checking whether it was closed.
@@ -273,6 +276,9 @@ class Subscriber:
         self._batches = 0
         self._positions = 0
         self._marks = 0
+        # publishers whose join snapshot arrived: their new streams start at sequence 1
+        self._joined: set[int] = set()
+        self._join_off = False  # after subscribe(): see there
         # publish-to-receive latency in ns, one record_n per frame (2 significant figures: 1 %
         # precision in ~30 KiB); exported by pybus.metrics as quantiles and buckets
         # (registry=False: no latency recording)
@@ -303,6 +309,11 @@ class Subscriber:
             prefix = self._matcher.add(pattern)
             self._sock.send(_SUBSCRIBE + prefix)
             self._topics.clear()
+            # streams of the new pattern that moved before now are not losses: from now on
+            # the first frame of a stream sets its expectation (join snapshots, even one
+            # still queued, predate the pattern)
+            self._joined.clear()
+            self._join_off = True
 
     def unsubscribe(self, pattern: str) -> None:
         """Stop receiving topics matching ``pattern`` (one :meth:`subscribe` is undone).
@@ -530,6 +541,8 @@ class Subscriber:
             if topic.__class__ is not str:
                 if topic == _FLOW:
                     self._on_mark(frame)
+                elif topic == _JOIN:
+                    self._on_join(frame)
                 elif topic == _INVALID:
                     self._decode_error("topic frame is not a valid topic", topic_b)
                 continue
@@ -638,10 +651,44 @@ class Subscriber:
         except zmq.Again:
             pass
 
+    def _on_join(self, frame: Any) -> None:
+        """A publisher's join snapshot (docs/wire.md): where each of its streams stood when
+        this subscriber arrived. A stream not seen yet starts there; and once the last chunk
+        is in, a stream that appears later started after the arrival, at sequence 1, so
+        messages of it that never arrived count as lost (see _account)."""
+        snap = unpack_join(frame)
+        if snap is None:
+            self._decode_error("malformed join snapshot", self._hello)
+            return
+        pid, last, entries = snap
+        streams = self._streams
+        for topic_b, next_seq in entries:
+            topic = self._topics.get(topic_b)
+            if topic is None:
+                topic = self._classify(topic_b)
+            if topic.__class__ is str and (pid, topic_b) not in streams:
+                if len(streams) >= self._max_streams:
+                    self._forget_oldest_stream()
+                streams[(pid, topic_b)] = next_seq
+        if last and not self._join_off and (pid in self._joined or len(self._joined) < _MAX_JOINED):
+            self._joined.add(pid)
+
+    def _forget_oldest_stream(self) -> None:
+        """At the streams bound: forget the least recently started stream. Its publisher's
+        later streams may then be one we forgot, so they no longer count from sequence 1."""
+        pid, _topic = next(iter(self._streams))
+        del self._streams[(pid, _topic)]
+        self._joined.discard(pid)
+
     def _classify(self, topic_b: bytes) -> Any:
         if topic_b == FLOW_TOPIC:
             self._topics[topic_b] = _FLOW
             return _FLOW
+        if topic_b.startswith(base.HELLO_PREFIX):
+            # ours: a join snapshot; another subscriber's (a "#" subscriber takes them all)
+            value = _JOIN if topic_b == self._hello else _FILTERED
+            self._topics[topic_b] = value
+            return value
         try:
             text = topic_b.decode("ascii")
         except UnicodeDecodeError:
@@ -681,8 +728,11 @@ class Subscriber:
         expected = streams.get(key)
         if expected is None:
             if len(streams) >= self._max_streams:
-                del streams[next(iter(streams))]
-        elif first != expected:
+                self._forget_oldest_stream()
+            if pid in self._joined:
+                # a stream that started after this subscriber arrived (not in the snapshot)
+                expected = 1
+        if expected is not None and first != expected:
             if first > expected:
                 lost = first - expected
                 self._gaps += 1

@@ -25,6 +25,21 @@ pytestmark = pytest.mark.timeout(60)
 FRAME_HEADER = struct.Struct("<BBBBIQQq")  # magic0 magic1 version flags count pid first_seq ts
 RECORD_HEADER = struct.Struct("<IHBBI")  # payload_len header_len flags reserved ts_delta
 HELLO = b"\xffpybus-hello:"  # docs/wire.md, "Hello subscription"
+JOIN_HEAD = struct.Struct("<BBQI")  # docs/wire.md "Join snapshot": version flags pid count
+
+
+def spec_decode_join(body: bytes) -> tuple[int, bool, dict[bytes, int]]:
+    """A join snapshot frame, decoded from the document's table."""
+    version, flags, pid, count = JOIN_HEAD.unpack_from(body)
+    assert version == 1 and flags & ~0x01 == 0
+    at, out = JOIN_HEAD.size, {}
+    for _ in range(count):
+        n = body[at]
+        assert 1 <= n <= 255
+        out[body[at + 1 : at + 1 + n]] = struct.unpack_from("<Q", body, at + 1 + n)[0]
+        at += 1 + n + 8
+    assert at == len(body) and len(body) <= 60_000
+    return pid, bool(flags & 0x01), out
 
 
 @dataclass
@@ -106,10 +121,15 @@ def test_plain_sub_decodes_pybus_traffic() -> None:
     raw = ctx.socket(zmq.SUB)
     raw.setsockopt(zmq.LINGER, 0)
     raw.setsockopt(zmq.SUBSCRIBE, b"orders.")
-    raw.setsockopt(zmq.SUBSCRIBE, HELLO + os.urandom(8).hex().encode())  # to be counted
+    hello = HELLO + os.urandom(8).hex().encode()
+    raw.setsockopt(zmq.SUBSCRIBE, hello)  # to be counted
     raw.connect(pub.endpoints[0])
     try:
         assert pub.wait_for_subscribers(1, timeout=5) == 1  # the foreign hello counts
+        # the join snapshot, on its hello topic (docs/wire.md "Join snapshot"): nothing has
+        # published yet, so one last frame with no entries
+        assert raw.poll(5000)
+        assert raw.recv_multipart() == [hello, JOIN_HEAD.pack(1, 0x01, pub.publisher_id, 0)]
         t0 = time.time_ns()
         pub.publish("orders.created", b"\x00\x01bytes")
         pub.publish("orders.created", {"id": 7, "tags": ["a"]}, headers={"trace": "t-1"})
@@ -213,3 +233,42 @@ def test_unknown_version_is_rejected_by_both_sides() -> None:
     assert [(m.payload, m.seq, m.timestamp_ns) for m in ours] == [
         (r.payload, r.seq, r.timestamp_ns) for r in theirs
     ]
+
+
+def test_join_snapshot_tells_a_newcomer_where_every_stream_stands() -> None:
+    """Streams published before a foreign subscriber arrives: its hello gets the snapshot of
+    their next sequence numbers (docs/wire.md, "Join snapshot"), in chunks of at most 60,000
+    bytes, the last one flagged; streams that never published are not in it."""
+    ctx = zmq.Context.instance()
+    pub = pybus.Publisher("tcp://127.0.0.1:*", registry=False)
+    raw = ctx.socket(zmq.SUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    try:
+        expected = {}
+        for i in range(600):  # 600 topics of ~250 chars: more than one 60,000-byte chunk
+            topic = f"t{i:03d}." + ".".join(["x" * 60] * 4)  # 249 chars
+            for _ in range(i % 3 + 1):
+                pub.publish(topic, b"m")
+            expected[topic.encode()] = i % 3 + 2
+        pub.flush()  # nobody subscribed: XPUB drops them, the streams moved all the same
+        hello = HELLO + os.urandom(8).hex().encode()
+        raw.setsockopt(zmq.SUBSCRIBE, hello)  # the hello topic only: no data
+        raw.connect(pub.endpoints[0])
+        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        got: dict[bytes, int] = {}
+        chunks = 0
+        while True:
+            assert raw.poll(5000)
+            topic, body = raw.recv_multipart()
+            assert topic == hello
+            pid, last, entries = spec_decode_join(body)
+            assert pid == pub.publisher_id
+            got.update(entries)
+            chunks += 1
+            if last:
+                break
+        assert chunks >= 2
+        assert got == expected
+    finally:
+        raw.close(linger=0)
+        pub.close(linger=0)
