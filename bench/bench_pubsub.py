@@ -405,9 +405,8 @@ def _rx_latency(
         s.close(linger=0)
         ctx.term()
     else:
-        sub = pybus.Subscriber(
-            ep, topics=[TOPIC], bind=True, **({} if defaults else {"rcvhwm": BIG_HWM})
-        )
+        sub_kw: dict[str, Any] = {} if defaults else {"rcvhwm": BIG_HWM}
+        sub = pybus.Subscriber(ep, topics=[TOPIC], bind=True, **sub_kw)
         conn.send(sub.endpoints[0])
         recv_batch = sub.recv_batch
         unpack = STAMP.unpack_from
@@ -505,7 +504,9 @@ def _run_latency(
             close = _closer(zctx, s)
             pub_summary: Callable[[], dict[str, Any]] = dict
         else:
-            kw = publisher if defaults else {"sndhwm": BIG_HWM, **(frames or {})}
+            kw: dict[str, Any] = (
+                publisher if publisher is not None else {"sndhwm": BIG_HWM, **(frames or {})}
+            )
             pub = pybus.Publisher(ep, connect=True, **kw)
             pub.wait_for_subscribers(1, timeout=10)
             publish = pub.publish
@@ -586,9 +587,8 @@ def _rx_flow(ep: str, n: int, conn: Any, unbounded: bool = False) -> None:
     """Default bounds (a user's subscriber; unbounded: BIG_HWM); stops at n messages, when
     what it received and what it counted as lost add up to n, after IDLE_TIMEOUT_S without a
     message, or at the deadline."""
-    sub = pybus.Subscriber(
-        ep, topics=[_FLOW_PATTERN], bind=True, **({"rcvhwm": BIG_HWM} if unbounded else {})
-    )
+    kw: dict[str, Any] = {"rcvhwm": BIG_HWM} if unbounded else {}
+    sub = pybus.Subscriber(ep, topics=[_FLOW_PATTERN], bind=True, **kw)
     conn.send(sub.endpoints[0])
     got = 0
     t_last = 0
@@ -631,8 +631,9 @@ def _rx_flow(ep: str, n: int, conn: Any, unbounded: bool = False) -> None:
 def _tx_flow(
     ep: str, n: int, names: list[str], delivery: str, payload: bytes, unbounded: bool = False
 ) -> tuple[int, int, Any]:
-    kw = {"sndhwm": BIG_HWM} if unbounded else {}
-    pub = pybus.Publisher(ep, connect=True, delivery=delivery, **kw, **_pub_frames)
+    kw: dict[str, Any] = {"sndhwm": BIG_HWM, **_pub_frames} if unbounded else dict(_pub_frames)
+    kw["delivery"] = delivery
+    pub = pybus.Publisher(ep, connect=True, **kw)
     try:
         pub.wait_for_subscribers(1, timeout=10)
         publish = pub.publish

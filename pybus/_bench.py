@@ -4,12 +4,17 @@ Four measurements, each optionally side by side with peers (``--peers``: raw pyz
 and eclipse-zenoh when installed):
 
 * ``pubsub``    — 64-byte pub/sub throughput over tcp loopback, receiver in another process,
-                  counted at the receiver: received / (last receive - first publish).
+                  counted at the receiver: received / (last receive - first publish). pybus
+                  runs side by side: reliable (the default delivery) and best effort on one
+                  topic, and reliable over 100 and 2,000 topics published round robin
+                  (``PUBSUB_VARIANTS``); each reports what it delivered of what it published
+                  and the loss its subscriber counted (best effort may lose, reliable must not).
 * ``latency``   — one-way latency at a paced rate, open loop: the sender stamps each message with
                   the time it was *meant* to be sent (CLOCK_MONOTONIC, shared by both processes)
                   and the receiver records ``receive - intended`` into an HDR histogram, so a
                   stalled sender shows up as latency instead of being hidden (coordinated
-                  omission corrected by construction).
+                  omission corrected by construction). pybus reliable; with the peers,
+                  best effort too.
 * ``rpc``       — request/reply round trips (closed loop), server in another process.
 * ``workqueue`` — messages put, handled by a worker process and acknowledged, per second.
 
@@ -29,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 
@@ -48,6 +53,27 @@ _IDLE_S = 1.0
 _IDLE_NS = int(_IDLE_S * 1e9)
 
 
+_Delivery = Literal["reliable", "best_effort"]
+#: pybus systems of the ``pubsub`` bench: (delivery, topics). "pybus" is the default publisher
+#: (reliable, one topic); "-be" best effort; "-100t", "-2000t" topics round robin (reliable).
+#: Short names: the table fits an 80-column terminal.
+PUBSUB_VARIANTS: dict[str, tuple[_Delivery, int]] = {
+    "pybus": ("reliable", 1),
+    "pybus-be": ("best_effort", 1),
+    "pybus-100t": ("reliable", 100),
+    "pybus-2000t": ("reliable", 2000),
+}
+#: pybus systems of the ``latency`` bench: delivery.
+LATENCY_VARIANTS: dict[str, _Delivery] = {"pybus": "reliable", "pybus-be": "best_effort"}
+#: Messages per run of a many-topic variant, as a fraction of ``Plan.pubsub_n`` (one message
+#: per frame at 2,000 topics: the runs would otherwise take several times longer).
+_TOPICS_N_FRACTION = {1: 1.0, 100: 1.0, 2000: 0.4}
+
+
+def _topic_names(k: int) -> list[str]:
+    return ["bench.pubsub"] if k == 1 else [f"bench.t{i:04d}" for i in range(k)]
+
+
 class BenchError(Exception):
     """A benchmark could not complete (a child died, a handshake or a run timed out)."""
 
@@ -63,6 +89,8 @@ class Result:
     histogram: Histogram | None = None  # ns
     intervals: list[tuple[float, float, str]] = field(default_factory=list)  # start, len, blob
     notes: str = ""
+    #: pub/sub: published, delivered, lost (counted by the subscriber), summed over the reps
+    loss: dict[str, int] = field(default_factory=dict)
 
     @property
     def median(self) -> float | None:
@@ -71,6 +99,8 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"bench": self.bench, "system": self.system, "unit": self.unit,
                              "notes": self.notes}
+        if self.loss:
+            d["loss"] = dict(self.loss)
         if self.rates:
             d.update(median=self.median, min=min(self.rates), max=max(self.rates),
                      reps=self.rates)
@@ -163,7 +193,7 @@ def _count_pybus(endpoint: str, n: int, conn: Any) -> None:
             got += len(batch)
         elif got and (got + sub.stats()["lost"] >= n or time.monotonic_ns() - last > _IDLE_NS):
             break  # the rest was lost (counted as gaps, or dropped at the tail)
-    conn.send(("done", got, first, last, n - got))
+    conn.send(("done", got, first, last, n - got, sub.stats()["lost"]))
     sub.close()
 
 
@@ -247,7 +277,7 @@ def _latency_pybus(endpoint: str, n: int, interval_s: float, conn: Any) -> None:
         elif got and (got + sub.stats()["lost"] >= n or now - last > _IDLE_NS):
             break
     rec.flush(time.monotonic_ns())
-    conn.send(("done", got, rec.total.encode(), rec.intervals))
+    conn.send(("done", got, rec.total.encode(), rec.intervals, sub.stats()["lost"]))
     sub.close()
 
 
@@ -527,23 +557,35 @@ def _zmq_hello(s: zmq.Socket, conn: Any, proc: Any) -> None:
     _recv(conn, proc, 1, "pyzmq handshake")
 
 
-def pubsub_once(system: str, n: int) -> tuple[float, int]:
-    """Messages per second received, and messages lost, for one run of ``n`` messages."""
+def pubsub_once(system: str, n: int) -> tuple[float, int, int]:
+    """One run of ``n`` messages: messages per second received, messages not received, and
+    (pybus) messages the subscriber counted as lost (sequence gaps, position frames; -1 for
+    the peers, which count none)."""
     payload = b"x" * PAYLOAD_BYTES
-    if system == "pybus":
+    counted = -1
+    if system in PUBSUB_VARIANTS:
         import pybus
 
-        pub = pybus.Publisher(_free_tcp(), registry=False)
+        delivery, k = PUBSUB_VARIANTS[system]
+        pub = pybus.Publisher(_free_tcp(), registry=False, delivery=delivery)
         proc, conn = _start(_count_pybus, pub.endpoints[0], n)
         try:
-            _recv(conn, proc, _CHILD_TIMEOUT_S, "pybus subscriber start")
+            _recv(conn, proc, _CHILD_TIMEOUT_S, f"{system} subscriber start")
             pub.wait_for_subscribers(1, timeout=_CHILD_TIMEOUT_S)
             publish = pub.publish
+            # topics round robin; one list loop for every variant, so that the loops compare
+            names = _topic_names(k)
+            chunk = names * max(1, 10_000 // k)
+            full, rest = divmod(n, len(chunk))
             t0 = time.monotonic_ns()
-            for _ in range(n):
-                publish("bench.pubsub", payload)
-            pub.flush()
-            _, got, _first, last, lost = _recv(conn, proc, _CHILD_TIMEOUT_S + 5, "pybus pubsub")
+            for _ in range(full):
+                for topic in chunk:
+                    publish(topic, payload)
+            for topic in chunk[:rest]:
+                publish(topic, payload)
+            pub.flush(_CHILD_TIMEOUT_S)  # reliable: waits for the window, bounded
+            _, got, _first, last, lost, counted = _recv(conn, proc, _CHILD_TIMEOUT_S + 5,
+                                                        f"{system} pubsub")
         finally:
             pub.close(linger=0)
             _stop(proc)
@@ -581,20 +623,22 @@ def pubsub_once(system: str, n: int) -> tuple[float, int]:
             _stop(proc)
     if got == 0:
         raise BenchError(f"{system} pubsub: nothing was received")
-    return got / ((last - t0) / _NS), int(lost)
+    return got / ((last - t0) / _NS), int(lost), int(counted)
 
 
 def latency_once(system: str, rate: float, seconds: float, interval_s: float
-                 ) -> tuple[Histogram, list[tuple[float, float, str]], int, int]:
-    """Open-loop paced one-way latency: the receiver's histogram (ns), intervals, received."""
+                 ) -> tuple[Histogram, list[tuple[float, float, str]], int, int, int]:
+    """Open-loop paced one-way latency: the receiver's histogram (ns), intervals, received,
+    sent, and (pybus) the loss its subscriber counted (-1 for the peers)."""
     n = max(1, int(rate * seconds))
     step = _NS / rate
     pad = b"\0" * (PAYLOAD_BYTES - _STAMP.size)
     pack = _STAMP.pack
-    if system == "pybus":
+    counted = -1
+    if system in LATENCY_VARIANTS:
         import pybus
 
-        pub = pybus.Publisher(_free_tcp(), registry=False)
+        pub = pybus.Publisher(_free_tcp(), registry=False, delivery=LATENCY_VARIANTS[system])
         proc, conn = _start(_latency_pybus, pub.endpoints[0], n, interval_s)
         try:
             _recv(conn, proc, _CHILD_TIMEOUT_S, "pybus subscriber start")
@@ -605,8 +649,9 @@ def latency_once(system: str, rate: float, seconds: float, interval_s: float
                 target = t0 + int(i * step)
                 _pace_until(target)
                 publish("bench.latency", pack(target) + pad)
-            pub.flush()
-            _, got, blob, intervals = _recv(conn, proc, _CHILD_TIMEOUT_S + 5, "pybus latency")
+            pub.flush(_CHILD_TIMEOUT_S)
+            _, got, blob, intervals, counted = _recv(conn, proc, _CHILD_TIMEOUT_S + 5,
+                                                     f"{system} latency")
         finally:
             pub.close(linger=0)
             _stop(proc)
@@ -642,7 +687,7 @@ def latency_once(system: str, rate: float, seconds: float, interval_s: float
         finally:
             pp.close()
             _stop(proc)
-    return Histogram.decode(blob), intervals, got, n
+    return Histogram.decode(blob), intervals, got, n, counted
 
 
 def rpc_once(system: str, n: int) -> tuple[float, Histogram]:
@@ -794,29 +839,58 @@ class Plan:
         return p
 
     def steps(self) -> list[tuple[str, str]]:
-        # pynng and zenoh are measured where their Python APIs compare directly: pub/sub
-        return [(b, s) for b in self.benches for s in self.systems
-                if s in ("pybus", "pyzmq") or b in ("pubsub", "latency")]
+        # pynng and zenoh are measured where their Python APIs compare directly: pub/sub.
+        # pybus's pub/sub runs side by side: reliable and best effort, and many topics.
+        out = []
+        for b in self.benches:
+            for s in self.systems:
+                if s == "pybus" and b == "pubsub":
+                    out += [(b, v) for v in PUBSUB_VARIANTS]
+                elif s == "pybus" and b == "latency" and len(self.systems) > 1:
+                    # with the peers (--peers) only: one latency series per run otherwise
+                    out += [(b, v) for v in LATENCY_VARIANTS]
+                elif s in ("pybus", "pyzmq") or b in ("pubsub", "latency"):
+                    out.append((b, s))
+        return out
 
 
 def run_step(plan: Plan, bench: str, system: str) -> Result:
     """Run one benchmark for one system, ``plan.reps`` times (latency: once, longer)."""
     if bench == "pubsub":
         r = Result(bench, system, "msg/s")
-        lost = 0
+        variant = PUBSUB_VARIANTS.get(system)
+        n = plan.pubsub_n
+        if variant is not None:
+            n = max(1000, int(n * _TOPICS_N_FRACTION.get(variant[1], 0.4)))
+        missing = counted = 0
         for _ in range(plan.reps):
-            rate, lo = pubsub_once(system, plan.pubsub_n)
+            rate, lo, co = pubsub_once(system, n)
             r.rates.append(rate)
-            lost += lo
-        r.notes = f"{PAYLOAD_BYTES} B, tcp, {plan.pubsub_n:,}/rep" + (
-            f", {lost:,} lost" if lost else "")
+            missing += lo
+            counted += co
+        sent = n * plan.reps
+        r.notes = f"{PAYLOAD_BYTES} B, tcp, {n:,}/rep"
+        if variant is not None:
+            delivery, k = variant
+            r.loss = {"published": sent, "delivered": sent - missing, "lost_counted": counted}
+            r.notes += (f", {delivery}, {k:,} topic{'s round robin' if k > 1 else ''}; "
+                        f"delivered {sent - missing:,}/{sent:,}, lost (counted by the "
+                        f"subscriber) {counted:,}")
+        elif missing:
+            r.notes += f", {missing:,} lost"
         return r
     if bench == "latency":
-        h, intervals, got, n = latency_once(system, plan.rate, plan.latency_s, plan.interval_s)
+        h, intervals, got, n, counted = latency_once(system, plan.rate, plan.latency_s,
+                                                     plan.interval_s)
         r = Result(bench, system, "msg/s", [got / plan.latency_s], h, intervals)
         r.notes = (f"open loop at {plan.rate:,.0f} msg/s for {plan.latency_s:g} s, "
-                   "from intended send time (CO-corrected)" +
-                   (f", {n - got:,} lost" if got < n else ""))
+                   "from intended send time (CO-corrected)")
+        if system in LATENCY_VARIANTS:
+            r.loss = {"published": n, "delivered": got, "lost_counted": counted}
+            r.notes += (f", {LATENCY_VARIANTS[system]}; delivered {got:,}/{n:,}, lost "
+                        f"(counted by the subscriber) {counted:,}")
+        elif got < n:
+            r.notes += f", {n - got:,} lost"
         return r
     if bench == "rpc":
         r = Result(bench, system, "round trips/s")
@@ -904,7 +978,8 @@ def plot(path: str, results: list[Result]) -> None:
         ax2.bar(xs2, [b[1] for b in bars],
                 yerr=[[b[1] - min(b[2].rates) for b in bars], [max(b[2].rates) - b[1]
                                                                  for b in bars]],
-                color=["tab:blue" if b[2].system == "pybus" else "tab:gray" for b in bars])
+                color=["tab:blue" if b[2].system.startswith("pybus") else "tab:gray"
+                       for b in bars])
         ax2.set_xticks(list(xs2), [b[0] for b in bars])
         ax2.set_yscale("log")
     ax2.set_ylabel("per second (median, min-max)")
