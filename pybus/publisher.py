@@ -47,6 +47,10 @@ _WINDOW_SPARE_FRAMES = 16
 # queue as up to half its high-water mark fuller than it is (a reader reports what it read
 # every hwm/2 messages), so the window in frames is half of it.
 _MIN_RELIABLE_HWM = 256
+# While the window is full, a publish looks for acks at most this often (each look reads the
+# socket, a few microseconds); meanwhile messages accumulate in the ring, so that many topics
+# get many messages per frame (batches grow with back-pressure, like under load).
+_WINDOW_RETRY_NS = 50_000
 # Longest slice a publisher blocked by the window waits for acks before it looks again (for
 # stalled subscribers to evict, a closing publisher, a deadline).
 _WINDOW_POLL_S = 0.005
@@ -389,6 +393,7 @@ class Publisher:
             if reliable else None
         )
         self._window_blocked = False  # the last flush left records the window held back
+        self._window_retry_ns = 0  # while blocked, publishes look for acks from then on
 
         self._ctx = context if context is not None else zmq.Context.instance()
         sock = self._sock = self._new_socket(zmq.XPUB)
@@ -526,6 +531,10 @@ class Publisher:
         return self._batcher.topic_id(topic.encode("ascii"))
 
     def _on_ready(self) -> None:
+        if self._window_blocked and _monotonic_ns() < self._window_retry_ns:
+            # the window is full: keep filling the ring (so that the next frames carry many
+            # messages per topic) and look for acks again shortly; a full ring waits (_on_full)
+            return
         lock = self._send_lock
         # Another thread (the flusher, or another publishing thread) may hold the lock while
         # pyzmq's send has released the GIL; it gets the GIL back only when we block or after
@@ -535,10 +544,8 @@ class Publisher:
         if lock.acquire(False) or lock.acquire(timeout=self._block_timeout or 0.001):
             try:
                 self._flush_locked()
-                if self._window_blocked and self._on_full_policy == "block":
-                    # back-pressure: wait here for the slowest subscriber (what does not get
-                    # through in time stays queued; a full ring then applies on_full)
-                    self._wait_window_locked(time.monotonic() + self._block_timeout)
+                if self._window_blocked:
+                    self._window_retry_ns = _monotonic_ns() + _WINDOW_RETRY_NS
             finally:
                 lock.release()
         elif not self._urgent:

@@ -461,14 +461,17 @@ def test_wait_for_subscribers_counts_and_times_out() -> None:
 
 def test_close_is_bounded_and_idempotent(tmp_path: Path) -> None:
     ep = _endpoint("tcp", tmp_path)
-    pub = pybus.Publisher(ep, sndhwm=4)
+    # reliable: close() waits for the window, so at most until the stalled subscriber is
+    # evicted (slow_consumer_timeout), then hands the rest to ZeroMQ
+    pub = pybus.Publisher(ep, sndhwm=4, slow_consumer_timeout=0.5)
     stalled = pybus.Subscriber(pub.endpoints, topics=["#"], rcvhwm=4)  # never reads
     pub.wait_for_subscribers(1, timeout=5)
     for _ in range(50_000):
         pub.publish("t", b"z" * 64)
     t0 = time.monotonic()
     pub.close(linger=0.1)
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 0.5 + 3
+    assert pub.stats()["evictions"] == 1 and pub.stats()["dropped"]["closed"] == 0
     pub.close()
     assert pub.closed
     with pytest.raises(pybus.ClosedError):
