@@ -741,11 +741,18 @@ class Publisher:
 
     def _send_positions(self, now_ns: int, force: bool = False) -> None:
         """Send the position frames due (caller holds the send lock; see docs/wire.md)."""
-        limit = 0 if force else _POSITION_LIMIT
+        # at most half the high-water mark at a time: a burst of positions must fit the queue
+        # of a subscriber that is reading again (ZeroMQ drops the rest)
+        limit = 0 if force else max(1, min(_POSITION_LIMIT, self.sndhwm // 2))
         flow = self._flow
         if flow is not None and not force:
             room = flow.room()[0]
-            if room == 0:  # they go in the window too: later
+            if room == 0:
+                self._read_subscriptions()  # acks that came meanwhile
+                room = flow.room()[0]
+            if room == 0:  # they go in the window too: later, and ask for the acks
+                if flow.peers and flow.mark_due(True):
+                    self._send_mark(flow)
                 self._position_due = now_ns + _POSITION_INTERVAL_NS // 10
                 if not self._closed:
                     self._schedule_positions()
