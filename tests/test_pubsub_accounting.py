@@ -119,18 +119,24 @@ def test_lost_last_messages_are_counted_from_position_frames(
     sub = pybus.Subscriber(ep, topics=["tail.*"], rcvhwm=2)
     try:
         pub.wait_for_subscribers(1, timeout=5)
+        delivered: list[pybus.Message] = []
+        warm = {t: 0 for t in topics}
         for t in topics:  # the subscriber has seen every stream before the stall
-            pub.publish(t, b"warm")
-        pub.flush()
-        delivered = sub.recv_batch(timeout=5)
-        while len(delivered) < 2:
-            delivered += sub.recv_batch(timeout=5)
+            # until one arrives: a queue of 2 frames drops some (position frames and the join
+            # snapshot, docs/wire.md, share it); what is dropped is counted all the same
+            deadline = time.monotonic() + 10
+            while not any(m.topic == t for m in delivered):
+                assert time.monotonic() < deadline, (delivered, sub.stats())
+                pub.publish(t, b"warm")
+                warm[t] += 1
+                pub.flush()
+                delivered += sub.recv_batch(timeout=0.1)
         for i in range(50_000):
             for t in topics:
                 pub.publish(t, b"%08d" % i)
         pub.flush()
         time.sleep(read_after_s)  # the subscriber is still stalled: not a handshake
-        total = 2 + 2 * 50_000
+        total = sum(warm.values()) + 2 * 50_000
         deadline = time.monotonic() + 20
         while len(delivered) + sub.stats()["lost"] < total:
             assert time.monotonic() < deadline, (len(delivered), sub.stats(), pub.stats())
@@ -141,7 +147,7 @@ def test_lost_last_messages_are_counted_from_position_frames(
         for t in topics:
             seqs = [m.seq for m in delivered if m.topic == t]
             assert seqs == sorted(set(seqs))
-            assert len(seqs) + st["lost_by_topic"][t] == 50_001
+            assert len(seqs) + st["lost_by_topic"][t] == warm[t] + 50_000
         # what the stream's last position said: nothing after it, no double count
         assert sub.recv_batch(timeout=0.3) == [] and sub.stats()["lost"] == st["lost"]
         assert st["out_of_order"] == 0 and st["decode_errors"] == 0
