@@ -69,10 +69,15 @@ def test_forced_hwm_drops_are_all_accounted(tmp_path: Path) -> None:
         calls = dict.fromkeys(topics, 0)
         delivered: list[pybus.Message] = []
         for t in topics:  # warm-up: the subscriber has seen every stream before the stall
-            pub.publish(t, b"warm")
-        pub.flush()
-        while len(delivered) < 2:
-            delivered += sub.recv_batch(timeout=5)
+            # until one arrives: a queue of 2 frames drops some (position frames and the join
+            # snapshot, docs/wire.md, share it); what is dropped is counted all the same
+            deadline = time.monotonic() + 10
+            while not any(m.topic == t for m in delivered):
+                assert time.monotonic() < deadline, (delivered, sub.stats())
+                pub.publish(t, b"warm")
+                calls[t] += 1
+                pub.flush()
+                delivered += sub.recv_batch(timeout=0.1)
         # the stall: 200k messages while the subscriber reads nothing
         for i in range(100_000):
             for t in topics:
@@ -83,16 +88,16 @@ def test_forced_hwm_drops_are_all_accounted(tmp_path: Path) -> None:
         delivered += _drain_until_sentinels(pub, sub, topics, calls)
         st = sub.stats()
         pst = pub.stats()
-        total_calls = sum(calls.values()) + 2
+        total_calls = sum(calls.values())
         assert pst["published"] == total_calls and pst["dropped"]["ring_full"] == 0
         assert st["lost"] > 0, "the test did not force any drop"
         assert total_calls - len(delivered) == pst["dropped"]["ring_full"] + st["lost"]
         for t in topics:
             mine = [m for m in delivered if m.topic == t]
-            assert calls[t] + 1 - len(mine) == st["lost_by_topic"].get(t, 0)
+            assert calls[t] - len(mine) == st["lost_by_topic"].get(t, 0)
             seqs = [m.seq for m in mine]
             assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-            assert seqs[-1] == calls[t] + 1  # the last message is a delivered sentinel
+            assert seqs[-1] == calls[t]  # the last message is a delivered sentinel
         assert sum(g[4] for g in gaps) == st["lost"]
         for _topic, pid, expected, got_seq, lost in gaps:
             assert pid == pub.publisher_id and got_seq - expected == lost > 0
