@@ -95,19 +95,34 @@ def test_aacquire(clock):
     assert clock.sleeps == pytest.approx([0.01])
 
 
-def test_aacquire_cancelled_refunds():
-    r = RateLimiter(1.0, 1)
-    r.try_acquire()
+def test_aacquire_cancelled_refunds(clock):
+    # Frozen fake clock: no refill happens, so the token count is exact. The async
+    # sleep parks until cancelled (it records the wait it was asked for).
+    asked: list[float] = []
+
+    async def park(seconds: float) -> None:
+        asked.append(seconds)
+        await asyncio.Event().wait()
+
+    r = RateLimiter(1.0, 1, clock=clock, sleep=clock.sleep, asleep=park)
+    assert r.try_acquire()
+    assert r.tokens == 0
 
     async def main():
         task = asyncio.ensure_future(r.aacquire())
         await asyncio.sleep(0)
+        assert asked == [pytest.approx(1.0)]  # reserved: waiting for its token
+        assert r.tokens == -1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
-    assert r.tokens < 0.5  # refund restored the reservation, not more
+    # the refund gives back exactly the reservation: 0, not -1 (no refund), not more
+    assert r.tokens == 0
+    assert r.stats()["granted"] == 1
+    clock.advance(1.0)  # one second refills one token: the next caller need not wait
+    assert r.try_acquire() and not r.try_acquire()
 
 
 def test_real_clock_threads_rate_bound():
