@@ -21,12 +21,62 @@ from pybus.topics import (
 )
 
 
+def _long(n: int, last: str = "") -> str:
+    """A topic (or pattern, with ``last`` as its final segment) of exactly ``n`` chars whose
+    only possible fault is its length: segments of at most 64 chars of [A-Za-z0-9_-]."""
+    head = ".".join(["x" * 64] * 3)  # 194 chars
+    fill = n - len(head) - 1 - (len(last) + 1 if last else 0)
+    assert 1 <= fill <= MAX_SEGMENT_LENGTH, fill
+    out = head + "." + "y" * fill + ("." + last if last else "")
+    assert len(out) == n
+    return out
+
+
+# docs/wire.md: segments of 1-64 chars of [A-Za-z0-9_-], at most 255 chars in all
+TOPIC_255 = _long(255)
+TOPIC_256 = _long(256)
+SHORT_SEGS_255 = "abc" + ".ab" * 84  # many short segments, same edge
+SHORT_SEGS_256 = "abcd" + ".ab" * 84
+
+
 @pytest.mark.parametrize(
-    "topic", ["a", "orders", "orders.created", "A-b_9.x", "x" * 64, ".".join(["ab"] * 80)[:254]]
+    "topic", ["a", "orders", "orders.created", "A-b_9.x", "x" * 64, TOPIC_255, SHORT_SEGS_255]
 )
 def test_valid_topics(topic: str) -> None:
     assert validate_topic(topic) == topic
     assert is_valid_topic(topic)
+
+
+def test_topic_length_edge_is_255() -> None:
+    assert len(TOPIC_255) == len(SHORT_SEGS_255) == MAX_TOPIC_LENGTH == 255
+    assert len(TOPIC_256) == len(SHORT_SEGS_256) == 256
+    for ok, bad in ((TOPIC_255, TOPIC_256), (SHORT_SEGS_255, SHORT_SEGS_256)):
+        assert validate_topic(ok) == ok and is_valid_topic(ok)
+        assert not is_valid_topic(bad)
+        with pytest.raises(pybus.TopicError, match="is 256 chars long"):
+            validate_topic(bad)
+        # the same names as subscription patterns, and as subscriptions
+        assert validate_pattern(ok) == ok
+        assert TopicPattern(ok).matches(ok)
+        with pytest.raises(pybus.TopicError, match="is 256 chars long"):
+            validate_pattern(bad)
+        with pytest.raises(pybus.TopicError, match="is 256 chars long"):
+            TopicPattern(bad)
+        m = TopicMatcher([ok])
+        assert m.matches(ok)
+        assert not m.matches(bad)
+        with pytest.raises(pybus.TopicError, match="is 256 chars long"):
+            m.add(bad)
+
+
+@pytest.mark.parametrize("wild", ["*", "#"])
+def test_pattern_length_edge_is_255_with_wildcards(wild: str) -> None:
+    ok, bad = _long(255, wild), _long(256, wild)
+    assert validate_pattern(ok) == ok
+    topic = ok[:-1] + "z"  # a valid 255-char topic it matches
+    assert is_valid_topic(topic) and TopicPattern(ok).matches(topic)
+    with pytest.raises(pybus.TopicError, match="is 256 chars long"):
+        validate_pattern(bad)
 
 
 @pytest.mark.parametrize(
@@ -40,7 +90,9 @@ def test_valid_topics(topic: str) -> None:
         ("orders/created", "'/'"),
         ("é", "'é'"),
         ("a." + "x" * 65, "segment of 65 chars"),
-        ("a." * 128 + "a", "chars long"),
+        ("a." * 128 + "a", "is 257 chars long"),
+        (TOPIC_256, "is 256 chars long"),
+        (SHORT_SEGS_256, "is 256 chars long"),
         ("orders.*", "wildcard"),
         ("orders.#", "wildcard"),
         (b"orders", "must be a str"),
