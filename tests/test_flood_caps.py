@@ -54,7 +54,7 @@ def test_the_documented_constants() -> None:
 
 def _xsub(endpoint: str, server_public: bytes | None, client: tuple[bytes, bytes] | None
           ) -> zmq.Socket:
-    s = zmq.Context.instance().socket(zmq.XSUB)
+    s: zmq.Socket = zmq.Context.instance().socket(zmq.XSUB)
     s.linger = 0
     s.sndhwm = 0  # XSUB drops subscriptions at its HWM: let TCP push back instead
     s.sndtimeo = 30_000
@@ -246,7 +246,7 @@ def test_rejected_keys_are_counted_for_1024_keys_and_the_rest_as_other() -> None
     srv = zmq.curve_keypair()
     curve = Curve.server(srv[1], allow=[])
     pub = pybus.Publisher("tcp://127.0.0.1:*", security=curve, registry=False)
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     n, batch, done = KEY_CAP + 76, 100, 0
     named: list[bytes] = []
     try:
@@ -263,7 +263,10 @@ def test_rejected_keys_are_counted_for_1024_keys_and_the_rest_as_other() -> None
                     socks.append(s)
                 done += len(socks)
                 # a client refused by ZAP does not retry: exactly one rejection per socket
-                assert _until(lambda: curve.stats()["rejected"] >= done, timeout=10), (
+                def rejected_all(d: int = done) -> bool:
+                    return bool(curve.stats()["rejected"] >= d)
+
+                assert _until(rejected_all, timeout=10), (
                     curve.stats()["rejected"], done)
             finally:
                 for s in socks:
@@ -288,7 +291,7 @@ def test_checked_proxy_folds_forbidden_publishers_beyond_1024_keys() -> None:
     curve = Curve.server(srv[1], allow="any", permissions={})
     px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", frontend_security=curve,
                      registry=False)
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     tap = ctx.socket(zmq.SUB)  # a plaintext subscriber behind the proxy, for every topic
     tap.linger = 0
     tap.subscribe(b"")
@@ -312,7 +315,10 @@ def test_checked_proxy_folds_forbidden_publishers_beyond_1024_keys() -> None:
                     assert s.recv() == b"\x01"
                     s.send_multipart([b"t.x", frame])
                 done += len(socks)
-                assert _until(lambda: px.stats()["forbidden"] >= done, timeout=10), (
+                def forbade_all(d: int = done) -> bool:
+                    return bool(px.stats()["forbidden"] >= d)
+
+                assert _until(forbade_all, timeout=10), (
                     px.stats()["forbidden"], done)
             finally:
                 for s in socks:

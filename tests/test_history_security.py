@@ -71,7 +71,7 @@ def _raw_request(endpoint: str, *, client: tuple[bytes, bytes] | None,
                  server_public: bytes | None, timeout: float) -> list[bytes] | None:
     """One PBH1 request from a raw DEALER (plaintext when ``client`` is None); the reply
     frames, or None when nothing came back within ``timeout``."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
     try:
         if client is not None:
@@ -104,6 +104,7 @@ def test_allowed_key_gets_the_snapshot_over_a_raw_dealer(
     keys: Keys, secured: tuple[pybus.Publisher, Curve]
 ) -> None:
     pub, curve = secured
+    assert pub.history_endpoint is not None
     accepted = curve.stats()["accepted"]
     reply = _raw_request(pub.history_endpoint, client=keys.good, server_public=keys.server[0],
                          timeout=5.0)
@@ -119,6 +120,7 @@ def test_refused_peer_gets_no_snapshot_and_is_counted(
     who: str, keys: Keys, secured: tuple[pybus.Publisher, Curve]
 ) -> None:
     pub, curve = secured
+    assert pub.history_endpoint is not None
     before = curve.stats()
     client, server_public, reason = {
         "plaintext": (None, None, "handshake"),
@@ -135,6 +137,7 @@ def test_refused_peer_gets_no_snapshot_and_is_counted(
     assert after["rejected"] > before["rejected"]
     assert after["accepted"] == before["accepted"]
     if who in ("not_allowed", "revoked"):  # ZAP saw the key: it is named
+        assert client is not None
         assert after["rejected_keys"].get(client[0].decode(), 0) >= 1
     else:  # ZeroMQ does not say which key, if any, a failed handshake used
         assert client is None or client[0].decode() not in after["rejected_keys"]
@@ -146,6 +149,7 @@ def test_subscriber_with_a_key_not_on_the_list_gets_a_timeout_error(
     keys: Keys, secured: tuple[pybus.Publisher, Curve]
 ) -> None:
     pub, curve = secured
+    assert pub.history_endpoint is not None
     sub = pybus.Subscriber(pub.endpoints, security=Curve.client(keys.other[1], keys.server[0]),
                            registry=False)
     try:

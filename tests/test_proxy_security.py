@@ -144,7 +144,7 @@ def cli_proxy(tmp_path: Path, *args: str) -> Iterator[CliProxy]:
 
 def _raw_sub(endpoint: str, curve: tuple[bytes, bytes, bytes] | None) -> zmq.Socket:
     """A raw SUB to every topic; ``curve``: (server public, client public, client secret)."""
-    s = zmq.Context.instance().socket(zmq.SUB)
+    s: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     s.linger = 0
     if curve is not None:
         s.curve_serverkey, s.curve_publickey, s.curve_secretkey = curve
@@ -330,7 +330,7 @@ def test_capture_gets_a_copy_of_the_forwarded_traffic_only(tmp_path: Path, keys:
             data = [f for f in seen if len(f) == 2 and f[0].startswith(b"cap.")]
             assert data and {f[0] for f in data} == {b"cap.ok"}  # never the refused one's
             # the copies are the forwarded frames: they decode to what the subscriber got
-            copied: list[object] = []
+            copied: list[int] = []
             for topic, frame in data:
                 pid, _first, _count, _ts = pybus.frame_info(frame)
                 assert pid == pub.publisher_id
