@@ -42,6 +42,10 @@ _MARK = struct.Struct("<BQQQ")  # version, publisher id, position in frames, in 
 _ACK = struct.Struct("<QQQ")  # publisher id, position in frames, in bytes
 _SUB_ID_LEN = 16  # a subscriber id: 16 lowercase hex digits
 MARK_VERSION = 1
+# A mark repeated while the window stays full: first after 20 ms, then doubling up to 1 s
+# (about a dozen frames over a 5 s slow_consumer_timeout, within the spare frames).
+MARK_REPEAT_MIN_NS = 20_000_000
+MARK_REPEAT_MAX_NS = 1_000_000_000
 ACK_LEN = len(ACK_PREFIX) + _SUB_ID_LEN + _ACK.size
 
 
@@ -163,8 +167,10 @@ class FlowWindow:
         self.mark_every_bytes = max(1, window_bytes // 4)
         self.frames = 0  # position: everything sent so far
         self.bytes = 0
-        self._mark_frames = 0  # position of the last mark
+        self._mark_frames = 0  # position right after the last mark
         self._mark_bytes = 0
+        self._mark_ns = 0  # when it was sent, and when to repeat it (see mark_due)
+        self._mark_repeat_ns = MARK_REPEAT_MIN_NS
         self.read_frames = 0  # position when subscriptions were last read (see add)
         self.read_bytes = 0
         self.peers: dict[bytes, _Peer] = {}
@@ -218,19 +224,29 @@ class FlowWindow:
         self.frames += frames
         self.bytes += nbytes
 
-    def mark_due(self, blocked: bool) -> bool:
+    def mark_due(self, blocked: bool, now_ns: int | None = None) -> bool:
         """Whether to send a mark now: every quarter window, and at once when the window is
-        full (so that the subscribers can acknowledge everything they have read)."""
+        full (so that the subscribers can acknowledge everything they have read). While the
+        window stays full with nothing new sent, the mark is repeated (given ``now_ns``)
+        after MARK_REPEAT_MIN_NS, then twice as long each time up to MARK_REPEAT_MAX_NS: a
+        mark can be lost on the way (a proxy restarted, a subscriber reconnecting, a
+        high-water mark), and without a later one the publisher would wait for acks that
+        never come until it evicts everybody."""
         df = self.frames - self._mark_frames
         if not df:
-            return False
+            return (blocked and now_ns is not None
+                    and now_ns - self._mark_ns >= self._mark_repeat_ns)
         return (blocked or df >= self.mark_every_frames
                 or self.bytes - self._mark_bytes >= self.mark_every_bytes)
 
-    def mark_sent(self, nbytes: int) -> tuple[int, int]:
+    def mark_sent(self, nbytes: int, now_ns: int = 0) -> tuple[int, int]:
         """Record a mark at the current position (its own frame follows it); returns that
         position, which the mark carries."""
         pos = (self.frames, self.bytes)
+        repeat = pos == (self._mark_frames, self._mark_bytes)
+        self._mark_repeat_ns = (min(2 * self._mark_repeat_ns, MARK_REPEAT_MAX_NS) if repeat
+                                else MARK_REPEAT_MIN_NS)
+        self._mark_ns = now_ns
         self.sent(1, nbytes)
         # the mark itself is not worth another mark: count from after it
         self._mark_frames, self._mark_bytes = self.frames, self.bytes

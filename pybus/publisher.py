@@ -95,6 +95,15 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def _is_hello(body: bytes) -> bool:
+    """A hello as docs/wire.md specifies it: the prefix, then 16 lowercase hex digits."""
+    n = len(base.HELLO_PREFIX)
+    return len(body) == n + 16 and _HEX.issuperset(body[n:])
+
+
 def _as_endpoints(endpoint: str | Sequence[str]) -> list[str]:
     eps = [endpoint] if isinstance(endpoint, str) else list(endpoint)
     if not eps or not all(isinstance(e, str) and e for e in eps):
@@ -649,7 +658,7 @@ class Publisher:
             flow.sent(sent_frames, sent_bytes)
         blocked = b.pending_records > 0
         self._window_blocked = blocked
-        if flow.peers and flow.mark_due(blocked):
+        if flow.peers and flow.mark_due(blocked, _monotonic_ns()):
             self._send_mark(flow)
 
     def _send_mark(self, flow: FlowWindow) -> None:
@@ -660,7 +669,7 @@ class Publisher:
             self._send(body, _NOBLOCK)
         except zmq.ZMQError as exc:
             raise from_zmq(exc, "Publisher send") from exc
-        flow.mark_sent(len(body))
+        flow.mark_sent(len(body), _monotonic_ns())
 
     def _evict_stalled(self, flow: FlowWindow) -> None:
         for sub_id in flow.evict_stalled(_monotonic_ns()):
@@ -753,7 +762,7 @@ class Publisher:
                 self._read_subscriptions()  # acks that came meanwhile
                 room = flow.room()[0]
             if room == 0:  # they go in the window too: later, and ask for the acks
-                if flow.peers and flow.mark_due(True):
+                if flow.peers and flow.mark_due(True, now_ns):
                     self._send_mark(flow)
                 self._position_due = now_ns + _POSITION_INTERVAL_NS // 10
                 if not self._closed:
@@ -821,7 +830,8 @@ class Publisher:
                     continue
                 body = msg[1:]
                 if body.startswith(base.HELLO_PREFIX):
-                    self._on_hello(body, msg[0] == 1)
+                    if _is_hello(body):  # (a malformed one is nobody: not counted, not paced)
+                        self._on_hello(body, msg[0] == 1)
                 elif body != FLOW_TOPIC:
                     self._subscriptions += 1 if msg[0] == 1 else -1
         if self._flow is not None:
@@ -903,15 +913,19 @@ class Publisher:
             body = msg[1:]
             subscribe = msg[0] == 1
             if body.startswith(base.HELLO_PREFIX) or body == FLOW_TOPIC:
-                # not data topics: every pybus Subscriber takes them, whatever its key
+                # not data topics: every pybus Subscriber takes them, whatever its key; but
+                # only a well-formed hello, and a bounded number of them (each is a trie entry
+                # and a subscriber to pace)
+                if subscribe and body != FLOW_TOPIC and (
+                        not _is_hello(body) or len(self._subscribers) >= _MAX_SUBSCRIPTIONS):
+                    self._denied_subscriptions += 1
+                    acl._count_denied_subscription(self._user_of(frame), body)
+                    continue
                 sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, body)
                 if body != FLOW_TOPIC:
                     self._on_hello(body, subscribe)
                 continue
-            try:
-                user = frame.get("User-Id")
-            except zmq.ZMQError:
-                user = ""
+            user = self._user_of(frame)
             # A subscription wider than the key's permissions is applied narrowed to them.
             # Without a user id this is XPUB reporting a departed connection's subscriptions
             # (as asked): ZeroMQ drops that connection's prefixes itself.
@@ -936,6 +950,14 @@ class Publisher:
                 self._subscriptions -= 1
             for prefix in applied:
                 sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, prefix)
+
+    @staticmethod
+    def _user_of(frame: Any) -> str:
+        """The ZAP user id (the sender's Z85 key) of a received frame, or ""."""
+        try:
+            return str(frame.get("User-Id"))
+        except zmq.ZMQError:
+            return ""
 
     def _security_rekick(self) -> None:
         """After a revocation: drop every connection so peers authenticate again."""

@@ -157,11 +157,6 @@ def test_publisher_refuses_subscriptions_beyond_100_000(
         x.close(0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug (pybus/publisher.py, _read_subscriptions_acl): hello subscriptions "
-    "(b'\\xffpybus-hello:' + anything) bypass both caps and are applied unbounded, and each "
-    "distinct one is added to the subscriber set: an admitted key with no subscribe right "
-    "can grow the publisher's trie and set without bound"))
 def test_publisher_hello_subscriptions_are_bounded_too(
     keys: dict[str, tuple[bytes, bytes]], acl_pub: tuple[pybus.Publisher, Curve]
 ) -> None:

@@ -258,6 +258,30 @@ def test_mark_due_every_quarter_window_in_frames() -> None:
     assert fw.mark_due(False)
 
 
+def test_mark_repeated_while_blocked_with_backoff() -> None:
+    """A mark lost on the way (a proxy restarted, a subscriber reconnecting) must not leave
+    the publisher waiting for acks that never come: while the window stays full with nothing
+    new sent, the mark is repeated after 20 ms, then 40, 80 ... up to 1 s; never when not
+    blocked, and the back-off starts over once the position moves."""
+    fw = FlowWindow(8, 10**6, S)
+    fw.add(A, T0)
+    fw.sent(8, 8)
+    assert fw.mark_due(True, T0)
+    fw.mark_sent(25, T0)
+    t = T0
+    for gap_ms in (20, 40, 80, 160, 320, 640, 1000, 1000):
+        assert not fw.mark_due(True, t + gap_ms * MS - 1)
+        assert not fw.mark_due(False, t + gap_ms * MS)  # only while held back
+        assert fw.mark_due(True, t + gap_ms * MS)
+        t += gap_ms * MS
+        assert fw.mark_sent(25, t) == (fw.frames - 1, fw.bytes - 25)
+    fw.ack(A, fw.frames, fw.bytes, t)
+    fw.sent(8, 8)  # the position moved: a mark at once, and the repeats start at 20 ms again
+    assert fw.mark_due(True, t)
+    fw.mark_sent(25, t)
+    assert not fw.mark_due(True, t + 20 * MS - 1) and fw.mark_due(True, t + 20 * MS)
+
+
 def test_mark_due_every_quarter_window_in_bytes() -> None:
     fw = FlowWindow(100, 4000, S)  # a quarter: 1000 bytes
     fw.add(A, T0)

@@ -423,7 +423,7 @@ def test_publisher_drains_straight_into_zeromq_on_the_fast_path(tmp_path, path):
     sub.linger = 0
     sub.setsockopt(zmq.RCVTIMEO, 5000)
     sub.setsockopt(zmq.SUBSCRIBE, b"t.")
-    sub.setsockopt(zmq.SUBSCRIBE, pybus._pubsub_base.HELLO_PREFIX + b"raw-sub")  # a hello
+    sub.setsockopt(zmq.SUBSCRIBE, pybus._pubsub_base.HELLO_PREFIX + b"0123456789abcdef")
     sub.connect(ep)
     try:
         assert (pub._fast_addr != 0) == (path == "fast")
