@@ -101,7 +101,7 @@ class Publisher(_pub.Publisher):
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # outside the loop: flush()/close() will send them
                 return
-            self._timer = loop.call_later(_pub._WINDOW_POLL_S / 5, self._timer_fire)
+            self._timer = loop.call_later(_pub._WINDOW_RETRY_S, self._timer_fire)
 
     def _timer_fire(self) -> None:
         self._timer = None
