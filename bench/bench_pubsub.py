@@ -359,15 +359,7 @@ def _run_tp(variant: str, transport: str, size: int, n: int, tmpdir: str) -> dic
         proc.join(10)
         if proc.is_alive():
             proc.kill()
-    secs = max(1e-9, (t_last - t0) / 1e9)
-    return {
-        "rate": got / secs,
-        "received": got,
-        "sent": n,
-        "secs": secs,
-        "sender_rate": n / max(1e-9, (t_send_done - t0) / 1e9),
-        **extra,
-    }
+    return _rates(got, n, t0, t_send_done, t_last, extra)
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,16 +675,7 @@ def _run_flow(delivery: str, topics: int, n: int, tmpdir: str, size: int = 64) -
         proc.join(10)
         if proc.is_alive():
             proc.kill()
-    secs = max(1e-9, (t_last - t0) / 1e9)
-    return {
-        "rate": got / secs,
-        "received": got,
-        "sent": n,
-        "secs": secs,
-        "sender_rate": n / max(1e-9, (t_send_done - t0) / 1e9),
-        **extra,
-        **pub_stats,
-    }
+    return _rates(got, n, t0, t_send_done, t_last, {**extra, **pub_stats})
 
 
 #: best_effort: the default bounds, as reliable (it may lose, and the rate counts only what
@@ -831,6 +814,21 @@ def run_paced10k_section(
 
 # --------------------------------------------------------------------------------------------
 # memory: a publisher feeding a subscriber that never reads
+
+
+def _rates(got: int, n: int, t0: int, t_send_done: int, t_last: int,
+           extra: dict[str, Any]) -> dict[str, Any]:
+    """One throughput run's figures: received msg/s from the first send to the last receipt
+    (ns clock readings), and the sender's own rate."""
+    secs = max(1e-9, (t_last - t0) / 1e9)
+    return {
+        "rate": got / secs,
+        "received": got,
+        "sent": n,
+        "secs": secs,
+        "sender_rate": n / max(1e-9, (t_send_done - t0) / 1e9),
+        **extra,
+    }
 
 
 def _rx_stalled(ep: str, conn: Any) -> None:

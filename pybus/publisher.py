@@ -25,7 +25,7 @@ import zmq
 from . import _pubsub_base as base
 from . import _sockets
 from . import metrics as _metrics
-from ._flow import ACK_PREFIX, FLOW_TOPIC, FlowWindow, pack_join, pack_mark, unpack_ack
+from ._flow import FLOW_TOPIC, FlowWindow, pack_join, pack_mark, unpack_ack
 from ._native import Batcher, Histogram, frame_info
 from ._native._batch import set_thread_timer_slack
 from .errors import BackpressureError, ClosedError, TimeoutError, ValidationError, from_zmq
@@ -883,9 +883,9 @@ class Publisher:
 
     def _on_ack(self, msg: bytes) -> None:
         """An upstream message that is not a subscription: a subscriber's ack, or ignored."""
-        if self._flow is None or not msg.startswith(ACK_PREFIX):
+        if self._flow is None:
             return
-        ack = unpack_ack(msg)
+        ack = unpack_ack(msg)  # None for anything else
         if ack is not None and ack[1] == self.publisher_id:
             self._flow.ack(ack[0], ack[2], ack[3], _monotonic_ns())
 
