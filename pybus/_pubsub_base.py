@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .subscriber import Subscriber
+
+class _BoundSubscriber(Protocol):
+    """What a Publisher needs of a bound Subscriber of its process (no import of the
+    subscriber module: it imports this one)."""
+
+    def _poke(self) -> None: ...
 
 
 #: Prefix of the hello subscription every pybus Subscriber makes (then 16 lowercase hex
@@ -36,7 +40,7 @@ FRAME_OVERHEAD_BYTES = 32 + 12 + 65535
 # Bound Subscribers of this process. ZeroMQ attaches a bound socket's new peers only when that
 # socket is called into; a Publisher waiting for subscribers pokes these so a bound Subscriber
 # and a connecting Publisher work in one thread.
-_BOUND_SUBSCRIBERS: weakref.WeakSet[Subscriber] = weakref.WeakSet()
+_BOUND_SUBSCRIBERS: weakref.WeakSet[_BoundSubscriber] = weakref.WeakSet()
 
 
 def _poke_bound_subscribers() -> None:
