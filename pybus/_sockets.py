@@ -22,15 +22,15 @@ set); monitor sockets are PAIRs connected in the caller's thread, so no event is
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-import os
 import queue
 import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -148,6 +148,23 @@ class Liveness:
 DEFAULT_LIVENESS = Liveness()
 
 
+@contextlib.contextmanager
+def _borrowed_socket(fd: int) -> Iterator[socket.socket]:
+    """A :class:`socket.socket` over ZeroMQ's descriptor ``fd``, which it never closes.
+
+    A monitor event's descriptor is read after the fact: by then its number may have been
+    closed and reused by anything in the process (a pipe, a file). So no copy is made (a
+    ``dup`` of a reused number, leaked when the socket constructor refused it, once held a
+    child process's stdin open forever); the socket constructor raises OSError when ``fd``
+    is no longer a socket, and the descriptor is detached, never closed, on the way out.
+    """
+    s = socket.socket(fileno=fd)
+    try:
+        yield s
+    finally:
+        s.detach()
+
+
 class SocketWatch:
     """Peer-event counters of one socket (filled by the hub thread).
 
@@ -188,7 +205,7 @@ class SocketWatch:
         """Hub thread: remember each connection's descriptor and addresses (TCP/IPC only)."""
         if name in ("accepted", "connected"):
             try:
-                with socket.socket(fileno=os.dup(fd)) as s:
+                with _borrowed_socket(fd) as s:
                     addrs = (s.getsockname(), s.getpeername())
             except OSError:
                 return
@@ -222,7 +239,7 @@ class SocketWatch:
         n = 0
         for fd, addrs in conns:
             try:
-                with socket.socket(fileno=os.dup(fd)) as s:
+                with _borrowed_socket(fd) as s:
                     if (s.getsockname(), s.getpeername()) != addrs:
                         continue
                     s.shutdown(socket.SHUT_RDWR)
