@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .registry import HdrValue
+from .samples import HdrValue
 
 
 def total_count(h: Any) -> int:

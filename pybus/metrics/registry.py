@@ -21,7 +21,9 @@ from typing import Any, Protocol
 
 from ..errors import ValidationError
 from . import _hdr
+from .exposition import render as _render
 from .families import BY_SOURCE, QUANTILES, SOURCE_LABELS, SOURCES, MetricDef
+from .samples import FamilySnapshot, HdrValue, Labels, RawSample
 
 log = logging.getLogger("pybus.metrics")
 
@@ -31,34 +33,6 @@ DEFAULT_MAX_TOPICS = 200
 DEFAULT_MAX_OBJECTS_PER_KIND = 100
 
 OTHER = "other"
-
-Labels = tuple[tuple[str, str], ...]
-
-
-class HdrValue:
-    """A raw HDR histogram sample: the histogram and the factor from its unit to the base unit.
-
-    Parameters
-    ----------
-    histogram : pybus.Histogram
-        The live histogram (read, never modified, at scrape time).
-    scale : float
-        Multiply a recorded value by this to get base units (``1e-9`` for nanoseconds).
-    total : float, optional
-        The exact sum of the recorded values in base units when the object knows it (messages
-        over batches); otherwise ``_sum`` is ``mean * count`` from the HDR data.
-    """
-
-    __slots__ = ("histogram", "scale", "total")
-
-    def __init__(self, histogram: Any, scale: float = 1.0, total: float | None = None) -> None:
-        self.histogram = histogram
-        self.scale = float(scale)
-        self.total = total
-
-
-RawSample = tuple[str, dict[str, str], "float | int | HdrValue"]
-
 
 class Adapter(Protocol):
     """Turns one kind of object into raw samples; see :func:`register_adapter`."""
@@ -96,18 +70,6 @@ def adapter_for(obj: Any) -> Adapter | None:
         if a is not None:
             return a
     return None
-
-
-@dataclass
-class FamilySnapshot:
-    """One family at one scrape: its definition and its samples.
-
-    ``samples`` holds ``(sample_name, labels, value)`` with labels as a tuple of pairs in the
-    family's declared order (``le``/``quantile`` last).
-    """
-
-    definition: MetricDef
-    samples: list[tuple[str, Labels, float]]
 
 
 @dataclass
@@ -362,9 +324,7 @@ class Registry:
 
     def render(self, fmt: str = "text") -> bytes:
         """The scrape body: ``fmt`` is ``"text"`` (Prometheus 0.0.4) or ``"openmetrics"``."""
-        from .exposition import render
-
-        return render(self.collect(), fmt)
+        return _render(self.collect(), fmt)
 
     def snapshot(self) -> dict[str, Any]:
         """Every family as plain data: ``{"timestamp": s, "metrics": {name: {...}}}``."""
