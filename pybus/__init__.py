@@ -1,26 +1,7 @@
 """pybus: a brokerless message bus for Python, batched in C over ZeroMQ."""
 
-from . import aio, metrics
-from ._native import (
-    FLAG_MSGPACK,
-    FRAME_HEADER_SIZE,
-    FRAME_VERSION,
-    FULL,
-    PENDING,
-    READY,
-    RECORD_HEADER_SIZE,
-    RING_RECORD_OVERHEAD,
-    Batcher,
-    Histogram,
-    Message,
-    decode_batch,
-    decode_into,
-    decode_payloads,
-    encode_frame,
-    frame_info,
-    iter_frame,
-    ring_record_size,
-)
+from . import aio, metrics, wire
+from ._native import Histogram, Message
 from ._sockets import Liveness, SlowConsumerError
 from ._version import __version__
 from .allocator import tune_allocator
@@ -87,29 +68,14 @@ __all__ = [
     "TopicPattern",
     "aio",
     "metrics",
+    "wire",
     "validate_pattern",
     "validate_topic",
     "Worker",
     "WorkQueue",
     "tune_allocator",
-    "Batcher",
-    "FLAG_MSGPACK",
-    "FRAME_HEADER_SIZE",
-    "FRAME_VERSION",
     "Histogram",
     "Message",
-    "FULL",
-    "PENDING",
-    "READY",
-    "RECORD_HEADER_SIZE",
-    "RING_RECORD_OVERHEAD",
-    "decode_batch",
-    "decode_into",
-    "decode_payloads",
-    "encode_frame",
-    "frame_info",
-    "iter_frame",
-    "ring_record_size",
     "Curve",
     "Liveness",
     "Proxy",
@@ -120,3 +86,22 @@ __all__ = [
     "load_secret_key",
     "save_keypair",
 ]
+
+
+# Moved to pybus.wire (codec and ring internals are not what an application needs); the old
+# names keep working for one release, with a DeprecationWarning.
+_MOVED_TO_WIRE = frozenset(wire.__all__)
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED_TO_WIRE:
+        import warnings
+
+        warnings.warn(
+            f"pybus.{name} moved to pybus.wire.{name}; the old name will be removed in the "
+            "next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(wire, name)
+    raise AttributeError(f"module 'pybus' has no attribute {name!r}")

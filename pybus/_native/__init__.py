@@ -1,4 +1,5 @@
-"""pybus's compiled core. Import from ``pybus``, never from these modules directly."""
+"""pybus's compiled core. Import from ``pybus`` (the codec and the ring: ``pybus.wire``), never
+from these modules directly."""
 
 try:
     from . import _batch, _hist
