@@ -439,8 +439,10 @@ class Publisher:
         self._security = security
         if security is not None and security.is_server:
             security._register_owner(self)
-        # pyzmq's Cython send, without the sugar layer's routing_id/group handling (2x faster)
-        self._send = zmq.backend.Socket.send.__get__(sock)
+        # pyzmq's Cython send, without the sugar layer's routing_id/group handling (2x faster);
+        # a socket class that overrides send (zmq.green, a user's socket_class) keeps it
+        self._send = (zmq.backend.Socket.send.__get__(sock) if type(sock).send is zmq.Socket.send
+                      else sock.send)
         # libzmq's own socket when frames may be drained straight into ZeroMQ messages
         # (Batcher.drain_to: one copy and one bytes object fewer per frame), else 0
         self._fast_addr = _sockets.fast_address(sock)
@@ -1130,7 +1132,7 @@ class Publisher:
     def stats(self) -> dict[str, Any]:
         """Counters: ``published`` (messages handed to ZeroMQ), ``pending``, ``batches``,
         ``bytes``, ``positions_sent`` (position frames, docs/wire.md), ``dropped`` by reason
-        (``ring_full``, ``closed``), ``subscribers``."""
+        (``ring_full``, ``backpressure``, ``closed``), ``subscribers``."""
         with self._send_lock:
             if not self._closed:
                 self._read_subscriptions()
@@ -1222,6 +1224,14 @@ class Publisher:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def io_path(self) -> str:
+        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
+        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
+        docs/operations.md for when each is taken. A publisher keeping a late-joiner history
+        sends through pyzmq."""
+        return "libzmq" if self._fast_addr and self._history is None else "pyzmq"
 
     @staticmethod
     def _finalize(stop: threading.Event, wake: threading.Event, sock: zmq.Socket) -> None:

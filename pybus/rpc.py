@@ -378,6 +378,9 @@ class Server:
             sock.close(0)
             raise from_zmq(exc, f"cannot bind RPC server to {endpoint!r}") from exc
         self._sock = sock
+        # "libzmq" or "pyzmq": the I/O path of the serving loop (io_path); decided again when
+        # the loop starts
+        self._io_path = "libzmq" if _fast_address(sock) else "pyzmq"
         self._security = security
         register = getattr(security, "_register_owner", None)
         if register is not None and getattr(security, "is_server", False):
@@ -415,6 +418,13 @@ class Server:
     def methods(self) -> list[str]:
         """Registered method names, sorted."""
         return sorted(k.decode() for k in self._handlers)
+
+    @property
+    def io_path(self) -> str:
+        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
+        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
+        docs/operations.md for when each is taken."""
+        return self._io_path
 
     # -- stats --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -547,6 +557,7 @@ class Server:
             )
         sock = self._sock
         addr = _fast_address(sock)
+        self._io_path = "libzmq" if addr else "pyzmq"
         if addr:
             self._loop_fast(addr)
             return
@@ -1062,6 +1073,7 @@ class Client(_ClientBase, _zmqfast.ClientCore):
         self._send = _send_of(self._sock)
         # The socket's address for _zmqfast (0: use pyzmq's calls); replaced with the socket.
         self._addr = _fast_address(self._sock)
+        self._io_path = "libzmq" if self._addr else "pyzmq"  # io_path
         self._rcvtimeo_ms = -1
         # ClientCore.request's state, in C fields: the correlation id is _cid_base + _seq
         # (mod 2**64: the same sequence as _next_cid's), counters merged by stats(), and the
@@ -1081,6 +1093,13 @@ class Client(_ClientBase, _zmqfast.ClientCore):
 
     stats.__doc__ = _ClientBase.stats.__doc__
 
+    @property
+    def io_path(self) -> str:
+        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
+        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
+        docs/operations.md for when each is taken."""
+        return self._io_path
+
     def _reset(self) -> None:
         """Lazy Pirate: drop the socket (and anything queued on it), open a fresh one.
 
@@ -1093,6 +1112,7 @@ class Client(_ClientBase, _zmqfast.ClientCore):
         )
         self._send = _send_of(self._sock)
         self._addr = _fast_address(self._sock)
+        self._io_path = "libzmq" if self._addr else "pyzmq"
         self._rcvtimeo_ms = -1
         self._fast_timeout = 0.0
         self._stats["reconnects"] += 1

@@ -250,8 +250,10 @@ class Subscriber:
         self._floors: dict[tuple[int, bytes], int] = {}
         self._history_duplicates = 0
         self._history_received = 0
-        # pyzmq's Cython methods, without the sugar layer (per frame, not per message)
-        self._recv = zmq.backend.Socket.recv.__get__(sock)
+        # pyzmq's Cython methods, without the sugar layer (per frame, not per message); a
+        # socket class that overrides recv (zmq.green, a user's socket_class) keeps it
+        self._recv = (zmq.backend.Socket.recv.__get__(sock) if type(sock).recv is zmq.Socket.recv
+                      else sock.recv)
         self._rcvmore = zmq.backend.Socket.get.__get__(sock)
         # libzmq's own socket when [topic][frame] may be read straight from libzmq (the batch
         # frame then stays in its buffer), else 0. Publish permissions need each frame's
@@ -939,6 +941,14 @@ class Subscriber:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def io_path(self) -> str:
+        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
+        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
+        docs/operations.md for when each is taken. A subscriber enforcing publish permissions
+        reads through pyzmq."""
+        return "libzmq" if self._fast_addr else "pyzmq"
 
     def __enter__(self) -> Subscriber:
         return self

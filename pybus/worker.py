@@ -164,6 +164,7 @@ class Worker:
         # pyzmq's calls); set and used by the socket thread only
         self._sock_addr = 0
         self._results_fast = 0
+        self._io_path: str | None = None  # io_path, set with the first session
         self._stopping = False
         self._running = False
         self._ready = threading.Event()
@@ -243,6 +244,14 @@ class Worker:
         out["peer_events"] = dict(w.events) if w is not None else {}
         return out
 
+    @property
+    def io_path(self) -> str | None:
+        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
+        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
+        docs/operations.md for when each is taken. None until the worker's socket thread has
+        opened its first session."""
+        return self._io_path
+
     def __enter__(self) -> Worker:
         return self.start()
 
@@ -270,6 +279,7 @@ class Worker:
             raise from_zmq(exc, f"Worker cannot connect to {self.endpoint!r}") from None
         # the session socket's address for _zmqfast (0: pyzmq's calls); socket thread only
         self._sock_addr = _sockets.fast_address(sock)
+        self._io_path = "libzmq" if self._sock_addr and self._results_fast else "pyzmq"
         sock.send(P.hello(self.prefetch))
         self._c["sessions"] += 1
         return sock

@@ -317,6 +317,7 @@ class WorkQueue:
             # the ROUTER's address for _zmqfast (0: pyzmq's calls); the ROUTER lives as long
             # as the dispatcher (closed only as its thread ends)
             self._router_addr = _sockets.fast_address(self._router)
+            self._io_path = "libzmq" if self._router_addr else "pyzmq"  # io_path
         except zmq.ZMQError as exc:
             self._router.close()
             self._ctx.term()
@@ -548,6 +549,13 @@ class WorkQueue:
         s["queue_depth"] = self._outstanding() - self._in_flight
         s["workers"] = len(self._workers)
         return s
+
+    @property
+    def io_path(self) -> str:
+        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
+        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
+        docs/operations.md for when each is taken."""
+        return self._io_path
 
     def _security_rekick(self) -> None:
         """After :meth:`pybus.Curve.revoke`: drop every connection (peers authenticate again)."""
