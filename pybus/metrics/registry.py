@@ -312,8 +312,10 @@ class Registry:
         meta = scalars
         meta["pybus_topics_folded_total"] = {(): folded_total}
         meta["pybus_objects"] = {(("kind", k),): n for k, n in sorted(kinds.items())}
+        # every kind read, at 0 until its first error: Prometheus' increase() sees no increase
+        # in a series that is born at 1, so an alert on a one-off error needs the 0 first
         meta["pybus_metrics_collect_errors_total"] = {
-            (("kind", k),): n for k, n in sorted(errors.items())
+            (("kind", k),): errors.get(k, 0) for k in sorted(kinds.keys() | errors.keys())
         }
         if self.process:
             from .process import process_samples
