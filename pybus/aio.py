@@ -126,9 +126,8 @@ class Publisher(_pub.Publisher):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            await self._asock.poll(
-                timeout=max(1, int(min(remaining, _pub._WINDOW_POLL_S) * 1000)), flags=zmq.POLLIN
-            )
+            # POLLIN (poll's default): an ack to read
+            await self._asock.poll(max(1, int(min(remaining, _pub._WINDOW_POLL_S) * 1000)))
             with self._send_lock:
                 self._read_subscriptions()
 

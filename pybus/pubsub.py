@@ -2,8 +2,8 @@
 
 A pub/sub message on the wire is two ZeroMQ frames: the topic (ASCII) and a batch frame
 (``docs/wire.md``). :class:`~pybus.publisher.Publisher` sends on an XPUB socket, so it sees
-subscriptions; :class:`~pybus.subscriber.Subscriber` receives on an XSUB socket (which acknowledges a
-reliable publisher's marks upstream, see ``pybus._flow``) and also
+subscriptions; :class:`~pybus.subscriber.Subscriber` receives on an XSUB socket (which
+acknowledges a reliable publisher's marks upstream, see ``pybus._flow``) and also
 subscribes a unique *hello* prefix (``HELLO_PREFIX + 16 hex digits``) that no topic can match
 (topics are ASCII and never start with ``0xFF``): publishers count distinct subscribers from
 those subscriptions (``Publisher.wait_for_subscribers``), and ZeroMQ sends the matching

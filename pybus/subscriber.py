@@ -688,9 +688,9 @@ class Subscriber:
             return _FLOW
         if topic_b.startswith(base.HELLO_PREFIX):
             # ours: a join snapshot; another subscriber's (a "#" subscriber takes them all)
-            value = _JOIN if topic_b == self._hello else _FILTERED
-            self._topics[topic_b] = value
-            return value
+            ours: Any = _JOIN if topic_b == self._hello else _FILTERED
+            self._topics[topic_b] = ours
+            return ours
         try:
             text = topic_b.decode("ascii")
         except UnicodeDecodeError:
