@@ -12,21 +12,20 @@ import pytest
 import zmq
 
 import pybus
+import pybus.subscriber
 
 sys.path.insert(0, os.path.dirname(__file__))
+from waiting import TimeStub  # noqa: E402
 from waiting import drain as _drain  # noqa: E402
+from waiting import drain_until as _drain_until  # noqa: E402
+from waiting import read_through_marker as _read_through_marker  # noqa: E402
 from waiting import until as _until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 BIG = 100_000
-
-
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: Bounds of the waits for an event: generous, so that only a missing event reaches them.
+WAIT = 20.0
+# "tcp://127.0.0.1:1" below: only for argument checks that raise before any connect
 
 
 # -- options -----------------------------------------------------------------------------------
@@ -83,35 +82,38 @@ def test_peer_events_reach_callbacks_and_counters_and_reconnect_after_restart() 
         with lock:
             events.append((event, endpoint))
 
-    port = _free_port()
-    ep = f"tcp://127.0.0.1:{port}"
-    sub = pybus.Subscriber(ep, liveness=pybus.Liveness(on_peer=on_peer, reconnect_ivl_ms=20,
-                                                       reconnect_ivl_max_ms=200),
-                           rcvhwm=BIG, registry=False)
-    pub = pybus.Publisher(ep, sndhwm=BIG, registry=False)
+    # the kernel picks the port (no pick-then-bind race); the restarted publisher binds the
+    # same endpoint again, as a restarted host would: the subscriber only knows that address
+    pub = pybus.Publisher("tcp://127.0.0.1:*", sndhwm=BIG, registry=False)
+    ep = pub.endpoints[0]
+    sub = None
     try:
-        assert pub.wait_for_subscribers(1, timeout=5) == 1
-        assert _until(lambda: ("handshake_succeeded", ep) in events)
+        sub = pybus.Subscriber(ep, liveness=pybus.Liveness(on_peer=on_peer, reconnect_ivl_ms=20,
+                                                           reconnect_ivl_max_ms=200),
+                               rcvhwm=BIG, registry=False)
+        assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
+        assert _until(lambda: ("handshake_succeeded", ep) in events, WAIT)
         assert ("connected", ep) in events
         pub.publish("a.b", 1)
         pub.flush()
-        first = _drain(sub, 1)
+        first = _drain(sub, 1, WAIT)
         pub.close(linger=0)  # the publisher host goes away ...
         assert _until(lambda: sub.recv_batch(1, timeout=0.01) == [] and
-                      ("disconnected", ep) in events)
+                      ("disconnected", ep) in events, WAIT)
         pub = pybus.Publisher(ep, sndhwm=BIG, registry=False)  # ... and comes back
         # the SUB reconnects by itself (bounded backoff) and resends its subscriptions
         assert _until(lambda: sub.recv_batch(1, timeout=0.01) == [] and
-                      pub.stats()["subscribers"] == 1)
+                      pub.stats()["subscribers"] == 1, WAIT)
         pub.publish("a.b", 2)
         pub.flush()
-        second = _drain(sub, 1)
+        second = _drain(sub, 1, WAIT)
         assert [m.payload for m in first + second] == [1, 2]
         st = sub.stats()["peer_events"]
         assert st["connected"] >= 2 and st["disconnected"] >= 1
         assert sum(1 for e, _ in events if e == "handshake_succeeded") >= 2
     finally:
-        sub.close()
+        if sub is not None:
+            sub.close()
         pub.close(linger=0)
 
 
@@ -133,10 +135,14 @@ def test_heartbeat_timeout_closes_a_silent_connection(heartbeats: bool) -> None:
         # READY command with Socket-Type SUB
         body = b"\x05READY" + b"\x0bSocket-Type" + (3).to_bytes(4, "big") + b"SUB"
         raw.sendall(b"\x04" + bytes([len(body)]) + body)
-        assert _until(lambda: pub._watch.events.get("handshake_succeeded", 0) >= 1)
-        dropped = _until(lambda: pub._watch.events.get("disconnected", 0) >= 1,
-                         3.0 if heartbeats else 1.0)
-        assert dropped is heartbeats
+        assert _until(lambda: pub._watch.events.get("handshake_succeeded", 0) >= 1, WAIT)
+        if heartbeats:
+            assert _until(lambda: pub._watch.events.get("disconnected", 0) >= 1, WAIT)
+        else:
+            # the elapsed time is what is tested: without heartbeats nothing drops the silent
+            # peer (TCP keepalive takes minutes), however long this wait lasts; 1 s is more
+            # than three heartbeat timeouts
+            assert not _until(lambda: pub._watch.events.get("disconnected", 0) >= 1, 1.0)
     finally:
         raw.close()
         pub.close(linger=0)
@@ -152,19 +158,27 @@ def _overflow(pub: pybus.Publisher, n: int) -> None:
     pub.flush()
 
 
+def _flooding_publisher() -> pybus.Publisher:
+    # a subscriber that reads nothing is evicted after slow_consumer_timeout (it is not
+    # reading at all, so any value works; a short one keeps the test fast), then ZeroMQ drops
+    # what exceeds its high-water marks
+    return pybus.Publisher("tcp://127.0.0.1:*", sndhwm=16, max_batch_records=1,
+                           slow_consumer_timeout=0.5, registry=False)
+
+
 def test_slow_consumer_drop_counts_and_goes_on() -> None:
-    pub = pybus.Publisher("tcp://127.0.0.1:*", sndhwm=16, max_batch_records=1, registry=False)
+    pub = _flooding_publisher()
     sub = pybus.Subscriber(pub.endpoints, rcvhwm=16, registry=False)  # slow_consumer="drop"
     try:
-        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
         _overflow(pub, 3000)
-        got = _drain(sub, 3000, timeout=1.0)
-        pub.publish("slow.t", b"last")
-        pub.flush()
-        got += _drain(sub, 1)
+        # it goes on: read the rest, then markers until the last one published arrives (an
+        # early marker may be dropped too); by then every message is received or counted lost
+        got, markers = _read_through_marker(pub, sub, "slow.t")
         st = sub.stats()
-        assert got[-1].raw_payload == b"last"
-        assert st["received"] + st["lost"] == 3001
+        assert got[-1].raw_payload == b"marker-%d" % (markers - 1)
+        assert st["received"] == len(got)
+        assert st["received"] + st["lost"] == 3000 + markers
         assert st["lost"] > 0 and st["slow_consumer_events"]["gap"] == st["gaps"] >= 1
         assert not sub.closed
     finally:
@@ -173,16 +187,14 @@ def test_slow_consumer_drop_counts_and_goes_on() -> None:
 
 
 def test_slow_consumer_close_raises_suicidal_snail() -> None:
-    pub = pybus.Publisher("tcp://127.0.0.1:*", sndhwm=16, max_batch_records=1, registry=False)
+    pub = _flooding_publisher()
     sub = pybus.Subscriber(pub.endpoints, rcvhwm=16, slow_consumer="close", registry=False)
     try:
-        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
         _overflow(pub, 3000)
-        pub.publish("slow.t", b"last")
-        pub.flush()
         with pytest.raises(pybus.SlowConsumerError, match="fell behind") as info:
-            for _ in range(10_000):
-                sub.recv(timeout=2.0)
+            # a message after a dropped one reveals the gap; markers make sure one comes
+            _read_through_marker(pub, sub, "slow.t")
         assert info.value.reason == "gap" and info.value.stats["lost"] > 0
         assert isinstance(info.value, pybus.BackpressureError)
         assert sub.closed
@@ -193,24 +205,31 @@ def test_slow_consumer_close_raises_suicidal_snail() -> None:
         pub.close(linger=0)
 
 
-def test_slow_consumer_by_lag() -> None:
+def test_slow_consumer_by_lag(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lag is the subscriber's wall clock (pybus.subscriber reads time.time_ns()) minus the
+    # publisher's stamp. The subscribers' clock is made to jump instead of the test sleeping
+    # through the lag: no real delay counts unless it exceeds max_lag_s = 5 s.
+    ahead_ns = 0
+    monkeypatch.setattr(pybus.subscriber, "time",
+                        TimeStub(time_ns=lambda: time.time_ns() + ahead_ns))
     pub = pybus.Publisher("tcp://127.0.0.1:*", registry=False)
-    sub = pybus.Subscriber(pub.endpoints, slow_consumer="close", max_lag_s=0.05, registry=False)
-    lagged = pybus.Subscriber(pub.endpoints, max_lag_s=0.05, registry=False)  # drop: counts
+    sub = pybus.Subscriber(pub.endpoints, slow_consumer="close", max_lag_s=5.0, registry=False)
+    lagged = pybus.Subscriber(pub.endpoints, max_lag_s=5.0, registry=False)  # drop: counts
     try:
-        assert pub.wait_for_subscribers(2, timeout=5) == 2
+        assert pub.wait_for_subscribers(2, timeout=WAIT) == 2
         pub.publish("lag.t", 1)
         pub.flush()
-        assert sub.recv(timeout=2).payload == 1  # read at once: no lag
-        assert _drain(lagged, 1)[0].payload == 1
+        assert sub.recv(timeout=WAIT).payload == 1  # read within max_lag_s: no lag
+        assert _drain(lagged, 1, WAIT)[0].payload == 1
+        assert lagged.stats()["slow_consumer_events"]["lag"] == 0
         pub.publish("lag.t", 2)
         pub.flush()
-        assert _until(lambda: sub._sock.poll(0) != 0 and lagged._sock.poll(0) != 0)
-        time.sleep(0.2)  # the message sits unread: this is the lag under test
+        assert _until(lambda: sub._sock.poll(0) != 0 and lagged._sock.poll(0) != 0, WAIT)
+        ahead_ns = 6 * 10**9  # the message sits unread for 6 s (by the subscribers' clock)
         with pytest.raises(pybus.SlowConsumerError) as info:
-            sub.recv(timeout=2)
+            sub.recv(timeout=WAIT)
         assert info.value.reason == "lag"
-        assert _drain(lagged, 1)[0].payload == 2
+        assert _drain(lagged, 1, WAIT)[0].payload == 2
         assert lagged.stats()["slow_consumer_events"]["lag"] == 1
     finally:
         sub.close()
@@ -253,12 +272,21 @@ def test_late_joiner_gets_history_then_live_without_gaps_or_duplicates() -> None
         late = pybus.Subscriber(pub.endpoints, topics=["a.#"], late_join=True,
                                 history_endpoint=pub.history_endpoint, rcvhwm=BIG,
                                 registry=False)
-        time.sleep(0.2)
+        joined_at = sent["a.x"]
+        # live traffic goes on after the join: 200 more rounds, however long they take
+        assert _until(lambda: sent["a.x"] >= joined_at + 200 or not th.is_alive(), WAIT)
         stop.set()
-        th.join(5)
-        pub.flush()
+        th.join(WAIT)
+        assert not th.is_alive()
         total = sent["a.x"]
-        got = _drain(late, 10**9, timeout=0.5)
+        assert total >= joined_at + 200
+        # an end marker after the last message, on the same connection: once it is read,
+        # everything before it has been (and any hole or repeat is in what was read)
+        pub.publish("a.end", 0)
+        pub.flush()
+        got = _drain_until(late, lambda m: m.topic == "a.end", WAIT)
+        assert got[-1].topic == "a.end"
+        got = got[:-1]
         by_topic: dict[str, list[int]] = {}
         for m in got:
             by_topic.setdefault(m.topic, []).append(m.payload)
@@ -270,11 +298,13 @@ def test_late_joiner_gets_history_then_live_without_gaps_or_duplicates() -> None
             assert vals == list(range(vals[0], total + 1)), (vals[:5], vals[-5:])
         st = late.stats()
         assert st["history_received"] == 100 and st["lost"] == 0
+        # what was read is all there was: live (with the marker) and history
+        assert st["received"] + st["history_received"] == len(got) + 1
         seqs = [m.seq for m in got if m.topic == "a.x"]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     finally:
         stop.set()
-        th.join(5)
+        th.join(WAIT)
         if late is not None:
             late.close()
         pub.close(linger=0)
@@ -285,16 +315,19 @@ def test_fetch_history_later_drops_buffered_duplicates() -> None:
                           sndhwm=BIG, registry=False)
     sub = pybus.Subscriber(pub.endpoints, rcvhwm=BIG, registry=False)
     try:
-        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
         for i in range(1, 11):
             pub.publish("h.t", i)
         pub.flush()
-        assert _until(lambda: sub._sock.poll(0) != 0)
-        assert sub.fetch_history(pub.history_endpoint) == 5
-        got = [m.payload for m in _drain(sub, 20, timeout=0.5)]
-        # the snapshot (6..10), then the live 1..10 already queued: 6..10 are duplicates and
-        # 1..5 are older than the snapshot (behind it): both dropped
-        assert got == [6, 7, 8, 9, 10]
+        assert _until(lambda: sub._sock.poll(0) != 0, WAIT)
+        assert sub.fetch_history(pub.history_endpoint, timeout=WAIT) == 5
+        pub.publish("h.t", 11)  # a marker after the live 1..10, on the same connection
+        pub.flush()
+        got = [m.payload for m in _drain_until(sub, lambda m: m.payload == 11, WAIT)]
+        # the snapshot (6..10), then the live 1..10 (queued before the snapshot or not): 6..10
+        # are duplicates and 1..5 are older than the snapshot (behind it): both dropped; then
+        # the marker, live
+        assert got == [6, 7, 8, 9, 10, 11]
         assert sub.stats()["history_duplicates"] == 10
     finally:
         sub.close()
@@ -308,23 +341,26 @@ def test_history_request_errors() -> None:
         from pybus.history import request_snapshot
 
         with pytest.raises(pybus.TransportError, match="not subscribed"):
-            # a subscriber id the publisher never saw: refused after the (shortened) wait
+            # a subscriber id the publisher never saw: refused after the (shortened) wait;
+            # the request's own timeout is far longer, so only the refusal can end it
             import pybus.history as h
 
             old = h.HELLO_WAIT_S
             h.HELLO_WAIT_S = 0.2
             try:
                 request_snapshot(zmq.Context.instance(), pub.history_endpoint,
-                                 b"00000000deadbeef", [b""], 3.0, lambda s: None)
+                                 b"00000000deadbeef", [b""], WAIT, lambda s: None)
             finally:
                 h.HELLO_WAIT_S = old
         raw = zmq.Context.instance().socket(zmq.DEALER)
-        raw.linger = 0
-        raw.connect(pub.history_endpoint)
-        raw.send_multipart([b"garbage"])
-        assert raw.poll(3000)
-        assert raw.recv_multipart()[:2] == [b"PBH1", b"ERR"]
-        raw.close()
+        try:
+            raw.linger = 0
+            raw.connect(pub.history_endpoint)
+            raw.send_multipart([b"garbage"])
+            assert raw.poll(int(WAIT * 1000))
+            assert raw.recv_multipart(zmq.NOBLOCK)[:2] == [b"PBH1", b"ERR"]
+        finally:
+            raw.close()
         assert pub._history_server.bad_requests == 1
     finally:
         pub.close(linger=0)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import select
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 import zmq
@@ -17,12 +20,14 @@ from pybus import Curve
 
 sys.path.insert(0, os.path.dirname(__file__))
 from waiting import drain as _drain  # noqa: E402
+from waiting import drain_until as _drain_until  # noqa: E402
+from waiting import read_through_marker as _read_through_marker  # noqa: E402
 from waiting import until as _until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 BIG = 100_000
-
-
+#: Bounds of the waits for an event: generous, so that only a missing event reaches them.
+WAIT = 20.0
 
 
 @pytest.fixture(params=[False, True], ids=["zmq-loop", "checked-loop"])
@@ -31,9 +36,11 @@ def proxy(request: pytest.FixtureRequest) -> Iterator[pybus.Proxy]:
     # (the one permissions need): both must keep the same semantics
     px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", sndhwm=BIG, rcvhwm=BIG,
                      registry=False, checked=request.param)
-    assert px.stats()["checked"] is request.param
-    yield px
-    px.close()
+    try:
+        assert px.stats()["checked"] is request.param
+        yield px
+    finally:
+        px.close()
 
 
 def test_many_publishers_to_many_subscribers_with_topics_and_gapless_sequences(
@@ -44,15 +51,15 @@ def test_many_publishers_to_many_subscribers_with_topics_and_gapless_sequences(
     every = pybus.Subscriber(proxy.backend, topics=["#"], rcvhwm=BIG)
     try:
         for p in pubs:  # hello subscriptions cross the proxy
-            assert p.wait_for_subscribers(2, timeout=5) == 2
+            assert p.wait_for_subscribers(2, timeout=WAIT) == 2
         for i in range(500):
             for p in pubs:
                 p.publish("orders.new", i)
                 p.publish("audit.x", i)
         for p in pubs:
             p.flush()
-        got_o = _drain(orders, 1000)
-        got_e = _drain(every, 2000)
+        got_o = _drain(orders, 1000, WAIT)
+        got_e = _drain(every, 2000, WAIT)
         assert len(got_o) == 1000 and {m.topic for m in got_o} == {"orders.new"}
         assert len(got_e) == 2000
         for p in pubs:  # per (publisher, topic): in order, consecutive sequence numbers
@@ -68,7 +75,7 @@ def test_many_publishers_to_many_subscribers_with_topics_and_gapless_sequences(
         # subscriptions went the other way (topics and hellos; deduplicated by XPUB)
         assert st["backend"]["messages_in"] == st["frontend"]["messages_out"] >= 4
         assert _until(lambda: proxy.stats()["backend"]["peers"] == 2 and
-                      proxy.stats()["frontend"]["peers"] == 2)
+                      proxy.stats()["frontend"]["peers"] == 2, WAIT)
     finally:
         orders.close()
         every.close()
@@ -80,12 +87,12 @@ def test_burst_of_10k_arrives_whole(proxy: pybus.Proxy) -> None:
     pub = pybus.Publisher(proxy.frontend, connect=True, sndhwm=BIG)
     subs = [pybus.Subscriber(proxy.backend, rcvhwm=BIG) for _ in range(2)]
     try:
-        assert pub.wait_for_subscribers(2, timeout=5) == 2
+        assert pub.wait_for_subscribers(2, timeout=WAIT) == 2
         for i in range(10_000):
             pub.publish("burst.t", b"%d" % i)
         pub.flush()
         for s in subs:
-            got = _drain(s, 10_000)
+            got = _drain(s, 10_000, WAIT)
             assert [m.raw_payload for m in got] == [b"%d" % i for i in range(10_000)]
             assert s.stats()["lost"] == 0 and s.stats()["gaps"] == 0
     finally:
@@ -114,7 +121,7 @@ def test_stalled_subscriber_loses_what_the_proxy_drops_and_counts_it_as_gaps() -
 
     reader = threading.Thread(target=read_fast)
     try:
-        assert pub.wait_for_subscribers(2, timeout=5) == 2
+        assert pub.wait_for_subscribers(2, timeout=WAIT) == 2
         reader.start()
         for i in range(n):
             pub.publish("s.t", payload)
@@ -125,20 +132,20 @@ def test_stalled_subscriber_loses_what_the_proxy_drops_and_counts_it_as_gaps() -
         reader.join(35)
         assert len(got_fast) == n and fast.stats()["lost"] == 0
         first, last = got_fast[0].seq, got_fast[-1].seq
-        got_slow = _drain(slow, n, timeout=1.0)  # now it reads what was left for it
-        assert len(got_slow) < n
-        # one more message: its arrival reveals the tail the stalled subscriber lost
-        pub.publish("s.t", b"end")
-        pub.flush()
-        got_slow += _drain(slow, 1, timeout=5.0)
-        assert got_slow[-1].raw_payload == b"end"
+        # now it reads what was left for it, then markers until the last one published has
+        # arrived (its path may still be full, so a marker can be dropped too): their arrival
+        # reveals the tail the stalled subscriber lost
+        got_slow, markers = _read_through_marker(pub, slow, "s.t")
+        assert got_slow[-1].raw_payload == b"marker-%d" % (markers - 1)
+        assert len([m for m in got_slow if m.seq <= last]) < n
         seqs = [m.seq for m in got_slow]
-        assert seqs == sorted(seqs) and seqs[-1] == last + 1
+        assert seqs == sorted(seqs) and seqs[-1] == last + markers
         st = slow.stats()
-        missed = set(range(first, last + 2)) - set(seqs)
+        missed = set(range(first, last + markers + 1)) - set(seqs)
         # exactly the messages it did not get, no more, no less
         assert st["lost"] == len(missed) > 0
-        assert st["received"] + st["lost"] == n + 1
+        assert st["received"] == len(got_slow)
+        assert st["received"] + st["lost"] == n + markers
         assert st["gaps"] >= 1
     finally:
         fast.close()
@@ -151,17 +158,19 @@ def test_pause_resume_terminate(proxy: pybus.Proxy) -> None:
     pub = pybus.Publisher(proxy.frontend, connect=True, sndhwm=BIG)
     sub = pybus.Subscriber(proxy.backend, rcvhwm=BIG)
     try:
-        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
         proxy.pause()
         assert proxy.stats()["state"] == "paused"
         for i in range(100):
             pub.publish("p.t", i)
         pub.flush()
+        # the elapsed time is what is tested: a paused proxy forwards nothing, however long
+        # it stays paused (there is no later message to wait for: nothing passes a pause)
         assert sub.recv_batch(1000, timeout=0.3) == []
         proxy.resume()
-        assert [m.payload for m in _drain(sub, 100)] == list(range(100))
+        assert [m.payload for m in _drain(sub, 100, WAIT)] == list(range(100))
         proxy.terminate()
-        assert proxy.wait(1.0)
+        assert proxy.wait(WAIT)
         with pytest.raises(pybus.ClosedError):
             proxy.pause()
     finally:
@@ -172,15 +181,16 @@ def test_pause_resume_terminate(proxy: pybus.Proxy) -> None:
 def test_capture_tap_sees_the_traffic(proxy: pybus.Proxy) -> None:
     px = pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", capture="tcp://127.0.0.1:*",
                      registry=False, checked=proxy.stats()["checked"])
-    tap = zmq.Context.instance().socket(zmq.SUB)
-    tap.linger = 0
-    tap.subscribe(b"cap.")
-    tap.connect(px.capture)
-    pub = pybus.Publisher(px.frontend, connect=True)
-    sub = pybus.Subscriber(px.backend, topics=["cap.#"])
+    tap = pub = sub = None
     try:
-        assert pub.wait_for_subscribers(1, timeout=5) == 1
-        deadline = time.monotonic() + 5
+        tap = zmq.Context.instance().socket(zmq.SUB)
+        tap.linger = 0
+        tap.subscribe(b"cap.")
+        tap.connect(px.capture)
+        pub = pybus.Publisher(px.frontend, connect=True)
+        sub = pybus.Subscriber(px.backend, topics=["cap.#"])
+        assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
+        deadline = time.monotonic() + WAIT
         frames: list[list[bytes]] = []
         i = 0
         while not frames and time.monotonic() < deadline:  # the tap's join is asynchronous
@@ -188,15 +198,18 @@ def test_capture_tap_sees_the_traffic(proxy: pybus.Proxy) -> None:
             pub.flush()
             i += 1
             if tap.poll(50):
-                frames.append(tap.recv_multipart())
+                frames.append(tap.recv_multipart(zmq.NOBLOCK))
         assert frames and frames[0][0] == b"cap.x"
         pid, first, count, _ = pybus.frame_info(frames[0][1])
         assert pid == pub.publisher_id and count >= 1
-        assert len(_drain(sub, i)) == i
+        got = _drain(sub, i, WAIT)
+        assert [m.payload for m in got] == list(range(i))
     finally:
-        tap.close()
-        sub.close()
-        pub.close(linger=0)
+        for s in (tap, sub):
+            if s is not None:
+                s.close()
+        if pub is not None:
+            pub.close(linger=0)
         px.close()
 
 
@@ -214,20 +227,33 @@ def test_curve_on_both_sides_with_separate_allowlists() -> None:
     sub = pybus.Subscriber(px.backend, security=Curve.client(sub_k[1], srv_p))
     rogue_sub = pybus.Subscriber(px.backend, security=Curve.client(bad_k[1], srv_p))
     plain_sub = pybus.Subscriber(px.backend)
+    rogues = (rogue_pub, rogue_sub, plain_sub)
+
+    def refused(s: pybus.Publisher | pybus.Subscriber) -> bool:
+        ev = s.stats()["peer_events"]
+        return any(v for k, v in ev.items() if k.startswith("handshake_failed"))
+
     try:
-        assert pub.wait_for_subscribers(1, timeout=5) == 1
-        for p in (pub, rogue_pub):
+        assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
+        # the proxy refuses each rogue at the handshake, and each rogue's socket sees it
+        assert _until(lambda: fsec.stats()["rejected_by_reason"]["not_allowed"] >= 1, WAIT)
+        assert _until(lambda: bsec.stats()["rejected_by_reason"]["not_allowed"] >= 1, WAIT)
+        assert _until(lambda: bsec.stats()["rejected_by_reason"]["handshake"] >= 1, WAIT)
+        assert _until(lambda: all(refused(s) for s in rogues), WAIT)
+        for p in (rogue_pub, pub):
             for i in range(100):
                 p.publish("sec.t", i)
             p.flush()
-        got = _drain(sub, 100)
-        assert len(got) == 100 and {m.publisher_id for m in got} == {pub.publisher_id}
-        assert sub.recv_batch(1000, timeout=0.3) == []
-        assert rogue_sub.recv_batch(1000, timeout=0.2) == []
-        assert plain_sub.recv_batch(1000, timeout=0.2) == []
-        assert _until(lambda: fsec.stats()["rejected_by_reason"]["not_allowed"] >= 1)
-        assert _until(lambda: bsec.stats()["rejected_by_reason"]["not_allowed"] >= 1)
-        assert _until(lambda: bsec.stats()["rejected_by_reason"]["handshake"] >= 1)
+        pub.publish("sec.t", "end")  # after pub's 100, on the same connection
+        pub.flush()
+        got = _drain_until(sub, lambda m: m.payload == "end", WAIT)
+        assert [m.payload for m in got] == [*range(100), "end"]
+        assert {m.publisher_id for m in got} == {pub.publisher_id}
+        # no rogue ever completed a handshake: nothing can have reached or left one
+        for s in rogues:
+            assert s.stats()["peer_events"].get("handshake_succeeded", 0) == 0, s
+        assert rogue_sub.recv_batch(1000, timeout=0) == []
+        assert plain_sub.recv_batch(1000, timeout=0) == []
         auth = px.stats()["auth"]
         assert sum(a["rejected"] for a in auth) >= 3
     finally:
@@ -246,10 +272,10 @@ def test_proxy_metrics_are_exported() -> None:
     pub = pybus.Publisher(px.frontend, connect=True, registry=False)
     sub = pybus.Subscriber(px.backend, registry=False)
     try:
-        assert pub.wait_for_subscribers(1, timeout=5) == 1
+        assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
         pub.publish("m.t", b"x" * 100)
         pub.flush()
-        assert len(_drain(sub, 1)) == 1
+        assert len(_drain(sub, 1, WAIT)) == 1
         from prometheus_client.parser import text_string_to_metric_families
 
         text = reg.render().decode()
@@ -279,35 +305,55 @@ def test_bad_arguments() -> None:
         pybus.Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", sndhwm=0)
 
 
-def test_cli_proxy_runs_and_forwards(tmp_path: Path) -> None:
-    import socket
+def _read_until(stream: IO[str], pattern: str, timeout: float) -> tuple[re.Match[str] | None, str]:
+    """Read a child's pipe until ``pattern`` matches what was read (a build step may print
+    lines first), waiting at most ``timeout`` seconds in all: (the match or None, the text).
+    Reads the file descriptor itself, so nothing waits unseen in a Python buffer."""
+    fd = stream.fileno()
+    text = ""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = re.search(pattern, text)
+        remaining = deadline - time.monotonic()
+        if m or remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return m, text
+        chunk = os.read(fd, 65536)
+        if not chunk:  # the child closed its stderr (it exited)
+            return None, text
+        text += chunk.decode(errors="replace")
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    fe, be = (f"tcp://127.0.0.1:{p}" for p in ports)
+
+def test_cli_proxy_runs_and_forwards(tmp_path: Path) -> None:
+    # the proxy binds ports the kernel picks and says which on stderr as it starts
     proc = subprocess.Popen(
         [sys.executable, "-c", "from pybus.cli import main; raise SystemExit(main())", "proxy",
-         "--frontend", fe, "--backend", be, "--duration", "20", "--json"],
+         "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
+         "--duration", "50", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=tmp_path,  # away from the source tree, so the installed (compiled) pybus loads
     )
-    pub = pybus.Publisher(fe, connect=True)
-    sub = pybus.Subscriber(be)
+    pub = sub = None
+    first = ""
     try:
-        assert pub.wait_for_subscribers(1, timeout=10) == 1
+        m, first = _read_until(proc.stderr, r"publishers -> (\S+)\s+subscribers -> (\S+)\s",
+                               WAIT)  # type: ignore[arg-type]
+        assert m, f"no endpoints in the proxy's start-up line: {first!r}"
+        fe, be = m.groups()
+        pub = pybus.Publisher(fe, connect=True)
+        sub = pybus.Subscriber(be)
+        assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
         pub.publish("cli.t", 1)
         pub.flush()
-        assert _drain(sub, 1)[0].payload == 1
+        assert _drain(sub, 1, WAIT)[0].payload == 1
     finally:
-        sub.close()
-        pub.close(linger=0)
+        if sub is not None:
+            sub.close()
+        if pub is not None:
+            pub.close(linger=0)
         proc.terminate()
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0, err
-    assert "publishers ->" in err
+    assert "publishers ->" in first
     import json
 
     assert json.loads(out.strip().splitlines()[-1])["frontend"]["messages_in"] >= 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing as mp
 import os
 import shutil
@@ -15,13 +16,17 @@ import msgpack
 import pytest
 import zmq
 
+import pybus.workqueue
 from pybus import DeadLetterQueue, RetryPolicy, Worker, WorkQueue
 
 sys.path.insert(0, os.path.dirname(__file__))
 import wqhelpers as H  # noqa: E402
 import wqprocs  # noqa: E402
+from waiting import TimeStub, until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
+#: Bounds of the waits for an event: generous, so that only a missing event reaches them.
+WAIT = 20.0
 
 SPAWN = mp.get_context("spawn")
 
@@ -61,7 +66,7 @@ def test_worker_sigkilled_mid_batch_loses_nothing(tmp_path, ipc_dir):
             procs.append(p)
         # kill worker 0 once it is well into its work, while it holds unacked messages
         H.wait_until(lambda: len(wqprocs.read_ids(rec[0])) >= 300, 30, "worker 0 progress")
-        H.wait_until(lambda: q.stats()["in_flight"] > 0, 5, "messages in flight")
+        H.wait_until(lambda: q.stats()["in_flight"] > 0, WAIT, "messages in flight")
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].join(10)
         p = SPAWN.Process(target=wqprocs.worker_proc, args=(q.endpoint, rec[2], 100, 2e-4))
@@ -91,10 +96,16 @@ def test_producer_sigkilled_and_restarted_on_its_journal_loses_nothing(tmp_path,
     handled: list[int] = []
     lock = threading.Lock()
 
+    killed = threading.Event()
+
     def handler(m):
-        time.sleep(5e-4)  # slower than the producer, so a backlog is left at the kill
         with lock:
             handled.append(m.seq)
+            n = len(handled)
+        if n >= 200:
+            # the worker stalls until the producer is killed, so a backlog is left in the
+            # journal at the kill however fast each side is
+            killed.wait(WAIT)
 
     parent, child = SPAWN.Pipe()
     p = SPAWN.Process(target=wqprocs.producer_proc, args=(endpoint, journal, 3000, child))
@@ -111,6 +122,7 @@ def test_producer_sigkilled_and_restarted_on_its_journal_loses_nothing(tmp_path,
             reported.append(parent.recv())
         os.kill(p.pid, signal.SIGKILL)  # mid-stream, puts still going
         p.join(10)
+        killed.set()
         while parent.poll(0):  # ids reported just before the kill
             v = parent.recv()
             if isinstance(v, int):
@@ -118,12 +130,13 @@ def test_producer_sigkilled_and_restarted_on_its_journal_loses_nothing(tmp_path,
         q = WorkQueue(endpoint, journal=journal, heartbeat_interval=0.1)
         recovered = q.stats()["recovered"]
         assert recovered > 0
-        assert q.join(30), q.stats()
+        assert q.join(WAIT * 2), q.stats()
         with lock:
             got = set(handled)
         assert set(reported) <= got, f"lost {len(set(reported) - got)} messages"
         assert w.stats()["sessions"] >= 2  # the worker re-registered with the new queue
     finally:
+        killed.set()
         _kill(p)
         if w is not None:
             w.stop()
@@ -139,11 +152,15 @@ def _raw_dealer(ctx, endpoint):
     return s
 
 
-def _recv_until(sock, cmd):
+def _recv_until(sock, cmd, timeout=WAIT):
+    """The next frame of command ``cmd`` (others, heartbeats say, are skipped); each receive
+    has the socket's RCVTIMEO, and the whole wait is bounded too."""
+    deadline = time.monotonic() + timeout
     while True:
         f = sock.recv()
         if H.command(f) == cmd:
             return f
+        assert time.monotonic() < deadline, f"no {cmd!r} frame within {timeout}s"
 
 
 def test_silent_worker_is_presumed_dead_and_its_messages_redelivered():
@@ -152,6 +169,9 @@ def test_silent_worker_is_presumed_dead_and_its_messages_redelivered():
     fake = _raw_dealer(ctx, q.endpoint)
     real = None
     try:
+        # the last frame the fake ever sends: the queue hears it after this instant, so its
+        # silence is measured from a later one
+        t_last = time.monotonic()
         fake.send(H.hello(1000))
         hb_ms, liveness, credit = H.decode_welcome(_recv_until(fake, "W"))
         assert (hb_ms, liveness, credit) == (50, 3, 1000)
@@ -160,11 +180,69 @@ def test_silent_worker_is_presumed_dead_and_its_messages_redelivered():
         while len(taken) < 100:  # the fake takes everything, then falls silent
             taken += [e[0] for e in H.decode_dispatch(_recv_until(fake, "M"))]
         assert sorted(taken) == sorted(ids)
+        assert until(lambda: q.stats()["workers_lost"] >= 1, WAIT)
+        # not before 3 missed heartbeats (a lower bound only: a slow machine notices later)
+        assert time.monotonic() - t_last >= 0.05 * 3
+        assert q.stats()["in_flight"] == 0  # all 100 are back in the queue
         seen = []
         real = Worker(q.endpoint, lambda m: seen.append(m.seq)).start()
-        t0 = time.monotonic()
-        assert q.join(5)
-        assert time.monotonic() - t0 >= 0.1  # not before 3 missed heartbeats
+        assert q.join(WAIT)
+        # exact counts are in the fake-clock test below; here the real worker, once
+        # registered, might itself miss a (short) heartbeat window on a loaded machine
+        assert set(seen) == set(ids)
+        s = q.stats()
+        assert s["workers_lost"] >= 1 and s["redelivered"] >= 100 and s["ack_timeouts"] == 0
+    finally:
+        if real is not None:
+            real.stop()
+        fake.close()
+        q.close()
+        ctx.term()
+
+
+def _freeze_queue_clock(monkeypatch, clock):
+    """The WorkQueue's dispatcher reads time.monotonic() of pybus.workqueue: make that the
+    fake clock, which moves only when the test advances it. Set before the queue starts."""
+    # were the clock read another way, the patch would do nothing and these tests would
+    # silently run on real time again: say so instead
+    src = inspect.getsource(pybus.workqueue)
+    assert "time.monotonic()" in src and "from time import" not in src, \
+        "pybus.workqueue no longer reads time.monotonic(): update _freeze_queue_clock"
+    monkeypatch.setattr(pybus.workqueue, "time", TimeStub(monotonic=clock))
+
+
+def test_dead_worker_decision_on_a_fake_clock(monkeypatch, clock):
+    """Presumed dead exactly when silent for more than heartbeat_interval * heartbeat_liveness
+    of the queue's clock: not a moment before, however slow the machine."""
+    _freeze_queue_clock(monkeypatch, clock)
+    ctx = zmq.Context()
+    q = WorkQueue("tcp://127.0.0.1:*", heartbeat_interval=0.05, heartbeat_liveness=3)
+    fake = _raw_dealer(ctx, q.endpoint)
+    real = None
+    try:
+        fake.send(H.hello(1000))  # heard at the fake clock's t0; the fake is silent after it
+        _recv_until(fake, "W")
+        ids = q.put_many([("hb.t", b"%d" % i) for i in range(100)])
+        taken = []
+        while len(taken) < 100:
+            taken += [e[0] for e in H.decode_dispatch(_recv_until(fake, "M"))]
+        assert sorted(taken) == sorted(ids)
+        clock.advance(0.14)  # t0 + 0.14: heartbeats are due, and 0.14 < 3 x 0.05
+        # the queue's heartbeat proves its housekeeping ran at t0 + 0.14 (none is due before),
+        # and that the liveness check of that pass kept the fake
+        _recv_until(fake, "B")
+        s = q.stats()
+        assert s["workers_lost"] == 0 and s["workers"] == 1 and s["in_flight"] == 100
+        # t0 + 0.19: past 0.15 (but short of 4 intervals), and not before the next
+        # housekeeping pass, which comes at most one heartbeat interval after the last one
+        clock.advance(0.05)
+        assert until(lambda: q.stats()["workers_lost"] == 1, WAIT)
+        s = q.stats()
+        assert s["workers"] == 0 and s["in_flight"] == 0 and s["queue_depth"] == 100
+        # the queue's clock stays frozen now: the real worker cannot miss a heartbeat window
+        seen = []
+        real = Worker(q.endpoint, lambda m: seen.append(m.seq)).start()
+        assert until(lambda: q.join(0), WAIT)  # join(0): q.join(t) reads the frozen clock
         assert sorted(seen) == sorted(ids)
         s = q.stats()
         assert s["workers_lost"] == 1 and s["redelivered"] == 100 and s["ack_timeouts"] == 0
@@ -176,10 +254,14 @@ def test_silent_worker_is_presumed_dead_and_its_messages_redelivered():
         ctx.term()
 
 
-def test_ack_deadline_redelivers_from_a_live_but_stuck_worker():
+def test_ack_deadline_redelivers_from_a_live_but_stuck_worker(monkeypatch, clock):
+    # On the queue's fake clock the real worker is registered before the ack deadline
+    # passes, however slow the machine. Both workers stay alive: a silence of 100 heartbeat
+    # intervals (5 s of the fake clock) is never reached.
+    _freeze_queue_clock(monkeypatch, clock)
     ctx = zmq.Context()
-    q = WorkQueue("tcp://127.0.0.1:*", heartbeat_interval=0.05, ack_timeout=0.3,
-                  retry=RetryPolicy.fixed(0.001, max_attempts=3))
+    q = WorkQueue("tcp://127.0.0.1:*", heartbeat_interval=0.05, heartbeat_liveness=100,
+                  ack_timeout=0.3, retry=RetryPolicy.fixed(0.001, max_attempts=3))
     fake = _raw_dealer(ctx, q.endpoint)
     real = None
     try:
@@ -191,10 +273,20 @@ def test_ack_deadline_redelivers_from_a_live_but_stuck_worker():
             taken += len(H.decode_dispatch(_recv_until(fake, "M")))
         seen = []
         real = Worker(q.endpoint, lambda m: seen.append((m.seq, m.publisher_id))).start()
-        deadline = time.monotonic() + 10
-        while not q.join(0.02):  # the fake stays alive: it heartbeats, never acks
-            fake.send(H.heartbeat())
-            assert time.monotonic() < deadline
+        assert real.wait_ready(WAIT)
+        assert until(lambda: q.stats()["workers"] == 2, WAIT)
+        # the fake stays alive (it heartbeats) and never acks
+        clock.advance(0.29)  # t0 + 0.29: short of the ack deadline
+        fake.send(H.heartbeat())
+        _recv_until(fake, "B")  # the queue's heartbeat: a housekeeping pass at t0 + 0.29 ...
+        assert q.stats()["ack_timeouts"] == 0  # ... expired nothing (read after it began)
+        # t0 + 0.34: past the deadline, and not before the next housekeeping pass, which
+        # comes at most one heartbeat interval after the last one
+        clock.advance(0.05)
+        fake.send(H.heartbeat())
+        assert until(lambda: q.stats()["ack_timeouts"] == 20, WAIT)
+        clock.advance(0.01)  # past the retry delay (0.001 s)
+        assert until(lambda: q.join(0), WAIT)  # join(0): q.join(t) reads the frozen clock
         s = q.stats()
         assert sorted(m for m, _ in seen) == sorted(ids)
         assert all(d == 2 for _, d in seen)  # second delivery
@@ -230,7 +322,7 @@ def test_garbage_frames_are_counted_and_real_workers_keep_being_served():
     seen = []
     w = Worker(q.endpoint, lambda m: seen.append(m.seq), prefetch=16).start()
     try:
-        assert w.wait_ready(5)
+        assert w.wait_ready(WAIT)
         ids = q.put_many([("g.t", b"%d" % i) for i in range(200)])
         for frames in GARBAGE:
             raw.send_multipart(frames)
@@ -239,7 +331,7 @@ def test_garbage_frames_are_counted_and_real_workers_keep_being_served():
         # per peer, the answer proves every garbage frame before it was processed
         raw.send(H.heartbeat())
         assert _recv_until(raw, "X") == bytes([1, ord("X")])
-        assert q.join(10)
+        assert q.join(WAIT)
         s = q.stats()
         assert s["decode_errors"] == len(GARBAGE)
         assert s["unknown_peers"] == 1
@@ -249,14 +341,14 @@ def test_garbage_frames_are_counted_and_real_workers_keep_being_served():
         _recv_until(raw, "W")
         raw.send(b"\x01Q")
         raw.send(H.ack([123456789]))  # an ack for an id the queue never had
-        H.wait_until(lambda: q.stats()["late_acks"] == 1, 5, "late ack count")
+        H.wait_until(lambda: q.stats()["late_acks"] == 1, WAIT, "late ack count")
         assert q.stats()["decode_errors"] == len(GARBAGE) + 1
         assert q.stats()["workers"] == 2
         more = q.put_many([("g.t", b"y")] * 50)
         got = H.decode_dispatch(_recv_until(raw, "M"))  # raw holds some, then leaves
         assert 1 <= len(got) <= 4
         raw.send(H.bye())
-        assert q.join(10)
+        assert q.join(WAIT)
         assert set(more) <= set(seen)
         assert q.stats()["workers"] == 1
     finally:
