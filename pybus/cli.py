@@ -226,6 +226,12 @@ def _check_endpoint(ep: str) -> str:
     return ep
 
 
+def _report_bound(command: str, requested: str, bound: Sequence[str]) -> None:
+    """``tcp://HOST:*`` binds a free port: say which one on stderr, or nobody can connect."""
+    if requested.startswith("tcp://") and requested.endswith(":*") and bound:
+        print(f"pybus {command}: bound {bound[0]}", file=sys.stderr, flush=True)
+
+
 def _payloads(args: argparse.Namespace) -> list[Any]:
     if args.message is None or args.message == "-":
         raw = [line.rstrip("\n") for line in sys.stdin]
@@ -256,6 +262,8 @@ def cmd_pub(args: argparse.Namespace) -> int:
     payloads = _payloads(args)
     pub = Publisher(ep, connect=not args.bind, registry=False, delivery=args.delivery)
     try:
+        if args.bind:
+            _report_bound("pub", ep, pub.endpoints)
         if args.wait_subscribers:
             try:
                 pub.wait_for_subscribers(args.wait_subscribers, timeout=args.timeout)
@@ -317,6 +325,8 @@ def cmd_sub(args: argparse.Namespace) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     out = sys.stdout
     try:
+        if args.bind:
+            _report_bound("sub", ep, sub.endpoints)
         while args.count is None or got < args.count:
             wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             if wait <= 0:
@@ -439,6 +449,11 @@ def _dlq_ls(dlq: Any, args: argparse.Namespace) -> int:
     if not entries:
         print(f"{args.path}: empty" if total == 0 else f"{args.path}: no entries match")
         return 0
+    if args.topic is not None:  # "... N more" counts the entries of that topic only
+        total = len(entries)
+        if total == args.limit:
+            while page := dlq.list(topic=args.topic, limit=10_000, offset=total):
+                total += len(page)
     print(f"{'ID':<34} {'LAST FAILURE':<19} {'ATTEMPTS':>8}  {'TOPIC':<24} ERROR")
     for e in entries:
         err = f"{e.error_type}: {e.error_message}" if e.error_type else e.error_message
@@ -478,7 +493,10 @@ def _dlq_replay(dlq: Any, args: argparse.Namespace) -> int:
             raise _usage(f"no entry with id {', '.join(map(repr, missing))} in {args.path}")
         ids = [e.id for e in found]
     pub = Publisher(ep, connect=not args.bind, registry=False)
+    sent = 0
     try:
+        if args.bind:
+            _report_bound("dlq replay", ep, pub.endpoints)
         if args.wait_subscribers:
             try:
                 pub.wait_for_subscribers(args.wait_subscribers, timeout=args.timeout)
@@ -487,10 +505,23 @@ def _dlq_replay(dlq: Any, args: argparse.Namespace) -> int:
                                f"after {args.timeout:g} s; nothing was replayed") from None
 
         def send(entry: Any) -> None:
-            pub.publish(entry.topic, entry.value, entry.headers or None)
+            nonlocal sent
+            try:
+                value = entry.value
+            except Exception as exc:  # a corrupt msgpack payload: stop, keep it in the file
+                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                raise CliError(f"entry {_jsonable(entry.id)!r} has an undecodable msgpack "
+                               f"payload ({why})") from None
+            pub.publish(entry.topic, value, entry.headers or None)
             pub.flush(timeout=args.timeout)  # handed to ZeroMQ before the entry is removed
+            sent += 1
 
-        n = dlq.replay(ids, args.topic, to=send)
+        try:
+            n = dlq.replay(ids, args.topic, to=send)
+        except (CliError, BusError) as exc:
+            raise CliError(f"{exc}; replayed {sent} entr{'y' if sent == 1 else 'ies'}, the "
+                           f"failed one and the rest stay in {args.path} ({len(dlq)} left)"
+                           ) from None
     finally:
         pub.close(linger=args.timeout)
     print(f"replayed {n} entr{'y' if n == 1 else 'ies'} to {ep}; {len(dlq)} left",
@@ -680,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = pb.add_mutually_exclusive_group()
     g.add_argument("--connect", dest="bind", action="store_false", default=False,
                    help="connect to ENDPOINT (default)")
-    g.add_argument("--bind", dest="bind", action="store_true", help="bind ENDPOINT")
+    g.add_argument("--bind", dest="bind", action="store_true",
+                   help="bind ENDPOINT (tcp://HOST:* binds a free port and prints it on stderr)")
     pb.add_argument("--json", action="store_true",
                     help="parse each message as JSON and send it as a msgpack object")
     pb.add_argument("--count", type=int, default=1, help="send each message N times (1)")
@@ -702,7 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sb.add_mutually_exclusive_group()
     g.add_argument("--connect", dest="bind", action="store_false", default=False,
                    help="connect to ENDPOINT, a publisher (default)")
-    g.add_argument("--bind", dest="bind", action="store_true", help="bind ENDPOINT")
+    g.add_argument("--bind", dest="bind", action="store_true",
+                   help="bind ENDPOINT (tcp://HOST:* binds a free port and prints it on stderr)")
     sb.add_argument("--json", action="store_true", help="print JSON lines")
     sb.add_argument("--count", type=int, default=None, help="exit after N messages")
     sb.add_argument("--timeout", type=float, default=None,
@@ -729,7 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("path", metavar="PATH")
     rp.add_argument("--to", required=True, metavar="ENDPOINT",
                     help="publish here (connects; --bind to bind)")
-    rp.add_argument("--bind", action="store_true", help="bind --to instead of connecting")
+    rp.add_argument("--bind", action="store_true",
+                    help="bind --to instead of connecting (tcp://HOST:* prints the port on stderr)")
     rp.add_argument("--topic", help="only entries of this topic")
     rp.add_argument("--id", action="append", help="only this id (repeatable)")
     rp.add_argument("--wait-subscribers", type=int, default=1, metavar="N",

@@ -27,6 +27,9 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def free_port() -> int:
+    """A port nobody listens on, for the tests that need one to fail against. Never bind it
+    later (another process may take it meanwhile): a test that binds binds tcp://127.0.0.1:*
+    and reads the endpoint back (``.endpoints``, or the CLI's ``bound ...`` line)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -61,13 +64,13 @@ def test_version(capsys):
 
 
 def test_pub_reaches_a_bound_subscriber(capsys):
-    port = free_port()
-    sub = pybus.Subscriber(f"tcp://127.0.0.1:{port}", ["cli.*"], bind=True, registry=False)
+    sub = pybus.Subscriber("tcp://127.0.0.1:*", ["cli.*"], bind=True, registry=False)
+    ep = sub.endpoints[0]
     try:
-        code, _, err = run(capsys, "pub", f"tcp://127.0.0.1:{port}", "cli.text", "hello",
+        code, _, err = run(capsys, "pub", ep, "cli.text", "hello",
                            "--count", "2", "--timeout", "10")
         assert code == 0 and "published 2 message(s)" in err
-        code, _, _ = run(capsys, "pub", f"tcp://127.0.0.1:{port}", "cli.obj", '{"a": [1, 2]}',
+        code, _, _ = run(capsys, "pub", ep, "cli.obj", '{"a": [1, 2]}',
                          "--json", "--timeout", "10")
         assert code == 0
         got = []
@@ -86,11 +89,10 @@ def test_pub_reaches_a_bound_subscriber(capsys):
 def test_pub_reads_stdin_lines(capsys, monkeypatch):
     import io
 
-    port = free_port()
-    sub = pybus.Subscriber(f"tcp://127.0.0.1:{port}", ["#"], bind=True, registry=False)
+    sub = pybus.Subscriber("tcp://127.0.0.1:*", ["#"], bind=True, registry=False)
     monkeypatch.setattr(sys, "stdin", io.StringIO("one\ntwo\n"))
     try:
-        code, _, _ = run(capsys, "pub", f"tcp://127.0.0.1:{port}", "lines", "-", "--timeout", "10")
+        code, _, _ = run(capsys, "pub", sub.endpoints[0], "lines", "-", "--timeout", "10")
         assert code == 0
         got = []
         while len(got) < 2:
@@ -124,7 +126,7 @@ def test_pub_sub_input_errors_exit_2(capsys, argv, message):
 
 
 def test_pub_without_subscribers_is_a_runtime_failure(capsys):
-    code, _, err = run(capsys, "pub", f"tcp://127.0.0.1:{free_port()}", "a.b", "x",
+    code, _, err = run(capsys, "pub", f"tcp://127.0.0.1:{free_port()}", "a.b", "x",  # nobody
                        "--timeout", "0.3")
     assert code == 1 and "fewer than 1 subscriber" in err
 
@@ -233,11 +235,10 @@ def test_dlq_purge(capsys, dlq_file):
 
 
 def test_dlq_replay_publishes_then_removes(capsys, dlq_file):
-    port = free_port()
-    sub = pybus.Subscriber(f"tcp://127.0.0.1:{port}", ["orders.#"], bind=True, registry=False)
+    sub = pybus.Subscriber("tcp://127.0.0.1:*", ["orders.#"], bind=True, registry=False)
     try:
         code, _, err = run(capsys, "dlq", "replay", str(dlq_file), "--to",
-                           f"tcp://127.0.0.1:{port}", "--topic", "orders.a", "--timeout", "10")
+                           sub.endpoints[0], "--topic", "orders.a", "--timeout", "10")
         assert code == 0 and "replayed 2 entries" in err and "1 left" in err
         got = []
         while len(got) < 2:
@@ -248,9 +249,13 @@ def test_dlq_replay_publishes_then_removes(capsys, dlq_file):
                                                        ("orders.a", b"\x00\x01")]
     finally:
         sub.close()
-    code, _, err = run(capsys, "dlq", "replay", str(dlq_file), "--to",
+    with pybus.DeadLetterQueue(dlq_file, registry=False) as q:
+        assert [e.id for e in q] == ["id-2"]
+    code, _, err = run(capsys, "dlq", "replay", str(dlq_file), "--to",  # nobody listens
                        f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.3")
     assert code == 1 and "nothing was replayed" in err
+    with pybus.DeadLetterQueue(dlq_file, registry=False) as q:
+        assert [e.id for e in q] == ["id-2"]
 
 
 # ------------------------------------------------------------------------------ stat
@@ -292,7 +297,8 @@ def test_stat_live_view_refreshes_then_exits(capsys):
 def test_stat_errors(capsys):
     code, _, err = run(capsys, "stat", "ftp://example/metrics", "--once")
     assert code == 2 and "bad URL" in err
-    code, _, err = run(capsys, "stat", f"http://127.0.0.1:{free_port()}/metrics", "--once")
+    code, _, err = run(capsys, "stat", f"http://127.0.0.1:{free_port()}/metrics",  # nobody
+                       "--once")
     assert code == 1 and "cannot scrape" in err
     code, _, err = run(capsys, "stat", "http://127.0.0.1:1/metrics", "--interval", "0")
     assert code == 2 and "--interval" in err
