@@ -1,8 +1,47 @@
-"""Shared test helpers: a fake monotonic clock whose sleep advances time."""
+"""Shared test helpers: a fake monotonic clock whose sleep advances time; the leak guard."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import leakcheck  # noqa: E402
+
+leakcheck.install()
+
+
+# --- no test leaves a socket, context, thread or child process open ---------------------
+
+@pytest.fixture(autouse=True)
+def _leak_guard(request: pytest.FixtureRequest):
+    """Fail (error at teardown) a test that leaves open a ZeroMQ socket or context, a pybus or
+    non-daemon thread, or a child process it created (see tests/leakcheck.py).
+
+    Autouse and defined in the root conftest, it is set up before every other function-scoped
+    fixture of the test, so its teardown runs after theirs: what they close is not a leak.
+    Opt out with ``@pytest.mark.leaks_ok("reason")``.
+    """
+    marker = request.node.get_closest_marker("leaks_ok")
+    if marker is not None:
+        reason = marker.args[0] if marker.args else marker.kwargs.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            pytest.fail("@pytest.mark.leaks_ok needs a reason: leaks_ok(\"why\")",
+                        pytrace=False)
+        yield
+        return
+    before = leakcheck.snapshot()
+    yield
+    leaks = leakcheck.find_leaks(before)
+    leakcheck.forget_collected()
+    if leaks:
+        pytest.fail(
+            f"test left {len(leaks)} resource(s) open (close them in try/finally or a fixture;"
+            f" see tests/leakcheck.py):\n  " + "\n  ".join(leaks),
+            pytrace=False,
+        )
 
 
 class FakeClock:
@@ -45,6 +84,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # lost in the summary. Added here rather than in pyproject's filterwarnings.
     config.addinivalue_line(
         "filterwarnings", "error::pytest.PytestUnhandledThreadExceptionWarning"
+    )
+    config.addinivalue_line(
+        "markers",
+        "leaks_ok(reason): this test deliberately leaves a socket, context, thread or child "
+        "process open (reason required); the leak guard does not check it",
     )
 
 

@@ -24,6 +24,11 @@ def _endpoint(kind: str, tmp_path: Path) -> str:
     return "tcp://127.0.0.1:*"
 
 
+def _inproc(name: str) -> str:
+    """A fresh inproc endpoint: names are global to the shared ``Context.instance()``."""
+    return f"inproc://{name}-{uuid.uuid4().hex}"
+
+
 def _collect(sub: pybus.Subscriber, n: int, timeout: float = 10.0) -> list[pybus.Message]:
     out: list[pybus.Message] = []
     deadline = time.monotonic() + timeout
@@ -252,6 +257,7 @@ def test_flusher_sends_a_tail_once_publishing_paused_even_after_more_appends() -
         assert b.pending_records == 0
         assert pub.stats()["batches"] == 2
     finally:
+        del pub._wake.set  # close() wakes the flusher to stop it: let it
         pub.close(linger=0)
 
 
@@ -283,6 +289,7 @@ def test_flusher_stays_armed_while_the_publisher_drains_by_itself() -> None:
             time.sleep(0.0002)
         assert pub._tick(backed_off) is None and not pub._armed  # paused: disarm
     finally:
+        del pub._wake.set  # close() wakes the flusher to stop it: let it
         pub.close(linger=0)
 
 
@@ -311,8 +318,13 @@ def test_idle_publisher_sends_each_message_at_once(
 
 def test_linger_us_holds_batches_open() -> None:
     # a 0.5 s linger: the 50 publishes below fit in it on any machine
-    pub = pybus.Publisher("inproc://linger-test", linger_us=500_000)
-    sub = pybus.Subscriber("inproc://linger-test", topics=["t"])
+    ep = _inproc("linger-test")
+    pub = pybus.Publisher(ep, linger_us=500_000)
+    try:
+        sub = pybus.Subscriber(ep, topics=["t"])
+    except BaseException:
+        pub.close(linger=0)
+        raise
     try:
         pub.wait_for_subscribers(1, timeout=5)
         pub.publish("t", b"first")  # a publisher that never sent anything sends at once
@@ -370,7 +382,7 @@ def test_iteration_recv_timeouts_and_batches(
 
 
 def test_max_message_bytes_refused_at_publish() -> None:
-    with pybus.Publisher("inproc://mmb", max_message_bytes=1000) as pub:
+    with pybus.Publisher(_inproc("mmb"), max_message_bytes=1000) as pub:
         pub.publish("t", b"x" * 1000)
         with pytest.raises(pybus.ValidationError, match="max_message_bytes=1000"):
             pub.publish("t", b"x" * 1001)
@@ -385,7 +397,7 @@ def test_max_message_bytes_refused_at_publish() -> None:
 
 def test_backpressure_raise_and_drop() -> None:
     kw = dict(capacity_bytes=4096, max_message_bytes=512, linger_us=1_000_000)
-    with pybus.Publisher("inproc://bp-raise", on_full="raise", **kw) as pub:
+    with pybus.Publisher(_inproc("bp-raise"), on_full="raise", **kw) as pub:
         accepted = 0
         with pytest.raises(pybus.BackpressureError, match="ring is full"):
             for _ in range(1000):
@@ -394,7 +406,7 @@ def test_backpressure_raise_and_drop() -> None:
         assert 0 < accepted < 1000
         st = pub.stats()
         assert st["pending"] + st["published"] == accepted
-    with pybus.Publisher("inproc://bp-drop", on_full="drop", **kw) as pub:
+    with pybus.Publisher(_inproc("bp-drop"), on_full="drop", **kw) as pub:
         for _ in range(1000):
             assert pub.publish("t", b"x" * 100) is None
         st = pub.stats()
@@ -490,8 +502,9 @@ def test_close_is_bounded_and_idempotent(tmp_path: Path) -> None:
 
 
 def test_close_sends_pending_and_context_managers() -> None:
-    with pybus.Subscriber("inproc://cm", topics=["t"], bind=True) as sub:
-        with pybus.Publisher("inproc://cm", connect=True, linger_us=1_000_000) as pub:
+    ep = _inproc("cm")
+    with pybus.Subscriber(ep, topics=["t"], bind=True) as sub:
+        with pybus.Publisher(ep, connect=True, linger_us=1_000_000) as pub:
             pub.wait_for_subscribers(1, timeout=5)
             pub.publish("t", b"first")  # sent at once: the publisher never sent before
             assert sub.recv(timeout=5).payload == b"first"
@@ -505,68 +518,70 @@ def test_close_sends_pending_and_context_managers() -> None:
 
 def test_bad_arguments_raise_clear_errors() -> None:
     with pytest.raises(pybus.ValidationError, match="on_full"):
-        pybus.Publisher("inproc://x1", on_full="wait")  # type: ignore[arg-type]
+        pybus.Publisher(_inproc("x1"), on_full="wait")  # type: ignore[arg-type]
     with pytest.raises(pybus.ValidationError, match="endpoint"):
         pybus.Publisher("")
     with pytest.raises(pybus.ValidationError, match="tcp://HOST:PORT"):
         pybus.Publisher("nonsense://x")
     with pytest.raises(pybus.TopicError):
-        pybus.Subscriber("inproc://x2", topics=["a.#.b"])
+        pybus.Subscriber(_inproc("x2"), topics=["a.#.b"])
     with pytest.raises(pybus.ValidationError):
         pybus.Subscriber([], topics=["a"])
-    p = pybus.Publisher("tcp://127.0.0.1:*")
-    with pytest.raises(pybus.TransportError):
-        pybus.Publisher(p.endpoints[0])  # address in use
-    p.close(linger=0)
+    with pybus.Publisher("tcp://127.0.0.1:*") as p:
+        with pytest.raises(pybus.TransportError):
+            pybus.Publisher(p.endpoints[0])  # address in use
 
 
 def test_closing_subscriber_from_another_thread_ends_iteration() -> None:
-    pub = pybus.Publisher("inproc://iter-close")
-    sub = pybus.Subscriber("inproc://iter-close", topics=["t"])
-    pub.wait_for_subscribers(1, timeout=5)
-    got: list[bytes] = []
-    started = threading.Event()
+    ep = _inproc("iter-close")
+    with pybus.Publisher(ep) as pub:
+        sub = pybus.Subscriber(ep, topics=["t"])
+        got: list[bytes] = []
+        started = threading.Event()
 
-    def consume() -> None:
-        started.set()
-        for m in sub:
-            got.append(m.payload)
+        def consume() -> None:
+            started.set()
+            for m in sub:
+                got.append(m.payload)
 
-    th = threading.Thread(target=consume)
-    th.start()
-    started.wait(5)
-    pub.publish("t", b"one")
-    deadline = time.monotonic() + 5
-    while not got:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
-    sub.close()
-    th.join(5)
-    assert not th.is_alive() and got == [b"one"]
-    pub.close(linger=0)
+        th = threading.Thread(target=consume)
+        try:
+            pub.wait_for_subscribers(1, timeout=5)
+            th.start()
+            started.wait(5)
+            pub.publish("t", b"one")
+            deadline = time.monotonic() + 5
+            while not got:
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+        finally:
+            sub.close()
+            if th.ident is not None:
+                th.join(5)
+        assert not th.is_alive() and got == [b"one"]
 
 
 def test_publisher_from_several_threads() -> None:
     # the subscriber reads only afterwards: queues big enough to hold everything
-    pub = pybus.Publisher("inproc://mt", sndhwm=BIG_HWM)
-    sub = pybus.Subscriber("inproc://mt", topics=["#"], rcvhwm=BIG_HWM)
-    pub.wait_for_subscribers(1, timeout=5)
-    n = 20_000
+    ep = _inproc("mt")
+    with pybus.Publisher(ep, sndhwm=BIG_HWM) as pub, \
+            pybus.Subscriber(ep, topics=["#"], rcvhwm=BIG_HWM) as sub:
+        pub.wait_for_subscribers(1, timeout=5)
+        n = 20_000
 
-    def work(k: int) -> None:
-        for i in range(n):
-            pub.publish(f"t{k}", i.to_bytes(4, "little"))
+        def work(k: int) -> None:
+            for i in range(n):
+                pub.publish(f"t{k}", i.to_bytes(4, "little"))
 
-    ths = [threading.Thread(target=work, args=(k,)) for k in range(3)]
-    for t in ths:
-        t.start()
-    for t in ths:
-        t.join()
-    pub.flush()
-    msgs = _collect(sub, 3 * n)
-    for k in range(3):
-        mine = [m for m in msgs if m.topic == f"t{k}"]
-        assert [int.from_bytes(m.payload, "little") for m in mine] == list(range(n))
-        assert [m.seq for m in mine] == list(range(1, n + 1))
-    sub.close()
-    pub.close(linger=0)
+        ths = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(50)
+        assert not any(t.is_alive() for t in ths)
+        pub.flush()
+        msgs = _collect(sub, 3 * n)
+        for k in range(3):
+            mine = [m for m in msgs if m.topic == f"t{k}"]
+            assert [int.from_bytes(m.payload, "little") for m in mine] == list(range(n))
+            assert [m.seq for m in mine] == list(range(1, n + 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def _burst(pub: pybus.Publisher, sub: pybus.Subscriber, n: int = N) -> None:
 
 
 def _endpoint(transport: str, tmp_path: Path) -> str:
-    return {"inproc": f"inproc://rel-{id(tmp_path):x}", "ipc": f"ipc://{tmp_path}/r.ipc",
+    return {"inproc": f"inproc://rel-{uuid.uuid4().hex}", "ipc": f"ipc://{tmp_path}/r.ipc",
             "tcp": "tcp://127.0.0.1:*"}[transport]
 
 

@@ -175,6 +175,7 @@ def test_client_frames_match_the_doc(endpoint):
         assert st["late_replies"] == 1 and st["decode_errors"] == 1
     finally:
         c.close()
+        t.join(5)
         router.close(0)
 
 
@@ -310,8 +311,19 @@ def spawn_server(endpoint):
     p = subprocess.Popen(
         [sys.executable, "-c", SERVER_SCRIPT, endpoint], stdout=subprocess.PIPE, text=True, cwd=cwd
     )
-    assert p.stdout.readline().strip() == "ready"  # handshake, not a sleep
+    try:
+        assert p.stdout.readline().strip() == "ready"  # handshake, not a sleep
+    except BaseException:
+        _reap(p)
+        raise
     return p
+
+
+def _reap(p):
+    """Kill a spawned server and wait for it; close its stdout pipe."""
+    p.kill()
+    p.wait(10)
+    p.stdout.close()
 
 
 def test_server_killed_then_restarted(endpoint):
@@ -322,15 +334,14 @@ def test_server_killed_then_restarted(endpoint):
             first_pid = c.request("pid", None, timeout=5.0)
             assert first_pid == p.pid
             os.kill(p.pid, signal.SIGKILL)
-            p.wait(10)
+            _reap(p)
             with pytest.raises(pybus.TimeoutError):
                 c.request("echo", b"x")
             p = spawn_server(endpoint)
             # Same client object recovers once the server is back.
             assert c.request("pid", None, timeout=5.0) == p.pid
     finally:
-        p.kill()
-        p.wait(10)
+        _reap(p)
 
 
 def test_retryable_remote_error_retried(endpoint):
@@ -403,6 +414,12 @@ def test_server_rate_limit_per_client(endpoint, clock):
         Server(endpoint, rate_limit=5)
 
 
+def _request_once(endpoint, method, payload, timeout=5.0):
+    """One request on a Client that is closed afterwards (for a thread's target)."""
+    with Client(endpoint, timeout=timeout) as c:
+        return c.request(method, payload)
+
+
 def test_many_clients_concurrently_and_workers(endpoint):
     gate = threading.Event()
     srv = Server(endpoint, workers=4)
@@ -421,18 +438,22 @@ def test_many_clients_concurrently_and_workers(endpoint):
     with srv:
         waiter_result = []
         waiter = threading.Thread(
-            target=lambda: waiter_result.append(Client(endpoint, timeout=5).request("wait", None))
+            target=lambda: waiter_result.append(_request_once(endpoint, "wait", None))
         )
-        waiter.start()
         ts = [threading.Thread(target=run, args=(k,)) for k in range(6)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(30)
-        # Every other client finished while "wait" still blocks a worker.
-        assert not errors and waiter.is_alive()
-        gate.set()
-        waiter.join(10)
+        try:
+            waiter.start()
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            # Every other client finished while "wait" still blocks a worker.
+            assert not errors and waiter.is_alive()
+        finally:
+            gate.set()  # on failure too: no thread is left blocked behind the gate
+            for t in (waiter, *ts):
+                if t.ident is not None:
+                    t.join(10)
     assert waiter_result == ["released"]
     for k in range(6):
         assert results[k] == [(k * 100 + i) ** 2 for i in range(50)]
@@ -444,19 +465,19 @@ def test_worker_pool_backpressure(endpoint):
     srv.add_handler("wait", lambda p: gate.wait(10) and "done")
     with srv:
         first = []
-        t = threading.Thread(
-            target=lambda: first.append(Client(endpoint, timeout=5).request("wait", 0))
-        )
+        t = threading.Thread(target=lambda: first.append(_request_once(endpoint, "wait", 0)))
         t.start()
-        deadline = time.monotonic() + 5
-        while srv.stats()["inflight"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        with Client(endpoint, timeout=5) as c:
-            with pytest.raises(RemoteError, match="max_inflight=1") as ei:
-                c.request("wait", 1)
-        assert ei.value.retryable
-        gate.set()
-        t.join(10)
+        try:
+            deadline = time.monotonic() + 5
+            while srv.stats()["inflight"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            with Client(endpoint, timeout=5) as c:
+                with pytest.raises(RemoteError, match="max_inflight=1") as ei:
+                    c.request("wait", 1)
+            assert ei.value.retryable
+        finally:
+            gate.set()
+            t.join(10)
     assert first == ["done"] and srv.stats()["busy_rejected"] == 1
 
 
@@ -465,10 +486,12 @@ def test_serve_forever_and_stop_from_other_thread(endpoint):
     srv.add_handler("echo", lambda p: p)
     th = threading.Thread(target=srv.serve_forever)
     th.start()
-    with Client(endpoint, timeout=3) as c:
-        assert c.request("echo", 5) == 5
-    srv.stop()
-    th.join(5)
+    try:
+        with Client(endpoint, timeout=3) as c:
+            assert c.request("echo", 5) == 5
+    finally:
+        srv.stop()
+        th.join(5)
     assert not th.is_alive()
     with pytest.raises(pybus.ClosedError):
         srv.start()
@@ -609,10 +632,12 @@ def test_security_hook_applied_to_both_sockets(endpoint):
 
 def test_async_client_survives_a_new_event_loop(server, endpoint):
     c = AsyncClient(endpoint, timeout=3.0)
-    assert asyncio.run(c.request("echo", b"one")) == b"one"
-    # A second asyncio.run() is a new loop: the old reader task is gone with the old loop.
-    assert asyncio.run(c.request("echo", b"two")) == b"two"
-    asyncio.run(c.aclose())
+    try:
+        assert asyncio.run(c.request("echo", b"one")) == b"one"
+        # A second asyncio.run() is a new loop: the old reader task is gone with the old loop.
+        assert asyncio.run(c.request("echo", b"two")) == b"two"
+    finally:
+        asyncio.run(c.aclose())
     with pytest.raises(pybus.ClosedError):
         asyncio.run(c.request("echo", b"x"))
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import msgpack
 import pytest
@@ -41,25 +42,28 @@ needs_fast = pytest.mark.skipif(
 def pair(request, tmp_path):
     """A bound ROUTER (ROUTER_MANDATORY) and a connected DEALER, handshake done."""
     ctx = zmq.Context()
-    ep = (f"inproc://zf-{id(request)}" if request.param == "inproc"
+    ep = (f"inproc://zf-{uuid.uuid4().hex}" if request.param == "inproc"
           else f"ipc://{tmp_path}/zf.ipc")
     router = ctx.socket(zmq.ROUTER)
     dealer = ctx.socket(zmq.DEALER)
-    for s in (router, dealer):
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.RCVTIMEO, 2000)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    router.bind(ep)
-    dealer.connect(ep)
-    # handshake: one message each way, so the ROUTER knows the DEALER's identity
-    dealer.send(b"hello")
-    ident, hello = router.recv_multipart()
-    assert hello == b"hello"
-    router.send_multipart([ident, b"welcome"])
-    assert dealer.recv() == b"welcome"
-    yield router, dealer, ident
-    router.close(0)
-    dealer.close(0)
+    try:
+        for s in (router, dealer):
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVTIMEO, 2000)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.bind(ep)
+        dealer.connect(ep)
+        # handshake: one message each way, so the ROUTER knows the DEALER's identity
+        dealer.send(b"hello")
+        ident, hello = router.recv_multipart()
+        assert hello == b"hello"
+        router.send_multipart([ident, b"welcome"])
+        assert dealer.recv() == b"welcome"
+        yield router, dealer, ident
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()
     ctx.term()
 
 
@@ -212,7 +216,7 @@ def test_closed_socket_and_terminated_context_raise_closed_error():
     r = ctx.socket(zmq.ROUTER)
     r.setsockopt(zmq.LINGER, 0)
     r.setsockopt(zmq.RCVTIMEO, 10_000)
-    r.bind("inproc://zf-term")
+    r.bind(f"inproc://zf-term-{uuid.uuid4().hex}")
     term = threading.Thread(target=ctx.term)
     t0 = time.monotonic()
     term.start()
