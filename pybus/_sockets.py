@@ -343,6 +343,10 @@ class _Hub:
         with self._lock:
             return self.watched + self._pending_monitors
 
+    def _ctx_gone(self) -> bool:
+        ctx = self._ctx_ref()
+        return ctx is None or ctx.closed
+
     def _run(self) -> None:
         poller = zmq.Poller()
         zap: zmq.Socket | None = None
@@ -350,9 +354,11 @@ class _Hub:
         watched = False
         try:
             while True:
-                if watched and not monitors and zap is None:
-                    # every watched socket is closed: exit (an empty poll set would never see
-                    # the context terminate), unless something was handed over meanwhile
+                if not monitors and zap is None and (watched or self._ctx_gone()):
+                    # every watched socket is closed, or nothing was ever handed over (a ZAP
+                    # endpoint another authenticator holds) and the context is gone: exit (an
+                    # empty poll set would never see the context terminate), unless something
+                    # was handed over meanwhile
                     with self._lock:
                         if self._new.empty():
                             self._closing = True
