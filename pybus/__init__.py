@@ -2,11 +2,8 @@
 
 from . import aio, metrics, wire
 from ._native import Histogram, Message
-from ._sockets import Liveness, SlowConsumerError
 from ._version import __version__
 from .allocator import tune_allocator
-from .breaker import CircuitBreaker, CircuitState
-from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
     BackpressureError,
     BusError,
@@ -24,16 +21,24 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from .proxy import Proxy
+from .policy.breaker import CircuitBreaker, CircuitState
+from .policy.ratelimit import KeyedRateLimiter, RateLimiter
+from .policy.retry import RetryPolicy
+from .policy.topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
 from .pubsub import Publisher, Subscriber
-from .ratelimit import KeyedRateLimiter, RateLimiter
-from .retry import RetryPolicy
-from .rpc import Client, Server
-from .rpc_aio import AsyncClient
-from .security import Curve, keypair, load_keypair, load_public_key, load_secret_key, save_keypair
-from .topics import TopicMatcher, TopicPattern, validate_pattern, validate_topic
-from .worker import Worker
-from .workqueue import WorkQueue
+from .pubsub.proxy import Proxy
+from .rpc import AsyncClient, Client, Server
+from .store.dlq import DeadLetter, DeadLetterQueue
+from .transport.security import (
+    Curve,
+    keypair,
+    load_keypair,
+    load_public_key,
+    load_secret_key,
+    save_keypair,
+)
+from .transport.sockets import Liveness, SlowConsumerError
+from .workqueue import Worker, WorkQueue
 
 __all__ = [
     "__version__",

@@ -40,9 +40,9 @@ EXTRA = 50
 
 
 def test_the_documented_constants() -> None:
-    import pybus._proxy_checked as pc
-    import pybus.publisher as pm
-    import pybus.security as sm
+    import pybus.pubsub._proxy_checked as pc
+    import pybus.pubsub.publisher as pm
+    import pybus.transport.security as sm
 
     assert pm._MAX_SUBSCRIPTIONS == pc._MAX_SUBSCRIPTIONS == CAP
     assert pm._MAX_SUBSCRIPTION_BYTES == pc._MAX_SUBSCRIPTION_BYTES == MAX_PREFIX

@@ -1,7 +1,7 @@
 """Reliable pub/sub flow control (docs/wire.md, "Flow control"): the window, marks, acks,
 eviction and re-admission, on_full, best effort, the proxy and the asyncio twin.
 
-The FlowWindow tests drive ``pybus._flow.FlowWindow`` with a fake ns clock. The wire tests
+The FlowWindow tests drive ``pybus.pubsub.flow.FlowWindow`` with a fake ns clock. The wire tests
 encode and decode marks and acks with struct formats written here from docs/wire.md's tables
 (nothing imported from pybus), over raw ZeroMQ sockets.
 """
@@ -23,7 +23,7 @@ import zmq
 
 import pybus
 import pybus.aio
-from pybus._flow import FlowWindow
+from pybus.pubsub.flow import FlowWindow
 
 sys.path.insert(0, os.path.dirname(__file__))
 from waiting import until as _until  # noqa: E402

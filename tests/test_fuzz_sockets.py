@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pybus
-from pybus import _wqproto as P
+from pybus.wire import workqueue as P
 
 sys.path.insert(0, os.path.dirname(__file__))
 from waiting import until  # noqa: E402
@@ -221,7 +221,7 @@ def test_fuzz_subscriber_hypothesis_frames(
 
 
 def _rpc_request(method: bytes, payload: bytes, cid: int, flags: int = 0) -> bytes:
-    from pybus import rpc
+    from pybus.rpc import endpoints as rpc
 
     return rpc.HEADER.pack(rpc.WIRE_VERSION, rpc.KIND_REQUEST, flags, len(method), cid) + \
         method + payload

@@ -338,12 +338,12 @@ def test_history_request_errors() -> None:
     pub = pybus.Publisher("tcp://127.0.0.1:*", history=5, history_endpoint="tcp://127.0.0.1:*",
                           registry=False)
     try:
-        from pybus.history import request_snapshot
+        from pybus.pubsub.history import request_snapshot
 
         with pytest.raises(pybus.TransportError, match="not subscribed"):
             # a subscriber id the publisher never saw: refused after the (shortened) wait;
             # the request's own timeout is far longer, so only the refusal can end it
-            import pybus.history as h
+            import pybus.pubsub.history as h
 
             old = h.HELLO_WAIT_S
             h.HELLO_WAIT_S = 0.2

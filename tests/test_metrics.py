@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 import pybus
 from pybus import metrics
-from pybus._promtext import parse as pybus_parse
+from pybus.metrics._promtext import parse as pybus_parse
 from pybus.metrics.families import FAMILIES, LATENCY_BUCKETS_SECONDS, QUANTILES, markdown
 
 ROOT = Path(__file__).resolve().parent.parent

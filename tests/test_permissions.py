@@ -246,7 +246,7 @@ def test_checked_proxy_with_permissions_survives_garbage_and_accounts_for_it(
 
     import zmq
 
-    from pybus.topics import is_valid_topic
+    from pybus.policy.topics import is_valid_topic
 
     rng = random.Random(6)
     alice, bob, carol = keys["alice"], keys["bob"], keys["carol"]

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 import pybus
-from pybus._pubsub_base import HELLO_PREFIX
+from pybus.pubsub._base import HELLO_PREFIX
 
 pytestmark = pytest.mark.timeout(90)
 

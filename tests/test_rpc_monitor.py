@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import pybus
 from pybus import AsyncClient, Client, Liveness, RetryPolicy, Server
-from pybus._sockets import watched_monitors
+from pybus.transport.sockets import watched_monitors
 
 sys.path.insert(0, os.path.dirname(__file__))
 from waiting import until  # noqa: E402

@@ -44,7 +44,7 @@ def test_keypair_is_z85_and_public_key_is_derived() -> None:
     assert zmq.curve_public(secret) == public
     c = Curve.client(secret.decode(), public)  # str or bytes
     assert c.public_key == public
-    assert pybus.security.public_key_of(secret) == public
+    assert pybus.transport.security.public_key_of(secret) == public
 
 
 @pytest.mark.parametrize(
@@ -339,7 +339,7 @@ def test_first_rejection_is_logged_even_soon_after_boot(
     mallory = zmq.utils.z85.decode(keys["mallory"][0])
     caplog.set_level(logging.WARNING, "pybus.security")
     with monkeypatch.context() as m:  # the clock 5 s after boot, only around the two refusals
-        m.setattr(pybus.security.time, "monotonic", lambda: 5.0)
+        m.setattr(pybus.transport.security.time, "monotonic", lambda: 5.0)
         assert srv._authorize(b"CURVE", [mallory], "tcp://192.0.2.1:1")[0] is False
         assert srv._authorize(b"CURVE", [mallory], "tcp://192.0.2.1:2")[0] is False
     logged = [r.getMessage() for r in caplog.records if r.name == "pybus.security"]

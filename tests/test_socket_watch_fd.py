@@ -15,7 +15,7 @@ import socket
 
 import pytest
 
-from pybus._sockets import SocketWatch
+from pybus.transport.sockets import SocketWatch
 
 
 def _write_end_is_the_only_one(r: int, w: int) -> bool:

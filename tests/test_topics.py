@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import pybus
-from pybus.topics import (
+from pybus.policy.topics import (
     MAX_SEGMENT_LENGTH,
     MAX_TOPIC_LENGTH,
     TopicMatcher,
@@ -233,6 +233,6 @@ def test_matcher_multiset_and_cache() -> None:
 def test_limits_documented() -> None:
     assert MAX_SEGMENT_LENGTH == 64
     assert MAX_TOPIC_LENGTH == 255
-    assert re.search("255", pybus.topics.__doc__ or "") or "MAX_TOPIC_LENGTH" in (
-        pybus.topics.__doc__ or ""
+    assert re.search("255", pybus.policy.topics.__doc__ or "") or "MAX_TOPIC_LENGTH" in (
+        pybus.policy.topics.__doc__ or ""
     )

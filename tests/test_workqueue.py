@@ -21,7 +21,7 @@ from pybus import (
     Worker,
     WorkQueue,
 )
-from pybus.journal import Journal
+from pybus.store.journal import Journal
 
 sys.path.insert(0, os.path.dirname(__file__))
 import wqhelpers as H  # noqa: E402
@@ -502,8 +502,8 @@ def test_concurrency_runs_handlers_in_parallel():
 
 
 def test_documented_dispatch_example_decodes_to_a_message():
-    from pybus import _wqproto as P
-    from pybus.worker import make_work_message
+    from pybus.wire import workqueue as P
+    from pybus.workqueue.worker import make_work_message
 
     frame = bytes.fromhex("01 4D 91 97 05 01 A3 61 2E 62 C4 02 68 69 00 C0 01")
     (entry,) = P.parse_dispatch(frame)

@@ -16,8 +16,8 @@ import pytest
 import zmq
 
 import pybus
-from pybus import _sockets
 from pybus._native import _zmqfast as fast
+from pybus.transport import sockets as _sockets
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -390,7 +390,7 @@ def test_env_var_selects_the_fallback():
     run on that path in .ci/run (a step of their own, not a pytest inside this test)."""
     probe_code = (
         "import zmq\n"
-        "from pybus._native import _zmqfast as f; from pybus import _sockets\n"
+        "from pybus._native import _zmqfast as f; from pybus.transport import sockets as _sockets\n"
         "print('probe', f.AVAILABLE, _sockets.FASTPATH, f.UNAVAILABLE_REASON or '-')\n"
         "s = zmq.Context.instance().socket(zmq.DEALER)\n"
         "print('probe fast_address', bool(_sockets.fast_address(s)))\n"
@@ -427,7 +427,7 @@ def test_publisher_drains_straight_into_zeromq_on_the_fast_path(tmp_path, path):
     sub.linger = 0
     sub.setsockopt(zmq.RCVTIMEO, 5000)
     sub.setsockopt(zmq.SUBSCRIBE, b"t.")
-    sub.setsockopt(zmq.SUBSCRIBE, pybus._pubsub_base.HELLO_PREFIX + b"0123456789abcdef")
+    sub.setsockopt(zmq.SUBSCRIBE, pybus.pubsub._base.HELLO_PREFIX + b"0123456789abcdef")
     sub.connect(ep)
     try:
         assert (pub._fast_addr != 0) == (path == "fast")
@@ -439,7 +439,7 @@ def test_publisher_drains_straight_into_zeromq_on_the_fast_path(tmp_path, path):
         got: dict[str, list[int]] = {"t.a": [], "t.b": []}
         while sum(map(len, got.values())) < n:
             topic, frame = sub.recv_multipart()
-            if topic.startswith(pybus._pubsub_base.HELLO_PREFIX):
+            if topic.startswith(pybus.pubsub._base.HELLO_PREFIX):
                 continue  # the join snapshot for our hello (docs/wire.md)
             for m in pybus.decode_batch(topic.decode(), frame):
                 assert m.payload == m.payload[:4] * 4

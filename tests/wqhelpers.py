@@ -1,5 +1,5 @@
 """Helpers for the work-queue tests: an independent wire codec written from
-docs/wire-workqueue.md (not from pybus._wqproto), and bounded polling."""
+docs/wire-workqueue.md (not from pybus.wire.workqueue), and bounded polling."""
 
 from __future__ import annotations
 

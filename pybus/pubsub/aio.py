@@ -1,0 +1,333 @@
+"""asyncio twins of :class:`pybus.Publisher` and :class:`pybus.Subscriber` on ``zmq.asyncio``.
+
+Same wire, same batching, same accounting; waiting is ``await`` instead of blocking, and the
+publisher's "send the tail of a burst" timer is an event-loop timer instead of a thread. Use
+each object from the thread that runs its event loop.
+
+>>> async def main():                                             # doctest: +SKIP
+...     async with pybus.aio.Subscriber("ipc:///tmp/o", topics=["orders.*"]) as sub:
+...         async for msg in sub:
+...             print(msg.topic, msg.payload)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from .._native import Message
+from ..errors import BackpressureError, ClosedError, TimeoutError, ValidationError
+from . import _base as base
+from . import publisher as _pub
+from . import subscriber as _sub
+
+__all__ = ["Publisher", "Subscriber"]
+
+
+class Publisher(_pub.Publisher):
+    """:class:`pybus.Publisher` for asyncio: ``publish`` is the same one C call;
+    ``await flush()``, ``await wait_for_subscribers()``, ``await close()``, ``async with``.
+    Takes the same arguments.
+
+    In reliable mode what the window holds back stays in the ring and a loop timer sends it
+    as acks arrive, so ``publish`` does not wait while the ring has room; ``await flush()``
+    waits for the window without blocking the loop. A publish that finds the ring full
+    applies ``on_full`` in the calling thread (``"block"`` blocks the loop up to
+    ``block_timeout``; ``"drop"`` or ``"raise"`` suit an event loop better)."""
+
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        # The asyncio socket owns the ZeroMQ socket and closes it; the sync one used on the
+        # hot path is a shadow (a shadow never closes the handle when garbage collected, so
+        # a handle ZeroMQ reuses for a new socket is never closed by mistake).
+        self._asock = zmq.asyncio.Socket(self._ctx, socket_type)
+        return zmq.Socket.shadow(self._asock.underlying)
+
+    def _start_flusher(self) -> None:
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._position_timer: asyncio.TimerHandle | None = None
+
+    def _schedule_positions(self) -> None:
+        # no flusher thread: a loop timer sends the position frames when due
+        due = self._position_due
+        if due is None or self._position_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # flushed from outside the loop: close() sends the last ones
+            return
+        delay = max(0.0, (due - time.monotonic_ns()) / 1e9)
+        self._position_timer = loop.call_later(delay, self._position_fire)
+
+    def _position_fire(self) -> None:
+        self._position_timer = None
+        if self._closed:
+            return
+        if self._send_lock.acquire(False):
+            try:
+                self._position_tick_locked()
+            finally:
+                self._send_lock.release()
+        self._schedule_positions()  # busy lock, or the next ones
+
+    def _on_pending(self) -> None:
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # published from outside the loop: send now
+                self._on_ready()
+                return
+            self._timer = loop.call_later(self._flush_delay_s, self._timer_fire)
+
+    def _on_ready(self) -> None:
+        if self._send_lock.acquire(False):
+            try:
+                self._flush_locked()
+            finally:
+                self._send_lock.release()
+            if self._window_blocked:
+                self._retry_later()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_soon(self._timer_fire)
+
+    def _retry_later(self) -> None:
+        """The window held records back: look again when acks may have come."""
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # outside the loop: flush()/close() will send them
+                return
+            self._timer = loop.call_later(_pub._WINDOW_RETRY_S, self._timer_fire)
+
+    def _timer_fire(self) -> None:
+        self._timer = None
+        if self._closed or not self._batcher.pending_records:
+            return
+        if self._send_lock.acquire(False):
+            try:
+                self._flush_locked()
+            finally:
+                self._send_lock.release()
+        if self._batcher.pending_records:  # busy lock, or the window is full
+            self._retry_later()
+
+    async def _await_window(self, deadline: float) -> None:
+        """Flush; while the window holds records back, await acks (without blocking the loop)
+        until it takes them all or the deadline (monotonic s)."""
+        while True:
+            with self._send_lock:
+                self._flush_locked()
+            if not self._window_blocked:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # POLLIN (poll's default): an ack to read
+            await self._asock.poll(max(1, int(min(remaining, _pub._WINDOW_POLL_S) * 1000)))
+            with self._send_lock:
+                self._read_subscriptions()
+
+    async def flush(self, timeout: float | None = 1.0) -> None:  # type: ignore[override]
+        """Hand everything pending to ZeroMQ; in reliable mode, await the window for up to
+        ``timeout`` seconds (then :class:`~pybus.BackpressureError`)."""
+        if self._closed:
+            raise ClosedError("flush() on a closed Publisher")
+        await self._await_window(time.monotonic() + (1e9 if timeout is None else timeout))
+        if self._window_blocked:
+            raise BackpressureError(
+                f"flush(): the slowest subscriber's window still held "
+                f"{self._batcher.pending_records} messages back after {timeout}s"
+            )
+
+    async def wait_for_subscribers(  # type: ignore[override]
+        self, n: int = 1, timeout: float = 5.0
+    ) -> int:
+        """Wait (without blocking the loop) until ``n`` pybus Subscribers are subscribed.
+
+        Raises
+        ------
+        TimeoutError
+            Fewer than ``n`` after ``timeout`` seconds.
+        """
+        if self._closed:
+            raise ClosedError("wait_for_subscribers() on a closed Publisher")
+        if n < 0:
+            raise ValidationError(f"n must be >= 0, got {n}")
+        deadline = time.monotonic() + timeout
+        while True:
+            base._poke_bound_subscribers()
+            with self._send_lock:
+                self._read_subscriptions()
+            count = len(self._subscribers)
+            if count >= n:
+                return count
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"{count} of {n} subscribers after {timeout}s on {self.endpoints}"
+                )
+            slice_s = 0.002 if base._BOUND_SUBSCRIBERS else 0.05
+            await self._asock.poll(timeout=max(1, int(min(remaining, slice_s) * 1000)))
+
+    async def close(self, linger: float | None = None) -> None:  # type: ignore[override]
+        """Send what is pending and close (bounded by ``linger``)."""
+        if not self._closed and self._flow is not None:
+            # what the window holds back, without blocking the loop (as sync close does)
+            await self._await_window(time.monotonic() + self._block_timeout)
+        for timer in (self._timer, self._position_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._position_timer = None
+        _pub.Publisher.close(self, linger)
+
+    def _close_socket(self, linger_ms: int) -> None:
+        self._asock.close(linger=linger_ms)  # also unregisters it from the event loop
+
+    async def __aenter__(self) -> Publisher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __enter__(self) -> Publisher:
+        raise TypeError("use 'async with' with pybus.aio.Publisher")
+
+    def __exit__(self, *exc: object) -> None:  # pragma: no cover
+        pass
+
+
+class _AsyncCore(_sub.Subscriber):
+    """The sync subscriber's bookkeeping over a socket owned by a zmq.asyncio socket."""
+
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        self._asock = zmq.asyncio.Socket(self._ctx, socket_type)
+        return zmq.Socket.shadow(self._asock.underlying)
+
+    def _close_socket(self) -> None:
+        self._asock.close(linger=0)  # also unregisters it from the event loop
+
+
+class Subscriber:
+    """:class:`pybus.Subscriber` for asyncio: ``await recv()``, ``await recv_batch()``,
+    ``async for msg in sub``, ``async with``. Takes the same arguments."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        topics: Sequence[str] | None = None,
+        bind: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self._core = _AsyncCore(endpoints, topics, bind, **kwargs)
+        self._asock = self._core._asock
+
+    @property
+    def endpoints(self) -> list[str]:
+        return self._core.endpoints
+
+    @property
+    def patterns(self) -> list[str]:
+        return self._core.patterns
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    def subscribe(self, pattern: str) -> None:
+        """See :meth:`pybus.Subscriber.subscribe`."""
+        self._core.subscribe(pattern)
+
+    def unsubscribe(self, pattern: str) -> None:
+        """See :meth:`pybus.Subscriber.unsubscribe`."""
+        self._core.unsubscribe(pattern)
+
+    def stats(self) -> dict[str, Any]:
+        """See :meth:`pybus.Subscriber.stats`."""
+        return self._core.stats()
+
+    async def fetch_history(self, endpoint: str, timeout: float = 5.0) -> int:
+        """See :meth:`pybus.Subscriber.fetch_history` (runs in a worker thread)."""
+        return await asyncio.to_thread(self._core.fetch_history, endpoint, timeout)
+
+    async def recv_batch(
+        self, max_messages: int = 10_000, timeout: float | None = None
+    ) -> list[Message]:
+        """Up to ``max_messages`` messages; waits up to ``timeout`` s (None: forever) for the
+        first one. Returns an empty list on timeout."""
+        if max_messages < 1:
+            raise ValidationError(f"max_messages must be >= 1, got {max_messages}")
+        return await self._recv_into(max_messages, timeout, 1 << 30)
+
+    async def _recv_into(
+        self, max_messages: int, timeout: float | None, max_frames: int
+    ) -> list[Message]:
+        core = self._core
+        core._check_open()
+        out = core._take_buffered(max_messages)
+        if len(out) == max_messages:
+            return out
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with core._lock:
+                core._fill(out, max_messages, max_frames)
+                if core._snail is not None:
+                    core._suicide()  # slow_consumer="close": raises SlowConsumerError
+            if out:
+                return out
+            if deadline is None:
+                ms = None
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return out
+                ms = max(1, int(remaining * 1000 + 0.999))
+            try:
+                await self._asock.poll(timeout=ms)
+            except asyncio.CancelledError:
+                if core.closed:  # close() from another task cancels the pending poll
+                    raise ClosedError("the Subscriber was closed") from None
+                raise
+            core._check_open()
+
+    async def recv(self, timeout: float | None = None) -> Message:
+        """The next message.
+
+        Raises
+        ------
+        TimeoutError
+            Nothing arrived within ``timeout`` seconds.
+        """
+        core = self._core
+        pos = core._pos
+        if pos < len(core._buf):
+            core._pos = pos + 1
+            return core._buf[pos]
+        batch = await self._recv_into(8192, timeout, 1)
+        if not batch:
+            raise TimeoutError(f"no message within {timeout}s on {core.endpoints}")
+        return core._install(batch)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        # one by one through recv()'s buffer: breaking out of the loop loses nothing
+        while not self._core.closed:
+            try:
+                yield await self.recv(None)
+            except ClosedError:
+                return
+
+    async def close(self) -> None:
+        """Close the socket (buffered messages are discarded)."""
+        self._core.close()
+
+    async def __aenter__(self) -> Subscriber:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

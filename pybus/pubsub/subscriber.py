@@ -1,0 +1,966 @@
+"""The subscriber: a ZeroMQ XSUB socket, batch decoding in C, per-stream gap detection.
+
+XSUB rather than SUB so that it can acknowledge reliable publishers' marks upstream
+(``pybus.pubsub.flow``, docs/wire.md "Flow control"); subscriptions are then messages it sends.
+
+All per-message work is in ``decode_batch`` (C); this module runs once per received frame:
+topic filter (cached), ``frame_info`` for the sequence check, decode, and counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import zmq
+
+from .. import metrics as _metrics
+from .._native import Histogram, Message, _zmqfast, decode_batch, frame_info
+from ..errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
+from ..policy.topics import TopicMatcher, is_valid_topic
+from ..transport import sockets as _sockets
+from . import _base as base
+from .flow import FLOW_TOPIC, pack_ack, unpack_join, unpack_mark
+
+__all__ = ["Subscriber", "GapCallback"]
+
+log = logging.getLogger("pybus.subscriber")
+
+#: ``on_gap(topic, publisher_id, expected_seq, got_seq, lost)``
+GapCallback = Callable[[str, int, int, int, int], None]
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_TOPIC_CACHE_SIZE = 4096
+#: Latencies above this (1 hour, in ns) are recorded as this.
+_LATENCY_MAX_NS = 3_600_000_000_000
+_time_ns = time.time_ns
+
+# Topics counted one by one in stats(); beyond this many, counts go to "<other>" (bounded).
+_MAX_TRACKED_TOPICS = 4096
+# Sentinel values of the topic cache.
+_FILTERED = 0
+_INVALID = 1
+_FLOW = 2  # a reliable publisher's mark: acknowledged, not delivered
+_JOIN = 3  # a join snapshot on this subscriber's hello topic: stream starts, not delivered
+# Publishers whose join snapshot arrived, at most (beyond: new ones are not tracked).
+_MAX_JOINED = 4096
+_SUBSCRIBE = b"\x01"
+_UNSUBSCRIBE = b"\x00"
+# Longest slice a blocking wait polls the socket before checking whether it was closed.
+_POLL_SLICE_MS = 100
+
+
+class Subscriber:
+    """Receive messages published on topics matching some patterns.
+
+    Parameters
+    ----------
+    endpoints : str or list of str
+        Publishers to connect to (or endpoints to bind when ``bind=True``).
+    topics : iterable of str
+        Topic patterns (``orders.*``, ``audit.#``, ``#`` for everything; see
+        :mod:`pybus.policy.topics`). Default: every topic.
+    bind : bool
+        Bind the endpoints (publishers connect) instead of connecting.
+    rcvhwm : int, optional
+        ZeroMQ receive high-water mark in frames (default:
+        ``max(16, window_bytes // max_batch_bytes)``, 512 with the defaults, so the queue
+        stays near that bound in bytes).
+    max_message_bytes : int
+        The largest message this subscriber accepts; frames larger than one such message
+        or one batch (``max_batch_bytes``) are refused by ZeroMQ (``MAXMSGSIZE``, which
+        disconnects the peer that sent them).
+    max_batch_bytes : int
+        The publishers' batch bound (for ``MAXMSGSIZE`` and the default ``rcvhwm``; default
+        64 KiB, the publishers' default).
+    window_bytes : int
+        Bound on the bytes ZeroMQ queues for this subscriber (default 32 MiB, a reliable
+        publisher's default window).
+    max_queued_bytes : int, optional
+        Deprecated alias of ``window_bytes``.
+    on_gap : callable, optional
+        ``on_gap(topic, publisher_id, expected_seq, got_seq, lost)`` called when a stream
+        skips sequence numbers (messages lost, typically at a high-water mark).
+    max_streams : int
+        Bound on the (publisher, topic) streams tracked for gap detection; the least recently
+        started stream is forgotten first.
+    log_interval_s : float
+        Decode errors are logged at most once per this many seconds.
+    context : zmq.Context, optional
+        Defaults to ``zmq.Context.instance()``.
+    security : pybus.Curve, optional
+        CURVE for this socket (usually ``Curve.client``; see :mod:`pybus.transport.security`). A
+        ``Curve.server`` with ``permissions`` (typically on a subscriber that binds and that
+        publishers connect to) also enforces publish permissions: each received frame's
+        sender key (ZeroMQ's ``User-Id``) must be allowed to publish its topic, else the frame
+        is dropped and its messages counted (``stats()["dropped"]["forbidden"]``).
+    liveness : pybus.Liveness, optional
+        Heartbeats, reconnection backoff and peer-event callbacks (default ``Liveness()``).
+    slow_consumer : {"drop", "close"}
+        What to do when this subscriber falls behind (a sequence gap: messages were dropped
+        for it at a high-water mark, or ``max_lag_s`` exceeded): ``"drop"`` counts and goes
+        on (``stats()["slow_consumer_events"]``); ``"close"`` closes the subscriber and raises
+        :class:`pybus.SlowConsumerError` from ``recv`` ("Suicidal Snail").
+    max_lag_s : float, optional
+        Lag bound: a batch stamped more than this many seconds before it is received counts
+        as falling behind (publisher and subscriber clocks must agree to that precision).
+    late_join : bool
+        Fetch the publishers' recent history (``history_endpoint``) before live messages; see
+        :meth:`fetch_history`.
+    history_endpoint : str or list of str, optional
+        The publishers' history endpoints (their ``history_endpoint``).
+    registry : pybus.metrics.Registry or False, optional
+        Where this subscriber reports its counters (default: ``pybus.metrics.default_registry``);
+        ``False`` reports nowhere and skips the per-frame latency recording.
+
+    Notes
+    -----
+    Receive from one thread at a time (like a ZeroMQ socket); ``close()`` may come from
+    another thread and ends a blocked ``recv`` within 0.1 s. A subscriber that binds attaches
+    new publishers only when it is called into (ZeroMQ's rule): a Publisher of the same process
+    that waits in ``wait_for_subscribers`` does that for it.
+
+    Examples
+    --------
+    >>> with pybus.Subscriber("ipc:///tmp/orders", topics=["orders.*"]) as sub:  # doctest: +SKIP
+    ...     for msg in sub:
+    ...         print(msg.topic, msg.seq, msg.payload)
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        topics: Sequence[str] | None = None,
+        bind: bool = False,
+        *,
+        rcvhwm: int | None = None,
+        max_message_bytes: int = base.DEFAULT_MAX_MESSAGE_BYTES,
+        max_batch_bytes: int = base.DEFAULT_MAX_BATCH_BYTES,
+        window_bytes: int = base.DEFAULT_WINDOW_BYTES,
+        max_queued_bytes: int | None = None,
+        on_gap: GapCallback | None = None,
+        max_streams: int = 65536,
+        log_interval_s: float = 10.0,
+        context: zmq.Context | None = None,
+        registry: Any = None,
+        security: Any = None,
+        liveness: Any = None,
+        slow_consumer: str = "drop",
+        max_lag_s: float | None = None,
+        late_join: bool = False,
+        history_endpoint: str | Sequence[str] | None = None,
+    ) -> None:
+        self._closed = True
+        if slow_consumer not in ("drop", "close"):
+            raise ValidationError(f"slow_consumer must be 'drop' or 'close', got {slow_consumer!r}")
+        if max_lag_s is not None and not max_lag_s > 0:
+            raise ValidationError(f"max_lag_s must be > 0 seconds or None, got {max_lag_s!r}")
+        if late_join and not history_endpoint:
+            raise ValidationError("late_join needs history_endpoint (the publisher's)")
+        eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not eps or not all(isinstance(e, str) and e for e in eps):
+            raise ValidationError(
+                f"endpoints must be a non-empty str or a list of them (tcp://HOST:PORT, "
+                f"ipc://PATH, inproc://NAME), got {endpoints!r}"
+            )
+        if max_queued_bytes is not None:
+            import warnings
+
+            warnings.warn("Subscriber(max_queued_bytes=) is deprecated: use window_bytes=",
+                          DeprecationWarning, stacklevel=2)
+            window_bytes = max_queued_bytes
+        if topics is None:
+            topics = ["#"]
+        elif isinstance(topics, str):
+            topics = [topics]
+        if max_message_bytes < 1:
+            raise ValidationError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
+        if max_streams < 1:
+            raise ValidationError(f"max_streams must be >= 1, got {max_streams}")
+        if on_gap is not None and not callable(on_gap):
+            raise ValidationError(
+                "on_gap must be callable(topic, publisher_id, expected, got, lost)"
+            )
+        self._matcher = TopicMatcher(topics)  # validates every pattern before any socket
+        self.max_frame_bytes: int = (
+            max(max_message_bytes, max_batch_bytes) + base.FRAME_OVERHEAD_BYTES
+        )
+        self.rcvhwm: int = (
+            int(rcvhwm) if rcvhwm is not None else base.hwm_for(window_bytes, max_batch_bytes)
+        )
+        if self.rcvhwm < 1:
+            raise ValidationError(f"rcvhwm must be >= 1 frame, got {rcvhwm!r}")
+        self.id: bytes = os.urandom(8).hex().encode("ascii")
+        self._hello = base.HELLO_PREFIX + self.id
+        self._on_gap = on_gap
+        self._max_streams = max_streams
+        self._log_interval_s = log_interval_s
+
+        self._ctx = context if context is not None else zmq.Context.instance()
+        sock = self._sock = self._new_socket(zmq.XSUB)
+        self.endpoints: list[str] = []
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+            self._watch = _sockets.configure(sock, security=security, liveness=liveness,
+                                             context=self._ctx, receives_stream=True)
+            for p in self._matcher.patterns:
+                sock.send(_SUBSCRIBE + self._matcher._compiled[p].prefix)
+            # after the topics, the flow topic then the hello (byte order): see docs/wire.md
+            sock.send(_SUBSCRIBE + FLOW_TOPIC)
+            sock.send(_SUBSCRIBE + self._hello)
+            for ep in eps:
+                if bind:
+                    sock.bind(ep)
+                    self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+                else:
+                    sock.connect(ep)
+                    self.endpoints.append(ep)
+        except zmq.ZMQError as exc:
+            self._close_socket()
+            raise from_zmq(
+                exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})"
+            ) from exc
+        except BaseException:  # e.g. a bad security= or liveness= argument
+            self._close_socket()
+            raise
+        self._bind = bind
+        self._security = security
+        # publish permissions: checked per received frame (see _forbidden)
+        self._pub_acl = (security if security is not None and security.is_server
+                         and security.has_permissions else None)
+        # (user id, topic bytes) -> may publish; bounded (cleared when full)
+        self._pub_ok: dict[tuple[str, bytes], bool] = {}
+        self._forbidden = 0
+        self._forbidden_by_key: dict[str, int] = {}
+        self._liveness = liveness
+        if security is not None and security.is_server:
+            security._register_owner(self)
+        self._snail_close = slow_consumer == "close"
+        self._max_lag_ns = int(max_lag_s * 1e9) if max_lag_s is not None else 0
+        self._snail: tuple[str, str] | None = None
+        self._slow_events: dict[str, int] = {"gap": 0, "lag": 0}
+        # (publisher_id, topic) -> last sequence number delivered from a history snapshot
+        self._floors: dict[tuple[int, bytes], int] = {}
+        self._history_duplicates = 0
+        self._history_received = 0
+        # pyzmq's Cython methods, without the sugar layer (per frame, not per message); a
+        # socket class that overrides recv (zmq.green, a user's socket_class) keeps it
+        self._recv = (zmq.backend.Socket.recv.__get__(sock) if type(sock).recv is zmq.Socket.recv
+                      else sock.recv)
+        self._rcvmore = zmq.backend.Socket.get.__get__(sock)
+        # libzmq's own socket when [topic][frame] may be read straight from libzmq (the batch
+        # frame then stays in its buffer), else 0. Publish permissions need each frame's
+        # ZAP User-Id, which only pyzmq's Frame reads.
+        self._fast_addr = _sockets.fast_address(sock) if self._pub_acl is None else 0
+        self._rcvtimeo_ms = -1
+        self._lock = threading.Lock()
+        # messages decoded but not yet handed out (recv() takes them one by one)
+        self._buf: list[Message] = []
+        self._pos = 0
+        # topic bytes -> topic str (wanted) or _FILTERED / _INVALID
+        self._topics: dict[bytes, Any] = {}
+        # (publisher_id, topic bytes) -> next expected sequence number
+        self._streams: dict[tuple[int, bytes], int] = {}
+        self._received: dict[str, int] = {}
+        self._lost: dict[str, int] = {}
+        self._decode_errors = 0
+        self._decode_errors_by_reason: dict[str, int] = {}
+        self._out_of_order = 0
+        self._gaps = 0
+        self._bytes = 0
+        self._batches = 0
+        self._positions = 0
+        self._marks = 0
+        # publishers whose join snapshot arrived: their new streams start at sequence 1
+        self._joined: set[int] = set()
+        self._join_off = False  # after subscribe(): see there
+        # publish-to-receive latency in ns, one record_n per frame (2 significant figures: 1 %
+        # precision in ~30 KiB); exported by pybus.metrics as quantiles and buckets
+        # (registry=False: no latency recording)
+        self._latency: Histogram | None = (
+            None if registry is False else Histogram(1, _LATENCY_MAX_NS, 2)
+        )
+        self._last_log = float("-inf")
+        self._unlogged_errors = 0
+        self._closed = False
+        if bind:
+            base._BOUND_SUBSCRIBERS.add(self)
+        _metrics.attach(self, registry)
+        if late_join:
+            eps_h = [history_endpoint] if isinstance(history_endpoint, str) else history_endpoint
+            try:
+                for ep in eps_h:  # type: ignore[union-attr]
+                    self.fetch_history(ep)
+            except BaseException:
+                self.close()
+                raise
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def subscribe(self, pattern: str) -> None:
+        """Also receive topics matching ``pattern`` (takes effect at the publishers shortly)."""
+        self._check_open()
+        with self._lock:
+            prefix = self._matcher.add(pattern)
+            self._sock.send(_SUBSCRIBE + prefix)
+            self._topics.clear()
+            # streams of the new pattern that moved before now are not losses: from now on
+            # the first frame of a stream sets its expectation (join snapshots, even one
+            # still queued, predate the pattern)
+            self._joined.clear()
+            self._join_off = True
+
+    def unsubscribe(self, pattern: str) -> None:
+        """Stop receiving topics matching ``pattern`` (one :meth:`subscribe` is undone).
+
+        Messages already buffered are still delivered when they match a remaining pattern;
+        those that do not are dropped from the local buffer too.
+        """
+        self._check_open()
+        with self._lock:
+            prefix = self._matcher.remove(pattern)
+            self._sock.send(_UNSUBSCRIBE + prefix)
+            self._topics.clear()
+            if self._pos < len(self._buf):
+                keep = [m for m in self._buf[self._pos :] if self._matcher.matches(m.topic)]
+                self._buf, self._pos = keep, 0
+
+    @property
+    def patterns(self) -> list[str]:
+        """The subscribed topic patterns."""
+        return self._matcher.patterns
+
+    def connect(self, endpoint: str) -> None:
+        """Connect to one more publisher."""
+        self._check_open()
+        with self._lock:
+            try:
+                self._sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                raise from_zmq(exc, f"Subscriber.connect({endpoint!r})") from exc
+            self.endpoints.append(endpoint)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """The next message; waits up to ``timeout`` seconds (None: forever).
+
+        Raises
+        ------
+        TimeoutError
+            Nothing arrived in time.
+        ClosedError
+            The subscriber is closed.
+        """
+        pos = self._pos
+        buf = self._buf
+        if pos < len(buf):
+            self._pos = pos + 1
+            return buf[pos]
+        # one frame at most: at low rates this spares a failed non-blocking receive (an
+        # exception in pyzmq, ~5 us) per message; at high rates a frame holds many messages
+        batch = self._recv_into([], 8192, timeout, 1)
+        if not batch:
+            raise TimeoutError(f"no message within {timeout}s on {self.endpoints}")
+        return self._install(batch)
+
+    def recv_batch(self, max_messages: int = 10_000, timeout: float | None = None) -> list[Message]:
+        """Up to ``max_messages`` messages: what is buffered plus what arrived, without
+        waiting once one is there; waits up to ``timeout`` seconds (None: forever) for the
+        first. Returns an empty list on timeout."""
+        if max_messages < 1:
+            raise ValidationError(f"max_messages must be >= 1, got {max_messages}")
+        self._check_open()
+        out = self._take_buffered(max_messages)
+        if len(out) == max_messages:
+            return out
+        return self._recv_into(out, max_messages, timeout, 1 << 30)
+
+    def _recv_into(
+        self, out: list[Message], max_messages: int, timeout: float | None, max_frames: int
+    ) -> list[Message]:
+        self._check_open()
+        with self._lock:
+            if out:  # buffered messages are there: add what arrived, never wait
+                self._fill(out, max_messages, max_frames)
+                if self._snail is not None:
+                    self._suicide()
+                return out
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                first = self._recv_first(deadline)
+                if first is None:
+                    return out
+                self._fill(out, max_messages, max_frames, first)
+                if self._snail is not None:
+                    self._suicide()  # slow_consumer="close": raises SlowConsumerError
+                if out:
+                    return out
+
+    def _recv_first(self, deadline: float | None) -> Any:
+        """The first frame of the next message, waiting in ZeroMQ's own blocking receive
+        (RCVTIMEO) rather than a poll: a poll then a receive costs ~15 us more per wake-up
+        (measured), which is the whole one-way latency budget over raw pyzmq. Waits in
+        slices of at most _POLL_SLICE_MS so a close() from another thread is noticed.
+        Returns None at the deadline. The caller holds the lock."""
+        recv = self._recv
+        fast = self._fast_addr
+        while True:
+            if self._closed:
+                raise ClosedError("the Subscriber was closed")
+            if deadline is None:
+                ms = _POLL_SLICE_MS
+            else:
+                remaining = deadline - time.monotonic()
+                ms = 0 if remaining <= 0 else min(_POLL_SLICE_MS, int(remaining * 1000 + 0.999))
+            try:
+                if ms != self._rcvtimeo_ms:
+                    self._sock.setsockopt(zmq.RCVTIMEO, ms)
+                    self._rcvtimeo_ms = ms
+                if fast:
+                    # the whole [topic][frame] (see _fill); None: timed out
+                    got = _zmqfast.recv_pubsub(fast, False)
+                    if got is not None:
+                        return got
+                    if ms == 0:
+                        return None
+                    continue
+                return recv(0, True)
+            except zmq.Again:
+                if ms == 0:
+                    return None
+            except zmq.ZMQError as exc:
+                if self._closed:
+                    raise ClosedError("the Subscriber was closed") from exc
+                raise from_zmq(exc, "Subscriber.recv") from exc
+            except ClosedError:
+                raise ClosedError("the Subscriber was closed") from None
+
+    def _bad_parts(self, parts: int, topic_b: bytes) -> None:
+        if parts == 1:
+            self._decode_error("single-frame message (expected topic + batch frame)", topic_b)
+        else:
+            self._decode_error(f"{parts}-frame message (expected 2 frames)", topic_b)
+
+    def _take_buffered(self, max_messages: int) -> list[Message]:
+        pos = self._pos
+        buf = self._buf
+        if pos < len(buf):
+            out = buf[pos : pos + max_messages]
+            self._pos = pos + len(out)
+            return out
+        return []
+
+    def _install(self, batch: list[Message]) -> Message:
+        """recv()'s slow path: keep batch (and leftovers of an oversized frame) buffered."""
+        if self._pos < len(self._buf):
+            batch += self._buf[self._pos :]
+        self._buf = batch
+        self._pos = 1
+        return batch[0]
+
+    def _fill(
+        self,
+        out: list[Message],
+        max_messages: int,
+        max_frames: int = 1 << 30,
+        first_frame: Any = None,
+    ) -> None:
+        """Receive frames already queued, without blocking, until out has max_messages
+        (or max_frames frames were read)."""
+        recv = self._recv
+        rcvmore = self._rcvmore
+        topics = self._topics
+        pub_acl = self._pub_acl
+        pub_ok = self._pub_ok
+        # The topic frame is received as bytes (copy=True: a zmq.Frame object costs ~3 us more
+        # to create than it saves; its .more becomes one RCVMORE getsockopt). The batch frame
+        # is received as a zmq.Frame (copy=False): large frames are not copied, .more is free,
+        # and decode_batch reads it through the buffer protocol (copying each payload out, so
+        # no Message keeps the frame alive).
+        fast = self._fast_addr
+        recv_pubsub = _zmqfast.recv_pubsub
+        # the common case compiled (fill_pubsub), this loop for the rest: without publish
+        # permissions, history floors or a lag bound to check per frame
+        fill = fast and pub_acl is None and not self._floors and not self._max_lag_ns
+        while len(out) < max_messages and max_frames > 0:
+            if fill and first_frame is None:
+                n, nbytes, first_frame = _zmqfast.fill_pubsub(
+                    fast, topics, self._streams, self._received, out, max_messages,
+                    max_frames, decode_batch, self._latency, _LATENCY_MAX_NS,
+                )
+                if n:
+                    self._batches += n
+                    self._bytes += nbytes
+                    max_frames -= n
+                if first_frame is None:
+                    return
+            max_frames -= 1
+            if fast:
+                # [topic][frame] read straight from libzmq: the batch frame stays in libzmq's
+                # buffer (a ZFrame), with none of pyzmq's per-call work
+                if first_frame is not None:
+                    got, first_frame = first_frame, None
+                else:
+                    got = recv_pubsub(fast, True)
+                    if got is None:
+                        return
+                topic_b, frame, parts = got
+                if frame is None:
+                    self._bad_parts(parts, topic_b)
+                    continue
+            else:
+                if first_frame is not None:
+                    topic_b, first_frame = first_frame, None
+                else:
+                    try:
+                        topic_b = recv(_NOBLOCK, True)
+                    except zmq.Again:
+                        return
+                    except zmq.ZMQError as exc:
+                        raise from_zmq(exc, "Subscriber.recv") from exc
+                if not rcvmore(_RCVMORE):
+                    self._bad_parts(1, topic_b)
+                    continue
+                frame = recv(_NOBLOCK, False)
+                if frame.more:
+                    parts = 2
+                    while frame.more:
+                        frame = recv(_NOBLOCK, False)
+                        parts += 1
+                    self._bad_parts(parts, topic_b)
+                    continue
+            topic = topics.get(topic_b)
+            if topic is None:
+                topic = self._classify(topic_b)
+            if topic.__class__ is not str:
+                if topic == _FLOW:
+                    self._on_mark(frame)
+                elif topic == _JOIN:
+                    self._on_join(frame)
+                elif topic == _INVALID:
+                    self._decode_error("topic frame is not a valid topic", topic_b)
+                continue
+            if pub_acl is not None:
+                # publish permissions: the sender's key, as ZAP named it, per frame (a batch)
+                try:
+                    user = frame.get("User-Id")
+                except zmq.ZMQError:  # no user id: not a peer ZAP admitted under CURVE
+                    user = ""
+                if not pub_ok.get((user, topic_b), False) and self._forbidden_frame(
+                    user, topic_b, frame
+                ):
+                    continue
+            try:
+                pid, first, count, _ts = frame_info(frame)
+                if not count:  # a position frame: no messages, the stream's next seq
+                    self._position(topic, topic_b, pid, first)
+                    continue
+                msgs = decode_batch(topic, frame)
+            except FrameError as exc:
+                self._decode_error(str(exc), topic_b)
+                continue
+            if self._floors:
+                floor = self._floors.get((pid, topic_b))
+                if floor is not None:  # after a history snapshot: drop live duplicates
+                    if first + count - 1 <= floor:
+                        self._history_duplicates += count
+                        continue
+                    del self._floors[(pid, topic_b)]
+                    if first <= floor:
+                        skip = floor + 1 - first
+                        self._history_duplicates += skip
+                        msgs = msgs[skip:]
+                        first, count = floor + 1, count - skip
+            if self._max_lag_ns and _ts and time.time_ns() - _ts > self._max_lag_ns:
+                self._slow("lag", f"batch of {topic!r} arrived "
+                           f"{(time.time_ns() - _ts) / 1e9:.3f}s after it was sent")
+            self._batches += 1
+            self._bytes += len(frame)
+            # the frame's first publish time (CLOCK_REALTIME, comparable across processes);
+            # clamped: another host's clock may be ahead, a stalled frame may be very late
+            if self._latency is not None:
+                lat = _time_ns() - _ts
+                self._latency.record_n(
+                    0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
+                )
+            self._account(topic, topic_b, pid, first, count)
+            room = max_messages - len(out)
+            if len(msgs) <= room:
+                out += msgs
+                if count == 1 and not fast:
+                    # A lone message in its frame: its publisher was idle, so another frame is
+                    # unlikely to be queued, and asking pyzmq costs a failed non-blocking
+                    # receive (~10 us: a syscall in ZeroMQ plus a zmq.Again exception), which
+                    # would come straight on top of this message's latency. The fast path asks
+                    # libzmq directly (~0.3 us, no exception) and goes on: frames of one
+                    # message each (many topics) are then read in one call, not one each.
+                    return
+            else:
+                out += msgs[:room]
+                # the rest waits in the buffer (only reached when it is empty: see recv_batch)
+                rest = msgs[room:]
+                if self._pos < len(self._buf):
+                    rest = self._buf[self._pos :] + rest
+                self._buf = rest
+                self._pos = 0
+                return
+
+    def _forbidden_frame(self, user: str, topic_b: bytes, frame: Any) -> bool:
+        """A frame whose (user, topic) is not cached as allowed: decide (and cache); when the
+        key may not publish the topic, count the frame's messages and return True (drop)."""
+        acl = self._pub_acl
+        assert acl is not None
+        key = (user, topic_b)
+        ok = self._pub_ok.get(key)
+        if ok is None:
+            ok = acl._decide_publish(user, topic_b)
+            if len(self._pub_ok) >= _TOPIC_CACHE_SIZE:
+                self._pub_ok.clear()  # bounded whatever keys and topics peers use
+            self._pub_ok[key] = ok
+        if ok:
+            return False
+        try:
+            count = frame_info(frame)[2]
+        except FrameError:
+            count = 1  # malformed as well: one frame that held at least one message
+        self._forbidden += count
+        fk = self._forbidden_by_key
+        k = user if (user in fk or len(fk) < _MAX_TRACKED_TOPICS) else "<other>"
+        fk[k] = fk.get(k, 0) + count
+        acl._count_denied_publication(user, topic_b, count, f"subscriber {self.endpoints}")
+        return True
+
+    def _on_mark(self, frame: Any) -> None:
+        """A reliable publisher's mark: everything it sent before it has been read here (or
+        filtered out), so acknowledge its position (docs/wire.md, "Flow control"). The ack
+        goes to every connected publisher; the others ignore it. A full upstream queue drops
+        it: a later ack says more."""
+        mark = unpack_mark(frame)
+        if mark is None:
+            self._decode_error("malformed flow mark", FLOW_TOPIC)
+            return
+        self._marks += 1
+        try:
+            self._sock.send(pack_ack(self.id, *mark), _NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def _on_join(self, frame: Any) -> None:
+        """A publisher's join snapshot (docs/wire.md): where each of its streams stood when
+        this subscriber arrived. A stream not seen yet starts there; and once the last chunk
+        is in, a stream that appears later started after the arrival, at sequence 1, so
+        messages of it that never arrived count as lost (see _account)."""
+        snap = unpack_join(frame)
+        if snap is None:
+            self._decode_error("malformed join snapshot", self._hello)
+            return
+        pid, last, entries = snap
+        streams = self._streams
+        for topic_b, next_seq in entries:
+            topic = self._topics.get(topic_b)
+            if topic is None:
+                topic = self._classify(topic_b)
+            if topic.__class__ is str and (pid, topic_b) not in streams:
+                if len(streams) >= self._max_streams:
+                    self._forget_oldest_stream()
+                streams[(pid, topic_b)] = next_seq
+        if last and not self._join_off and (pid in self._joined or len(self._joined) < _MAX_JOINED):
+            self._joined.add(pid)
+
+    def _forget_oldest_stream(self) -> None:
+        """At the streams bound: forget the least recently started stream. Its publisher's
+        later streams may then be one we forgot, so they no longer count from sequence 1."""
+        pid, _topic = next(iter(self._streams))
+        del self._streams[(pid, _topic)]
+        self._joined.discard(pid)
+
+    def _classify(self, topic_b: bytes) -> Any:
+        if topic_b == FLOW_TOPIC:
+            self._topics[topic_b] = _FLOW
+            return _FLOW
+        if topic_b.startswith(base.HELLO_PREFIX):
+            # ours: a join snapshot; another subscriber's (a "#" subscriber takes them all)
+            ours: Any = _JOIN if topic_b == self._hello else _FILTERED
+            self._topics[topic_b] = ours
+            return ours
+        try:
+            text = topic_b.decode("ascii")
+        except UnicodeDecodeError:
+            text = None
+        if text is None or not is_valid_topic(text):
+            value: Any = _INVALID
+        elif self._matcher.matches(text):
+            value = text
+        else:
+            value = _FILTERED
+        if len(self._topics) >= _TOPIC_CACHE_SIZE:
+            self._topics.clear()
+        self._topics[topic_b] = value
+        return value
+
+    def _position(self, topic: str, topic_b: bytes, pid: int, next_seq: int) -> None:
+        """A position frame (docs/wire.md): every message of the stream before next_seq was
+        sent, so those that never arrived are lost, even when no later message comes. An
+        older position (a repeat, or one overtaken by messages) changes nothing."""
+        self._positions += 1
+        expected = self._streams.get((pid, topic_b))
+        if expected is None or next_seq > expected:
+            self._account(topic, topic_b, pid, next_seq, 0)
+
+    def _account(self, topic: str, topic_b: bytes, pid: int, first: int, count: int) -> None:
+        received = self._received
+        if not count:  # a position: nothing received
+            pass
+        elif topic in received:
+            received[topic] += count
+        elif len(received) < _MAX_TRACKED_TOPICS:
+            received[topic] = count
+        else:
+            received["<other>"] = received.get("<other>", 0) + count
+        key = (pid, topic_b)
+        streams = self._streams
+        expected = streams.get(key)
+        if expected is None:
+            if len(streams) >= self._max_streams:
+                self._forget_oldest_stream()
+            if pid in self._joined:
+                # a stream that started after this subscriber arrived (not in the snapshot)
+                expected = 1
+        if expected is not None and first != expected:
+            if first > expected:
+                lost = first - expected
+                self._gaps += 1
+                lt = self._lost
+                name = topic if (topic in lt or len(lt) < _MAX_TRACKED_TOPICS) else "<other>"
+                lt[name] = lt.get(name, 0) + lost
+                if self._on_gap is not None:
+                    try:
+                        self._on_gap(topic, pid, expected, first, lost)
+                    except Exception:
+                        log.exception("pybus Subscriber on_gap callback raised")
+                self._slow("gap", f"{lost} messages of {topic!r} lost "
+                           f"(seq {expected}..{first - 1})")
+            else:
+                self._out_of_order += min(count, expected - first)
+        streams[key] = first + count
+
+    def _slow(self, kind: str, detail: str) -> None:
+        self._slow_events[kind] += 1
+        if self._snail_close and self._snail is None:
+            self._snail = (kind, detail)
+
+    def _suicide(self) -> None:
+        """slow_consumer="close": close and raise (caller holds the lock)."""
+        assert self._snail is not None
+        kind, detail = self._snail
+        st = self._stats_locked()
+        self._closed = True
+        base._BOUND_SUBSCRIBERS.discard(self)
+        self._close_socket()
+        self._buf, self._pos = [], 0
+        log.error("pybus Subscriber closed itself as a slow consumer: %s", detail)
+        raise _sockets.SlowConsumerError(
+            f"subscriber fell behind and closed itself (slow_consumer='close'): {detail}; "
+            f"read faster, raise max_queued_bytes/rcvhwm, or use slow_consumer='drop'",
+            kind, st,
+        )
+
+    def fetch_history(self, endpoint: str, timeout: float = 5.0) -> int:
+        """Fetch a publisher's recent messages (Clone pattern); returns how many were queued.
+
+        The snapshot (the last ``history`` messages per matching topic) is delivered by
+        ``recv`` before anything received live after it; live messages the snapshot already
+        holds are dropped (``stats()["history_duplicates"]``), so the hand-over has neither
+        gaps nor duplicates. The publisher answers only once this subscriber's subscription
+        has reached it, so nothing published after the snapshot can be missed.
+        """
+        from .history import request_snapshot
+
+        self._check_open()
+        prefixes = sorted({self._matcher._compiled[p].prefix for p in self._matcher.patterns})
+        if b"" in prefixes:
+            prefixes = [b""]
+        head, pairs = request_snapshot(
+            self._ctx, endpoint, self.id, prefixes, timeout,
+            lambda s: _sockets.configure(s, security=self._security,
+                                         liveness=_sockets.Liveness(monitor=False)),
+        )
+        depth = head.get("history", 0)
+        streams: dict[tuple[int, bytes], list[Message]] = {}
+        for topic_b, frame in pairs:
+            topic = self._classify(topic_b)
+            if topic.__class__ is not str:
+                continue
+            try:
+                pid, _first, _count, _ts = frame_info(frame)
+                msgs = decode_batch(topic, frame)
+            except FrameError as exc:
+                self._decode_error(str(exc), topic_b)
+                continue
+            streams.setdefault((pid, topic_b), []).extend(msgs)
+        snap: list[Message] = []
+        with self._lock:
+            for key, msgs in streams.items():
+                msgs = msgs[-depth:] if depth else msgs
+                last = msgs[-1].seq
+                floor = max(self._floors.get(key, 0), last)
+                self._floors[key] = floor
+                if self._streams.get(key, 0) <= floor:
+                    self._streams[key] = floor + 1
+                snap += msgs
+            keep = [m for m in self._buf[self._pos :] if not self._dup(m)]
+            self._buf, self._pos = snap + keep, 0
+            self._history_received += len(snap)
+        return len(snap)
+
+    def _dup(self, m: Message) -> bool:
+        floor = self._floors.get((m.publisher_id, m.topic.encode("ascii")))
+        if floor is not None and m.seq <= floor:
+            self._history_duplicates += 1
+            return True
+        return False
+
+    def _security_rekick(self) -> None:
+        """After a revocation: drop every connection so peers authenticate again."""
+        if self._watch is not None:
+            self._watch.drop_connections()
+            return
+        with self._lock:  # not monitored: unbind/rebind (less reliable, see _sockets)
+            if self._closed:
+                return
+            bound = list(self.endpoints) if self._bind else []
+            conn = [] if self._bind else list(self.endpoints)
+            _sockets.rebind(self._sock, bound, conn)
+
+    def _decode_error(self, reason: str, topic_b: bytes) -> None:
+        self._decode_errors += 1
+        short = reason.split(":")[0][:80]
+        self._decode_errors_by_reason[short] = self._decode_errors_by_reason.get(short, 0) + 1
+        now = time.monotonic()
+        if now - self._last_log >= self._log_interval_s:
+            log.warning(
+                "pybus Subscriber skipped a malformed message (topic frame %r): %s "
+                "[%d decode errors in all, %d since the last log]",
+                topic_b[:64],
+                reason,
+                self._decode_errors,
+                self._unlogged_errors + 1,
+            )
+            self._last_log = now
+            self._unlogged_errors = 0
+        else:
+            self._unlogged_errors += 1
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages until the subscriber is closed."""
+        # one by one through recv()'s buffer: breaking out of the loop loses nothing
+        recv = self.recv
+        while not self._closed:
+            try:
+                yield recv(None)
+            except ClosedError:
+                return
+
+    # -- accounting ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``received`` and ``lost`` (total and ``*_by_topic``), ``decode_errors``
+        (and ``decode_errors_by_reason``), ``out_of_order`` (messages whose sequence number was
+        already passed: duplicates or reordering), ``gaps`` (discontinuities detected), ``bytes``
+        and ``batches`` (frames received), ``positions`` (position frames received, which
+        reveal lost last messages; docs/wire.md), ``streams`` tracked, ``buffered``, ``dropped``
+        (messages dropped by reason: ``forbidden`` = their publisher's key may not publish
+        that topic, see ``security``) and ``forbidden_by_key`` (Z85 key -> such messages)."""
+        with self._lock:
+            return self._stats_locked()
+
+    def _stats_locked(self) -> dict[str, Any]:
+        return {
+            "received": sum(self._received.values()),
+            "received_by_topic": dict(self._received),
+            "lost": sum(self._lost.values()),
+            "lost_by_topic": dict(self._lost),
+            "decode_errors": self._decode_errors,
+            "decode_errors_by_reason": dict(self._decode_errors_by_reason),
+            "out_of_order": self._out_of_order,
+            "gaps": self._gaps,
+            "bytes": self._bytes,
+            "batches": self._batches,
+            "positions": self._positions,
+            "marks": self._marks,
+            "streams": len(self._streams),
+            "buffered": len(self._buf) - self._pos,
+            "slow_consumer_events": dict(self._slow_events),
+            "history_received": self._history_received,
+            "history_duplicates": self._history_duplicates,
+            "peer_events": dict(self._watch.events) if self._watch is not None else {},
+            "dropped": {"forbidden": self._forbidden},
+            "forbidden_by_key": dict(self._forbidden_by_key),
+            }
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _poke(self) -> None:
+        """Let ZeroMQ attach new peers of a bound socket (called by Publishers that wait)."""
+        if self._lock.acquire(False):
+            try:
+                if not self._closed:
+                    self._sock.getsockopt(zmq.EVENTS)
+            finally:
+                self._lock.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the Subscriber is closed")
+
+    def close(self) -> None:
+        """Close the socket (buffered messages are discarded). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        base._BOUND_SUBSCRIBERS.discard(self)
+        with self._lock:  # a blocked recv notices _closed within one poll slice
+            self._close_socket()
+            self._buf = []
+            self._pos = 0
+
+    def _new_socket(self, socket_type: int) -> zmq.Socket:
+        return self._ctx.socket(socket_type)
+
+    def _close_socket(self) -> None:
+        self._sock.close(linger=0)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def io_path(self) -> str:
+        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
+        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
+        docs/operations.md for when each is taken. A subscriber enforcing publish permissions
+        reads through pyzmq."""
+        return "libzmq" if self._fast_addr else "pyzmq"
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None and not sock.closed:
+            self._close_socket()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<pybus.Subscriber {state} {self.endpoints} topics={self.patterns}>"

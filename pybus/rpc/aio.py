@@ -1,0 +1,286 @@
+"""The asyncio twin of :class:`pybus.Client`: many requests in flight on one socket.
+
+Same wire format (``docs/wire-reqrep.md``), same policies. Requests are
+multiplexed on one DEALER: a single reader task routes each reply to the
+awaiting request by correlation id; a reply nobody awaits any more (its attempt
+timed out or was cancelled) is dropped and counted in ``stats()["late_replies"]``.
+
+Lazy Pirate resets the socket after a timed-out attempt only when no other
+request is in flight on it (resetting would abandon their replies); otherwise
+the retry goes out on the same socket with a fresh correlation id, which is
+safe because stale replies can never match it.
+
+Example
+-------
+>>> async with AsyncClient("ipc:///tmp/calc", timeout=1.0) as client:   # doctest: +SKIP
+...     results = await asyncio.gather(*(client.request("add", [i, i]) for i in range(10)))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from .. import metrics as _metrics
+from ..errors import (
+    BackpressureError,
+    ClosedError,
+    RetryExhaustedError,
+    TimeoutError,
+    ValidationError,
+    from_zmq,
+)
+from ..policy.breaker import CircuitBreaker
+from ..policy.ratelimit import RateLimiter
+from ..policy.retry import RetryPolicy
+from ..transport.sockets import Liveness, check_rpc_liveness
+from .endpoints import (
+    _LATENCY_MAX_NS,
+    HEADER,
+    HEADER_SIZE,
+    KIND_ERROR,
+    KIND_REPLY,
+    KIND_REQUEST,
+    WIRE_VERSION,
+    _check_timeout,
+    _ClientBase,
+    _open_dealer,
+    encode_payload,
+)
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient(_ClientBase):
+    """Asyncio request/reply client (connects a DEALER); see :class:`pybus.Client`.
+
+    Parameters
+    ----------
+    endpoint, timeout, retry, breaker, rate_limit, security, liveness
+        As for :class:`pybus.Client` (the retry policy's ``asleep`` is used). The DEALER is
+        opened on first use and monitored like the Client's (``liveness.on_peer``,
+        ``stats()["peer_events"]``), across resets.
+    max_inflight : int
+        Requests awaiting a reply at once; one more raises BackpressureError.
+    context : zmq.Context or None
+        A plain context to shadow (default: the process-wide instance).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimiter | None = None,
+        *,
+        security: Callable[[zmq.Socket[Any]], Any] | None = None,
+        max_inflight: int = 10_000,
+        context: zmq.Context[Any] | None = None,
+        registry: Any = None,
+        liveness: Liveness | None = None,
+    ) -> None:
+        check_rpc_liveness(liveness)
+        super().__init__(endpoint, timeout, retry, breaker, rate_limit)
+        if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1:
+            raise ValidationError(f"max_inflight must be an int >= 1, got {max_inflight!r}")
+        self.max_inflight = max_inflight
+        self._security = security
+        self._liveness = liveness
+        base_ctx = context or zmq.Context.instance()
+        self._ctx = zmq.asyncio.Context.shadow(base_ctx)
+        # monitors are plain sockets of the real context, read by its hub thread
+        self._monitor_ctx = base_ctx
+        self._sock: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        _metrics.attach(self, registry)
+
+    # -- socket and reader ----------------------------------------------------------------
+    def _ensure_socket(self) -> zmq.asyncio.Socket:
+        if self._closed:
+            raise ClosedError(f"async RPC client for {self.endpoint} is closed")
+        reader = self._reader
+        if reader is not None and (
+            reader.done() or reader.get_loop() is not asyncio.get_running_loop()
+        ):
+            # The reader died or belongs to another (finished) event loop: start over.
+            if self._sock is not None:
+                self._sock.close(0)
+            self._sock = None
+            self._reader = None
+            self._pending.clear()
+        if self._sock is None:
+            self._sock = _open_dealer(  # type: ignore[assignment]
+                self._ctx, self.endpoint, self._secure_and_watch, zmq.asyncio.Socket,
+                self._liveness,
+            )
+            assert self._sock is not None
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._sock))
+        return self._sock
+
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        pending = self._pending
+        stats = self._stats
+        while True:
+            try:
+                frames = await sock.recv_multipart()
+            except (asyncio.CancelledError, zmq.ZMQError):
+                return
+            if len(frames) != 1 or len(frames[0]) < HEADER_SIZE:
+                stats["decode_errors"] += 1
+                continue
+            reply = frames[0]
+            version, kind, _flags, _mlen, cid = HEADER.unpack_from(reply)
+            if version != WIRE_VERSION or kind not in (KIND_REPLY, KIND_ERROR):
+                stats["decode_errors"] += 1
+                continue
+            fut = pending.pop(cid, None)
+            if fut is None or fut.done():
+                stats["late_replies"] += 1  # its attempt timed out or was cancelled
+                continue
+            fut.set_result(reply)
+
+    async def _reset(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        self._stats["reconnects"] += 1
+
+    # -- requests -------------------------------------------------------------------------
+    async def request(self, name: str, payload: Any = b"", timeout: float | None = None) -> Any:
+        """Await ``name``'s reply; same contract as :meth:`pybus.Client.request`."""
+        t0 = time.perf_counter_ns()
+        result = await self._request(name, payload, timeout)
+        took = time.perf_counter_ns() - t0
+        self._rpc_latency.record(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
+        return result
+
+    async def _request(self, name: str, payload: Any, timeout: float | None) -> Any:
+        if self._closed:
+            raise ClosedError(f"async RPC client for {self.endpoint} is closed")
+        mb = self._method(name)
+        flags, body = encode_payload(payload)
+        t = self.timeout if timeout is None else _check_timeout("timeout", timeout)
+        self._stats["requests"] += 1
+        if self._plain:
+            return await self._attempt(name, mb, flags, body, t)
+        run = self.retry.start() if self.retry is not None else None
+        breaker = self.breaker
+        while True:
+            if run is not None:
+                if run.begin_attempt() > 1:
+                    self._stats["retries"] += 1
+                t_attempt = self._attempt_timeout(t, run.remaining())
+            else:
+                t_attempt = t
+            try:
+                if self.rate_limit is not None:
+                    await self.rate_limit.aacquire(timeout=t_attempt)
+                if breaker is None:
+                    return await self._attempt(name, mb, flags, body, t_attempt)
+                breaker.check()
+                t0 = breaker.clock()
+                try:
+                    result = await self._attempt(name, mb, flags, body, t_attempt)
+                except BaseException as exc:
+                    breaker.record_exception(exc, breaker.clock() - t0)
+                    raise
+                breaker.record_success(breaker.clock() - t0)
+                return result
+            except Exception as exc:
+                if run is None:
+                    raise
+                try:
+                    delay = run.failed(exc)
+                except RetryExhaustedError as ex:
+                    err = self._exhausted(ex, name, t)
+                    if err is ex:
+                        raise
+                    raise err from ex
+                timed_out = isinstance(exc, TimeoutError)
+            if timed_out and not self._pending:
+                await self._reset()
+            if delay > 0:
+                assert self.retry is not None
+                await self.retry.asleep(delay)
+
+    async def _attempt(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
+        sock = self._ensure_socket()
+        if len(self._pending) >= self.max_inflight:
+            raise BackpressureError(
+                f"{len(self._pending)} requests already await replies from {self.endpoint} "
+                f"(max_inflight={self.max_inflight}); wait for some to finish"
+            )
+        cid = self._next_cid()
+        frame = HEADER.pack(WIRE_VERSION, KIND_REQUEST, flags, len(mb), cid) + mb + body
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[cid] = fut
+        sent = False
+        try:
+            async with asyncio.timeout(t):
+                try:
+                    # With IMMEDIATE this waits for a live connection (bounded by t).
+                    await sock.send(frame)
+                except zmq.ZMQError as exc:
+                    raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
+                sent = True
+                reply = await fut
+        except builtins.TimeoutError:
+            self._stats["timeouts"] += 1
+            if not sent:
+                raise TimeoutError(
+                    f"cannot reach an RPC server at {self.endpoint} within {t:g} s "
+                    "(no connection); is it running?"
+                ) from None
+            raise TimeoutError(
+                f"no reply to {name!r} from {self.endpoint} within {t:g} s"
+            ) from None
+        finally:
+            self._pending.pop(cid, None)
+        ok, value = self._parse_reply(reply, cid)
+        assert ok  # the reader only hands over frames carrying this cid
+        return value
+
+    # -- lifetime -------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the socket, failing requests still in flight with ClosedError."""
+        if self._closed:
+            return
+        self._closed = True
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ClosedError(f"async RPC client for {self.endpoint} closed"))
+        self._pending.clear()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._sock is not None:
+            self._sock.close(0)
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,521 @@
+"""The consuming side of the work queue: a DEALER that runs a handler on every message.
+
+A :class:`Worker` connects to a :class:`pybus.WorkQueue`, announces its credit (``prefetch``:
+how many messages it may hold), runs ``handler(message)`` in ``concurrency`` threads and
+acknowledges each message when the handler returns, or rejects it with the error when the
+handler raises. Acks travel in batches (one frame per handled batch, or every
+``ack_flush_interval`` seconds for slow handlers).
+
+A socket thread owns the DEALER: it forwards results, exchanges heartbeats with the queue and,
+when the queue stays silent for ``heartbeat_interval * heartbeat_liveness`` seconds, starts a
+new session (new socket, HELLO); messages of the old session that have not started are then
+dropped, since the queue redelivers them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from .. import metrics as _metrics
+from .._native import Histogram, _zmqfast
+from .._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
+from ..errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
+from ..transport import sockets as _sockets
+from ..wire import workqueue as P
+
+#: Handler times above this (1 hour, in ns) are recorded as this.
+_LATENCY_MAX_NS = 3_600_000_000_000
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("pybus.worker")
+
+_worker_seq = itertools.count()
+
+
+def make_work_message(e: tuple[Any, ...]) -> Message:
+    """The one place a DISPATCH entry becomes the handler's :class:`pybus.Message`.
+
+    ``seq`` is the message id, ``publisher_id`` the delivery number (1 on the first
+    delivery), ``timestamp_ns`` the put time; payload and headers decode lazily.
+    """
+    mid, delivery, topic, payload, flags, headers, ts = e
+    return _message_from_wire(topic, payload, headers, flags & P.FLAG_MSGPACK, mid, delivery, ts)
+
+
+def _error_entry(mid: int, exc: BaseException) -> list[Any]:
+    if isinstance(exc, BusError):
+        d = exc.to_dict()
+        return [mid, d["type"], d["message"], int(d["code"]), bool(d["retryable"])]
+    # Not a pybus error: presumed transient, the retry policy decides how often.
+    return [mid, type(exc).__name__, str(exc), int(ErrorCode.UNKNOWN), True]
+
+
+class Worker:
+    """Run ``handler`` on messages from a :class:`pybus.WorkQueue`.
+
+    Parameters
+    ----------
+    endpoint : str
+        The queue's endpoint (connected, so the queue may start later).
+    handler : callable
+        ``handler(message: pybus.Message) -> Any``. Returning acks the message; raising nacks
+        it with the error (type, message and code; a :class:`pybus.BusError` supplies its own
+        code and ``retryable`` flag, any other exception is reported as retryable).
+        ``message.seq`` is the message id, ``message.publisher_id`` the delivery number
+        (1 on the first delivery, more when redelivered), ``message.timestamp_ns`` the put
+        time; ``payload`` and ``headers`` are what the producer put.
+    concurrency : int
+        Handler threads (1..1024).
+    dedupe_window : int
+        When > 0, the ids of the last ``dedupe_window`` successfully handled messages are
+        remembered and a redelivered duplicate is acked without running the handler
+        (counted and reported to the queue).
+    prefetch : int, optional
+        Credit announced to the queue: the most messages this worker holds at once
+        (default ``max(1024, 256 * concurrency)``).
+    heartbeat_interval, heartbeat_liveness
+        Used until the queue's WELCOME tells the queue's own values.
+    ack_flush_interval : float
+        Longest time a finished message's ack waits to be batched with others.
+    security : pybus.Curve, optional
+        CURVE for the connection to the queue (usually ``Curve.client``).
+    liveness : pybus.Liveness, optional
+        ZMTP heartbeats, reconnection backoff and peer events (default ``Liveness()``).
+    registry : pybus.metrics.Registry or False, optional
+        Where this object reports its counters (default: ``pybus.metrics.default_registry``;
+        ``False``: nowhere).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        handler: Callable[[Any], Any],
+        concurrency: int = 1,
+        dedupe_window: int = 0,
+        prefetch: int | None = None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_liveness: int = 3,
+        ack_flush_interval: float = 0.002,
+        registry: Any = None,
+        security: Any = None,
+        liveness: Any = None,
+    ) -> None:
+        if not isinstance(endpoint, str):
+            raise ValidationError(
+                f"endpoint must be a str like tcp://127.0.0.1:5555, got {type(endpoint).__name__}"
+            )
+        if not callable(handler):
+            raise ValidationError(
+                f"handler must be callable as handler(message), got {type(handler).__name__}"
+            )
+        for name, value, hi in (
+            ("concurrency", concurrency, 1024),
+            ("heartbeat_liveness", heartbeat_liveness, 1000),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+                raise ValidationError(f"{name} must be an int in 1..{hi}, got {value!r}")
+        if isinstance(dedupe_window, bool) or not isinstance(dedupe_window, int) or not (
+            0 <= dedupe_window <= 10_000_000
+        ):
+            raise ValidationError(
+                f"dedupe_window must be an int in 0..10000000 (0 disables), got {dedupe_window!r}"
+            )
+        if prefetch is None:
+            prefetch = max(1024, 256 * concurrency)
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not (
+            concurrency <= prefetch <= P.MAX_CREDIT
+        ):
+            raise ValidationError(
+                f"prefetch must be an int in concurrency..{P.MAX_CREDIT}, got {prefetch!r}"
+            )
+        for name, v in (("heartbeat_interval", heartbeat_interval),
+                        ("ack_flush_interval", ack_flush_interval)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValidationError(f"{name} must be a number > 0, got {v!r}")
+        self.endpoint = endpoint
+        self.handler = handler
+        _sockets.check_options(security, liveness)
+        self._security = security
+        self._zmtp_liveness = liveness
+        self._watch: Any = None
+        self.concurrency = concurrency
+        self.dedupe_window = dedupe_window
+        self.prefetch = prefetch
+        self.ack_flush_interval = float(ack_flush_interval)
+        self._hb_s = float(heartbeat_interval)
+        self._liveness = int(heartbeat_liveness)
+
+        self._ctx = zmq.Context()
+        self._results_addr = f"inproc://pybus-worker-{next(_worker_seq)}-{id(self):x}"
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._gen = 0  # session number; work from an older session is dropped unstarted
+        # _zmqfast addresses of the socket thread's session and results sockets (0: none, or
+        # pyzmq's calls); set and used by the socket thread only
+        self._sock_addr = 0
+        self._results_fast = 0
+        self._io_path: str | None = None  # io_path, set with the first session
+        self._stopping = False
+        self._running = False
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handler_threads: list[threading.Thread] = []
+        self._seen_lock = threading.Lock()
+        self._c_lock = threading.Lock()
+        self._seen_ids: set[int] = set()
+        self._seen_order: deque[int] = deque()
+        self._c: dict[str, int] = dict.fromkeys(
+            (
+                "received",
+                "handled",
+                "acked",
+                "nacked",
+                "duplicates",
+                "stale_dropped",
+                "decode_errors",
+                "sessions",
+            ),
+            0,
+        )
+        # time in handler(message), ns (2 significant figures); exported by pybus.metrics
+        self._handler_latency = Histogram(1, _LATENCY_MAX_NS, 2)
+        _metrics.attach(self, registry)
+
+    # ------------------------------------------------------------------ public
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` (blocking; call it in a process or thread of its own)."""
+        if self._running:
+            raise ValidationError("this Worker is already running; call run() or start() once")
+        if self._stopping:
+            raise ClosedError("this Worker was stopped; create a new one")
+        self._running = True
+        try:
+            self._serve()
+        finally:
+            self._running = False
+
+    def start(self) -> Worker:
+        """Serve in a background thread; returns self."""
+        if self._thread is not None:
+            raise ValidationError("this Worker was already started")
+        self._thread = threading.Thread(target=self.run, name="pybus-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the queue has welcomed this worker's session; False on timeout."""
+        return self._ready.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop: finish the message each handler is on, send its ack, say BYE, close.
+
+        Messages received but not started are left to the queue, which redelivers them.
+        """
+        self._stopping = True
+        self._gen += 1
+        try:
+            s = self._ctx.socket(zmq.PUSH)
+            s.linger = 1000
+            s.connect(self._results_addr)
+            s.send(b"", zmq.NOBLOCK)
+            s.close()
+        except zmq.ZMQError:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: received, handled, acked, nacked, duplicates, stale_dropped (not started
+        because their session ended), decode_errors, sessions, and the socket monitor's
+        ``peer_events`` (event name -> count, over every session's socket)."""
+        out: dict[str, Any] = dict(self._c)
+        w = self._watch
+        out["peer_events"] = dict(w.events) if w is not None else {}
+        return out
+
+    @property
+    def io_path(self) -> str | None:
+        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
+        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
+        docs/operations.md for when each is taken. None until the worker's socket thread has
+        opened its first session."""
+        return self._io_path
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ socket thread
+
+    def _new_session(self, old: zmq.Socket[Any] | None) -> zmq.Socket[Any]:
+        if old is not None:
+            self._sock_addr = 0
+            old.close(0)
+            self._gen += 1
+        self._ready.clear()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.rcvhwm = 0  # the queue's credit bounds what it sends us
+        try:
+            # one SocketWatch over every session's socket: counters and on_peer carry on
+            self._watch = _sockets.configure(sock, security=self._security,
+                                             liveness=self._zmtp_liveness, into=self._watch)
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise from_zmq(exc, f"Worker cannot connect to {self.endpoint!r}") from None
+        # the session socket's address for _zmqfast (0: pyzmq's calls); socket thread only
+        self._sock_addr = _sockets.fast_address(sock)
+        self._io_path = "libzmq" if self._sock_addr and self._results_fast else "pyzmq"
+        sock.send(P.hello(self.prefetch))
+        self._c["sessions"] += 1
+        return sock
+
+    def _serve(self) -> None:
+        results = self._ctx.socket(zmq.PULL)
+        results.linger = 0
+        results.bind(self._results_addr)
+        self._results_fast = _sockets.fast_address(results)
+        sock = self._new_session(None)
+        self._handler_threads = [
+            threading.Thread(target=self._handle_loop, name=f"pybus-worker-h{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for t in self._handler_threads:
+            t.start()
+        poller = zmq.Poller()
+        poller.register(results, zmq.POLLIN)
+        poller.register(sock, zmq.POLLIN)
+        now = time.monotonic()
+        last_recv = last_send = now
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                dead_at = last_recv + self._hb_s * self._liveness
+                wait = min(last_send + self._hb_s, dead_at) - now
+                events = dict(poller.poll(max(0, math.ceil(wait * 1000))))
+                if self._stopping:
+                    break
+                if results in events:
+                    if self._forward(results, sock):
+                        last_send = time.monotonic()
+                if sock in events:
+                    got, reconnect = self._read(sock)
+                    if got:
+                        last_recv = time.monotonic()
+                    if reconnect:
+                        poller.unregister(sock)
+                        sock = self._new_session(sock)
+                        poller.register(sock, zmq.POLLIN)
+                        last_recv = last_send = time.monotonic()
+                        continue
+                now = time.monotonic()
+                if now - last_recv > self._hb_s * self._liveness:
+                    # Paranoid Pirate: the queue is gone or restarted; new session
+                    poller.unregister(sock)
+                    sock = self._new_session(sock)
+                    poller.register(sock, zmq.POLLIN)
+                    last_recv = last_send = now
+                elif now - last_send >= self._hb_s:
+                    try:
+                        sock.send(P.HEARTBEAT_FRAME, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # nobody to talk to; the liveness check starts a new session
+                    last_send = now
+            # graceful end: let handlers finish their current message, ship their acks
+            for _ in self._handler_threads:
+                self._work.put(None)
+            deadline = time.monotonic() + 5.0
+            for t in self._handler_threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            self._forward(results, sock)
+            try:
+                sock.send(P.BYE_FRAME, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        finally:
+            self._stopping = True
+            for _ in self._handler_threads:
+                self._work.put(None)
+            sock.close(linger=200)  # give the last acks and BYE a moment to leave
+            results.close(0)
+            # A handler still stuck in user code keeps its socket open; terminating the
+            # context would then hang, so leave it to the (daemon) thread's exit.
+            if not any(t.is_alive() for t in self._handler_threads):
+                self._ctx.term()
+
+    def _forward(self, results: zmq.Socket[Any], sock: zmq.Socket[Any]) -> bool:
+        addr, results_addr = self._sock_addr, self._results_fast
+        if addr and results_addr:
+            return self._forward_fast(results_addr, addr)
+        sent = False
+        while True:
+            try:
+                frame = results.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return sent
+            if frame:  # empty frames only wake us (stop)
+                try:
+                    sock.send(frame, zmq.NOBLOCK)
+                    sent = True
+                except zmq.ZMQError:
+                    pass  # the queue redelivers what we could not ack
+
+    def _forward_fast(self, results_addr: int, addr: int) -> bool:
+        """_forward on _zmqfast (the PUSH side sends one-part messages)."""
+        recv_message, send_frame = _zmqfast.recv_message, _zmqfast.send_frame
+        sent = False
+        while True:
+            parts = recv_message(results_addr)
+            if parts is None:
+                return sent
+            for frame in parts:
+                # empty frames only wake us (stop); a send error (errno) is left to the
+                # queue, which redelivers what we could not ack
+                if frame and not send_frame(addr, frame):
+                    sent = True
+
+    def _read(self, sock: zmq.Socket[Any]) -> tuple[bool, bool]:
+        got = False
+        addr = self._sock_addr
+        recv_message = _zmqfast.recv_message
+        parts: list[bytes] | None
+        for _ in range(64):
+            if addr:
+                parts = recv_message(addr)
+                if parts is None:
+                    break
+            else:
+                try:
+                    parts = [sock.recv(zmq.NOBLOCK)]
+                except zmq.Again:
+                    break
+            got = True
+            # one part per message from the queue; each part of a (malformed) multipart
+            # message is judged alone, as when read part by part
+            for frame in parts:
+                try:
+                    cmd = P.command(frame)
+                    if cmd == P.DISPATCH:
+                        self._enqueue(P.parse_dispatch(frame))
+                    elif cmd == P.WELCOME:
+                        hb_ms, liveness, _credit = P.parse_welcome(frame)
+                        self._hb_s = hb_ms / 1000.0
+                        self._liveness = liveness
+                        self._ready.set()
+                    elif cmd == P.RECONNECT:
+                        return got, True
+                    elif cmd != P.HEARTBEAT:
+                        raise FrameError(f"unknown work-queue command {cmd:#x} from the queue")
+                except FrameError:
+                    self._c["decode_errors"] += 1
+        return got, False
+
+    def _enqueue(self, entries: tuple[Any, ...]) -> None:
+        n = len(entries)
+        self._c["received"] += n
+        gen = self._gen
+        k = self.concurrency
+        if k == 1 or n == 1:
+            self._work.put((gen, entries))
+            return
+        step = -(-n // k)
+        for i in range(0, n, step):
+            self._work.put((gen, entries[i : i + step]))
+
+    # ------------------------------------------------------------------ handler threads
+
+    def _handle_loop(self) -> None:
+        push = self._ctx.socket(zmq.PUSH)
+        push.linger = 1000
+        push.connect(self._results_addr)
+        handler = self.handler
+        get = self._work.get
+        make = make_work_message
+        mono = time.monotonic
+        flush_s = self.ack_flush_interval
+        window = self.dedupe_window
+        seen = self._seen_ids
+        c = self._c
+        try:
+            while True:
+                item = get()
+                if item is None:
+                    return
+                gen, entries = item
+                if gen != self._gen:
+                    with self._c_lock:
+                        c["stale_dropped"] += len(entries)
+                    continue
+                acks: list[int] = []
+                dups: list[int] = []
+                nacks: list[list[Any]] = []
+                flush_at = mono() + flush_s
+                handled = 0
+                perf_ns = time.perf_counter_ns
+                record_latency = self._handler_latency.record
+                for i, e in enumerate(entries):
+                    if self._stopping or gen != self._gen:
+                        with self._c_lock:
+                            c["stale_dropped"] += len(entries) - i
+                        break
+                    mid = e[0]
+                    if window and mid in seen:
+                        dups.append(mid)
+                        continue
+                    handled += 1
+                    t0 = perf_ns()
+                    try:
+                        handler(make(e))
+                    except Exception as exc:
+                        nacks.append(_error_entry(mid, exc))
+                    else:
+                        acks.append(mid)
+                        if window:
+                            self._remember(mid)
+                    finally:
+                        took = perf_ns() - t0
+                        record_latency(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
+                    if mono() >= flush_at:
+                        self._flush(push, acks, dups, nacks)
+                        acks, dups, nacks = [], [], []
+                        flush_at = mono() + flush_s
+                with self._c_lock:
+                    c["handled"] += handled
+                self._flush(push, acks, dups, nacks)
+        finally:
+            push.close()
+
+    def _remember(self, mid: int) -> None:
+        with self._seen_lock:
+            order = self._seen_order
+            if len(order) >= self.dedupe_window:
+                self._seen_ids.discard(order.popleft())
+            order.append(mid)
+            self._seen_ids.add(mid)
+
+    def _flush(
+        self, push: zmq.Socket[Any], acks: list[int], dups: list[int], nacks: list[list[Any]]
+    ) -> None:
+        c = self._c
+        with self._c_lock:  # before sending, so stats() never lags what the queue saw
+            c["acked"] += len(acks)
+            c["duplicates"] += len(dups)
+            c["nacked"] += len(nacks)
+        if acks or dups:
+            push.send(P.ack(acks, dups))
+        if nacks:
+            push.send(P.nack(nacks))
