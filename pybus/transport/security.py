@@ -41,6 +41,7 @@ import zmq
 import zmq.utils.z85
 
 from ..errors import ValidationError
+from .sockets import hub_for, watch
 
 __all__ = [
     "Curve",
@@ -459,8 +460,6 @@ class Curve:
         the allowlist, and tells ZeroMQ to refuse connections when it is missing.
         """
         if self.role == "server":
-            from .sockets import hub_for
-
             ctx = context if context is not None else sock.context
             while not hub_for(ctx).add_domain(self):  # that hub was exiting: use a new one
                 pass
@@ -479,8 +478,6 @@ class Curve:
         set CURVE on ``sock`` and, for a server, count its failed handshakes."""
         self.apply(sock)
         if self.role == "server":
-            from .sockets import watch
-
             watch(sock, None, [self])
 
     def _register_owner(self, owner: Any) -> None:

@@ -32,19 +32,38 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 import zmq
 
 from .._native import _zmqfast
 from ..errors import ValidationError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .security import Curve
-
 __all__ = ["Liveness", "SocketWatch", "configure", "PEER_EVENTS"]
 
 log = logging.getLogger("pybus.sockets")
+
+@runtime_checkable
+class SocketSecurity(Protocol):
+    """What this module needs of a socket's ``security=``: :class:`pybus.Curve` implements it.
+
+    Declared here, not imported, so that the transport knows nothing above it
+    (``pybus.transport.security`` imports this module for its ZAP handler, not the reverse).
+    """
+
+    domain: bytes
+
+    @property
+    def is_server(self) -> bool: ...
+
+    def apply(self, sock: zmq.Socket, context: zmq.Context | None = None) -> None: ...
+
+    def _authorize(
+        self, mechanism: bytes, creds: list[bytes], address: str
+    ) -> tuple[bool, str, bytes]: ...
+
+    def _handshake_failed(self, event: str, endpoint: str) -> None: ...
+
 
 #: ``on_peer(event, endpoint)``: ``event`` is one of :data:`PEER_EVENTS`.
 PeerCallback = Callable[[str, str], None]
@@ -274,7 +293,7 @@ class _Hub:
         self._ctx_ref = weakref.ref(ctx)
         # sockets handed over to the hub thread: ("zap", ROUTER) or ("mon", PAIR, watch, curves)
         self._new: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._domains: dict[bytes, weakref.ref[Curve]] = {}
+        self._domains: dict[bytes, weakref.ref[SocketSecurity]] = {}
         self._lock = threading.Lock()
         self._zap: zmq.Socket | None = None
         self.stray_zap = 0  # requests for a domain no live Curve owns (rejected)
@@ -291,7 +310,7 @@ class _Hub:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._closing
 
-    def add_domain(self, curve: Curve) -> bool:
+    def add_domain(self, curve: SocketSecurity) -> bool:
         """Route ZAP requests of ``curve.domain`` to ``curve``; bind the ZAP handler once.
 
         The ROUTER is created and bound here, in the caller's thread, so that the handler
@@ -329,7 +348,7 @@ class _Hub:
         self._new.put(("sync", done))
         return done.wait(timeout)
 
-    def watch(self, mon: zmq.Socket, watch: SocketWatch, curves: list[Curve]) -> bool:
+    def watch(self, mon: zmq.Socket, watch: SocketWatch, curves: list[SocketSecurity]) -> bool:
         with self._lock:
             if self._closing:
                 return False
@@ -350,7 +369,7 @@ class _Hub:
     def _run(self) -> None:
         poller = zmq.Poller()
         zap: zmq.Socket | None = None
-        monitors: dict[zmq.Socket, tuple[SocketWatch, list[Curve]]] = {}
+        monitors: dict[zmq.Socket, tuple[SocketWatch, list[SocketSecurity]]] = {}
         watched = False
         try:
             while True:
@@ -424,7 +443,9 @@ class _Hub:
                     if hub is self:
                         del _HUBS[key]
 
-    def _read_monitor(self, mon: zmq.Socket, watch: SocketWatch, curves: list[Curve]) -> bool:
+    def _read_monitor(
+        self, mon: zmq.Socket, watch: SocketWatch, curves: list[SocketSecurity]
+    ) -> bool:
         while True:
             try:
                 frames = mon.recv_multipart(zmq.NOBLOCK)
@@ -515,9 +536,7 @@ def check_options(security: Any, liveness: Any) -> None:
     if liveness is not None and not isinstance(liveness, Liveness):
         raise ValidationError(f"liveness must be a pybus.Liveness, got {type(liveness).__name__}")
     if security is not None:
-        from .security import Curve as _Curve
-
-        if not isinstance(security, _Curve):
+        if not isinstance(security, SocketSecurity):
             raise ValidationError(
                 f"security must be a pybus.Curve (Curve.server(...) or Curve.client(...)), got "
                 f"{type(security).__name__}"
@@ -591,11 +610,9 @@ def secure_and_watch(
     Returns the socket's :class:`SocketWatch`, or None when ``liveness.monitor`` is False.
     """
     lv = DEFAULT_LIVENESS if liveness is None else liveness
-    curves: list[Curve] = []
+    curves: list[SocketSecurity] = []
     if security is not None:
-        from .security import Curve as _Curve
-
-        if isinstance(security, _Curve):
+        if isinstance(security, SocketSecurity):
             security.apply(sock, context)
             if security.is_server:
                 curves.append(security)
@@ -622,7 +639,7 @@ def watched_monitors(ctx: zmq.Context) -> int:
 def configure(
     sock: zmq.Socket,
     *,
-    security: Curve | None = None,
+    security: SocketSecurity | None = None,
     liveness: Liveness | None = None,
     max_msg_bytes: int | None = None,
     context: zmq.Context | None = None,
@@ -661,11 +678,9 @@ def configure(
     apply_liveness(sock, lv, heartbeats=not receives_stream)
     if max_msg_bytes is not None:
         sock.setsockopt(zmq.MAXMSGSIZE, int(max_msg_bytes))
-    curves: list[Curve] = []
+    curves: list[SocketSecurity] = []
     if security is not None:
-        from .security import Curve as _Curve
-
-        if not isinstance(security, _Curve):
+        if not isinstance(security, SocketSecurity):
             raise ValidationError(
                 f"security must be a pybus.Curve (Curve.server(...) or Curve.client(...)), got "
                 f"{type(security).__name__}"
@@ -679,7 +694,7 @@ def configure(
 
 
 def watch(sock: zmq.Socket, on_peer: PeerCallback | None = None,
-          curves: list[Curve] | None = None, context: zmq.Context | None = None,
+          curves: list[SocketSecurity] | None = None, context: zmq.Context | None = None,
           *, into: SocketWatch | None = None) -> SocketWatch:
     """Monitor ``sock``'s peer events (before bind/connect); returns its counters.
 
