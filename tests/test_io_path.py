@@ -6,8 +6,8 @@ off; each case is produced here with real objects and real traffic:
 
 - the default (``_zmqfast.AVAILABLE``): every object on ``"libzmq"``;
 - the fast path unavailable for the process (``PYBUS_NO_ZMQ_FASTPATH=1`` in a subprocess, as
-  tests/test_zmqfast.py's probe; and in-process through ``pybus._sockets.FASTPATH``, which is
-  what a failed library lookup or version check sets): every object on ``"pyzmq"``;
+  tests/test_zmqfast.py's probe; and in-process through ``pybus.transport.sockets.FASTPATH``,
+  which is what a failed library lookup or version check sets): every object on ``"pyzmq"``;
 - a socket class that overrides ``send``/``recv``: ``"pyzmq"``, and the override is really
   called for the data frames (the reason the guide gives for the fallback);
 - a publisher keeping a late-joiner history, a subscriber enforcing publish permissions:
@@ -32,8 +32,9 @@ import pytest
 import zmq
 
 import pybus
-from pybus import Curve, _sockets
+from pybus import Curve
 from pybus._native import _zmqfast
+from pybus.transport import sockets as _sockets
 
 sys.path.insert(0, os.path.dirname(__file__))
 from waiting import drain, until  # noqa: E402

@@ -83,7 +83,7 @@ def test_refusals_within_the_interval_are_counted_in_the_next_message(
 ) -> None:
     pub, curve = server
     ep = pub.endpoints[0]
-    monkeypatch.setattr(pybus.security, "time", types.SimpleNamespace(monotonic=clock))
+    monkeypatch.setattr(pybus.transport.security, "time", types.SimpleNamespace(monotonic=clock))
     caplog.set_level(logging.WARNING, "pybus.security")
     ctx = zmq.Context.instance()
     mallory = keys["mallory"][0].decode()
