@@ -30,6 +30,7 @@ from .registry import (
     Registry,
     register_adapter,
 )
+from .samples import MetricsSource
 from .server import MetricsServer, serve
 
 #: The registry every pybus object reports into unless given ``registry=``.
@@ -83,8 +84,6 @@ def snapshot_json(registry: Registry | None = None, *, indent: int | None = None
     return json.dumps(_jsonable(snapshot(registry)), indent=indent, allow_nan=False)
 
 
-from . import adapters as _adapters  # noqa: E402,F401  - registers the pybus adapters
-
 __all__ = [
     "CONTENT_TYPE_OPENMETRICS",
     "CONTENT_TYPE_TEXT",
@@ -94,6 +93,7 @@ __all__ = [
     "QUANTILES",
     "FamilySnapshot",
     "HdrValue",
+    "MetricsSource",
     "MetricDef",
     "MetricsServer",
     "PybusCollector",

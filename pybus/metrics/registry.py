@@ -23,7 +23,7 @@ from ..errors import ValidationError
 from . import _hdr
 from .exposition import render as _render
 from .families import BY_SOURCE, QUANTILES, SOURCE_LABELS, SOURCES, MetricDef
-from .samples import FamilySnapshot, HdrValue, Labels, RawSample
+from .samples import FamilySnapshot, HdrValue, Labels, MetricsSource, RawSample
 
 log = logging.getLogger("pybus.metrics")
 
@@ -63,8 +63,26 @@ def register_adapter(qualified_class_name: str, adapter: Adapter) -> None:
     _ADAPTERS[qualified_class_name] = adapter
 
 
+class _SelfReporting:
+    """The adapter of every :class:`MetricsSource`: it asks the object itself."""
+
+    kind = ""  # per object: its metrics_kind
+
+    def samples(self, obj: Any) -> Iterable[RawSample]:
+        return obj.metrics_samples()  # type: ignore[no-any-return]
+
+    def readiness(self, obj: Any) -> tuple[bool, str]:
+        return obj.metrics_readiness()  # type: ignore[no-any-return]
+
+
+_SELF_REPORTING = _SelfReporting()
+
+
 def adapter_for(obj: Any) -> Adapter | None:
-    """The adapter registered for ``type(obj)`` or its nearest base class, or None."""
+    """How to read ``obj``: itself when it is a :class:`MetricsSource`, else the adapter
+    registered for ``type(obj)`` or its nearest base class, or None."""
+    if isinstance(obj, MetricsSource):
+        return _SELF_REPORTING
     for cls in type(obj).__mro__:
         a = _ADAPTERS.get(f"{cls.__module__}.{cls.__qualname__}")
         if a is not None:
@@ -151,8 +169,10 @@ class Registry:
         adapter = adapter_for(obj)
         if adapter is None:
             raise ValidationError(
-                f"cannot register a {type(obj).__qualname__} for metrics: no adapter for it; "
-                "register_adapter('module.Class', adapter) first"
+                f"cannot register a {type(obj).__qualname__} for metrics: it implements no "
+                "pybus.metrics.MetricsSource (metrics_kind, metrics_samples(), "
+                "metrics_readiness()) and no adapter was registered for its class "
+                "(register_adapter('module.Class', adapter))"
             )
         if name is None:
             cand = getattr(obj, "name", None)
@@ -165,7 +185,7 @@ class Registry:
             old = self._objects.get(key)
             if old is not None and old.ref() is obj:
                 return old.name
-            kind = adapter.kind
+            kind = obj.metrics_kind if adapter is _SELF_REPORTING else adapter.kind
             seq = self._seq.setdefault(kind, itertools.count(1))
             if name is None:
                 name = f"{kind}-{next(seq)}"

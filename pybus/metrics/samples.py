@@ -1,13 +1,15 @@
 """The values a registry passes between its parts: raw samples, HDR samples, family snapshots.
 
 A module of its own so that the registry, the exposition writers and the HDR reader all import
-it and none of them imports another (no cycle).
+it and none of them imports another (no cycle). It is also what every reporting class imports:
+:class:`MetricsSource` is the protocol each one implements next to its counters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from .families import MetricDef
 
@@ -49,3 +51,42 @@ class FamilySnapshot:
 
     definition: MetricDef
     samples: list[tuple[str, Labels, float]]
+
+
+#: Nanoseconds to seconds, the ``scale`` of every latency histogram pybus records in ns.
+NS = 1e-9
+
+
+@runtime_checkable
+class MetricsSource(Protocol):
+    """An object that reports into a :class:`pybus.metrics.Registry`.
+
+    Every pybus class that keeps counters implements it next to them, so a class that is
+    renamed or moved keeps its metrics (nothing looks it up by name), and an object that does
+    not implement it is refused by ``Registry.register`` with an error, never ignored.
+
+    ``metrics_kind``
+        A short noun (``"publisher"``), the ``kind`` of ``pybus_objects`` and of names.
+    ``metrics_samples()``
+        ``(logical_name, labels, value)`` for the families in
+        :mod:`pybus.metrics.families` (the registry adds ``name`` and caps topics); a value is
+        a number or an :class:`HdrValue`.
+    ``metrics_readiness()``
+        ``(ready, reason)`` for ``/readyz``: not ready when closed, an open breaker...
+    """
+
+    metrics_kind: ClassVar[str]
+
+    def metrics_samples(self) -> Iterable[RawSample]: ...
+
+    def metrics_readiness(self) -> tuple[bool, str]: ...
+
+
+def transport_samples(stats: dict[str, Any], security: Any) -> Iterator[RawSample]:
+    """Peer events of a socket's monitor (``stats["peer_events"]``) and, for a CURVE server,
+    its rejections by reason: the samples every socket-owning class reports alike."""
+    for event, n in stats.get("peer_events", {}).items():
+        yield "pybus_peer_events_total", {"side": "socket", "event": event}, n
+    if security is not None and getattr(security, "is_server", False):
+        for reason, n in security.stats()["rejected_by_reason"].items():
+            yield "pybus_auth_rejected_total", {"reason": reason}, n

@@ -28,12 +28,13 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
 from .. import metrics as _metrics
 from ..errors import CircuitOpenError, ValidationError
+from ..metrics.samples import RawSample
 
 __all__ = ["CircuitBreaker", "CircuitState"]
 
@@ -264,6 +265,25 @@ class CircuitBreaker:
             if self._state is not CircuitState.OPEN:
                 return 0.0
             return max(0.0, self.reset_timeout - (self.clock() - self._opened_at))
+
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "circuit_breaker"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        # .state (not stats()["state"]): an open breaker past reset_timeout reads as half-open
+        state = str(self.state.value)
+        s = self.stats()
+        for st in ("closed", "open", "half_open"):
+            yield "pybus_circuit_breaker_state", {"state": st}, 1 if st == state else 0
+        yield "pybus_circuit_breaker_calls_total", {"outcome": "success"}, s["successes"]
+        yield "pybus_circuit_breaker_calls_total", {"outcome": "failure"}, s["failures"]
+        yield "pybus_circuit_breaker_opened_total", {}, s["opened"]
+        yield "pybus_circuit_breaker_rejected_total", {}, s["rejected"]
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        if str(self.state.value) == "open":
+            return False, f"circuit breaker is open; probes in {self.retry_after:.1f} s"
+        return True, ""
 
     def stats(self) -> dict[str, Any]:
         """Counters plus the state and the window's failure count."""

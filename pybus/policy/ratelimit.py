@@ -21,11 +21,12 @@ import collections
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any
 
 from .. import metrics as _metrics
 from ..errors import RateLimitError, ValidationError
+from ..metrics.samples import RawSample
 
 __all__ = ["RateLimiter", "KeyedRateLimiter"]
 
@@ -187,6 +188,17 @@ class RateLimiter:
                 self._refund(n)
                 raise
 
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "rate_limiter"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        s = self.stats()
+        yield "pybus_rate_limited_total", {}, s["rejected"]
+        yield "pybus_rate_limiter_granted_total", {}, s["granted"]
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        return True, ""
+
     def stats(self) -> dict[str, float]:
         """granted, rejected, waited (grants that had to wait), tokens."""
         with self._lock:
@@ -284,6 +296,25 @@ class KeyedRateLimiter:
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
             return key in self._buckets
+
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "rate_limiter"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        # The per-key buckets are not registered themselves (there may be thousands); their
+        # counters are summed here, plus what evicted buckets had counted.
+        with self._lock:
+            buckets = list(self._buckets.values())
+            granted = self._evicted_granted
+            rejected = self._evicted_rejected
+        for b in buckets:
+            granted += b._granted
+            rejected += b._rejected
+        yield "pybus_rate_limited_total", {}, rejected
+        yield "pybus_rate_limiter_granted_total", {}, granted
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        return True, ""
 
     def stats(self) -> dict[str, int]:
         """keys (buckets held) and evicted (buckets dropped by the LRU bound)."""

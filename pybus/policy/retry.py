@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 
 from .. import metrics as _metrics
 from ..errors import BusError, RetryExhaustedError, ValidationError
+from ..metrics.samples import RawSample
 
 __all__ = ["RetryPolicy", "RetryRun", "default_retryable"]
 
@@ -297,6 +298,17 @@ class RetryPolicy:
     def retries(self) -> int:
         """Attempts after the first (each one followed a retryable failure)."""
         return self._retries
+
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "retry_policy"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        s = self.stats()
+        yield "pybus_retries_total", {}, s["retries"]
+        yield "pybus_retries_exhausted_total", {}, s["exhausted"]
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        return True, ""
 
     def stats(self) -> dict[str, int]:
         """Counters: attempts, retries, exhausted (calls that ended in RetryExhaustedError)."""

@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import zmq
 
 from ..errors import ClosedError, TimeoutError, ValidationError, from_zmq
+from ..metrics.samples import RawSample
 from ..transport import sockets as _sockets
 from . import _base as base
 from ._proxy_checked import PAUSE, RESUME, STAT_KEYS, CheckedLoop
@@ -342,6 +343,37 @@ class Proxy:
         if len(frames) != 8:  # pragma: no cover - libzmq < 4.3 has no STATISTICS
             raise ValidationError("this libzmq does not report proxy STATISTICS (needs >= 4.3)")
         return [int.from_bytes(f, sys.byteorder) for f in frames]
+
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "proxy"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        if self.closed:
+            return
+        s = self.stats()
+        for side in ("frontend", "backend"):
+            d = s[side]
+            for direction in ("in", "out"):
+                yield ("pybus_proxy_messages_total", {"side": side, "direction": direction},
+                       d[f"messages_{direction}"])
+                yield ("pybus_proxy_bytes_total", {"side": side, "direction": direction},
+                       d[f"bytes_{direction}"])
+            if d.get("peers") is not None:
+                yield "pybus_peers", {"side": side}, d["peers"]
+            for event, n in d.get("peer_events", {}).items():
+                yield "pybus_peer_events_total", {"side": side, "event": event}, n
+        if s.get("checked"):
+            yield "pybus_messages_dropped_total", {"reason": "forbidden"}, s["forbidden"]
+        rejected: dict[str, int] = {}
+        for a in s["auth"]:
+            for reason, n in a["rejected_by_reason"].items():
+                rejected[reason] = rejected.get(reason, 0) + n
+        for reason, n in rejected.items():
+            yield "pybus_auth_rejected_total", {"reason": reason}, n
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        state = "closed" if self.closed else self.stats()["state"]
+        return (True, "") if state == "running" else (False, f"proxy is {state}")
 
     def stats(self) -> dict[str, Any]:
         """ZeroMQ's proxy statistics plus peer events.

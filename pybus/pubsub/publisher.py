@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import msgpack
@@ -26,6 +26,7 @@ from .. import metrics as _metrics
 from .._native import Batcher, Histogram, frame_info
 from .._native._batch import set_thread_timer_slack
 from ..errors import BackpressureError, ClosedError, TimeoutError, ValidationError, from_zmq
+from ..metrics.samples import HdrValue, RawSample, transport_samples
 from ..policy.topics import validate_topic
 from ..transport import sockets as _sockets
 from . import _base as base
@@ -1128,6 +1129,29 @@ class Publisher:
         return len(self._subscribers)
 
     # -- accounting ---------------------------------------------------------------------------
+
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "publisher"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        s = self.stats()
+        by_topic = self._published_by_topic
+        if by_topic:
+            for t, n in dict(by_topic).items():  # keys are the topic frames (ASCII bytes)
+                yield "pybus_messages_published_total", {"topic": t.decode("ascii")}, n
+        yield "pybus_published_bytes_total", {}, s["bytes"]
+        yield "pybus_batches_total", {}, s["batches"]
+        for reason, n in s["dropped"].items():
+            yield "pybus_messages_dropped_total", {"reason": reason}, n
+        yield "pybus_subscribers", {}, s["subscribers"]
+        yield "pybus_publisher_evictions_total", {}, s["evictions"]
+        yield "pybus_publisher_in_flight_bytes", {}, s["in_flight_bytes"]
+        yield "pybus_queue_depth", {}, s["pending"]
+        yield "pybus_batch_size_messages", {}, HdrValue(self._batch_sizes, 1.0, s["published"])
+        yield from transport_samples(s, self._security)
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        return (False, "publisher is closed") if self._closed else (True, "")
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``published`` (messages handed to ZeroMQ), ``pending``, ``batches``,

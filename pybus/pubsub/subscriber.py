@@ -21,6 +21,7 @@ import zmq
 from .. import metrics as _metrics
 from .._native import Histogram, Message, _zmqfast, decode_batch, frame_info
 from ..errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
+from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
 from ..policy.topics import TopicMatcher, is_valid_topic
 from ..transport import sockets as _sockets
 from . import _base as base
@@ -870,6 +871,30 @@ class Subscriber:
                 return
 
     # -- accounting ---------------------------------------------------------------------------
+
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "subscriber"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        s = self.stats()
+        for t, n in s["received_by_topic"].items():
+            # untracked topics are folded into "<other>" here; report them with the registry's
+            yield "pybus_messages_received_total", {"topic": "other" if t == "<other>" else t}, n
+        yield "pybus_messages_lost_total", {}, s["lost"]
+        for reason, n in s.get("dropped", {}).items():
+            yield "pybus_messages_dropped_total", {"reason": reason}, n
+        yield "pybus_messages_out_of_order_total", {}, s["out_of_order"]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_queue_depth", {}, s["buffered"]
+        yield "pybus_sequence_gaps_total", {}, s["gaps"]
+        yield "pybus_received_bytes_total", {}, s["bytes"]
+        yield "pybus_batches_received_total", {}, s["batches"]
+        if self._latency is not None:
+            yield "pybus_end_to_end_latency_seconds", {}, HdrValue(self._latency, NS)
+        yield from transport_samples(s, self._security)
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        return (False, "subscriber is closed") if self._closed else (True, "")
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``received`` and ``lost`` (total and ``*_by_topic``), ``decode_errors``

@@ -34,7 +34,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -55,6 +55,7 @@ from ..errors import (
     ValidationError,
     from_zmq,
 )
+from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
 from ..policy.breaker import CircuitBreaker
 from ..policy.ratelimit import KeyedRateLimiter, RateLimiter
 from ..policy.retry import RetryPolicy
@@ -427,6 +428,24 @@ class Server:
         return self._io_path
 
     # -- stats --------------------------------------------------------------------------
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "rpc_server"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        s = self.stats()
+        for key, outcome in (("requests", "received"), ("replies", "replied"),
+                             ("handler_errors", "handler_error"),
+                             ("unknown_method", "unknown_method"),
+                             ("busy_rejected", "busy_rejected"), ("unroutable", "unroutable")):
+            yield "pybus_rpc_requests_total", {"role": "server", "outcome": outcome}, s[key]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_in_flight", {}, s["inflight"]
+        yield "pybus_handler_latency_seconds", {}, HdrValue(self._handler_latency, NS)
+        yield from transport_samples(s, self._security)
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        return (False, "rpc server is closed") if self._closed else (True, "")
+
     def stats(self) -> dict[str, Any]:
         """Counters: requests, replies, handler_errors, unknown_method, decode_errors
         (malformed frames dropped; ``decode_error_reasons`` splits them by reason),
@@ -892,6 +911,8 @@ def _open_dealer(
 class _ClientBase:
     """Validation, stats and policy plumbing shared by Client and AsyncClient."""
 
+    _security: Any = None  # the socket's security, set by each client
+
     def __init__(
         self,
         endpoint: str,
@@ -945,6 +966,23 @@ class _ClientBase:
             sock, getattr(self, "_security", None), getattr(self, "_liveness", None),
             context=self._monitor_ctx, into=self._watch,
         )
+
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "rpc_client"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        s = self.stats()
+        for key, outcome in (("requests", "sent"), ("replies", "replied"),
+                             ("remote_errors", "remote_error"), ("timeouts", "timeout"),
+                             ("late_replies", "late_reply")):
+            yield "pybus_rpc_requests_total", {"role": "client", "outcome": outcome}, s[key]
+        yield "pybus_retries_total", {}, s["retries"]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_rpc_latency_seconds", {}, HdrValue(self._rpc_latency, NS)
+        yield from transport_samples(s, self._security)
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        return (False, "rpc client is closed") if self._closed else (True, "")
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, replies, remote_errors, timeouts (attempts that got no

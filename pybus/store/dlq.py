@@ -60,6 +60,7 @@ from ..errors import (
     RemoteError,
     ValidationError,
 )
+from ..metrics.samples import RawSample
 
 __all__ = ["DeadLetter", "DeadLetterQueue"]
 
@@ -373,6 +374,19 @@ class DeadLetterQueue:
         return int(
             self._conn().execute("SELECT value FROM meta WHERE key='evictions'").fetchone()[0]
         )
+
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "dlq"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        if self._closed:
+            return
+        s = self.stats()
+        yield "pybus_dlq_size", {}, s["entries"]
+        yield "pybus_dlq_evicted_total", {}, s["evictions"]
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        return True, ""
 
     def stats(self) -> dict[str, int]:
         """entries, evictions and max_entries."""

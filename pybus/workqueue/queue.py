@@ -40,7 +40,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import msgpack
@@ -58,6 +58,7 @@ from ..errors import (
     ValidationError,
     from_zmq,
 )
+from ..metrics.samples import RawSample, transport_samples
 from ..store.journal import Journal
 from ..transport import sockets as _sockets
 from ..wire import workqueue as P
@@ -325,6 +326,7 @@ class WorkQueue:
                 self._journal.close()
             raise from_zmq(exc, f"WorkQueue cannot bind {endpoint!r}") from None
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._security = security  # its CURVE rejections are reported with the metrics
         if security is not None and security.is_server:
             security._register_owner(self)
         wake_addr = f"inproc://pybus-wq-wake-{id(self):x}"
@@ -533,6 +535,24 @@ class WorkQueue:
                 return True
             finally:
                 self._waiters -= 1
+
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "work_queue"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        s = self.stats()
+        for ev in ("put", "recovered", "dispatched", "acked", "nacked", "redelivered",
+                   "dead_lettered", "ack_timeouts"):
+            yield "pybus_tasks_total", {"event": ev}, s[ev]
+        yield "pybus_dead_lettered_total", {}, s["dead_lettered"]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_in_flight", {}, s["in_flight"]
+        yield "pybus_queue_depth", {}, s["queue_depth"]
+        yield "pybus_workers", {}, s["workers"]
+        yield from transport_samples(s, self._security)
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        return (False, "work queue is closed") if self._closed else (True, "")
 
     def stats(self) -> dict[str, Any]:
         """Counters: put, recovered, dispatched, acked, nacked, redelivered, dead_lettered,

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -30,6 +30,7 @@ from .. import metrics as _metrics
 from .._native import Histogram, _zmqfast
 from .._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
 from ..errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
+from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
 from ..transport import sockets as _sockets
 from ..wire import workqueue as P
 
@@ -234,6 +235,24 @@ class Worker:
             pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
+    metrics_kind = "worker"
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        s = self.stats()
+        for ev in ("handled", "acked", "nacked", "duplicates"):
+            yield "pybus_tasks_total", {"event": ev}, s[ev]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_handler_latency_seconds", {}, HdrValue(self._handler_latency, NS)
+        yield from transport_samples(s, self._security)
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        if self._stopping:
+            return False, "worker is stopped"
+        if not self._ready.is_set():
+            return False, "worker has no session with its queue yet"
+        return True, ""
 
     def stats(self) -> dict[str, Any]:
         """Counters: received, handled, acked, nacked, duplicates, stale_dropped (not started
