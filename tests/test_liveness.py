@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 import pybus
-import pybus.subscriber
+import pybus.pubsub.subscriber
 
 sys.path.insert(0, os.path.dirname(__file__))
 from waiting import TimeStub  # noqa: E402
@@ -210,7 +210,7 @@ def test_slow_consumer_by_lag(monkeypatch: pytest.MonkeyPatch) -> None:
     # publisher's stamp. The subscribers' clock is made to jump instead of the test sleeping
     # through the lag: no real delay counts unless it exceeds max_lag_s = 5 s.
     ahead_ns = 0
-    monkeypatch.setattr(pybus.subscriber, "time",
+    monkeypatch.setattr(pybus.pubsub.subscriber, "time",
                         TimeStub(time_ns=lambda: time.time_ns() + ahead_ns))
     pub = pybus.Publisher("tcp://127.0.0.1:*", registry=False)
     sub = pybus.Subscriber(pub.endpoints, slow_consumer="close", max_lag_s=5.0, registry=False)
