@@ -265,7 +265,7 @@ def _hub_allowances() -> tuple[set[int], set[threading.Thread]]:
     """ZAP sockets and hub threads of shared contexts (alive as long as the context)."""
     socks: set[int] = set()
     threads: set[threading.Thread] = set()
-    mod = sys.modules.get("pybus._sockets")
+    mod = sys.modules.get("pybus.transport.sockets")
     if mod is None:
         return socks, threads
     with mod._HUBS_LOCK:
