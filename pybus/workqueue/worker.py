@@ -235,6 +235,8 @@ class Worker:
             pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        elif self._thread is None and not self._running and not self._ctx.closed:
+            self._ctx.term()  # never served: its sessions' thread, which would, never ran
 
     # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
     metrics_kind = "worker"
