@@ -16,7 +16,7 @@ import msgpack
 import pytest
 import zmq
 
-import pybus.workqueue
+import pybus.workqueue.queue
 from pybus import DeadLetterQueue, RetryPolicy, Worker, WorkQueue
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -205,10 +205,10 @@ def _freeze_queue_clock(monkeypatch, clock):
     fake clock, which moves only when the test advances it. Set before the queue starts."""
     # were the clock read another way, the patch would do nothing and these tests would
     # silently run on real time again: say so instead
-    src = inspect.getsource(pybus.workqueue)
+    src = inspect.getsource(pybus.workqueue.queue)
     assert "time.monotonic()" in src and "from time import" not in src, \
-        "pybus.workqueue no longer reads time.monotonic(): update _freeze_queue_clock"
-    monkeypatch.setattr(pybus.workqueue, "time", TimeStub(monotonic=clock))
+        "pybus.workqueue.queue no longer reads time.monotonic(): update _freeze_queue_clock"
+    monkeypatch.setattr(pybus.workqueue.queue, "time", TimeStub(monotonic=clock))
 
 
 def test_dead_worker_decision_on_a_fake_clock(monkeypatch, clock):
