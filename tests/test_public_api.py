@@ -41,3 +41,36 @@ def test_moved_names_still_work_with_a_deprecation_warning(name):
 def test_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         pybus.nope  # noqa: B018
+
+
+def test_fast_path_reports_what_objects_take():
+    import uuid
+
+    info = pybus.transport.fast_path()
+    assert set(info) == {"enabled", "reason", "library"}
+    ep = f"inproc://api-{uuid.uuid4().hex}"
+    with pybus.Publisher(ep, registry=False) as pub:
+        assert pub.io_path == ("libzmq" if info["enabled"] else "pyzmq")
+    if info["enabled"]:
+        assert info["library"] and info["reason"] == ""
+    else:
+        assert info["reason"]  # says why
+
+
+def test_no_doc_imports_a_private_module():
+    """Users read the docs: every import they show is of a public module."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    bad = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        fence = False
+        for n, line in enumerate(doc.read_text().splitlines(), 1):
+            if line.lstrip().startswith("```"):
+                fence = not fence
+                continue
+            code = line if fence else " ".join(re.findall(r"`([^`]*)`", line))
+            if re.search(r"(from|import)\s+pybus(\.\w+)*\._\w+|pybus(\.\w+)*\._[a-z]\w*\.", code):
+                bad.append(f"{doc.name}:{n}: {line.strip()}")
+    assert bad == []

@@ -2,12 +2,13 @@
 security with its ZAP handler, and the choice of the I/O path."""
 
 from .security import Curve, keypair, load_keypair, load_public_key, load_secret_key, save_keypair
-from .sockets import Liveness, SlowConsumerError
+from .sockets import Liveness, SlowConsumerError, fast_path
 
 __all__ = [
     "Curve",
     "Liveness",
     "SlowConsumerError",
+    "fast_path",
     "keypair",
     "load_keypair",
     "load_public_key",

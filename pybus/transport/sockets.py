@@ -508,6 +508,18 @@ _HUBS_LOCK = threading.Lock()
 FASTPATH: bool = _zmqfast.AVAILABLE
 
 
+def fast_path() -> dict[str, Any]:
+    """Which I/O path this process's new sockets take, and why.
+
+    Returns ``{"enabled": bool, "reason": str, "library": str}``: ``enabled`` is True when the
+    hot paths call libzmq directly (the fast path; see "The libzmq fast path" in
+    docs/operations.md), ``reason`` says why not when it is off (empty when on), ``library``
+    is the file libzmq was resolved from (empty when it was not).
+    """
+    reason = _zmqfast.UNAVAILABLE_REASON or ("" if FASTPATH else "disabled in this process")
+    return {"enabled": FASTPATH, "reason": reason, "library": _zmqfast.library_path()}
+
+
 def fast_address(sock: zmq.Socket) -> int:
     """``sock.underlying`` when the fast path may drive ``sock``, else 0.
 
