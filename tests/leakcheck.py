@@ -22,6 +22,9 @@ pybus hub closes when its socket's monitor stops) get a grace period: threads ar
 the rest re-checked until ``grace_s`` has passed in total, so a slow machine is not a leaky
 one. A leak-free test pays only for the bookkeeping (a few microseconds per socket created).
 
+A socket a test creates itself (not through pybus) gets ``RCVTIMEO`` = :data:`RAW_RCVTIMEO_MS`
+unless the test sets its own, so a receive that would wait forever fails instead of hanging.
+
 One piece of pybus state is long-lived by design and not a leak: the *hub* of a context that
 outlives tests (``Context.instance()``) once it serves ZAP - its thread and its ZAP socket
 live as long as that context.
@@ -61,6 +64,10 @@ class _Rec:
     label: str = ""
     endpoints: list[str] = field(default_factory=list)
 
+
+#: RCVTIMEO given to every socket a test creates itself (not through pybus): a receive that
+#: would block forever fails the test with zmq.Again after this long instead of hanging it.
+RAW_RCVTIMEO_MS = 20_000
 
 # seq -> record, in creation order; a record goes when its object does (weakref callback)
 _SOCKETS: dict[int, _Rec] = {}
@@ -125,8 +132,13 @@ def install() -> None:
         if self._shadow:
             return  # borrows another socket: closing it is that socket's owner's job
         seq = next(_seq)
+        where = _where()
+        if where and where[0][0].startswith(_TESTS_DIR):
+            # A raw socket of the test's own: no receive on it may wait forever (a test that
+            # means to wait longer sets its own RCVTIMEO; poll and NOBLOCK are not affected).
+            self.rcvtimeo = RAW_RCVTIMEO_MS
         rec = _Rec(seq, "socket", weakref.ref(self, lambda _r, s=seq: _forget(_SOCKETS, s)),
-                   _where())
+                   where)
         self.__dict__["_leakcheck_rec"] = rec
         _SOCKETS[seq] = rec
 

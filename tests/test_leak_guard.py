@@ -191,3 +191,23 @@ def test_long_lived_hub_of_the_shared_context_is_not_a_leak():
         assert not any("pybus-hub" in x or "zeromq.zap" in x for x in leaks), leaks
     assert pub.closed
     assert leakcheck.find_leaks(before) == []
+
+
+def test_a_raw_socket_of_a_test_gets_a_receive_timeout_and_pybus_sockets_do_not():
+    import uuid
+
+    import pybus
+
+    ctx = zmq.Context.instance()
+    raw = ctx.socket(zmq.PULL)
+    try:
+        assert raw.rcvtimeo == leakcheck.RAW_RCVTIMEO_MS
+        raw.rcvtimeo = 50  # the test's own choice wins
+        raw.bind(f"inproc://raw-{uuid.uuid4().hex}")
+        with pytest.raises(zmq.Again):
+            raw.recv()
+    finally:
+        raw.close()
+    with pybus.Subscriber(f"inproc://lg-{uuid.uuid4().hex}", ["#"], bind=True,
+                          registry=False) as sub:
+        assert sub._sock.rcvtimeo == -1  # pybus's own sockets keep their own semantics
