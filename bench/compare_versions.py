@@ -101,9 +101,11 @@ print(n / dt)
 """
 
 
-def run(py: str, code: str, *args: str) -> list[float]:
+def run(py: str, code: str, tmp: str, *args: str) -> list[float]:
+    # run in a scratch directory: from a source tree, `import pybus` would find the unbuilt
+    # sources there instead of the install under test
     out = subprocess.run([py, "-c", code, *args], capture_output=True, text=True, timeout=600,
-                         check=True).stdout
+                         check=True, cwd=tmp).stdout
     last = [ln for ln in out.splitlines() if ln.strip() and ln[0].isdigit()][-1]
     return [float(x) for x in last.split()]
 
@@ -125,12 +127,12 @@ def main() -> None:
                 py = a.old if ver == "old" else a.new
                 r = res[ver]
                 r.setdefault("pubsub_msgs_per_s", []).append(
-                    run(py, PUBSUB, str(a.pubsub_n), d)[0])
-                p50, p99 = run(py, RPC, str(a.rpc_n), d, RPC_SERVER)
+                    run(py, PUBSUB, d, str(a.pubsub_n), d)[0])
+                p50, p99 = run(py, RPC, d, str(a.rpc_n), d, RPC_SERVER)
                 r.setdefault("rpc_p50_us", []).append(p50)
                 r.setdefault("rpc_p99_us", []).append(p99)
                 r.setdefault("workqueue_msgs_per_s", []).append(
-                    run(py, WORKQUEUE, str(a.wq_n), d)[0])
+                    run(py, WORKQUEUE, d, str(a.wq_n), d)[0])
             print(f"rep {rep + 1}/{a.reps} done", file=sys.stderr)
     print(f"{'figure':22} {'old: median [min - max]':>32} {'new: median [min - max]':>32} "
           f"{'new vs old':>10}")
