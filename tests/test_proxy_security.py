@@ -1,5 +1,5 @@
 """``pybus proxy`` security options, end to end through the command (docs/security.md, "Proxy";
-``pybus/cli_security.py``): ``--secret`` with ``--allow KEY|FILE|DIR`` secures both sides with
+``pybus/cli/security.py``): ``--secret`` with ``--allow KEY|FILE|DIR`` secures both sides with
 one allowlist, ``--frontend-allow`` / ``--backend-allow`` give each side its own, and
 ``--capture`` publishes a copy of the forwarded traffic.
 

@@ -1,5 +1,5 @@
 """The ``pybus`` command (``pybus.cli:main``)."""
 
-from .commands import main
+from .main import main
 
 __all__ = ["main"]

@@ -1,5 +1,4 @@
-"""``pybus keygen`` and ``pybus proxy``: registered into :mod:`pybus.cli.commands`
-(``_EXTRA_COMMANDS``)."""
+"""``pybus keygen`` and ``pybus proxy``: make CURVE key pairs, run an XSUB/XPUB proxy."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ValidationError
+from ._common import add_command
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -121,20 +121,19 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the ``keygen`` and ``proxy`` sub-commands to the ``pybus`` parser."""
-    from .commands import _add
-
-    k = _add(sub, "keygen", cmd_keygen, "make a CURVE key pair (Z85)",
-             "Make a CURVE key pair. With --out, write NAME.key (public) and NAME.key_secret "
-             "(mode 0600) in ZeroMQ's certificate format; else print both keys.")
+    k = add_command(sub, "keygen", cmd_keygen, "make a CURVE key pair (Z85)",
+                    "Make a CURVE key pair. With --out, write NAME.key (public) and "
+                    "NAME.key_secret (mode 0600) in ZeroMQ's certificate format; else print "
+                    "both keys.")
     k.add_argument("--out", metavar="DIR", help="directory for the key files")
     k.add_argument("--name", default="pybus", help="file name stem (default: pybus)")
     k.add_argument("--force", action="store_true", help="overwrite existing key files")
     k.add_argument("--json", action="store_true", help="print JSON")
 
-    p = _add(sub, "proxy", cmd_proxy, "run an XSUB/XPUB proxy (many publishers to many "
-             "subscribers)",
-             "Forward pub/sub traffic: publishers connect to --frontend, subscribers to "
-             "--backend. Runs until SIGINT/SIGTERM (or --duration).")
+    p = add_command(sub, "proxy", cmd_proxy,
+                    "run an XSUB/XPUB proxy (many publishers to many subscribers)",
+                    "Forward pub/sub traffic: publishers connect to --frontend, subscribers to "
+                    "--backend. Runs until SIGINT/SIGTERM (or --duration).")
     p.add_argument("--frontend", required=True, action="append",
                    help="endpoint publishers connect to, e.g. tcp://*:5559 (repeatable)")
     p.add_argument("--backend", required=True, action="append",
