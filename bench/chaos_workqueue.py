@@ -40,7 +40,7 @@ def worker(endpoint: str, record: str) -> None:
         os.write(fd, pack(m.seq))
 
     Worker(endpoint, handler, prefetch=1024, dedupe_window=100_000,
-           heartbeat_interval=0.1).run()
+           heartbeat_interval_s=0.1).run()
 
 
 def read_ids(path: str) -> list[int]:
@@ -64,7 +64,7 @@ def main() -> None:
     records: list[str] = []
     procs: list[mp.process.BaseProcess] = []
     q = WorkQueue(f"ipc://{tmp}/q", journal=os.path.join(tmp, "j.db") if args.journal else None,
-                  heartbeat_interval=0.1, heartbeat_liveness=3)
+                  heartbeat_interval_s=0.1, heartbeat_liveness=3)
 
     def spawn() -> None:
         rec = os.path.join(tmp, f"w{len(records)}.ids")

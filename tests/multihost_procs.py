@@ -159,7 +159,7 @@ def role_wq(a: dict[str, Any]) -> None:
     import pybus
 
     stop = _stopper()
-    q = pybus.WorkQueue(a["bind"], journal=a["journal"], heartbeat_interval=0.2,
+    q = pybus.WorkQueue(a["bind"], journal=a["journal"], heartbeat_interval_s=0.2,
                         heartbeat_liveness=3, ack_timeout=10.0, liveness=_liveness(),
                         registry=False)
     emit(event="ready", endpoint=q.endpoint)
@@ -196,7 +196,7 @@ def role_worker(a: dict[str, Any]) -> None:
         os.write(fd, struct.pack("<Q", m.seq))
 
     w = pybus.Worker(a["connect"], handler, prefetch=a.get("prefetch", 256),
-                     heartbeat_interval=0.2, liveness=_liveness(), registry=False)
+                     heartbeat_interval_s=0.2, liveness=_liveness(), registry=False)
     w.start()
     emit(event="ready")
     deadline = time.monotonic() + a["max_s"]

@@ -96,7 +96,8 @@ def test_drop_oldest_bound_counts_evictions(tmp_path):
         assert len(dlq) == 3
         assert [e.id for e in dlq.list()] == ["m2", "m3", "m4"]
         assert dlq.evictions == 2
-        assert dlq.stats() == {"entries": 3, "evictions": 2, "max_entries": 3}
+        assert dlq.stats() == {"entries": 3, "evictions": 2, "max_entries": 3,
+                               "undecodable_headers": 0}
     # The count and evictions persist in the file.
     with DeadLetterQueue(tmp_path / "d.db", max_entries=3) as again:
         assert len(again) == 3 and again.evictions == 2
@@ -283,3 +284,93 @@ def test_two_processes_write_concurrently(tmp_path, method):
             assert mine == sorted(mine) and (not mine or mine[-1] == 99)
         dlq.add("parent", b"q", id="parent2")  # parent connection still works after the fork
         assert dlq.get("parent2") is not None
+
+
+# ---- a corrupt headers column (written behind pybus's back with raw sqlite3) ---------------
+
+
+def _corrupt_headers(path, ident, blob):
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE dead_letters SET headers = ? WHERE id = ?", (blob, ident))
+    db.close()
+
+
+def _three_entries(path):
+    with DeadLetterQueue(path, registry=False) as q:
+        q.add("hd.a", b"a", id="ok-1", headers={"k": 1})
+        q.add("hd.b", b"b", id="bad", headers={"k": 2})
+        q.add("hd.c", b"c", id="ok-2", headers={"k": 3})
+
+
+def _rows(path):
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT id, headers FROM dead_letters ORDER BY seq").fetchall()
+    db.close()
+    return rows
+
+
+@pytest.mark.parametrize("blob, why", [
+    (b"\xc1", "undecodable msgpack headers"),  # 0xc1: never valid msgpack
+    (b"\x81\xa1k", "undecodable msgpack headers"),  # a map cut short
+    (msgpack.packb([1, 2]), "headers stored as a msgpack list, not a map"),
+])
+def test_a_corrupt_headers_row_is_readable_and_counted(tmp_path, blob, why):
+    path = tmp_path / "d.db"
+    _three_entries(path)
+    _corrupt_headers(path, "bad", blob)
+    with DeadLetterQueue(path, registry=False) as q:
+        entries = q.list()
+        assert [(e.id, e.headers, e.headers_error is None) for e in entries] == [
+            ("ok-1", {"k": 1}, True), ("bad", {}, False), ("ok-2", {"k": 3}, True)]
+        bad = q.get("bad")
+        assert bad is not None and bad.headers == {} and why in bad.headers_error
+        assert bad.payload == b"b" and bad.topic == "hd.b"  # the rest of the row is intact
+        assert [e.id for e in q] == ["ok-1", "bad", "ok-2"]
+        assert q.stats()["undecodable_headers"] == 1  # one entry, however often it is read
+
+
+def test_replay_refuses_an_entry_with_corrupt_headers_and_keeps_it_and_the_rest(tmp_path):
+    path = tmp_path / "d.db"
+    _three_entries(path)
+    _corrupt_headers(path, "bad", b"\xc1")
+    before = _rows(path)
+    sent = []
+    with DeadLetterQueue(path, registry=False) as q:
+        with pytest.raises(pybus.BusError, match=r"entry 'bad' \(seq 2\) has undecodable "
+                           r"msgpack headers .*not replayed") as ei:
+            q.replay(to=sent.append)
+        assert ei.value.details == {"id": "bad", "seq": 2}
+        assert [e.id for e in sent] == ["ok-1"]
+        assert _rows(path) == before[1:]  # the corrupt row and the one after it stay
+        # purging it lets replay go on
+        assert q.purge(ids=["bad"]) == 1
+        assert q.replay(to=sent.append) == 1
+    assert [e.id for e in sent] == ["ok-1", "ok-2"] and _rows(path) == []
+
+
+def test_the_dlq_cli_reads_a_corrupt_headers_row_and_refuses_to_replay_it(tmp_path, capsys):
+    from pybus.cli import main
+
+    path = tmp_path / "d.db"
+    _three_entries(path)
+    _corrupt_headers(path, "bad", b"\xc1")
+    before = _rows(path)
+    for argv in (["dlq", "ls", str(path)], ["dlq", "show", str(path), "bad"]):
+        assert main(argv) == 0, argv
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err and "bad" in out
+    sub = pybus.Subscriber("tcp://127.0.0.1:*", ["hd.#"], bind=True, registry=False)
+    try:
+        code = main(["dlq", "replay", str(path), "--to", sub.endpoints[0], "--timeout", "30"])
+        out, err = capsys.readouterr()
+        assert code == 1 and out == "" and "Traceback" not in err, err
+        assert err.startswith("pybus dlq replay: error: entry 'bad' (seq 2) has undecodable "
+                              "msgpack headers"), err
+        assert err.endswith(f"replayed 1 entry, the failed one and the rest stay in {path} "
+                            "(2 left)\n"), err
+        got = sub.recv_batch(10, timeout=30)  # returns once something came
+        assert [(m.topic, m.payload) for m in got] == [("hd.a", b"a")]
+    finally:
+        sub.close()
+    assert _rows(path) == before[1:]

@@ -371,7 +371,7 @@ def test_secured_work_queue_only_feeds_allowed_workers(
     sp = keys["server"][0]
     done: list[int] = []
     stolen: list[int] = []
-    with pybus.WorkQueue("tcp://127.0.0.1:*", security=srv, heartbeat_interval=0.2) as q:
+    with pybus.WorkQueue("tcp://127.0.0.1:*", security=srv, heartbeat_interval_s=0.2) as q:
         thief = pybus.Worker(q.endpoint, lambda m: stolen.append(m.seq),
                              security=Curve.client(keys["mallory"][1], sp)).start()
         try:

@@ -61,7 +61,7 @@ class Recorder:
 
 def test_put_work_ack_join_roundtrip():
     rec = Recorder()
-    with WorkQueue(EP, heartbeat_interval=0.2) as q:
+    with WorkQueue(EP, heartbeat_interval_s=0.2) as q:
         sent = {}
         for i in range(300):
             payload = b"raw-%d" % i if i % 2 else {"i": i, "s": "x" * (i % 7)}
@@ -415,13 +415,13 @@ def test_breaker_pauses_dispatch_while_open():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda q: q.put("a..b", b""), "not allowed"),
+        (lambda q: q.put("a..b", b""), "has an empty segment"),
         (lambda q: q.put(5, b""), "topic must be a str"),
         (lambda q: q.put("a.b", object()), "msgpack-serialisable"),
         (lambda q: q.put("a.b", b"", headers=[1]), "headers must be a dict"),
         (lambda q: q.put("a.b", b"", headers={1: 2}), "headers must be a dict"),
         (lambda q: q.put_many([("a.b",)]), r"\(topic, payload\)"),
-        (lambda q: q.put_many([("a.b", b""), ("bad topic", b"")]), "not allowed"),
+        (lambda q: q.put_many([("a.b", b""), ("bad topic", b"")]), "has the character ' '"),
         (lambda q: q.join(-1), "timeout must be a number >= 0"),
     ],
 )
@@ -462,7 +462,7 @@ def test_bad_constructor_arguments(kwargs, match, tmp_path, monkeypatch):
         ({"concurrency": 0}, "concurrency must be an int"),
         ({"dedupe_window": -1}, "dedupe_window"),
         ({"prefetch": 0}, "prefetch must be an int"),
-        ({"heartbeat_interval": -1}, "heartbeat_interval"),
+        ({"heartbeat_interval_s": -1}, "heartbeat_interval_s must be a number > 0"),
     ],
 )
 def test_bad_worker_arguments(kwargs, match):
@@ -525,7 +525,7 @@ def test_journal_keeps_exactly_the_unfinished_messages(tmp_path):
     d = DeadLetterQueue(tmp_path / "dlq.db")
     try:
         with WorkQueue(EP, journal=path, dlq=d, retry=RetryPolicy.fixed(0.001, max_attempts=1),
-                       heartbeat_interval=0.05) as q:
+                       heartbeat_interval_s=0.05) as q:
             ids = q.put_many([("jk.t", b"%d" % i) for i in range(10)])
             single = q.put("jk.t", {"one": 1})
             s = ctx.socket(zmq.DEALER)
@@ -562,3 +562,130 @@ def test_journal_keeps_exactly_the_unfinished_messages(tmp_path):
     finally:
         d.close()
         ctx.term()
+
+
+# ---- option spellings: units in names, old names deprecated for one release -----------------
+
+
+def _no_warning(make):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new spellings say nothing
+        return make()
+
+
+def test_queue_heartbeat_interval_s_and_its_deprecated_alias():
+    with _no_warning(lambda: WorkQueue(EP, heartbeat_interval_s=0.3, registry=False)) as q:
+        assert q.heartbeat_interval_s == 0.3
+        with pytest.warns(DeprecationWarning, match=r"WorkQueue\.heartbeat_interval .*"
+                          r"use \.heartbeat_interval_s"):
+            assert q.heartbeat_interval == 0.3
+    with pytest.warns(DeprecationWarning, match=r"WorkQueue\(heartbeat_interval=\) is "
+                      r"deprecated: use heartbeat_interval_s="):
+        q = WorkQueue(EP, heartbeat_interval=0.25, registry=False)
+    with q:
+        assert q.heartbeat_interval_s == 0.25
+        # the queue tells workers the value it was given under the old name
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.DEALER)
+        s.linger = 0
+        s.rcvtimeo = 5000
+        s.connect(q.endpoint)
+        s.send(H.hello(10))
+        assert H.decode_welcome(s.recv())[0] == 250
+        s.close()
+        ctx.term()
+    with pytest.warns(DeprecationWarning), pytest.raises(ValidationError,
+                                                         match="pass heartbeat_interval_s= only"):
+        WorkQueue(EP, heartbeat_interval=0.5, heartbeat_interval_s=0.2)
+
+
+@pytest.mark.parametrize("old, new, value, read", [
+    ("heartbeat_interval", "heartbeat_interval_s", 0.3, lambda w: w._hb_s),
+    ("ack_flush_interval", "ack_flush_interval_s", 0.01, lambda w: w.ack_flush_interval_s),
+])
+def test_worker_interval_options_and_their_deprecated_aliases(old, new, value, read):
+    w = _no_warning(lambda: Worker(EP, print, registry=False, **{new: value}))
+    assert read(w) == value
+    w.stop()
+    with pytest.warns(DeprecationWarning, match=rf"Worker\({old}=\) is deprecated: use {new}="):
+        w = Worker(EP, print, registry=False, **{old: value})
+    assert read(w) == value
+    w.stop()
+    with pytest.warns(DeprecationWarning), pytest.raises(ValidationError,
+                                                         match=f"pass {new}= only"):
+        Worker(EP, print, **{old: value, new: 2 * value})
+
+
+def test_worker_ack_flush_interval_attribute_alias():
+    w = Worker(EP, print, ack_flush_interval_s=0.02, registry=False)
+    with pytest.warns(DeprecationWarning, match=r"Worker\.ack_flush_interval .*"
+                      r"use \.ack_flush_interval_s"):
+        assert w.ack_flush_interval == 0.02
+    w.stop()
+
+
+# ---- context= --------------------------------------------------------------------------------
+
+
+def test_queue_and_workers_share_a_given_context_over_inproc():
+    ctx = zmq.Context()
+    rec = Recorder()
+    try:
+        q = WorkQueue("inproc://wq-shared", context=ctx, registry=False)
+        w = Worker("inproc://wq-shared", rec, context=ctx, registry=False).start()
+        try:
+            assert q._ctx is ctx and w._ctx is ctx
+            ids = q.put_many([("ctx.t", b"%d" % i) for i in range(50)])
+            assert q.join(10)
+            assert sorted(rec.ids()) == ids
+        finally:
+            w.stop()
+            q.close()
+        assert not ctx.closed  # the caller's context: never terminated by pybus
+        # every socket pybus opened on it is closed: another queue can use it, and term()
+        # returns (it would hang on an open socket)
+        with WorkQueue("inproc://wq-shared", context=ctx, registry=False) as q2:
+            assert q2.put("ctx.t", b"again")
+    finally:
+        ctx.term()
+
+
+def test_a_worker_stopped_before_it_served_leaves_a_given_context_alone():
+    ctx = zmq.Context()
+    w = Worker(EP, print, context=ctx, registry=False)
+    w.stop()
+    assert not ctx.closed
+    ctx.term()
+
+
+def test_private_contexts_are_terminated():
+    q = WorkQueue(EP, registry=False)
+    w = Worker(q.endpoint, print, registry=False).start()
+    assert w.wait_ready(10)
+    w.stop()
+    q.close()
+    assert q._ctx.closed and w._ctx.closed
+
+
+@pytest.mark.parametrize("make", [
+    lambda ctx: WorkQueue(EP, context=ctx),
+    lambda ctx: Worker(EP, print, context=ctx),
+])
+def test_a_bad_context_is_refused(make):
+    with pytest.raises(ValidationError, match="context must be a zmq.Context"):
+        make("ctx")
+    dead = zmq.Context()
+    dead.term()
+    with pytest.raises(ValidationError, match="terminated zmq.Context"):
+        make(dead)
+
+
+def test_a_queue_that_cannot_bind_leaves_a_given_context_alone():
+    ctx = zmq.Context()
+    with WorkQueue("inproc://wq-taken", context=ctx, registry=False):
+        with pytest.raises(pybus.BusError, match="cannot bind"):
+            WorkQueue("inproc://wq-taken", context=ctx, registry=False)
+    assert not ctx.closed
+    ctx.term()

@@ -16,6 +16,7 @@ import msgpack
 import pytest
 import zmq
 
+import pybus.workqueue._core
 import pybus.workqueue.queue
 from pybus import DeadLetterQueue, RetryPolicy, Worker, WorkQueue
 
@@ -51,7 +52,7 @@ def test_worker_sigkilled_mid_batch_loses_nothing(tmp_path, ipc_dir):
         f"ipc://{ipc_dir}/wq",
         retry=RetryPolicy.fixed(0.01, max_attempts=3),
         dlq=dlq,
-        heartbeat_interval=0.1,
+        heartbeat_interval_s=0.1,
         heartbeat_liveness=3,
     )
     rec = [str(tmp_path / f"w{i}.ids") for i in range(3)]
@@ -115,7 +116,7 @@ def test_producer_sigkilled_and_restarted_on_its_journal_loses_nothing(tmp_path,
     try:
         assert parent.poll(30)
         assert parent.recv()[0] == "ready"
-        w = Worker(endpoint, handler, prefetch=50, heartbeat_interval=0.1).start()
+        w = Worker(endpoint, handler, prefetch=50, heartbeat_interval_s=0.1).start()
         reported: list[int] = []
         while len(reported) < 1500:
             assert parent.poll(20), "producer stalled"
@@ -127,7 +128,7 @@ def test_producer_sigkilled_and_restarted_on_its_journal_loses_nothing(tmp_path,
             v = parent.recv()
             if isinstance(v, int):
                 reported.append(v)
-        q = WorkQueue(endpoint, journal=journal, heartbeat_interval=0.1)
+        q = WorkQueue(endpoint, journal=journal, heartbeat_interval_s=0.1)
         recovered = q.stats()["recovered"]
         assert recovered > 0
         assert q.join(WAIT * 2), q.stats()
@@ -165,7 +166,7 @@ def _recv_until(sock, cmd, timeout=WAIT):
 
 def test_silent_worker_is_presumed_dead_and_its_messages_redelivered():
     ctx = zmq.Context()
-    q = WorkQueue("tcp://127.0.0.1:*", heartbeat_interval=0.05, heartbeat_liveness=3)
+    q = WorkQueue("tcp://127.0.0.1:*", heartbeat_interval_s=0.05, heartbeat_liveness=3)
     fake = _raw_dealer(ctx, q.endpoint)
     real = None
     try:
@@ -201,22 +202,26 @@ def test_silent_worker_is_presumed_dead_and_its_messages_redelivered():
 
 
 def _freeze_queue_clock(monkeypatch, clock):
-    """The WorkQueue's dispatcher reads time.monotonic() of pybus.workqueue: make that the
-    fake clock, which moves only when the test advances it. Set before the queue starts."""
+    """The WorkQueue's dispatcher reads time.monotonic() of pybus.workqueue.queue (its socket
+    loop, which passes the reading to the dispatcher core's decisions): make that the fake
+    clock, which moves only when the test advances it. Set before the queue starts."""
     # were the clock read another way, the patch would do nothing and these tests would
     # silently run on real time again: say so instead
     src = inspect.getsource(pybus.workqueue.queue)
     assert "time.monotonic()" in src and "from time import" not in src, \
         "pybus.workqueue.queue no longer reads time.monotonic(): update _freeze_queue_clock"
+    core_src = inspect.getsource(pybus.workqueue._core)
+    assert "monotonic" not in core_src and "from time import" not in core_src, \
+        "pybus.workqueue._core reads a clock of its own: freeze it too in _freeze_queue_clock"
     monkeypatch.setattr(pybus.workqueue.queue, "time", TimeStub(monotonic=clock))
 
 
 def test_dead_worker_decision_on_a_fake_clock(monkeypatch, clock):
-    """Presumed dead exactly when silent for more than heartbeat_interval * heartbeat_liveness
+    """Presumed dead exactly when silent for more than heartbeat_interval_s * heartbeat_liveness
     of the queue's clock: not a moment before, however slow the machine."""
     _freeze_queue_clock(monkeypatch, clock)
     ctx = zmq.Context()
-    q = WorkQueue("tcp://127.0.0.1:*", heartbeat_interval=0.05, heartbeat_liveness=3)
+    q = WorkQueue("tcp://127.0.0.1:*", heartbeat_interval_s=0.05, heartbeat_liveness=3)
     fake = _raw_dealer(ctx, q.endpoint)
     real = None
     try:
@@ -260,7 +265,7 @@ def test_ack_deadline_redelivers_from_a_live_but_stuck_worker(monkeypatch, clock
     # intervals (5 s of the fake clock) is never reached.
     _freeze_queue_clock(monkeypatch, clock)
     ctx = zmq.Context()
-    q = WorkQueue("tcp://127.0.0.1:*", heartbeat_interval=0.05, heartbeat_liveness=100,
+    q = WorkQueue("tcp://127.0.0.1:*", heartbeat_interval_s=0.05, heartbeat_liveness=100,
                   ack_timeout=0.3, retry=RetryPolicy.fixed(0.001, max_attempts=3))
     fake = _raw_dealer(ctx, q.endpoint)
     real = None

@@ -25,7 +25,7 @@ def worker_proc(endpoint: str, record_path: str, prefetch: int, work_s: float) -
             time.sleep(work_s)  # the work itself
         os.write(fd, struct.pack("<Q", m.seq))
 
-    w = Worker(endpoint, handler, prefetch=prefetch, heartbeat_interval=0.1)
+    w = Worker(endpoint, handler, prefetch=prefetch, heartbeat_interval_s=0.1)
     signal.signal(signal.SIGTERM, lambda *a: w.stop())
     w.run()
 
@@ -35,7 +35,7 @@ def producer_proc(endpoint: str, journal: str, n: int, conn) -> None:  # type: i
     then wait to be killed."""
     from pybus import WorkQueue
 
-    q = WorkQueue(endpoint, journal=journal, heartbeat_interval=0.1)
+    q = WorkQueue(endpoint, journal=journal, heartbeat_interval_s=0.1)
     conn.send(("ready", q.endpoint))
     for i in range(n):
         mid = q.put("prod.t", b"m%d" % i)

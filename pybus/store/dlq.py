@@ -44,9 +44,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import msgpack
@@ -126,6 +125,10 @@ class DeadLetter:
         Unix time in seconds.
     origin : str
         Who dead-lettered it (queue endpoint, worker id, ...).
+    headers_error : str or None
+        Why the stored headers could not be decoded (a corrupt ``headers`` column; ``headers``
+        is then ``{}``), or None. Such an entry can be listed, shown and purged, but
+        :meth:`DeadLetterQueue.replay` refuses it rather than send it without its headers.
     """
 
     seq: int
@@ -141,6 +144,7 @@ class DeadLetter:
     first_failure: float
     last_failure: float
     origin: str
+    headers_error: str | None = None
 
     @property
     def value(self) -> Any:
@@ -158,6 +162,20 @@ def _error_fields(error: BaseException | None) -> tuple[str, str, int]:
     code = int(error.code) if isinstance(error, BusError) else int(ErrorCode.UNKNOWN)
     message = error.message if isinstance(error, BusError) else str(error)
     return (type(error).__name__, message, code)
+
+
+def _decode_headers(blob: bytes | None) -> tuple[dict[str, Any], str | None]:
+    """``(headers, None)``, or ``({}, why)`` when the stored blob is not a msgpack map."""
+    if not blob:
+        return {}, None
+    try:
+        headers = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack's ExtraData, FormatError, StackError, UnicodeError...
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return {}, f"undecodable msgpack headers ({why})"
+    if not isinstance(headers, dict):
+        return {}, f"headers stored as a msgpack {type(headers).__name__}, not a map"
+    return headers, None
 
 
 class DeadLetterQueue:
@@ -208,6 +226,8 @@ class DeadLetterQueue:
         self._conns: list[tuple[int, sqlite3.Connection]] = []
         self._conns_lock = threading.Lock()
         self._closed = False
+        # seqs of the entries read whose headers could not be decoded (stats())
+        self._undecodable: set[int] = set()
         conn = self._conn()
         with conn:
             conn.executescript(_SCHEMA)
@@ -389,12 +409,15 @@ class DeadLetterQueue:
         return True, ""
 
     def stats(self) -> dict[str, int]:
-        """entries, evictions and max_entries."""
-        return {"entries": len(self), "evictions": self.evictions, "max_entries": self.max_entries}
+        """entries, evictions, max_entries, and undecodable_headers: how many distinct entries
+        read by this object had a corrupt ``headers`` column (see DeadLetter.headers_error)."""
+        return {"entries": len(self), "evictions": self.evictions, "max_entries": self.max_entries,
+                "undecodable_headers": len(self._undecodable)}
 
-    @staticmethod
-    def _entry(row: tuple[Any, ...]) -> DeadLetter:
-        headers = msgpack.unpackb(row[5], raw=False, strict_map_key=False) if row[5] else {}
+    def _entry(self, row: tuple[Any, ...]) -> DeadLetter:
+        headers, headers_error = _decode_headers(row[5])
+        if headers_error is not None:
+            self._undecodable.add(row[0])
         return DeadLetter(
             seq=row[0],
             id=row[1],
@@ -409,6 +432,7 @@ class DeadLetterQueue:
             first_failure=row[10],
             last_failure=row[11],
             origin=row[12],
+            headers_error=headers_error,
         )
 
     def list(self, topic: str | None = None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
@@ -417,19 +441,7 @@ class DeadLetterQueue:
             raise ValidationError(f"limit must be an int in 1..10000, got {limit!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValidationError(f"offset must be an int >= 0, got {offset!r}")
-        conn = self._conn()
-        if topic is None:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM dead_letters ORDER BY seq LIMIT ? OFFSET ?",
-                (limit, offset),
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM dead_letters WHERE topic = ? "
-                "ORDER BY seq LIMIT ? OFFSET ?",
-                (topic, limit, offset),
-            ).fetchall()
-        return [self._entry(r) for r in rows]
+        return [self._entry(r) for r in self._page(topic, 0, limit, offset)]
 
     def get(self, id: str | bytes | int) -> DeadLetter | None:  # noqa: A002
         """The entry with message id ``id``, or None."""
@@ -443,6 +455,15 @@ class DeadLetterQueue:
     def __iter__(self) -> Iterator[DeadLetter]:
         """Every entry oldest first, fetched a page at a time."""
         return self._select(None, None)
+
+    def _page(self, topic: str | None, after_seq: int, limit: int, offset: int) -> Sequence[Any]:
+        """Rows oldest first with seq > ``after_seq``, only ``topic`` unless None."""
+        where, params = ("seq > ?", [after_seq]) if topic is None else \
+            ("topic = ? AND seq > ?", [topic, after_seq])
+        return self._conn().execute(
+            f"SELECT {_COLUMNS} FROM dead_letters WHERE {where} ORDER BY seq LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+        ).fetchall()
 
     def _select(self, ids: Iterable[Any] | None, topic: str | None) -> Iterator[DeadLetter]:
         conn = self._conn()
@@ -461,17 +482,7 @@ class DeadLetterQueue:
             return
         last = 0
         while True:
-            if topic is None:
-                rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM dead_letters WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (last, _PAGE),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM dead_letters WHERE topic = ? AND seq > ? "
-                    "ORDER BY seq LIMIT ?",
-                    (topic, last, _PAGE),
-                ).fetchall()
+            rows = self._page(topic, last, _PAGE, 0)
             if not rows:
                 return
             for row in rows:
@@ -498,6 +509,10 @@ class DeadLetterQueue:
         replay stops, the failing entry and the rest stay in the queue, and the
         error propagates. Two processes replaying the same entries at once may
         both deliver them.
+
+        An entry whose stored headers cannot be decoded (``headers_error``) is
+        not handed to ``to``: replay stops there with a :class:`~pybus.BusError`
+        naming it, and it and the rest stay (``purge`` it to go on).
         """
         put = getattr(to, "put", None)
         if put is None and not callable(to):
@@ -507,6 +522,12 @@ class DeadLetterQueue:
             )
         count = 0
         for entry in self._select(ids, topic):
+            if entry.headers_error is not None:
+                raise BusError(
+                    f"entry {entry.id!r} (seq {entry.seq}) has {entry.headers_error}; it was "
+                    "not replayed, so that it does not go out without its headers",
+                    id=entry.id, seq=entry.seq,
+                )
             if put is not None:
                 put(entry.topic, entry.value, headers=entry.headers)
             else:
@@ -581,12 +602,7 @@ class DeadLetterQueue:
     def __enter__(self) -> DeadLetterQueue:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -609,12 +625,7 @@ class _WriteTxn:
             raise BusError(f"dead-letter queue is locked by another writer: {exc}") from exc
         return self.conn
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if exc_type is None:
             self.conn.execute("COMMIT")
         else:

@@ -12,7 +12,7 @@ dispatcher thread owns the socket and all delivery state:
   delayed message never blocks the ones behind it; after the policy's last attempt it goes to
   the dead-letter queue with its error;
 * heartbeats both ways (the ZeroMQ guide's Paranoid Pirate): a worker silent for
-  ``heartbeat_interval * heartbeat_liveness`` is presumed dead and its unacknowledged messages
+  ``heartbeat_interval_s * heartbeat_liveness`` is presumed dead and its unacknowledged messages
   go to other workers; a message not acknowledged within ``ack_timeout`` counts as a failed
   attempt (``AckTimeout``) and is redelivered like a nacked one;
 * with ``journal="path.db"`` every message is committed to SQLite before ``put()`` returns and
@@ -30,20 +30,16 @@ that crashes every worker process it reaches is redelivered until one acks or na
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import math
-import operator
 import os
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-import msgpack
 import zmq
 
 from .. import metrics as _metrics
@@ -52,145 +48,76 @@ from ..errors import (
     BackpressureError,
     BusError,
     ClosedError,
-    ErrorCode,
-    RemoteError,
-    TopicError,
     ValidationError,
     from_zmq,
 )
 from ..metrics.samples import RawSample, transport_samples
 from ..store.journal import Journal
 from ..transport import sockets as _sockets
-from ..wire import workqueue as P
+from ._core import DispatchCore
+from ._options import check_queue_options, deprecated_attribute, renamed
+from ._policy import RetryPlan, Throttle
+from ._records import (
+    R_BATCH,
+    R_TS,
+    JBatch,
+    Rec,
+    check_topic,
+    encode_payload,
+    jentry,
+    pack_headers,
+    rid,
+    topic_cache,
+)
 
 __all__ = ["WorkQueue"]
 
-log = logging.getLogger("pybus.workqueue")
+_queue_seq = itertools.count()
 
-_TOPIC_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-]{1,64}){0,31}\Z")
-_TOPIC_RULE = "topics are 1-32 dot-separated segments of 1-64 chars of [A-Za-z0-9_-]"
-_topic_cache: dict[str, bool] = {}
-_TOPIC_CACHE_MAX = 4096
+log = logging.getLogger("pybus.workqueue")
 
 #: how many frames the dispatcher reads per loop turn before it dispatches again
 _RECV_BURST = 256
-#: most messages in one DISPATCH frame
-_MAX_BATCH = 1024
 #: journal deletes are batched: flushed at this many ids, or after this many seconds
 _JOURNAL_FLUSH_IDS = 4096
 _JOURNAL_FLUSH_S = 0.005
-#: when the DLQ refuses a message, it is kept and offered again after this delay
-_DLQ_RETRY_S = 1.0
 
 
-def _check_topic(topic: object) -> str:
-    if type(topic) is str and topic in _topic_cache:
-        return topic
-    if not isinstance(topic, str):
-        raise TopicError(f"topic must be a str, got {type(topic).__name__}; {_TOPIC_RULE}")
-    if not _TOPIC_RE.match(topic):
-        raise TopicError(f"topic {topic!r} is not allowed; {_TOPIC_RULE}")
-    if len(_topic_cache) < _TOPIC_CACHE_MAX:
-        _topic_cache[topic] = True
-    return topic
+class _RouterOut:
+    """Non-blocking sends on the ROUTER for the dispatcher core: ``send(ident, frame)`` is
+    False when the peer is gone. It holds no reference to the queue (no cycle through the
+    core)."""
+
+    __slots__ = ("router", "addr")
+
+    def __init__(self, router: zmq.Socket[Any], addr: int) -> None:
+        self.router = router
+        # the ROUTER's address for _zmqfast (0: pyzmq's calls); zeroed as the ROUTER closes
+        self.addr = addr
+
+    def send(self, ident: bytes, frame: bytes) -> bool:
+        addr = self.addr
+        if addr:
+            return not _zmqfast.send_message(addr, (ident, frame))  # an errno: EHOSTUNREACH...
+        try:
+            self.router.send_multipart((ident, frame), zmq.NOBLOCK)
+        except zmq.ZMQError:  # EHOSTUNREACH: the peer is gone
+            return False
+        return True
 
 
-def _encode_payload(payload: object) -> tuple[bytes, int]:
-    if type(payload) is bytes:
-        return payload, 0  # type: ignore[return-value]
-    if isinstance(payload, (bytes, bytearray, memoryview)):
-        return bytes(payload), 0
-    try:
-        return msgpack.packb(payload), P.FLAG_MSGPACK
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValidationError(
-            f"payload of type {type(payload).__name__} cannot be sent ({exc}); send bytes "
-            "(passed through raw) or a msgpack-serialisable value (None, bool, int, float, "
-            "str, bytes, list, tuple, dict)"
-        ) from None
+class _CoreSetting:
+    """A WorkQueue attribute kept on its dispatcher core, which reads it at every decision."""
 
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
-def _pack_headers(headers: object) -> bytes | None:
-    """Validate headers and return them msgpack-packed (they travel and rest packed)."""
-    if headers is None:
-        return None
-    if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
-        raise ValidationError(
-            f"headers must be a dict with str keys, got {type(headers).__name__}"
-        )
-    if not headers:
-        return None
-    try:
-        return msgpack.packb(dict(headers))  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValidationError(
-            f"headers cannot be encoded ({exc}); values must be msgpack-serialisable"
-        ) from None
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj._core, self.name)
 
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj._core, self.name, value)
 
-def _positive(name: str, value: float, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValidationError(f"{name} must be a number > 0, got {value!r}")
-
-
-def _positive_int(name: str, value: int, lo: int = 1, hi: int = 1 << 31) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValidationError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
-
-
-# A message record is a list (cheaper to make and index than an object, and its first seven
-# items are exactly the wire entry of docs/wire-workqueue.md, so dispatch sends rec[:7]):
-(R_ID, R_DELIVERY, R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS,
- R_WORKER, R_SENT, R_BORN, R_BATCH) = range(11)
-# R_DELIVERY: deliveries so far; R_TS: put time (ns since the epoch); R_WORKER: the
-# _WorkerState holding it, or None; R_SENT: monotonic time of the last dispatch; R_BORN: of the
-# first one; R_BATCH: its _JBatch when there is a journal.
-_Rec = list  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born, batch]
-_jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS)
-_rid = operator.itemgetter(R_ID)
-
-
-class _JBatch:
-    """A journal batch (one put()/put_many() call): how many of its messages are unfinished,
-    and which finished since the last journal flush."""
-
-    __slots__ = ("first", "remaining", "done", "touched")
-
-    def __init__(self, first: int, remaining: int) -> None:
-        self.first = first
-        self.remaining = remaining
-        self.done: list[int] = []
-        self.touched = False
-
-
-class _Failure:
-    """Failure history of a message that was nacked or timed out (kept only for those)."""
-
-    __slots__ = ("failures", "first", "last", "error", "run")
-
-    def __init__(self) -> None:
-        self.failures = 0
-        self.first = 0.0
-        self.last = 0.0
-        self.error: tuple[str, str, int] = ("", "", int(ErrorCode.UNKNOWN))
-        self.run: Any = None  # the RetryRun deciding its delays
-
-
-class _WorkerState:
-    __slots__ = ("ident", "capacity", "held", "inflight", "last_recv", "last_send")
-
-    def __init__(self, ident: bytes, capacity: int, now: float) -> None:
-        self.ident = ident
-        self.capacity = capacity
-        self.held = 0  # messages sent to it and not yet acked/nacked by it
-        self.inflight: dict[int, _Rec] = {}  # insertion order == dispatch order
-        self.last_recv = now
-        self.last_send = now
-
-
-from ._policy import RetryPlan, Throttle  # noqa: E402  (after the record types)
 
 #: Largest frame a worker may send (ACK of MAX_IDS_PER_FRAME ids, plus NACK error texts).
 _MAX_WORKER_FRAME_BYTES = 64 << 20
@@ -218,8 +145,10 @@ class WorkQueue:
     ack_timeout : float
         Seconds a worker may hold a message without acking it; past that the delivery counts
         as a failed attempt (error type ``AckTimeout``) and the message is redelivered.
-    heartbeat_interval : float
+    heartbeat_interval_s : float
         Seconds between heartbeats in both directions (told to workers on HELLO).
+        ``heartbeat_interval=`` is its deprecated old name (a DeprecationWarning; removed in
+        the next release).
     heartbeat_liveness : int
         Heartbeat intervals of silence after which a worker is presumed dead.
     max_in_flight : int
@@ -244,6 +173,10 @@ class WorkQueue:
     registry : pybus.metrics.Registry or False, optional
         Where this object reports its counters (default: ``pybus.metrics.default_registry``;
         ``False``: nowhere).
+    context : zmq.Context, optional
+        The ZeroMQ context for the queue's sockets (needed for ``inproc://`` workers in the
+        same context). It stays the caller's: :meth:`close` closes the sockets but never
+        terminates it. Default: a private context, terminated by :meth:`close`.
 
     Examples
     --------
@@ -259,7 +192,7 @@ class WorkQueue:
         dlq: Any = None,
         journal: str | os.PathLike[str] | None = None,
         ack_timeout: float = 30.0,
-        heartbeat_interval: float = 1.0,
+        heartbeat_interval_s: float = 1.0,
         heartbeat_liveness: int = 3,
         max_in_flight: int = 100_000,
         max_queued: int = 1_000_000,
@@ -270,26 +203,16 @@ class WorkQueue:
         registry: Any = None,
         security: Any = None,
         liveness: Any = None,
+        context: zmq.Context[Any] | None = None,
+        *,
+        heartbeat_interval: float | None = None,
     ) -> None:
-        if not isinstance(endpoint, str):
-            raise ValidationError(
-                f"endpoint must be a str like tcp://127.0.0.1:5555, got {type(endpoint).__name__}"
-            )
-        _positive("ack_timeout", ack_timeout)
-        _positive("heartbeat_interval", heartbeat_interval)
-        _positive_int("heartbeat_liveness", heartbeat_liveness, 1, 1000)
-        _positive_int("max_in_flight", max_in_flight)
-        _positive_int("max_queued", max_queued)
-        _positive("put_timeout", put_timeout, allow_none=True)  # type: ignore[arg-type]
-        self._plan = RetryPlan(retry)
-        self._throttle = Throttle(breaker, rate_limit)
-        self._dlq = dlq
-        if dlq is not None and not callable(getattr(dlq, "add", None)):
-            raise ValidationError("dlq must be a pybus.DeadLetterQueue (an object with add())")
-        self.ack_timeout = float(ack_timeout)
-        self.heartbeat_interval = float(heartbeat_interval)
-        self.heartbeat_liveness = int(heartbeat_liveness)
-        self.max_in_flight = max_in_flight
+        heartbeat_interval_s = renamed("WorkQueue", "heartbeat_interval", heartbeat_interval,
+                                       "heartbeat_interval_s", heartbeat_interval_s, 1.0)
+        check_queue_options(endpoint, dlq, ack_timeout, heartbeat_interval_s,
+                            heartbeat_liveness, max_in_flight, max_queued, put_timeout, context)
+        plan = RetryPlan(retry)
+        throttle = Throttle(breaker, rate_limit)
         self.max_queued = max_queued
         self.put_timeout = put_timeout
 
@@ -298,38 +221,16 @@ class WorkQueue:
         self._epoch = epoch
         self._next_id = (epoch << 32) + 1
 
-        self._ctx = zmq.Context()
-        self._router = self._ctx.socket(zmq.ROUTER)
-        self._router.linger = 0
-        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # Credit bounds what each worker is sent, so the send side needs no HWM of its own.
-        self._router.sndhwm = 0
-        # pyzmq sends frames above copy_threshold (64 KiB) zero-copy, which hands every
-        # frame's release to its GC thread: more GIL traffic than a memcpy of ~100 KB costs.
-        self._router.copy_threshold = 1 << 30
+        # a given context is the caller's: never terminated here
+        self._own_ctx = context is None
+        self._ctx: zmq.Context[Any] = zmq.Context() if context is None else context
         self._rekick = False
-        try:
-            # MAXMSGSIZE: worker frames are small (an ACK holds at most 2**20 ids, 16 MiB); a
-            # larger one is refused by ZeroMQ before it allocates it
-            self._watch = _sockets.configure(self._router, security=security, liveness=liveness,
-                                             max_msg_bytes=_MAX_WORKER_FRAME_BYTES,
-                                             receives_stream=True)
-            self._router.bind(endpoint)
-            # the ROUTER's address for _zmqfast (0: pyzmq's calls); the ROUTER lives as long
-            # as the dispatcher (closed only as its thread ends)
-            self._router_addr = _sockets.fast_address(self._router)
-            self._io_path = "libzmq" if self._router_addr else "pyzmq"  # io_path
-        except zmq.ZMQError as exc:
-            self._router.close()
-            self._ctx.term()
-            if self._journal:
-                self._journal.close()
-            raise from_zmq(exc, f"WorkQueue cannot bind {endpoint!r}") from None
+        self._router = self._open_router(endpoint, security, liveness)
         self.endpoint: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._security = security  # its CURVE rejections are reported with the metrics
         if security is not None and security.is_server:
             security._register_owner(self)
-        wake_addr = f"inproc://pybus-wq-wake-{id(self):x}"
+        wake_addr = f"inproc://pybus-wq-wake-{next(_queue_seq)}-{id(self):x}"
         self._wake_pull = self._ctx.socket(zmq.PULL)
         self._wake_pull.linger = 0
         self._wake_pull.bind(wake_addr)
@@ -338,7 +239,7 @@ class WorkQueue:
         self._wake_push.connect(wake_addr)
 
         # handover from user threads: a deque plus a one-shot wakeup
-        self._inbox: deque[list[_Rec]] = deque()  # batches of records
+        self._inbox: deque[list[Rec]] = deque()  # batches of records
         self._wake_armed = False
         self._put_lock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
@@ -346,69 +247,69 @@ class WorkQueue:
         self._closed = False
         self._stopping = False
 
-        # dispatcher-owned state
-        self._live: dict[int, _Rec] = {}
-        self._pending: deque[_Rec] = deque()
-        # (due, seq, rec, to_dlq): redeliver rec, or (to_dlq) offer it to the DLQ again
-        self._timers: list[tuple[float, int, _Rec, bool]] = []
-        self._timer_seq = itertools.count()
-        self._workers: dict[bytes, _WorkerState] = {}
-        self._in_flight = 0
-        self._throttled = False  # the last dispatch stopped on the breaker or rate limiter
-        self._jtouched: list[_JBatch] = []  # batches with finished messages not yet flushed
-        self._jdel_since = 0.0
-        self._jdone = 0
-        self._failures: dict[int, _Failure] = {}  # only for messages that failed
-
-        # counters (written by one thread each; read anywhere)
-        self._n_put = 0
-        self._n_recovered = 0
-        self._n_done = 0
-        self._c: dict[str, int] = dict.fromkeys(
-            (
-                "dispatched",
-                "acked",
-                "nacked",
-                "redelivered",
-                "dead_lettered",
-                "duplicates",
-                "decode_errors",
-                "late_acks",
-                "stale_nacks",
-                "ack_timeouts",
-                "workers_lost",
-                "unknown_peers",
-                "dlq_errors",
-            ),
-            0,
+        # dispatcher-owned state and decisions
+        self._core = DispatchCore(
+            self._out.send, plan, throttle, dlq, self._journal, f"WorkQueue {self.endpoint}",
+            float(ack_timeout), float(heartbeat_interval_s), int(heartbeat_liveness),
+            max_in_flight,
         )
-
-        if self._journal is not None:
-            recovered: list[_Rec] = []
-            for first, _n, rows in self._journal.recover():
-                b = _JBatch(first, len(rows))
-                if not rows:  # nothing left to do: let the next flush delete it
-                    b.touched = True
-                    self._jtouched.append(b)
-                recovered += [[mid, 0, t, p, f, h, ts, None, 0.0, 0.0, b]
-                              for mid, t, p, f, h, ts in rows]
-            self._live.update(zip(map(_rid, recovered), recovered, strict=True))
-            self._pending.extend(recovered)
-            self._n_recovered = len(recovered)
+        # counters of the user side (written under _put_lock; read anywhere)
+        self._n_put = 0
+        self._n_recovered = self._core.recover(self._journal) if self._journal else 0
 
         self._thread = threading.Thread(target=self._run, name="pybus-wq-dispatch", daemon=True)
         self._thread.start()
         _metrics.attach(self, registry)
 
+    ack_timeout = _CoreSetting()
+    heartbeat_interval_s = _CoreSetting()
+    heartbeat_liveness = _CoreSetting()
+    max_in_flight = _CoreSetting()
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Deprecated: :attr:`heartbeat_interval_s`."""
+        return deprecated_attribute(self, "heartbeat_interval", "heartbeat_interval_s")
+
+    def _open_router(self, endpoint: str, security: Any, liveness: Any) -> zmq.Socket[Any]:
+        """Bind the ROUTER (and set up self._watch, self._out, self._io_path); on failure
+        release the context and journal and raise a pybus error."""
+        router = self._ctx.socket(zmq.ROUTER)
+        router.linger = 0
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # Credit bounds what each worker is sent, so the send side needs no HWM of its own.
+        router.sndhwm = 0
+        # pyzmq sends frames above copy_threshold (64 KiB) zero-copy, which hands every
+        # frame's release to its GC thread: more GIL traffic than a memcpy of ~100 KB costs.
+        router.copy_threshold = 1 << 30
+        try:
+            # MAXMSGSIZE: worker frames are small (an ACK holds at most 2**20 ids, 16 MiB); a
+            # larger one is refused by ZeroMQ before it allocates it
+            self._watch = _sockets.configure(router, security=security, liveness=liveness,
+                                             max_msg_bytes=_MAX_WORKER_FRAME_BYTES,
+                                             receives_stream=True)
+            router.bind(endpoint)
+            # the ROUTER lives as long as the dispatcher (closed only as its thread ends)
+            self._out = _RouterOut(router, _sockets.fast_address(router))
+            self._io_path = "libzmq" if self._out.addr else "pyzmq"  # io_path
+        except zmq.ZMQError as exc:
+            router.close()
+            if self._own_ctx:
+                self._ctx.term()
+            if self._journal:
+                self._journal.close()
+            raise from_zmq(exc, f"WorkQueue cannot bind {endpoint!r}") from None
+        return router
+
     # ------------------------------------------------------------------ user side
 
-    def _make(self, topic: object, payload: object, headers: object) -> _Rec:
-        t = _check_topic(topic)
-        data, flags = _encode_payload(payload)
-        h = _pack_headers(headers) if headers is not None else None
+    def _make(self, topic: object, payload: object, headers: object) -> Rec:
+        t = check_topic(topic)
+        data, flags = encode_payload(payload)
+        h = pack_headers(headers) if headers is not None else None
         return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None]
 
-    def _submit(self, recs: list[_Rec]) -> list[int]:
+    def _submit(self, recs: list[Rec]) -> list[int]:
         if self._closed:
             raise ClosedError("the WorkQueue is closed; create a new one")
         n = len(recs)
@@ -422,10 +323,10 @@ class WorkQueue:
             for r, mid in zip(recs, ids, strict=True):
                 r[0] = mid
             if self._journal is not None:
-                b = _JBatch(first, n)
+                b = JBatch(first, n)
                 for r in recs:
                     r[R_BATCH] = b
-                self._journal.add(first, map(_jentry, recs))
+                self._journal.add(first, map(jentry, recs))
             self._inbox.append(recs)
             self._n_put += n
             if not self._wake_armed:
@@ -434,7 +335,7 @@ class WorkQueue:
         return list(ids)
 
     def _outstanding(self) -> int:
-        return self._n_put + self._n_recovered - self._n_done
+        return self._n_put + self._n_recovered - self._core.n_done
 
     def _wait_room(self, n: int) -> None:
         if self._outstanding() + n <= self.max_queued or self._outstanding() == 0:
@@ -481,9 +382,9 @@ class WorkQueue:
         Validated first (nothing is queued when one item is bad), journaled in ONE
         transaction, handed to the dispatcher in one step. Returns the ids in order.
         """
-        recs: list[_Rec] = []
+        recs: list[Rec] = []
         append = recs.append
-        cache = _topic_cache
+        cache = topic_cache
         ts = time.time_ns()  # one put time for the whole call
         for item in items:
             # fast path: a (str topic seen before, bytes payload) pair
@@ -560,14 +461,15 @@ class WorkQueue:
         (malformed frames dropped), late_acks (acks for finished messages), stale_nacks,
         ack_timeouts, workers_lost, unknown_peers, and the ROUTER monitor's ``peer_events``
         (event name -> count)."""
-        s: dict[str, Any] = dict(self._c)
+        core = self._core
+        s: dict[str, Any] = dict(core.c)
         w = self._watch
         s["peer_events"] = dict(w.events) if w is not None else {}
         s["put"] = self._n_put
         s["recovered"] = self._n_recovered
-        s["in_flight"] = self._in_flight
-        s["queue_depth"] = self._outstanding() - self._in_flight
-        s["workers"] = len(self._workers)
+        s["in_flight"] = core.in_flight
+        s["queue_depth"] = self._outstanding() - core.in_flight
+        s["workers"] = len(core.workers)
         return s
 
     @property
@@ -610,7 +512,8 @@ class WorkQueue:
             self._cv.notify_all()
         self._wake_push.close()
         if not self._thread.is_alive():
-            self._ctx.term()
+            if self._own_ctx:
+                self._ctx.term()
             if self._journal is not None:
                 self._journal.close()
 
@@ -627,10 +530,11 @@ class WorkQueue:
 
     def _run(self) -> None:
         router = self._router
+        core = self._core
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_pull, zmq.POLLIN)
-        tick = min(self.heartbeat_interval / 2, self.ack_timeout / 4, 0.25)
+        tick = min(core.heartbeat_interval_s / 2, core.ack_timeout / 4, 0.25)
         next_house = time.monotonic() + tick
         try:
             while not self._stopping:
@@ -639,12 +543,12 @@ class WorkQueue:
                     _sockets.rebind(router, [self.endpoint], [])
                 now = time.monotonic()
                 wait = next_house - now
-                if self._timers:
-                    wait = min(wait, self._timers[0][0] - now)
-                if self._jtouched:
-                    wait = min(wait, self._jdel_since + _JOURNAL_FLUSH_S - now)
-                if self._pending and self._throttled:
-                    wait = min(wait, self._throttle.wait_s(now))
+                if core.timers:
+                    wait = min(wait, core.timers[0][0] - now)
+                if core.jtouched:
+                    wait = min(wait, core.jdel_since + _JOURNAL_FLUSH_S - now)
+                if core.pending and core.throttled:
+                    wait = min(wait, core.throttle.wait_s(now))
                 events = poller.poll(max(0, math.ceil(wait * 1000)))
                 if self._stopping:
                     break
@@ -652,19 +556,19 @@ class WorkQueue:
                     self._take_inbox()
                     self._read_router()
                 now = time.monotonic()
-                if self._timers and self._timers[0][0] <= now:
-                    self._fire_timers(now)
+                if core.timers and core.timers[0][0] <= now:
+                    core.fire_timers(now)
                 if now >= next_house:
-                    self._housekeeping(now)
+                    core.housekeeping(now)
                     next_house = now + tick
-                if self._pending:
-                    self._dispatch(time.monotonic())
-                if self._jtouched and (
-                    self._jdone >= _JOURNAL_FLUSH_IDS
-                    or now - self._jdel_since >= _JOURNAL_FLUSH_S
-                    or self._outstanding() - self._jdone <= 0
+                if core.pending:
+                    core.dispatch(time.monotonic())
+                if core.jtouched and (
+                    core.jdone >= _JOURNAL_FLUSH_IDS
+                    or now - core.jdel_since >= _JOURNAL_FLUSH_S
+                    or self._outstanding() - core.jdone <= 0
                 ):
-                    self._flush_journal()
+                    core.flush_journal()
                 if self._waiters:
                     with self._cv:
                         self._cv.notify_all()
@@ -673,11 +577,11 @@ class WorkQueue:
             raise
         finally:
             try:
-                self._flush_journal()
+                core.flush_journal()
             except BusError:
                 pass
             poller.unregister(router)
-            self._router_addr = 0
+            self._out.addr = 0
             router.close()
             self._wake_pull.close()
 
@@ -692,18 +596,20 @@ class WorkQueue:
         self._wake_armed = False
         inbox = self._inbox
         if inbox:
-            live = self._live
-            pending = self._pending
+            live = self._core.live
+            pending = self._core.pending
             pop = inbox.popleft
             while inbox:
                 batch = pop()
-                live.update(zip(map(_rid, batch), batch, strict=True))
+                live.update(zip(map(rid, batch), batch, strict=True))
                 pending.extend(batch)
 
     def _read_router(self) -> None:
         router = self._router
-        addr = self._router_addr
+        addr = self._out.addr
         recv_message = _zmqfast.recv_message
+        handle = self._core.handle
+        c = self._core.c
         for _ in range(_RECV_BURST):
             if addr:
                 frames = recv_message(addr)
@@ -715,327 +621,9 @@ class WorkQueue:
                 except zmq.Again:
                     return
             if len(frames) != 2:
-                self._c["decode_errors"] += 1
+                c["decode_errors"] += 1
                 continue
             try:
-                self._handle(frames[0], frames[1])
+                handle(frames[0], frames[1], time.monotonic())
             except BusError:  # FrameError (malformed) or ValidationError
-                self._c["decode_errors"] += 1
-
-    def _send(self, w: _WorkerState, frame: bytes, now: float) -> bool:
-        addr = self._router_addr
-        if addr:
-            if _zmqfast.send_message(addr, (w.ident, frame)):  # an errno: EHOSTUNREACH, ...
-                self._lose_worker(w)
-                return False
-        else:
-            try:
-                self._router.send_multipart((w.ident, frame), zmq.NOBLOCK)
-            except zmq.ZMQError:  # EHOSTUNREACH: the peer is gone
-                self._lose_worker(w)
-                return False
-        w.last_send = now
-        return True
-
-    def _handle(self, ident: bytes, body: bytes) -> None:
-        cmd = P.command(body)
-        now = time.monotonic()
-        w = self._workers.get(ident)
-        if w is not None:
-            w.last_recv = now
-        if cmd == P.ACK:
-            acks, dups = P.parse_ack(body)
-            self._on_acks(w, acks, dups)
-        elif cmd == P.NACK:
-            self._on_nacks(w, P.parse_nack(body), now)
-        elif cmd == P.HEARTBEAT:
-            if w is None:
-                self._c["unknown_peers"] += 1
-                self._send_raw(ident, P.RECONNECT_FRAME)
-        elif cmd == P.HELLO:
-            credit = P.parse_hello(body)
-            if w is not None:  # a second HELLO: the worker restarted its session
-                self._lose_worker(w, count=False)
-            w = _WorkerState(ident, credit, now)
-            self._workers[ident] = w
-            hb_ms = max(1, round(self.heartbeat_interval * 1000))
-            self._send(w, P.welcome(hb_ms, self.heartbeat_liveness, credit), now)
-        elif cmd == P.BYE:
-            if w is not None:
-                self._lose_worker(w, count=False)
-        else:
-            raise P.FrameError(f"unknown work-queue command {cmd:#x} from a worker")
-
-    def _send_raw(self, ident: bytes, frame: bytes) -> None:
-        if self._router_addr:
-            _zmqfast.send_message(self._router_addr, (ident, frame))  # errors: nothing to do
-            return
-        try:
-            self._router.send_multipart((ident, frame), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-
-    def _on_acks(self, w: _WorkerState | None, acks: list[int], dups: list[int]) -> None:
-        live = self._live
-        failures = self._failures
-        done = 0
-        late = 0
-        in_flight = self._in_flight
-        journaled = self._journal is not None
-        for ids in (acks, dups):
-            for mid in ids:
-                rec = live.pop(mid, None)
-                if rec is None:
-                    late += 1
-                    continue
-                owner = rec[R_WORKER]
-                if owner is not None:
-                    del owner.inflight[mid]
-                    in_flight -= 1
-                    rec[R_WORKER] = None
-                if failures:
-                    failures.pop(mid, None)
-                if journaled:
-                    self._jfinish(rec)
-                done += 1
-        self._in_flight = in_flight
-        if w is not None:
-            w.held = max(0, w.held - len(acks) - len(dups))
-        c = self._c
-        c["acked"] += done
-        c["duplicates"] += len(dups)
-        c["late_acks"] += late
-        if done and self._throttle.breaker is not None:
-            self._throttle.record_success(done)
-        self._finish(done)
-
-    def _on_nacks(
-        self, w: _WorkerState | None, entries: list[tuple[int, str, str, int, bool]], now: float
-    ) -> None:
-        if w is not None:
-            w.held = max(0, w.held - len(entries))
-        for mid, etype, emsg, ecode, retryable in entries:
-            rec = self._live.get(mid)
-            if rec is None or w is None or rec[R_WORKER] is not w:
-                # finished meanwhile, or already handed to someone else
-                self._c["stale_nacks"] += 1
-                continue
-            w.inflight.pop(mid, None)
-            self._in_flight -= 1
-            rec[R_WORKER] = None
-            self._c["nacked"] += 1
-            self._throttle.record_failure()
-            self._fail(rec, etype, emsg, ecode, retryable, now)
-
-    def _fail(
-        self, rec: _Rec, etype: str, emsg: str, ecode: int, retryable: bool, now: float
-    ) -> None:
-        wall = time.time()
-        f = self._failures.get(rec[R_ID])
-        if f is None:
-            f = self._failures[rec[R_ID]] = _Failure()
-            f.first = wall
-        f.failures += 1
-        f.last = wall
-        f.error = (etype, emsg, ecode)
-        err = RemoteError(emsg, remote_type=etype, remote_code=ecode, retryable=retryable)
-        delay = self._plan.next_delay(f, now - rec[R_BORN], err)
-        if delay is None:
-            self._dead_letter(rec, err)
-        else:
-            heapq.heappush(self._timers, (now + delay, next(self._timer_seq), rec, False))
-
-    def _dead_letter(self, rec: _Rec, err: RemoteError | None) -> None:
-        if self._dlq is not None:
-            f = self._failures.get(rec[R_ID]) or _Failure()
-            etype, emsg, ecode = f.error
-            try:
-                self._dlq.add(
-                    rec[R_TOPIC],
-                    rec[R_PAYLOAD],
-                    id=rec[R_ID],
-                    headers=msgpack.unpackb(rec[R_HEADERS]) if rec[R_HEADERS] else None,
-                    error_type=etype,
-                    error_message=emsg,
-                    error_code=ecode,
-                    attempts=f.failures,
-                    first_failure=f.first,
-                    last_failure=f.last,
-                    origin=f"WorkQueue {self.endpoint}",
-                    payload_format="msgpack" if rec[R_FLAGS] & P.FLAG_MSGPACK else "raw",
-                )
-            except Exception as exc:  # DLQ full (on_full="reject") or its file failed
-                # Never drop it: keep the message and try the dead-lettering again later.
-                self._c["dlq_errors"] += 1
-                log.warning("cannot dead-letter message %d (%s); retrying in %.1f s",
-                            rec[R_ID], exc, _DLQ_RETRY_S)
-                heapq.heappush(
-                    self._timers,
-                    (time.monotonic() + _DLQ_RETRY_S, next(self._timer_seq), rec, True),
-                )
-                return
-        else:
-            log.warning(
-                "message %d on %r dead-lettered after %d attempts (%s) and dropped: the "
-                "WorkQueue has no dlq", rec[R_ID], rec[R_TOPIC],
-                self._failures[rec[R_ID]].failures, err,
-            )
-        self._live.pop(rec[R_ID], None)
-        self._failures.pop(rec[R_ID], None)
-        self._c["dead_lettered"] += 1
-        if self._journal is not None:
-            self._jfinish(rec)
-        self._finish(1)
-
-    def _jfinish(self, rec: _Rec) -> None:
-        b: _JBatch = rec[R_BATCH]
-        b.remaining -= 1
-        b.done.append(rec[R_ID])
-        if not b.touched:
-            if not self._jtouched:
-                self._jdel_since = time.monotonic()
-            b.touched = True
-            self._jtouched.append(b)
-
-    def _finish(self, n: int) -> None:
-        # with a journal a message counts as finished once its delete is committed
-        if self._journal is None:
-            self._n_done += n
-        else:
-            self._jdone += n
-
-    def _fire_timers(self, now: float) -> None:
-        timers = self._timers
-        live = self._live
-        due = []
-        while timers and timers[0][0] <= now:
-            _, _, rec, to_dlq = heapq.heappop(timers)
-            if live.get(rec[R_ID]) is rec and rec[R_WORKER] is None:
-                if to_dlq:
-                    self._dead_letter(rec, None)
-                else:
-                    due.append(rec)
-        self._pending.extend(due)
-
-    def _lose_worker(self, w: _WorkerState, count: bool = True) -> None:
-        if self._workers.get(w.ident) is not w:
-            return
-        del self._workers[w.ident]
-        back = list(w.inflight.values())
-        w.inflight.clear()
-        for rec in back:
-            rec[R_WORKER] = None
-        self._in_flight -= len(back)
-        # oldest first, ahead of new work: they have waited longest
-        self._pending.extendleft(reversed(back))
-        if count:
-            self._c["workers_lost"] += 1
-
-    def _housekeeping(self, now: float) -> None:
-        dead_after = self.heartbeat_interval * self.heartbeat_liveness
-        for w in list(self._workers.values()):
-            if now - w.last_recv > dead_after:
-                self._lose_worker(w)
-                continue
-            if now - w.last_send >= self.heartbeat_interval:
-                if not self._send(w, P.HEARTBEAT_FRAME, now):
-                    continue
-            if w.inflight:
-                limit = now - self.ack_timeout
-                expired = []
-                for rec in w.inflight.values():
-                    if rec[R_SENT] > limit:
-                        break  # dispatch order: the rest are younger
-                    expired.append(rec)
-                for rec in expired:
-                    del w.inflight[rec[R_ID]]
-                    self._in_flight -= 1
-                    rec[R_WORKER] = None
-                    self._c["ack_timeouts"] += 1
-                    self._fail(
-                        rec,
-                        "AckTimeout",
-                        f"no ack within ack_timeout={self.ack_timeout}s",
-                        int(ErrorCode.TIMEOUT),
-                        True,
-                        now,
-                    )
-
-    def _dispatch(self, now: float) -> None:
-        self._throttled = False
-        pending = self._pending
-        live = self._live
-        throttle = self._throttle
-        c = self._c
-        while pending:
-            room = self.max_in_flight - self._in_flight
-            if room <= 0:
-                return
-            best = None
-            best_free = 0
-            n_free = 0
-            for w in self._workers.values():
-                free = w.capacity - w.held
-                if free > 0:
-                    n_free += 1
-                    if free > best_free:
-                        best, best_free = w, free
-            if best is None:
-                return
-            if throttle.active:
-                room = min(room, throttle.allowance(now))
-                if room <= 0:
-                    self._throttled = True
-                    return
-            # share the backlog between the workers that have room
-            n = min(best_free, room, _MAX_BATCH, -(-len(pending) // n_free))
-            entries: list[list[Any]] = []
-            popleft = pending.popleft
-            live_get = live.get
-            add = entries.append
-            inflight = best.inflight
-            redelivered = 0
-            k = 0
-            # the hot loop: indices are the R_* constants, spelled out for speed
-            while k < n and pending:
-                rec = popleft()
-                mid = rec[0]
-                if live_get(mid) is not rec or rec[7] is not None:
-                    continue  # finished or re-dispatched meanwhile
-                d = rec[1] + 1
-                rec[1] = d
-                if d == 1:
-                    rec[9] = now  # R_BORN
-                else:
-                    redelivered += 1
-                rec[7] = best  # R_WORKER
-                rec[8] = now  # R_SENT
-                inflight[mid] = rec
-                add(rec[:7])
-                k += 1
-            if throttle.active:
-                throttle.consume(k)
-            if not k:
-                return
-            best.held += k
-            self._in_flight += k
-            c["dispatched"] += k
-            c["redelivered"] += redelivered
-            self._send(best, P.dispatch(entries), now)
-
-    def _flush_journal(self) -> None:
-        if self._journal is None or not self._jtouched:
-            return
-        touched, self._jtouched = self._jtouched, []
-        acked: list[tuple[int, list[int]]] = []
-        completed: list[int] = []
-        for b in touched:
-            b.touched = False
-            if b.remaining <= 0:
-                completed.append(b.first)
-            elif b.done:
-                acked.append((b.first, b.done))
-            b.done = []
-        self._journal.progress(acked, completed)
-        self._n_done += self._jdone
-        self._jdone = 0
+                c["decode_errors"] += 1

@@ -4,10 +4,10 @@ A :class:`Worker` connects to a :class:`pybus.WorkQueue`, announces its credit (
 how many messages it may hold), runs ``handler(message)`` in ``concurrency`` threads and
 acknowledges each message when the handler returns, or rejects it with the error when the
 handler raises. Acks travel in batches (one frame per handled batch, or every
-``ack_flush_interval`` seconds for slow handlers).
+``ack_flush_interval_s`` seconds for slow handlers).
 
 A socket thread owns the DEALER: it forwards results, exchanges heartbeats with the queue and,
-when the queue stays silent for ``heartbeat_interval * heartbeat_liveness`` seconds, starts a
+when the queue stays silent for ``heartbeat_interval_s * heartbeat_liveness`` seconds, starts a
 new session (new socket, HELLO); messages of the old session that have not started are then
 dropped, since the queue redelivers them.
 """
@@ -33,6 +33,7 @@ from ..errors import BusError, ClosedError, ErrorCode, FrameError, ValidationErr
 from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
 from ..transport import sockets as _sockets
 from ..wire import workqueue as P
+from ._options import check_worker_options, deprecated_attribute, renamed
 
 #: Handler times above this (1 hour, in ns) are recorded as this.
 _LATENCY_MAX_NS = 3_600_000_000_000
@@ -85,10 +86,14 @@ class Worker:
     prefetch : int, optional
         Credit announced to the queue: the most messages this worker holds at once
         (default ``max(1024, 256 * concurrency)``).
-    heartbeat_interval, heartbeat_liveness
+    heartbeat_interval_s, heartbeat_liveness
         Used until the queue's WELCOME tells the queue's own values.
-    ack_flush_interval : float
-        Longest time a finished message's ack waits to be batched with others.
+    ack_flush_interval_s : float
+        Longest time, in seconds, a finished message's ack waits to be batched with others.
+    context : zmq.Context, optional
+        Use this ZeroMQ context instead of a private one (an ``inproc://`` queue is reached
+        only from its own context). pybus closes its sockets in it when the worker stops,
+        and leaves terminating it to the caller; a private one is terminated then.
     security : pybus.Curve, optional
         CURVE for the connection to the queue (usually ``Curve.client``).
     liveness : pybus.Liveness, optional
@@ -96,6 +101,10 @@ class Worker:
     registry : pybus.metrics.Registry or False, optional
         Where this object reports its counters (default: ``pybus.metrics.default_registry``;
         ``False``: nowhere).
+
+    ``heartbeat_interval=`` and ``ack_flush_interval=`` are the deprecated old names of
+    ``heartbeat_interval_s=`` and ``ack_flush_interval_s=`` (a DeprecationWarning; removed in
+    the next release).
     """
 
     def __init__(
@@ -105,45 +114,24 @@ class Worker:
         concurrency: int = 1,
         dedupe_window: int = 0,
         prefetch: int | None = None,
-        heartbeat_interval: float = 1.0,
+        heartbeat_interval_s: float = 1.0,
         heartbeat_liveness: int = 3,
-        ack_flush_interval: float = 0.002,
+        ack_flush_interval_s: float = 0.002,
         registry: Any = None,
         security: Any = None,
         liveness: Any = None,
+        context: zmq.Context[Any] | None = None,
+        *,
+        heartbeat_interval: float | None = None,
+        ack_flush_interval: float | None = None,
     ) -> None:
-        if not isinstance(endpoint, str):
-            raise ValidationError(
-                f"endpoint must be a str like tcp://127.0.0.1:5555, got {type(endpoint).__name__}"
-            )
-        if not callable(handler):
-            raise ValidationError(
-                f"handler must be callable as handler(message), got {type(handler).__name__}"
-            )
-        for name, value, hi in (
-            ("concurrency", concurrency, 1024),
-            ("heartbeat_liveness", heartbeat_liveness, 1000),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
-                raise ValidationError(f"{name} must be an int in 1..{hi}, got {value!r}")
-        if isinstance(dedupe_window, bool) or not isinstance(dedupe_window, int) or not (
-            0 <= dedupe_window <= 10_000_000
-        ):
-            raise ValidationError(
-                f"dedupe_window must be an int in 0..10000000 (0 disables), got {dedupe_window!r}"
-            )
-        if prefetch is None:
-            prefetch = max(1024, 256 * concurrency)
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not (
-            concurrency <= prefetch <= P.MAX_CREDIT
-        ):
-            raise ValidationError(
-                f"prefetch must be an int in concurrency..{P.MAX_CREDIT}, got {prefetch!r}"
-            )
-        for name, v in (("heartbeat_interval", heartbeat_interval),
-                        ("ack_flush_interval", ack_flush_interval)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValidationError(f"{name} must be a number > 0, got {v!r}")
+        heartbeat_interval_s = renamed("Worker", "heartbeat_interval", heartbeat_interval,
+                                       "heartbeat_interval_s", heartbeat_interval_s, 1.0)
+        ack_flush_interval_s = renamed("Worker", "ack_flush_interval", ack_flush_interval,
+                                       "ack_flush_interval_s", ack_flush_interval_s, 0.002)
+        prefetch = check_worker_options(endpoint, handler, concurrency, dedupe_window, prefetch,
+                                        heartbeat_interval_s, heartbeat_liveness,
+                                        ack_flush_interval_s, context)
         self.endpoint = endpoint
         self.handler = handler
         _sockets.check_options(security, liveness)
@@ -153,11 +141,13 @@ class Worker:
         self.concurrency = concurrency
         self.dedupe_window = dedupe_window
         self.prefetch = prefetch
-        self.ack_flush_interval = float(ack_flush_interval)
-        self._hb_s = float(heartbeat_interval)
+        self.ack_flush_interval_s = float(ack_flush_interval_s)
+        self._hb_s = float(heartbeat_interval_s)
         self._liveness = int(heartbeat_liveness)
 
-        self._ctx = zmq.Context()
+        # a given context is the caller's: never terminated here
+        self._own_ctx = context is None
+        self._ctx: zmq.Context[Any] = zmq.Context() if context is None else context
         self._results_addr = f"inproc://pybus-worker-{next(_worker_seq)}-{id(self):x}"
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._gen = 0  # session number; work from an older session is dropped unstarted
@@ -235,7 +225,8 @@ class Worker:
             pass
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        elif self._thread is None and not self._running and not self._ctx.closed:
+        elif self._thread is None and not self._running and self._own_ctx \
+                and not self._ctx.closed:
             self._ctx.term()  # never served: its sessions' thread, which would, never ran
 
     # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
@@ -272,6 +263,11 @@ class Worker:
         docs/operations.md for when each is taken. None until the worker's socket thread has
         opened its first session."""
         return self._io_path
+
+    @property
+    def ack_flush_interval(self) -> float:
+        """Deprecated: :attr:`ack_flush_interval_s`."""
+        return deprecated_attribute(self, "ack_flush_interval", "ack_flush_interval_s")
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -375,7 +371,7 @@ class Worker:
             results.close(0)
             # A handler still stuck in user code keeps its socket open; terminating the
             # context would then hang, so leave it to the (daemon) thread's exit.
-            if not any(t.is_alive() for t in self._handler_threads):
+            if self._own_ctx and not any(t.is_alive() for t in self._handler_threads):
                 self._ctx.term()
 
     def _forward(self, results: zmq.Socket[Any], sock: zmq.Socket[Any]) -> bool:
@@ -467,7 +463,7 @@ class Worker:
         get = self._work.get
         make = make_work_message
         mono = time.monotonic
-        flush_s = self.ack_flush_interval
+        flush_s = self.ack_flush_interval_s
         window = self.dedupe_window
         seen = self._seen_ids
         c = self._c

@@ -1,0 +1,122 @@
+"""What a queued message is in memory, and how ``put()``'s arguments become one.
+
+Owns the message record layout shared by the user side of :class:`pybus.WorkQueue`, its
+dispatcher core (``_core.py``) and the journal, the small per-worker and per-failure records of
+the core, and the validation and encoding of a message's topic, payload and headers.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from ..errors import ErrorCode, ValidationError
+from ..policy.topics import validate_topic
+from ..wire import workqueue as P
+
+__all__ = [
+    "Rec", "JBatch", "Failure", "WorkerState", "check_topic", "encode_payload", "pack_headers",
+]
+
+# A message record is a list (cheaper to make and index than an object, and its first seven
+# items are exactly the wire entry of docs/wire-workqueue.md, so dispatch sends rec[:7]):
+(R_ID, R_DELIVERY, R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS,
+ R_WORKER, R_SENT, R_BORN, R_BATCH) = range(11)
+# R_DELIVERY: deliveries so far; R_TS: put time (ns since the epoch); R_WORKER: the
+# WorkerState holding it, or None; R_SENT: monotonic time of the last dispatch; R_BORN: of the
+# first one; R_BATCH: its JBatch when there is a journal.
+Rec = list  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born, batch]
+jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS)
+rid = operator.itemgetter(R_ID)
+
+#: topics already validated (put_many's fast path skips their check); bounded, never evicted
+topic_cache: dict[str, bool] = {}
+_TOPIC_CACHE_MAX = 4096
+
+
+def check_topic(topic: object) -> str:
+    """The topic rule of pub/sub (pybus.policy.topics, docs/wire.md), so any topic that can be
+    published can be put and the other way round; raises TopicError saying what is wrong."""
+    if type(topic) is str and topic in topic_cache:
+        return topic
+    t = validate_topic(topic)
+    if len(topic_cache) < _TOPIC_CACHE_MAX:
+        topic_cache[t] = True
+    return t
+
+
+def encode_payload(payload: object) -> tuple[bytes, int]:
+    """``(wire bytes, flags)``: bytes pass through raw, anything else is msgpack-encoded."""
+    if type(payload) is bytes:
+        return payload, 0  # type: ignore[return-value]
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload), 0
+    try:
+        return msgpack.packb(payload), P.FLAG_MSGPACK
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(
+            f"payload of type {type(payload).__name__} cannot be sent ({exc}); send bytes "
+            "(passed through raw) or a msgpack-serialisable value (None, bool, int, float, "
+            "str, bytes, list, tuple, dict)"
+        ) from None
+
+
+def pack_headers(headers: object) -> bytes | None:
+    """Validate headers and return them msgpack-packed (they travel and rest packed)."""
+    if headers is None:
+        return None
+    if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
+        raise ValidationError(
+            f"headers must be a dict with str keys, got {type(headers).__name__}"
+        )
+    if not headers:
+        return None
+    try:
+        return msgpack.packb(dict(headers))  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(
+            f"headers cannot be encoded ({exc}); values must be msgpack-serialisable"
+        ) from None
+
+
+class JBatch:
+    """A journal batch (one put()/put_many() call): how many of its messages are unfinished,
+    and which finished since the last journal flush."""
+
+    __slots__ = ("first", "remaining", "done", "touched")
+
+    def __init__(self, first: int, remaining: int) -> None:
+        self.first = first
+        self.remaining = remaining
+        self.done: list[int] = []
+        self.touched = False
+
+
+class Failure:
+    """Failure history of a message that was nacked or timed out (kept only for those)."""
+
+    __slots__ = ("failures", "first", "last", "error", "run")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.error: tuple[str, str, int] = ("", "", int(ErrorCode.UNKNOWN))
+        self.run: Any = None  # the RetryRun deciding its delays
+
+
+class WorkerState:
+    """One connected worker as the dispatcher sees it: its credit and what it holds."""
+
+    __slots__ = ("ident", "capacity", "held", "inflight", "last_recv", "last_send")
+
+    def __init__(self, ident: bytes, capacity: int, now: float) -> None:
+        self.ident = ident
+        self.capacity = capacity
+        self.held = 0  # messages sent to it and not yet acked/nacked by it
+        self.inflight: dict[int, Rec] = {}  # insertion order == dispatch order
+        self.last_recv = now
+        self.last_send = now
