@@ -261,3 +261,24 @@ def test_replay_stops_at_an_undecodable_entry_and_keeps_it_and_the_rest(capsys, 
     finally:
         sub.close()
     assert stored(path) == before[1:]
+
+
+def test_show_and_ls_read_an_entry_whose_headers_column_is_corrupt(capsys, tmp_path):
+    path = tmp_path / "dlq.db"
+    with pybus.DeadLetterQueue(path, registry=False) as q:
+        q.add("h.a", b"one", id="fine", headers={"k": "v"})
+        q.add("h.b", b"two", id="broken", headers={"k": "v"})
+    con = sqlite3.connect(path)
+    try:
+        with con:
+            con.execute("UPDATE dead_letters SET headers = x'c1' WHERE id = 'broken'")
+    finally:
+        con.close()
+    code, out, _ = run(capsys, "dlq", "ls", str(path), "--json")
+    assert code == 0 and [json.loads(ln)["id"] for ln in out.splitlines()] == ["fine", "broken"]
+    code, out, _ = run(capsys, "dlq", "show", str(path), "broken", "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["headers"] == {} and shown["headers_error"]
+    code, out, _ = run(capsys, "dlq", "show", str(path), "fine", "--json")
+    assert code == 0 and json.loads(out)["headers"] == {"k": "v"}
+    assert "headers_error" not in json.loads(out)

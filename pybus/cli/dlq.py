@@ -60,6 +60,8 @@ def _entry_dict(e: Any, full: bool) -> dict[str, Any]:
         except Exception as exc:  # a corrupt msgpack payload is shown, not fatal
             value = f"<undecodable msgpack: {exc}>"
         d["headers"] = jsonable(e.headers)
+        if e.headers_error:  # a corrupt headers column: say so rather than show {}
+            d["headers_error"] = e.headers_error
         d["payload_format"] = e.payload_format
         if isinstance(value, bytes):
             d["payload"], enc = text_or_hex(value)
