@@ -41,7 +41,7 @@ EXTRA = 50
 
 def test_the_documented_constants() -> None:
     import pybus.pubsub._proxy_checked as pc
-    import pybus.pubsub.publisher as pm
+    import pybus.pubsub._subscriptions as pm
     import pybus.transport.security as sm
 
     assert pm._MAX_SUBSCRIPTIONS == pc._MAX_SUBSCRIPTIONS == CAP

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
+
+from ..transport import sockets as _sockets
 
 
 class _BoundSubscriber(Protocol):
@@ -51,3 +53,17 @@ def _poke_bound_subscribers() -> None:
 def hwm_for(max_queued_bytes: int, max_batch_bytes: int) -> int:
     """High-water mark in frames so that hwm * max_batch_bytes stays near the bound."""
     return max(16, max_queued_bytes // max(1, max_batch_bytes))
+
+
+def security_rekick(owner: Any, lock: Any, binds: bool) -> None:
+    """After a revocation: drop every connection of ``owner`` (a Publisher or Subscriber) so
+    peers authenticate again; without a monitor, unbind/rebind (less reliable, see
+    pybus.transport.sockets) under ``lock``, the lock that guards its socket."""
+    if owner._watch is not None:
+        owner._watch.drop_connections()
+        return
+    with lock:
+        if owner._closed:
+            return
+        eps = list(owner.endpoints)
+        _sockets.rebind(owner._sock, eps if binds else [], [] if binds else eps)

@@ -22,23 +22,27 @@ import zmq.asyncio
 
 from .._native import Message
 from ..errors import BackpressureError, ClosedError, TimeoutError, ValidationError
-from . import _base as base
 from . import publisher as _pub
 from . import subscriber as _sub
+from ._flusher import _WINDOW_RETRY_S
 
 __all__ = ["Publisher", "Subscriber"]
 
+# How often wait_for_subscribers looks again while no bound subscriber needs a poke (the loop
+# wakes up at once for a subscription message anyway).
+_WAIT_SLICE_S = 0.05
 
-class Publisher(_pub.Publisher):
-    """:class:`pybus.Publisher` for asyncio: ``publish`` is the same one C call;
-    ``await flush()``, ``await wait_for_subscribers()``, ``await close()``, ``async with``.
-    Takes the same arguments.
 
-    In reliable mode what the window holds back stays in the ring and a loop timer sends it
-    as acks arrive, so ``publish`` does not wait while the ring has room; ``await flush()``
-    waits for the window without blocking the loop. A publish that finds the ring full
-    applies ``on_full`` in the calling thread (``"block"`` blocks the loop up to
-    ``block_timeout``; ``"drop"`` or ``"raise"`` suit an event loop better)."""
+def _core_attr(name: str, doc: str | None = None) -> Any:
+    """A read-only attribute of the wrapper that reads the core's (sync twin's) attribute."""
+    return property(lambda self: getattr(self._core, name), doc=doc)
+
+
+class _AsyncPublisherCore(_pub.Publisher):
+    """The sync publisher's batching, window and accounting over a socket owned by a
+    zmq.asyncio socket, with event-loop timers instead of the flusher thread. Internal:
+    :class:`Publisher` wraps it (a sync Publisher's blocking methods must not be reachable on
+    the asyncio object, nor its ``close()`` be a coroutine on a ``pybus.Publisher``)."""
 
     def _new_socket(self, socket_type: int) -> zmq.Socket:
         # The asyncio socket owns the ZeroMQ socket and closes it; the sync one used on the
@@ -101,7 +105,7 @@ class Publisher(_pub.Publisher):
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # outside the loop: flush()/close() will send them
                 return
-            self._timer = loop.call_later(_pub._WINDOW_RETRY_S, self._timer_fire)
+            self._timer = loop.call_later(_WINDOW_RETRY_S, self._timer_fire)
 
     def _timer_fire(self) -> None:
         self._timer = None
@@ -115,37 +119,77 @@ class Publisher(_pub.Publisher):
         if self._batcher.pending_records:  # busy lock, or the window is full
             self._retry_later()
 
+    def _close_socket(self, linger_ms: int) -> None:
+        self._asock.close(linger=linger_ms)  # also unregisters it from the event loop
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._position_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._position_timer = None
+
     async def _await_window(self, deadline: float) -> None:
         """Flush; while the window holds records back, await acks (without blocking the loop)
         until it takes them all or the deadline (monotonic s)."""
+        waits = self._window_waits(deadline)
         while True:
-            with self._send_lock:
-                self._flush_locked()
-            if not self._window_blocked:
+            with self._send_lock:  # not across the await: publishes send meanwhile
+                wait_ms = next(waits, None)
+            if wait_ms is None:
                 return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            # POLLIN (poll's default): an ack to read
-            await self._asock.poll(max(1, int(min(remaining, _pub._WINDOW_POLL_S) * 1000)))
-            with self._send_lock:
-                self._read_subscriptions()
+            await self._asock.poll(wait_ms)  # POLLIN (poll's default): an ack to read
 
-    async def flush(self, timeout: float | None = 1.0) -> None:  # type: ignore[override]
+
+class Publisher:
+    """:class:`pybus.Publisher` for asyncio: ``publish`` is the same one C call;
+    ``await flush()``, ``await wait_for_subscribers()``, ``await close()``, ``async with``.
+    Takes the same arguments.
+
+    In reliable mode what the window holds back stays in the ring and a loop timer sends it
+    as acks arrive, so ``publish`` does not wait while the ring has room; ``await flush()``
+    waits for the window without blocking the loop. A publish that finds the ring full
+    applies ``on_full`` in the calling thread (``"block"`` blocks the loop up to
+    ``block_timeout``; ``"drop"`` or ``"raise"`` suit an event loop better).
+
+    Not a subclass of :class:`pybus.Publisher` (its waiting methods are coroutines here): it
+    wraps the same core, and reports its counters through it.
+    """
+
+    def __init__(self, endpoint: str | Sequence[str], connect: bool = False,
+                 **kwargs: Any) -> None:
+        self._core = _AsyncPublisherCore(endpoint, connect, **kwargs)
+        # the batcher's C method itself, as on the sync publisher: one call per message
+        self.publish = self._core.publish
+
+    endpoints = _core_attr("endpoints")
+    history_endpoint = _core_attr("history_endpoint")
+    publisher_id = _core_attr("publisher_id")
+    delivery = _core_attr("delivery")
+    window_bytes = _core_attr("window_bytes")
+    sndhwm = _core_attr("sndhwm")
+    max_message_bytes = _core_attr("max_message_bytes")
+    subscriber_count = _core_attr("subscriber_count", "See pybus.Publisher.subscriber_count.")
+    closed = _core_attr("closed")
+    io_path = _core_attr("io_path", "See pybus.Publisher.io_path.")
+
+    def stats(self) -> dict[str, Any]:
+        """See :meth:`pybus.Publisher.stats`."""
+        return self._core.stats()
+
+    async def flush(self, timeout: float | None = 1.0) -> None:
         """Hand everything pending to ZeroMQ; in reliable mode, await the window for up to
         ``timeout`` seconds (then :class:`~pybus.BackpressureError`)."""
-        if self._closed:
+        core = self._core
+        if core.closed:
             raise ClosedError("flush() on a closed Publisher")
-        await self._await_window(time.monotonic() + (1e9 if timeout is None else timeout))
-        if self._window_blocked:
+        await core._await_window(time.monotonic() + (1e9 if timeout is None else timeout))
+        if core._window_blocked:
             raise BackpressureError(
                 f"flush(): the slowest subscriber's window still held "
-                f"{self._batcher.pending_records} messages back after {timeout}s"
+                f"{core._batcher.pending_records} messages back after {timeout}s"
             )
 
-    async def wait_for_subscribers(  # type: ignore[override]
-        self, n: int = 1, timeout: float = 5.0
-    ) -> int:
+    async def wait_for_subscribers(self, n: int = 1, timeout: float = 5.0) -> int:
         """Wait (without blocking the loop) until ``n`` pybus Subscribers are subscribed.
 
         Raises
@@ -153,39 +197,22 @@ class Publisher(_pub.Publisher):
         TimeoutError
             Fewer than ``n`` after ``timeout`` seconds.
         """
-        if self._closed:
-            raise ClosedError("wait_for_subscribers() on a closed Publisher")
-        if n < 0:
-            raise ValidationError(f"n must be >= 0, got {n}")
-        deadline = time.monotonic() + timeout
-        while True:
-            base._poke_bound_subscribers()
-            with self._send_lock:
-                self._read_subscriptions()
-            count = len(self._subscribers)
-            if count >= n:
-                return count
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"{count} of {n} subscribers after {timeout}s on {self.endpoints}"
-                )
-            slice_s = 0.002 if base._BOUND_SUBSCRIBERS else 0.05
-            await self._asock.poll(timeout=max(1, int(min(remaining, slice_s) * 1000)))
+        waits = self._core._subscriber_waits(n, timeout, _WAIT_SLICE_S)
+        try:
+            while True:
+                await self._core._asock.poll(timeout=next(waits))  # a subscription message
+        except StopIteration as done:
+            return int(done.value)
 
-    async def close(self, linger: float | None = None) -> None:  # type: ignore[override]
+    async def close(self, linger: float | None = None) -> None:
         """Send what is pending and close (bounded by ``linger``)."""
-        if not self._closed and self._flow is not None:
+        core = self._core
+        if not core.closed and core._flow is not None:
             # what the window holds back, without blocking the loop (as sync close does)
-            await self._await_window(time.monotonic() + self._block_timeout)
-        for timer in (self._timer, self._position_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._position_timer = None
-        _pub.Publisher.close(self, linger)
-
-    def _close_socket(self, linger_ms: int) -> None:
-        self._asock.close(linger=linger_ms)  # also unregisters it from the event loop
+            await core._await_window(time.monotonic() + core._block_timeout)
+        core._cancel_timers()
+        core.close(linger)
+        self.publish = core.publish  # now the one that raises ClosedError
 
     async def __aenter__(self) -> Publisher:
         return self
@@ -198,6 +225,9 @@ class Publisher(_pub.Publisher):
 
     def __exit__(self, *exc: object) -> None:  # pragma: no cover
         pass
+
+    def __repr__(self) -> str:
+        return repr(self._core).replace("<pybus.Publisher", "<pybus.aio.Publisher", 1)
 
 
 class _AsyncCore(_sub.Subscriber):
@@ -225,17 +255,9 @@ class Subscriber:
         self._core = _AsyncCore(endpoints, topics, bind, **kwargs)
         self._asock = self._core._asock
 
-    @property
-    def endpoints(self) -> list[str]:
-        return self._core.endpoints
-
-    @property
-    def patterns(self) -> list[str]:
-        return self._core.patterns
-
-    @property
-    def closed(self) -> bool:
-        return self._core.closed
+    endpoints = _core_attr("endpoints")
+    patterns = _core_attr("patterns", "The subscribed topic patterns.")
+    closed = _core_attr("closed")
 
     def subscribe(self, pattern: str) -> None:
         """See :meth:`pybus.Subscriber.subscribe`."""

@@ -6,15 +6,19 @@
 batch: to send at once when the bus was idle or a size bound is reached, to arm the flusher
 thread when the first record of a batch is pending (so the tail of a burst goes out within
 ``max_delay_us`` even if nothing else is published), and when the ring is full.
+
+This module owns the socket and the send path (the hooks, the drain into ZeroMQ, flush, close,
+stats). The rest of the class comes from mixins of their own modules: ``_flusher`` (the
+flusher thread and position timing), ``_window`` (the reliable window, positions, ``on_full``),
+``_subscriptions`` (what arrives upstream: subscriptions, hellos, acks, permissions); the
+constructor's arguments are checked by ``_options``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -24,71 +28,36 @@ import zmq
 
 from .. import metrics as _metrics
 from .._native import Batcher, Histogram, frame_info
-from .._native._batch import set_thread_timer_slack
-from ..errors import BackpressureError, ClosedError, TimeoutError, ValidationError, from_zmq
+from ..errors import BackpressureError, ClosedError, TimeoutError, from_zmq
 from ..metrics.samples import HdrValue, RawSample, transport_samples
 from ..policy.topics import validate_topic
 from ..transport import sockets as _sockets
 from . import _base as base
-from .flow import FLOW_TOPIC, FlowWindow, pack_join, pack_mark, unpack_ack
+from ._flusher import _MAX_TICK_S, FlusherMixin
+from ._options import publisher_options
+from ._subscriptions import SubscriptionsMixin
+from ._window import _POSITION_INTERVAL_NS, OnFull, WindowMixin
+from .flow import FlowWindow
 
 __all__ = ["Publisher"]
 
 log = logging.getLogger("pybus.publisher")
 
-OnFull = Literal["block", "drop", "raise"]
-_ON_FULL = ("block", "drop", "raise")
 Delivery = Literal["reliable", "best_effort"]
-_DELIVERY = ("reliable", "best_effort")
-# Reliable mode: at most this many frames of the send high-water mark kept free of the window,
-# for the marks that go out beside the data (position frames go in the window, see
-# _send_positions).
-_WINDOW_SPARE_FRAMES = 16
-# Reliable mode: the smallest default send high-water mark, in frames. ZeroMQ may see a
-# queue as up to half its high-water mark fuller than it is (a reader reports what it read
-# every hwm/2 messages), so the window in frames is half of it.
-_MIN_RELIABLE_HWM = 256
 # While the window is full, a publish looks for acks at most this often (each look reads the
 # socket, a few microseconds); meanwhile messages accumulate in the ring, so that many topics
 # get many messages per frame (batches grow with back-pressure, like under load).
 _WINDOW_RETRY_NS = 50_000
-# How often the flusher thread looks for acks while the window holds the tail of a burst.
-_WINDOW_RETRY_S = 0.0005
-# Longest slice a publisher blocked by the window waits for acks before it looks again (for
-# stalled subscribers to evict, a closing publisher, a deadline).
-_WINDOW_POLL_S = 0.005
 # Frames at least this big go to ZeroMQ without a copy. Below, copying is cheaper: pyzmq's
 # zero-copy send tracks the buffer and releases it from a background thread (measured).
 _ZERO_COPY_MIN_BYTES = 1 << 20
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 # How often a busy publisher reads the XPUB subscription messages (they queue meanwhile).
 _SUB_CHECK_INTERVAL_S = 0.01
+# How often wait_for_subscribers looks again while no bound subscriber needs a poke.
+_WAIT_SLICE_S = 0.01
 _monotonic = time.monotonic
-_time_ns = time.time_ns  # the batcher's clock (CLOCK_REALTIME)
-# With per-key permissions (XPUB manual mode) the publisher applies each subscription itself
-# and refuses more than this many, or a prefix longer than any topic: ZeroMQ keeps every
-# distinct prefix in its subscription trie, with no bound of its own.
-_MAX_SUBSCRIPTIONS = 100_000
-_MAX_SUBSCRIPTION_BYTES = 1024
-# Longest period of the flusher thread while the publishing thread sends by itself.
-_MAX_TICK_S = 0.001
-# Timer slack of the flusher thread (see _flusher_loop), ns.
-_FLUSHER_TIMER_SLACK_NS = 1000
-# Position frames (docs/wire.md): a topic that published announces its next sequence number
-# at most once per interval while it moves, and each announcement is repeated 1, 2, 4 ... 64
-# intervals apart (the last ~12.7 s after the first), in case ZeroMQ dropped one at the
-# high-water mark of a subscriber that is behind: 8 small frames per stream and pause. A
-# subscriber then counts the loss of a stream's last messages too, which no later message
-# would reveal.
-_POSITION_INTERVAL_NS = 100_000_000
-_POSITION_REPEATS = 8
-# At most this many position frames per scan (the rest follow 10 ms later, round robin): with
-# thousands of topics, positions must not crowd the data out of the high-water marks, nor
-# take much of a subscriber's time (a frame costs it ~4 us: 6,400 positions/s at most).
-_POSITION_LIMIT = 64
 _monotonic_ns = time.monotonic_ns
 
 
@@ -96,111 +65,7 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-_HEX = frozenset(b"0123456789abcdef")
-
-
-def _is_hello(body: bytes) -> bool:
-    """A hello as docs/wire.md specifies it: the prefix, then 16 lowercase hex digits."""
-    n = len(base.HELLO_PREFIX)
-    return len(body) == n + 16 and _HEX.issuperset(body[n:])
-
-
-def _as_endpoints(endpoint: str | Sequence[str]) -> list[str]:
-    eps = [endpoint] if isinstance(endpoint, str) else list(endpoint)
-    if not eps or not all(isinstance(e, str) and e for e in eps):
-        raise ValidationError(
-            f"endpoint must be a non-empty str or a list of them (tcp://HOST:PORT, ipc://PATH, "
-            f"inproc://NAME), got {endpoint!r}"
-        )
-    return eps
-
-
-def _flusher_loop(
-    ref: weakref.ref[Publisher], wake: threading.Event, stop: threading.Event
-) -> None:
-    """Body of a publisher's flusher thread; holds the publisher only while flushing.
-
-    Idle, it sleeps on ``wake``. Armed by the first pending record of a batch, it wakes after
-    the flush delay; if the last publish is at least that long ago (the burst ended) it sends
-    what is pending, so the tail of a burst leaves about ``idle_us`` (``linger_us``) after the
-    last publish. ("Nothing was published since the arming" was the wrong test: a paced
-    publisher, a burst every ~100 us, never looked quiet, and each burst's tail waited for the
-    next burst's max_delay_us: 155 us instead of ~30 us at 20k msg/s, measured.)
-
-    While publishing goes on, the publishing thread sends by itself (the batcher reports READY
-    once the oldest record is ``max_delay_us`` old), and this thread backs off (doubling its
-    period up to ``_MAX_TICK_S``) and stays armed across frames: each of its wake-ups costs a
-    GIL hand-off (up to the 5 ms switch interval; a 40 % throughput loss when it flushed under
-    load, 10-40 ns of CPU per message when it was re-armed at every frame, both measured), so
-    it stays out of the way of a busy publisher. The price: the tail left when a long burst
-    stops waits up to ``_MAX_TICK_S``.
-
-    Its waits are a few tens of microseconds: with Linux's default timer slack (50 us) each
-    one ends ~80 us late (measured: a 20-us wait took ~105 us), which made the tail of every
-    burst wait ~5x idle_us; a 1-us slack for this thread alone brings that to ~45 us.
-    """
-    set_thread_timer_slack(_FLUSHER_TIMER_SLACK_NS)
-    while True:
-        pub = ref()
-        if pub is None:
-            return
-        timeout = pub._position_wait()
-        del pub
-        woke = wake.wait(timeout)
-        if stop.is_set():
-            return
-        if not woke:  # position frames are due (and nothing woke us)
-            pub = ref()
-            if pub is None:
-                return
-            try:
-                pub._position_tick()
-            except ClosedError:
-                return
-            except Exception:  # never let the thread die silently
-                log.exception("pybus publisher flusher failed")
-            finally:
-                del pub
-            continue
-        wake.clear()
-        period: float | None = None
-        while True:
-            pub = ref()
-            if pub is None:
-                return
-            urgent = pub._urgent
-            try:
-                if period is None:
-                    # First look of an arming: due first_tick after the record that armed us,
-                    # not after this thread woke up (waking took ~50 us, measured).
-                    period = pub._first_tick_s
-                    wait = period - (_time_ns() - pub._batcher.oldest_pending_ns) / 1e9
-                else:
-                    wait = period
-            except Exception:  # closed underneath us
-                return
-            del pub
-            if not urgent and wait > 0:
-                stop.wait(wait)
-            if stop.is_set():
-                return
-            pub = ref()
-            if pub is None:
-                return
-            try:
-                period = pub._tick(period)
-            except ClosedError:
-                return
-            except Exception:  # never let the thread die silently with data pending
-                log.exception("pybus publisher flusher failed")
-                period = None
-            finally:
-                del pub
-            if period is None:
-                break
-
-
-class Publisher:
+class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin):
     """Publish messages on topics to any number of :class:`~pybus.Subscriber`.
 
     Parameters
@@ -324,41 +189,15 @@ class Publisher:
         history_endpoint: str | None = None,
     ) -> None:
         self._closed = True  # until fully constructed (so __del__/close are safe)
-        if history and not history_endpoint:
-            raise ValidationError("history needs history_endpoint (e.g. 'tcp://*:5557')")
-        if on_full not in _ON_FULL:
-            raise ValidationError(f"on_full must be one of {_ON_FULL}, got {on_full!r}")
-        if delivery not in _DELIVERY:
-            raise ValidationError(f"delivery must be one of {_DELIVERY}, got {delivery!r}")
-        if max_queued_bytes is not None:
-            warnings.warn("Publisher(max_queued_bytes=) is deprecated: use window_bytes=",
-                          DeprecationWarning, stacklevel=2)
-            window_bytes = max_queued_bytes
-        if isinstance(window_bytes, bool) or not isinstance(window_bytes, int) or window_bytes < 1:
-            raise ValidationError(f"window_bytes must be an int >= 1, got {window_bytes!r}")
-        if not slow_consumer_timeout > 0:
-            raise ValidationError(
-                f"slow_consumer_timeout must be > 0 seconds, got {slow_consumer_timeout!r}"
-            )
-        if not block_timeout >= 0:
-            raise ValidationError(f"block_timeout must be >= 0 seconds, got {block_timeout!r}")
-        if not linger_us >= 0:
-            raise ValidationError(f"linger_us must be >= 0, got {linger_us!r}")
-        if not idle_us >= 0:
-            raise ValidationError(f"idle_us must be >= 0, got {idle_us!r}")
-        if not max_delay_us >= 0:
-            raise ValidationError(f"max_delay_us must be >= 0, got {max_delay_us!r}")
-        if close_linger_ms < 0:
-            raise ValidationError(f"close_linger_ms must be >= 0, got {close_linger_ms!r}")
-        endpoints = _as_endpoints(endpoint)
-        if publisher_id is None:
-            publisher_id = random.getrandbits(64)
-        if linger_us > 0:
-            # Holding batches open: never send a lone message at once; flush after linger_us.
-            # (the batcher still sends the very first message at once: it has never drained)
-            idle_us, delay_us = 1e9, float(linger_us)
-        else:
-            idle_us, delay_us = float(idle_us), float(max_delay_us)
+        opts = publisher_options(
+            endpoint, delivery=delivery, window_bytes=window_bytes,
+            slow_consumer_timeout=slow_consumer_timeout, on_full=on_full,
+            block_timeout=block_timeout, linger_us=linger_us, max_delay_us=max_delay_us,
+            idle_us=idle_us, max_batch_bytes=max_batch_bytes, max_queued_bytes=max_queued_bytes,
+            sndhwm=sndhwm, close_linger_ms=close_linger_ms, publisher_id=publisher_id,
+            history=history, history_endpoint=history_endpoint,
+        )
+        publisher_id = opts.publisher_id
         self._batcher = Batcher(
             capacity_bytes=capacity_bytes,
             max_batch_records=max_batch_records,
@@ -366,48 +205,78 @@ class Publisher:
             max_message_bytes=max_message_bytes,
             max_topics=max_topics,
             publisher_id=publisher_id,
-            idle_us=idle_us,
-            max_delay_us=delay_us,
+            idle_us=opts.idle_us,
+            max_delay_us=opts.delay_us,
         )
         self.publisher_id: int = publisher_id
         self.max_message_bytes: int = max_message_bytes
         self._on_full_policy: OnFull = on_full
-        self._block_timeout = float(block_timeout)
-        self._flush_delay_s = delay_us / 1e6
-        self._lingering = linger_us > 0
-        # The flusher's first look after a batch starts: with linger_us, when the batch is due;
-        # else after idle_us, so a lone message (or the end of a burst) that came too soon
-        # after the previous send to go out at once waits about idle_us, not max_delay_us.
-        self._first_tick_s = delay_us / 1e6 if linger_us > 0 else min(idle_us, delay_us) / 1e6
+        self._block_timeout = opts.block_timeout_s
+        self._flush_delay_s = opts.delay_us / 1e6
+        self._lingering = opts.lingering
+        self._first_tick_s = opts.first_tick_s
         # A pause this long after the last publish means the burst ended (see _tick).
         self._quiet_ns = int(self._first_tick_s * 1e9)
         self._max_tick_s = max(_MAX_TICK_S, self._first_tick_s)
-        self._close_linger_ms = int(close_linger_ms)
-        reliable = delivery == "reliable"
-        if sndhwm is not None:
-            self.sndhwm: int = int(sndhwm)
-        else:
-            self.sndhwm = base.hwm_for(window_bytes, max_batch_bytes)
-            if reliable:
-                self.sndhwm = max(_MIN_RELIABLE_HWM, self.sndhwm)
-        least = 4 if reliable else 1
-        if self.sndhwm < least:
-            raise ValidationError(
-                f"sndhwm must be >= {least} frames with delivery={delivery!r}, got {sndhwm!r}"
-            )
+        self._close_linger_ms = opts.close_linger_ms
+        self.sndhwm: int = opts.sndhwm
         self.delivery: Delivery = delivery
-        self.window_bytes: int = window_bytes
-        # reliable: the window in frames is half the high-water mark, which ZeroMQ may see
-        # that much fuller than it is, less a few spare frames for the marks
-        spare = max(1, min(_WINDOW_SPARE_FRAMES, self.sndhwm // 8))
+        self.window_bytes: int = opts.window_bytes
         self._flow: FlowWindow | None = (
-            FlowWindow(self.sndhwm // 2 - spare, window_bytes, int(slow_consumer_timeout * 1e9))
-            if reliable else None
+            FlowWindow(opts.window_frames, opts.window_bytes, opts.slow_consumer_timeout_ns)
+            if opts.reliable else None
         )
         self._window_blocked = False  # the last flush left records the window held back
         self._window_retry_ns = 0  # while blocked, publishes look for acks from then on
 
         self._ctx = context if context is not None else zmq.Context.instance()
+        self._open_socket(opts.endpoints, connect, security, liveness, endpoint)
+        sock = self._sock
+        self._connect = connect
+        self._security = security
+        if security is not None and security.is_server:
+            security._register_owner(self)
+        self._next_sub_check = 0.0
+        self._send_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._full_guard = threading.local()
+        self._urgent = False
+        self._armed = False
+        self._backing_off = False  # the flusher saw publishing go on (see _tick)
+
+        # counters (updated under the send lock)
+        self._batches = 0
+        self._bytes = 0
+        self._positions_sent = 0
+        self._position_due: int | None = None  # monotonic ns of the next position scan
+        self._dropped: dict[str, int] = {"ring_full": 0, "backpressure": 0, "closed": 0}
+        self._init_subscriptions()
+        # Metrics, updated once per frame (not per message): messages per topic frame (bounded
+        # by the batcher's max_topics) and messages per frame (2 significant figures, ~10 KiB).
+        # registry=False turns this accounting off.
+        self._published_by_topic: dict[bytes, int] | None = None if registry is False else {}
+        self._batch_sizes = Histogram(1, max(2, max_batch_records), 2)
+        self._serve_history(history, max_topics, history_endpoint, security, liveness)
+
+        self._batcher.set_hooks(
+            self._resolve_topic, _pack, self._on_ready, self._on_pending, self._on_full
+        )
+        # publish(topic, payload, headers=None) is the batcher's C method itself, so a publish
+        # is one call into compiled code (documented by the class-level publish below).
+        self.publish = self._batcher.publish  # type: ignore[method-assign]
+
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._finalizer = weakref.finalize(self, Publisher._finalize, self._stop, self._wake, sock)
+        self._start_flusher()
+        _metrics.attach(self, registry)
+
+    def _open_socket(self, endpoints: list[str], connect: bool, security: Any, liveness: Any,
+                     endpoint: Any) -> None:
+        """Create, configure and bind (or connect) the XPUB socket (closed again on error),
+        and pick its send functions."""
         sock = self._sock = self._new_socket(zmq.XPUB)
         try:
             sock.setsockopt(zmq.LINGER, self._close_linger_ms)
@@ -436,10 +305,6 @@ class Publisher:
         except BaseException:  # e.g. a bad security= or liveness= argument
             self._close_socket(0)
             raise
-        self._connect = connect
-        self._security = security
-        if security is not None and security.is_server:
-            security._register_owner(self)
         # pyzmq's Cython send, without the sugar layer's routing_id/group handling (2x faster);
         # a socket class that overrides send (zmq.green, a user's socket_class) keeps it
         self._send = (zmq.backend.Socket.send.__get__(sock) if type(sock).send is zmq.Socket.send
@@ -447,75 +312,28 @@ class Publisher:
         # libzmq's own socket when frames may be drained straight into ZeroMQ messages
         # (Batcher.drain_to: one copy and one bytes object fewer per frame), else 0
         self._fast_addr = _sockets.fast_address(sock)
-        self._next_sub_check = 0.0
-        self._send_lock = threading.Lock()
-        self._count_lock = threading.Lock()
-        self._full_guard = threading.local()
-        self._urgent = False
-        self._armed = False
-        self._backing_off = False  # the flusher saw publishing go on (see _tick)
 
-        # counters (updated under the send lock)
-        self._batches = 0
-        self._bytes = 0
-        self._positions_sent = 0
-        self._position_due: int | None = None  # monotonic ns of the next position scan
-        self._dropped: dict[str, int] = {"ring_full": 0, "backpressure": 0, "closed": 0}
-        self._subscribers: set[bytes] = set()
-        # hellos that have not had their join snapshot yet (see _send_joins)
-        self._joins: list[bytes] = []
-        self._subscriptions = 0
-        # with permissions: subscriptions granted, per prefix as asked (bounds the trie)
-        self._granted: dict[bytes, int] = {}
-        # Metrics, updated once per frame (not per message): messages per topic frame (bounded
-        # by the batcher's max_topics) and messages per frame (2 significant figures, ~10 KiB).
-        # registry=False turns this accounting off.
-        self._published_by_topic: dict[bytes, int] | None = None if registry is False else {}
-        self._batch_sizes = Histogram(1, max(2, max_batch_records), 2)
-        self._denied_subscriptions = 0
+    def _serve_history(self, history: int, max_topics: int, history_endpoint: str | None,
+                       security: Any, liveness: Any) -> None:
+        """Keep the last ``history`` messages per topic and serve them (see .history)."""
         self._history: Any = None
         self._history_server: Any = None
-        if history:
-            from .history import HistoryServer, HistoryStore
+        self.history_endpoint: str | None = None
+        if not history:
+            return
+        from .history import HistoryServer, HistoryStore
 
-            self._history = HistoryStore(history, max_topics)
-            try:
-                self._history_server = HistoryServer(
-                    self._ctx, history_endpoint, self._history_snapshot,  # type: ignore[arg-type]
-                    {"publisher_id": publisher_id, "history": history},
-                    lambda s: _sockets.configure(s, security=security, liveness=liveness),
-                )
-            except BaseException:
-                sock.close(linger=0)
-                raise
-            self.history_endpoint: str | None = self._history_server.endpoint
-        else:
-            self.history_endpoint = None
-
-        self._batcher.set_hooks(
-            self._resolve_topic, _pack, self._on_ready, self._on_pending, self._on_full
-        )
-        # publish(topic, payload, headers=None) is the batcher's C method itself, so a publish
-        # is one call into compiled code (documented by the class-level publish below).
-        self.publish = self._batcher.publish  # type: ignore[method-assign]
-
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._finalizer = weakref.finalize(self, Publisher._finalize, self._stop, self._wake, sock)
-        self._start_flusher()
-        _metrics.attach(self, registry)
-
-    def _start_flusher(self) -> None:
-        """Start the thread that sends the tail of a burst (asyncio twin: a loop timer)."""
-        self._thread = threading.Thread(
-            target=_flusher_loop,
-            args=(weakref.ref(self), self._wake, self._stop),
-            name=f"pybus-flusher-{self.publisher_id:016x}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._history = HistoryStore(history, max_topics)
+        try:
+            self._history_server = HistoryServer(
+                self._ctx, history_endpoint, self._history_snapshot,  # type: ignore[arg-type]
+                {"publisher_id": self.publisher_id, "history": history},
+                lambda s: _sockets.configure(s, security=security, liveness=liveness),
+            )
+        except BaseException:
+            self._sock.close(linger=0)
+            raise
+        self.history_endpoint = self._history_server.endpoint
 
     # -- the hot path (documentation only: instances bind the batcher's C method) ------------
 
@@ -571,47 +389,6 @@ class Publisher:
             self._armed = True
             self._wake.set()
 
-    def _on_full(self, topic: str, payload: Any, headers: Any) -> Any:
-        guard = self._full_guard
-        if getattr(guard, "active", False):
-            return _RETRY  # nested call from our own retry below: let the retry loop decide
-        policy = self._on_full_policy
-        window = self._window_blocked
-        if policy == "drop":
-            with self._count_lock:  # not the send lock: a drop must never wait for a send
-                self._dropped["backpressure" if window else "ring_full"] += 1
-            return None
-        if policy == "raise":
-            why = ("the slowest subscriber's window is full" if window else
-                   f"the publisher's ring is full ({self._batcher.pending_bytes} of "
-                   f"{self._batcher.capacity_bytes} bytes pending)")
-            raise BackpressureError(
-                f"{why}; use on_full='block' or 'drop', a larger capacity_bytes, or publish "
-                f"more slowly"
-            )
-        deadline = time.monotonic() + self._block_timeout
-        guard.active = True
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if self._send_lock.acquire(timeout=max(0.0, remaining)):
-                    try:
-                        self._wait_window_locked(deadline)
-                    finally:
-                        self._send_lock.release()
-                    result = self._batcher.publish(topic, payload, headers)
-                    if result is not _RETRY:
-                        return result
-                if time.monotonic() >= deadline:
-                    why = ("the slowest subscriber's window stayed full" if self._window_blocked
-                           else "the publisher's ring stayed full")
-                    raise BackpressureError(
-                        f"{why} for block_timeout={self._block_timeout}s; raise block_timeout "
-                        f"or capacity_bytes, or use on_full='drop'"
-                    )
-        finally:
-            guard.active = False
-
     # -- sending ------------------------------------------------------------------------------
 
     def _flush_locked(self) -> None:
@@ -645,61 +422,6 @@ class Publisher:
             self._read_subscriptions()
         elif self._joins and not self._batcher.pending_records:
             self._send_joins()
-
-    def _flush_window(self, flow: FlowWindow) -> None:
-        """Reliable mode: drain what the slowest live subscriber's window takes (see _flow)."""
-        b = self._batcher
-        frames, nbytes = flow.room()
-        if frames >= 0 and (b.pending_records > frames or b.pending_bytes > nbytes):
-            self._read_subscriptions()  # may not all fit: take the acks that arrived
-            frames, nbytes = flow.room()
-        if frames == 0 or nbytes == 0:
-            self._evict_stalled(flow)
-            frames, nbytes = flow.room()
-        if frames != 0 and nbytes != 0:
-            sent_frames, sent_bytes = self._drain(max(frames, 0), max(nbytes, 0))
-            flow.sent(sent_frames, sent_bytes)
-        blocked = b.pending_records > 0
-        self._window_blocked = blocked
-        if flow.peers and flow.mark_due(blocked, _monotonic_ns()):
-            self._send_mark(flow)
-
-    def _send_mark(self, flow: FlowWindow) -> None:
-        """A mark at the current position, on the flow topic every Subscriber takes."""
-        body = pack_mark(self.publisher_id, flow.frames, flow.bytes)
-        try:
-            self._send(FLOW_TOPIC, _SNDMORE_NOBLOCK)
-            self._send(body, _NOBLOCK)
-        except zmq.ZMQError as exc:
-            raise from_zmq(exc, "Publisher send") from exc
-        flow.mark_sent(len(body), _monotonic_ns())
-
-    def _evict_stalled(self, flow: FlowWindow) -> None:
-        for sub_id in flow.evict_stalled(_monotonic_ns()):
-            peer = flow.peers[sub_id]
-            log.warning(
-                "pybus publisher %016x evicted subscriber %s: it read nothing for %.1fs with "
-                "its window full (%d frames, %d bytes in flight); it counts what it loses and "
-                "is paced again once it catches up", self.publisher_id,
-                sub_id.decode(errors="replace"), flow.timeout_ns / 1e9,
-                flow.frames - peer.acked_frames, flow.bytes - peer.acked_bytes,
-            )
-
-    def _wait_window_locked(self, deadline: float) -> None:
-        """Flush, and while the window holds records back, wait for acks (evicting stalled
-        subscribers) until it takes them all or ``deadline`` (monotonic s). Caller holds the
-        send lock."""
-        while True:
-            self._flush_locked()
-            if not self._window_blocked:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            # acks arrive as input on the XPUB socket
-            self._sock.poll(max(1, int(min(remaining, _WINDOW_POLL_S) * 1000)), zmq.POLLIN)
-            self._read_subscriptions()
-
     def _drain(self, max_frames: int, max_bytes: int) -> tuple[int, int]:
         """Send pending frames (all, or up to the bounds); returns the frames and bytes sent."""
         if self._fast_addr and self._history is None:
@@ -753,300 +475,11 @@ class Publisher:
             self._bytes += nbytes
         return len(frames), nbytes
 
-    def _send_positions(self, now_ns: int, force: bool = False) -> None:
-        """Send the position frames due (caller holds the send lock; see docs/wire.md)."""
-        # at most half the high-water mark at a time: a burst of positions must fit the queue
-        # of a subscriber that is reading again (ZeroMQ drops the rest)
-        limit = 0 if force else max(1, min(_POSITION_LIMIT, self.sndhwm // 2))
-        flow = self._flow
-        if flow is not None and not force:
-            room = flow.room()[0]
-            if room == 0:
-                self._read_subscriptions()  # acks that came meanwhile
-                room = flow.room()[0]
-            if room == 0:  # they go in the window too: later, and ask for the acks
-                if flow.peers and flow.mark_due(True, now_ns):
-                    self._send_mark(flow)
-                self._position_due = now_ns + _POSITION_INTERVAL_NS // 10
-                if not self._closed:
-                    self._schedule_positions()
-                return
-            if room > 0:
-                limit = min(limit, room)
-        frames, self._position_due = self._batcher.position_frames(
-            now_ns, _POSITION_INTERVAL_NS, _POSITION_REPEATS, force, limit
-        )
-        if frames:
-            send = self._send
-            nbytes = 0
-            try:
-                for topic, frame in frames:
-                    send(topic, _SNDMORE_NOBLOCK)
-                    send(frame, _NOBLOCK)
-                    nbytes += len(frame)
-            except zmq.ZMQError as exc:
-                raise from_zmq(exc, "Publisher send") from exc
-            self._positions_sent += len(frames)
-            if flow is not None:
-                flow.sent(len(frames), nbytes)
-        if self._position_due is not None and not self._closed:
-            self._schedule_positions()
-
-    def _schedule_positions(self) -> None:
-        """Position frames fall due at ``_position_due``: make sure someone sends them (the
-        flusher thread, which may be asleep without a timeout, reads it when woken)."""
-        self._wake.set()
-
-    def _position_wait(self) -> float | None:
-        """Flusher thread: seconds until position frames are due (None: none scheduled)."""
-        due = self._position_due
-        return None if due is None else max(0.0, (due - _monotonic_ns()) / 1e9)
-
-    def _position_tick(self) -> None:
-        """Flusher thread: send the position frames due (after what is pending)."""
-        with self._send_lock:
-            self._position_tick_locked()
-
-    def _position_tick_locked(self) -> None:
-        if self._closed:
-            raise ClosedError("closed")
-        if self._batcher.pending_records:
-            self._flush_locked()  # sends the due positions too
-        else:
-            self._send_positions(_monotonic_ns())
-
-    def _read_subscriptions(self) -> None:
-        """Consume XPUB (un)subscription messages without blocking (caller holds the lock)."""
-        sock = self._sock
-        if self._acl is not None:
-            self._read_subscriptions_acl()
-        else:
-            while sock.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
-                try:
-                    msg = sock.recv(_NOBLOCK)
-                except zmq.Again:
-                    break
-                if not msg:
-                    continue
-                if msg[0] > 1:
-                    self._on_ack(msg)
-                    continue
-                body = msg[1:]
-                if body.startswith(base.HELLO_PREFIX):
-                    if _is_hello(body):  # (a malformed one is nobody: not counted, not paced)
-                        self._on_hello(body, msg[0] == 1)
-                elif body != FLOW_TOPIC:
-                    self._subscriptions += 1 if msg[0] == 1 else -1
-        if self._flow is not None:
-            self._flow.note_read()
-        if self._joins and not self._batcher.pending_records:
-            self._send_joins()
-
-    def _send_joins(self) -> None:
-        """Tell each newly arrived subscriber, on its own hello topic, the next sequence number
-        of every stream that has published (docs/wire.md, "Join snapshot"): it then counts
-        the loss of a stream it never saw a message of. Sent only with nothing pending, so
-        every number is what the subscriber's first message of that stream should carry.
-        Caller holds the send lock."""
-        b = self._batcher
-        streams = []
-        for tid in range(b.topic_count):
-            seq = b.next_seq(tid)
-            if seq > 1:
-                streams.append((b.topic_name(tid), seq))
-        chunks = pack_join(self.publisher_id, streams)
-        nframes = nbytes = 0
-        try:
-            for hello in self._joins:
-                for chunk in chunks:
-                    self._send(hello, _SNDMORE_NOBLOCK)
-                    self._send(chunk, _NOBLOCK)
-                    nframes += 1
-                    nbytes += len(chunk)
-        except zmq.ZMQError as exc:
-            raise from_zmq(exc, "Publisher send") from exc
-        finally:
-            self._joins.clear()
-        if self._flow is not None:
-            self._flow.sent(nframes, nbytes)
-
-    def _on_hello(self, hello: bytes, subscribe: bool) -> None:
-        """A pybus Subscriber arrived (or left): it counts, and is paced in reliable mode."""
-        sub_id = hello[len(base.HELLO_PREFIX):]
-        if subscribe:
-            self._subscribers.add(hello)
-            if len(self._joins) < 1024 and hello not in self._joins:
-                self._joins.append(hello)
-            if self._flow is not None:
-                self._flow.add(sub_id, _monotonic_ns())
-        else:
-            self._subscribers.discard(hello)
-            if self._flow is not None:
-                self._flow.remove(sub_id)
-
-    def _on_ack(self, msg: bytes) -> None:
-        """An upstream message that is not a subscription: a subscriber's ack, or ignored."""
-        if self._flow is None:
-            return
-        ack = unpack_ack(msg)  # None for anything else
-        if ack is not None and ack[1] == self.publisher_id:
-            self._flow.ack(ack[0], ack[2], ack[3], _monotonic_ns())
-
-    def _read_subscriptions_acl(self) -> None:
-        """XPUB manual mode: apply each (un)subscription the sender's key permits.
-
-        ZeroMQ applies ``SUBSCRIBE``/``UNSUBSCRIBE`` set right after a subscription message to
-        the connection that sent it, and the message carries that connection's ZAP user id
-        (the client's Z85 public key), so permissions hold per subscriber.
-        """
-        sock = self._sock
-        acl = self._acl
-        assert acl is not None  # only installed with a Curve that has permissions
-        while sock.get(_EVENTS) & _POLLIN:  # type: ignore[operator]
-            try:
-                frame = sock.recv(_NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            msg = frame.bytes
-            if not msg:
-                continue
-            if msg[0] > 1:
-                self._on_ack(msg)
-                continue
-            body = msg[1:]
-            subscribe = msg[0] == 1
-            if body.startswith(base.HELLO_PREFIX) or body == FLOW_TOPIC:
-                # not data topics: every pybus Subscriber takes them, whatever its key; but
-                # only a well-formed hello, and a bounded number of them (each is a trie entry
-                # and a subscriber to pace)
-                if subscribe and body != FLOW_TOPIC and (
-                        not _is_hello(body) or len(self._subscribers) >= _MAX_SUBSCRIPTIONS):
-                    self._denied_subscriptions += 1
-                    acl._count_denied_subscription(self._user_of(frame), body)
-                    continue
-                sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, body)
-                if body != FLOW_TOPIC:
-                    self._on_hello(body, subscribe)
-                continue
-            user = self._user_of(frame)
-            # A subscription wider than the key's permissions is applied narrowed to them.
-            # Without a user id this is XPUB reporting a departed connection's subscriptions
-            # (as asked): ZeroMQ drops that connection's prefixes itself.
-            applied = acl.granted_prefixes(user, body) if user else []
-            granted = self._granted
-            if subscribe:
-                # bounded: ZeroMQ keeps every distinct prefix in its subscription trie (and
-                # a request applies at most one prefix per permission of its key)
-                if (not applied or len(body) > _MAX_SUBSCRIPTION_BYTES
-                        or self._subscriptions >= _MAX_SUBSCRIPTIONS):
-                    self._denied_subscriptions += 1
-                    acl._count_denied_subscription(user, body)
-                    continue
-                granted[body] = granted.get(body, 0) + 1
-                self._subscriptions += 1
-            elif (applied or not user) and granted.get(body, 0) > 0:
-                # (a departed connection's denied request with a granted one's prefix only
-                # releases the bound early by one)
-                granted[body] -= 1
-                if not granted[body]:
-                    del granted[body]
-                self._subscriptions -= 1
-            for prefix in applied:
-                sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, prefix)
-
-    @staticmethod
-    def _user_of(frame: Any) -> str:
-        """The ZAP user id (the sender's Z85 key) of a received frame, or ""."""
-        try:
-            return str(frame.get("User-Id"))
-        except zmq.ZMQError:
-            return ""
-
     def _security_rekick(self) -> None:
-        """After a revocation: drop every connection so peers authenticate again."""
-        if self._watch is not None:
-            self._watch.drop_connections()
-            return
-        with self._send_lock:  # not monitored: unbind/rebind (less reliable, see _sockets)
-            if self._closed:
-                return
-            bound = [] if self._connect else list(self.endpoints)
-            conn = list(self.endpoints) if self._connect else []
-            # no reset of the subscriber set: ZeroMQ reports each lost peer's unsubscription
-            # (and a peer back before its old connection is gone is never reported twice)
-            _sockets.rebind(self._sock, bound, conn)
-
-    def _history_snapshot(
-        self, sub_id: bytes, prefixes: list[bytes], wait_s: float
-    ) -> list[tuple[bytes, bytes]] | str:
-        """History thread: wait for the subscriber's hello, then copy the store (Clone)."""
-        hello = base.HELLO_PREFIX + sub_id
-        deadline = time.monotonic() + wait_s
-        while True:
-            base._poke_bound_subscribers()
-            with self._send_lock:
-                if self._closed:
-                    return "publisher closed"
-                self._read_subscriptions()
-                if not sub_id or hello in self._subscribers:
-                    return self._history.snapshot(prefixes)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return f"subscriber {sub_id.decode(errors='replace')} not subscribed here"
-                self._sock.poll(max(1, int(min(remaining, 0.005) * 1000)), zmq.POLLIN)
-
-    def _tick(self, period: float) -> float | None:
-        """Flusher thread: send what is pending if publishing has paused for first_tick.
-
-        Returns the next period, or None once nothing is pending (the thread then sleeps).
-        """
-        urgent = self._urgent
-        self._urgent = False
-        if not self._send_lock.acquire(False):
-            # another thread is sending, and takes what is pending: back off rather than
-            # queue for the lock (waiting here, then flushing little, while the publishing
-            # thread queued behind us cost a many-topic burst a third of its rate, measured)
-            self._backing_off = True
-            return min(period * 2, self._max_tick_s)
-        with _Held(self._send_lock):
-            if self._closed:
-                raise ClosedError("closed")
-            b = self._batcher
-            if b.pending_records:
-                if urgent or self._lingering or self._paused(b):
-                    self._flush_locked()
-                    if self._window_blocked:
-                        # the tail waits for the window: look again soon (not waiting for
-                        # acks here, holding the lock a publishing thread needs: that cost a
-                        # many-topic burst a third of its rate, measured)
-                        return _WINDOW_RETRY_S
-                    if not urgent:
-                        # publishing had stopped for first_tick: the next message, if it
-                        # comes idle_us after the last one, finds the publisher idle and goes
-                        # out at once (else it would wait for this thread, ~50-80 us)
-                        b.mark_quiet()
-                    period = self._first_tick_s
-                    self._backing_off = False
-                else:  # still publishing: that thread sends by itself, back off
-                    self._backing_off = True
-                    return min(period * 2, self._max_tick_s)
-            elif self._backing_off and not self._paused(b):
-                # The publishing thread drained by itself and is busy: stay armed on the
-                # backed-off period. Disarming here re-armed (and woke) this thread at the
-                # next frame's first record, a GIL hand-off per frame that cost 10-40 ns of
-                # CPU per message under sustained load (measured).
-                return min(period * 2, self._max_tick_s)
-            self._backing_off = False
-            # disarm, then look again: a record that arrived meanwhile re-arms (no lost wake-up)
-            self._armed = False
-            if b.pending_records:
-                self._armed = True
-                return period
-            return None
-
-    def _paused(self, b: Batcher) -> bool:
-        """Whether the last publish is first_tick old: a burst ended (else one goes on)."""
-        return _time_ns() - b.last_append_ns >= self._quiet_ns
+        """After a revocation: drop every connection so peers authenticate again. (No reset
+        of the subscriber set: ZeroMQ reports each lost peer's unsubscription, and a peer back
+        before its old connection is gone is never reported twice.)"""
+        base.security_rekick(self, self._send_lock, binds=not self._connect)
 
     def flush(self, timeout: float | None = 1.0) -> None:
         """Hand everything pending to ZeroMQ now.
@@ -1095,38 +528,19 @@ class Publisher:
         TimeoutError
             Fewer than ``n`` subscribers after ``timeout`` seconds.
         """
-        if self._closed:
-            raise ClosedError("wait_for_subscribers() on a closed Publisher")
-        if n < 0:
-            raise ValidationError(f"n must be >= 0, got {n}")
-        deadline = time.monotonic() + timeout
-        while True:
-            base._poke_bound_subscribers()
-            remaining = deadline - time.monotonic()
-            if not self._send_lock.acquire(timeout=max(0.0, remaining)):
-                break
-            try:
-                self._read_subscriptions()
-                count = len(self._subscribers)
-                if count >= n:
-                    return count
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                # wait for a subscription message; in short slices while bound subscribers of
-                # this process may need another poke to attach their new peers
-                slice_s = 0.002 if base._BOUND_SUBSCRIBERS else 0.01
-                self._sock.poll(max(1, int(min(remaining, slice_s) * 1000)), zmq.POLLIN)
-            finally:
-                self._send_lock.release()
-        raise TimeoutError(
-            f"{len(self._subscribers)} of {n} subscribers after {timeout}s on {self.endpoints}"
-        )
-
-    @property
-    def subscriber_count(self) -> int:
-        """Distinct pybus Subscribers currently subscribed (as of the last flush or wait)."""
-        return len(self._subscribers)
+        waits = self._subscriber_waits(n, timeout, _WAIT_SLICE_S)
+        try:
+            while True:
+                wait_ms = next(waits)
+                # wait for a subscription message, holding the send lock: a ZeroMQ socket is
+                # not thread-safe (the flusher thread sends on it)
+                if self._send_lock.acquire(timeout=wait_ms / 1000):
+                    try:
+                        self._sock.poll(wait_ms, zmq.POLLIN)
+                    finally:
+                        self._send_lock.release()
+        except StopIteration as done:
+            return int(done.value)
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -1274,27 +688,3 @@ class Publisher:
         state = "closed" if self._closed else "open"
         return f"<pybus.Publisher {state} {self.endpoints} id={self.publisher_id:016x}>"
 
-
-class _Held:
-    """Releases a lock acquired beforehand when the block ends."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self, lock: Any) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
-class _Retry:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<retry>"
-
-
-_RETRY = _Retry()

@@ -5,6 +5,11 @@ XSUB rather than SUB so that it can acknowledge reliable publishers' marks upstr
 
 All per-message work is in ``decode_batch`` (C); this module runs once per received frame:
 topic filter (cached), ``frame_info`` for the sequence check, decode, and counters.
+
+This module owns the socket and the receive path (``recv``, ``recv_batch``, ``_fill``); the
+frames that are not plain data are handled by ``_frames`` (control frames, malformed and
+forbidden ones), stream accounting, join snapshots and history by ``_streams`` (mixins of the
+class), and the constructor's arguments are checked by ``_options``.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ from .. import metrics as _metrics
 from .._native import Histogram, Message, _zmqfast, decode_batch, frame_info
 from ..errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
 from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
-from ..policy.topics import TopicMatcher, is_valid_topic
+from ..policy.topics import TopicMatcher
 from ..transport import sockets as _sockets
 from . import _base as base
-from .flow import FLOW_TOPIC, pack_ack, unpack_join, unpack_mark
+from ._frames import FramesMixin
+from ._options import subscriber_options
+from ._streams import StreamsMixin
+from .flow import FLOW_TOPIC
 
 __all__ = ["Subscriber", "GapCallback"]
 
@@ -36,27 +44,16 @@ GapCallback = Callable[[str, int, int, int, int], None]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
-_TOPIC_CACHE_SIZE = 4096
 #: Latencies above this (1 hour, in ns) are recorded as this.
 _LATENCY_MAX_NS = 3_600_000_000_000
 _time_ns = time.time_ns
-
-# Topics counted one by one in stats(); beyond this many, counts go to "<other>" (bounded).
-_MAX_TRACKED_TOPICS = 4096
-# Sentinel values of the topic cache.
-_FILTERED = 0
-_INVALID = 1
-_FLOW = 2  # a reliable publisher's mark: acknowledged, not delivered
-_JOIN = 3  # a join snapshot on this subscriber's hello topic: stream starts, not delivered
-# Publishers whose join snapshot arrived, at most (beyond: new ones are not tracked).
-_MAX_JOINED = 4096
 _SUBSCRIBE = b"\x01"
 _UNSUBSCRIBE = b"\x00"
 # Longest slice a blocking wait polls the socket before checking whether it was closed.
 _POLL_SLICE_MS = 100
 
 
-class Subscriber:
+class Subscriber(FramesMixin, StreamsMixin):
     """Receive messages published on topics matching some patterns.
 
     Parameters
@@ -157,45 +154,16 @@ class Subscriber:
         history_endpoint: str | Sequence[str] | None = None,
     ) -> None:
         self._closed = True
-        if slow_consumer not in ("drop", "close"):
-            raise ValidationError(f"slow_consumer must be 'drop' or 'close', got {slow_consumer!r}")
-        if max_lag_s is not None and not max_lag_s > 0:
-            raise ValidationError(f"max_lag_s must be > 0 seconds or None, got {max_lag_s!r}")
-        if late_join and not history_endpoint:
-            raise ValidationError("late_join needs history_endpoint (the publisher's)")
-        eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        if not eps or not all(isinstance(e, str) and e for e in eps):
-            raise ValidationError(
-                f"endpoints must be a non-empty str or a list of them (tcp://HOST:PORT, "
-                f"ipc://PATH, inproc://NAME), got {endpoints!r}"
-            )
-        if max_queued_bytes is not None:
-            import warnings
-
-            warnings.warn("Subscriber(max_queued_bytes=) is deprecated: use window_bytes=",
-                          DeprecationWarning, stacklevel=2)
-            window_bytes = max_queued_bytes
-        if topics is None:
-            topics = ["#"]
-        elif isinstance(topics, str):
-            topics = [topics]
-        if max_message_bytes < 1:
-            raise ValidationError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
-        if max_streams < 1:
-            raise ValidationError(f"max_streams must be >= 1, got {max_streams}")
-        if on_gap is not None and not callable(on_gap):
-            raise ValidationError(
-                "on_gap must be callable(topic, publisher_id, expected, got, lost)"
-            )
-        self._matcher = TopicMatcher(topics)  # validates every pattern before any socket
-        self.max_frame_bytes: int = (
-            max(max_message_bytes, max_batch_bytes) + base.FRAME_OVERHEAD_BYTES
+        opts = subscriber_options(
+            endpoints, topics, rcvhwm=rcvhwm, max_message_bytes=max_message_bytes,
+            max_batch_bytes=max_batch_bytes, window_bytes=window_bytes,
+            max_queued_bytes=max_queued_bytes, on_gap=on_gap, max_streams=max_streams,
+            slow_consumer=slow_consumer, max_lag_s=max_lag_s, late_join=late_join,
+            history_endpoint=history_endpoint,
         )
-        self.rcvhwm: int = (
-            int(rcvhwm) if rcvhwm is not None else base.hwm_for(window_bytes, max_batch_bytes)
-        )
-        if self.rcvhwm < 1:
-            raise ValidationError(f"rcvhwm must be >= 1 frame, got {rcvhwm!r}")
+        self._matcher = TopicMatcher(opts.topics)  # validates every pattern before any socket
+        self.max_frame_bytes: int = opts.max_frame_bytes
+        self.rcvhwm: int = opts.rcvhwm
         self.id: bytes = os.urandom(8).hex().encode("ascii")
         self._hello = base.HELLO_PREFIX + self.id
         self._on_gap = on_gap
@@ -203,34 +171,8 @@ class Subscriber:
         self._log_interval_s = log_interval_s
 
         self._ctx = context if context is not None else zmq.Context.instance()
-        sock = self._sock = self._new_socket(zmq.XSUB)
-        self.endpoints: list[str] = []
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
-            sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
-            self._watch = _sockets.configure(sock, security=security, liveness=liveness,
-                                             context=self._ctx, receives_stream=True)
-            for p in self._matcher.patterns:
-                sock.send(_SUBSCRIBE + self._matcher._compiled[p].prefix)
-            # after the topics, the flow topic then the hello (byte order): see docs/wire.md
-            sock.send(_SUBSCRIBE + FLOW_TOPIC)
-            sock.send(_SUBSCRIBE + self._hello)
-            for ep in eps:
-                if bind:
-                    sock.bind(ep)
-                    self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-                else:
-                    sock.connect(ep)
-                    self.endpoints.append(ep)
-        except zmq.ZMQError as exc:
-            self._close_socket()
-            raise from_zmq(
-                exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})"
-            ) from exc
-        except BaseException:  # e.g. a bad security= or liveness= argument
-            self._close_socket()
-            raise
+        self._open_socket(opts.endpoints, bind, security, liveness, endpoints)
+        sock = self._sock
         self._bind = bind
         self._security = security
         # publish permissions: checked per received frame (see _forbidden)
@@ -243,8 +185,8 @@ class Subscriber:
         self._liveness = liveness
         if security is not None and security.is_server:
             security._register_owner(self)
-        self._snail_close = slow_consumer == "close"
-        self._max_lag_ns = int(max_lag_s * 1e9) if max_lag_s is not None else 0
+        self._snail_close = opts.snail_close
+        self._max_lag_ns = opts.max_lag_ns
         self._snail: tuple[str, str] | None = None
         self._slow_events: dict[str, int] = {"gap": 0, "lag": 0}
         # (publisher_id, topic) -> last sequence number delivered from a history snapshot
@@ -294,16 +236,44 @@ class Subscriber:
         if bind:
             base._BOUND_SUBSCRIBERS.add(self)
         _metrics.attach(self, registry)
-        if late_join:
-            eps_h = [history_endpoint] if isinstance(history_endpoint, str) else history_endpoint
-            try:
-                for ep in eps_h:  # type: ignore[union-attr]
-                    self.fetch_history(ep)
-            except BaseException:
-                self.close()
-                raise
+        try:
+            for ep in opts.history_endpoints:  # late_join
+                self.fetch_history(ep)
+        except BaseException:
+            self.close()
+            raise
 
-    # -- subscriptions ------------------------------------------------------------------------
+    def _open_socket(self, eps: list[str], bind: bool, security: Any, liveness: Any,
+                     endpoints: Any) -> None:
+        """Create the XSUB socket, subscribe, and bind (or connect); closed again on error."""
+        sock = self._sock = self._new_socket(zmq.XSUB)
+        self.endpoints: list[str] = []
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+            self._watch = _sockets.configure(sock, security=security, liveness=liveness,
+                                             context=self._ctx, receives_stream=True)
+            for p in self._matcher.patterns:
+                sock.send(_SUBSCRIBE + self._matcher._compiled[p].prefix)
+            # after the topics, the flow topic then the hello (byte order): see docs/wire.md
+            sock.send(_SUBSCRIBE + FLOW_TOPIC)
+            sock.send(_SUBSCRIBE + self._hello)
+            for ep in eps:
+                if bind:
+                    sock.bind(ep)
+                    self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+                else:
+                    sock.connect(ep)
+                    self.endpoints.append(ep)
+        except zmq.ZMQError as exc:
+            self._close_socket()
+            raise from_zmq(
+                exc, f"Subscriber({'bind' if bind else 'connect'} {endpoints!r})"
+            ) from exc
+        except BaseException:  # e.g. a bad security= or liveness= argument
+            self._close_socket()
+            raise
 
     def subscribe(self, pattern: str) -> None:
         """Also receive topics matching ``pattern`` (takes effect at the publishers shortly)."""
@@ -444,12 +414,6 @@ class Subscriber:
             except ClosedError:
                 raise ClosedError("the Subscriber was closed") from None
 
-    def _bad_parts(self, parts: int, topic_b: bytes) -> None:
-        if parts == 1:
-            self._decode_error("single-frame message (expected topic + batch frame)", topic_b)
-        else:
-            self._decode_error(f"{parts}-frame message (expected 2 frames)", topic_b)
-
     def _take_buffered(self, max_messages: int) -> list[Message]:
         pos = self._pos
         buf = self._buf
@@ -480,7 +444,6 @@ class Subscriber:
         rcvmore = self._rcvmore
         topics = self._topics
         pub_acl = self._pub_acl
-        pub_ok = self._pub_ok
         # The topic frame is received as bytes (copy=True: a zmq.Frame object costs ~3 us more
         # to create than it saves; its .more becomes one RCVMORE getsockopt). The batch frame
         # is received as a zmq.Frame (copy=False): large frames are not copied, .more is free,
@@ -532,33 +495,16 @@ class Subscriber:
                     continue
                 frame = recv(_NOBLOCK, False)
                 if frame.more:
-                    parts = 2
-                    while frame.more:
-                        frame = recv(_NOBLOCK, False)
-                        parts += 1
-                    self._bad_parts(parts, topic_b)
+                    self._skip_parts(frame, topic_b)
                     continue
             topic = topics.get(topic_b)
             if topic is None:
                 topic = self._classify(topic_b)
             if topic.__class__ is not str:
-                if topic == _FLOW:
-                    self._on_mark(frame)
-                elif topic == _JOIN:
-                    self._on_join(frame)
-                elif topic == _INVALID:
-                    self._decode_error("topic frame is not a valid topic", topic_b)
+                self._control(topic, topic_b, frame)
                 continue
-            if pub_acl is not None:
-                # publish permissions: the sender's key, as ZAP named it, per frame (a batch)
-                try:
-                    user = frame.get("User-Id")
-                except zmq.ZMQError:  # no user id: not a peer ZAP admitted under CURVE
-                    user = ""
-                if not pub_ok.get((user, topic_b), False) and self._forbidden_frame(
-                    user, topic_b, frame
-                ):
-                    continue
+            if pub_acl is not None and self._forbidden_frame(topic_b, frame):
+                continue  # publish permissions: the sender's key may not publish the topic
             try:
                 pid, first, count, _ts = frame_info(frame)
                 if not count:  # a position frame: no messages, the stream's next seq
@@ -568,18 +514,11 @@ class Subscriber:
             except FrameError as exc:
                 self._decode_error(str(exc), topic_b)
                 continue
-            if self._floors:
-                floor = self._floors.get((pid, topic_b))
-                if floor is not None:  # after a history snapshot: drop live duplicates
-                    if first + count - 1 <= floor:
-                        self._history_duplicates += count
-                        continue
-                    del self._floors[(pid, topic_b)]
-                    if first <= floor:
-                        skip = floor + 1 - first
-                        self._history_duplicates += skip
-                        msgs = msgs[skip:]
-                        first, count = floor + 1, count - skip
+            if self._floors:  # after a history snapshot: drop live duplicates
+                kept = self._after_floor(pid, topic_b, first, count, msgs)
+                if kept is None:
+                    continue
+                first, count, msgs = kept
             if self._max_lag_ns and _ts and time.time_ns() - _ts > self._max_lag_ns:
                 self._slow("lag", f"batch of {topic!r} arrived "
                            f"{(time.time_ns() - _ts) / 1e9:.3f}s after it was sent")
@@ -606,157 +545,16 @@ class Subscriber:
                     return
             else:
                 out += msgs[:room]
-                # the rest waits in the buffer (only reached when it is empty: see recv_batch)
-                rest = msgs[room:]
-                if self._pos < len(self._buf):
-                    rest = self._buf[self._pos :] + rest
-                self._buf = rest
-                self._pos = 0
+                self._keep_rest(msgs[room:])
                 return
 
-    def _forbidden_frame(self, user: str, topic_b: bytes, frame: Any) -> bool:
-        """A frame whose (user, topic) is not cached as allowed: decide (and cache); when the
-        key may not publish the topic, count the frame's messages and return True (drop)."""
-        acl = self._pub_acl
-        assert acl is not None
-        key = (user, topic_b)
-        ok = self._pub_ok.get(key)
-        if ok is None:
-            ok = acl._decide_publish(user, topic_b)
-            if len(self._pub_ok) >= _TOPIC_CACHE_SIZE:
-                self._pub_ok.clear()  # bounded whatever keys and topics peers use
-            self._pub_ok[key] = ok
-        if ok:
-            return False
-        try:
-            count = frame_info(frame)[2]
-        except FrameError:
-            count = 1  # malformed as well: one frame that held at least one message
-        self._forbidden += count
-        fk = self._forbidden_by_key
-        k = user if (user in fk or len(fk) < _MAX_TRACKED_TOPICS) else "<other>"
-        fk[k] = fk.get(k, 0) + count
-        acl._count_denied_publication(user, topic_b, count, f"subscriber {self.endpoints}")
-        return True
-
-    def _on_mark(self, frame: Any) -> None:
-        """A reliable publisher's mark: everything it sent before it has been read here (or
-        filtered out), so acknowledge its position (docs/wire.md, "Flow control"). The ack
-        goes to every connected publisher; the others ignore it. A full upstream queue drops
-        it: a later ack says more."""
-        mark = unpack_mark(frame)
-        if mark is None:
-            self._decode_error("malformed flow mark", FLOW_TOPIC)
-            return
-        self._marks += 1
-        try:
-            self._sock.send(pack_ack(self.id, *mark), _NOBLOCK)
-        except zmq.Again:
-            pass
-
-    def _on_join(self, frame: Any) -> None:
-        """A publisher's join snapshot (docs/wire.md): where each of its streams stood when
-        this subscriber arrived. A stream not seen yet starts there; and once the last chunk
-        is in, a stream that appears later started after the arrival, at sequence 1, so
-        messages of it that never arrived count as lost (see _account)."""
-        snap = unpack_join(frame)
-        if snap is None:
-            self._decode_error("malformed join snapshot", self._hello)
-            return
-        pid, last, entries = snap
-        streams = self._streams
-        for topic_b, next_seq in entries:
-            topic = self._topics.get(topic_b)
-            if topic is None:
-                topic = self._classify(topic_b)
-            if topic.__class__ is str and (pid, topic_b) not in streams:
-                if len(streams) >= self._max_streams:
-                    self._forget_oldest_stream()
-                streams[(pid, topic_b)] = next_seq
-        if last and not self._join_off and (pid in self._joined or len(self._joined) < _MAX_JOINED):
-            self._joined.add(pid)
-
-    def _forget_oldest_stream(self) -> None:
-        """At the streams bound: forget the least recently started stream. Its publisher's
-        later streams may then be one we forgot, so they no longer count from sequence 1."""
-        pid, _topic = next(iter(self._streams))
-        del self._streams[(pid, _topic)]
-        self._joined.discard(pid)
-
-    def _classify(self, topic_b: bytes) -> Any:
-        if topic_b == FLOW_TOPIC:
-            self._topics[topic_b] = _FLOW
-            return _FLOW
-        if topic_b.startswith(base.HELLO_PREFIX):
-            # ours: a join snapshot; another subscriber's (a "#" subscriber takes them all)
-            ours: Any = _JOIN if topic_b == self._hello else _FILTERED
-            self._topics[topic_b] = ours
-            return ours
-        try:
-            text = topic_b.decode("ascii")
-        except UnicodeDecodeError:
-            text = None
-        if text is None or not is_valid_topic(text):
-            value: Any = _INVALID
-        elif self._matcher.matches(text):
-            value = text
-        else:
-            value = _FILTERED
-        if len(self._topics) >= _TOPIC_CACHE_SIZE:
-            self._topics.clear()
-        self._topics[topic_b] = value
-        return value
-
-    def _position(self, topic: str, topic_b: bytes, pid: int, next_seq: int) -> None:
-        """A position frame (docs/wire.md): every message of the stream before next_seq was
-        sent, so those that never arrived are lost, even when no later message comes. An
-        older position (a repeat, or one overtaken by messages) changes nothing."""
-        self._positions += 1
-        expected = self._streams.get((pid, topic_b))
-        if expected is None or next_seq > expected:
-            self._account(topic, topic_b, pid, next_seq, 0)
-
-    def _account(self, topic: str, topic_b: bytes, pid: int, first: int, count: int) -> None:
-        received = self._received
-        if not count:  # a position: nothing received
-            pass
-        elif topic in received:
-            received[topic] += count
-        elif len(received) < _MAX_TRACKED_TOPICS:
-            received[topic] = count
-        else:
-            received["<other>"] = received.get("<other>", 0) + count
-        key = (pid, topic_b)
-        streams = self._streams
-        expected = streams.get(key)
-        if expected is None:
-            if len(streams) >= self._max_streams:
-                self._forget_oldest_stream()
-            if pid in self._joined:
-                # a stream that started after this subscriber arrived (not in the snapshot)
-                expected = 1
-        if expected is not None and first != expected:
-            if first > expected:
-                lost = first - expected
-                self._gaps += 1
-                lt = self._lost
-                name = topic if (topic in lt or len(lt) < _MAX_TRACKED_TOPICS) else "<other>"
-                lt[name] = lt.get(name, 0) + lost
-                if self._on_gap is not None:
-                    try:
-                        self._on_gap(topic, pid, expected, first, lost)
-                    except Exception:
-                        log.exception("pybus Subscriber on_gap callback raised")
-                self._slow("gap", f"{lost} messages of {topic!r} lost "
-                           f"(seq {expected}..{first - 1})")
-            else:
-                self._out_of_order += min(count, expected - first)
-        streams[key] = first + count
-
-    def _slow(self, kind: str, detail: str) -> None:
-        self._slow_events[kind] += 1
-        if self._snail_close and self._snail is None:
-            self._snail = (kind, detail)
+    def _keep_rest(self, rest: list[Message]) -> None:
+        """What did not fit in out waits in the buffer (reached only when the buffer was
+        empty: see recv_batch)."""
+        if self._pos < len(self._buf):
+            rest = self._buf[self._pos :] + rest
+        self._buf = rest
+        self._pos = 0
 
     def _suicide(self) -> None:
         """slow_consumer="close": close and raise (caller holds the lock)."""
@@ -774,91 +572,10 @@ class Subscriber:
             kind, st,
         )
 
-    def fetch_history(self, endpoint: str, timeout: float = 5.0) -> int:
-        """Fetch a publisher's recent messages (Clone pattern); returns how many were queued.
-
-        The snapshot (the last ``history`` messages per matching topic) is delivered by
-        ``recv`` before anything received live after it; live messages the snapshot already
-        holds are dropped (``stats()["history_duplicates"]``), so the hand-over has neither
-        gaps nor duplicates. The publisher answers only once this subscriber's subscription
-        has reached it, so nothing published after the snapshot can be missed.
-        """
-        from .history import request_snapshot
-
-        self._check_open()
-        prefixes = sorted({self._matcher._compiled[p].prefix for p in self._matcher.patterns})
-        if b"" in prefixes:
-            prefixes = [b""]
-        head, pairs = request_snapshot(
-            self._ctx, endpoint, self.id, prefixes, timeout,
-            lambda s: _sockets.configure(s, security=self._security,
-                                         liveness=_sockets.Liveness(monitor=False)),
-        )
-        depth = head.get("history", 0)
-        streams: dict[tuple[int, bytes], list[Message]] = {}
-        for topic_b, frame in pairs:
-            topic = self._classify(topic_b)
-            if topic.__class__ is not str:
-                continue
-            try:
-                pid, _first, _count, _ts = frame_info(frame)
-                msgs = decode_batch(topic, frame)
-            except FrameError as exc:
-                self._decode_error(str(exc), topic_b)
-                continue
-            streams.setdefault((pid, topic_b), []).extend(msgs)
-        snap: list[Message] = []
-        with self._lock:
-            for key, msgs in streams.items():
-                msgs = msgs[-depth:] if depth else msgs
-                last = msgs[-1].seq
-                floor = max(self._floors.get(key, 0), last)
-                self._floors[key] = floor
-                if self._streams.get(key, 0) <= floor:
-                    self._streams[key] = floor + 1
-                snap += msgs
-            keep = [m for m in self._buf[self._pos :] if not self._dup(m)]
-            self._buf, self._pos = snap + keep, 0
-            self._history_received += len(snap)
-        return len(snap)
-
-    def _dup(self, m: Message) -> bool:
-        floor = self._floors.get((m.publisher_id, m.topic.encode("ascii")))
-        if floor is not None and m.seq <= floor:
-            self._history_duplicates += 1
-            return True
-        return False
 
     def _security_rekick(self) -> None:
         """After a revocation: drop every connection so peers authenticate again."""
-        if self._watch is not None:
-            self._watch.drop_connections()
-            return
-        with self._lock:  # not monitored: unbind/rebind (less reliable, see _sockets)
-            if self._closed:
-                return
-            bound = list(self.endpoints) if self._bind else []
-            conn = [] if self._bind else list(self.endpoints)
-            _sockets.rebind(self._sock, bound, conn)
-
-    def _decode_error(self, reason: str, topic_b: bytes) -> None:
-        self._decode_errors += 1
-        short = reason.split(":")[0][:80]
-        self._decode_errors_by_reason[short] = self._decode_errors_by_reason.get(short, 0) + 1
-        now = time.monotonic()
-        if now - self._last_log >= self._log_interval_s:
-            log.warning(
-                "pybus Subscriber skipped a malformed message (topic frame %r): %s "
-                "[%d decode errors in all, %d since the last log]",
-                topic_b[:64],
-                reason,
-                self._decode_errors,
-                self._unlogged_errors + 1,
-            )
-            self._last_log = now
-            self._unlogged_errors = 0
-        else:
-            self._unlogged_errors += 1
+        base.security_rekick(self, self._lock, binds=self._bind)
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until the subscriber is closed."""
