@@ -221,7 +221,7 @@ def test_fuzz_subscriber_hypothesis_frames(
 
 
 def _rpc_request(method: bytes, payload: bytes, cid: int, flags: int = 0) -> bytes:
-    from pybus.rpc import endpoints as rpc
+    from pybus.wire import reqrep as rpc
 
     return rpc.HEADER.pack(rpc.WIRE_VERSION, rpc.KIND_REQUEST, flags, len(method), cid) + \
         method + payload
@@ -288,7 +288,7 @@ def _wq_valid_frames() -> list[bytes]:
 
 
 def test_fuzz_work_queue(fuzz_s: float, rng: random.Random) -> None:
-    with pybus.WorkQueue("tcp://127.0.0.1:*", heartbeat_interval=0.2, registry=False) as q:
+    with pybus.WorkQueue("tcp://127.0.0.1:*", heartbeat_interval_s=0.2, registry=False) as q:
         raw = zmq.Context.instance().socket(zmq.DEALER)
         raw.linger = 0
         raw.connect(q.endpoint)
@@ -341,7 +341,7 @@ def test_fuzz_worker(fuzz_s: float, rng: random.Random) -> None:
     raw.bind("tcp://127.0.0.1:*")
     handled: list[int] = []
     w = pybus.Worker(raw.last_endpoint.decode(), lambda m: handled.append(m.seq),
-                     heartbeat_interval=30.0, registry=False).start()
+                     heartbeat_interval_s=30.0, registry=False).start()
     try:
         assert raw.poll(5000)
         ident, hello = raw.recv_multipart()

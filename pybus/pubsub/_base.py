@@ -67,3 +67,12 @@ def security_rekick(owner: Any, lock: Any, binds: bool) -> None:
             return
         eps = list(owner.endpoints)
         _sockets.rebind(owner._sock, eps if binds else [], [] if binds else eps)
+
+
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def is_hello(topic: bytes) -> bool:
+    """A hello topic as docs/wire.md specifies it: the prefix, then 16 lowercase hex digits."""
+    n = len(HELLO_PREFIX)
+    return len(topic) == n + 16 and topic.startswith(HELLO_PREFIX) and _HEX.issuperset(topic[n:])

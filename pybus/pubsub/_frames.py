@@ -131,21 +131,25 @@ class FramesMixin:
         if topic_b == FLOW_TOPIC:
             self._topics[topic_b] = _FLOW
             return _FLOW
+        value: Any
         if topic_b.startswith(base.HELLO_PREFIX):
-            # ours: a join snapshot; another subscriber's (a "#" subscriber takes them all)
-            ours: Any = _JOIN if topic_b == self._hello else _FILTERED
-            self._topics[topic_b] = ours
-            return ours
-        try:
-            text = topic_b.decode("ascii")
-        except UnicodeDecodeError:
-            text = None
-        if text is None or not is_valid_topic(text):
-            value: Any = _INVALID
-        elif self._matcher.matches(text):
-            value = text
+            # ours: a join snapshot; another subscriber's (a "#" subscriber takes them all) is
+            # not for us; anything else under the prefix is no hello at all
+            if topic_b == self._hello:
+                value = _JOIN
+            else:
+                value = _FILTERED if base.is_hello(topic_b) else _INVALID
         else:
-            value = _FILTERED
+            try:
+                text = topic_b.decode("ascii")
+            except UnicodeDecodeError:
+                text = None
+            if text is None or not is_valid_topic(text):
+                value = _INVALID
+            elif self._matcher.matches(text):
+                value = text
+            else:
+                value = _FILTERED
         if len(self._topics) >= _TOPIC_CACHE_SIZE:
             self._topics.clear()
         self._topics[topic_b] = value

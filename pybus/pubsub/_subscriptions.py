@@ -36,14 +36,7 @@ _MAX_SUBSCRIPTION_BYTES = 1024
 _POKE_SLICE_S = 0.002
 _monotonic_ns = time.monotonic_ns
 
-_HEX = frozenset(b"0123456789abcdef")
-
-
-def _is_hello(body: bytes) -> bool:
-    """A hello as docs/wire.md specifies it: the prefix, then 16 lowercase hex digits."""
-    n = len(base.HELLO_PREFIX)
-    return len(body) == n + 16 and _HEX.issuperset(body[n:])
-
+_is_hello = base.is_hello
 
 
 class SubscriptionsMixin:

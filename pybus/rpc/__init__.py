@@ -2,6 +2,7 @@
 and the asyncio :class:`AsyncClient`."""
 
 from .aio import AsyncClient
-from .endpoints import Client, Handler, Server
+from .client import Client
+from .server import Handler, Server
 
 __all__ = ["AsyncClient", "Client", "Handler", "Server"]

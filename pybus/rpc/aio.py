@@ -33,7 +33,6 @@ from .. import metrics as _metrics
 from ..errors import (
     BackpressureError,
     ClosedError,
-    RetryExhaustedError,
     TimeoutError,
     ValidationError,
     from_zmq,
@@ -42,19 +41,17 @@ from ..policy.breaker import CircuitBreaker
 from ..policy.ratelimit import RateLimiter
 from ..policy.retry import RetryPolicy
 from ..transport.sockets import Liveness, check_rpc_liveness
-from .endpoints import (
-    _LATENCY_MAX_NS,
+from ..wire.reqrep import (
     HEADER,
     HEADER_SIZE,
     KIND_ERROR,
     KIND_REPLY,
     KIND_REQUEST,
     WIRE_VERSION,
-    _check_timeout,
-    _ClientBase,
-    _open_dealer,
     encode_payload,
 )
+from ._common import LATENCY_MAX_NS, check_timeout
+from .client import _ClientBase, _open_dealer
 
 __all__ = ["AsyncClient"]
 
@@ -166,7 +163,7 @@ class AsyncClient(_ClientBase):
         t0 = time.perf_counter_ns()
         result = await self._request(name, payload, timeout)
         took = time.perf_counter_ns() - t0
-        self._rpc_latency.record(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
+        self._rpc_latency.record(took if took < LATENCY_MAX_NS else LATENCY_MAX_NS)
         return result
 
     async def _request(self, name: str, payload: Any, timeout: float | None) -> Any:
@@ -174,49 +171,35 @@ class AsyncClient(_ClientBase):
             raise ClosedError(f"async RPC client for {self.endpoint} is closed")
         mb = self._method(name)
         flags, body = encode_payload(payload)
-        t = self.timeout if timeout is None else _check_timeout("timeout", timeout)
+        t = self.timeout if timeout is None else check_timeout("timeout", timeout)
         self._stats["requests"] += 1
         if self._plain:
             return await self._attempt(name, mb, flags, body, t)
-        run = self.retry.start() if self.retry is not None else None
-        breaker = self.breaker
+        # the decisions are the guard's (pybus.rpc._guard, shared with Client); the waits and
+        # resets are here
+        guard, breaker, rate_limit = self._guard, self.breaker, self.rate_limit
+        run = guard.start(self.retry)
         while True:
-            if run is not None:
-                if run.begin_attempt() > 1:
-                    self._stats["retries"] += 1
-                t_attempt = self._attempt_timeout(t, run.remaining())
-            else:
-                t_attempt = t
+            t_attempt = guard.begin(run, t)
             try:
-                if self.rate_limit is not None:
-                    await self.rate_limit.aacquire(timeout=t_attempt)
-                if breaker is None:
-                    return await self._attempt(name, mb, flags, body, t_attempt)
-                breaker.check()
-                t0 = breaker.clock()
+                if rate_limit is not None:
+                    await rate_limit.aacquire(timeout=t_attempt)
+                t0 = guard.admit(breaker)
                 try:
                     result = await self._attempt(name, mb, flags, body, t_attempt)
                 except BaseException as exc:
-                    breaker.record_exception(exc, breaker.clock() - t0)
+                    guard.attempt_failed(breaker, exc, t0)
                     raise
-                breaker.record_success(breaker.clock() - t0)
+                guard.succeeded(breaker, t0)
                 return result
             except Exception as exc:
-                if run is None:
-                    raise
-                try:
-                    delay = run.failed(exc)
-                except RetryExhaustedError as ex:
-                    err = self._exhausted(ex, name, t)
-                    if err is ex:
-                        raise
-                    raise err from ex
-                timed_out = isinstance(exc, TimeoutError)
+                delay_s, timed_out = guard.failed(run, exc, name, t)
+            # resetting would abandon the replies other requests in flight await
             if timed_out and not self._pending:
                 await self._reset()
-            if delay > 0:
-                assert self.retry is not None
-                await self.retry.asleep(delay)
+            if delay_s > 0:
+                assert self.retry is not None  # failed() returns a delay only under a policy
+                await self.retry.asleep(delay_s)
 
     async def _attempt(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
         sock = self._ensure_socket()

@@ -2,6 +2,7 @@
 
 - :mod:`pybus.wire.frame`: the batch frame of ``docs/wire.md`` (the codec and the ring that
   packs it; re-exported here);
+- :mod:`pybus.wire.reqrep`: the request/reply frames of ``docs/wire-reqrep.md``;
 - :mod:`pybus.wire.workqueue`: the work-queue frames of ``docs/wire-workqueue.md``.
 
 Applications publish and subscribe through :class:`pybus.Publisher` and

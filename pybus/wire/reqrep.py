@@ -1,0 +1,126 @@
+"""The request/reply wire codec: implements ``docs/wire-reqrep.md`` ("Request/reply").
+
+Owns the frame header (:data:`HEADER`, ``<BBBBQ``), the kinds and flags, payload
+encoding (:func:`encode_payload` / :func:`decode_payload`), method names
+(:func:`method_bytes`) and ERROR payloads (:func:`error_payload`, :func:`error_body`,
+:func:`remote_error`). No sockets: :mod:`pybus.rpc` (the Server, Client and AsyncClient) and
+tools written from the spec use it. Every request and reply is ONE ZeroMQ frame::
+
+    version:u8 | kind:u8 | flags:u8 | method_len:u8 | correlation_id:u64le | method | payload
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from ..errors import BusError, ErrorCode, FrameError, RemoteError, ValidationError
+
+__all__ = [
+    "CID_MASK",
+    "FLAG_MSGPACK",
+    "HEADER",
+    "HEADER_SIZE",
+    "KIND_CONTROL",
+    "KIND_ERROR",
+    "KIND_REPLY",
+    "KIND_REQUEST",
+    "MAX_MESSAGE_BYTES",
+    "MAX_METHOD_BYTES",
+    "WIRE_VERSION",
+    "decode_payload",
+    "encode_payload",
+    "error_body",
+    "error_payload",
+    "method_bytes",
+    "remote_error",
+]
+
+WIRE_VERSION = 1
+KIND_REQUEST = 0x01
+KIND_REPLY = 0x02
+KIND_ERROR = 0x03
+KIND_CONTROL = 0x7F  # in-process only (inproc), never valid from the network
+FLAG_MSGPACK = 0x01
+HEADER = struct.Struct("<BBBBQ")
+HEADER_SIZE = HEADER.size  # 12
+MAX_METHOD_BYTES = 255
+# Largest frame an RPC socket accepts by default (ZeroMQ MAXMSGSIZE): bounded memory per peer.
+MAX_MESSAGE_BYTES = 64 << 20
+#: correlation ids are u64 and wrap
+CID_MASK = (1 << 64) - 1
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+def encode_payload(payload: Any) -> tuple[int, bytes]:
+    """Return (flags, bytes) for a payload: bytes go raw, anything else msgpack."""
+    if type(payload) is bytes:
+        return 0, payload
+    if isinstance(payload, _BYTES_TYPES):
+        return 0, bytes(payload)
+    try:
+        return FLAG_MSGPACK, msgpack.packb(payload, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(
+            f"payload of type {type(payload).__name__} cannot be sent: {exc}; "
+            "send bytes or msgpack-serialisable data (dict, list, str, int, float, bool, None)"
+        ) from exc
+
+
+def decode_payload(flags: int, body: bytes | memoryview) -> Any:
+    """Inverse of :func:`encode_payload`; raises FrameError on corrupt msgpack."""
+    if flags & FLAG_MSGPACK:
+        try:
+            return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise FrameError(f"payload flagged msgpack does not decode: {exc}") from exc
+    return bytes(body)
+
+
+def method_bytes(name: str) -> bytes:
+    """Validate and encode a method name (1-255 UTF-8 bytes)."""
+    if not isinstance(name, str):
+        raise ValidationError(f"method name must be a str, got {type(name).__name__}")
+    b = name.encode("utf-8")
+    if not 1 <= len(b) <= MAX_METHOD_BYTES:
+        raise ValidationError(
+            f"method name {name!r} is {len(b)} bytes; allowed: 1-{MAX_METHOD_BYTES} UTF-8 bytes"
+        )
+    return b
+
+
+def error_body(type_name: str, message: str, code: int, retryable: bool) -> bytes:
+    """The msgpack map an ERROR reply carries, from its four fields."""
+    return msgpack.packb(
+        {"type": type_name, "message": message, "code": int(code), "retryable": retryable},
+        use_bin_type=True,
+    )
+
+
+def error_payload(exc: BaseException) -> bytes:
+    """The ERROR payload describing ``exc`` (type, message, code, retryable)."""
+    if isinstance(exc, RemoteError):
+        return error_body(exc.remote_type, exc.remote_message, exc.remote_code, exc.retryable)
+    if isinstance(exc, BusError):
+        return error_body(type(exc).__name__, exc.message, exc.code, bool(exc.retryable))
+    return error_body(type(exc).__name__, str(exc), ErrorCode.UNKNOWN, False)
+
+
+def remote_error(body: bytes | memoryview) -> RemoteError:
+    """Build the RemoteError an ERROR reply describes."""
+    try:
+        d = msgpack.unpackb(body, raw=False)
+        return RemoteError(
+            str(d.get("message", "")),
+            remote_type=str(d.get("type", "Exception")),
+            remote_code=int(d.get("code", int(ErrorCode.UNKNOWN))),
+            retryable=bool(d.get("retryable", False)),
+        )
+    except Exception as exc:  # a corrupt error body still must not pass silently
+        return RemoteError(
+            f"the server sent an error reply that does not decode ({exc})",
+            remote_type="FrameError",
+            remote_code=int(ErrorCode.FRAME),
+        )
