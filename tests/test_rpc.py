@@ -461,7 +461,7 @@ def test_many_clients_concurrently_and_workers(endpoint):
 
 def test_worker_pool_backpressure(endpoint):
     gate = threading.Event()
-    srv = Server(endpoint, workers=1, max_inflight=1)
+    srv = Server(endpoint, workers=1, max_in_flight=1)
     srv.add_handler("wait", lambda p: gate.wait(10) and "done")
     with srv:
         first = []
@@ -472,7 +472,7 @@ def test_worker_pool_backpressure(endpoint):
             while srv.stats()["inflight"] < 1 and time.monotonic() < deadline:
                 time.sleep(0.005)
             with Client(endpoint, timeout=5) as c:
-                with pytest.raises(RemoteError, match="max_inflight=1") as ei:
+                with pytest.raises(RemoteError, match="max_in_flight=1") as ei:
                     c.request("wait", 1)
             assert ei.value.retryable
         finally:
@@ -637,7 +637,7 @@ def test_async_client_survives_a_new_event_loop(server, endpoint):
         # A second asyncio.run() is a new loop: the old reader task is gone with the old loop.
         assert asyncio.run(c.request("echo", b"two")) == b"two"
     finally:
-        asyncio.run(c.aclose())
+        asyncio.run(c.close())
     with pytest.raises(pybus.ClosedError):
         asyncio.run(c.request("echo", b"x"))
 

@@ -22,6 +22,7 @@ import asyncio
 import builtins
 import contextlib
 import time
+import warnings
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -30,6 +31,7 @@ import zmq
 import zmq.asyncio
 
 from .. import metrics as _metrics
+from .._deprecated import deprecated_attribute, renamed
 from ..errors import (
     BackpressureError,
     ClosedError,
@@ -65,8 +67,9 @@ class AsyncClient(_ClientBase):
         As for :class:`pybus.Client` (the retry policy's ``asleep`` is used). The DEALER is
         opened on first use and monitored like the Client's (``liveness.on_peer``,
         ``stats()["peer_events"]``), across resets.
-    max_inflight : int
+    max_in_flight : int
         Requests awaiting a reply at once; one more raises BackpressureError.
+        ``max_inflight=`` is its deprecated old name (a DeprecationWarning).
     context : zmq.Context or None
         A plain context to shadow (default: the process-wide instance).
     """
@@ -80,16 +83,20 @@ class AsyncClient(_ClientBase):
         rate_limit: RateLimiter | None = None,
         *,
         security: Callable[[zmq.Socket[Any]], Any] | None = None,
-        max_inflight: int = 10_000,
+        max_in_flight: int = 10_000,
         context: zmq.Context[Any] | None = None,
         registry: Any = None,
         liveness: Liveness | None = None,
+        max_inflight: int | None = None,
     ) -> None:
+        max_in_flight = renamed("AsyncClient", "max_inflight", max_inflight, "max_in_flight",
+                                max_in_flight, 10_000)
         check_rpc_liveness(liveness)
         super().__init__(endpoint, timeout, retry, breaker, rate_limit)
-        if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1:
-            raise ValidationError(f"max_inflight must be an int >= 1, got {max_inflight!r}")
-        self.max_inflight = max_inflight
+        if (isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
+                or max_in_flight < 1):
+            raise ValidationError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        self.max_in_flight = max_in_flight
         self._security = security
         self._liveness = liveness
         base_ctx = context or zmq.Context.instance()
@@ -203,10 +210,10 @@ class AsyncClient(_ClientBase):
 
     async def _attempt(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
         sock = self._ensure_socket()
-        if len(self._pending) >= self.max_inflight:
+        if len(self._pending) >= self.max_in_flight:
             raise BackpressureError(
                 f"{len(self._pending)} requests already await replies from {self.endpoint} "
-                f"(max_inflight={self.max_inflight}); wait for some to finish"
+                f"(max_in_flight={self.max_in_flight}); wait for some to finish"
             )
         cid = self._next_cid()
         frame = HEADER.pack(WIRE_VERSION, KIND_REQUEST, flags, len(mb), cid) + mb + body
@@ -239,8 +246,9 @@ class AsyncClient(_ClientBase):
         return value
 
     # -- lifetime -------------------------------------------------------------------------
-    async def aclose(self) -> None:
-        """Close the socket, failing requests still in flight with ClosedError."""
+    async def close(self) -> None:
+        """Close the socket, failing requests still in flight with ClosedError (awaited, like
+        the close of every asyncio twin in pybus)."""
         if self._closed:
             return
         self._closed = True
@@ -255,7 +263,16 @@ class AsyncClient(_ClientBase):
         if self._sock is not None:
             self._sock.close(0)
 
-    close = aclose
+    async def aclose(self) -> None:
+        """Deprecated: :meth:`close` (the old name; removed in the next release)."""
+        warnings.warn("AsyncClient.aclose() is deprecated: use await close(); the old name "
+                      "will be removed in the next release", DeprecationWarning, stacklevel=2)
+        await self.close()
+
+    @property
+    def max_inflight(self) -> int:
+        """Deprecated: :attr:`max_in_flight` (the old name; removed in the next release)."""
+        return int(deprecated_attribute(self, "max_inflight", "max_in_flight"))
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -266,4 +283,4 @@ class AsyncClient(_ClientBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        await self.close()

@@ -3,7 +3,7 @@
 Implements the server side of ``docs/wire-reqrep.md`` ("Request/reply"; the codec is
 :mod:`pybus.wire.reqrep`): one serving loop per I/O path (pyzmq, or libzmq called directly),
 handlers run inline or in a worker pool whose replies come back to the I/O thread over inproc,
-admission control (``max_inflight``, ``rate_limit``) and the counters it reports.
+admission control (``max_in_flight``, ``rate_limit``) and the counters it reports.
 
 Example
 -------
@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from .. import metrics as _metrics
+from .._deprecated import deprecated_attribute, renamed
 from .._native import Histogram, _zmqfast
 from ..errors import ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
 from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
@@ -117,9 +118,10 @@ class Server(CloseOnExit):
     max_message_bytes : int
         Largest request frame accepted (ZeroMQ's ``MAXMSGSIZE``, default 64 MiB): a larger one
         is refused before allocation and its sender disconnected.
-    max_inflight : int
+    max_in_flight : int
         With workers, requests queued or running at once; beyond it a request is
-        answered at once with a retryable ``BackpressureError``.
+        answered at once with a retryable ``BackpressureError``. ``max_inflight=`` is its
+        deprecated old name (a DeprecationWarning; removed in the next release).
     rate_limit : RateLimiter, KeyedRateLimiter or None
         Admission control, never blocking the I/O thread: a request without a
         token is answered at once with a retryable ``RateLimitError``. A
@@ -149,13 +151,16 @@ class Server(CloseOnExit):
         security: Callable[[zmq.Socket[Any]], Any] | None = None,
         *,
         workers: int = 0,
-        max_inflight: int = 1024,
+        max_in_flight: int = 1024,
         rate_limit: RateLimiter | KeyedRateLimiter | None = None,
         context: zmq.Context[Any] | None = None,
         registry: Any = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         liveness: Liveness | None = None,
+        max_inflight: int | None = None,
     ) -> None:
+        max_in_flight = renamed("Server", "max_inflight", max_inflight, "max_in_flight",
+                                max_in_flight, 1024)
         check_rpc_liveness(liveness)
         if rate_limit is not None and not isinstance(rate_limit, (RateLimiter, KeyedRateLimiter)):
             raise ValidationError(
@@ -170,8 +175,9 @@ class Server(CloseOnExit):
             )
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValidationError(f"workers must be an int >= 0 (0 = inline), got {workers!r}")
-        if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or max_inflight < 1:
-            raise ValidationError(f"max_inflight must be an int >= 1, got {max_inflight!r}")
+        if (isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
+                or max_in_flight < 1):
+            raise ValidationError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
         if (isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int)
                 or max_message_bytes < 64):
             raise ValidationError(
@@ -180,7 +186,7 @@ class Server(CloseOnExit):
         self._ctx = context or zmq.Context.instance()
         self._handlers: dict[bytes, Handler] = {}
         self.workers = workers
-        self.max_inflight = max_inflight
+        self.max_in_flight = max_in_flight
         self._token = os.urandom(16)
         self._ctrl_prefix = HEADER.pack(WIRE_VERSION, KIND_CONTROL, 0, 0, 0) + self._token
         self._ctrl_endpoint = f"inproc://pybus-rpc-{id(self):x}-{self._token.hex()[:8]}"
@@ -276,6 +282,11 @@ class Server(CloseOnExit):
     def methods(self) -> list[str]:
         """Registered method names, sorted."""
         return sorted(k.decode() for k in self._handlers)
+
+    @property
+    def max_inflight(self) -> int:
+        """Deprecated: :attr:`max_in_flight` (the old name; removed in the next release)."""
+        return int(deprecated_attribute(self, "max_inflight", "max_in_flight"))
 
     @property
     def io_path(self) -> str:
@@ -693,12 +704,12 @@ class Server(CloseOnExit):
 
     # -- worker pool --------------------------------------------------------------------
     def _submit(self, fn: Handler, arg: Any, ident: bytes, cid: int) -> None:
-        if self._inflight >= self.max_inflight:
+        if self._inflight >= self.max_in_flight:
             self._stats["busy_rejected"] += 1
             body = error_body(
                 "BackpressureError",
                 f"server busy: {self._inflight} requests in flight "
-                f"(max_inflight={self.max_inflight}); retry later",
+                f"(max_in_flight={self.max_in_flight}); retry later",
                 ErrorCode.BACKPRESSURE,
                 True,
             )

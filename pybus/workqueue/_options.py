@@ -3,12 +3,12 @@
 Each check raises :class:`pybus.ValidationError` naming the argument before any socket
 exists, so ``__init__`` only builds objects. Options renamed to carry their unit
 (``heartbeat_interval`` -> ``heartbeat_interval_s``, ``ack_flush_interval`` ->
-``ack_flush_interval_s``) keep their old spelling for one release through :func:`renamed`.
+``ack_flush_interval_s``) keep their old spelling for one release through
+:func:`pybus._deprecated.renamed`.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import zmq
@@ -16,38 +16,7 @@ import zmq
 from ..errors import ValidationError
 from ..wire import workqueue as P
 
-__all__ = ["check_context", "check_queue_options", "check_worker_options", "renamed"]
-
-
-def renamed(cls: str, old: str, old_value: Any, new: str, new_value: Any, default: Any) -> Any:
-    """The value of option ``new``, given under its deprecated name ``old`` or its own.
-
-    ``old_value`` None: the old name was not used. Used: a DeprecationWarning naming the new
-    spelling, and a ValidationError when both spellings carry a value.
-    """
-    if old_value is None:
-        return new_value
-    # stacklevel: this function, __init__, the caller
-    warnings.warn(
-        f"{cls}({old}=) is deprecated: use {new}= (the same value, in seconds); the old name "
-        "will be removed in the next release",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    if new_value != default:
-        raise ValidationError(f"{cls}: pass {new}= only ({old}= is its deprecated old name)")
-    return old_value
-
-
-def deprecated_attribute(obj: Any, old: str, new: str) -> Any:
-    """Read ``obj.<new>`` for the deprecated attribute ``old``, with a DeprecationWarning."""
-    warnings.warn(
-        f"{type(obj).__name__}.{old} is deprecated: use .{new}; the old name will be removed "
-        "in the next release",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return getattr(obj, new)
+__all__ = ["check_context", "check_queue_options", "check_worker_options"]
 
 
 def check_context(context: Any) -> None:

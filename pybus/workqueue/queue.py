@@ -43,6 +43,7 @@ from typing import Any
 import zmq
 
 from .. import metrics as _metrics
+from .._deprecated import deprecated_attribute, renamed
 from .._native import _zmqfast
 from ..errors import (
     BackpressureError,
@@ -55,7 +56,7 @@ from ..metrics.samples import RawSample, transport_samples
 from ..store.journal import Journal
 from ..transport import sockets as _sockets
 from ._core import DispatchCore
-from ._options import check_queue_options, deprecated_attribute, renamed
+from ._options import check_queue_options
 from ._policy import RetryPlan, Throttle
 from ._records import (
     R_BATCH,

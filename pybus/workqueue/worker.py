@@ -27,13 +27,14 @@ from typing import Any
 import zmq
 
 from .. import metrics as _metrics
+from .._deprecated import deprecated_attribute, renamed
 from .._native import Histogram, _zmqfast
 from .._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
 from ..errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
 from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
 from ..transport import sockets as _sockets
 from ..wire import workqueue as P
-from ._options import check_worker_options, deprecated_attribute, renamed
+from ._options import check_worker_options
 
 #: Handler times above this (1 hour, in ns) are recorded as this.
 _LATENCY_MAX_NS = 3_600_000_000_000

@@ -1,0 +1,46 @@
+"""Renamed public options and attributes: the old spelling keeps working for one release.
+
+Every renamed parameter or attribute of a public class goes through here, so the warning says
+the same thing everywhere: what to write instead, and that the old name goes in the next
+release.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from .errors import ValidationError
+
+__all__ = ["deprecated_attribute", "renamed"]
+
+
+def renamed(cls: str, old: str, old_value: Any, new: str, new_value: Any, default: Any) -> Any:
+    """The value of option ``new``, given under its deprecated name ``old`` or its own.
+
+    ``old_value`` None: the old name was not used. Used: a DeprecationWarning naming the new
+    spelling, and a ValidationError when both spellings carry a value.
+    """
+    if old_value is None:
+        return new_value
+    # stacklevel: this function, __init__, the caller
+    warnings.warn(
+        f"{cls}({old}=) is deprecated: use {new}= (the same value); the old name will be "
+        "removed in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if new_value != default:
+        raise ValidationError(f"{cls}: pass {new}= only ({old}= is its deprecated old name)")
+    return old_value
+
+
+def deprecated_attribute(obj: Any, old: str, new: str) -> Any:
+    """Read ``obj.<new>`` for the deprecated attribute ``old``, with a DeprecationWarning."""
+    warnings.warn(
+        f"{type(obj).__name__}.{old} is deprecated: use .{new}; the old name will be removed "
+        "in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(obj, new)
