@@ -12,11 +12,11 @@ tools written from the spec use it. Every request and reply is ONE ZeroMQ frame:
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 import msgpack
 
-from ..errors import BusError, ErrorCode, FrameError, RemoteError, ValidationError
+from ..errors import BusError, ErrorCode, RemoteError, ValidationError
+from .payload import FLAG_MSGPACK, decode_payload, encode_payload
 
 __all__ = [
     "CID_MASK",
@@ -43,7 +43,6 @@ KIND_REQUEST = 0x01
 KIND_REPLY = 0x02
 KIND_ERROR = 0x03
 KIND_CONTROL = 0x7F  # in-process only (inproc), never valid from the network
-FLAG_MSGPACK = 0x01
 HEADER = struct.Struct("<BBBBQ")
 HEADER_SIZE = HEADER.size  # 12
 MAX_METHOD_BYTES = 255
@@ -51,32 +50,6 @@ MAX_METHOD_BYTES = 255
 MAX_MESSAGE_BYTES = 64 << 20
 #: correlation ids are u64 and wrap
 CID_MASK = (1 << 64) - 1
-_BYTES_TYPES = (bytes, bytearray, memoryview)
-
-
-def encode_payload(payload: Any) -> tuple[int, bytes]:
-    """Return (flags, bytes) for a payload: bytes go raw, anything else msgpack."""
-    if type(payload) is bytes:
-        return 0, payload
-    if isinstance(payload, _BYTES_TYPES):
-        return 0, bytes(payload)
-    try:
-        return FLAG_MSGPACK, msgpack.packb(payload, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValidationError(
-            f"payload of type {type(payload).__name__} cannot be sent: {exc}; "
-            "send bytes or msgpack-serialisable data (dict, list, str, int, float, bool, None)"
-        ) from exc
-
-
-def decode_payload(flags: int, body: bytes | memoryview) -> Any:
-    """Inverse of :func:`encode_payload`; raises FrameError on corrupt msgpack."""
-    if flags & FLAG_MSGPACK:
-        try:
-            return msgpack.unpackb(body, raw=False, strict_map_key=False)
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise FrameError(f"payload flagged msgpack does not decode: {exc}") from exc
-    return bytes(body)
 
 
 def method_bytes(name: str) -> bytes:

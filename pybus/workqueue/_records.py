@@ -15,10 +15,9 @@ import msgpack
 
 from ..errors import ErrorCode, ValidationError
 from ..policy.topics import validate_topic
-from ..wire import workqueue as P
 
 __all__ = [
-    "Rec", "JBatch", "Failure", "WorkerState", "check_topic", "encode_payload", "pack_headers",
+    "Rec", "JBatch", "Failure", "WorkerState", "check_topic", "pack_headers",
 ]
 
 # A message record is a list (cheaper to make and index than an object, and its first seven
@@ -46,22 +45,6 @@ def check_topic(topic: object) -> str:
     if len(topic_cache) < _TOPIC_CACHE_MAX:
         topic_cache[t] = True
     return t
-
-
-def encode_payload(payload: object) -> tuple[bytes, int]:
-    """``(wire bytes, flags)``: bytes pass through raw, anything else is msgpack-encoded."""
-    if type(payload) is bytes:
-        return payload, 0  # type: ignore[return-value]
-    if isinstance(payload, (bytes, bytearray, memoryview)):
-        return bytes(payload), 0
-    try:
-        return msgpack.packb(payload), P.FLAG_MSGPACK
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValidationError(
-            f"payload of type {type(payload).__name__} cannot be sent ({exc}); send bytes "
-            "(passed through raw) or a msgpack-serialisable value (None, bool, int, float, "
-            "str, bytes, list, tuple, dict)"
-        ) from None
 
 
 def pack_headers(headers: object) -> bytes | None:

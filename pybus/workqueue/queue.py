@@ -55,6 +55,7 @@ from ..errors import (
 from ..metrics.samples import RawSample, transport_samples
 from ..store.journal import Journal
 from ..transport import sockets as _sockets
+from ..wire.payload import encode_payload
 from ._core import DispatchCore
 from ._options import check_queue_options
 from ._policy import RetryPlan, Throttle
@@ -64,7 +65,6 @@ from ._records import (
     JBatch,
     Rec,
     check_topic,
-    encode_payload,
     jentry,
     pack_headers,
     rid,
@@ -306,7 +306,7 @@ class WorkQueue:
 
     def _make(self, topic: object, payload: object, headers: object) -> Rec:
         t = check_topic(topic)
-        data, flags = encode_payload(payload)
+        flags, data = encode_payload(payload)
         h = pack_headers(headers) if headers is not None else None
         return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None]
 
