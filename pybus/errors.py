@@ -142,28 +142,27 @@ class BackpressureError(BusError):
     retryable = True
 
 
-class RateLimitError(BusError):
+class _RetryAfterError(BusError):
+    """A refusal that says when to try again: ``retry_after`` seconds."""
+
+    severity = Severity.WARNING
+    retryable = True
+
+    def __init__(self, message: str = "", retry_after: float = 0.0, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+class RateLimitError(_RetryAfterError):
     """A rate limiter refused the call; ``retry_after`` seconds until a token is due."""
 
     code = ErrorCode.RATE_LIMITED
-    severity = Severity.WARNING
-    retryable = True
-
-    def __init__(self, message: str = "", retry_after: float = 0.0, **details: Any) -> None:
-        super().__init__(message, **details)
-        self.retry_after = retry_after
 
 
-class CircuitOpenError(BusError):
+class CircuitOpenError(_RetryAfterError):
     """A circuit breaker is open; ``retry_after`` seconds until it half-opens."""
 
     code = ErrorCode.CIRCUIT_OPEN
-    severity = Severity.WARNING
-    retryable = True
-
-    def __init__(self, message: str = "", retry_after: float = 0.0, **details: Any) -> None:
-        super().__init__(message, **details)
-        self.retry_after = retry_after
 
 
 class ClosedError(BusError):

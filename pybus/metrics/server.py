@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .._lifecycle import Closeable
 from .._version import __version__
 from ..errors import TransportError, ValidationError
 from .exposition import negotiate
@@ -85,7 +86,7 @@ class _Server(ThreadingHTTPServer):
         self.started = time.monotonic()
 
 
-class MetricsServer:
+class MetricsServer(Closeable):
     """A running metrics server; returned by :func:`serve`. Use as a context manager or call
     :meth:`stop`.
 
@@ -122,10 +123,8 @@ class MetricsServer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """:meth:`stop` (the name every pybus object closes with)."""
         self.stop()
 
     def __repr__(self) -> str:

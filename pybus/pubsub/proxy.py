@@ -32,6 +32,7 @@ from typing import Any
 
 import zmq
 
+from .._lifecycle import Closeable
 from ..errors import ClosedError, TimeoutError, ValidationError, from_zmq
 from ..metrics.samples import RawSample
 from ..transport import sockets as _sockets
@@ -66,7 +67,7 @@ def _check_security(sec: Any, what: str) -> None:
         )
 
 
-class Proxy:
+class Proxy(Closeable):
     """Forward pub/sub traffic between many publishers and many subscribers.
 
     Parameters
@@ -427,12 +428,6 @@ class Proxy:
                 for s in (self._front, self._back, self._cap, self._ctl_in):
                     if s is not None:
                         s.close(0)
-
-    def __enter__(self) -> Proxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<pybus.Proxy {self._state} {self.frontend} -> {self.backend}>"

@@ -6,8 +6,7 @@ flags, timeout validation, the latency histograms' cap, the socket monitor's cou
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import zmq
 from zmq.backend import Socket as _ZmqBackendSocket
@@ -50,21 +49,3 @@ def watch_stats(watch: SocketWatch | None) -> dict[str, Any]:
     if watch is None:
         return {"peer_events": {}, "peers": None}
     return {"peer_events": dict(watch.events), "peers": watch.peers}
-
-
-class CloseOnExit:
-    """``with obj:`` gives obj and closes it on the way out (Server and Client)."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 
 from .. import metrics as _metrics
+from .._lifecycle import Closeable
 from .._native import Histogram, _zmqfast
 from ..errors import (
     BusError,
@@ -66,7 +67,7 @@ from ..wire.reqrep import (
     method_bytes,
     remote_error,
 )
-from ._common import LATENCY_MAX_NS, NOBLOCK, CloseOnExit, check_timeout, send_of, watch_stats
+from ._common import LATENCY_MAX_NS, NOBLOCK, check_timeout, send_of, watch_stats
 from ._guard import RequestGuard
 
 __all__ = ["Client"]
@@ -240,7 +241,7 @@ class _ClientBase:
         raise remote_error(reply[HEADER_SIZE:])
 
 
-class Client(_ClientBase, CloseOnExit, _zmqfast.ClientCore):
+class Client(_ClientBase, Closeable, _zmqfast.ClientCore):
     """A request/reply client on a ZeroMQ DEALER socket (connects).
 
     Parameters

@@ -28,6 +28,7 @@ import zmq
 
 from .. import metrics as _metrics
 from .._deprecated import deprecated_attribute, renamed
+from .._lifecycle import Closeable
 from .._native import Histogram, _zmqfast
 from ..errors import ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
 from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
@@ -57,7 +58,7 @@ from ..wire.reqrep import (
     error_payload,
     method_bytes,
 )
-from ._common import LATENCY_MAX_NS, NOBLOCK, SNDMORE_NOBLOCK, CloseOnExit, send_of, watch_stats
+from ._common import LATENCY_MAX_NS, NOBLOCK, SNDMORE_NOBLOCK, send_of, watch_stats
 
 __all__ = ["Server", "Handler"]
 
@@ -90,7 +91,7 @@ class _LogLimiter:
             _log.warning(msg, *args)
 
 
-class Server(CloseOnExit):
+class Server(Closeable):
     """A request/reply server on a ZeroMQ ROUTER socket (binds).
 
     Parameters

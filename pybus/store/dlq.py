@@ -51,6 +51,7 @@ from typing import Any, Literal
 import msgpack
 
 from .. import metrics as _metrics
+from .._lifecycle import Closeable
 from ..errors import (
     BackpressureError,
     BusError,
@@ -178,7 +179,7 @@ def _decode_headers(blob: bytes | None) -> tuple[dict[str, Any], str | None]:
     return headers, None
 
 
-class DeadLetterQueue:
+class DeadLetterQueue(Closeable):
     """A bounded, durable dead-letter queue in one SQLite file.
 
     Parameters
@@ -598,12 +599,6 @@ class DeadLetterQueue:
                     conn.close()
                 except sqlite3.Error:
                     pass
-
-    def __enter__(self) -> DeadLetterQueue:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"DeadLetterQueue({str(self.path)!r}, max_entries={self.max_entries})"

@@ -44,6 +44,7 @@ import zmq
 
 from .. import metrics as _metrics
 from .._deprecated import deprecated_attribute, renamed
+from .._lifecycle import Closeable
 from .._native import _zmqfast
 from ..errors import (
     BackpressureError,
@@ -124,7 +125,7 @@ class _CoreSetting:
 _MAX_WORKER_FRAME_BYTES = 64 << 20
 
 
-class WorkQueue:
+class WorkQueue(Closeable):
     """At-least-once work queue: binds a ROUTER and hands messages to :class:`pybus.Worker`.
 
     Parameters
@@ -517,12 +518,6 @@ class WorkQueue:
                 self._ctx.term()
             if self._journal is not None:
                 self._journal.close()
-
-    def __enter__(self) -> WorkQueue:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<WorkQueue {self.endpoint} outstanding={self._outstanding()}>"
