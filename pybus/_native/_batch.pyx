@@ -29,7 +29,7 @@ import secrets
 
 import msgpack
 
-from pybus.errors import BackpressureError, FrameError, ValidationError
+from pybus.errors import BackpressureError, FrameError, HistogramRangeError, ValidationError
 
 __all__ = [
     "Batcher",
@@ -276,18 +276,7 @@ cdef class Message:
 # Batcher
 
 
-cdef int _check_ring(int rc, str what) except -1:
-    """The one mapper of C status codes to pybus exceptions (rc >= 0 passes)."""
-    if rc >= 0:
-        return 0
-    detail = f"{what}: {pb_strerror(rc).decode()}"
-    if rc == PB_ENOMEM:
-        raise MemoryError(detail)
-    if rc == PB_EFULL:
-        raise BackpressureError(detail)
-    if rc == PB_EFRAME:
-        raise FrameError(detail)
-    raise ValidationError(detail)
+include "_status.pxi"
 
 
 cdef struct _Fill:
@@ -420,7 +409,7 @@ cdef class Batcher:
         cfg.idle_ns = <int64_t>(idle_us * 1000.0)
         cfg.max_delay_ns = <int64_t>(max_delay_us * 1000.0)
         cfg.publisher_id = publisher_id
-        _check_ring(pb_ring_init(&cfg, &self._r), "Batcher")
+        check_status(pb_ring_init(&cfg, &self._r), "Batcher")
         self._max_message = max_message_bytes
         self._max_batch_records = max_batch_records
         self._max_batch_bytes = max_batch_bytes
@@ -520,7 +509,7 @@ cdef class Batcher:
             return PB_RING_PENDING
         if rc == PB_EFULL or rc >= 0:
             return rc
-        _check_ring(rc, "append refused")
+        check_status(rc, "append refused")
         return -10  # not reached
 
     cdef int _append_views(self, uint32_t tid, object payload, object header, uint8_t fl,
@@ -714,7 +703,7 @@ cdef class Batcher:
             raise BackpressureError(
                 f"batcher ring full ({pb_ring_pending_bytes(self._r)} of "
                 f"{pb_ring_capacity(self._r)} bytes pending); drain it or raise capacity_bytes")
-        _check_ring(rc, "publish refused")
+        check_status(rc, "publish refused")
 
     cdef int _too_big(self, Py_ssize_t plen, Py_ssize_t hlen) except -1:
         raise ValidationError(

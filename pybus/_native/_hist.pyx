@@ -15,7 +15,9 @@ from libc.stdint cimport int64_t, uint8_t
 
 from pybus._native.chist cimport *
 
-from pybus.errors import FrameError, HistogramRangeError, ValidationError
+from pybus.errors import BackpressureError, FrameError, HistogramRangeError, ValidationError
+
+include "_status.pxi"
 
 __all__ = ["Histogram"]
 
@@ -112,14 +114,12 @@ cdef class Histogram:
                 f"highest must be >= 2 * lowest (= {2 * <object>lo}), got {hi}"
             )
         cdef int rc = pb_hist_init(lo, hi, <int>sig, &self._h)
-        if rc == PB_ENOMEM:
-            raise MemoryError("no memory for the histogram's counters")
         if rc != PB_OK:
-            # The only layout rule left: HdrHistogram caps log2(lowest) + sub-bucket bits at 61.
-            raise ValidationError(
-                f"lowest={lo} is too large for {sig} significant figures: "
-                f"floor(log2(lowest)) + ceil(log2(2 * 10**{sig})) - 1 must be <= 61"
-            )
+            # EINVAL: the one layout rule left, HdrHistogram's cap of log2(lowest) + sub-bucket
+            # bits at 61 (ENOMEM: no memory for the counters)
+            check_status(rc, f"lowest={lo} is too large for {sig} significant figures: "
+                             f"floor(log2(lowest)) + ceil(log2(2 * 10**{sig})) - 1 must be "
+                             f"<= 61" if rc == PB_EINVAL else "histogram counters")
         self._out_of_range = 0
 
     def __dealloc__(self):
@@ -158,12 +158,11 @@ cdef class Histogram:
         if not _to_i64(count, &c):
             c = -1
         cdef int rc = pb_hist_record_n(self._h, v, c)
-        if rc == PB_ERANGE:
-            raise self._range_error(v)
         if rc != PB_OK:
-            raise ValidationError(
-                f"count must be >= 0 and keep the total count within int64, got {count}"
-            )
+            if rc == PB_ERANGE:
+                raise self._range_error(v)  # names the value and the range
+            check_status(rc, f"count must be >= 0 and keep the total count within int64, "
+                             f"got {count}")
 
     def record_corrected(self, value, expected_interval):
         """Record ``value`` and back-fill for coordinated omission.
@@ -377,13 +376,11 @@ cdef class Histogram:
             src = tmp
         rc = pb_hist_add(self._h, src)
         pb_hist_close(tmp)
-        if rc == PB_ERANGE:
-            raise HistogramRangeError(
-                f"cannot merge: the other histogram's max {pb_hist_max(other._h)} is above "
-                f"this histogram's range [0, {self._h.max_trackable}]"
-            )
         if rc != PB_OK:
-            raise ValidationError("cannot merge: the total count would overflow int64")
+            check_status(rc, f"cannot merge: the other histogram's max {pb_hist_max(other._h)} "
+                             f"is above this histogram's range [0, {self._h.max_trackable}]"
+                             if rc == PB_ERANGE else
+                             "cannot merge: the total count would overflow int64")
         self._out_of_range += other._out_of_range
 
     def reset(self):
@@ -506,10 +503,9 @@ cdef class Histogram:
         cdef pb_hist *h = NULL
         cdef int rc = pb_hist_decode(<const uint8_t *>PyBytes_AS_STRING(payload),
                                      <size_t>len(payload), &h, &detail)
-        if rc == PB_ENOMEM:
-            raise MemoryError()
         if rc != PB_OK:
-            raise FrameError(f"malformed histogram payload: {detail.decode()}")
+            check_status(rc, f"malformed histogram payload: {detail.decode()}"
+                             if detail != NULL else "decoding a histogram payload")
         cdef Histogram result = cls.__new__(cls, lowest, highest, sig)
         pb_hist_close(result._h)
         result._h = h

@@ -7,6 +7,7 @@ cdef extern from "pb_common.h" nogil:
     int PB_EINVAL
     int PB_ENOMEM
     int PB_ERANGE
+    int PB_EFULL
     int PB_EFRAME
     const char *pb_strerror(int status)
 
