@@ -246,3 +246,17 @@ def test_a_subscriber_with_publish_permissions_takes_pyzmq() -> None:
             p.close(linger=0)
         for s in subs:
             s.close()
+
+
+def test_a_libzmq_of_another_version_is_refused_with_both_versions_named():
+    # the one library-detection decision that a test can drive without loading a second
+    # libzmq into the process: the loader refuses a library whose version is not pyzmq's
+    from pybus._native import _zmqfast
+
+    assert _zmqfast.version_mismatch((4, 3, 5), (4, 3, 5), "/x/libzmq.so.5") == ""
+    why = _zmqfast.version_mismatch((4, 3, 4), (4, 3, 5), "/x/libzmq.so.5")
+    assert why == "libzmq 4.3.4 found at /x/libzmq.so.5 is not the 4.3.5 pyzmq reports"
+    if _zmqfast.AVAILABLE:  # and the library in use passed that very check
+        found = tuple(int(x) for x in zmq.zmq_version().split("."))
+        assert _zmqfast.version_mismatch(found, zmq.zmq_version_info(),
+                                         _zmqfast.library_path()) == ""

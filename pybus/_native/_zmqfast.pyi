@@ -9,6 +9,7 @@ __all__ = [
     "AVAILABLE",
     "UNAVAILABLE_REASON",
     "library_path",
+    "version_mismatch",
     "ClientCore",
     "call",
     "send_request",
@@ -36,6 +37,9 @@ REASON_METHOD: str
 REASON_MULTIPART: str
 
 def library_path() -> str: ...
+def version_mismatch(
+    found: tuple[int, int, int], reported: tuple[int, int, int], path: str
+) -> str: ...
 
 @disjoint_base
 class ClientCore:

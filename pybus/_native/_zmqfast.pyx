@@ -66,6 +66,7 @@ __all__ = [
     "AVAILABLE",
     "UNAVAILABLE_REASON",
     "library_path",
+    "version_mismatch",
     "ClientCore",
     "call",
     "send_request",
@@ -120,11 +121,22 @@ def _load():
             return first.decode("utf-8", "replace")
     cdef int major = 0, minor = 0, patch = 0
     pb_zmq_version(&major, &minor, &patch)
-    if (major, minor, patch) != tuple(zmq.zmq_version_info()):
-        return (f"libzmq {major}.{minor}.{patch} found at {library_path()} is not the "
-                f"{zmq.zmq_version()} pyzmq reports")
+    reason = version_mismatch((major, minor, patch), tuple(zmq.zmq_version_info()),
+                              library_path())
+    if reason:
+        return reason
     _ok = True
     return ""
+
+
+def version_mismatch(found, reported, path):
+    """Why the libzmq found at ``path`` may not be driven directly ("" when it may): its
+    version ``found`` must be the ``reported`` one pyzmq runs on (a different libzmq in the
+    process would take messages pyzmq's sockets do not own)."""
+    if tuple(found) == tuple(reported):
+        return ""
+    return (f"libzmq {'.'.join(map(str, found))} found at {path} is not the "
+            f"{'.'.join(map(str, reported))} pyzmq reports")
 
 
 def library_path() -> str:
