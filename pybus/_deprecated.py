@@ -15,20 +15,23 @@ from .errors import ValidationError
 __all__ = ["deprecated_attribute", "renamed"]
 
 
-def renamed(cls: str, old: str, old_value: Any, new: str, new_value: Any, default: Any) -> Any:
+def renamed(
+    cls: str, old: str, old_value: Any, new: str, new_value: Any, default: Any, depth: int = 0
+) -> Any:
     """The value of option ``new``, given under its deprecated name ``old`` or its own.
 
     ``old_value`` None: the old name was not used. Used: a DeprecationWarning naming the new
-    spelling, and a ValidationError when both spellings carry a value.
+    spelling, and a ValidationError when both spellings carry a value. ``depth``: how many
+    helper calls stand between ``__init__`` and this function (the warning names the caller).
     """
     if old_value is None:
         return new_value
-    # stacklevel: this function, __init__, the caller
+    # stacklevel: this function, any helpers (depth), __init__, the caller
     warnings.warn(
         f"{cls}({old}=) is deprecated: use {new}= (the same value); the old name will be "
         "removed in the next release",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=3 + depth,
     )
     if new_value != default:
         raise ValidationError(f"{cls}: pass {new}= only ({old}= is its deprecated old name)")

@@ -218,3 +218,22 @@ def from_zmq(exc: zmq.ZMQError, what: str = "") -> BusError:
         )
         return err
     return TransportError(f"{prefix}{exc.strerror} (errno {exc.errno})")
+
+
+# -- argument checks shared by the constructors (raise ValidationError) ------------------------
+
+
+def check_positive_int(name: str, value: Any, hint: str = "") -> int:
+    """``value`` if it is an int >= 1 (not a bool), else ValidationError naming ``name``;
+    ``hint`` follows "an int >= 1" in the message (e.g. ``" (messages per topic)"``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError(f"{name} must be an int >= 1{hint}, got {value!r}")
+    return value
+
+
+def check_callable(name: str, value: Any, must_be: str) -> Any:
+    """``value`` if it is None or callable, else ValidationError: "``name`` must be
+    ``must_be``, got ...\""""
+    if value is not None and not callable(value):
+        raise ValidationError(f"{name} must be {must_be}, got {value!r}")
+    return value

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import ValidationError
+from ..errors import ValidationError, check_positive_int
 from . import _hdr
 from .exposition import render as _render
 from .families import BY_SOURCE, QUANTILES, SOURCE_LABELS, SOURCES, MetricDef
@@ -125,14 +125,8 @@ class Registry:
         max_objects_per_kind: int = DEFAULT_MAX_OBJECTS_PER_KIND,
         process: bool = True,
     ) -> None:
-        if not isinstance(max_topics, int) or max_topics < 1:
-            raise ValidationError(f"max_topics must be an int >= 1, got {max_topics!r}")
-        if not isinstance(max_objects_per_kind, int) or max_objects_per_kind < 1:
-            raise ValidationError(
-                f"max_objects_per_kind must be an int >= 1, got {max_objects_per_kind!r}"
-            )
-        self.max_topics = max_topics
-        self.max_objects_per_kind = max_objects_per_kind
+        self.max_topics = check_positive_int("max_topics", max_topics)
+        self.max_objects_per_kind = check_positive_int("max_objects_per_kind", max_objects_per_kind)
         self.process = process
         self._lock = threading.Lock()
         self._objects: dict[int, _Registered] = {}

@@ -82,6 +82,27 @@ class MetricsSource(Protocol):
     def metrics_readiness(self) -> tuple[bool, str]: ...
 
 
+class AlwaysReady:
+    """``metrics_readiness`` for a source that nothing closes or opens (a policy, a store that
+    reports nothing once closed): always ready for ``/readyz``."""
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        return True, ""
+
+
+class ReadyUntilClosed:
+    """``metrics_readiness`` for a source that is ready until closed; then not ready, with the
+    reason "<metrics_kind, spaced> is closed" (``"rpc client is closed"``)."""
+
+    metrics_kind: ClassVar[str]
+    _closed: bool
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        if self._closed:
+            return False, f"{self.metrics_kind.replace('_', ' ')} is closed"
+        return True, ""
+
+
 def transport_samples(stats: dict[str, Any], security: Any) -> Iterator[RawSample]:
     """Peer events of a socket's monitor (``stats["peer_events"]``) and, for a CURVE server,
     its rejections by reason: the samples every socket-owning class reports alike."""

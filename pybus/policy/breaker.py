@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .. import metrics as _metrics
-from ..errors import CircuitOpenError, ValidationError
+from ..errors import CircuitOpenError, ValidationError, check_callable, check_positive_int
 from ..metrics.samples import RawSample
 
 __all__ = ["CircuitBreaker", "CircuitState"]
@@ -49,12 +49,6 @@ class CircuitState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 def _seconds(name: str, value: Any, allow_none: bool = False) -> float | None:
@@ -127,7 +121,7 @@ class CircuitBreaker:
                 "a circuit breaker needs failure_threshold (int >= 1) or failure_rate (0 < r <= 1)"
             )
         if failure_threshold is not None:
-            _positive_int("failure_threshold", failure_threshold)
+            check_positive_int("failure_threshold", failure_threshold)
         if failure_rate is not None and (
             isinstance(failure_rate, bool)
             or not isinstance(failure_rate, (int, float))
@@ -136,7 +130,7 @@ class CircuitBreaker:
             raise ValidationError(f"failure_rate must be in (0, 1], got {failure_rate!r}")
         if window is None:
             window = 20 if failure_rate is not None else int(failure_threshold or 1)
-        _positive_int("window", window)
+        check_positive_int("window", window)
         if failure_threshold is not None and failure_threshold > window:
             raise ValidationError(
                 f"failure_threshold ({failure_threshold}) cannot exceed window ({window}): "
@@ -144,7 +138,7 @@ class CircuitBreaker:
             )
         if min_calls is None:
             min_calls = window
-        _positive_int("min_calls", min_calls)
+        check_positive_int("min_calls", min_calls)
         if min_calls > window:
             raise ValidationError(f"min_calls ({min_calls}) cannot exceed window ({window})")
         self.failure_threshold = failure_threshold
@@ -153,16 +147,14 @@ class CircuitBreaker:
         self.min_calls = min_calls
         self.slow_call_threshold = _seconds("slow_call_threshold", slow_call_threshold, True)
         self.reset_timeout = float(_seconds("reset_timeout", reset_timeout) or 0.0)
-        self.half_open_probes = _positive_int("half_open_probes", half_open_probes)
-        self.success_threshold = _positive_int(
+        self.half_open_probes = check_positive_int("half_open_probes", half_open_probes)
+        self.success_threshold = check_positive_int(
             "success_threshold",
             half_open_probes if success_threshold is None else success_threshold,
         )
-        if is_failure is not None and not callable(is_failure):
-            raise ValidationError(
-                f"is_failure must be a predicate on the exception, got {is_failure!r}"
-            )
-        self._is_failure = is_failure
+        self._is_failure = check_callable(
+            "is_failure", is_failure, "a predicate on the exception"
+        )
         self.clock = clock
         self.name = name
 

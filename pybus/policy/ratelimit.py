@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any
 
 from .. import metrics as _metrics
-from ..errors import RateLimitError, ValidationError
-from ..metrics.samples import RawSample
+from ..errors import RateLimitError, ValidationError, check_positive_int
+from ..metrics.samples import AlwaysReady, RawSample
 
 __all__ = ["RateLimiter", "KeyedRateLimiter"]
 
@@ -63,7 +63,7 @@ def _check_timeout(timeout: Any) -> float | None:
     return float(timeout)
 
 
-class RateLimiter:
+class RateLimiter(AlwaysReady):
     """A thread-safe token bucket.
 
     Parameters
@@ -196,9 +196,6 @@ class RateLimiter:
         yield "pybus_rate_limited_total", {}, s["rejected"]
         yield "pybus_rate_limiter_granted_total", {}, s["granted"]
 
-    def metrics_readiness(self) -> tuple[bool, str]:
-        return True, ""
-
     def stats(self) -> dict[str, float]:
         """granted, rejected, waited (grants that had to wait), tokens."""
         with self._lock:
@@ -214,7 +211,7 @@ class RateLimiter:
         return f"RateLimiter(rate={self.rate:g}, burst={self.burst:g})"
 
 
-class KeyedRateLimiter:
+class KeyedRateLimiter(AlwaysReady):
     """One token bucket per key (topic, peer identity ...), at most ``max_keys`` of them.
 
     When a new key arrives and ``max_keys`` buckets exist, the least recently
@@ -239,9 +236,7 @@ class KeyedRateLimiter:
     ) -> None:
         self.rate, self.burst = _check_rate(rate, burst)
         self.name = name
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
-            raise ValidationError(f"max_keys must be an int >= 1, got {max_keys!r}")
-        self.max_keys = max_keys
+        self.max_keys = check_positive_int("max_keys", max_keys)
         self.clock = clock
         self.sleep = sleep
         self.asleep = asleep
@@ -312,9 +307,6 @@ class KeyedRateLimiter:
             rejected += b._rejected
         yield "pybus_rate_limited_total", {}, rejected
         yield "pybus_rate_limiter_granted_total", {}, granted
-
-    def metrics_readiness(self) -> tuple[bool, str]:
-        return True, ""
 
     def stats(self) -> dict[str, int]:
         """keys (buckets held) and evicted (buckets dropped by the LRU bound)."""

@@ -23,8 +23,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 from .. import metrics as _metrics
-from ..errors import BusError, RetryExhaustedError, ValidationError
-from ..metrics.samples import RawSample
+from ..errors import (
+    BusError,
+    RetryExhaustedError,
+    ValidationError,
+    check_callable,
+    check_positive_int,
+)
+from ..metrics.samples import AlwaysReady, RawSample
 
 __all__ = ["RetryPolicy", "RetryRun", "default_retryable"]
 
@@ -56,7 +62,7 @@ def _check_number(name: str, value: Any, *, minimum: float, allow_equal: bool = 
     return float(value)
 
 
-class RetryPolicy:
+class RetryPolicy(AlwaysReady):
     """How many times to try, how long to wait between tries, and what to retry.
 
     Build one with :meth:`fixed`, :meth:`linear` or :meth:`exponential`; the
@@ -122,12 +128,8 @@ class RetryPolicy:
         if max_delay is not None:
             max_delay = _check_number("max_delay", max_delay, minimum=self.initial)
         self.max_delay = max_delay
-        if max_attempts is not None and (
-            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
-        ):
-            raise ValidationError(
-                f"max_attempts must be an int >= 1 (or None with a deadline), got {max_attempts!r}"
-            )
+        if max_attempts is not None:
+            check_positive_int("max_attempts", max_attempts, " (or None with a deadline)")
         if deadline is not None:
             deadline = _check_number("deadline", deadline, minimum=0.0, allow_equal=False)
         if max_attempts is None and deadline is None:
@@ -154,11 +156,7 @@ class RetryPolicy:
                 "retry_on must be None (BusError.retryable), a tuple of exception classes, "
                 f"or a predicate taking the exception; got {retry_on!r}"
             )
-        if on_retry is not None and not callable(on_retry):
-            raise ValidationError(
-                f"on_retry must be callable(attempt, error, delay), got {on_retry!r}"
-            )
-        self.on_retry = on_retry
+        self.on_retry = check_callable("on_retry", on_retry, "callable(attempt, error, delay)")
         self.clock = clock
         self.sleep = sleep
         self.asleep = asleep
@@ -306,9 +304,6 @@ class RetryPolicy:
         s = self.stats()
         yield "pybus_retries_total", {}, s["retries"]
         yield "pybus_retries_exhausted_total", {}, s["exhausted"]
-
-    def metrics_readiness(self) -> tuple[bool, str]:
-        return True, ""
 
     def stats(self) -> dict[str, int]:
         """Counters: attempts, retries, exhausted (calls that ended in RetryExhaustedError)."""

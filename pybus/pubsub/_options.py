@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ValidationError
+from ..errors import ValidationError, check_positive_int
 from . import _base as base
 
 _ON_FULL = ("block", "drop", "raise")
@@ -85,8 +85,7 @@ def publisher_options(
     if delivery not in _DELIVERY:
         raise ValidationError(f"delivery must be one of {_DELIVERY}, got {delivery!r}")
     window_bytes = _deprecated_window("Publisher", window_bytes, max_queued_bytes)
-    if isinstance(window_bytes, bool) or not isinstance(window_bytes, int) or window_bytes < 1:
-        raise ValidationError(f"window_bytes must be an int >= 1, got {window_bytes!r}")
+    check_positive_int("window_bytes", window_bytes)
     if not slow_consumer_timeout > 0:
         raise ValidationError(
             f"slow_consumer_timeout must be > 0 seconds, got {slow_consumer_timeout!r}"

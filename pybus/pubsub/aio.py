@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import zmq
@@ -71,12 +71,16 @@ class _AsyncPublisherCore(_pub.Publisher):
         self._position_timer = None
         if self._closed:
             return
+        self._unless_busy(self._position_tick_locked)
+        self._schedule_positions()  # busy lock, or the next ones
+
+    def _unless_busy(self, locked: Callable[[], object]) -> None:
+        """A timer's work: ``locked()`` under the send lock, skipped when another holds it."""
         if self._send_lock.acquire(False):
             try:
-                self._position_tick_locked()
+                locked()
             finally:
                 self._send_lock.release()
-        self._schedule_positions()  # busy lock, or the next ones
 
     def _on_pending(self) -> None:
         if self._timer is None:
@@ -111,11 +115,7 @@ class _AsyncPublisherCore(_pub.Publisher):
         self._timer = None
         if self._closed or not self._batcher.pending_records:
             return
-        if self._send_lock.acquire(False):
-            try:
-                self._flush_locked()
-            finally:
-                self._send_lock.release()
+        self._unless_busy(self._flush_locked)
         if self._batcher.pending_records:  # busy lock, or the window is full
             self._retry_later()
 

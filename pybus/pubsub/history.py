@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from ..errors import ValidationError
+from ..errors import check_positive_int
 
 log = logging.getLogger("pybus.history")
 
@@ -50,11 +50,7 @@ class HistoryStore:
     """Last frames per topic holding at least ``depth`` messages (caller serializes access)."""
 
     def __init__(self, depth: int, max_topics: int) -> None:
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ValidationError(
-                f"history must be an int >= 1 (messages per topic), got {depth!r}"
-            )
-        self.depth = depth
+        self.depth = check_positive_int("history", depth, " (messages per topic)")
         self.max_topics = max_topics
         # topic bytes -> (deque of (frame, count), total count)
         self._topics: dict[bytes, list[Any]] = {}

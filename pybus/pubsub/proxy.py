@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 
 from .._lifecycle import Closeable
-from ..errors import ClosedError, TimeoutError, ValidationError, from_zmq
+from ..errors import ClosedError, TimeoutError, ValidationError, check_positive_int, from_zmq
 from ..metrics.samples import RawSample
 from ..transport import sockets as _sockets
 from . import _base as base
@@ -158,8 +158,7 @@ class Proxy(Closeable):
         sub_acl = bsec if bsec is not None and bsec.has_permissions else None
         for name, v in (("sndhwm", sndhwm), ("rcvhwm", rcvhwm), ("max_message_bytes",
                                                                   max_message_bytes)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValidationError(f"{name} must be an int >= 1, got {v!r}")
+            check_positive_int(name, v)
         self._ctx = context if context is not None else zmq.Context.instance()
         self._id = next(_proxy_seq)
         ctx = self._ctx

@@ -27,11 +27,13 @@ import msgpack
 import zmq
 
 from .. import metrics as _metrics
+from .._lifecycle import Closeable
 from .._native import Batcher, Histogram, frame_info
 from ..errors import BackpressureError, ClosedError, TimeoutError, from_zmq
-from ..metrics.samples import HdrValue, RawSample, transport_samples
+from ..metrics.samples import HdrValue, RawSample, ReadyUntilClosed, transport_samples
 from ..policy.topics import validate_topic
 from ..transport import sockets as _sockets
+from ..transport.iopath import IOPath
 from . import _base as base
 from ._flusher import _MAX_TICK_S, FlusherMixin
 from ._options import publisher_options
@@ -65,7 +67,7 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin):
+class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath, ReadyUntilClosed):
     """Publish messages on topics to any number of :class:`~pybus.Subscriber`.
 
     Parameters
@@ -564,9 +566,6 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin):
         yield "pybus_batch_size_messages", {}, HdrValue(self._batch_sizes, 1.0, s["published"])
         yield from transport_samples(s, self._security)
 
-    def metrics_readiness(self) -> tuple[bool, str]:
-        return (False, "publisher is closed") if self._closed else (True, "")
-
     def stats(self) -> dict[str, Any]:
         """Counters: ``published`` (messages handed to ZeroMQ), ``pending``, ``batches``,
         ``bytes``, ``positions_sent`` (position frames, docs/wire.md), ``dropped`` by reason
@@ -663,12 +662,8 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin):
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def io_path(self) -> str:
-        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
-        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
-        docs/operations.md for when each is taken. A publisher keeping a late-joiner history
-        sends through pyzmq."""
+    def _current_io_path(self) -> str:
+        # (IOPath.io_path) A publisher keeping a late-joiner history sends through pyzmq.
         return "libzmq" if self._fast_addr and self._history is None else "pyzmq"
 
     @staticmethod
@@ -677,12 +672,6 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin):
         wake.set()
         if not sock.closed:
             sock.close(linger=0)
-
-    def __enter__(self) -> Publisher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

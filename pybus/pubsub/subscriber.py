@@ -24,11 +24,13 @@ from typing import Any
 import zmq
 
 from .. import metrics as _metrics
+from .._lifecycle import Closeable
 from .._native import Histogram, Message, _zmqfast, decode_batch, frame_info
 from ..errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
-from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
+from ..metrics.samples import NS, HdrValue, RawSample, ReadyUntilClosed, transport_samples
 from ..policy.topics import TopicMatcher
 from ..transport import sockets as _sockets
+from ..transport.iopath import IOPath
 from . import _base as base
 from ._frames import FramesMixin
 from ._options import subscriber_options
@@ -53,7 +55,7 @@ _UNSUBSCRIBE = b"\x00"
 _POLL_SLICE_MS = 100
 
 
-class Subscriber(FramesMixin, StreamsMixin):
+class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed):
     """Receive messages published on topics matching some patterns.
 
     Parameters
@@ -610,9 +612,6 @@ class Subscriber(FramesMixin, StreamsMixin):
             yield "pybus_end_to_end_latency_seconds", {}, HdrValue(self._latency, NS)
         yield from transport_samples(s, self._security)
 
-    def metrics_readiness(self) -> tuple[bool, str]:
-        return (False, "subscriber is closed") if self._closed else (True, "")
-
     def stats(self) -> dict[str, Any]:
         """Counters: ``received`` and ``lost`` (total and ``*_by_topic``), ``decode_errors``
         (and ``decode_errors_by_reason``), ``out_of_order`` (messages whose sequence number was
@@ -684,19 +683,10 @@ class Subscriber(FramesMixin, StreamsMixin):
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def io_path(self) -> str:
-        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
-        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
-        docs/operations.md for when each is taken. A subscriber enforcing publish permissions
-        reads through pyzmq."""
+    def _current_io_path(self) -> str:
+        # (IOPath.io_path) A subscriber enforcing publish permissions reads through pyzmq (it
+        # has no _fast_addr).
         return "libzmq" if self._fast_addr else "pyzmq"
-
-    def __enter__(self) -> Subscriber:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)

@@ -11,8 +11,9 @@ from typing import Any
 import zmq
 from zmq.backend import Socket as _ZmqBackendSocket
 
+from .._deprecated import deprecated_attribute, renamed
 from ..errors import ValidationError
-from ..transport.sockets import SocketWatch
+from ..transport.sockets import SocketWatch, check_rpc_liveness
 
 # Plain ints: pyzmq's flag constants are IntEnum members, converted on every call.
 NOBLOCK = int(zmq.NOBLOCK)
@@ -49,3 +50,26 @@ def watch_stats(watch: SocketWatch | None) -> dict[str, Any]:
     if watch is None:
         return {"peer_events": {}, "peers": None}
     return {"peer_events": dict(watch.events), "peers": watch.peers}
+
+
+class InFlightLimit:
+    """``max_in_flight`` of an AsyncClient or a Server (requests in flight at once) and its
+    deprecated old name ``max_inflight``, as a constructor argument and as an attribute."""
+
+    max_in_flight: int
+
+    @staticmethod
+    def _in_flight_option(
+        cls: str, max_in_flight: int, max_inflight: int | None, default: int, liveness: Any
+    ) -> int:
+        """The constructor's ``max_in_flight`` (given as itself or as ``max_inflight=``, with a
+        DeprecationWarning), after the check of its ``liveness``, which both constructors share."""
+        max_in_flight = renamed(cls, "max_inflight", max_inflight, "max_in_flight",
+                                max_in_flight, default, depth=1)
+        check_rpc_liveness(liveness)
+        return max_in_flight
+
+    @property
+    def max_inflight(self) -> int:
+        """Deprecated: :attr:`max_in_flight` (the old name; removed in the next release)."""
+        return int(deprecated_attribute(self, "max_inflight", "max_in_flight"))

@@ -31,18 +31,17 @@ import zmq
 import zmq.asyncio
 
 from .. import metrics as _metrics
-from .._deprecated import deprecated_attribute, renamed
 from ..errors import (
     BackpressureError,
     ClosedError,
     TimeoutError,
-    ValidationError,
+    check_positive_int,
     from_zmq,
 )
 from ..policy.breaker import CircuitBreaker
 from ..policy.ratelimit import RateLimiter
 from ..policy.retry import RetryPolicy
-from ..transport.sockets import Liveness, check_rpc_liveness
+from ..transport.sockets import Liveness
 from ..wire.reqrep import (
     HEADER,
     HEADER_SIZE,
@@ -52,13 +51,13 @@ from ..wire.reqrep import (
     WIRE_VERSION,
     encode_payload,
 )
-from ._common import LATENCY_MAX_NS, check_timeout
+from ._common import LATENCY_MAX_NS, InFlightLimit, check_timeout
 from .client import _ClientBase, _open_dealer
 
 __all__ = ["AsyncClient"]
 
 
-class AsyncClient(_ClientBase):
+class AsyncClient(_ClientBase, InFlightLimit):
     """Asyncio request/reply client (connects a DEALER); see :class:`pybus.Client`.
 
     Parameters
@@ -89,14 +88,10 @@ class AsyncClient(_ClientBase):
         liveness: Liveness | None = None,
         max_inflight: int | None = None,
     ) -> None:
-        max_in_flight = renamed("AsyncClient", "max_inflight", max_inflight, "max_in_flight",
-                                max_in_flight, 10_000)
-        check_rpc_liveness(liveness)
+        max_in_flight = self._in_flight_option("AsyncClient", max_in_flight, max_inflight, 10_000,
+                                               liveness)
         super().__init__(endpoint, timeout, retry, breaker, rate_limit)
-        if (isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
-                or max_in_flight < 1):
-            raise ValidationError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = check_positive_int("max_in_flight", max_in_flight)
         self._security = security
         self._liveness = liveness
         base_ctx = context or zmq.Context.instance()
@@ -268,11 +263,6 @@ class AsyncClient(_ClientBase):
         warnings.warn("AsyncClient.aclose() is deprecated: use await close(); the old name "
                       "will be removed in the next release", DeprecationWarning, stacklevel=2)
         await self.close()
-
-    @property
-    def max_inflight(self) -> int:
-        """Deprecated: :attr:`max_in_flight` (the old name; removed in the next release)."""
-        return int(deprecated_attribute(self, "max_inflight", "max_in_flight"))
 
     async def __aenter__(self) -> AsyncClient:
         return self

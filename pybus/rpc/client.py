@@ -39,11 +39,12 @@ from ..errors import (
     ValidationError,
     from_zmq,
 )
-from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
+from ..metrics.samples import NS, HdrValue, RawSample, ReadyUntilClosed, transport_samples
 from ..policy.breaker import CircuitBreaker
 from ..policy.ratelimit import RateLimiter
 from ..policy.retry import RetryPolicy
 from ..transport import sockets as _sockets
+from ..transport.iopath import IOPath
 from ..transport.sockets import (
     DEFAULT_LIVENESS,
     Liveness,
@@ -115,7 +116,7 @@ def _open_dealer(
     return sock
 
 
-class _ClientBase:
+class _ClientBase(ReadyUntilClosed):
     """Validation, stats and policy plumbing shared by Client and AsyncClient."""
 
     _security: Any = None  # the socket's security, set by each client
@@ -190,9 +191,6 @@ class _ClientBase:
         yield "pybus_rpc_latency_seconds", {}, HdrValue(self._rpc_latency, NS)
         yield from transport_samples(s, self._security)
 
-    def metrics_readiness(self) -> tuple[bool, str]:
-        return (False, "rpc client is closed") if self._closed else (True, "")
-
     def stats(self) -> dict[str, Any]:
         """Counters: requests, replies, remote_errors, timeouts (attempts that got no
         reply in time), retries, reconnects (Lazy Pirate socket resets),
@@ -241,7 +239,7 @@ class _ClientBase:
         raise remote_error(reply[HEADER_SIZE:])
 
 
-class Client(_ClientBase, Closeable, _zmqfast.ClientCore):
+class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
     """A request/reply client on a ZeroMQ DEALER socket (connects).
 
     Parameters
@@ -322,13 +320,6 @@ class Client(_ClientBase, Closeable, _zmqfast.ClientCore):
         return out
 
     stats.__doc__ = _ClientBase.stats.__doc__
-
-    @property
-    def io_path(self) -> str:
-        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
-        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
-        docs/operations.md for when each is taken."""
-        return self._io_path
 
     def _reset(self) -> None:
         """Lazy Pirate: drop the socket (and anything queued on it), open a fresh one.

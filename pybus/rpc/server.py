@@ -27,19 +27,25 @@ from typing import Any
 import zmq
 
 from .. import metrics as _metrics
-from .._deprecated import deprecated_attribute, renamed
 from .._lifecycle import Closeable
 from .._native import Histogram, _zmqfast
-from ..errors import ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
-from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
+from ..errors import (
+    ClosedError,
+    ErrorCode,
+    FrameError,
+    ValidationError,
+    check_positive_int,
+    from_zmq,
+)
+from ..metrics.samples import NS, HdrValue, RawSample, ReadyUntilClosed, transport_samples
 from ..policy.ratelimit import KeyedRateLimiter, RateLimiter
 from ..transport import sockets as _sockets
+from ..transport.iopath import IOPath
 from ..transport.sockets import (
     DEFAULT_LIVENESS,
     Liveness,
     SocketWatch,
     apply_liveness,
-    check_rpc_liveness,
     secure_and_watch,
 )
 from ..wire.reqrep import (
@@ -58,7 +64,14 @@ from ..wire.reqrep import (
     error_payload,
     method_bytes,
 )
-from ._common import LATENCY_MAX_NS, NOBLOCK, SNDMORE_NOBLOCK, send_of, watch_stats
+from ._common import (
+    LATENCY_MAX_NS,
+    NOBLOCK,
+    SNDMORE_NOBLOCK,
+    InFlightLimit,
+    send_of,
+    watch_stats,
+)
 
 __all__ = ["Server", "Handler"]
 
@@ -91,7 +104,7 @@ class _LogLimiter:
             _log.warning(msg, *args)
 
 
-class Server(Closeable):
+class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
     """A request/reply server on a ZeroMQ ROUTER socket (binds).
 
     Parameters
@@ -160,9 +173,8 @@ class Server(Closeable):
         liveness: Liveness | None = None,
         max_inflight: int | None = None,
     ) -> None:
-        max_in_flight = renamed("Server", "max_inflight", max_inflight, "max_in_flight",
-                                max_in_flight, 1024)
-        check_rpc_liveness(liveness)
+        max_in_flight = self._in_flight_option("Server", max_in_flight, max_inflight, 1024,
+                                               liveness)
         if rate_limit is not None and not isinstance(rate_limit, (RateLimiter, KeyedRateLimiter)):
             raise ValidationError(
                 f"rate_limit must be a RateLimiter, a KeyedRateLimiter (per client) or None, "
@@ -176,9 +188,7 @@ class Server(Closeable):
             )
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValidationError(f"workers must be an int >= 0 (0 = inline), got {workers!r}")
-        if (isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
-                or max_in_flight < 1):
-            raise ValidationError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        check_positive_int("max_in_flight", max_in_flight)
         if (isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int)
                 or max_message_bytes < 64):
             raise ValidationError(
@@ -284,18 +294,6 @@ class Server(Closeable):
         """Registered method names, sorted."""
         return sorted(k.decode() for k in self._handlers)
 
-    @property
-    def max_inflight(self) -> int:
-        """Deprecated: :attr:`max_in_flight` (the old name; removed in the next release)."""
-        return int(deprecated_attribute(self, "max_inflight", "max_in_flight"))
-
-    @property
-    def io_path(self) -> str:
-        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
-        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
-        docs/operations.md for when each is taken."""
-        return self._io_path
-
     # -- stats --------------------------------------------------------------------------
     # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
     metrics_kind = "rpc_server"
@@ -311,9 +309,6 @@ class Server(Closeable):
         yield "pybus_in_flight", {}, s["inflight"]
         yield "pybus_handler_latency_seconds", {}, HdrValue(self._handler_latency, NS)
         yield from transport_samples(s, self._security)
-
-    def metrics_readiness(self) -> tuple[bool, str]:
-        return (False, "rpc server is closed") if self._closed else (True, "")
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, replies, handler_errors, unknown_method, decode_errors

@@ -59,8 +59,9 @@ from ..errors import (
     ErrorCode,
     RemoteError,
     ValidationError,
+    check_positive_int,
 )
-from ..metrics.samples import RawSample
+from ..metrics.samples import AlwaysReady, RawSample
 
 __all__ = ["DeadLetter", "DeadLetterQueue"]
 
@@ -179,7 +180,7 @@ def _decode_headers(blob: bytes | None) -> tuple[dict[str, Any], str | None]:
     return headers, None
 
 
-class DeadLetterQueue(Closeable):
+class DeadLetterQueue(AlwaysReady, Closeable):
     """A bounded, durable dead-letter queue in one SQLite file.
 
     Parameters
@@ -208,8 +209,7 @@ class DeadLetterQueue(Closeable):
         clock: Callable[[], float] = time.time,
         registry: Any = None,
     ) -> None:
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValidationError(f"max_entries must be an int >= 1, got {max_entries!r}")
+        check_positive_int("max_entries", max_entries)
         if on_full not in _ON_FULL:
             raise ValidationError(f"on_full {on_full!r} is unknown; allowed: {', '.join(_ON_FULL)}")
         if (
@@ -405,9 +405,6 @@ class DeadLetterQueue(Closeable):
         s = self.stats()
         yield "pybus_dlq_size", {}, s["entries"]
         yield "pybus_dlq_evicted_total", {}, s["evictions"]
-
-    def metrics_readiness(self) -> tuple[bool, str]:
-        return True, ""
 
     def stats(self) -> dict[str, int]:
         """entries, evictions, max_entries, and undecodable_headers: how many distinct entries

@@ -17,7 +17,10 @@ Ring
 
 from __future__ import annotations
 
-from .._native._batch import (
+from .._native import _batch
+
+# Named for readers and type checkers; what is exported is __all__, derived below.
+from .._native._batch import (  # noqa: F401
     FLAG_MSGPACK,
     FRAME_HEADER_SIZE,
     FRAME_VERSION,
@@ -36,21 +39,5 @@ from .._native._batch import (
     ring_record_size,
 )
 
-__all__ = [
-    "FLAG_MSGPACK",
-    "FRAME_HEADER_SIZE",
-    "FRAME_VERSION",
-    "FULL",
-    "PENDING",
-    "READY",
-    "RECORD_HEADER_SIZE",
-    "RING_RECORD_OVERHEAD",
-    "Batcher",
-    "decode_batch",
-    "decode_into",
-    "decode_payloads",
-    "encode_frame",
-    "frame_info",
-    "iter_frame",
-    "ring_record_size",
-]
+# Everything the native module exports but the message type, which only the Subscriber hands out.
+__all__ = [name for name in _batch.__all__ if name != "Message"]

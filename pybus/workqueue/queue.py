@@ -53,9 +53,10 @@ from ..errors import (
     ValidationError,
     from_zmq,
 )
-from ..metrics.samples import RawSample, transport_samples
+from ..metrics.samples import RawSample, ReadyUntilClosed, transport_samples
 from ..store.journal import Journal
 from ..transport import sockets as _sockets
+from ..transport.iopath import IOPath
 from ..wire.payload import encode_payload
 from ._core import DispatchCore
 from ._options import check_queue_options
@@ -125,7 +126,7 @@ class _CoreSetting:
 _MAX_WORKER_FRAME_BYTES = 64 << 20
 
 
-class WorkQueue(Closeable):
+class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
     """At-least-once work queue: binds a ROUTER and hands messages to :class:`pybus.Worker`.
 
     Parameters
@@ -454,9 +455,6 @@ class WorkQueue(Closeable):
         yield "pybus_workers", {}, s["workers"]
         yield from transport_samples(s, self._security)
 
-    def metrics_readiness(self) -> tuple[bool, str]:
-        return (False, "work queue is closed") if self._closed else (True, "")
-
     def stats(self) -> dict[str, Any]:
         """Counters: put, recovered, dispatched, acked, nacked, redelivered, dead_lettered,
         in_flight, queue_depth, workers, duplicates (reported by workers), decode_errors
@@ -473,13 +471,6 @@ class WorkQueue(Closeable):
         s["queue_depth"] = self._outstanding() - core.in_flight
         s["workers"] = len(core.workers)
         return s
-
-    @property
-    def io_path(self) -> str:
-        """``"libzmq"`` when this object's hot-path socket I/O calls libzmq directly (the fast
-        path), ``"pyzmq"`` when it goes through pyzmq; see "The libzmq fast path" in
-        docs/operations.md for when each is taken."""
-        return self._io_path
 
     def _security_rekick(self) -> None:
         """After :meth:`pybus.Curve.revoke`: drop every connection (peers authenticate again)."""

@@ -6,6 +6,7 @@ stage)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -71,15 +72,24 @@ def _count_zmq(endpoint: str, n: int, conn: Any) -> None:
     ctx.term()
 
 
-def _count_peer(system: str, addr: str, n: int, conn: Any) -> None:
-    recv, close = _peer_sub_ready(system, addr, conn)
-    got, first, last = 0, 0, 0
+def _data_messages(recv: Callable[[float], bytes | None], n: int) -> Iterator[bytes]:
+    """A receiving peer's messages: the first ``n`` data messages (hellos skipped), fewer when
+    none arrives for ``_IDLE_S``."""
+    got = 0
     while got < n:
         m = recv(_IDLE_S)
         if m is None:
-            break
+            return
         if m == b"bench.hello":
             continue
+        got += 1
+        yield m
+
+
+def _count_peer(system: str, addr: str, n: int, conn: Any) -> None:
+    recv, close = _peer_sub_ready(system, addr, conn)
+    got, first, last = 0, 0, 0
+    for _ in _data_messages(recv, n):
         last = time.monotonic_ns()
         if not first:
             first = last
@@ -149,12 +159,7 @@ def _latency_peer(system: str, addr: str, n: int, interval_s: float, conn: Any) 
     unpack = _STAMP.unpack_from
     off = len(b"bench.data")
     got = 0
-    while got < n:
-        m = recv(_IDLE_S)
-        if m is None:
-            break
-        if m == b"bench.hello":
-            continue
+    for m in _data_messages(recv, n):
         now = time.monotonic_ns()
         rec.record(now, unpack(m, off)[0])
         got += 1
