@@ -72,7 +72,7 @@ def clock() -> FakeClock:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    # tests/test_multihost.py and tests/test_fuzz_sockets.py: run the full bars
+    # tests/transport/test_multihost.py and tests/test_fuzz_sockets.py: run the full bars
     parser.addoption("--long", action="store_true", default=False,
                      help="run fault and fuzz tests at full size (slow); also PYBUS_LONG=1")
 

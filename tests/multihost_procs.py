@@ -1,4 +1,4 @@
-"""Programs run on the simulated hosts of tests/test_multihost.py (``ip netns exec``).
+"""Programs run on the simulated hosts of tests/transport/test_multihost.py (``ip netns exec``).
 
 Usage: python multihost_procs.py ROLE JSON_ARGS. Each prints JSON lines on stdout: an
 ``{"event": "ready"}`` line once it is set up, and a final ``{"event": "result", ...}`` line.

@@ -1,4 +1,4 @@
-"""Child-process bodies for tests/test_pubsub_reliable.py (importable under spawn).
+"""Child-process bodies for tests/pubsub/test_pubsub_reliable.py (importable under spawn).
 
 Every loop here is bounded in count and in time; results go back through a Queue as plain
 dicts. Payloads carry their stream's sequence number in their first 8 bytes (little endian),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..errors import BusError
 
@@ -30,7 +30,7 @@ def add_command(sub: Any, name: str, func: Callable[[argparse.Namespace], int], 
     """Add sub-command ``name`` run by ``func`` to the ``subparsers`` object ``sub``."""
     p = sub.add_parser(name, help=help_, description=description or help_)
     p.set_defaults(func=func, command=name)
-    return p
+    return cast("argparse.ArgumentParser", p)
 
 
 _ENDPOINT_SCHEMES = ("tcp://", "ipc://")

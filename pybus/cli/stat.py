@@ -7,7 +7,7 @@ import argparse
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ValidationError
 from ._common import CliError, add_command, usage_error
@@ -17,7 +17,7 @@ def _scrape(url: str, timeout: float) -> str:
     req = urllib.request.Request(url, headers={"Accept": "text/plain; version=0.0.4"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.read().decode("utf-8", "replace")
+            return cast("str", resp.read().decode("utf-8", "replace"))
     except urllib.error.HTTPError as exc:
         raise CliError(f"{url} answered HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:

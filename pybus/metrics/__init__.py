@@ -25,12 +25,10 @@ from .families import FAMILIES, QUANTILES, MetricDef, exported_sample_names, mar
 from .registry import (
     DEFAULT_MAX_OBJECTS_PER_KIND,
     DEFAULT_MAX_TOPICS,
-    FamilySnapshot,
-    HdrValue,
     Registry,
     register_adapter,
 )
-from .samples import MetricsSource
+from .samples import FamilySnapshot, HdrValue, MetricsSource
 from .server import MetricsServer, serve
 
 #: The registry every pybus object reports into unless given ``registry=``.

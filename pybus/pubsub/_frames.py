@@ -39,7 +39,7 @@ class FramesMixin:
     if TYPE_CHECKING:
         id: bytes
         endpoints: list[str]
-        _sock: zmq.Socket
+        _sock: zmq.Socket[Any]
         _recv: Any
         _hello: bytes
         _matcher: TopicMatcher

@@ -71,8 +71,8 @@ class CheckedLoop:
         self.granted: dict[bytes, int] = {}
         self.denied_live: dict[bytes, int] = {}
 
-    def run(self, front: zmq.Socket, back: zmq.Socket, cap: zmq.Socket | None,
-            ctl: zmq.Socket) -> None:
+    def run(self, front: zmq.Socket[Any], back: zmq.Socket[Any], cap: zmq.Socket[Any] | None,
+            ctl: zmq.Socket[Any]) -> None:
         """Forward like ``zmq_proxy_steerable``, checking permissions; returns on TERMINATE.
 
         Runs in the proxy thread, which owns the sockets. Frontend frames are read in bursts
@@ -107,8 +107,8 @@ class CheckedLoop:
             if front in events:
                 self._publications(front, back, cap)
 
-    def _publications(self, front: zmq.Socket, back: zmq.Socket,
-                      cap: zmq.Socket | None) -> None:
+    def _publications(self, front: zmq.Socket[Any], back: zmq.Socket[Any],
+                      cap: zmq.Socket[Any] | None) -> None:
         ck = self.ck
         acl = self.pub_acl
         cache: dict[tuple[str, bytes], bool] = {}
@@ -151,8 +151,8 @@ class CheckedLoop:
         assert self.pub_acl is not None
         self.pub_acl._count_denied_publication(user, topic, count, f"proxy {self.frontend}")
 
-    def _send_parts(self, sock: zmq.Socket, parts: list[Any], side: str,
-                    cap: zmq.Socket | None) -> None:
+    def _send_parts(self, sock: zmq.Socket[Any], parts: list[Any], side: str,
+                    cap: zmq.Socket[Any] | None) -> None:
         ck = self.ck
         last = len(parts) - 1
         for i, p in enumerate(parts):
@@ -168,8 +168,8 @@ class CheckedLoop:
                 except zmq.Again:
                     pass
 
-    def _subscriptions(self, back: zmq.Socket, front: zmq.Socket,
-                       cap: zmq.Socket | None) -> None:
+    def _subscriptions(self, back: zmq.Socket[Any], front: zmq.Socket[Any],
+                       cap: zmq.Socket[Any] | None) -> None:
         ck = self.ck
         for _ in range(_BURST):
             try:
@@ -195,7 +195,7 @@ class CheckedLoop:
             for out in self._on_subscription(back, msg[0] == 1, msg[1:], user):
                 self._send_parts(front, [out], "frontend", cap)
 
-    def _on_subscription(self, back: zmq.Socket, subscribe: bool, prefix: bytes,
+    def _on_subscription(self, back: zmq.Socket[Any], subscribe: bool, prefix: bytes,
                          user: str) -> list[bytes]:
         """Backend in XPUB manual mode: apply a permitted (un)subscription to the connection
         that sent it; return the messages to forward upstream.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
@@ -45,7 +45,7 @@ class SubscriptionsMixin:
     if TYPE_CHECKING:
         _batcher: Batcher
         _send: Any
-        _sock: zmq.Socket
+        _sock: zmq.Socket[Any]
         _send_lock: threading.Lock
         _flow: FlowWindow | None
         _acl: Any
@@ -227,7 +227,7 @@ class SubscriptionsMixin:
                     return "publisher closed"
                 self._read_subscriptions()
                 if not sub_id or hello in self._subscribers:
-                    return self._history.snapshot(prefixes)
+                    return cast("list[tuple[bytes, bytes]] | str", self._history.snapshot(prefixes))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return f"subscriber {sub_id.decode(errors='replace')} not subscribed here"

@@ -60,7 +60,7 @@ class WindowMixin:
     if TYPE_CHECKING:
         _batcher: Batcher
         _send: Any
-        _sock: zmq.Socket
+        _sock: zmq.Socket[Any]
         _send_lock: threading.Lock
         _count_lock: threading.Lock
         _full_guard: threading.local

@@ -44,7 +44,7 @@ class _AsyncPublisherCore(_pub.Publisher):
     :class:`Publisher` wraps it (a sync Publisher's blocking methods must not be reachable on
     the asyncio object, nor its ``close()`` be a coroutine on a ``pybus.Publisher``)."""
 
-    def _new_socket(self, socket_type: int) -> zmq.Socket:
+    def _new_socket(self, socket_type: int) -> zmq.Socket[Any]:
         # The asyncio socket owns the ZeroMQ socket and closes it; the sync one used on the
         # hot path is a shadow (a shadow never closes the handle when garbage collected, so
         # a handle ZeroMQ reuses for a new socket is never closed by mistake).
@@ -233,7 +233,7 @@ class Publisher:
 class _AsyncCore(_sub.Subscriber):
     """The sync subscriber's bookkeeping over a socket owned by a zmq.asyncio socket."""
 
-    def _new_socket(self, socket_type: int) -> zmq.Socket:
+    def _new_socket(self, socket_type: int) -> zmq.Socket[Any]:
         self._asock = zmq.asyncio.Socket(self._ctx, socket_type)
         return zmq.Socket.shadow(self._asock.underlying)
 

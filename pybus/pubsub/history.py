@@ -83,11 +83,11 @@ class HistoryServer:
 
     def __init__(
         self,
-        ctx: zmq.Context,
+        ctx: zmq.Context[Any],
         endpoint: str,
         snapshot: Callable[[bytes, list[bytes], float], list[tuple[bytes, bytes]] | str],
         header: dict[str, Any],
-        configure: Callable[[zmq.Socket], Any],
+        configure: Callable[[zmq.Socket[Any]], Any],
     ) -> None:
         sock = ctx.socket(zmq.ROUTER)
         sock.linger = 0
@@ -163,12 +163,12 @@ class HistoryServer:
 
 
 def request_snapshot(
-    ctx: zmq.Context,
+    ctx: zmq.Context[Any],
     endpoint: str,
     sub_id: bytes,
     prefixes: list[bytes],
     timeout: float,
-    configure: Callable[[zmq.Socket], Any],
+    configure: Callable[[zmq.Socket[Any]], Any],
 ) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
     """Ask one history endpoint; returns (header, [(topic, frame), ...])."""
     from ..errors import FrameError, TimeoutError, TransportError, from_zmq

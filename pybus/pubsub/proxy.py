@@ -28,7 +28,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -130,7 +130,7 @@ class Proxy(Closeable):
         max_message_bytes: int = base.DEFAULT_MAX_BATCH_BYTES
         + base.DEFAULT_MAX_MESSAGE_BYTES
         + base.FRAME_OVERHEAD_BYTES,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         start: bool = True,
         registry: Any = None,
         checked: bool | None = None,
@@ -162,7 +162,7 @@ class Proxy(Closeable):
         self._ctx = context if context is not None else zmq.Context.instance()
         self._id = next(_proxy_seq)
         ctx = self._ctx
-        socks: list[zmq.Socket] = []
+        socks: list[zmq.Socket[Any]] = []
         try:
             front = ctx.socket(zmq.XSUB)
             socks.append(front)
@@ -286,7 +286,7 @@ class Proxy(Closeable):
                 if not reply:
                     return []
                 raise TimeoutError(f"the proxy did not answer {cmd.decode()} within {timeout}s")
-            return self._ctl.recv_multipart()
+            return cast("list[bytes]", self._ctl.recv_multipart())
 
     def pause(self) -> None:
         """Stop forwarding; messages queue up to the high-water marks (then publishers drop)."""

@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgpack
 import zmq
@@ -64,7 +64,7 @@ _monotonic_ns = time.monotonic_ns
 
 
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    return cast("bytes", msgpack.packb(obj, use_bin_type=True))
 
 
 class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath, ReadyUntilClosed):
@@ -183,7 +183,7 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         sndhwm: int | None = None,
         close_linger_ms: int = 1000,
         publisher_id: int | None = None,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         registry: Any = None,
         security: Any = None,
         liveness: Any = None,
@@ -649,8 +649,8 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
             self._thread.join(timeout=1.0)
         self._finalizer.detach()
 
-    def _new_socket(self, socket_type: int) -> zmq.Socket:
-        return self._ctx.socket(socket_type)
+    def _new_socket(self, socket_type: int) -> zmq.Socket[Any]:
+        return cast("zmq.Socket[Any]", self._ctx.socket(socket_type))
 
     def _close_socket(self, linger_ms: int) -> None:
         self._sock.close(linger=linger_ms)
@@ -667,7 +667,7 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         return "libzmq" if self._fast_addr and self._history is None else "pyzmq"
 
     @staticmethod
-    def _finalize(stop: threading.Event, wake: threading.Event, sock: zmq.Socket) -> None:
+    def _finalize(stop: threading.Event, wake: threading.Event, sock: zmq.Socket[Any]) -> None:
         stop.set()
         wake.set()
         if not sock.closed:

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -146,7 +146,7 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         on_gap: GapCallback | None = None,
         max_streams: int = 65536,
         log_interval_s: float = 10.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         registry: Any = None,
         security: Any = None,
         liveness: Any = None,
@@ -673,8 +673,8 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
             self._buf = []
             self._pos = 0
 
-    def _new_socket(self, socket_type: int) -> zmq.Socket:
-        return self._ctx.socket(socket_type)
+    def _new_socket(self, socket_type: int) -> zmq.Socket[Any]:
+        return cast("zmq.Socket[Any]", self._ctx.socket(socket_type))
 
     def _close_socket(self) -> None:
         self._sock.close(linger=0)

@@ -33,8 +33,8 @@ def send_of(sock: zmq.Socket[Any]) -> Callable[..., Any]:
     """
     send = type(sock).send
     if send is zmq.Socket.send and issubclass(zmq.Socket, _ZmqBackendSocket):
-        return _ZmqBackendSocket.send  # type: ignore[no-any-return]
-    return send  # type: ignore[no-any-return]
+        return _ZmqBackendSocket.send
+    return send
 
 
 def check_timeout(name: str, value: Any) -> float:

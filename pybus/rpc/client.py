@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -113,7 +113,7 @@ def _open_dealer(
     except zmq.ZMQError as exc:
         sock.close(0)
         raise from_zmq(exc, f"cannot connect RPC client to {endpoint!r}") from exc
-    return sock
+    return cast("zmq.Socket[Any]", sock)
 
 
 class _ClientBase(ReadyUntilClosed):
@@ -461,7 +461,7 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
             if reply is not None:
                 # No RCVMORE check: a DEALER has no identity frames to keep in step, so each
                 # frame of a (malformed) multipart reply is judged alone.
-                ok, value = self._parse_reply(bytes(reply), cid)  # type: ignore[arg-type]
+                ok, value = self._parse_reply(bytes(reply), cid)
                 if ok:
                     return value
             remaining = t - (_perf_counter_ns() - t0) * 1e-9

@@ -197,7 +197,7 @@ class Journal:
             entries = msgpack.unpackb(body, use_list=False)
             finished = done.get(first, ())
             rows: list[Row] = [
-                (first + i, *e)  # type: ignore[misc]
+                (first + i, *e)
                 for i, e in enumerate(entries)
                 if first + i not in finished
             ]

@@ -453,7 +453,7 @@ class Curve:
 
     # -- applying to a socket --------------------------------------------------------------
 
-    def apply(self, sock: zmq.Socket, context: zmq.Context | None = None) -> None:
+    def apply(self, sock: zmq.Socket[Any], context: zmq.Context[Any] | None = None) -> None:
         """Set the CURVE options on ``sock`` (before bind/connect).
 
         For a server this also starts (once per ZeroMQ context) the ZAP handler that enforces
@@ -473,7 +473,7 @@ class Curve:
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public_key)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self._secret)
 
-    def __call__(self, sock: zmq.Socket) -> None:
+    def __call__(self, sock: zmq.Socket[Any]) -> None:
         """Use as a socket hook (``security=`` of :class:`pybus.Server`/:class:`pybus.Client`):
         set CURVE on ``sock`` and, for a server, count its failed handshakes."""
         self.apply(sock)

@@ -56,7 +56,7 @@ class SocketSecurity(Protocol):
     @property
     def is_server(self) -> bool: ...
 
-    def apply(self, sock: zmq.Socket, context: zmq.Context | None = None) -> None: ...
+    def apply(self, sock: zmq.Socket[Any], context: zmq.Context[Any] | None = None) -> None: ...
 
     def _authorize(
         self, mechanism: bytes, creds: list[bytes], address: str
@@ -289,13 +289,13 @@ class SocketWatch:
 class _Hub:
     """The per-context thread: answers ZAP requests and reads socket monitors."""
 
-    def __init__(self, ctx: zmq.Context) -> None:
+    def __init__(self, ctx: zmq.Context[Any]) -> None:
         self._ctx_ref = weakref.ref(ctx)
         # sockets handed over to the hub thread: ("zap", ROUTER) or ("mon", PAIR, watch, curves)
         self._new: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._domains: dict[bytes, weakref.ref[SocketSecurity]] = {}
         self._lock = threading.Lock()
-        self._zap: zmq.Socket | None = None
+        self._zap: zmq.Socket[Any] | None = None
         self.stray_zap = 0  # requests for a domain no live Curve owns (rejected)
         #: Monitor sockets the hub thread reads now (written by that thread only).
         self.watched = 0
@@ -348,7 +348,7 @@ class _Hub:
         self._new.put(("sync", done))
         return done.wait(timeout)
 
-    def watch(self, mon: zmq.Socket, watch: SocketWatch, curves: list[SocketSecurity]) -> bool:
+    def watch(self, mon: zmq.Socket[Any], watch: SocketWatch, curves: list[SocketSecurity]) -> bool:
         with self._lock:
             if self._closing:
                 return False
@@ -368,8 +368,8 @@ class _Hub:
 
     def _run(self) -> None:
         poller = zmq.Poller()
-        zap: zmq.Socket | None = None
-        monitors: dict[zmq.Socket, tuple[SocketWatch, list[SocketSecurity]]] = {}
+        zap: zmq.Socket[Any] | None = None
+        monitors: dict[zmq.Socket[Any], tuple[SocketWatch, list[SocketSecurity]]] = {}
         watched = False
         try:
             while True:
@@ -444,7 +444,7 @@ class _Hub:
                         del _HUBS[key]
 
     def _read_monitor(
-        self, mon: zmq.Socket, watch: SocketWatch, curves: list[SocketSecurity]
+        self, mon: zmq.Socket[Any], watch: SocketWatch, curves: list[SocketSecurity]
     ) -> bool:
         while True:
             try:
@@ -468,7 +468,7 @@ class _Hub:
                 for c in curves:
                     c._handshake_failed(name, endpoint)
 
-    def _answer_zap(self, zap: zmq.Socket) -> None:
+    def _answer_zap(self, zap: zmq.Socket[Any]) -> None:
         while True:
             try:
                 frames = zap.recv_multipart(zmq.NOBLOCK)
@@ -520,7 +520,7 @@ def fast_path() -> dict[str, Any]:
     return {"enabled": FASTPATH, "reason": reason, "library": _zmqfast.library_path()}
 
 
-def fast_address(sock: zmq.Socket) -> int:
+def fast_address(sock: zmq.Socket[Any]) -> int:
     """``sock.underlying`` when the fast path may drive ``sock``, else 0.
 
     Only plain pyzmq sockets qualify: a subclass (zmq.green, a user's socket_class) may
@@ -532,7 +532,7 @@ def fast_address(sock: zmq.Socket) -> int:
     return 0
 
 
-def hub_for(ctx: zmq.Context) -> _Hub:
+def hub_for(ctx: zmq.Context[Any]) -> _Hub:
     """The hub of ``ctx``, started on first use (and again after it exited)."""
     with _HUBS_LOCK:
         hub = _HUBS.get(id(ctx))
@@ -556,7 +556,7 @@ def check_options(security: Any, liveness: Any) -> None:
 
 
 def apply_liveness(
-    sock: zmq.Socket, lv: Liveness, *, heartbeats: bool = True, reconnect: bool = True
+    sock: zmq.Socket[Any], lv: Liveness, *, heartbeats: bool = True, reconnect: bool = True
 ) -> None:
     """Set ``lv``'s heartbeat, TCP keepalive and reconnection options on ``sock``.
 
@@ -602,11 +602,11 @@ def check_rpc_liveness(liveness: Any) -> None:
 
 
 def secure_and_watch(
-    sock: zmq.Socket,
+    sock: zmq.Socket[Any],
     security: Any,
     liveness: Liveness | None,
     *,
-    context: zmq.Context | None = None,
+    context: zmq.Context[Any] | None = None,
     into: SocketWatch | None = None,
 ) -> SocketWatch | None:
     """Apply an RPC object's ``security=`` hook and start its socket monitor (before
@@ -637,7 +637,7 @@ def secure_and_watch(
     return watch(sock, lv.on_peer, curves, context, into=into)
 
 
-def watched_monitors(ctx: zmq.Context) -> int:
+def watched_monitors(ctx: zmq.Context[Any]) -> int:
     """How many socket monitors the hub of ``ctx`` reads (or was handed and will read);
     0 without a hub. A closed socket's monitor leaves this count once the hub has seen its
     MONITOR_STOPPED event (asynchronously)."""
@@ -649,12 +649,12 @@ def watched_monitors(ctx: zmq.Context) -> int:
 
 
 def configure(
-    sock: zmq.Socket,
+    sock: zmq.Socket[Any],
     *,
     security: SocketSecurity | None = None,
     liveness: Liveness | None = None,
     max_msg_bytes: int | None = None,
-    context: zmq.Context | None = None,
+    context: zmq.Context[Any] | None = None,
     receives_stream: bool = False,
     into: SocketWatch | None = None,
 ) -> SocketWatch | None:
@@ -705,8 +705,8 @@ def configure(
     return watch(sock, lv.on_peer, curves, context, into=into)
 
 
-def watch(sock: zmq.Socket, on_peer: PeerCallback | None = None,
-          curves: list[SocketSecurity] | None = None, context: zmq.Context | None = None,
+def watch(sock: zmq.Socket[Any], on_peer: PeerCallback | None = None,
+          curves: list[SocketSecurity] | None = None, context: zmq.Context[Any] | None = None,
           *, into: SocketWatch | None = None) -> SocketWatch:
     """Monitor ``sock``'s peer events (before bind/connect); returns its counters.
 
@@ -730,7 +730,7 @@ def watch(sock: zmq.Socket, on_peer: PeerCallback | None = None,
     return w
 
 
-def rebind(sock: zmq.Socket, bound: list[str], connected: list[str]) -> None:
+def rebind(sock: zmq.Socket[Any], bound: list[str], connected: list[str]) -> None:
     """Drop ``sock``'s connections by unbinding/rebinding (disconnecting/reconnecting).
 
     The fallback of :meth:`SocketWatch.drop_connections` for sockets without a monitor: it

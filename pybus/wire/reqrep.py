@@ -66,10 +66,11 @@ def method_bytes(name: str) -> bytes:
 
 def error_body(type_name: str, message: str, code: int, retryable: bool) -> bytes:
     """The msgpack map an ERROR reply carries, from its four fields."""
-    return msgpack.packb(
+    body: bytes = msgpack.packb(
         {"type": type_name, "message": message, "code": int(code), "retryable": retryable},
         use_bin_type=True,
     )
+    return body
 
 
 def error_payload(exc: BaseException) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -72,12 +72,12 @@ def ack(acks: list[int], dups: list[int]) -> bytes:
 
 def nack(entries: list[list[Any]]) -> bytes:
     """``entries``: ``[id, error_type, error_message, error_code, retryable]`` lists."""
-    return _HDR.pack(VERSION, NACK) + _packb(entries)
+    return cast("bytes", _HDR.pack(VERSION, NACK) + _packb(entries))
 
 
 def dispatch(entries: list[Any]) -> bytes:
     """``entries``: ``[id, delivery, topic, payload, flags, headers, ts_ns]`` sequences."""
-    return _HDR.pack(VERSION, DISPATCH) + _packb(entries)
+    return cast("bytes", _HDR.pack(VERSION, DISPATCH) + _packb(entries))
 
 
 def command(frame: bytes) -> int:
@@ -187,4 +187,4 @@ def parse_dispatch(frame: bytes) -> tuple[Any, ...]:
                 "DISPATCH entry must be [id: uint, delivery: uint, topic: str, payload: bin, "
                 "flags: uint, headers: bin (a packed msgpack map) | nil, ts_ns: int]"
             )
-    return entries  # type: ignore[no-any-return]
+    return entries

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from ..errors import ErrorCode, RemoteError
+from ..errors import ErrorCode, FrameError, RemoteError
 from ..store.journal import Journal
 from ..wire import workqueue as P
 from ._policy import RetryPlan, Throttle
@@ -161,7 +161,7 @@ class DispatchCore:
             if w is not None:
                 self.lose_worker(w, count=False)
         else:
-            raise P.FrameError(f"unknown work-queue command {cmd:#x} from a worker")
+            raise FrameError(f"unknown work-queue command {cmd:#x} from a worker")
 
     def _send(self, w: WorkerState, frame: bytes, now: float) -> bool:
         if self._out(w.ident, frame):

@@ -27,7 +27,7 @@ __all__ = [
 # R_DELIVERY: deliveries so far; R_TS: put time (ns since the epoch); R_WORKER: the
 # WorkerState holding it, or None; R_SENT: monotonic time of the last dispatch; R_BORN: of the
 # first one; R_BATCH: its JBatch when there is a journal.
-Rec = list  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born, batch]
+Rec = list[Any]  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born, batch]
 jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS)
 rid = operator.itemgetter(R_ID)
 

@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -272,7 +272,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
     @property
     def heartbeat_interval(self) -> float:
         """Deprecated: :attr:`heartbeat_interval_s`."""
-        return deprecated_attribute(self, "heartbeat_interval", "heartbeat_interval_s")
+        value = deprecated_attribute(self, "heartbeat_interval", "heartbeat_interval_s")
+        return cast("float", value)
 
     def _open_router(self, endpoint: str, security: Any, liveness: Any) -> zmq.Socket[Any]:
         """Bind the ROUTER (and set up self._watch, self._out, self._io_path); on failure
@@ -302,7 +303,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             if self._journal:
                 self._journal.close()
             raise from_zmq(exc, f"WorkQueue cannot bind {endpoint!r}") from None
-        return router
+        return cast("zmq.Socket[Any]", router)
 
     # ------------------------------------------------------------------ user side
 

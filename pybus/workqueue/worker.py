@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -53,7 +53,8 @@ def make_work_message(e: tuple[Any, ...]) -> Message:
     delivery), ``timestamp_ns`` the put time; payload and headers decode lazily.
     """
     mid, delivery, topic, payload, flags, headers, ts = e
-    return _message_from_wire(topic, payload, headers, flags & P.FLAG_MSGPACK, mid, delivery, ts)
+    msg = _message_from_wire(topic, payload, headers, flags & P.FLAG_MSGPACK, mid, delivery, ts)
+    return cast("Message", msg)
 
 
 def _error_entry(mid: int, exc: BaseException) -> list[Any]:
@@ -268,7 +269,8 @@ class Worker:
     @property
     def ack_flush_interval(self) -> float:
         """Deprecated: :attr:`ack_flush_interval_s`."""
-        return deprecated_attribute(self, "ack_flush_interval", "ack_flush_interval_s")
+        value = deprecated_attribute(self, "ack_flush_interval", "ack_flush_interval_s")
+        return cast("float", value)
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -300,7 +302,7 @@ class Worker:
         self._io_path = "libzmq" if self._sock_addr and self._results_fast else "pyzmq"
         sock.send(P.hello(self.prefetch))
         self._c["sessions"] += 1
-        return sock
+        return cast("zmq.Socket[Any]", sock)
 
     def _serve(self) -> None:
         results = self._ctx.socket(zmq.PULL)

@@ -226,13 +226,13 @@ def _pipeline_zmq(src: str, sink: str, conn: Any) -> None:
     ctx.term()
 
 
-_count_pybus = _child_guard(_count_pybus)  # type: ignore[assignment]
-_count_zmq = _child_guard(_count_zmq)  # type: ignore[assignment]
-_count_peer = _child_guard(_count_peer)  # type: ignore[assignment]
-_latency_pybus = _child_guard(_latency_pybus)  # type: ignore[assignment]
-_latency_zmq = _child_guard(_latency_zmq)  # type: ignore[assignment]
-_latency_peer = _child_guard(_latency_peer)  # type: ignore[assignment]
-_rpc_server_pybus = _child_guard(_rpc_server_pybus)  # type: ignore[assignment]
-_rpc_server_zmq = _child_guard(_rpc_server_zmq)  # type: ignore[assignment]
-_wq_worker = _child_guard(_wq_worker)  # type: ignore[assignment]
-_pipeline_zmq = _child_guard(_pipeline_zmq)  # type: ignore[assignment]
+_count_pybus = _child_guard(_count_pybus)
+_count_zmq = _child_guard(_count_zmq)
+_count_peer = _child_guard(_count_peer)
+_latency_pybus = _child_guard(_latency_pybus)
+_latency_zmq = _child_guard(_latency_zmq)
+_latency_peer = _child_guard(_latency_peer)
+_rpc_server_pybus = _child_guard(_rpc_server_pybus)
+_rpc_server_zmq = _child_guard(_rpc_server_zmq)
+_wq_worker = _child_guard(_wq_worker)
+_pipeline_zmq = _child_guard(_pipeline_zmq)

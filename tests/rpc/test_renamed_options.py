@@ -1,6 +1,6 @@
 """Renamed public options keep their old spelling for one release, with a DeprecationWarning
 that names the new one; giving both is an error. (The work queue's renamed options are tested
-in tests/test_workqueue.py.)"""
+in tests/workqueue/test_workqueue.py.)"""
 
 from __future__ import annotations
 

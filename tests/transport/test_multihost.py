@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: helpers
 PROCS = str(HERE / "multihost_procs.py")
 HOSTS = {"pub": 1, "sub1": 2, "sub2": 3, "proxy": 4, "wqp": 5, "w1": 6, "w2": 7}
 FRONT, BACK, WQ = 5559, 5560, 5555

@@ -6,8 +6,9 @@ off; each case is produced here with real objects and real traffic:
 
 - the default (``_zmqfast.AVAILABLE``): every object on ``"libzmq"``;
 - the fast path unavailable for the process (``PYBUS_NO_ZMQ_FASTPATH=1`` in a subprocess, as
-  tests/test_zmqfast.py's probe; and in-process through ``pybus.transport.sockets.FASTPATH``,
-  which is what a failed library lookup or version check sets): every object on ``"pyzmq"``;
+  tests/transport/test_zmqfast.py's probe; and in-process through
+  ``pybus.transport.sockets.FASTPATH``, which is what a failed library lookup or version
+  check sets): every object on ``"pyzmq"``;
 - a socket class that overrides ``send``/``recv``: ``"pyzmq"``, and the override is really
   called for the data frames (the reason the guide gives for the fallback);
 - a publisher keeping a late-joiner history, a subscriber enforcing publish permissions:
@@ -36,7 +37,7 @@ from pybus import Curve
 from pybus._native import _zmqfast
 from pybus.transport import sockets as _sockets
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import drain, until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -124,11 +125,11 @@ def test_every_object_takes_pyzmq_when_the_fast_path_is_off(
 
 
 def test_env_var_puts_every_object_on_pyzmq() -> None:
-    # tests/test_zmqfast.py::test_env_var_selects_the_fallback probes the module and a raw
+    # tests/transport/test_zmqfast.py::test_env_var_selects_the_fallback probes the module and a raw
     # socket; this probe asks the objects themselves
     code = (
         "import sys\n"
-        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})\n"
         "import test_io_path as t\n"
         "closers = []\n"
         "try:\n"

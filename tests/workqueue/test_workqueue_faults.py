@@ -20,7 +20,7 @@ import pybus.workqueue._core
 import pybus.workqueue.queue
 from pybus import DeadLetterQueue, RetryPolicy, Worker, WorkQueue
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 import wqhelpers as H  # noqa: E402
 import wqprocs  # noqa: E402
 from waiting import TimeStub, until  # noqa: E402

@@ -23,7 +23,7 @@ from pybus import (
 )
 from pybus.store.journal import Journal
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 import wqhelpers as H  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)

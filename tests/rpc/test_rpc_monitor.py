@@ -22,7 +22,7 @@ import pybus
 from pybus import AsyncClient, Client, Liveness, RetryPolicy, Server
 from pybus.transport.sockets import watched_monitors
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,7 +14,7 @@ import zmq
 import pybus
 import pybus.pubsub.subscriber
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import TimeStub  # noqa: E402
 from waiting import drain as _drain  # noqa: E402
 from waiting import drain_until as _drain_until  # noqa: E402

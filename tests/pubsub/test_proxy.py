@@ -18,7 +18,7 @@ import zmq
 import pybus
 from pybus import Curve
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import drain as _drain  # noqa: E402
 from waiting import drain_until as _drain_until  # noqa: E402
 from waiting import read_through_marker as _read_through_marker  # noqa: E402

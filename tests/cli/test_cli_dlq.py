@@ -22,7 +22,7 @@ import pytest
 import pybus
 from pybus.cli import main
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import drain  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

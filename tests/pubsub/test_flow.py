@@ -25,7 +25,7 @@ import pybus
 import pybus.aio
 from pybus.pubsub.flow import FlowWindow
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import until as _until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

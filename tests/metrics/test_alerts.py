@@ -25,12 +25,12 @@ import pybus
 from pybus import Curve, RetryPolicy
 from pybus.metrics.families import FAMILIES
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import drain, until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _METRIC = re.compile(r"\b(pybus_[a-z0-9_]+)(?:\{([^}]*)\})?")
 _MATCHER = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
 _BY = re.compile(r"\bby\s*\(([^)]*)\)\s*\(\s*\w+\(\s*(pybus_[a-z0-9_]+)")

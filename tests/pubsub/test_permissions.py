@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import pybus
 from pybus import Curve
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import drain, until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)

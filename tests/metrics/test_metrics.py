@@ -22,7 +22,7 @@ from pybus import metrics
 from pybus.metrics._promtext import parse as pybus_parse
 from pybus.metrics.families import FAMILIES, LATENCY_BUCKETS_SECONDS, QUANTILES, markdown
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -21,7 +21,7 @@ from pybus.transport import sockets as _sockets
 
 pytestmark = pytest.mark.timeout(30)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 sys.path.insert(0, HERE)
 import wqhelpers as H  # noqa: E402  (a from-the-doc work-queue codec)
 

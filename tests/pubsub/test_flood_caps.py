@@ -28,7 +28,7 @@ import zmq
 import pybus
 from pybus import Curve
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import until as _until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

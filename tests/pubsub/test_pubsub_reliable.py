@@ -24,7 +24,7 @@ import pytest
 
 import pybus
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 import reliable_procs as rp  # noqa: E402
 from waiting import until  # noqa: E402
 

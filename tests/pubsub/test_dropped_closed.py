@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import pybus
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import drain  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)

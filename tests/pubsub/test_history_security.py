@@ -27,7 +27,7 @@ import zmq
 import pybus
 from pybus import Curve
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import drain as _drain  # noqa: E402
 from waiting import until as _until  # noqa: E402
 

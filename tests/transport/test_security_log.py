@@ -23,7 +23,7 @@ import zmq
 import pybus
 from pybus import Curve
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
 from waiting import until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)

@@ -257,7 +257,7 @@ def test_rss_flat_for_publisher_and_idle_subscriber(tmp_path: Path) -> None:
     ep = _ipc(tmp_path)
     proc = psutil.Process()
     # best effort on purpose: the subscriber never reads, and the bound under test is the
-    # HWMs' (tests/test_pubsub_reliable.py checks RSS with the reliable default)
+    # HWMs' (tests/pubsub/test_pubsub_reliable.py checks RSS with the reliable default)
     pub = pybus.Publisher(ep, delivery="best_effort", sndhwm=16)
     sub = pybus.Subscriber(ep, topics=["#"], rcvhwm=16)  # never reads
     try:
