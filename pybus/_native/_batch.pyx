@@ -18,6 +18,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.ref cimport Py_INCREF, PyObject
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from pybus._native.ccommon cimport *
 from pybus._native.cbatch cimport *
 from pybus._native.czmq cimport (
     PB_ZMQ_DONTWAIT, PB_ZMQ_SNDMORE, pb_zmq_load, pb_zmq_load_error, pb_zmq_loaded, pb_zmq_send,

@@ -13,6 +13,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint8_t
 
+from pybus._native.ccommon cimport *
 from pybus._native.chist cimport *
 
 from pybus.errors import BackpressureError, FrameError, HistogramRangeError, ValidationError

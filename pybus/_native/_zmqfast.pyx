@@ -48,6 +48,7 @@ from libc.errno cimport EAGAIN, EINTR, ENOTSOCK
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
+from pybus._native.ccommon cimport *
 from pybus._native.czmq cimport *
 
 

@@ -2,17 +2,6 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
-cdef extern from "pb_common.h" nogil:
-    int PB_OK
-    int PB_EINVAL
-    int PB_ENOMEM
-    int PB_ERANGE
-    int PB_EFULL
-    int PB_EFRAME
-    const char *pb_strerror(int status)
-    int pb_thread_timer_slack(int64_t ns)
-
-
 cdef extern from "pb_ring.h" nogil:
     int PB_RING_PENDING
     int PB_RING_READY

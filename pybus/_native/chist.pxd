@@ -1,15 +1,5 @@
-# Declarations of csrc/pb_hist.h (and the status codes of pb_common.h); no logic here.
+# Declarations of csrc/pb_hist.h (the status codes: ccommon.pxd); no logic here.
 from libc.stdint cimport int64_t, uint8_t
-
-
-cdef extern from "pb_common.h" nogil:
-    int PB_OK
-    int PB_EINVAL
-    int PB_ENOMEM
-    int PB_ERANGE
-    int PB_EFULL
-    int PB_EFRAME
-    const char *pb_strerror(int status)
 
 
 cdef extern from "pb_hist.h" nogil:

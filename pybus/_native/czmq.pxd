@@ -1,10 +1,5 @@
 # czmq.pxd - declarations of csrc/pb_zmq.h (declarations only).
 
-cdef extern from "pb_common.h" nogil:
-    int PB_OK
-    int PB_ENOTFOUND
-
-
 cdef extern from "pb_zmq.h" nogil:
     int PB_ZMQ_DONTWAIT
     int PB_ZMQ_SNDMORE

@@ -129,7 +129,8 @@ def test_env_var_puts_every_object_on_pyzmq() -> None:
     # socket; this probe asks the objects themselves
     code = (
         "import sys\n"
-        f"sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})\n"
+        f"sys.path[:0] = [{os.path.dirname(__file__)!r}, "  # this module, and tests/ (helpers)
+        f"{os.path.dirname(os.path.dirname(__file__))!r}]\n"
         "import test_io_path as t\n"
         "closers = []\n"
         "try:\n"
