@@ -78,9 +78,15 @@ def _raw_request(endpoint: str, *, client: tuple[bytes, bytes] | None,
             assert server_public is not None
             sock.curve_serverkey = server_public
             sock.curve_publickey, sock.curve_secretkey = client
+        # a refused handshake tears the connection down: a DEALER with no peer left would
+        # block its send for ever, so the send is bounded too (refused: nothing came back)
+        sock.sndtimeo = int(timeout * 1000)
         sock.connect(endpoint)
         # empty subscriber id: answer without waiting for a hello; empty prefix: every topic
-        sock.send_multipart([b"PBH1", b"", b""])
+        try:
+            sock.send_multipart([b"PBH1", b"", b""])
+        except zmq.Again:
+            return None
         if not sock.poll(int(timeout * 1000), zmq.POLLIN):
             return None
         return sock.recv_multipart()
