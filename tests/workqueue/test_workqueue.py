@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 
 import msgpack
 import pytest
@@ -632,9 +633,10 @@ def test_worker_ack_flush_interval_attribute_alias():
 def test_queue_and_workers_share_a_given_context_over_inproc():
     ctx = zmq.Context()
     rec = Recorder()
+    ep = f"inproc://wq-shared-{uuid.uuid4().hex}"
     try:
-        q = WorkQueue("inproc://wq-shared", context=ctx, registry=False)
-        w = Worker("inproc://wq-shared", rec, context=ctx, registry=False).start()
+        q = WorkQueue(ep, context=ctx, registry=False)
+        w = Worker(ep, rec, context=ctx, registry=False).start()
         try:
             assert q._ctx is ctx and w._ctx is ctx
             ids = q.put_many([("ctx.t", b"%d" % i) for i in range(50)])
@@ -644,11 +646,13 @@ def test_queue_and_workers_share_a_given_context_over_inproc():
             w.stop()
             q.close()
         assert not ctx.closed  # the caller's context: never terminated by pybus
-        # every socket pybus opened on it is closed: another queue can use it, and term()
-        # returns (it would hang on an open socket)
-        with WorkQueue("inproc://wq-shared", context=ctx, registry=False) as q2:
+        # another queue can still use it (on a new name: ZeroMQ releases a closed socket's
+        # inproc name asynchronously)
+        with WorkQueue(f"{ep}-2", context=ctx, registry=False) as q2:
             assert q2.put("ctx.t", b"again")
     finally:
+        # returns only once every socket pybus opened on the context is closed (a leak would
+        # hang it: the test's timeout would fail it)
         ctx.term()
 
 
