@@ -20,7 +20,7 @@ import time
 
 import msgpack
 
-from pybus import Batcher, decode_batch, decode_payloads
+from pybus.wire import Batcher, decode_batch, decode_payloads
 
 PAYLOAD = b"x" * 64
 TOPIC = "orders.created"

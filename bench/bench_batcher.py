@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from pybus import Batcher, decode_batch, decode_into, decode_payloads
+from pybus.wire import Batcher, decode_batch, decode_into, decode_payloads
 
 RECORDS = 8192
 PAYLOAD = b"x" * 64

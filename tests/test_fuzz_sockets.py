@@ -110,7 +110,7 @@ def random_frame(rng: random.Random, max_len: int = 512) -> bytes:
 
 
 def _valid_batch(pid: int = 7, first: int = 1, n: int = 3) -> bytes:
-    return pybus.encode_frame(pid, first, [(b"p%d" % i, None, 0, time.time_ns())
+    return pybus.wire.encode_frame(pid, first, [(b"p%d" % i, None, 0, time.time_ns())
                                            for i in range(n)])
 
 

@@ -102,7 +102,7 @@ def _snapshot_payloads(reply: list[bytes]) -> list[object]:
     out: list[object] = []
     for i in range(0, len(pairs), 2):
         topic = pairs[i].decode()
-        out += [m.payload for m in pybus.decode_batch(topic, pairs[i + 1])]
+        out += [m.payload for m in pybus.wire.decode_batch(topic, pairs[i + 1])]
     return out
 
 

@@ -200,7 +200,7 @@ def test_capture_tap_sees_the_traffic(proxy: pybus.Proxy) -> None:
             if tap.poll(50):
                 frames.append(tap.recv_multipart(zmq.NOBLOCK))
         assert frames and frames[0][0] == b"cap.x"
-        pid, first, count, _ = pybus.frame_info(frames[0][1])
+        pid, first, count, _ = pybus.wire.frame_info(frames[0][1])
         assert pid == pub.publisher_id and count >= 1
         got = _drain(sub, i, WAIT)
         assert [m.payload for m in got] == list(range(i))

@@ -332,9 +332,9 @@ def test_capture_gets_a_copy_of_the_forwarded_traffic_only(tmp_path: Path, keys:
             # the copies are the forwarded frames: they decode to what the subscriber got
             copied: list[int] = []
             for topic, frame in data:
-                pid, _first, _count, _ts = pybus.frame_info(frame)
+                pid, _first, _count, _ts = pybus.wire.frame_info(frame)
                 assert pid == pub.publisher_id
-                copied += [m.payload for m in pybus.decode_batch(topic.decode(), frame)]
+                copied += [m.payload for m in pybus.wire.decode_batch(topic.decode(), frame)]
             assert copied == sorted(copied) and copied[-1] == sent - 1
             assert set(copied) <= set(range(sent))
         finally:

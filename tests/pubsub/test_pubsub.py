@@ -294,16 +294,16 @@ def test_flusher_stays_armed_while_the_publisher_drains_by_itself() -> None:
 
 
 def test_batcher_last_append_ns_follows_appends() -> None:
-    b = pybus.Batcher()
+    b = pybus.wire.Batcher()
     assert b.last_append_ns == 0
     tid = b.topic_id(b"t")
-    now = pybus.Batcher.now_ns()
+    now = pybus.wire.Batcher.now_ns()
     b.append_at(tid, b"x", now + 5)
     assert b.last_append_ns == now + 5
     b.drain()
     assert b.last_append_ns == now + 5  # a drain does not move it
     b.publish("t", b"y")
-    assert now <= b.last_append_ns <= pybus.Batcher.now_ns()
+    assert now <= b.last_append_ns <= pybus.wire.Batcher.now_ns()
 
 
 def test_idle_publisher_sends_each_message_at_once(

@@ -288,7 +288,7 @@ def test_rss_flat_for_publisher_and_idle_subscriber(tmp_path: Path) -> None:
 
 
 def _valid_frame(pid: int, first: int, payloads: list[bytes]) -> bytes:
-    return pybus.encode_frame(pid, first, [(p, None, 0, time.time_ns()) for p in payloads])
+    return pybus.wire.encode_frame(pid, first, [(p, None, 0, time.time_ns()) for p in payloads])
 
 
 def test_garbage_frames_are_counted_logged_once_and_skipped(

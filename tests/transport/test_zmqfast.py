@@ -441,7 +441,7 @@ def test_publisher_drains_straight_into_zeromq_on_the_fast_path(tmp_path, path):
             topic, frame = sub.recv_multipart()
             if topic.startswith(pybus.pubsub._base.HELLO_PREFIX):
                 continue  # the join snapshot for our hello (docs/wire.md)
-            for m in pybus.decode_batch(topic.decode(), frame):
+            for m in pybus.wire.decode_batch(topic.decode(), frame):
                 assert m.payload == m.payload[:4] * 4
                 got[m.topic].append(int.from_bytes(m.payload[:4], "little"))
         assert got["t.a"] == [i for i in range(n) if i % 3]
@@ -584,7 +584,7 @@ def test_recv_pubsub_reads_topic_and_frame_and_counts_malformed_parts():
     sub.bind(ep)
     pub.connect(ep)
     try:
-        b = pybus.Batcher()
+        b = pybus.wire.Batcher()
         for i in range(5):
             b.publish("a.b", bytes([i]) * 3)
         ((topic, frame),) = b.drain()
@@ -607,9 +607,9 @@ def test_recv_pubsub_reads_topic_and_frame_and_counts_malformed_parts():
         t, zf, parts = got[0]
         assert (t, parts, len(zf)) == (b"a.b", 2, len(frame))
         assert bytes(memoryview(zf)) == frame == zf.bytes
-        assert [m.payload for m in pybus.decode_batch("a.b", zf)] == [bytes([i]) * 3
+        assert [m.payload for m in pybus.wire.decode_batch("a.b", zf)] == [bytes([i]) * 3
                                                                        for i in range(5)]
-        assert pybus.frame_info(zf) == pybus.frame_info(frame)
+        assert pybus.wire.frame_info(zf) == pybus.wire.frame_info(frame)
         assert got[1] == (b"lone", None, 1)
         assert got[2] == (b"x", None, 4)
         assert got[3][0] == b"t" and got[3][1].bytes == b"tiny" and got[3][2] == 2
@@ -641,7 +641,7 @@ def _scripted_subscriber_run(compiled: bool) -> tuple[list[tuple[str, int, bytes
         now = time.time_ns()
 
         def frame(first: int, *payloads: bytes) -> bytes:
-            return pybus.encode_frame(pid, first, [(p, None, 0, now) for p in payloads])
+            return pybus.wire.encode_frame(pid, first, [(p, None, 0, now) for p in payloads])
 
         position = struct.pack("<2sBBIQQq", b"PB", 1, 1, 0, pid, 9, now)
         script: list[list[bytes]] = [

@@ -9,15 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pybus import (
+from pybus import BackpressureError, TopicError, ValidationError
+from pybus.wire import (
     FLAG_MSGPACK,
     FULL,
     PENDING,
     READY,
-    BackpressureError,
     Batcher,
-    TopicError,
-    ValidationError,
     decode_batch,
     frame_info,
     ring_record_size,

@@ -12,11 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pybus import (
+from pybus import FrameError, Message, ValidationError
+from pybus.wire import (
     Batcher,
-    FrameError,
-    Message,
-    ValidationError,
     decode_batch,
     decode_into,
     decode_payloads,

@@ -226,9 +226,9 @@ def test_unknown_version_is_rejected_by_both_sides() -> None:
     with pytest.raises(ValueError):
         spec_decode(b"t", bytes(v2))
     with pytest.raises(pybus.FrameError, match="version 2"):
-        pybus.decode_batch("t", bytes(v2))
+        pybus.wire.decode_batch("t", bytes(v2))
     # and the two implementations agree on a valid frame
-    ours = pybus.decode_batch("t", good)
+    ours = pybus.wire.decode_batch("t", good)
     theirs = spec_decode(b"t", good)
     assert [(m.payload, m.seq, m.timestamp_ns) for m in ours] == [
         (r.payload, r.seq, r.timestamp_ns) for r in theirs
