@@ -217,14 +217,21 @@ class Worker:
         """
         self._stopping = True
         self._gen += 1
+        # wake the socket thread; the wake-up socket is closed whatever happens to the send
+        # (an inproc peer already gone, a full queue: the thread sees _stopping on its own)
         try:
             s = self._ctx.socket(zmq.PUSH)
-            s.linger = 1000
-            s.connect(self._results_addr)
-            s.send(b"", zmq.NOBLOCK)
-            s.close()
-        except zmq.ZMQError:
-            pass
+        except zmq.ZMQError:  # the context is already terminated: nothing to wake
+            s = None
+        if s is not None:
+            try:
+                s.linger = 1000
+                s.connect(self._results_addr)
+                s.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            finally:
+                s.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         elif self._thread is None and not self._running and self._own_ctx \
