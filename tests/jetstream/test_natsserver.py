@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from natsserver import NatsCluster, NatsServer
+
 from pybus.jetstream._servers import connect
 
 
