@@ -6,11 +6,23 @@ extra when it is missing."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ..errors import BusError
 
-__all__: list[str] = []
+# name -> the module (of this package) that defines it; imported on first use, so that
+# ``import pybus.jetstream`` works without nats-py and the error names the extra
+_EXPORTS = {
+    "WorkQueue": "workqueue",
+    "Worker": "worker",
+    "AsyncWorkQueue": "workqueue",
+    "Recorder": "recorder",
+    "replay": "replay",
+    "areplay": "replay",
+    "GAP_TOPIC": "recorder",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def _missing_extra() -> BusError:
@@ -27,6 +39,11 @@ def _nats_available() -> bool:
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__ and not _nats_available():
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pybus.jetstream' has no attribute {name!r}")
+    if not _nats_available():
         raise _missing_extra()
-    raise AttributeError(f"module 'pybus.jetstream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
