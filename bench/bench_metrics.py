@@ -123,7 +123,7 @@ def one_run(n: int, metrics_on: bool, scrape_interval: float) -> tuple[float, in
     finally:
         if srv:
             srv.stop()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
         proc.join(10)
         if proc.is_alive():
             proc.kill()
@@ -178,7 +178,7 @@ def inproc_once(n: int, metrics_on: bool, burst: int = 1000) -> float:
             got += len(b)
     rate = got / (time.process_time() - t0)
     sub.close()
-    pub.close(linger=0)
+    pub.close(linger_ms=0)
     return rate
 
 
@@ -244,7 +244,7 @@ def scrape(topics: int, reps: int) -> dict:
             res["series_published"] = body.count(b"pybus_messages_published_total{")
         out[f"cap_{cap}"] = res
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
     # the peer: prometheus_client rendering the same per-topic series
     preg = CollectorRegistry()
     c1 = Counter("peer_messages_published", "m", ["name", "topic"], registry=preg)

@@ -57,7 +57,7 @@ def pub_proc(endpoint: str, n: int, srv_pub: bytes, cli_sec: bytes, conn: Any,
         pub.flush()
         conn.recv()  # stay connected until the receiver is done
     finally:
-        pub.close(linger=1)
+        pub.close(linger_ms=1000)
 
 
 def sub_proc(endpoint: str, n: int, srv_pub: bytes, cli_sec: bytes, conn: Any) -> None:

@@ -641,7 +641,7 @@ def _tx_flow(
         pub.flush(30.0)  # reliable: waits for the window (bounded)
         return t0, _now(), pub
     except BaseException:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
         raise
 
 
@@ -670,7 +670,7 @@ def _run_flow(delivery: str, topics: int, n: int, tmpdir: str, size: int = 64) -
             got, t_last, extra = parent.recv()
             pub_stats = _pub_summary(pub)
         finally:
-            pub.close(linger=0)  # only now: closing earlier could discard queued frames
+            pub.close(linger_ms=0)  # only now: closing earlier could discard queued frames
     finally:
         proc.join(10)
         if proc.is_alive():
@@ -874,7 +874,7 @@ def _tx_rss(ep: str, n: int, conn: Any) -> None:
         conn.send((me.memory_info().rss, done, time.monotonic() - t0))
         conn.recv()  # "stop": the subscriber has been sampled
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def _run_rss(n: int, tmpdir: str) -> dict[str, Any]:

@@ -152,7 +152,7 @@ def run_raw(endpoint: str, payload: bytes, n: int, warmup: int) -> list[int]:
 def run_pybus(endpoint: str, payload: bytes, n: int, warmup: int) -> list[int]:
     import pybus
 
-    c = pybus.Client(endpoint, timeout=5.0)
+    c = pybus.Client(endpoint, timeout_s=5.0)
     req, clock = c.request, time.perf_counter_ns
     for _ in range(warmup):
         req("echo", payload)

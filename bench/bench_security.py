@@ -75,7 +75,7 @@ def one_run(curve: bool, n: int) -> dict[str, Any]:
         res = parent.recv()
     finally:
         p.join(30)
-        pub.close(linger=1)
+        pub.close(linger_ms=1000)
     elapsed = res["t_last"] - t0
     return {"msgs_per_s": res["got"] / elapsed, "got": res["got"], "lost": res["lost"],
             "publish_s": t_pub}

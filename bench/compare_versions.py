@@ -71,7 +71,7 @@ srv = subprocess.Popen([sys.executable, "-c", sys.argv[3], ep], stdin=subprocess
                        stdout=subprocess.PIPE, text=True)
 while srv.stdout.readline().strip() != "ready":
     pass
-cl = pybus.Client(ep, timeout=10, registry=False)
+cl = pybus.Client(ep, 10, registry=False)  # positional: the same before and after the rename
 payload = b"x" * 64
 for _ in range(1000):
     cl.request("echo", payload)

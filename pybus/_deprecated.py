@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import ValidationError
 
-__all__ = ["deprecated_attribute", "renamed"]
+__all__ = ["DeprecatedAlias", "deprecated_attribute", "renamed"]
 
 
 def renamed(
@@ -47,3 +47,34 @@ def deprecated_attribute(obj: Any, old: str, new: str) -> Any:
         stacklevel=3,
     )
     return getattr(obj, new)
+
+
+class DeprecatedAlias:
+    """A class attribute that reads (and writes) another under its deprecated old name:
+    ``initial = DeprecatedAlias("initial_s")``."""
+
+    def __init__(self, new: str) -> None:
+        self.new = new
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.old = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        warnings.warn(
+            f"{type(obj).__name__}.{self.old} is deprecated: use .{self.new}; the old name will "
+            "be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(obj, self.new)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        warnings.warn(
+            f"{type(obj).__name__}.{self.old} is deprecated: use .{self.new}; the old name will "
+            "be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        setattr(obj, self.new, value)

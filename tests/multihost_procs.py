@@ -98,7 +98,7 @@ def role_pub(a: dict[str, Any]) -> None:
     elapsed = time.monotonic() - t0
     emit(event="published", n=sent, elapsed_s=elapsed, t=time.time())
     stop.wait(a.get("linger_s", 2.0))  # let the tail drain before closing
-    pub.close(linger=1)
+    pub.close(linger_ms=1000)
     emit(event="result", n=sent, elapsed_s=elapsed, rss=rss(), rss_growth=rss() - rss_start)
 
 
@@ -160,7 +160,7 @@ def role_wq(a: dict[str, Any]) -> None:
 
     stop = _stopper()
     q = pybus.WorkQueue(a["bind"], journal=a["journal"], heartbeat_interval_s=0.2,
-                        heartbeat_liveness=3, ack_timeout=10.0, liveness=_liveness(),
+                        heartbeat_liveness=3, ack_timeout_s=10.0, liveness=_liveness(),
                         registry=False)
     emit(event="ready", endpoint=q.endpoint)
     n = a["n"]

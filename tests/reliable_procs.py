@@ -173,7 +173,7 @@ def rss_pub_proc(
     endpoint_q: Any, warm: Any, go_on: Any, finished: Any, release: Any, out_q: Any,
     max_messages: int = 3_000_000, max_seconds: float = 25.0,
 ) -> None:
-    """A reliable Publisher with the default window (slow_consumer_timeout=1 s) feeding a
+    """A reliable Publisher with the default window (slow_consumer_timeout_s=1 s) feeding a
     subscriber that never reads. Sends its endpoint on ``endpoint_q``, waits for the
     subscriber, publishes until the subscriber is evicted and 100,000 more (warm-up), sets
     ``warm`` and waits for ``go_on`` (the test measures RSS), then publishes up to
@@ -181,7 +181,7 @@ def rss_pub_proc(
     (the test measures again). Reports its stats and counts on ``out_q``."""
     import pybus
 
-    pub = pybus.Publisher("tcp://127.0.0.1:*", slow_consumer_timeout=1.0)
+    pub = pybus.Publisher("tcp://127.0.0.1:*", slow_consumer_timeout_s=1.0)
     try:
         endpoint_q.put(pub.endpoints[0])
         pub.wait_for_subscribers(1, timeout=60)
@@ -190,7 +190,7 @@ def rss_pub_proc(
         n = 0
         t0 = time.monotonic()
         # warm-up: until the stalled subscriber is evicted (its window is full after ~32 MiB
-        # or the frame bound, then slow_consumer_timeout), then 100,000 more
+        # or the frame bound, then slow_consumer_timeout_s), then 100,000 more
         while n < max_messages and time.monotonic() - t0 < 30:
             for _ in range(10_000):
                 publish("rss.t", body)
@@ -218,4 +218,4 @@ def rss_pub_proc(
         out_q.put({"n": n, "warm_n": warm_n, "warm_stats": warm_stats, "stats": st,
                    "seconds": time.monotonic() - t1, "pid": os.getpid()})
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)

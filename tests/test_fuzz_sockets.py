@@ -235,7 +235,7 @@ def test_fuzz_rpc_server(fuzz_s: float, rng: random.Random) -> None:
         raw.rcvhwm = 10
         raw.connect(server.endpoint)
         try:
-            with pybus.Client(server.endpoint, timeout=5.0, registry=False) as c:
+            with pybus.Client(server.endpoint, timeout_s=5.0, registry=False) as c:
                 assert c.request("echo", b"warm") == b"warm"
             rss0 = _rss()
             sent = 0
@@ -263,7 +263,7 @@ def test_fuzz_rpc_server(fuzz_s: float, rng: random.Random) -> None:
                     raw.recv_multipart()
                 if sent % 256 == 0:
                     _catch_up(lambda n=sent: done() == n + 1, f"{done()} of {sent + 1}")
-            with pybus.Client(server.endpoint, timeout=30.0, registry=False) as c:
+            with pybus.Client(server.endpoint, timeout_s=30.0, registry=False) as c:
                 assert c.request("echo", b"after") == b"after"  # still serving
             # the ROUTER fair-queues peers: the client's request may overtake the last fuzz
             # frames, so wait until every frame sent is accounted for before the exact check
@@ -472,7 +472,7 @@ def test_fuzz_proxy_both_sides(fuzz_s: float, rng: random.Random, checked: bool)
         assert ps["backend"]["messages_in"] == ps["frontend"]["messages_out"]
         assert ps["state"] == "running"
         assert _rss() - rss0 < RSS_BOUND
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
     finally:
         sub.close()
         front.close()

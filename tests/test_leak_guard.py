@@ -158,7 +158,7 @@ def test_pybus_objects_closed_leave_nothing():
     ep = f"inproc://leakguard-rpc-{uuid.uuid4().hex}"
     with pybus.Server(ep) as srv:
         srv.add_handler("echo", lambda p: p)
-        with pybus.Client(ep, timeout=5.0) as c:
+        with pybus.Client(ep, timeout_s=5.0) as c:
             assert c.request("echo", 7) == 7
     assert leakcheck.find_leaks(before) == []
 

@@ -175,7 +175,7 @@ def _dlq_replay(dlq: Any, args: argparse.Namespace) -> int:
                            f"failed one and the rest stay in {args.path} ({len(dlq)} left)"
                            ) from None
     finally:
-        pub.close(linger=args.timeout)
+        pub.close(linger_ms=int(args.timeout * 1000))
     print(f"replayed {n} entr{'y' if n == 1 else 'ies'} to {ep}; {len(dlq)} left",
           file=sys.stderr)
     return 0

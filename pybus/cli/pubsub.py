@@ -62,7 +62,7 @@ def cmd_pub(args: argparse.Namespace) -> int:
                 n += 1
         pub.flush(timeout=args.timeout)
     finally:
-        pub.close(linger=args.timeout)
+        pub.close(linger_ms=int(args.timeout * 1000))
     if not args.quiet:
         print(f"published {n} message(s) to {args.topic!r} on {ep}", file=sys.stderr)
     return 0

@@ -118,7 +118,7 @@ _TABLE: tuple[_Entry, ...] = (
            ("name", "reason"), "pubsub"),
     _Entry("pybus_publisher_evictions_total", "counter",
            "Subscribers a reliable publisher stopped waiting for: their window stayed full "
-           "for slow_consumer_timeout without an ack.", "", _N, "pubsub"),
+           "for slow_consumer_timeout_s without an ack.", "", _N, "pubsub"),
     _Entry("pybus_publisher_in_flight_bytes", "gauge",
            "Bytes a reliable publisher has sent that its slowest paced subscriber has not "
            "acknowledged yet.", "bytes", _N, "pubsub"),

@@ -6,17 +6,17 @@ States (the classic three):
   last ``window`` calls. The breaker opens when the window holds
   ``failure_threshold`` failures, or (with ``failure_rate``) when at least
   ``min_calls`` outcomes are recorded and the failed fraction reaches
-  ``failure_rate``. A call slower than ``slow_call_threshold`` seconds counts
+  ``failure_rate``. A call slower than ``slow_call_threshold_s`` seconds counts
   as a failure even when it returned.
 - **open** - calls are refused with :class:`~pybus.CircuitOpenError` for
-  ``reset_timeout`` seconds (``retry_after`` says how long is left).
+  ``reset_timeout_s`` seconds (``retry_after`` says how long is left).
 - **half-open** - up to ``half_open_probes`` calls at a time go through as
   probes; ``success_threshold`` successful probes close the breaker (and clear
   the window), a single failed probe opens it again.
 
 Example
 -------
->>> breaker = CircuitBreaker(failure_threshold=3, reset_timeout=10.0)
+>>> breaker = CircuitBreaker(failure_threshold=3, reset_timeout_s=10.0)
 >>> breaker.call(lambda: 42)
 42
 """
@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .. import metrics as _metrics
+from .._deprecated import DeprecatedAlias, renamed
 from ..errors import CircuitOpenError, ValidationError, check_callable, check_positive_int
 from ..metrics.samples import RawSample
 
@@ -81,9 +82,9 @@ class CircuitBreaker:
         rate mode.
     min_calls : int or None
         Outcomes needed before the rate is judged; default ``window``.
-    slow_call_threshold : float or None
+    slow_call_threshold_s : float or None
         Seconds; a slower call counts as a failure.
-    reset_timeout : float
+    reset_timeout_s : float
         Seconds spent open before probing.
     half_open_probes : int
         Probe calls allowed at once while half-open.
@@ -98,7 +99,13 @@ class CircuitBreaker:
     registry : pybus.metrics.Registry or False, optional
         Where this object reports its counters (default: ``pybus.metrics.default_registry``;
         ``False``: nowhere).
+    slow_call_threshold, reset_timeout : optional
+        Deprecated names of ``slow_call_threshold_s`` and ``reset_timeout_s`` (a warning;
+        removed in the next release). The attributes of the old names warn too.
     """
+
+    slow_call_threshold = DeprecatedAlias("slow_call_threshold_s")
+    reset_timeout = DeprecatedAlias("reset_timeout_s")
 
     def __init__(
         self,
@@ -107,15 +114,22 @@ class CircuitBreaker:
         failure_rate: float | None = None,
         window: int | None = None,
         min_calls: int | None = None,
-        slow_call_threshold: float | None = None,
-        reset_timeout: float = 30.0,
+        slow_call_threshold_s: float | None = None,
+        reset_timeout_s: float = 30.0,
         half_open_probes: int = 1,
         success_threshold: int | None = None,
         is_failure: Callable[[BaseException], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "breaker",
         registry: Any = None,
+        slow_call_threshold: float | None = None,
+        reset_timeout: float | None = None,
     ) -> None:
+        slow_call_threshold_s = renamed("CircuitBreaker", "slow_call_threshold",
+                                        slow_call_threshold, "slow_call_threshold_s",
+                                        slow_call_threshold_s, None)
+        reset_timeout_s = renamed("CircuitBreaker", "reset_timeout", reset_timeout,
+                                  "reset_timeout_s", reset_timeout_s, 30.0)
         if failure_threshold is None and failure_rate is None:
             raise ValidationError(
                 "a circuit breaker needs failure_threshold (int >= 1) or failure_rate (0 < r <= 1)"
@@ -145,8 +159,8 @@ class CircuitBreaker:
         self.failure_rate = None if failure_rate is None else float(failure_rate)
         self.window = window
         self.min_calls = min_calls
-        self.slow_call_threshold = _seconds("slow_call_threshold", slow_call_threshold, True)
-        self.reset_timeout = float(_seconds("reset_timeout", reset_timeout) or 0.0)
+        self.slow_call_threshold_s = _seconds("slow_call_threshold_s", slow_call_threshold_s, True)
+        self.reset_timeout_s = float(_seconds("reset_timeout_s", reset_timeout_s) or 0.0)
         self.half_open_probes = check_positive_int("half_open_probes", half_open_probes)
         self.success_threshold = check_positive_int(
             "success_threshold",
@@ -228,7 +242,7 @@ class CircuitBreaker:
     def _refresh(self, changes: list[tuple[CircuitState, CircuitState]]) -> None:
         if (
             self._state is CircuitState.OPEN
-            and self.clock() - self._opened_at >= self.reset_timeout
+            and self.clock() - self._opened_at >= self.reset_timeout_s
         ):
             self._transition(CircuitState.HALF_OPEN, changes)
 
@@ -242,7 +256,7 @@ class CircuitBreaker:
     # -- public state -----------------------------------------------------------------
     @property
     def state(self) -> CircuitState:
-        """The current state (an open breaker past reset_timeout reads as half-open)."""
+        """The current state (an open breaker past reset_timeout_s reads as half-open)."""
         changes: list[tuple[CircuitState, CircuitState]] = []
         with self._lock:
             self._refresh(changes)
@@ -256,13 +270,13 @@ class CircuitBreaker:
         with self._lock:
             if self._state is not CircuitState.OPEN:
                 return 0.0
-            return max(0.0, self.reset_timeout - (self.clock() - self._opened_at))
+            return max(0.0, self.reset_timeout_s - (self.clock() - self._opened_at))
 
     # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
     metrics_kind = "circuit_breaker"
 
     def metrics_samples(self) -> Iterator[RawSample]:
-        # .state (not stats()["state"]): an open breaker past reset_timeout reads as half-open
+        # .state (not stats()["state"]): an open breaker past reset_timeout_s reads as half-open
         state = str(self.state.value)
         s = self.stats()
         for st in ("closed", "open", "half_open"):
@@ -331,8 +345,8 @@ class CircuitBreaker:
         """Record a call that returned; ``duration`` (seconds) enables the slow-call rule."""
         if (
             duration is not None
-            and self.slow_call_threshold is not None
-            and duration > self.slow_call_threshold
+            and self.slow_call_threshold_s is not None
+            and duration > self.slow_call_threshold_s
         ):
             with self._lock:
                 self._stats["slow_calls"] += 1

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 from .. import metrics as _metrics
+from .._deprecated import DeprecatedAlias, renamed
 from ..errors import (
     BusError,
     RetryExhaustedError,
@@ -71,18 +72,18 @@ class RetryPolicy(AlwaysReady):
     Parameters
     ----------
     kind : {"fixed", "linear", "exponential"}
-    initial : float
+    initial_s : float
         First delay in seconds (the only delay for "fixed").
-    step : float
-        Added per retry ("linear").
+    step_s : float
+        Seconds added per retry ("linear").
     multiplier : float
         Factor per retry ("exponential"), >= 1.
-    max_delay : float or None
-        Cap on any single delay before jitter.
+    max_delay_s : float or None
+        Cap on any single delay before jitter, in seconds.
     max_attempts : int or None
         Total attempts including the first; None means unlimited (then a
-        ``deadline`` is required so the policy always ends).
-    deadline : float or None
+        ``deadline_s`` is required so the policy always ends).
+    deadline_s : float or None
         Overall budget in seconds, measured from the first attempt. A retry
         whose delay would end past the deadline is not started.
     jitter : {"none", "full", "equal"}
@@ -98,18 +99,26 @@ class RetryPolicy(AlwaysReady):
     registry : pybus.metrics.Registry or False, optional
         Where this object reports its counters (default: ``pybus.metrics.default_registry``;
         ``False``: nowhere).
+    initial, step, max_delay, deadline : optional
+        Deprecated names of ``initial_s``, ``step_s``, ``max_delay_s`` and ``deadline_s`` (a
+        warning; removed in the next release). The attributes of the old names warn too.
     """
+
+    initial = DeprecatedAlias("initial_s")
+    step = DeprecatedAlias("step_s")
+    max_delay = DeprecatedAlias("max_delay_s")
+    deadline = DeprecatedAlias("deadline_s")
 
     def __init__(
         self,
         kind: str = "exponential",
         *,
-        initial: float = 0.1,
-        step: float = 0.0,
+        initial_s: float = 0.1,
+        step_s: float = 0.0,
         multiplier: float = 2.0,
-        max_delay: float | None = None,
+        max_delay_s: float | None = None,
         max_attempts: int | None = 3,
-        deadline: float | None = None,
+        deadline_s: float | None = None,
         jitter: str = "none",
         retry_on: RetryOn = None,
         on_retry: OnRetry | None = None,
@@ -118,27 +127,36 @@ class RetryPolicy(AlwaysReady):
         asleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: Any = None,
         registry: Any = None,
+        initial: float | None = None,
+        step: float | None = None,
+        max_delay: float | None = None,
+        deadline: float | None = None,
     ) -> None:
+        initial_s = renamed("RetryPolicy", "initial", initial, "initial_s", initial_s, 0.1)
+        step_s = renamed("RetryPolicy", "step", step, "step_s", step_s, 0.0)
+        max_delay_s = renamed("RetryPolicy", "max_delay", max_delay, "max_delay_s", max_delay_s,
+                              None)
+        deadline_s = renamed("RetryPolicy", "deadline", deadline, "deadline_s", deadline_s, None)
         if kind not in _KINDS:
             raise ValidationError(f"retry kind {kind!r} is unknown; allowed: {', '.join(_KINDS)}")
         self.kind = kind
-        self.initial = _check_number("initial delay", initial, minimum=0.0)
-        self.step = _check_number("step", step, minimum=0.0)
+        self.initial_s = _check_number("initial_s", initial_s, minimum=0.0)
+        self.step_s = _check_number("step_s", step_s, minimum=0.0)
         self.multiplier = _check_number("multiplier", multiplier, minimum=1.0)
-        if max_delay is not None:
-            max_delay = _check_number("max_delay", max_delay, minimum=self.initial)
-        self.max_delay = max_delay
+        if max_delay_s is not None:
+            max_delay_s = _check_number("max_delay_s", max_delay_s, minimum=self.initial_s)
+        self.max_delay_s = max_delay_s
         if max_attempts is not None:
             check_positive_int("max_attempts", max_attempts, " (or None with a deadline)")
-        if deadline is not None:
-            deadline = _check_number("deadline", deadline, minimum=0.0, allow_equal=False)
-        if max_attempts is None and deadline is None:
+        if deadline_s is not None:
+            deadline_s = _check_number("deadline_s", deadline_s, minimum=0.0, allow_equal=False)
+        if max_attempts is None and deadline_s is None:
             raise ValidationError(
                 "max_attempts=None (unlimited) needs a deadline so the policy ends; "
-                "pass deadline=SECONDS or an int max_attempts"
+                "pass deadline_s=SECONDS or an int max_attempts"
             )
         self.max_attempts = max_attempts
-        self.deadline = deadline
+        self.deadline_s = deadline_s
         if jitter not in _JITTERS:
             raise ValidationError(f"jitter {jitter!r} is unknown; allowed: {', '.join(_JITTERS)}")
         self.jitter = jitter
@@ -169,26 +187,27 @@ class RetryPolicy(AlwaysReady):
 
     # -- constructors -----------------------------------------------------------------
     @classmethod
-    def fixed(cls, delay: float, *, max_attempts: int | None = 3, **kw: Any) -> RetryPolicy:
-        """The same ``delay`` (seconds) before every retry."""
-        return cls("fixed", initial=delay, max_attempts=max_attempts, **kw)
+    def fixed(cls, delay_s: float, *, max_attempts: int | None = 3, **kw: Any) -> RetryPolicy:
+        """The same ``delay_s`` seconds before every retry."""
+        return cls("fixed", initial_s=delay_s, max_attempts=max_attempts, **kw)
 
     @classmethod
     def linear(
         cls,
-        initial: float,
-        step: float,
-        max_delay: float | None = None,
+        initial_s: float,
+        step_s: float,
+        max_delay_s: float | None = None,
         *,
         max_attempts: int | None = 3,
         **kw: Any,
     ) -> RetryPolicy:
-        """Delays ``initial``, ``initial + step``, ``initial + 2*step`` ... capped at max_delay."""
+        """Delays ``initial_s``, ``initial_s + step_s``, ``initial_s + 2*step_s`` ... capped at
+        ``max_delay_s`` (all in seconds)."""
         return cls(
             "linear",
-            initial=initial,
-            step=step,
-            max_delay=max_delay,
+            initial_s=initial_s,
+            step_s=step_s,
+            max_delay_s=max_delay_s,
             max_attempts=max_attempts,
             **kw,
         )
@@ -196,19 +215,20 @@ class RetryPolicy(AlwaysReady):
     @classmethod
     def exponential(
         cls,
-        initial: float,
+        initial_s: float,
         multiplier: float = 2.0,
-        max_delay: float | None = None,
+        max_delay_s: float | None = None,
         *,
         max_attempts: int | None = 3,
         **kw: Any,
     ) -> RetryPolicy:
-        """Delays ``initial * multiplier**k`` for k = 0, 1, ... capped at max_delay."""
+        """Delays ``initial_s * multiplier**k`` seconds for k = 0, 1, ... capped at
+        ``max_delay_s``."""
         return cls(
             "exponential",
-            initial=initial,
+            initial_s=initial_s,
             multiplier=multiplier,
-            max_delay=max_delay,
+            max_delay_s=max_delay_s,
             max_attempts=max_attempts,
             **kw,
         )
@@ -217,18 +237,18 @@ class RetryPolicy(AlwaysReady):
     def base_delays(self) -> Iterator[float]:
         """The schedule before jitter: one delay per retry (``max_attempts - 1`` of them)."""
         count = None if self.max_attempts is None else self.max_attempts - 1
-        d = self.initial
+        d = self.initial_s
         i = 0
         while count is None or i < count:
-            yield d if self.max_delay is None else min(d, self.max_delay)
+            yield d if self.max_delay_s is None else min(d, self.max_delay_s)
             i += 1
             if self.kind == "linear":
-                d = d + self.step
+                d = d + self.step_s
             elif self.kind == "exponential":
                 d = d * self.multiplier
             # Once capped, stop growing so d never overflows to inf.
-            if self.max_delay is not None and d > self.max_delay:
-                d = self.max_delay
+            if self.max_delay_s is not None and d > self.max_delay_s:
+                d = self.max_delay_s
 
     def _jittered(self, d: float) -> float:
         if self.jitter == "full":
@@ -252,15 +272,15 @@ class RetryPolicy(AlwaysReady):
             raise ValidationError(f"retry must be an int >= 1, got {retry!r}")
         k = retry - 1
         if self.kind == "fixed":
-            d = self.initial
+            d = self.initial_s
         elif self.kind == "linear":
-            d = self.initial + self.step * k
+            d = self.initial_s + self.step_s * k
         else:
             try:
-                d = self.initial * self.multiplier**k
+                d = self.initial_s * self.multiplier**k
             except OverflowError:
                 d = math.inf
-        return d if self.max_delay is None else min(d, self.max_delay)
+        return d if self.max_delay_s is None else min(d, self.max_delay_s)
 
     def delay(self, retry: int) -> float:
         """:meth:`base_delay` with this policy's jitter applied."""
@@ -278,7 +298,7 @@ class RetryPolicy(AlwaysReady):
         if self.max_attempts is not None and attempts >= self.max_attempts:
             return None
         d = self.delay(attempts)
-        if self.deadline is not None and elapsed is not None and elapsed + d > self.deadline:
+        if self.deadline_s is not None and elapsed is not None and elapsed + d > self.deadline_s:
             return None
         return d
 
@@ -361,9 +381,10 @@ class RetryPolicy(AlwaysReady):
 
     def __repr__(self) -> str:
         return (
-            f"RetryPolicy({self.kind!r}, initial={self.initial}, step={self.step}, "
-            f"multiplier={self.multiplier}, max_delay={self.max_delay}, "
-            f"max_attempts={self.max_attempts}, deadline={self.deadline}, jitter={self.jitter!r})"
+            f"RetryPolicy({self.kind!r}, initial_s={self.initial_s}, step_s={self.step_s}, "
+            f"multiplier={self.multiplier}, max_delay_s={self.max_delay_s}, "
+            f"max_attempts={self.max_attempts}, deadline_s={self.deadline_s}, "
+            f"jitter={self.jitter!r})"
         )
 
 
@@ -399,9 +420,9 @@ class RetryRun:
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), or None without a deadline."""
-        if self.policy.deadline is None:
+        if self.policy.deadline_s is None:
             return None
-        return max(0.0, self.policy.deadline - (self.policy.clock() - self.started))
+        return max(0.0, self.policy.deadline_s - (self.policy.clock() - self.started))
 
     def failed(self, exc: BaseException) -> float:
         """Record a failed attempt; return the delay before the next one.
@@ -418,13 +439,13 @@ class RetryRun:
         if delay is None:
             self._exhaust(exc, f"all {self.attempt} attempts failed")
         assert delay is not None
-        if policy.deadline is not None:
+        if policy.deadline_s is not None:
             elapsed = policy.clock() - self.started
-            if elapsed + delay > policy.deadline:
+            if elapsed + delay > policy.deadline_s:
                 self._exhaust(
                     exc,
                     f"gave up after {self.attempt} attempts: waiting {delay:.3g} s more would pass "
-                    f"the {policy.deadline:.3g} s deadline ({elapsed:.3g} s used)",
+                    f"the {policy.deadline_s:.3g} s deadline ({elapsed:.3g} s used)",
                 )
         if policy.on_retry is not None:
             policy.on_retry(self.attempt, exc, delay)

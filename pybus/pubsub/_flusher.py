@@ -38,7 +38,7 @@ def _flusher_loop(
 
     Idle, it sleeps on ``wake``. Armed by the first pending record of a batch, it wakes after
     the flush delay; if the last publish is at least that long ago (the burst ended) it sends
-    what is pending, so the tail of a burst leaves about ``idle_us`` (``linger_us``) after the
+    what is pending, so the tail of a burst leaves about ``idle_us`` (``batch_hold_us``) after the
     last publish. ("Nothing was published since the arming" was the wrong test: a paced
     publisher, a burst every ~100 us, never looked quiet, and each burst's tail waited for the
     next burst's max_delay_us: 155 us instead of ~30 us at 20k msg/s, measured.)
@@ -130,7 +130,7 @@ class FlusherMixin:
         _urgent: bool
         _armed: bool
         _backing_off: bool
-        _lingering: bool
+        _holding: bool
         _window_blocked: bool
         _first_tick_s: float
         _max_tick_s: float
@@ -193,7 +193,7 @@ class FlusherMixin:
                 raise ClosedError("closed")
             b = self._batcher
             if b.pending_records:
-                if urgent or self._lingering or self._paused(b):
+                if urgent or self._holding or self._paused(b):
                     self._flush_locked()
                     if self._window_blocked:
                         # the tail waits for the window: look again soon (not waiting for

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._deprecated import renamed
 from ..errors import ValidationError, check_positive_int
 from . import _base as base
 
@@ -62,22 +63,33 @@ class PublisherOptions:
     sndhwm: int
     block_timeout_s: float
     close_linger_ms: int
-    #: the batcher's idle and delay bounds, linger_us applied
+    #: the batcher's idle and delay bounds, batch_hold_us applied
     idle_us: float
     delay_us: float
-    lingering: bool
+    holding: bool
     #: the flusher's first look after a batch starts (see Publisher.__init__)
     first_tick_s: float
 
 
 def publisher_options(
     endpoint: str | Sequence[str], *, delivery: str, window_bytes: int,
-    slow_consumer_timeout: float, on_full: str, block_timeout: float, linger_us: float,
+    slow_consumer_timeout_s: float, on_full: str, block_timeout_s: float, batch_hold_us: float,
     max_delay_us: float, idle_us: float, max_batch_bytes: int, max_queued_bytes: int | None,
     sndhwm: int | None, close_linger_ms: int, publisher_id: int | None, history: int,
     history_endpoint: str | None,
+    old_names: tuple[float | None, float | None, float | None] = (None, None, None),
 ) -> PublisherOptions:
-    """Check a Publisher's arguments (ValidationError) and derive what it needs."""
+    """Check a Publisher's arguments (ValidationError) and derive what it needs.
+    ``old_names``: the deprecated ``slow_consumer_timeout``, ``block_timeout`` and
+    ``linger_us`` as given (None: not used)."""
+    old_slow, old_block, old_hold = old_names
+    slow_consumer_timeout_s = renamed("Publisher", "slow_consumer_timeout", old_slow,
+                                      "slow_consumer_timeout_s", slow_consumer_timeout_s, 5.0,
+                                      depth=1)
+    block_timeout_s = renamed("Publisher", "block_timeout", old_block, "block_timeout_s",
+                              block_timeout_s, 10.0, depth=1)
+    batch_hold_us = renamed("Publisher", "linger_us", old_hold, "batch_hold_us", batch_hold_us,
+                            0.0, depth=1)
     if history and not history_endpoint:
         raise ValidationError("history needs history_endpoint (e.g. 'tcp://*:5557')")
     if on_full not in _ON_FULL:
@@ -86,23 +98,23 @@ def publisher_options(
         raise ValidationError(f"delivery must be one of {_DELIVERY}, got {delivery!r}")
     window_bytes = _deprecated_window("Publisher", window_bytes, max_queued_bytes)
     check_positive_int("window_bytes", window_bytes)
-    if not slow_consumer_timeout > 0:
+    if not slow_consumer_timeout_s > 0:
         raise ValidationError(
-            f"slow_consumer_timeout must be > 0 seconds, got {slow_consumer_timeout!r}"
+            f"slow_consumer_timeout_s must be > 0 seconds, got {slow_consumer_timeout_s!r}"
         )
-    if not block_timeout >= 0:
-        raise ValidationError(f"block_timeout must be >= 0 seconds, got {block_timeout!r}")
-    for name, value in (("linger_us", linger_us), ("idle_us", idle_us),
+    if not block_timeout_s >= 0:
+        raise ValidationError(f"block_timeout_s must be >= 0 seconds, got {block_timeout_s!r}")
+    for name, value in (("batch_hold_us", batch_hold_us), ("idle_us", idle_us),
                         ("max_delay_us", max_delay_us)):
         if not value >= 0:
             raise ValidationError(f"{name} must be >= 0, got {value!r}")
     if close_linger_ms < 0:
         raise ValidationError(f"close_linger_ms must be >= 0, got {close_linger_ms!r}")
     endpoints = as_endpoints(endpoint)
-    if linger_us > 0:
-        # Holding batches open: never send a lone message at once; flush after linger_us.
+    if batch_hold_us > 0:
+        # Holding batches open: never send a lone message at once; flush after batch_hold_us.
         # (the batcher still sends the very first message at once: it has never drained)
-        idle, delay = 1e9, float(linger_us)
+        idle, delay = 1e9, float(batch_hold_us)
     else:
         idle, delay = float(idle_us), float(max_delay_us)
     reliable = delivery == "reliable"
@@ -126,17 +138,17 @@ def publisher_options(
         reliable=reliable,
         window_bytes=window_bytes,
         window_frames=hwm // 2 - spare if reliable else 0,
-        slow_consumer_timeout_ns=int(slow_consumer_timeout * 1e9),
+        slow_consumer_timeout_ns=int(slow_consumer_timeout_s * 1e9),
         sndhwm=hwm,
-        block_timeout_s=float(block_timeout),
+        block_timeout_s=float(block_timeout_s),
         close_linger_ms=int(close_linger_ms),
         idle_us=idle,
         delay_us=delay,
-        lingering=linger_us > 0,
-        # with linger_us, when the batch is due; else after idle_us, so a lone message (or
+        holding=batch_hold_us > 0,
+        # with batch_hold_us, when the batch is due; else after idle_us, so a lone message (or
         # the end of a burst) that came too soon after the previous send to go out at once
         # waits about idle_us, not max_delay_us
-        first_tick_s=delay / 1e6 if linger_us > 0 else min(idle, delay) / 1e6,
+        first_tick_s=delay / 1e6 if batch_hold_us > 0 else min(idle, delay) / 1e6,
     )
 
 
@@ -197,3 +209,22 @@ def subscriber_options(
         max_lag_ns=int(max_lag_s * 1e9) if max_lag_s is not None else 0,
         history_endpoints=history,
     )
+
+
+def close_linger_ms(linger_s: float | None, linger_ms: int | None, default_ms: int) -> int:
+    """``close()``'s ZeroMQ linger in milliseconds, from ``linger_ms=`` or the deprecated
+    ``linger=`` in seconds (a warning; both at once is an error)."""
+    if linger_s is not None:
+        warnings.warn(
+            "Publisher.close(linger=seconds) is deprecated: use close(linger_ms=milliseconds); "
+            "the old name will be removed in the next release",
+            DeprecationWarning, stacklevel=3)
+        if linger_ms is not None:
+            raise ValidationError("Publisher.close: pass linger_ms= only (linger= is its "
+                                  "deprecated old name, in seconds)")
+        return max(0, int(linger_s * 1000))
+    if linger_ms is None:
+        return default_ms
+    if not isinstance(linger_ms, int) or linger_ms < 0:
+        raise ValidationError(f"linger_ms must be an int >= 0 (milliseconds), got {linger_ms!r}")
+    return linger_ms

@@ -115,7 +115,7 @@ class WindowMixin:
                     why = ("the slowest subscriber's window stayed full" if self._window_blocked
                            else "the publisher's ring stayed full")
                     raise BackpressureError(
-                        f"{why} for block_timeout={self._block_timeout}s; raise block_timeout "
+                        f"{why} for block_timeout_s={self._block_timeout}; raise block_timeout_s "
                         f"or capacity_bytes, or use on_full='drop'"
                     )
         finally:

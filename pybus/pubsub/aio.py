@@ -25,6 +25,7 @@ from ..errors import BackpressureError, ClosedError, TimeoutError, ValidationErr
 from . import publisher as _pub
 from . import subscriber as _sub
 from ._flusher import _WINDOW_RETRY_S
+from ._options import close_linger_ms
 
 __all__ = ["Publisher", "Subscriber"]
 
@@ -149,7 +150,7 @@ class Publisher:
     as acks arrive, so ``publish`` does not wait while the ring has room; ``await flush()``
     waits for the window without blocking the loop. A publish that finds the ring full
     applies ``on_full`` in the calling thread (``"block"`` blocks the loop up to
-    ``block_timeout``; ``"drop"`` or ``"raise"`` suit an event loop better).
+    ``block_timeout_s``; ``"drop"`` or ``"raise"`` suit an event loop better).
 
     Not a subclass of :class:`pybus.Publisher` (its waiting methods are coroutines here): it
     wraps the same core, and reports its counters through it.
@@ -204,14 +205,16 @@ class Publisher:
         except StopIteration as done:
             return int(done.value)
 
-    async def close(self, linger: float | None = None) -> None:
-        """Send what is pending and close (bounded by ``linger``)."""
+    async def close(self, linger: float | None = None, *, linger_ms: int | None = None) -> None:
+        """Send what is pending and close (bounded by ``linger_ms``, as the sync close;
+        ``linger`` in seconds is its deprecated name)."""
         core = self._core
+        linger_ms = close_linger_ms(linger, linger_ms, core._close_linger_ms)
         if not core.closed and core._flow is not None:
             # what the window holds back, without blocking the loop (as sync close does)
             await core._await_window(time.monotonic() + core._block_timeout)
         core._cancel_timers()
-        core.close(linger)
+        core.close(linger_ms=linger_ms)
         self.publish = core.publish  # now the one that raises ClosedError
 
     async def __aenter__(self) -> Publisher:

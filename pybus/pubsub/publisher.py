@@ -36,7 +36,7 @@ from ..transport import sockets as _sockets
 from ..transport.iopath import IOPath
 from . import _base as base
 from ._flusher import _MAX_TICK_S, FlusherMixin
-from ._options import publisher_options
+from ._options import close_linger_ms, publisher_options
 from ._subscriptions import SubscriptionsMixin
 from ._window import _POSITION_INTERVAL_NS, OnFull, WindowMixin
 from .flow import FlowWindow
@@ -88,7 +88,7 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         Reliable mode: bytes in flight per subscriber at most (default 32 MiB). Both modes:
         the send high-water mark defaults to ``window_bytes // max_batch_bytes`` frames (at
         least 256 in reliable mode, 16 in best effort), so ZeroMQ's queue stays near it.
-    slow_consumer_timeout : float
+    slow_consumer_timeout_s : float
         Reliable mode: a subscriber that holds the publisher back this many seconds without
         reading anything is evicted (counted in ``stats()["evictions"]``, logged once): the
         publisher stops waiting for it and the others keep receiving everything. It counts
@@ -96,16 +96,17 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
     on_full : {"block", "drop", "raise"}
         What a publish does when it cannot be queued: the ring is full, in reliable mode
         because the slowest live subscriber's window is full. ``"block"`` waits (for acks,
-        evicting stalled subscribers) up to ``block_timeout`` seconds, then raises
+        evicting stalled subscribers) up to ``block_timeout_s`` seconds, then raises
         :class:`~pybus.BackpressureError`; ``"drop"`` counts the message in
         ``stats()["dropped"]`` (``backpressure`` when the window held it back, else
         ``ring_full``) and drops it; ``"raise"`` raises at once.
-    block_timeout : float
+    block_timeout_s : float
         Seconds a ``block`` publish may wait (default 10, longer than the default
-        ``slow_consumer_timeout``: a stalled subscriber is evicted before a publish fails).
-    linger_us : float
-        Hold a batch open for this many microseconds to let it grow (default 0: an idle
-        publisher sends each message at once; under load batches form by themselves).
+        ``slow_consumer_timeout_s``: a stalled subscriber is evicted before a publish fails).
+    batch_hold_us : float
+        Hold a batch open for this many microseconds to let it grow, as Kafka's ``linger.ms``
+        does (default 0: an idle publisher sends each message at once; under load batches
+        form by themselves).
     max_delay_us : float
         Under load, the oldest pending message is sent at the latest this late.
     idle_us : float
@@ -125,7 +126,11 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         ZeroMQ send high-water mark, in frames (overrides the derived value; at least 4 in
         reliable mode).
     close_linger_ms : int
-        Default linger of :meth:`close`, in milliseconds.
+        Default ZeroMQ linger of :meth:`close`, in milliseconds: how long ZeroMQ may still
+        deliver what is queued. ("Linger" means only this in pybus.)
+    slow_consumer_timeout, block_timeout, linger_us : optional
+        Deprecated names of ``slow_consumer_timeout_s``, ``block_timeout_s`` and
+        ``batch_hold_us`` (a warning; removed in the next release).
     publisher_id : int, optional
         64-bit id written in every frame (default: random).
     context : zmq.Context, optional
@@ -151,7 +156,7 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
     without pybus's hello, such as a raw ZeroMQ SUB, get best effort). In best effort a
     publish never waits on a subscriber: ZeroMQ drops that subscriber's frames at its
     high-water mark, and the subscriber counts them as lost from the sequence gaps.
-    ``close()`` first waits (up to ``block_timeout``) for the window to take what is pending,
+    ``close()`` first waits (up to ``block_timeout_s``) for the window to take what is pending,
     then gives ZeroMQ ``close_linger_ms`` to deliver what is queued.
 
     Examples
@@ -168,10 +173,10 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         *,
         delivery: Delivery = "reliable",
         window_bytes: int = base.DEFAULT_WINDOW_BYTES,
-        slow_consumer_timeout: float = 5.0,
+        slow_consumer_timeout_s: float = 5.0,
         on_full: OnFull = "block",
-        block_timeout: float = 10.0,
-        linger_us: float = 0.0,
+        block_timeout_s: float = 10.0,
+        batch_hold_us: float = 0.0,
         max_delay_us: float = 100.0,
         idle_us: float = 20.0,
         max_message_bytes: int = base.DEFAULT_MAX_MESSAGE_BYTES,
@@ -189,12 +194,17 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         liveness: Any = None,
         history: int = 0,
         history_endpoint: str | None = None,
+        slow_consumer_timeout: float | None = None,
+        block_timeout: float | None = None,
+        linger_us: float | None = None,
     ) -> None:
         self._closed = True  # until fully constructed (so __del__/close are safe)
         opts = publisher_options(
             endpoint, delivery=delivery, window_bytes=window_bytes,
-            slow_consumer_timeout=slow_consumer_timeout, on_full=on_full,
-            block_timeout=block_timeout, linger_us=linger_us, max_delay_us=max_delay_us,
+            slow_consumer_timeout_s=slow_consumer_timeout_s, on_full=on_full,
+            block_timeout_s=block_timeout_s, batch_hold_us=batch_hold_us,
+            old_names=(slow_consumer_timeout, block_timeout, linger_us),
+            max_delay_us=max_delay_us,
             idle_us=idle_us, max_batch_bytes=max_batch_bytes, max_queued_bytes=max_queued_bytes,
             sndhwm=sndhwm, close_linger_ms=close_linger_ms, publisher_id=publisher_id,
             history=history, history_endpoint=history_endpoint,
@@ -215,7 +225,7 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         self._on_full_policy: OnFull = on_full
         self._block_timeout = opts.block_timeout_s
         self._flush_delay_s = opts.delay_us / 1e6
-        self._lingering = opts.lingering
+        self._holding = opts.holding
         self._first_tick_s = opts.first_tick_s
         # A pause this long after the last publish means the burst ended (see _tick).
         self._quiet_ns = int(self._first_tick_s * 1e9)
@@ -602,20 +612,22 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def close(self, linger: float | None = None) -> None:
+    def close(self, linger: float | None = None, *, linger_ms: int | None = None) -> None:
         """Send what is pending, stop the flusher, close the socket. Idempotent, bounded.
 
         Parameters
         ----------
+        linger_ms : int, optional
+            Milliseconds ZeroMQ may keep trying to deliver queued frames after close (its
+            LINGER; default ``close_linger_ms``). Never blocks longer than about ``linger_ms``
+            + ``block_timeout_s`` (in reliable mode, what the window has not taken by then is
+            counted in ``stats()["dropped"]["closed"]``).
         linger : float, optional
-            Seconds ZeroMQ may keep trying to deliver queued frames after close (default
-            ``close_linger_ms``). Never blocks longer than about ``linger`` + ``block_timeout``
-            (in reliable mode, what the window has not taken by then is counted in
-            ``stats()["dropped"]["closed"]``).
+            Deprecated: the same in seconds (a warning; removed in the next release).
         """
+        linger_ms = close_linger_ms(linger, linger_ms, self._close_linger_ms)
         if self._closed:
             return
-        linger_ms = self._close_linger_ms if linger is None else max(0, int(linger * 1000))
         if self._history_server is not None:  # before taking the lock its thread may wait for
             self._history_server.close()
         got = self._send_lock.acquire(timeout=max(self._block_timeout, 0.1))

@@ -12,7 +12,7 @@ safe because stale replies can never match it.
 
 Example
 -------
->>> async with AsyncClient("ipc:///tmp/calc", timeout=1.0) as client:   # doctest: +SKIP
+>>> async with AsyncClient("ipc:///tmp/calc", timeout_s=1.0) as client:   # doctest: +SKIP
 ...     results = await asyncio.gather(*(client.request("add", [i, i]) for i in range(10)))
 """
 
@@ -31,6 +31,7 @@ import zmq
 import zmq.asyncio
 
 from .. import metrics as _metrics
+from .._deprecated import renamed
 from ..errors import (
     BackpressureError,
     ClosedError,
@@ -76,7 +77,7 @@ class AsyncClient(_ClientBase, InFlightLimit):
     def __init__(
         self,
         endpoint: str,
-        timeout: float = 5.0,
+        timeout_s: float = 5.0,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
         rate_limit: RateLimiter | None = None,
@@ -87,10 +88,12 @@ class AsyncClient(_ClientBase, InFlightLimit):
         registry: Any = None,
         liveness: Liveness | None = None,
         max_inflight: int | None = None,
+        timeout: float | None = None,
     ) -> None:
         max_in_flight = self._in_flight_option("AsyncClient", max_in_flight, max_inflight, 10_000,
                                                liveness)
-        super().__init__(endpoint, timeout, retry, breaker, rate_limit)
+        timeout_s = renamed("AsyncClient", "timeout", timeout, "timeout_s", timeout_s, 5.0)
+        super().__init__(endpoint, timeout_s, retry, breaker, rate_limit)
         self.max_in_flight = check_positive_int("max_in_flight", max_in_flight)
         self._security = security
         self._liveness = liveness

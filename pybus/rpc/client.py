@@ -14,7 +14,7 @@ it calls back into ``_request``, ``_remap`` and ``_attempt_rest`` here for every
 
 Example
 -------
->>> with Client("ipc:///tmp/calc", timeout=1.0) as client:   # doctest: +SKIP
+>>> with Client("ipc:///tmp/calc", timeout_s=1.0) as client:   # doctest: +SKIP
 ...     client.request("add", [1, 2])
 3
 """
@@ -29,6 +29,7 @@ from typing import Any, cast
 import zmq
 
 from .. import metrics as _metrics
+from .._deprecated import renamed
 from .._lifecycle import Closeable
 from .._native import Histogram, _zmqfast
 from ..errors import (
@@ -246,8 +247,9 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
     ----------
     endpoint : str
         The server's endpoint.
-    timeout : float
-        Seconds to wait for each attempt's reply.
+    timeout_s : float
+        Seconds to wait for each attempt's reply (``timeout=`` is its deprecated name; the
+        attribute stays ``timeout``, as :meth:`request`'s per-call ``timeout``).
     retry : RetryPolicy or None
         Attempts and backoff; without it a request is tried once. Between
         attempts that timed out the socket is closed and reopened (Lazy Pirate).
@@ -280,7 +282,7 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
     def __init__(
         self,
         endpoint: str,
-        timeout: float = 5.0,
+        timeout_s: float = 5.0,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
         rate_limit: RateLimiter | None = None,
@@ -289,9 +291,11 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
         context: zmq.Context[Any] | None = None,
         registry: Any = None,
         liveness: Liveness | None = None,
+        timeout: float | None = None,
     ) -> None:
         check_rpc_liveness(liveness)
-        super().__init__(endpoint, timeout, retry, breaker, rate_limit)
+        timeout_s = renamed("Client", "timeout", timeout, "timeout_s", timeout_s, 5.0)
+        super().__init__(endpoint, timeout_s, retry, breaker, rate_limit)
         self._ctx = context or zmq.Context.instance()
         self._security = security
         self._liveness = liveness
@@ -550,4 +554,4 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
             self._release()
 
     def __repr__(self) -> str:
-        return f"Client({self.endpoint!r}, timeout={self.timeout:g})"
+        return f"Client({self.endpoint!r}, timeout_s={self.timeout:g})"

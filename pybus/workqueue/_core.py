@@ -70,7 +70,7 @@ class DispatchCore:
         dlq: Any,
         journal: Journal | None,
         origin: str,
-        ack_timeout: float,
+        ack_timeout_s: float,
         heartbeat_interval_s: float,
         heartbeat_liveness: int,
         max_in_flight: int,
@@ -79,7 +79,7 @@ class DispatchCore:
         self._plan, self.throttle = plan, throttle
         self._dlq, self._journal, self._origin = dlq, journal, origin
         # read at every decision; WorkQueue's attributes of the same names are these
-        self.ack_timeout, self.max_in_flight = ack_timeout, max_in_flight
+        self.ack_timeout_s, self.max_in_flight = ack_timeout_s, max_in_flight
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_liveness = heartbeat_liveness
 
@@ -330,7 +330,7 @@ class DispatchCore:
                 self._expire(w, now)
 
     def _expire(self, w: WorkerState, now: float) -> None:
-        limit = now - self.ack_timeout
+        limit = now - self.ack_timeout_s
         expired = []
         for rec in w.inflight.values():
             if rec[R_SENT] > limit:
@@ -344,7 +344,7 @@ class DispatchCore:
             self._fail(
                 rec,
                 "AckTimeout",
-                f"no ack within ack_timeout={self.ack_timeout}s",
+                f"no ack within ack_timeout_s={self.ack_timeout_s}s",
                 int(ErrorCode.TIMEOUT),
                 True,
                 now,

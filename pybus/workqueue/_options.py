@@ -52,18 +52,18 @@ def _check_endpoint(endpoint: object) -> None:
 
 
 def check_queue_options(
-    endpoint: object, dlq: Any, ack_timeout: float, heartbeat_interval_s: float,
-    heartbeat_liveness: int, max_in_flight: int, max_queued: int, put_timeout: float | None,
+    endpoint: object, dlq: Any, ack_timeout_s: float, heartbeat_interval_s: float,
+    heartbeat_liveness: int, max_in_flight: int, max_queued: int, put_timeout_s: float | None,
     context: Any,
 ) -> None:
     """WorkQueue's argument checks (retry, breaker and rate_limit are checked by _policy)."""
     _check_endpoint(endpoint)
-    _positive("ack_timeout", ack_timeout)
+    _positive("ack_timeout_s", ack_timeout_s)
     _positive("heartbeat_interval_s", heartbeat_interval_s)
     _int_in("heartbeat_liveness", heartbeat_liveness, 1, 1000)
     _int_in("max_in_flight", max_in_flight)
     _int_in("max_queued", max_queued)
-    _positive("put_timeout", put_timeout, allow_none=True)
+    _positive("put_timeout_s", put_timeout_s, allow_none=True)
     if dlq is not None and not callable(getattr(dlq, "add", None)):
         raise ValidationError("dlq must be a pybus.DeadLetterQueue (an object with add())")
     check_context(context)

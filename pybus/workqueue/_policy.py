@@ -23,7 +23,7 @@ _log = logging.getLogger("pybus.workqueue")
 
 def DEFAULT_RETRY() -> RetryPolicy:  # noqa: N802 - a factory standing for a constant
     """The work queue's default: 5 attempts, 0.1 s doubling up to 5 s, no jitter."""
-    return RetryPolicy.exponential(0.1, max_delay=5.0, max_attempts=5)
+    return RetryPolicy.exponential(0.1, max_delay_s=5.0, max_attempts=5)
 
 
 class RetryPlan:

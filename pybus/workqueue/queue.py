@@ -13,7 +13,7 @@ dispatcher thread owns the socket and all delivery state:
   the dead-letter queue with its error;
 * heartbeats both ways (the ZeroMQ guide's Paranoid Pirate): a worker silent for
   ``heartbeat_interval_s * heartbeat_liveness`` is presumed dead and its unacknowledged messages
-  go to other workers; a message not acknowledged within ``ack_timeout`` counts as a failed
+  go to other workers; a message not acknowledged within ``ack_timeout_s`` counts as a failed
   attempt (``AckTimeout``) and is redelivered like a nacked one;
 * with ``journal="path.db"`` every message is committed to SQLite before ``put()`` returns and
   deleted once acknowledged or dead-lettered; a queue opened on the same journal redelivers
@@ -43,7 +43,7 @@ from typing import Any, cast
 import zmq
 
 from .. import metrics as _metrics
-from .._deprecated import deprecated_attribute, renamed
+from .._deprecated import DeprecatedAlias, renamed
 from .._lifecycle import Closeable
 from .._native import _zmqfast
 from ..errors import (
@@ -136,7 +136,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         ``tcp://127.0.0.1:*`` picks a free port, see :attr:`endpoint`).
     retry : pybus.RetryPolicy, optional
         Redelivery schedule and attempt limit for nacked messages; default
-        ``RetryPolicy.exponential(0.1, max_delay=5.0, max_attempts=5)``. A handler exception
+        ``RetryPolicy.exponential(0.1, max_delay_s=5.0, max_attempts=5)``. A handler exception
         that is a :class:`pybus.BusError` is retried only when it is ``retryable`` (or the
         policy's ``retry_on`` says so); any other exception is presumed transient.
     dlq : pybus.DeadLetterQueue, optional
@@ -145,9 +145,10 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
     journal : str or os.PathLike, optional
         SQLite file (WAL mode) holding every message not yet acked or dead-lettered; opening
         a queue on an existing journal redelivers its messages.
-    ack_timeout : float
+    ack_timeout_s : float
         Seconds a worker may hold a message without acking it; past that the delivery counts
         as a failed attempt (error type ``AckTimeout``) and the message is redelivered.
+        ``ack_timeout=`` is its deprecated old name.
     heartbeat_interval_s : float
         Seconds between heartbeats in both directions (told to workers on HELLO).
         ``heartbeat_interval=`` is its deprecated old name (a DeprecationWarning; removed in
@@ -158,10 +159,11 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         Upper bound on messages held by all workers together.
     max_queued : int
         Upper bound on messages put and not yet finished; ``put()`` blocks (up to
-        ``put_timeout``) when it is reached.
-    put_timeout : float, optional
+        ``put_timeout_s``) when it is reached.
+    put_timeout_s : float, optional
         Seconds ``put()`` waits for room when ``max_queued`` is reached before raising
-        :class:`pybus.BackpressureError`; ``None`` waits forever.
+        :class:`pybus.BackpressureError`; ``None`` waits forever. ``put_timeout=`` is its
+        deprecated old name.
     breaker : pybus.CircuitBreaker, optional
         Fed with every ack (success) and nack (failure); while it is open nothing is
         dispatched.
@@ -194,12 +196,12 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         retry: Any = None,
         dlq: Any = None,
         journal: str | os.PathLike[str] | None = None,
-        ack_timeout: float = 30.0,
+        ack_timeout_s: float = 30.0,
         heartbeat_interval_s: float = 1.0,
         heartbeat_liveness: int = 3,
         max_in_flight: int = 100_000,
         max_queued: int = 1_000_000,
-        put_timeout: float | None = None,
+        put_timeout_s: float | None = None,
         breaker: Any = None,
         rate_limit: Any = None,
         journal_sync: str = "normal",
@@ -209,15 +211,21 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         context: zmq.Context[Any] | None = None,
         *,
         heartbeat_interval: float | None = None,
+        ack_timeout: float | None = None,
+        put_timeout: float | None = None,
     ) -> None:
         heartbeat_interval_s = renamed("WorkQueue", "heartbeat_interval", heartbeat_interval,
                                        "heartbeat_interval_s", heartbeat_interval_s, 1.0)
-        check_queue_options(endpoint, dlq, ack_timeout, heartbeat_interval_s,
-                            heartbeat_liveness, max_in_flight, max_queued, put_timeout, context)
+        ack_timeout_s = renamed("WorkQueue", "ack_timeout", ack_timeout, "ack_timeout_s",
+                                ack_timeout_s, 30.0)
+        put_timeout_s = renamed("WorkQueue", "put_timeout", put_timeout, "put_timeout_s",
+                                put_timeout_s, None)
+        check_queue_options(endpoint, dlq, ack_timeout_s, heartbeat_interval_s,
+                            heartbeat_liveness, max_in_flight, max_queued, put_timeout_s, context)
         plan = RetryPlan(retry)
         throttle = Throttle(breaker, rate_limit)
         self.max_queued = max_queued
-        self.put_timeout = put_timeout
+        self.put_timeout_s = put_timeout_s
 
         self._journal: Journal | None = Journal(journal, journal_sync) if journal else None
         epoch = self._journal.epoch if self._journal else int.from_bytes(os.urandom(4)) >> 1
@@ -253,7 +261,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         # dispatcher-owned state and decisions
         self._core = DispatchCore(
             self._out.send, plan, throttle, dlq, self._journal, f"WorkQueue {self.endpoint}",
-            float(ack_timeout), float(heartbeat_interval_s), int(heartbeat_liveness),
+            float(ack_timeout_s), float(heartbeat_interval_s), int(heartbeat_liveness),
             max_in_flight,
         )
         # counters of the user side (written under _put_lock; read anywhere)
@@ -264,16 +272,13 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         self._thread.start()
         _metrics.attach(self, registry)
 
-    ack_timeout = _CoreSetting()
+    ack_timeout_s = _CoreSetting()
     heartbeat_interval_s = _CoreSetting()
     heartbeat_liveness = _CoreSetting()
     max_in_flight = _CoreSetting()
-
-    @property
-    def heartbeat_interval(self) -> float:
-        """Deprecated: :attr:`heartbeat_interval_s`."""
-        value = deprecated_attribute(self, "heartbeat_interval", "heartbeat_interval_s")
-        return cast("float", value)
+    heartbeat_interval = DeprecatedAlias("heartbeat_interval_s")
+    ack_timeout = DeprecatedAlias("ack_timeout_s")
+    put_timeout = DeprecatedAlias("put_timeout_s")
 
     def _open_router(self, endpoint: str, security: Any, liveness: Any) -> zmq.Socket[Any]:
         """Bind the ROUTER (and set up self._watch, self._out, self._io_path); on failure
@@ -344,7 +349,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
     def _wait_room(self, n: int) -> None:
         if self._outstanding() + n <= self.max_queued or self._outstanding() == 0:
             return
-        deadline = None if self.put_timeout is None else time.monotonic() + self.put_timeout
+        deadline = None if self.put_timeout_s is None else time.monotonic() + self.put_timeout_s
         with self._cv:
             self._waiters += 1
             try:
@@ -356,8 +361,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
                         raise BackpressureError(
                             f"the queue holds {self._outstanding()} unfinished messages "
                             f"(max_queued={self.max_queued}) and none finished within "
-                            f"put_timeout={self.put_timeout}s; raise max_queued, add workers "
-                            "or pass a longer put_timeout"
+                            f"put_timeout_s={self.put_timeout_s}s; raise max_queued, add workers "
+                            "or pass a longer put_timeout_s"
                         )
                     self._cv.wait(remaining if remaining is not None else 1.0)
             finally:
@@ -374,7 +379,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         TopicError, ValidationError
             Bad topic, payload or headers.
         BackpressureError
-            ``max_queued`` unfinished messages and no room within ``put_timeout``.
+            ``max_queued`` unfinished messages and no room within ``put_timeout_s``.
         ClosedError
             After :meth:`close`.
         """
@@ -522,7 +527,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_pull, zmq.POLLIN)
-        tick = min(core.heartbeat_interval_s / 2, core.ack_timeout / 4, 0.25)
+        tick = min(core.heartbeat_interval_s / 2, core.ack_timeout_s / 4, 0.25)
         next_house = time.monotonic() + tick
         try:
             while not self._stopping:

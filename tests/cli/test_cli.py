@@ -149,7 +149,7 @@ def test_sub_prints_messages(capsys):
                            "--timeout", "10")
     finally:
         t.join()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
     assert code == 0
     lines = [json.loads(x) for x in out.splitlines()]
     assert [(d["topic"], d["payload"], d["encoding"]) for d in lines] == [
@@ -172,7 +172,7 @@ def test_sub_human_output_and_timeout(capsys):
                              "--timeout", "1.5")
     finally:
         t.join()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
     assert out == "h.x #1 hi\n"
     assert code == 1 and "received 1 of 2" in err
 
@@ -279,7 +279,7 @@ def test_stat_once_against_a_live_endpoint(capsys):
                                "--interval", "0.2")
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
     assert code == 0
     assert "pybus_messages_published_total" in out and "100" in out
     assert "end_to_end_latency" in out and "p99.9" in out

@@ -114,7 +114,7 @@ def test_sub_bind_reports_the_port_and_prints_what_a_connecting_publisher_sends(
         finally:
             code = cli.join()  # sub exits once it printed --count messages: all delivered
             if pub is not None:
-                pub.close(linger=0)
+                pub.close(linger_ms=0)
     no_traceback(out, err)
     assert code == 0
     assert out.getvalue() == 'bind.a #1 first\nbind.b #1 {"k": 1}\n'
@@ -145,7 +145,7 @@ def test_sub_connect_does_not_report_a_bound_endpoint():
             finally:
                 code = cli.join()
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
     assert code == 0 and out.getvalue() == "c.x #1 hi\n" and err.getvalue() == ""
 
 

@@ -128,7 +128,7 @@ def test_the_scrape_health_counter_exists_before_the_first_error() -> None:
     try:
         text = reg.render().decode()
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
     got = [s for f in text_string_to_metric_families(text) for s in f.samples
            if s.name == _COLLECT_ERRORS]
     assert [(s.labels, s.value) for s in got] == [({"kind": "publisher"}, 0.0)]
@@ -146,9 +146,9 @@ def test_every_label_value_the_alerts_match_on_is_exported(tmp_path: Path, clock
     try:
         # -- drops: ring_full (the sender is busy: it holds the send lock), no subscriber ----
         ring = pybus.Publisher(_inproc(), on_full="drop", capacity_bytes=4 << 10,
-                               max_batch_bytes=1024, max_message_bytes=1024, block_timeout=0,
+                               max_batch_bytes=1024, max_message_bytes=1024, block_timeout_s=0,
                                registry=reg)
-        closers.append(lambda: ring.close(linger=0))
+        closers.append(lambda: ring.close(linger_ms=0))
         with ring._send_lock:
             for _ in range(40):
                 ring.publish("alerts.ring", b"r" * 400)
@@ -163,9 +163,9 @@ def test_every_label_value_the_alerts_match_on_is_exported(tmp_path: Path, clock
         ep = _inproc()
         stalled_pub = pybus.Publisher(ep, on_full="drop", sndhwm=16, capacity_bytes=16 << 10,
                                       max_batch_bytes=1024, max_message_bytes=1024,
-                                      block_timeout=0.2, slow_consumer_timeout=60,
+                                      block_timeout_s=0.2, slow_consumer_timeout_s=60,
                                       registry=reg)
-        closers.append(lambda: stalled_pub.close(linger=0))
+        closers.append(lambda: stalled_pub.close(linger_ms=0))
         stalled = pybus.Subscriber(ep, registry=False)  # connected, reads nothing
         closers.append(stalled.close)
         assert stalled_pub.wait_for_subscribers(1, timeout=10) == 1
@@ -175,7 +175,7 @@ def test_every_label_value_the_alerts_match_on_is_exported(tmp_path: Path, clock
                 break
         pending = stalled_pub.stats()["pending"]
         assert pending > 0
-        stalled_pub.close(linger=0)
+        stalled_pub.close(linger_ms=0)
         assert stalled_pub.stats()["dropped"]["closed"] == pending
         expect[("pybus_messages_dropped_total", (("reason", "closed"),))] = pending
 
@@ -188,7 +188,7 @@ def test_every_label_value_the_alerts_match_on_is_exported(tmp_path: Path, clock
         closers.append(guarded.close)
         alice = pybus.Publisher(guarded.endpoints, connect=True, registry=False,
                                 security=Curve.client(keys["alice"][1], keys["server"][0]))
-        closers.append(lambda: alice.close(linger=0))
+        closers.append(lambda: alice.close(linger_ms=0))
         assert alice.wait_for_subscribers(1, timeout=10) == 1
         for i in range(5):
             alice.publish("audit.login", i)  # forbidden
@@ -204,7 +204,7 @@ def test_every_label_value_the_alerts_match_on_is_exported(tmp_path: Path, clock
         # -- latency samples: a subscriber that received messages --------------------------
         ep = _inproc()
         lpub = pybus.Publisher(ep, registry=reg)
-        closers.append(lambda: lpub.close(linger=0))
+        closers.append(lambda: lpub.close(linger_ms=0))
         lsub = pybus.Subscriber(ep, ["#"], registry=reg)
         closers.append(lsub.close)
         assert lpub.wait_for_subscribers(1, timeout=10) == 1
@@ -214,7 +214,7 @@ def test_every_label_value_the_alerts_match_on_is_exported(tmp_path: Path, clock
         assert len(drain(lsub, 200, timeout=15)) == 200
 
         # -- a breaker that opened ---------------------------------------------------------
-        cb = pybus.CircuitBreaker(2, name="db", reset_timeout=600, registry=reg)
+        cb = pybus.CircuitBreaker(2, name="db", reset_timeout_s=600, registry=reg)
         cb.record_failure()
         cb.record_failure()
         expect[("pybus_circuit_breaker_state", (("state", "open"),))] = 1
@@ -232,7 +232,7 @@ def test_every_label_value_the_alerts_match_on_is_exported(tmp_path: Path, clock
         server.add_handler("flaky", flaky)
         server.start()
         closers.append(server.stop)
-        client = pybus.Client(server.endpoint, timeout=10.0, registry=reg,
+        client = pybus.Client(server.endpoint, timeout_s=10.0, registry=reg,
                               retry=RetryPolicy.fixed(0.0, max_attempts=3))
         closers.append(client.close)
         assert client.request("flaky", 7) == 7

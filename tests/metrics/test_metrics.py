@@ -58,7 +58,7 @@ def bus():
     pub.wait_for_subscribers(1, timeout=5.0)
     yield reg, pub, sub
     sub.close()
-    pub.close(linger=0)
+    pub.close(linger_ms=0)
 
 
 def test_exposition_parses_and_matches_object_stats(bus, tmp_path):
@@ -274,7 +274,7 @@ def test_readiness_reflects_closed_publisher_and_open_breaker(bus):
     reg, pub, sub = bus
     ok, items = reg.readiness()
     assert ok and {i["kind"] for i in items} == {"publisher", "subscriber"}
-    cb = pybus.CircuitBreaker(1, name="upstream", reset_timeout=60, registry=reg)
+    cb = pybus.CircuitBreaker(1, name="upstream", reset_timeout_s=60, registry=reg)
     cb.record_failure()
     ok, items = reg.readiness()
     assert not ok
@@ -282,7 +282,7 @@ def test_readiness_reflects_closed_publisher_and_open_breaker(bus):
     assert bad[0]["name"] == "upstream" and "open" in bad[0]["reason"]
     cb.reset()
     assert reg.readiness()[0]
-    pub.close(linger=0)
+    pub.close(linger_ms=0)
     ok, items = reg.readiness()
     assert not ok and [i["reason"] for i in items if not i["ready"]] == ["publisher is closed"]
 

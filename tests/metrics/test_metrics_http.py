@@ -46,7 +46,7 @@ def served():
     yield srv, reg, pub, sub
     srv.stop()
     sub.close()
-    pub.close(linger=0)
+    pub.close(linger_ms=0)
 
 
 def test_metrics_text_by_default(served):
@@ -85,7 +85,7 @@ def test_healthz_and_readyz(served):
     assert h["status"] == "ok" and h["version"] == pybus.__version__
     status, _, body = get(srv.url + "/readyz")
     assert status == 200 and json.loads(body)["status"] == "ready"
-    pub.close(linger=0)
+    pub.close(linger_ms=0)
     status, _, body = get(srv.url + "/readyz")
     r = json.loads(body)
     assert status == 503 and r["status"] == "not ready"

@@ -21,7 +21,7 @@ def fail_n(b, n):
 
 
 def test_opens_after_consecutive_failures_and_refuses(clock):
-    b = CircuitBreaker(failure_threshold=3, reset_timeout=10.0, clock=clock)
+    b = CircuitBreaker(failure_threshold=3, reset_timeout_s=10.0, clock=clock)
     fail_n(b, 2)
     assert b.state is CircuitState.CLOSED
     assert b.call(lambda: 1) == 1  # a success breaks the run (window == threshold)
@@ -75,7 +75,7 @@ def test_failure_rate_window(clock):
 
 def test_half_open_after_timeout_then_closes_on_probe(clock):
     changes = []
-    b = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, clock=clock)
+    b = CircuitBreaker(failure_threshold=1, reset_timeout_s=5.0, clock=clock)
     b.add_listener(lambda old, new: changes.append((old.value, new.value)))
     fail_n(b, 1)
     clock.advance(4.999)
@@ -89,7 +89,7 @@ def test_half_open_after_timeout_then_closes_on_probe(clock):
 
 
 def test_failed_probe_reopens_with_fresh_timeout(clock):
-    b = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, clock=clock)
+    b = CircuitBreaker(failure_threshold=1, reset_timeout_s=5.0, clock=clock)
     fail_n(b, 1)
     clock.advance(5.0)
     fail_n(b, 1)
@@ -100,7 +100,8 @@ def test_failed_probe_reopens_with_fresh_timeout(clock):
 
 def test_probe_slots_limit_concurrent_probes_and_success_threshold(clock):
     b = CircuitBreaker(
-        failure_threshold=1, reset_timeout=1.0, half_open_probes=2, success_threshold=3, clock=clock
+        failure_threshold=1, reset_timeout_s=1.0, half_open_probes=2, success_threshold=3,
+        clock=clock,
     )
     b.record_failure()
     clock.advance(1.0)
@@ -117,7 +118,7 @@ def test_probe_slots_limit_concurrent_probes_and_success_threshold(clock):
 
 
 def test_release_frees_probe_without_outcome(clock):
-    b = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, clock=clock)
+    b = CircuitBreaker(failure_threshold=1, reset_timeout_s=1.0, clock=clock)
     b.record_failure()
     clock.advance(1.0)
     assert b.allow()
@@ -128,7 +129,7 @@ def test_release_frees_probe_without_outcome(clock):
 
 
 def test_slow_calls_count_as_failures(clock):
-    b = CircuitBreaker(failure_threshold=2, slow_call_threshold=0.5, clock=clock)
+    b = CircuitBreaker(failure_threshold=2, slow_call_threshold_s=0.5, clock=clock)
 
     def slow():
         clock.advance(0.6)
@@ -139,7 +140,7 @@ def test_slow_calls_count_as_failures(clock):
     assert b.call(slow) == "done"
     assert b.state is CircuitState.OPEN
     assert b.stats()["slow_calls"] == 2
-    fast = CircuitBreaker(failure_threshold=1, slow_call_threshold=0.5, clock=clock)
+    fast = CircuitBreaker(failure_threshold=1, slow_call_threshold_s=0.5, clock=clock)
     fast.call(lambda: clock.advance(0.5))  # exactly at the threshold is not slow
     assert fast.state is CircuitState.CLOSED
 
@@ -215,7 +216,7 @@ def test_thread_safety_counts_exact():
 
 
 def test_thread_safety_half_open_probe_slots(clock):
-    b = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, half_open_probes=3, clock=clock)
+    b = CircuitBreaker(failure_threshold=1, reset_timeout_s=1.0, half_open_probes=3, clock=clock)
     b.record_failure()
     clock.advance(1.0)
     granted = []
@@ -240,9 +241,9 @@ def test_thread_safety_half_open_probe_slots(clock):
         ({"failure_threshold": None}, "failure_threshold"),
         ({"failure_rate": 1.5}, "failure_rate"),
         ({"failure_threshold": 5, "window": 3}, "exceed window"),
-        ({"reset_timeout": -1}, "reset_timeout"),
+        ({"reset_timeout_s": -1}, "reset_timeout_s"),
         ({"half_open_probes": 0}, "half_open_probes"),
-        ({"slow_call_threshold": "1"}, "slow_call_threshold"),
+        ({"slow_call_threshold_s": "1"}, "slow_call_threshold_s"),
     ],
 )
 def test_bad_arguments(kw, match):

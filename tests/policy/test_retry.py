@@ -16,14 +16,14 @@ def test_fixed_schedule():
 
 
 def test_linear_schedule_is_capped():
-    p = RetryPolicy.linear(0.1, 0.2, max_delay=0.6, max_attempts=6)
+    p = RetryPolicy.linear(0.1, 0.2, max_delay_s=0.6, max_attempts=6)
     assert list(p.delays()) == pytest.approx([0.1, 0.3, 0.5, 0.6, 0.6])
 
 
 def test_exponential_schedule_is_capped_and_never_overflows():
-    p = RetryPolicy.exponential(0.01, multiplier=3, max_delay=1.0, max_attempts=7)
+    p = RetryPolicy.exponential(0.01, multiplier=3, max_delay_s=1.0, max_attempts=7)
     assert list(p.delays()) == pytest.approx([0.01, 0.03, 0.09, 0.27, 0.81, 1.0])
-    huge = RetryPolicy.exponential(1.0, multiplier=10, max_delay=5.0, max_attempts=5000)
+    huge = RetryPolicy.exponential(1.0, multiplier=10, max_delay_s=5.0, max_attempts=5000)
     assert list(huge.delays())[-1] == 5.0
 
 
@@ -159,7 +159,7 @@ def test_deadline_stops_before_passing_it(clock):
         clock.advance(0.3)  # each attempt takes 0.3 s
         raise pybus.TimeoutError("slow")
 
-    p = RetryPolicy.fixed(0.5, max_attempts=100, deadline=2.0, clock=clock, sleep=clock.sleep)
+    p = RetryPolicy.fixed(0.5, max_attempts=100, deadline_s=2.0, clock=clock, sleep=clock.sleep)
     t0 = clock()
     with pytest.raises(RetryExhaustedError, match="deadline") as ei:
         p.call(slow_fail)
@@ -171,14 +171,14 @@ def test_deadline_stops_before_passing_it(clock):
 def test_unlimited_attempts_need_deadline(clock):
     with pytest.raises(ValidationError, match="deadline"):
         RetryPolicy.fixed(1.0, max_attempts=None)
-    p = RetryPolicy.fixed(1.0, max_attempts=None, deadline=10.0, clock=clock, sleep=clock.sleep)
+    p = RetryPolicy.fixed(1.0, max_attempts=None, deadline_s=10.0, clock=clock, sleep=clock.sleep)
     with pytest.raises(RetryExhaustedError):
         p.call(lambda: (_ for _ in ()).throw(pybus.TimeoutError("t")))
     assert len(clock.sleeps) == 10
 
 
 def test_run_remaining_tracks_deadline(clock):
-    p = RetryPolicy.fixed(1.0, max_attempts=3, deadline=5.0, clock=clock, sleep=clock.sleep)
+    p = RetryPolicy.fixed(1.0, max_attempts=3, deadline_s=5.0, clock=clock, sleep=clock.sleep)
     run = p.start()
     assert run.remaining() == 5.0
     clock.advance(2.0)
@@ -222,15 +222,15 @@ def test_acall_exhausted(clock):
 @pytest.mark.parametrize(
     "build,match",
     [
-        (lambda: RetryPolicy.fixed(-1), "initial delay"),
+        (lambda: RetryPolicy.fixed(-1), "initial_s"),
         (lambda: RetryPolicy.fixed(float("nan")), "number"),
         (lambda: RetryPolicy.fixed(1, max_attempts=0), "max_attempts"),
         (lambda: RetryPolicy.fixed(1, max_attempts=2.5), "max_attempts"),
         (lambda: RetryPolicy.fixed(1, jitter="half"), "allowed: none, full, equal"),
         (lambda: RetryPolicy.exponential(1, multiplier=0.5), "multiplier"),
-        (lambda: RetryPolicy.exponential(1, max_delay=0.5), "max_delay"),
+        (lambda: RetryPolicy.exponential(1, max_delay_s=0.5), "max_delay"),
         (lambda: RetryPolicy.linear(1, -1), "step"),
-        (lambda: RetryPolicy.fixed(1, deadline=0), "deadline"),
+        (lambda: RetryPolicy.fixed(1, deadline_s=0), "deadline"),
         (lambda: RetryPolicy.fixed(1, retry_on=("x",)), "retry_on"),
         (lambda: RetryPolicy("cubic"), "allowed: fixed, linear, exponential"),
     ],
@@ -244,8 +244,8 @@ def test_bad_arguments(build, match):
     "policy",
     [
         RetryPolicy.fixed(0.3, max_attempts=8),
-        RetryPolicy.linear(0.1, 0.25, max_delay=1.0, max_attempts=9),
-        RetryPolicy.exponential(0.01, multiplier=3, max_delay=2.0, max_attempts=12),
+        RetryPolicy.linear(0.1, 0.25, max_delay_s=1.0, max_attempts=9),
+        RetryPolicy.exponential(0.01, multiplier=3, max_delay_s=2.0, max_attempts=12),
         RetryPolicy.exponential(0.5, max_attempts=10),
     ],
 )
@@ -255,13 +255,13 @@ def test_closed_form_matches_schedule(policy):
     )
     # Huge retry numbers stay capped instead of overflowing.
     capped = RetryPolicy.exponential(
-        1.0, multiplier=10, max_delay=5.0, max_attempts=None, deadline=9
+        1.0, multiplier=10, max_delay_s=5.0, max_attempts=None, deadline_s=9
     )
     assert capped.base_delay(10_000) == 5.0
 
 
 def test_next_delay_for_callers_tracking_attempts():
-    p = RetryPolicy.exponential(1.0, max_attempts=3, deadline=10.0)
+    p = RetryPolicy.exponential(1.0, max_attempts=3, deadline_s=10.0)
     t = pybus.TimeoutError("t")
     assert p.next_delay(t, 1) == 1.0
     assert p.next_delay(t, 2) == 2.0

@@ -1,7 +1,7 @@
 """``dropped["closed"]``: what a publisher still held when it closed, and nothing else.
 
 Documented (Publisher.close, docs/metrics.md, docs/operations.md): messages still pending
-when a reliable publisher closes - its window never took them within ``block_timeout`` - are
+when a reliable publisher closes - its window never took them within ``block_timeout_s`` - are
 counted in ``stats()["dropped"]["closed"]`` and ``pybus_messages_dropped_total{reason=
 "closed"}``; ``publish()`` after ``close()`` raises ``ClosedError`` (Publisher.publish) and is
 not a drop: the caller is told, so nothing is counted. Read back with prometheus_client.
@@ -33,10 +33,10 @@ def test_pending_at_close_is_counted_and_publish_after_close_raises_uncounted() 
     reg = pybus.metrics.Registry()
     ep = f"inproc://dropped-closed-{uuid.uuid4().hex}"
     # a small window and ring; the subscriber is connected but reads nothing until told, and
-    # is never evicted (slow_consumer_timeout far above block_timeout)
+    # is never evicted (slow_consumer_timeout_s far above block_timeout_s)
     pub = pybus.Publisher(ep, on_full="raise", sndhwm=16, capacity_bytes=16 << 10,
-                          max_batch_bytes=1024, max_message_bytes=1024, block_timeout=0.3,
-                          slow_consumer_timeout=60, registry=reg)
+                          max_batch_bytes=1024, max_message_bytes=1024, block_timeout_s=0.3,
+                          slow_consumer_timeout_s=60, registry=reg)
     sub = pybus.Subscriber(ep, registry=False)
     try:
         assert pub.wait_for_subscribers(1, timeout=10) == 1
@@ -53,7 +53,7 @@ def test_pending_at_close_is_counted_and_publish_after_close_raises_uncounted() 
         assert before["pending"] > 0 and before["dropped"]["closed"] == 0
         assert before["published"] + before["pending"] == accepted
 
-        pub.close(linger=5)  # the window stays shut: close gives up after block_timeout
+        pub.close(linger_ms=5000)  # the window stays shut: close gives up after block_timeout_s
         after = pub.stats()
         assert after["dropped"]["closed"] == before["pending"]
         assert after["pending"] == 0
@@ -74,4 +74,4 @@ def test_pending_at_close_is_counted_and_publish_after_close_raises_uncounted() 
         assert sub.recv_batch(10, timeout=0.2) == []
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)

@@ -109,7 +109,7 @@ def acl_pub(keys: dict[str, tuple[bytes, bytes]]) -> Iterator[tuple[pybus.Publis
     try:
         yield pub, curve
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_publisher_refuses_a_prefix_longer_than_1_kib(
@@ -187,7 +187,7 @@ def acl_proxy(keys: dict[str, tuple[bytes, bytes]]
         assert px.stats()["checked"] is True
         yield px, curve, pub
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
         px.close()
 
 
@@ -277,7 +277,7 @@ def test_rejected_keys_are_counted_for_1024_keys_and_the_rest_as_other() -> None
         # only per batch, so check membership, not order)
         assert set(rk) - {"<other>"} <= {k.decode() for k in named}
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_checked_proxy_folds_forbidden_publishers_beyond_1024_keys() -> None:

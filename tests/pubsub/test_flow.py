@@ -482,7 +482,7 @@ def test_mark_position_counts_every_message_before_it() -> None:
         assert len(marks) <= n // max(1, wf // 4) + 1
     finally:
         raw.close(linger=0)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def _sent_since(s1: dict[str, Any], s2: dict[str, Any]) -> tuple[int, int]:
@@ -494,7 +494,7 @@ def _sent_since(s1: dict[str, Any], s2: dict[str, Any]) -> tuple[int, int]:
 
 
 def test_hand_made_acks_move_the_window() -> None:
-    pub = pybus.Publisher("tcp://127.0.0.1:*", sndhwm=64, slow_consumer_timeout=30,
+    pub = pybus.Publisher("tcp://127.0.0.1:*", sndhwm=64, slow_consumer_timeout_s=30,
                           registry=False)
     sub_id = _hex_id()
     raw = _raw_xsub(pub.endpoints[0], sub_id)
@@ -571,7 +571,7 @@ def test_hand_made_acks_move_the_window() -> None:
         if acker is not None:
             acker.join(timeout=5)
         raw.close(linger=0)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_subscriber_answers_hand_made_marks_with_acks_from_the_spec() -> None:
@@ -619,7 +619,7 @@ def test_raw_subscriber_that_never_acks_is_evicted_and_the_other_gets_everything
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pybus.publisher")
-    pub = pybus.Publisher("tcp://127.0.0.1:*", sndhwm=32, slow_consumer_timeout=0.5,
+    pub = pybus.Publisher("tcp://127.0.0.1:*", sndhwm=32, slow_consumer_timeout_s=0.5,
                           registry=False)
     raw = zmq.Context.instance().socket(zmq.SUB)  # says hello, never reads, never acks
     raw.setsockopt(zmq.LINGER, 0)
@@ -644,7 +644,7 @@ def test_raw_subscriber_that_never_acks_is_evicted_and_the_other_gets_everything
         assert st["evictions"] == 1 and st["evicted"] == 1 and st["subscribers"] == 2
         assert st["published"] == n and st["dropped"] == {"ring_full": 0, "backpressure": 0,
                                                           "closed": 0}
-        assert elapsed >= 0.5  # not evicted before slow_consumer_timeout
+        assert elapsed >= 0.5  # not evicted before slow_consumer_timeout_s
         gst = good.stats()
         assert gst["received"] == n and gst["lost"] == 0 and reader.disorder == 0
         assert len(_evictions_logged(caplog)) == 1
@@ -652,7 +652,7 @@ def test_raw_subscriber_that_never_acks_is_evicted_and_the_other_gets_everything
         reader.stop()
         good.close()
         raw.close(linger=0)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 # == 3. on_full against a stalled in-process Subscriber =======================================
@@ -669,7 +669,7 @@ def _stalled_pair(**kw: Any) -> tuple[pybus.Publisher, pybus.Subscriber]:
         assert pub.wait_for_subscribers(1, timeout=10) == 1
     except BaseException:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
         raise
     return pub, sub
 
@@ -715,7 +715,7 @@ def test_on_full_raise_once_the_window_and_the_ring_are_full() -> None:
         assert pub.stats()["published"] == ok
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_on_full_drop_counts_backpressure_and_loses_nothing_it_accepted() -> None:
@@ -734,14 +734,14 @@ def test_on_full_drop_counts_backpressure_and_loses_nothing_it_accepted() -> Non
         assert st["published"] + dropped["backpressure"] + dropped["ring_full"] == attempted
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_on_full_block_times_out_after_block_timeout() -> None:
-    block_timeout = 0.3
+    block_timeout_s = 0.3
     # a ring of two messages, each alone in its frame
-    pub, sub = _stalled_pair(on_full="block", block_timeout=block_timeout,
-                             slow_consumer_timeout=30, sndhwm=16, capacity_bytes=1024,
+    pub, sub = _stalled_pair(on_full="block", block_timeout_s=block_timeout_s,
+                             slow_consumer_timeout_s=30, sndhwm=16, capacity_bytes=1024,
                              max_message_bytes=512, max_batch_bytes=256, registry=False)
     try:
         payload = b"b" * 400
@@ -756,21 +756,21 @@ def test_on_full_block_times_out_after_block_timeout() -> None:
                 took = time.monotonic() - t
                 break
             ok += 1
-        assert block_timeout <= took < block_timeout + 10
+        assert block_timeout_s <= took < block_timeout_s + 10
         st = pub.stats()
         assert st["evictions"] == 0 and st["pending"] > 0
         assert st["published"] + st["pending"] == ok
         _read_all_then_check(pub, sub)
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_on_full_block_returns_once_the_stalled_subscriber_is_evicted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pybus.publisher")
-    pub, sub = _stalled_pair(on_full="block", slow_consumer_timeout=0.5, block_timeout=10,
+    pub, sub = _stalled_pair(on_full="block", slow_consumer_timeout_s=0.5, block_timeout_s=10,
                              **_SMALL)
     try:
         n = 2000
@@ -787,7 +787,7 @@ def test_on_full_block_returns_once_the_stalled_subscriber_is_evicted(
         assert len(_evictions_logged(caplog)) == 1
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 # == 4. Eviction, loss accounting and re-admission ============================================
@@ -796,7 +796,7 @@ def test_on_full_block_returns_once_the_stalled_subscriber_is_evicted(
 def test_eviction_then_readmission(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="pybus.publisher")
     ep = _inproc()
-    pub = pybus.Publisher(ep, sndhwm=64, slow_consumer_timeout=0.5, registry=False)
+    pub = pybus.Publisher(ep, sndhwm=64, slow_consumer_timeout_s=0.5, registry=False)
     stalled = pybus.Subscriber(ep, rcvhwm=16, registry=False)
     fast = pybus.Subscriber(ep, registry=False)
     fast_reader = Reader(fast)
@@ -861,7 +861,7 @@ def test_eviction_then_readmission(caplog: pytest.LogCaptureFixture) -> None:
         stalled_reader.stop()
         fast.close()
         stalled.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_an_idle_reliable_publisher_sends_the_position_of_every_stream() -> None:
@@ -888,7 +888,7 @@ def test_an_idle_reliable_publisher_sends_the_position_of_every_stream() -> None
     finally:
         reader.stop()
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 # == 5. Best effort never waits ===============================================================
@@ -921,7 +921,7 @@ def test_best_effort_never_waits_and_every_loss_is_counted() -> None:
         assert pub.stats()["marks_sent"] == 0
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_best_effort_tail_loss_is_counted_with_small_high_water_marks() -> None:
@@ -943,7 +943,7 @@ def test_best_effort_tail_loss_is_counted_with_small_high_water_marks() -> None:
         assert sst["received"] + sst["lost"] == n and sst["lost"] > 0, sst
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 # == 6. Through pybus.Proxy ===================================================================
@@ -974,7 +974,7 @@ def test_reliable_through_the_proxy_to_a_slow_reader(checked: bool) -> None:
     finally:
         reader.stop()
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
         px.close()
 
 
@@ -1008,6 +1008,6 @@ def test_async_publisher_is_reliable_to_a_threaded_reader() -> None:
         finally:
             reader.stop()
             sub.close()
-            await pub.close(linger=0)
+            await pub.close(linger_ms=0)
 
     asyncio.run(asyncio.wait_for(main(), 90))

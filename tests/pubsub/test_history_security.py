@@ -64,7 +64,7 @@ def secured(keys: Keys) -> Iterator[tuple[pybus.Publisher, Curve]]:
         pub.flush()
         yield pub, curve
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def _raw_request(endpoint: str, *, client: tuple[bytes, bytes] | None,

@@ -59,7 +59,7 @@ def test_best_effort_burst_over_2000_topics_is_accounted_exactly(tmp_path: Path)
         for s in (early, late):
             if s is not None:
                 s.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_a_pattern_added_later_counts_no_false_loss(tmp_path: Path) -> None:
@@ -85,4 +85,4 @@ def test_a_pattern_added_later_counts_no_false_loss(tmp_path: Path) -> None:
         assert sub.stats()["lost"] == 0
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)

@@ -142,8 +142,8 @@ def test_bound_subscriber_drops_and_counts_forbidden_publications(
         dropped = {s.labels["reason"]: s.value for s in fams["pybus_messages_dropped"].samples}
         assert dropped == {"forbidden": 60}
     finally:
-        pa.close(linger=0)
-        pb.close(linger=0)
+        pa.close(linger_ms=0)
+        pb.close(linger_ms=0)
         sub.close()
 
 
@@ -227,7 +227,7 @@ def test_publish_and_subscribe_permissions_end_to_end_through_a_proxy(
         for s in subs:
             s.close()
         for p in pubs:
-            p.close(linger=0)
+            p.close(linger_ms=0)
     # every subscription, granted or denied, is withdrawn when its subscribers leave: the
     # proxy's bookkeeping returns to empty (bounded memory) and so does the publishers' view
     ck = px._checker
@@ -326,7 +326,7 @@ def test_checked_proxy_with_permissions_survives_garbage_and_accounts_for_it(
                 m for m in sub.recv_batch(1_000_000, timeout=0.01) if m.topic == "fz.ok.end"
             ) or len(got) == 10, 10)
         finally:
-            pub.close(linger=0)
+            pub.close(linger_ms=0)
     finally:
         sub.close()
         front.close()

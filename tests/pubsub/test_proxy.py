@@ -80,7 +80,7 @@ def test_many_publishers_to_many_subscribers_with_topics_and_gapless_sequences(
         orders.close()
         every.close()
         for p in pubs:
-            p.close(linger=0)
+            p.close(linger_ms=0)
 
 
 def test_burst_of_10k_arrives_whole(proxy: pybus.Proxy) -> None:
@@ -98,7 +98,7 @@ def test_burst_of_10k_arrives_whole(proxy: pybus.Proxy) -> None:
     finally:
         for s in subs:
             s.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_stalled_subscriber_loses_what_the_proxy_drops_and_counts_it_as_gaps() -> None:
@@ -150,7 +150,7 @@ def test_stalled_subscriber_loses_what_the_proxy_drops_and_counts_it_as_gaps() -
     finally:
         fast.close()
         slow.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
         px.close()
 
 
@@ -175,7 +175,7 @@ def test_pause_resume_terminate(proxy: pybus.Proxy) -> None:
             proxy.pause()
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_capture_tap_sees_the_traffic(proxy: pybus.Proxy) -> None:
@@ -209,7 +209,7 @@ def test_capture_tap_sees_the_traffic(proxy: pybus.Proxy) -> None:
             if s is not None:
                 s.close()
         if pub is not None:
-            pub.close(linger=0)
+            pub.close(linger_ms=0)
         px.close()
 
 
@@ -260,7 +260,7 @@ def test_curve_on_both_sides_with_separate_allowlists() -> None:
         for s in (sub, rogue_sub, plain_sub):
             s.close()
         for p in (pub, rogue_pub):
-            p.close(linger=0)
+            p.close(linger_ms=0)
         px.close()
 
 
@@ -288,7 +288,7 @@ def test_proxy_metrics_are_exported() -> None:
         assert ("backend", "out") in samples
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
         px.close()
 
 
@@ -349,7 +349,7 @@ def test_cli_proxy_runs_and_forwards(tmp_path: Path) -> None:
         if sub is not None:
             sub.close()
         if pub is not None:
-            pub.close(linger=0)
+            pub.close(linger_ms=0)
         proc.terminate()
         out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0, err

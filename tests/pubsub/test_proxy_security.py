@@ -221,7 +221,7 @@ def test_secret_and_allow_admit_listed_keys_on_both_sides_only(
                 s.close(0)
             sub.close()
             for p in (pub, rogue_pub, plain_pub):
-                p.close(linger=0)
+                p.close(linger_ms=0)
     assert px.final is not None
     front, back = px.final["auth"]  # frontend's Curve, then the backend's
     assert front["rejected_by_reason"].get("not_allowed", 0) >= 1  # rogue_pub
@@ -264,8 +264,8 @@ def test_frontend_allow_and_backend_allow_restrict_each_side(tmp_path: Path, key
             raw_pub_as_sub.close(0)
             raw_sub.close(0)
             sub.close()
-            pub.close(linger=0)
-            sub_as_pub.close(linger=0)
+            pub.close(linger_ms=0)
+            sub_as_pub.close(linger_ms=0)
     assert px.final is not None
     front, back = px.final["auth"]
     assert keys.pairs["sub"][0].decode() in front["rejected_keys"]
@@ -291,8 +291,8 @@ def test_frontend_secret_only_leaves_the_backend_plaintext(tmp_path: Path, keys:
             assert sub.recv_batch(100, timeout=0.3) == []
         finally:
             sub.close()
-            pub.close(linger=0)
-            plain_pub.close(linger=0)
+            pub.close(linger_ms=0)
+            plain_pub.close(linger_ms=0)
     assert px.final is not None
     assert len(px.final["auth"]) == 1  # only the frontend is secured
     assert px.final["auth"][0]["rejected_by_reason"].get("handshake", 0) >= 1
@@ -340,8 +340,8 @@ def test_capture_gets_a_copy_of_the_forwarded_traffic_only(tmp_path: Path, keys:
         finally:
             tap.close(0)
             sub.close()
-            pub.close(linger=0)
-            rogue_pub.close(linger=0)
+            pub.close(linger_ms=0)
+            rogue_pub.close(linger_ms=0)
 
 
 def test_bad_security_options_exit_2_with_one_line(tmp_path: Path, keys: Keys) -> None:

@@ -47,7 +47,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[pybus.Publisher, pybus.Subscriber]]:
     pub.wait_for_subscribers(1, timeout=5)
     yield pub, sub
     sub.close()
-    pub.close(linger=0)
+    pub.close(linger_ms=0)
 
 
 def test_message_fields_bytes_msgpack_headers(
@@ -103,7 +103,7 @@ def test_transports_and_bind_directions(kind: str, sub_binds: bool, tmp_path: Pa
         assert sub.stats()["lost"] == 0
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_one_subscriber_several_publishers() -> None:
@@ -132,11 +132,11 @@ def test_one_subscriber_several_publishers() -> None:
         extra.wait_for_subscribers(1, timeout=5)
         extra.publish("same.topic", b"late")
         assert sub.recv(timeout=5).payload == b"late"
-        extra.close(linger=0)
+        extra.close(linger_ms=0)
     finally:
         sub.close()
         for p in pubs:
-            p.close(linger=0)
+            p.close(linger_ms=0)
 
 
 def test_wildcards_filter_exactly(pair: tuple[pybus.Publisher, pybus.Subscriber]) -> None:
@@ -258,7 +258,7 @@ def test_flusher_sends_a_tail_once_publishing_paused_even_after_more_appends() -
         assert pub.stats()["batches"] == 2
     finally:
         del pub._wake.set  # close() wakes the flusher to stop it: let it
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_flusher_stays_armed_while_the_publisher_drains_by_itself() -> None:
@@ -290,7 +290,7 @@ def test_flusher_stays_armed_while_the_publisher_drains_by_itself() -> None:
         assert pub._tick(backed_off) is None and not pub._armed  # paused: disarm
     finally:
         del pub._wake.set  # close() wakes the flusher to stop it: let it
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_batcher_last_append_ns_follows_appends() -> None:
@@ -319,11 +319,11 @@ def test_idle_publisher_sends_each_message_at_once(
 def test_linger_us_holds_batches_open() -> None:
     # a 0.5 s linger: the 50 publishes below fit in it on any machine
     ep = _inproc("linger-test")
-    pub = pybus.Publisher(ep, linger_us=500_000)
+    pub = pybus.Publisher(ep, batch_hold_us=500_000)
     try:
         sub = pybus.Subscriber(ep, topics=["t"])
     except BaseException:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
         raise
     try:
         pub.wait_for_subscribers(1, timeout=5)
@@ -332,13 +332,13 @@ def test_linger_us_holds_batches_open() -> None:
         t0 = time.monotonic()
         for i in range(50):
             pub.publish("t", bytes([i]))
-        msgs = _collect(sub, 50, timeout=5)  # sent by the flusher after linger_us
+        msgs = _collect(sub, 50, timeout=5)  # sent by the flusher after batch_hold_us
         assert time.monotonic() - t0 >= 0.45
         assert [m.payload for m in msgs] == [bytes([i]) for i in range(50)]
         assert pub.stats()["batches"] == 2
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_iteration_recv_timeouts_and_batches(
@@ -396,7 +396,7 @@ def test_max_message_bytes_refused_at_publish() -> None:
 
 
 def test_backpressure_raise_and_drop() -> None:
-    kw = dict(capacity_bytes=4096, max_message_bytes=512, linger_us=1_000_000)
+    kw = dict(capacity_bytes=4096, max_message_bytes=512, batch_hold_us=1_000_000)
     with pybus.Publisher(_inproc("bp-raise"), on_full="raise", **kw) as pub:
         accepted = 0
         with pytest.raises(pybus.BackpressureError, match="ring is full"):
@@ -419,10 +419,10 @@ def test_backpressure_block_flushes_then_times_out(tmp_path: Path) -> None:
     pub = pybus.Publisher(
         ep,
         on_full="block",
-        block_timeout=0.2,
+        block_timeout_s=0.2,
         capacity_bytes=4096,
         max_message_bytes=512,
-        linger_us=1_000_000,
+        batch_hold_us=1_000_000,
     )
     sub = pybus.Subscriber(ep, topics=["t"])
     try:
@@ -445,7 +445,7 @@ def test_backpressure_block_flushes_then_times_out(tmp_path: Path) -> None:
         th.start()
         held.wait(5)
         t0 = time.monotonic()
-        with pytest.raises(pybus.BackpressureError, match="block_timeout"):
+        with pytest.raises(pybus.BackpressureError, match="block_timeout_s"):
             for _ in range(1000):
                 pub.publish("t", b"y" * 100)
         assert 0.15 < time.monotonic() - t0 < 3
@@ -453,7 +453,7 @@ def test_backpressure_block_flushes_then_times_out(tmp_path: Path) -> None:
         th.join()
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_wait_for_subscribers_counts_and_times_out() -> None:
@@ -473,20 +473,20 @@ def test_wait_for_subscribers_counts_and_times_out() -> None:
             pub._sock.poll(10)
         s2.close()
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_close_is_bounded_and_idempotent(tmp_path: Path) -> None:
     ep = _endpoint("tcp", tmp_path)
     # reliable: close() waits for the window, so at most until the stalled subscriber is
-    # evicted (slow_consumer_timeout), then hands the rest to ZeroMQ
-    pub = pybus.Publisher(ep, sndhwm=4, slow_consumer_timeout=0.5)
+    # evicted (slow_consumer_timeout_s), then hands the rest to ZeroMQ
+    pub = pybus.Publisher(ep, sndhwm=4, slow_consumer_timeout_s=0.5)
     stalled = pybus.Subscriber(pub.endpoints, topics=["#"], rcvhwm=4)  # never reads
     pub.wait_for_subscribers(1, timeout=5)
     for _ in range(50_000):
         pub.publish("t", b"z" * 64)
     t0 = time.monotonic()
-    pub.close(linger=0.1)
+    pub.close(linger_ms=100)
     assert time.monotonic() - t0 < 0.5 + 3
     assert pub.stats()["evictions"] == 1 and pub.stats()["dropped"]["closed"] == 0
     pub.close()
@@ -504,13 +504,13 @@ def test_close_is_bounded_and_idempotent(tmp_path: Path) -> None:
 def test_close_sends_pending_and_context_managers() -> None:
     ep = _inproc("cm")
     with pybus.Subscriber(ep, topics=["t"], bind=True) as sub:
-        with pybus.Publisher(ep, connect=True, linger_us=1_000_000) as pub:
+        with pybus.Publisher(ep, connect=True, batch_hold_us=1_000_000) as pub:
             pub.wait_for_subscribers(1, timeout=5)
             pub.publish("t", b"first")  # sent at once: the publisher never sent before
             assert sub.recv(timeout=5).payload == b"first"
             for i in range(10):
                 pub.publish("t", bytes([i]))
-            assert pub.stats()["pending"] == 10  # held by linger_us
+            assert pub.stats()["pending"] == 10  # held by batch_hold_us
         assert pub.closed
         assert [m.payload for m in _collect(sub, 10)] == [bytes([i]) for i in range(10)]
     assert sub.closed

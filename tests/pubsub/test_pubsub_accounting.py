@@ -104,7 +104,7 @@ def test_forced_hwm_drops_are_all_accounted(tmp_path: Path) -> None:
         assert st["out_of_order"] == 0 and st["decode_errors"] == 0
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 @pytest.mark.parametrize("read_after_s", [0.0, 2.5])
@@ -158,11 +158,11 @@ def test_lost_last_messages_are_counted_from_position_frames(
         assert st["out_of_order"] == 0 and st["decode_errors"] == 0
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_ring_full_drops_and_hwm_drops_add_up(tmp_path: Path) -> None:
-    """on_full='drop' with a tiny ring (batches held open by linger_us) plus a stalled
+    """on_full='drop' with a tiny ring (batches held open by batch_hold_us) plus a stalled
     subscriber: both kinds of loss, and the books still balance exactly."""
     ep = _ipc(tmp_path)
     # best effort on purpose: HWM drops are forced (a reliable publisher, the default, would
@@ -173,7 +173,7 @@ def test_ring_full_drops_and_hwm_drops_add_up(tmp_path: Path) -> None:
         on_full="drop",
         capacity_bytes=8192,
         max_message_bytes=256,
-        linger_us=2_000,
+        batch_hold_us=2_000,
         sndhwm=2,
     )
     sub = pybus.Subscriber(ep, topics=["#"], rcvhwm=2)
@@ -197,7 +197,7 @@ def test_ring_full_drops_and_hwm_drops_add_up(tmp_path: Path) -> None:
         assert delivered[-1].seq == pst["published"]
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_burst_of_many_small_frames_arrives_whole_with_default_settings(tmp_path: Path) -> None:
@@ -249,7 +249,7 @@ def test_burst_of_many_small_frames_arrives_whole_with_default_settings(tmp_path
         if t.is_alive():
             t.join(5)
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_rss_flat_for_publisher_and_idle_subscriber(tmp_path: Path) -> None:
@@ -284,7 +284,7 @@ def test_rss_flat_for_publisher_and_idle_subscriber(tmp_path: Path) -> None:
         assert pub.stats()["published"] == n
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def _valid_frame(pid: int, first: int, payloads: list[bytes]) -> bytes:
@@ -381,7 +381,7 @@ def test_oversized_frames_are_refused_on_receipt() -> None:
         assert sub.recv_batch(timeout=0.05) == []  # the oversized frame never arrives
     finally:
         sub.close()
-        good.close(linger=0)
+        good.close(linger_ms=0)
         monitor.close(linger=0)
         raw.close(linger=0)
 

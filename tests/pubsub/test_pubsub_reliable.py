@@ -168,21 +168,21 @@ def test_burst_shapes_arrive_whole_with_default_settings(
     finally:
         for p in procs:
             _kill(p)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 # -- b: a subscriber stopped mid-burst --------------------------------------------------------
 
 def test_sigstopped_subscriber_is_evicted_and_counts_its_loss_live_one_gets_all() -> None:
     """Two subscriber processes; one is SIGSTOPped mid-burst. The live one gets 100 %; the
-    publisher evicts the stopped one (its window full, no ack for slow_consumer_timeout) and
+    publisher evicts the stopped one (its window full, no ack for slow_consumer_timeout_s) and
     finishes; after SIGCONT the stopped one accounts for every message: delivered + lost ==
     published, per stream, in order."""
     # ~28 MiB after the stop: more than the window in frames holds even at 64 KiB a frame
     # (240 x 64 KiB = 15 MiB), so the stopped one's window fills and it is evicted
     n, size, topics, stop_at = 30_000, 1024, 10, 3_000
     timeout_s = 1.0
-    pub = pybus.Publisher("tcp://127.0.0.1:*", slow_consumer_timeout=timeout_s)
+    pub = pybus.Publisher("tcp://127.0.0.1:*", slow_consumer_timeout_s=timeout_s)
     procs: list[Any] = []
     try:
         procs, queues = _start_subs(pub.endpoints[0], [{"expected": n}, {"expected": n}])
@@ -209,7 +209,7 @@ def test_sigstopped_subscriber_is_evicted_and_counts_its_loss_live_one_gets_all(
     finally:
         for p in procs:
             _kill(p)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 # -- c: a subscriber killed mid-burst ---------------------------------------------------------
@@ -239,7 +239,7 @@ def test_sigkilled_subscriber_mid_burst_live_one_gets_all(ipc_dir: str) -> None:
         hold.set()
         for p in procs:
             _kill(p)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 # -- d: a slow subscriber beside a fast one ---------------------------------------------------
@@ -267,7 +267,7 @@ def test_ten_times_slower_subscriber_gets_everything_too(ipc_dir: str) -> None:
     finally:
         for p in procs:
             _kill(p)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 # -- e: subscribers joining and leaving during a burst ----------------------------------------
@@ -320,14 +320,14 @@ def test_subscribers_joining_and_leaving_during_a_burst() -> None:
         churn_stop.set()
         for p in procs:
             _kill(p)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 # -- f: memory with a stalled subscriber ------------------------------------------------------
 
 @pytest.mark.timeout(180)
 def test_rss_bounded_for_publisher_and_stalled_subscriber() -> None:
-    """A publisher process (fresh heap, default 32 MiB window, slow_consumer_timeout 1 s)
+    """A publisher process (fresh heap, default 32 MiB window, slow_consumer_timeout_s 1 s)
     feeding a subscriber process that never reads: after the warm-up (the subscriber is
     evicted, ZeroMQ's queues fill), the RSS of each grows by less than window + 16 MiB over
     up to 3,000,000 x 64 B (192 MB of payload) or 25 s, whichever comes first."""

@@ -101,7 +101,7 @@ def test_paced_burst_arrives_whole(transport: str, binder: str, tmp_path: Path) 
         if sub is not None:
             sub.close()
         if pub is not None:
-            pub.close(linger=0)
+            pub.close(linger_ms=0)
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_paced_burst_under_curve(keys: dict[str, tuple[bytes, bytes]]) -> None:
         _burst(pub, sub)
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_paced_burst_with_per_key_subscribe_permissions(
@@ -139,7 +139,7 @@ def test_paced_burst_with_per_key_subscribe_permissions(
         assert pub.stats()["denied_subscriptions"] == 0
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_late_joiner_with_history_then_paced_live() -> None:
@@ -173,7 +173,7 @@ def test_late_joiner_with_history_then_paced_live() -> None:
         for s in (early, late):
             if s is not None:
                 s.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 @pytest.fixture
@@ -199,4 +199,4 @@ def test_raw_sub_gets_best_effort_and_never_holds_the_publisher(ctx: zmq.Context
     finally:
         raw.close(linger=0)
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)

@@ -91,7 +91,7 @@ def raw_dealer(endpoint):
 
 
 def test_payload_reaches_handler_as_sent_and_reply_comes_back(server, endpoint):
-    with Client(endpoint, timeout=3.0) as c:
+    with Client(endpoint, timeout_s=3.0) as c:
         assert c.request("echo", b"\x00raw\xff") == b"\x00raw\xff"
         assert c.request("echo", {"k": [1, 2.5, "x", None, b"b"]}) == {
             "k": [1, 2.5, "x", None, b"b"]
@@ -107,7 +107,7 @@ def test_payload_reaches_handler_as_sent_and_reply_comes_back(server, endpoint):
 
 
 def test_handler_exception_becomes_remote_error(server, endpoint):
-    with Client(endpoint, timeout=3.0) as c:
+    with Client(endpoint, timeout_s=3.0) as c:
         with pytest.raises(RemoteError) as ei:
             c.request("fail", None)
         e = ei.value
@@ -123,7 +123,7 @@ def test_handler_exception_becomes_remote_error(server, endpoint):
 
 
 def test_unknown_method_is_a_clear_remote_error(server, endpoint):
-    with Client(endpoint, timeout=3.0) as c:
+    with Client(endpoint, timeout_s=3.0) as c:
         with pytest.raises(
             RemoteError, match="no handler named 'nope'.*registered: add, busy"
         ) as ei:
@@ -157,7 +157,7 @@ def test_client_frames_match_the_doc(endpoint):
     router.setsockopt(zmq.RCVTIMEO, 5000)
     router.bind(endpoint)
     got = []
-    c = Client(endpoint, timeout=5.0)
+    c = Client(endpoint, timeout_s=5.0)
     t = threading.Thread(target=lambda: got.append(c.request("add", [1, 2])))
     t.start()
     try:
@@ -192,7 +192,7 @@ GARBAGE = [
 
 
 def test_garbage_frames_counted_and_dropped_while_clients_served(server, endpoint, raw_dealer):
-    with Client(endpoint, timeout=3.0) as c:
+    with Client(endpoint, timeout_s=3.0) as c:
         for frame, _ in GARBAGE:
             raw_dealer.send(frame)
             assert c.request("add", {"a": 1, "b": 2}) == 3
@@ -226,7 +226,7 @@ def test_late_reply_is_dropped_and_counted_not_misdelivered(endpoint):
         return "slow-result"
 
     srv.add_handler("echo", lambda p: p)
-    with srv, Client(endpoint, timeout=0.2) as c:
+    with srv, Client(endpoint, timeout_s=0.2) as c:
         t0 = time.monotonic()
         with pytest.raises(pybus.TimeoutError, match="no reply to 'slow'"):
             c.request("slow", None)
@@ -240,7 +240,7 @@ def test_late_reply_is_dropped_and_counted_not_misdelivered(endpoint):
 
 def test_dead_server_times_out_after_policy_attempts(endpoint):
     policy = RetryPolicy.fixed(0.01, max_attempts=3)
-    with Client(endpoint, timeout=0.1, retry=policy) as c:
+    with Client(endpoint, timeout_s=0.1, retry=policy) as c:
         t0 = time.monotonic()
         with pytest.raises(pybus.TimeoutError, match="after 3 attempts") as ei:
             c.request("echo", b"x")
@@ -268,7 +268,7 @@ def test_lazy_pirate_resets_socket_between_attempts(endpoint):
         first_may_finish.set()
         return "second"
 
-    with srv, Client(endpoint, timeout=0.3, retry=RetryPolicy.fixed(0.0, max_attempts=2)) as c:
+    with srv, Client(endpoint, timeout_s=0.3, retry=RetryPolicy.fixed(0.0, max_attempts=2)) as c:
         assert c.request("work", 1) == "second"
         st = c.stats()
         assert st["reconnects"] == 1 and st["timeouts"] == 1 and st["late_replies"] == 0
@@ -282,7 +282,7 @@ def test_lazy_pirate_resets_socket_between_attempts(endpoint):
 def test_request_to_dead_server_is_not_replayed_when_it_starts(endpoint):
     """A timed-out request must not sit in a queue and run when a server appears."""
     calls = []
-    with Client(endpoint, timeout=0.1) as c:
+    with Client(endpoint, timeout_s=0.1) as c:
         with pytest.raises(pybus.TimeoutError, match="no connection"):
             c.request("rec", 1)
         srv = Server(endpoint)
@@ -330,7 +330,7 @@ def test_server_killed_then_restarted(endpoint):
     p = spawn_server(endpoint)
     try:
         policy = RetryPolicy.fixed(0.0, max_attempts=2)
-        with Client(endpoint, timeout=0.3, retry=policy) as c:
+        with Client(endpoint, timeout_s=0.3, retry=policy) as c:
             first_pid = c.request("pid", None, timeout=5.0)
             assert first_pid == p.pid
             os.kill(p.pid, signal.SIGKILL)
@@ -356,7 +356,7 @@ def test_retryable_remote_error_retried(endpoint):
         return "ok"
 
     srv.add_handler("bug", lambda p: 1 / 0)
-    with srv, Client(endpoint, timeout=2.0, retry=RetryPolicy.fixed(0.0, max_attempts=5)) as c:
+    with srv, Client(endpoint, timeout_s=2.0, retry=RetryPolicy.fixed(0.0, max_attempts=5)) as c:
         assert c.request("flaky", None) == "ok"
         assert c.stats()["retries"] == 2 and c.stats()["reconnects"] == 0
         with pytest.raises(RemoteError, match="ZeroDivisionError"):
@@ -365,8 +365,8 @@ def test_retryable_remote_error_retried(endpoint):
 
 
 def test_breaker_opens_on_dead_server_and_fails_fast(endpoint):
-    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=60.0)
-    with Client(endpoint, timeout=0.05, breaker=breaker) as c:
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout_s=60.0)
+    with Client(endpoint, timeout_s=0.05, breaker=breaker) as c:
         for _ in range(2):
             with pytest.raises(pybus.TimeoutError):
                 c.request("echo", b"x")
@@ -379,14 +379,14 @@ def test_breaker_opens_on_dead_server_and_fails_fast(endpoint):
 
 def test_breaker_counts_success(server, endpoint):
     breaker = CircuitBreaker(failure_threshold=1)
-    with Client(endpoint, timeout=2.0, breaker=breaker) as c:
+    with Client(endpoint, timeout_s=2.0, breaker=breaker) as c:
         assert c.request("echo", b"a") == b"a"
     assert breaker.stats()["successes"] == 1
 
 
 def test_rate_limit_per_attempt(server, endpoint, clock):
     limiter = RateLimiter(1.0, 1, clock=clock, sleep=clock.sleep)
-    with Client(endpoint, timeout=0.5, rate_limit=limiter) as c:
+    with Client(endpoint, timeout_s=0.5, rate_limit=limiter) as c:
         assert c.request("echo", b"1") == b"1"
         with pytest.raises(RateLimitError) as ei:
             c.request("echo", b"2")
@@ -400,7 +400,7 @@ def test_server_rate_limit_per_client(endpoint, clock):
     limiter = pybus.KeyedRateLimiter(1.0, 2, max_keys=100, clock=clock)
     srv = Server(endpoint, rate_limit=limiter)
     srv.add_handler("echo", lambda p: p)
-    with srv, Client(endpoint, timeout=3) as a, Client(endpoint, timeout=3) as b:
+    with srv, Client(endpoint, timeout_s=3) as a, Client(endpoint, timeout_s=3) as b:
         assert [a.request("echo", i) for i in range(2)] == [0, 1]
         with pytest.raises(RemoteError, match=r"rate limit exceeded.*next token in 1 s") as ei:
             a.request("echo", 2)
@@ -416,7 +416,7 @@ def test_server_rate_limit_per_client(endpoint, clock):
 
 def _request_once(endpoint, method, payload, timeout=5.0):
     """One request on a Client that is closed afterwards (for a thread's target)."""
-    with Client(endpoint, timeout=timeout) as c:
+    with Client(endpoint, timeout_s=timeout) as c:
         return c.request(method, payload)
 
 
@@ -430,7 +430,7 @@ def test_many_clients_concurrently_and_workers(endpoint):
 
     def run(k):
         try:
-            with Client(endpoint, timeout=5.0) as c:
+            with Client(endpoint, timeout_s=5.0) as c:
                 results[k] = [c.request("sq", k * 100 + i) for i in range(50)]
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -471,7 +471,7 @@ def test_worker_pool_backpressure(endpoint):
             deadline = time.monotonic() + 5
             while srv.stats()["inflight"] < 1 and time.monotonic() < deadline:
                 time.sleep(0.005)
-            with Client(endpoint, timeout=5) as c:
+            with Client(endpoint, timeout_s=5) as c:
                 with pytest.raises(RemoteError, match="max_in_flight=1") as ei:
                     c.request("wait", 1)
             assert ei.value.retryable
@@ -487,7 +487,7 @@ def test_serve_forever_and_stop_from_other_thread(endpoint):
     th = threading.Thread(target=srv.serve_forever)
     th.start()
     try:
-        with Client(endpoint, timeout=3) as c:
+        with Client(endpoint, timeout_s=3) as c:
             assert c.request("echo", 5) == 5
     finally:
         srv.stop()
@@ -501,7 +501,7 @@ def test_tcp_port_zero_resolves(tmp_path):
     with Server("tcp://127.0.0.1:0") as srv:
         srv.add_handler("echo", lambda p: p)
         assert srv.endpoint.startswith("tcp://127.0.0.1:") and not srv.endpoint.endswith(":0")
-        with Client(srv.endpoint, timeout=3) as c:
+        with Client(srv.endpoint, timeout_s=3) as c:
             assert c.request("echo", [1]) == [1]
 
 
@@ -513,7 +513,7 @@ def test_bad_arguments_and_zmq_errors(endpoint, server):
             Server(taken.endpoint)  # EADDRINUSE, mapped from zmq
     with pytest.raises(ValidationError, match="endpoints look like"):
         Server("bogus://x")
-    with Client(endpoint, timeout=1) as c:
+    with Client(endpoint, timeout_s=1) as c:
         with pytest.raises(ValidationError, match="1-255 UTF-8 bytes"):
             c.request("x" * 256, b"")
         with pytest.raises(ValidationError, match="cannot be sent"):
@@ -535,7 +535,7 @@ def test_async_client_concurrent_requests(endpoint):
     srv.add_handler("fail", lambda p: {}["missing"])
 
     async def main():
-        async with AsyncClient(endpoint, timeout=5.0) as c:
+        async with AsyncClient(endpoint, timeout_s=5.0) as c:
             got = await asyncio.gather(*(c.request("sq", i) for i in range(100)))
             assert got == [i * i for i in range(100)]
             with pytest.raises(RemoteError, match="KeyError"):
@@ -554,7 +554,7 @@ def test_async_client_late_reply_and_dead_server(endpoint, tmp_path):
     srv.add_handler("echo", lambda p: p)
 
     async def main():
-        async with AsyncClient(endpoint, timeout=0.2) as c:
+        async with AsyncClient(endpoint, timeout_s=0.2) as c:
             with pytest.raises(pybus.TimeoutError, match="no reply"):
                 await c.request("slow", None)
             release.set()
@@ -568,7 +568,7 @@ def test_async_client_late_reply_and_dead_server(endpoint, tmp_path):
             assert c.stats()["late_replies"] == 1
         dead = f"ipc://{tmp_path}/nobody.ipc"
         policy = RetryPolicy.fixed(0.0, max_attempts=2)
-        async with AsyncClient(dead, timeout=0.05, retry=policy) as d:
+        async with AsyncClient(dead, timeout_s=0.05, retry=policy) as d:
             with pytest.raises(pybus.TimeoutError, match="after 2 attempts"):
                 await d.request("echo", b"x")
             assert d.stats()["timeouts"] == 2 and d.stats()["reconnects"] == 1
@@ -605,7 +605,7 @@ msgpack_values = st.recursive(
 def test_roundtrip_property(server, endpoint, payload, method):
     """Any payload comes back equal (bytes stay bytes), and any method name the server
     does not know gives UnknownMethodError naming it - never a crash or a hang."""
-    with Client(endpoint, timeout=3.0) as c:
+    with Client(endpoint, timeout_s=3.0) as c:
         got = c.request("echo", payload)
         assert got == payload and type(got) is type(payload)
         if method.encode() not in (b"echo", b"add", b"fail", b"busy"):
@@ -624,14 +624,14 @@ def test_security_hook_applied_to_both_sockets(endpoint):
 
     with Server(endpoint, security=hook) as srv:
         srv.add_handler("echo", lambda p: p)
-        with Client(endpoint, timeout=3.0, security=hook) as c:
+        with Client(endpoint, timeout_s=3.0, security=hook) as c:
             assert c.request("echo", b"s") == b"s"
             assert c._sock.getsockopt(zmq.SNDHWM) == 123
     assert applied == [zmq.ROUTER, zmq.DEALER]
 
 
 def test_async_client_survives_a_new_event_loop(server, endpoint):
-    c = AsyncClient(endpoint, timeout=3.0)
+    c = AsyncClient(endpoint, timeout_s=3.0)
     try:
         assert asyncio.run(c.request("echo", b"one")) == b"one"
         # A second asyncio.run() is a new loop: the old reader task is gone with the old loop.
@@ -652,7 +652,7 @@ def test_oversized_request_is_refused_before_allocation_and_server_keeps_serving
         raw.connect(ep)
         try:
             raw.send(b"\x00" * 8192)  # far above the limit: never reaches the server's code
-            with pybus.Client(ep, timeout=5.0) as c:
+            with pybus.Client(ep, timeout_s=5.0) as c:
                 assert c.request("echo", b"x" * 1000) == b"x" * 1000
             assert not raw.poll(200)
             st = server.stats()
@@ -686,7 +686,7 @@ def test_liveness_options_land_on_rpc_sockets_and_requests_work():
     srv.start()
     try:
         assert _live_opts(srv._sock) == want
-        with Client(srv.endpoint, timeout=3.0, liveness=lv) as c:
+        with Client(srv.endpoint, timeout_s=3.0, liveness=lv) as c:
             assert _live_opts(c._sock) == want
             assert c._sock.getsockopt(zmq.IMMEDIATE) == 1  # Lazy Pirate semantics kept
             assert c.request("echo", b"hb-1") == b"hb-1"
@@ -699,7 +699,7 @@ def test_liveness_options_land_on_rpc_sockets_and_requests_work():
             assert c.request("echo", b"hb-3") == b"hb-3"
 
         async def main():
-            async with AsyncClient(srv.endpoint, timeout=3.0, liveness=lv) as ac:
+            async with AsyncClient(srv.endpoint, timeout_s=3.0, liveness=lv) as ac:
                 assert await ac.request("echo", b"aio") == b"aio"
                 return _live_opts(ac._sock)
 
@@ -718,7 +718,7 @@ def test_rpc_liveness_defaults(endpoint):
         # the ROUTER receives into a queue a slow handler fills: keepalive, no heartbeats
         assert s["HEARTBEAT_IVL"] == 0
         assert (s["TCP_KEEPALIVE"], s["TCP_KEEPALIVE_IDLE"]) == (1, d.tcp_keepalive_idle_s)
-        with Client(endpoint, timeout=3.0) as c:
+        with Client(endpoint, timeout_s=3.0) as c:
             o = _live_opts(c._sock)
             assert (o["HEARTBEAT_IVL"], o["HEARTBEAT_TIMEOUT"], o["HEARTBEAT_TTL"]) == (
                 d.heartbeat_ivl_ms, d.heartbeat_timeout_ms, d.heartbeat_ttl_ms)

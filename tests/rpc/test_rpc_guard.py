@@ -169,7 +169,7 @@ def test_a_non_retryable_error_ends_the_request_at_once(clock):
 
 
 def test_attempt_timeout_is_cut_to_the_deadline_but_at_least_1_ms(clock):
-    retry = _retry(clock, 0.5, max_attempts=None, deadline=2.0)
+    retry = _retry(clock, 0.5, max_attempts=None, deadline_s=2.0)
     c, _ = _client(retry=retry)
     log: list[tuple[Any, ...]] = []
     with pytest.raises(TimeoutError):
@@ -177,7 +177,7 @@ def test_attempt_timeout_is_cut_to_the_deadline_but_at_least_1_ms(clock):
     begins = [e[1] for e in log if e[0] == "begin"]
     # 1.0 s attempt, 0.5 s wait, then only 0.5 s of the 2 s deadline is left
     assert begins == [1.0, pytest.approx(0.5)]
-    c, _ = _client(retry=_retry(clock, 0.0, max_attempts=None, deadline=1.0))
+    c, _ = _client(retry=_retry(clock, 0.0, max_attempts=None, deadline_s=1.0))
     run = c.guard.start(c.retry)
     assert c.guard.begin(run, 1.0) == 1.0
     clock.advance(1.0)  # the deadline is used up: still a (tiny) attempt
@@ -186,7 +186,7 @@ def test_attempt_timeout_is_cut_to_the_deadline_but_at_least_1_ms(clock):
 
 def test_the_breaker_times_the_attempt_not_the_token_wait(clock):
     """admit() starts the clock: a slow token wait is not a slow call."""
-    breaker = CircuitBreaker(1, slow_call_threshold=0.5, clock=clock, registry=False)
+    breaker = CircuitBreaker(1, slow_call_threshold_s=0.5, clock=clock, registry=False)
     c, _ = _client(retry=_retry(clock), breaker=breaker)
     assert drive(c, clock, [_returns(clock, b"ok", took_s=0.2)], [], token_wait_s=0.9) == b"ok"
     b = breaker.stats()
@@ -197,7 +197,7 @@ def test_the_breaker_times_the_attempt_not_the_token_wait(clock):
 
 
 def test_the_breaker_times_each_attempt_of_a_retried_request(clock):
-    breaker = CircuitBreaker(2, slow_call_threshold=0.5, clock=clock, registry=False)
+    breaker = CircuitBreaker(2, slow_call_threshold_s=0.5, clock=clock, registry=False)
     c, _ = _client(retry=_retry(clock), breaker=breaker)
     assert drive(c, clock, [_times_out(clock), _returns(clock, 1, took_s=0.1)], []) == 1
     b = breaker.stats()
@@ -205,7 +205,7 @@ def test_the_breaker_times_each_attempt_of_a_retried_request(clock):
 
 
 def test_a_refused_breaker_is_a_retryable_failure_the_breaker_does_not_record(clock):
-    breaker = CircuitBreaker(1, reset_timeout=0.3, clock=clock, registry=False)
+    breaker = CircuitBreaker(1, reset_timeout_s=0.3, clock=clock, registry=False)
     breaker.record_failure()  # open for 0.3 s
     c, stats = _client(retry=_retry(clock, max_attempts=3), breaker=breaker)
     log: list[tuple[Any, ...]] = []

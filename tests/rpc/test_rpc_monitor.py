@@ -81,8 +81,8 @@ def test_server_and_client_see_connect_disconnect_and_a_lazy_pirate_reset(
     srv.add_handler("echo", handler)
     srv.start()
     try:
-        c = Client(srv.endpoint, timeout=0.5, context=ctx, registry=reg,
-                   retry=RetryPolicy("fixed", initial=0.0, max_attempts=3),
+        c = Client(srv.endpoint, timeout_s=0.5, context=ctx, registry=reg,
+                   retry=RetryPolicy("fixed", initial_s=0.0, max_attempts=3),
                    liveness=Liveness(on_peer=cli_ev))
         try:
             assert until(lambda: cli_ev.count("connected", srv.endpoint) == 1)
@@ -128,7 +128,7 @@ def test_client_sees_the_server_go_and_come_back(ctx: zmq.Context) -> None:
     srv.add_handler("echo", lambda p: p)
     srv.start()
     ep = srv.endpoint
-    with Client(ep, timeout=2.0, context=ctx, registry=False,
+    with Client(ep, timeout_s=2.0, context=ctx, registry=False,
                 liveness=Liveness(on_peer=cli_ev, reconnect_ivl_ms=20,
                                   reconnect_ivl_max_ms=100)) as c:
         assert c.request("echo", b"a") == b"a"
@@ -154,8 +154,8 @@ def test_async_client_peer_events_across_a_reset(ctx: zmq.Context) -> None:
     srv.start()
 
     async def main() -> dict[str, object]:
-        async with AsyncClient(srv.endpoint, timeout=0.5, context=ctx, registry=False,
-                               retry=RetryPolicy("fixed", initial=0.0, max_attempts=3),
+        async with AsyncClient(srv.endpoint, timeout_s=0.5, context=ctx, registry=False,
+                               retry=RetryPolicy("fixed", initial_s=0.0, max_attempts=3),
                                liveness=Liveness(on_peer=cli_ev)) as ac:
             assert await ac.request("echo", b"y") == b"y"
             for _ in range(500):  # bounded: the hub thread reports asynchronously
@@ -182,7 +182,7 @@ def test_monitor_false_opens_no_monitor(ctx: zmq.Context) -> None:
     srv.add_handler("echo", lambda p: p)
     srv.start()
     try:
-        with Client(srv.endpoint, timeout=2.0, context=ctx, registry=False,
+        with Client(srv.endpoint, timeout_s=2.0, context=ctx, registry=False,
                     liveness=Liveness(monitor=False)) as c:
             assert c.request("echo", b"z") == b"z"
             assert watched_monitors(ctx) == 0
@@ -229,14 +229,14 @@ def test_curve_server_hook_shares_the_one_monitor_and_revoke_cuts_clients(
     try:
         # one monitor for the ROUTER: on_peer and the Curve's handshake counting share it
         assert watched_monitors(ctx) == 1
-        plain = Client(srv.endpoint, timeout=0.3, context=ctx, registry=False,
+        plain = Client(srv.endpoint, timeout_s=0.3, context=ctx, registry=False,
                        liveness=Liveness(monitor=False))
         with pytest.raises(pybus.TimeoutError):
             plain.request("echo", b"no")
         plain.close()
         assert until(lambda: srv_ev.count("handshake_failed") >= 1 and
                      curve.stats()["rejected_by_reason"]["handshake"] >= 1)
-        cb = Client(srv.endpoint, timeout=2.0, context=ctx, registry=False,
+        cb = Client(srv.endpoint, timeout_s=2.0, context=ctx, registry=False,
                     security=pybus.Curve.client(bad[1], srv_pub))
         assert cb.request("echo", b"ok") == b"ok"
         assert until(lambda: srv.stats()["peers"] == 1)

@@ -66,7 +66,7 @@ def _io_paths(closers: list[Callable[[], Any]], *, context: zmq.Context | None =
     ep = _inproc()
     ctx_kw = {} if context is None else {"context": context}
     pub = pybus.Publisher(ep, registry=False, **ctx_kw)
-    closers.append(lambda: pub.close(linger=0))
+    closers.append(lambda: pub.close(linger_ms=0))
     sub = pybus.Subscriber(ep, ["#"], registry=False, **ctx_kw)
     closers.append(sub.close)
     _pubsub_round_trip(pub, sub)
@@ -75,7 +75,7 @@ def _io_paths(closers: list[Callable[[], Any]], *, context: zmq.Context | None =
     server.add_handler("echo", lambda p: p)
     server.start()
     closers.append(server.stop)
-    client = pybus.Client(server.endpoint, timeout=10.0, registry=False, **ctx_kw)
+    client = pybus.Client(server.endpoint, timeout_s=10.0, registry=False, **ctx_kw)
     closers.append(client.close)
     assert client.request("echo", b"hi") == b"hi"
 
@@ -185,7 +185,7 @@ def test_a_socket_class_that_overrides_send_and_recv_takes_pyzmq_and_keeps_them(
     server = pybus.Server("tcp://127.0.0.1:*", registry=False, context=ctx)
     server.add_handler("echo", lambda p: p)
     server.start()
-    client = pybus.Client(server.endpoint, timeout=10.0, registry=False, context=ctx)
+    client = pybus.Client(server.endpoint, timeout_s=10.0, registry=False, context=ctx)
     try:
         _pubsub_round_trip(pub, sub, topic="io.custom")
         assert client.request("echo", b"ping-through-override") == b"ping-through-override"
@@ -203,7 +203,7 @@ def test_a_socket_class_that_overrides_send_and_recv_takes_pyzmq_and_keeps_them(
         client.close()
         server.stop()
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 @needs_fast
@@ -222,8 +222,8 @@ def test_a_publisher_with_history_takes_pyzmq_one_without_takes_libzmq() -> None
     finally:
         for s in subs:
             s.close()
-        hist.close(linger=0)
-        plain.close(linger=0)
+        hist.close(linger_ms=0)
+        plain.close(linger_ms=0)
 
 
 @needs_fast
@@ -245,7 +245,7 @@ def test_a_subscriber_with_publish_permissions_takes_pyzmq() -> None:
         assert pubs[0].io_path == pubs[1].io_path == "libzmq"
     finally:
         for p in pubs:
-            p.close(linger=0)
+            p.close(linger_ms=0)
         for s in subs:
             s.close()
 

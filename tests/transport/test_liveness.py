@@ -52,7 +52,7 @@ def test_liveness_options_land_on_the_sockets() -> None:
         assert s.getsockopt(zmq.HEARTBEAT_IVL) == 250  # the sending side keeps heartbeats
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_peer_events_reach_callbacks_and_counters_and_reconnect_after_restart() 
         pub.publish("a.b", 1)
         pub.flush()
         first = _drain(sub, 1, WAIT)
-        pub.close(linger=0)  # the publisher host goes away ...
+        pub.close(linger_ms=0)  # the publisher host goes away ...
         assert _until(lambda: sub.recv_batch(1, timeout=0.01) == [] and
                       ("disconnected", ep) in events, WAIT)
         pub = pybus.Publisher(ep, sndhwm=BIG, registry=False)  # ... and comes back
@@ -114,7 +114,7 @@ def test_peer_events_reach_callbacks_and_counters_and_reconnect_after_restart() 
     finally:
         if sub is not None:
             sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 @pytest.mark.parametrize("heartbeats", [True, False])
@@ -145,7 +145,7 @@ def test_heartbeat_timeout_closes_a_silent_connection(heartbeats: bool) -> None:
             assert not _until(lambda: pub._watch.events.get("disconnected", 0) >= 1, 1.0)
     finally:
         raw.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 # -- slow consumers ------------------------------------------------------------------------------
@@ -159,11 +159,11 @@ def _overflow(pub: pybus.Publisher, n: int) -> None:
 
 
 def _flooding_publisher() -> pybus.Publisher:
-    # a subscriber that reads nothing is evicted after slow_consumer_timeout (it is not
+    # a subscriber that reads nothing is evicted after slow_consumer_timeout_s (it is not
     # reading at all, so any value works; a short one keeps the test fast), then ZeroMQ drops
     # what exceeds its high-water marks
     return pybus.Publisher("tcp://127.0.0.1:*", sndhwm=16, max_batch_records=1,
-                           slow_consumer_timeout=0.5, registry=False)
+                           slow_consumer_timeout_s=0.5, registry=False)
 
 
 def test_slow_consumer_drop_counts_and_goes_on() -> None:
@@ -183,7 +183,7 @@ def test_slow_consumer_drop_counts_and_goes_on() -> None:
         assert not sub.closed
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_slow_consumer_close_raises_suicidal_snail() -> None:
@@ -202,7 +202,7 @@ def test_slow_consumer_close_raises_suicidal_snail() -> None:
             sub.recv(timeout=0.1)
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_slow_consumer_by_lag(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,7 +234,7 @@ def test_slow_consumer_by_lag(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         sub.close()
         lagged.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_bad_slow_consumer_arguments() -> None:
@@ -307,7 +307,7 @@ def test_late_joiner_gets_history_then_live_without_gaps_or_duplicates() -> None
         th.join(WAIT)
         if late is not None:
             late.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_fetch_history_later_drops_buffered_duplicates() -> None:
@@ -331,7 +331,7 @@ def test_fetch_history_later_drops_buffered_duplicates() -> None:
         assert sub.stats()["history_duplicates"] == 10
     finally:
         sub.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_history_request_errors() -> None:
@@ -363,7 +363,7 @@ def test_history_request_errors() -> None:
             raw.close()
         assert pub._history_server.bad_requests == 1
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
     with pytest.raises(pybus.ValidationError, match="history_endpoint"):
         pybus.Publisher("tcp://127.0.0.1:*", history=5)
     with pytest.raises(pybus.ValidationError, match="history_endpoint"):

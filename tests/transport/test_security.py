@@ -138,7 +138,7 @@ def secured(keys: dict[str, tuple[bytes, bytes]]) -> Iterator[tuple[pybus.Publis
     srv = Curve.server(keys["server"][1], allow=[keys["alice"][0]], log_interval_s=0)
     pub = pybus.Publisher("tcp://127.0.0.1:*", security=srv, sndhwm=100_000)
     yield pub, srv
-    pub.close(linger=0)
+    pub.close(linger_ms=0)
 
 
 def test_authorized_subscriber_gets_everything_unauthorized_get_nothing_and_are_counted(
@@ -209,7 +209,7 @@ def test_unauthorized_publisher_delivers_nothing_to_a_secured_bound_subscriber(
         assert _until(lambda: srv.stats()["rejected_by_reason"]["handshake"] >= 1)
     finally:
         for p in (ok, bad, plain):
-            p.close(linger=0)
+            p.close(linger_ms=0)
         sub.close()
 
 
@@ -272,7 +272,7 @@ def test_allow_any_admits_any_client_key_but_not_plaintext(
     finally:
         for s in (a, m, plain):
             s.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_subscribe_permissions_are_enforced_per_subscriber(
@@ -314,7 +314,7 @@ def test_subscribe_permissions_are_enforced_per_subscriber(
     finally:
         for s in (sa, sa2, sa3, sb):
             s.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_permission_patterns_are_validated() -> None:
@@ -353,10 +353,10 @@ def test_secured_rpc_server_and_client_via_the_hook(keys: dict[str, tuple[bytes,
     sp = keys["server"][0]
     with pybus.Server("tcp://127.0.0.1:*", security=srv_curve) as server:
         server.add_handler("echo", lambda p: p)
-        with pybus.Client(server.endpoint, timeout=2.0,
+        with pybus.Client(server.endpoint, timeout_s=2.0,
                           security=Curve.client(keys["alice"][1], sp)) as c:
             assert c.request("echo", b"hi") == b"hi"
-        with pybus.Client(server.endpoint, timeout=0.5,
+        with pybus.Client(server.endpoint, timeout_s=0.5,
                           security=Curve.client(keys["mallory"][1], sp)) as c:
             with pytest.raises(pybus.BusError):
                 c.request("echo", b"hi")
@@ -427,7 +427,7 @@ def test_rejections_and_peer_events_are_exported_as_metrics(
         assert events["accepted"] >= 1 and events["handshake_failed_auth"] >= 1
     finally:
         bad.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_asyncio_twins_take_security_and_late_join(keys: dict[str, tuple[bytes, bytes]]) -> None:

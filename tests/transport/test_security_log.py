@@ -47,7 +47,7 @@ def server(keys) -> Iterator[tuple[pybus.Publisher, Curve]]:
     try:
         yield pub, curve
     finally:
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def _refuse_once(ctx: zmq.Context, ep: str, keys, curve: Curve, expected_total: int) -> None:

@@ -37,7 +37,7 @@ def served():
         yield curve, zap, cli_pub
     finally:
         zap.close()
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
         ctx.term()
 
 

@@ -255,7 +255,7 @@ def test_signal_handler_runs_during_a_wait_and_the_request_still_completes(tmp_p
             timer = threading.Thread(
                 target=lambda: started.wait(5) and os.kill(os.getpid(), signal.SIGUSR1))
             timer.start()
-            with pybus.Client(ep, timeout=5.0) as c:
+            with pybus.Client(ep, timeout_s=5.0) as c:
                 assert c._addr, "the client should be on the fast path"
                 assert c.request("slow", b"z") == b"z"
                 assert c.stats()["timeouts"] == 0
@@ -299,7 +299,7 @@ def _scenario(ep: str) -> dict:
     with pybus.Server(ep) as srv:
         srv.add_handler("echo", lambda p: p)
         srv.add_handler("boom", lambda p: 1 / 0)
-        with pybus.Client(ep, timeout=2.0) as c:
+        with pybus.Client(ep, timeout_s=2.0) as c:
             out["fast_client"] = bool(c._addr)
             out["bytes"] = c.request("echo", b"abc")
             out["empty"] = c.request("echo", b"")
@@ -356,7 +356,7 @@ def test_late_reply_is_counted_on_both_paths(tmp_path, path):
             return p
 
         srv.add_handler("echo", lambda p: p)
-        with pybus.Client(ep, timeout=0.2) as c:
+        with pybus.Client(ep, timeout_s=0.2) as c:
             with pytest.raises(pybus.TimeoutError):
                 c.request("slow", b"first")
             gate.set()
@@ -374,7 +374,7 @@ def test_client_timeout_is_bounded_on_both_paths(tmp_path, path):
     mute.setsockopt(zmq.LINGER, 0)
     mute.bind(ep)
     try:
-        with pybus.Client(ep, timeout=0.3) as c:
+        with pybus.Client(ep, timeout_s=0.3) as c:
             t0 = time.monotonic()
             with pytest.raises(pybus.TimeoutError, match="no reply to 'x'"):
                 c.request("x", b"")
@@ -452,7 +452,7 @@ def test_publisher_drains_straight_into_zeromq_on_the_fast_path(tmp_path, path):
         assert pub._published_by_topic == {b"t.a": len(got["t.a"]), b"t.b": len(got["t.b"])}
     finally:
         sub.close(0)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_threads_sharing_one_client_get_their_own_replies(tmp_path, path):
@@ -461,7 +461,7 @@ def test_threads_sharing_one_client_get_their_own_replies(tmp_path, path):
     errors: list = []
     with pybus.Server(ep) as srv:
         srv.add_handler("echo", lambda p: p)
-        with pybus.Client(ep, timeout=5.0) as c:
+        with pybus.Client(ep, timeout_s=5.0) as c:
             def run(k: int) -> None:
                 try:
                     for i in range(150):
@@ -490,7 +490,7 @@ def test_changing_the_client_timeout_takes_effect_on_the_next_request(tmp_path, 
     with pybus.Server(ep, workers=1) as srv:
         srv.add_handler("echo", lambda p: p)
         srv.add_handler("stall", lambda p: release.wait(5) and p)
-        with pybus.Client(ep, timeout=5.0) as c:
+        with pybus.Client(ep, timeout_s=5.0) as c:
             for _ in range(3):  # the fast path is set up for 5 s by now
                 assert c.request("echo", b"a") == b"a"
             c.timeout = 0.2
@@ -510,7 +510,7 @@ def test_closed_client_refuses_on_both_paths(tmp_path, path):
     ep = f"ipc://{tmp_path}/closed.ipc"
     with pybus.Server(ep) as srv:
         srv.add_handler("echo", lambda p: p)
-        c = pybus.Client(ep, timeout=2.0)
+        c = pybus.Client(ep, timeout_s=2.0)
         assert c.request("echo", b"x") == b"x"
         assert c.request("echo", b"y") == b"y"
         c.close()

@@ -167,7 +167,7 @@ def test_plain_sub_decodes_pybus_traffic() -> None:
         assert positions == {(pid, "orders.created"): 3, (pid, "orders.bulk"): 501}
     finally:
         raw.close(linger=0)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)
 
 
 def test_plain_pub_publishes_to_pybus_subscriber() -> None:
@@ -271,4 +271,4 @@ def test_join_snapshot_tells_a_newcomer_where_every_stream_stands() -> None:
         assert got == expected
     finally:
         raw.close(linger=0)
-        pub.close(linger=0)
+        pub.close(linger_ms=0)

@@ -238,9 +238,9 @@ def test_exponential_schedule_between_deliveries():
 
 
 def test_dedupe_window_on_a_real_queue():
-    """An ack that misses ack_timeout makes the queue redeliver; the worker's window
+    """An ack that misses ack_timeout_s makes the queue redeliver; the worker's window
     recognises the copy, acks it without calling the handler, and reports it."""
-    q = WorkQueue(EP, ack_timeout=0.2, retry=RetryPolicy.fixed(0.01, max_attempts=5))
+    q = WorkQueue(EP, ack_timeout_s=0.2, retry=RetryPolicy.fixed(0.01, max_attempts=5))
     calls = []
 
     def handler(m):
@@ -399,7 +399,7 @@ def test_breaker_pauses_dispatch_while_open():
             raise RuntimeError("downstream down")
 
     rec = Recorder(fail)
-    br = CircuitBreaker(failure_threshold=3, reset_timeout=0.3)
+    br = CircuitBreaker(failure_threshold=3, reset_timeout_s=0.3)
     with WorkQueue(EP, breaker=br, retry=RetryPolicy.fixed(0.001, max_attempts=1)) as q, \
             Worker(q.endpoint, rec, prefetch=1) as w:
         assert w.wait_ready(5)
@@ -438,7 +438,7 @@ def test_bad_arguments_raise_pybus_errors(call, match):
     [
         ({"endpoint": 5}, "endpoint must be a str"),
         ({"endpoint": "nope://x"}, "endpoints look like"),
-        ({"ack_timeout": 0}, "ack_timeout must be a number > 0"),
+        ({"ack_timeout_s": 0}, "ack_timeout_s must be a number > 0"),
         ({"heartbeat_liveness": 0}, r"heartbeat_liveness must be an int in 1\.\.1000"),
         ({"max_in_flight": -1}, "max_in_flight"),
         ({"retry": "often"}, "retry must be a pybus.RetryPolicy"),
@@ -481,12 +481,12 @@ def test_closed_queue_refuses_puts():
 
 
 def test_backpressure_when_max_queued_reached():
-    with WorkQueue(EP, max_queued=10, put_timeout=0.1) as q:
+    with WorkQueue(EP, max_queued=10, put_timeout_s=0.1) as q:
         q.put_many([("a.b", b"")] * 10)
         with pytest.raises(pybus.BackpressureError, match="max_queued=10"):
             q.put("a.b", b"")
         rec = Recorder()
-        q.put_timeout = 10  # room comes once the worker has connected and acked (no timing bet)
+        q.put_timeout_s = 10  # room comes once the worker has connected and acked (no timing bet)
         with Worker(q.endpoint, rec):
             q.put("a.b", b"")  # waits for room, then goes
             assert q.join(10)

@@ -266,7 +266,7 @@ def test_ack_deadline_redelivers_from_a_live_but_stuck_worker(monkeypatch, clock
     _freeze_queue_clock(monkeypatch, clock)
     ctx = zmq.Context()
     q = WorkQueue("tcp://127.0.0.1:*", heartbeat_interval_s=0.05, heartbeat_liveness=100,
-                  ack_timeout=0.3, retry=RetryPolicy.fixed(0.001, max_attempts=3))
+                  ack_timeout_s=0.3, retry=RetryPolicy.fixed(0.001, max_attempts=3))
     fake = _raw_dealer(ctx, q.endpoint)
     real = None
     try:

@@ -70,7 +70,7 @@ def pubsub_once(system: str, n: int) -> tuple[float, int, int]:
             _, got, _first, last, lost, counted = _recv(conn, proc, _CHILD_TIMEOUT_S + 5,
                                                         f"{system} pubsub")
         finally:
-            pub.close(linger=0)
+            pub.close(linger_ms=0)
             _stop(proc)
     else:  # the peers: raw pyzmq, pynng, zenoh
         # at the default HWM (1000) raw PUB drops most of a burst; unbounded queues measure
@@ -122,7 +122,7 @@ def latency_once(system: str, rate: float, seconds: float, interval_s: float
             _, got, blob, intervals, counted = _recv(conn, proc, _CHILD_TIMEOUT_S + 5,
                                                      f"{system} latency")
         finally:
-            pub.close(linger=0)
+            pub.close(linger_ms=0)
             _stop(proc)
     else:  # the peers: raw pyzmq, pynng, zenoh
         pp = _PeerPub(system)
@@ -155,7 +155,7 @@ def rpc_once(system: str, n: int) -> tuple[float, Histogram]:
         proc, conn = _start(_rpc_server_pybus)
         try:
             _, ep = _recv(conn, proc, _CHILD_TIMEOUT_S, "pybus rpc server start")
-            cl = pybus.Client(ep, timeout=10, registry=False)
+            cl = pybus.Client(ep, timeout_s=10, registry=False)
             try:
                 cl.request("echo", payload)  # connect
                 t_start = perf()
