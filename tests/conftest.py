@@ -1,4 +1,4 @@
-"""Shared test helpers: a fake monotonic clock whose sleep advances time; the leak guard."""
+"""Shared test helpers: the leak guard, the fake clock fixture, thread failures."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import leakcheck  # noqa: E402
+
+from pybus.testing import FakeClock  # noqa: E402
 
 leakcheck.install()
 
@@ -44,30 +46,9 @@ def _leak_guard(request: pytest.FixtureRequest):
         )
 
 
-class FakeClock:
-    """Time that moves only when slept on; records every sleep."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0, f"negative sleep {seconds}"
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
+    """pybus.testing's fake clock (the plugin calls it ``fake_clock``; older tests say clock)."""
     return FakeClock()
 
 

@@ -21,7 +21,7 @@ LAYER = {
     "policy": 2, "store": 2,
     "transport": 3,
     "pubsub": 4, "rpc": 4, "workqueue": 4,
-    "aio": 5, "jetstream": 5,
+    "aio": 5, "jetstream": 5, "testing": 5,
     "__init__": 6,
     "cli": 7,
 }

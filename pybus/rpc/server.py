@@ -90,6 +90,14 @@ _log = logging.getLogger("pybus.rpc")
 _fast_address = _sockets.fast_address
 
 
+def unknown_method_body(name: str, methods: list[str]) -> bytes:
+    """The ERROR body answering a request for a method no handler has (naming those known)."""
+    known = ", ".join(methods) or "(none)"
+    return error_body("UnknownMethodError",
+                      f"no handler named {name!r} on this server; registered: {known}",
+                      ErrorCode.UNKNOWN_METHOD, False)
+
+
 class _LogLimiter:
     """Log a recurring warning at most once per interval (the rest are only counted)."""
 
@@ -288,6 +296,10 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
         handlers = dict(self._handlers)
         handlers[key] = fn
         self._handlers = handlers
+
+    def handler_for(self, name: str) -> Handler | None:
+        """The handler registered under ``name``, or None."""
+        return self._handlers.get(name.encode())
 
     @property
     def methods(self) -> list[str]:
@@ -689,14 +701,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
     def _unknown_method(self, name: bytes) -> bytes:
         """A request for a method no handler has: counted; the ERROR body naming those known."""
         self._stats["unknown_method"] += 1
-        shown = name.decode("utf-8", "replace")
-        known = ", ".join(self.methods) or "(none)"
-        return error_body(
-            "UnknownMethodError",
-            f"no handler named {shown!r} on this server; registered: {known}",
-            ErrorCode.UNKNOWN_METHOD,
-            False,
-        )
+        return unknown_method_body(name.decode("utf-8", "replace"), self.methods)
 
     # -- worker pool --------------------------------------------------------------------
     def _submit(self, fn: Handler, arg: Any, ident: bytes, cid: int) -> None:
