@@ -15,7 +15,7 @@ PYBUS = Path(__file__).resolve().parent.parent / "pybus"
 # lower layer only (never one beside it: pubsub does not import rpc).
 LAYER = {
     "_native": 0, "_version": 0, "errors": 0,
-    "_lifecycle": 0,
+    "_lifecycle": 0, "_signals": 0,
     "allocator": 1, "_deprecated": 1,
     "metrics": 1, "wire": 1,
     "policy": 2, "store": 2,

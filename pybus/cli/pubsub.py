@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from typing import Any
 
+from .._signals import graceful_signals
 from ._common import (
     CliError,
     add_command,
@@ -89,36 +91,51 @@ def cmd_sub(args: argparse.Namespace) -> int:
     sub = Subscriber(ep, args.patterns, bind=args.bind, registry=False)
     got = 0
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    out = sys.stdout
+    stop = threading.Event()
     try:
         if args.bind:
             report_bound("sub", ep, sub.endpoints)
-        while args.count is None or got < args.count:
-            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-            if wait <= 0:
-                break
-            want = 10_000 if args.count is None else args.count - got
-            for m in sub.recv_batch(want, timeout=wait):
-                value, enc = _show_payload(m)
-                if args.json:
-                    line = json.dumps({"topic": m.topic, "seq": m.seq,
-                                       "publisher_id": f"{m.publisher_id:016x}",
-                                       "timestamp_ns": m.timestamp_ns,
-                                       "headers": jsonable(m.headers),
-                                       "payload": jsonable(value), "encoding": enc})
-                else:
-                    shown = json.dumps(jsonable(value)) if enc == "json" else value
-                    line = f"{m.topic} #{m.seq} {shown}"
-                out.write(line + "\n")
-                got += 1
-            out.flush()
+        # SIGTERM/SIGINT: stop waiting, print what has already arrived, exit 0
+        with graceful_signals(stop.set, what="pybus sub"):
+            while (args.count is None or got < args.count) and not stop.is_set():
+                wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+                want = 10_000 if args.count is None else args.count - got
+                got += _print_messages(sub.recv_batch(want, timeout=wait), args.json)
+            while stop.is_set() and (args.count is None or got < args.count):
+                want = 10_000 if args.count is None else args.count - got
+                batch = sub.recv_batch(want, timeout=0)
+                if not batch:
+                    break
+                got += _print_messages(batch, args.json)
     finally:
         sub.close()
+    if stop.is_set():
+        return 0
     if args.count is not None and got < args.count:
         raise CliError(f"received {got} of {args.count} message(s) before the "
                        f"{args.timeout:g} s timeout")
     return 0
 
+
+
+def _print_messages(msgs: list[Any], as_json: bool) -> int:
+    out = sys.stdout
+    for m in msgs:
+        value, enc = _show_payload(m)
+        if as_json:
+            line = json.dumps({"topic": m.topic, "seq": m.seq,
+                               "publisher_id": f"{m.publisher_id:016x}",
+                               "timestamp_ns": m.timestamp_ns,
+                               "headers": jsonable(m.headers),
+                               "payload": jsonable(value), "encoding": enc})
+        else:
+            shown = json.dumps(jsonable(value)) if enc == "json" else value
+            line = f"{m.topic} #{m.seq} {shown}"
+        out.write(line + "\n")
+    out.flush()
+    return len(msgs)
 
 
 def _bind_or_connect(p: argparse.ArgumentParser, connect_help: str) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from .._signals import graceful_signals
 from ..errors import ValidationError
 from ._common import add_command
 
@@ -88,29 +88,25 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     proxy = Proxy(args.frontend, args.backend, args.capture, frontend_security=fsec,
                   backend_security=bsec, sndhwm=args.sndhwm, rcvhwm=args.rcvhwm)
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     print(f"pybus proxy: publishers -> {', '.join(proxy.frontend)}  subscribers -> "
           f"{', '.join(proxy.backend)}" + (f"  capture -> {proxy.capture}" if proxy.capture
                                            else "")
           + ("  [CURVE]" if fsec or bsec else ""), file=sys.stderr, flush=True)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     try:
-        while not stop.is_set():
-            wait = args.stats_interval or 1.0
-            if deadline is not None:
-                wait = min(wait, max(0.0, deadline - time.monotonic()))
-            stop.wait(wait)
-            if args.stats_interval and not stop.is_set():
-                s = proxy.stats()
-                print(json.dumps({k: s[k] for k in ("frontend", "backend", "state")}),
-                      flush=True)
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        # SIGTERM/SIGINT: stop and exit 0; a second signal exits at once
+        with graceful_signals(stop.set, what="pybus proxy"):
+            while not stop.is_set():
+                wait = args.stats_interval or 1.0
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - time.monotonic()))
+                stop.wait(wait)
+                if args.stats_interval and not stop.is_set():
+                    s = proxy.stats()
+                    print(json.dumps({k: s[k] for k in ("frontend", "backend", "state")}),
+                          flush=True)
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
     finally:
         s = proxy.stats()
         proxy.close()

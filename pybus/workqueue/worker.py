@@ -30,6 +30,7 @@ from .. import metrics as _metrics
 from .._deprecated import deprecated_attribute, renamed
 from .._native import Histogram, _zmqfast
 from .._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
+from .._signals import graceful_signals
 from ..errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
 from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
 from ..transport import sockets as _sockets
@@ -92,6 +93,10 @@ class Worker:
         Used until the queue's WELCOME tells the queue's own values.
     ack_flush_interval_s : float
         Longest time, in seconds, a finished message's ack waits to be batched with others.
+    drain_timeout_s : float
+        On :meth:`stop` (or SIGTERM/SIGINT during :meth:`run`), how long the handlers may
+        take to finish the message each is on; their acks are sent, messages not started are
+        left to the queue (redelivered elsewhere, no attempt used). Default 10 s.
     context : zmq.Context, optional
         Use this ZeroMQ context instead of a private one (an ``inproc://`` queue is reached
         only from its own context). pybus closes its sockets in it when the worker stops,
@@ -124,6 +129,7 @@ class Worker:
         liveness: Any = None,
         context: zmq.Context[Any] | None = None,
         *,
+        drain_timeout_s: float = 10.0,
         heartbeat_interval: float | None = None,
         ack_flush_interval: float | None = None,
     ) -> None:
@@ -144,6 +150,11 @@ class Worker:
         self.dedupe_window = dedupe_window
         self.prefetch = prefetch
         self.ack_flush_interval_s = float(ack_flush_interval_s)
+        if isinstance(drain_timeout_s, bool) or not isinstance(drain_timeout_s, (int, float)) \
+                or not 0 <= drain_timeout_s < float("inf"):
+            raise ValidationError(
+                f"drain_timeout_s must be a finite number of seconds >= 0, got {drain_timeout_s!r}")
+        self.drain_timeout_s = float(drain_timeout_s)
         self._hb_s = float(heartbeat_interval_s)
         self._liveness = int(heartbeat_liveness)
 
@@ -186,15 +197,21 @@ class Worker:
 
     # ------------------------------------------------------------------ public
 
-    def run(self) -> None:
-        """Serve until :meth:`stop` (blocking; call it in a process or thread of its own)."""
+    def run(self, handle_signals: bool = True) -> None:
+        """Serve until :meth:`stop` (blocking; call it in a process or thread of its own).
+
+        Called in the main thread with ``handle_signals``, the first SIGTERM or SIGINT stops
+        it gracefully, as :meth:`stop` does (at most ``drain_timeout_s`` for the handlers),
+        and ``run`` returns; a second one exits at once (SystemExit)."""
         if self._running:
             raise ValidationError("this Worker is already running; call run() or start() once")
         if self._stopping:
             raise ClosedError("this Worker was stopped; create a new one")
         self._running = True
         try:
-            self._serve()
+            with graceful_signals(self._request_stop, handle_signals,
+                                  f"pybus worker of {self.endpoint}", self.drain_timeout_s):
+                self._serve()
         finally:
             self._running = False
 
@@ -210,11 +227,22 @@ class Worker:
         """Wait until the queue has welcomed this worker's session; False on timeout."""
         return self._ready.wait(timeout)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stop: finish the message each handler is on, send its ack, say BYE, close.
 
         Messages received but not started are left to the queue, which redelivers them.
+        Waits up to ``timeout`` seconds (default ``drain_timeout_s`` + 1) for a started
+        worker's thread to end.
         """
+        self._request_stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self.drain_timeout_s + 1.0 if timeout is None else timeout)
+        elif self._thread is None and not self._running and self._own_ctx \
+                and not self._ctx.closed:
+            self._ctx.term()  # never served: its sessions' thread, which would, never ran
+
+    def _request_stop(self) -> None:
+        """Ask the socket thread to stop (no waiting: also called from a signal handler)."""
         self._stopping = True
         self._gen += 1
         # wake the socket thread; the wake-up socket is closed whatever happens to the send
@@ -232,11 +260,6 @@ class Worker:
                 pass
             finally:
                 s.close()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        elif self._thread is None and not self._running and self._own_ctx \
-                and not self._ctx.closed:
-            self._ctx.term()  # never served: its sessions' thread, which would, never ran
 
     # -- metrics (pybus.metrics.MetricsSource) -------------------------------------------
     metrics_kind = "worker"
@@ -365,7 +388,7 @@ class Worker:
             # graceful end: let handlers finish their current message, ship their acks
             for _ in self._handler_threads:
                 self._work.put(None)
-            deadline = time.monotonic() + 5.0
+            deadline = time.monotonic() + self.drain_timeout_s
             for t in self._handler_threads:
                 t.join(max(0.0, deadline - time.monotonic()))
             self._forward(results, sock)
