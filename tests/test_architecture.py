@@ -17,7 +17,7 @@ LAYER = {
     "_native": 0, "_version": 0, "errors": 0,
     "_lifecycle": 0, "_signals": 0,
     "allocator": 1, "_deprecated": 1,
-    "metrics": 1, "wire": 1,
+    "metrics": 1, "wire": 1, "tracing": 1,
     "policy": 2, "store": 2,
     "transport": 3,
     "pubsub": 4, "rpc": 4, "workqueue": 4,

@@ -27,6 +27,7 @@ import msgpack
 import zmq
 
 from .. import metrics as _metrics
+from .. import tracing
 from .._lifecycle import Closeable
 from .._native import Batcher, Histogram, frame_info
 from ..errors import BackpressureError, ClosedError, TimeoutError, from_zmq
@@ -276,6 +277,8 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         # publish(topic, payload, headers=None) is the batcher's C method itself, so a publish
         # is one call into compiled code (documented by the class-level publish below).
         self.publish = self._batcher.publish  # type: ignore[method-assign]
+        if tracing.active():  # decided once: the untraced path stays one C call
+            self.publish = self._publish_traced  # type: ignore[method-assign]
 
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -666,6 +669,12 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
 
     def _close_socket(self, linger_ms: int) -> None:
         self._sock.close(linger=linger_ms)
+
+    def _publish_traced(self, topic: str, payload: Any, headers: Any = None) -> Any:
+        """publish() with a PRODUCER span and the trace context in the headers
+        (pybus.tracing; chosen at construction when a tracer provider is set)."""
+        with tracing.produce(topic, headers, "publish") as (_span, traced):
+            return self._batcher.publish(topic, payload, traced)
 
     def _publish_closed(self, topic: str, payload: Any, headers: Any = None) -> Any:
         raise ClosedError("publish() on a closed Publisher")
