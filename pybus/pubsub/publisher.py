@@ -23,7 +23,6 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, cast
 
-import msgpack
 import zmq
 
 from .. import metrics as _metrics
@@ -35,6 +34,7 @@ from ..metrics.samples import HdrValue, RawSample, ReadyUntilClosed, transport_s
 from ..policy.topics import validate_topic
 from ..transport import sockets as _sockets
 from ..transport.iopath import IOPath
+from ..wire.payload import pack_value
 from . import _base as base
 from ._flusher import _MAX_TICK_S, FlusherMixin
 from ._options import close_linger_ms, publisher_options
@@ -64,8 +64,8 @@ _monotonic = time.monotonic
 _monotonic_ns = time.monotonic_ns
 
 
-def _pack(obj: Any) -> bytes:
-    return cast("bytes", msgpack.packb(obj, use_bin_type=True))
+# the batcher's pack hook for non-bytes payloads: the one payload codec (typed values too)
+_pack = pack_value
 
 
 class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath, ReadyUntilClosed):

@@ -14,12 +14,36 @@ from typing import Any
 import msgpack
 
 from ..errors import FrameError, ValidationError
+from .typed import encode_typed
 
-__all__ = ["FLAG_MSGPACK", "decode_payload", "encode_payload"]
+__all__ = ["FLAG_MSGPACK", "decode_payload", "encode_payload", "pack_value"]
 
 FLAG_MSGPACK = 0x01
 
 _BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+# the common payload types go straight to msgpack-python; others are checked for a typed
+# class (msgspec Struct, dataclass, pydantic model) once per class (wire.typed)
+_PLAIN = frozenset((dict, list, tuple, str, int, float, bool, type(None)))
+
+
+def pack_value(payload: Any) -> bytes:
+    """The msgpack bytes of a non-bytes payload: typed values through msgspec, the rest
+    through msgpack-python. Raises :class:`pybus.ValidationError` naming the type when the
+    value has no msgpack form."""
+    if type(payload) not in _PLAIN:
+        typed = encode_typed(payload)
+        if typed is not None:
+            return typed
+    try:
+        return msgpack.packb(payload, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(
+            f"payload of type {type(payload).__name__} cannot be sent: {exc}; send bytes "
+            "(passed through raw), a msgpack-serialisable value (None, bool, int, float, "
+            "str, bytes, list, tuple, dict), a msgspec.Struct, a dataclass or a pydantic model"
+        ) from None
 
 
 def encode_payload(payload: Any) -> tuple[int, bytes]:
@@ -31,14 +55,7 @@ def encode_payload(payload: Any) -> tuple[int, bytes]:
         return 0, payload
     if isinstance(payload, _BYTES_TYPES):
         return 0, bytes(payload)
-    try:
-        return FLAG_MSGPACK, msgpack.packb(payload, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValidationError(
-            f"payload of type {type(payload).__name__} cannot be sent: {exc}; send bytes "
-            "(passed through raw) or a msgpack-serialisable value (None, bool, int, float, "
-            "str, bytes, list, tuple, dict)"
-        ) from None
+    return FLAG_MSGPACK, pack_value(payload)
 
 
 def decode_payload(flags: int, body: bytes | memoryview) -> Any:
