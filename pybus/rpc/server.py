@@ -64,6 +64,7 @@ from ..wire.reqrep import (
     error_payload,
     method_bytes,
 )
+from ..wire.typed import SchemaError, annotated_types, converter_for
 from ._common import (
     LATENCY_MAX_NS,
     NOBLOCK,
@@ -88,6 +89,24 @@ _log = logging.getLogger("pybus.rpc")
 
 # (0: use pyzmq's calls; see pybus.transport.sockets.FASTPATH for when the fast path is on)
 _fast_address = _sockets.fast_address
+
+
+def _typed(fn: Handler) -> Handler:
+    """``fn``, or a wrapper converting its argument into the type its annotation declares."""
+    arg_type, _ret = annotated_types(fn)
+    if arg_type is None:
+        return fn
+    convert = converter_for(arg_type)
+
+    def typed_handler(arg: Any) -> Any:
+        try:
+            value = convert(arg)
+        except SchemaError as exc:  # answered as the client's ValidationError
+            raise ValidationError(str(exc)) from None
+        return fn(value)
+
+    typed_handler.__wrapped__ = fn  # type: ignore[attr-defined]
+    return typed_handler
 
 
 def unknown_method_body(name: str, methods: list[str]) -> bytes:
@@ -288,9 +307,15 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
         return register
 
     def add_handler(self, name: str, fn: Handler) -> None:
-        """Register ``fn`` under ``name`` (replacing any earlier one)."""
+        """Register ``fn`` under ``name`` (replacing any earlier one).
+
+        A handler whose argument is annotated with a type (``def add(args: AddArgs) ->
+        Sum``: a msgspec Struct, dataclass, TypedDict or pydantic model) gets the request's
+        payload converted into it; one that does not fit is answered with a
+        ``ValidationError`` the client raises, and the handler is not called."""
         if not callable(fn):
             raise ValidationError(f"handler for {name!r} must be callable, got {fn!r}")
+        fn = _typed(fn)
         key = method_bytes(name)
         # Copy-on-write so the I/O thread reads a dict nobody mutates.
         handlers = dict(self._handlers)

@@ -14,6 +14,8 @@ Untyped values keep msgpack-python, the design's codec; msgspec is used only for
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import typing
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -21,7 +23,8 @@ import msgspec
 
 from ..errors import ValidationError
 
-__all__ = ["SchemaError", "decoder_for", "encode_typed", "typed_encoder"]
+__all__ = ["SchemaError", "annotated_types", "converter_for", "decoder_for", "encode_typed",
+           "typed_encoder"]
 
 
 class SchemaError(ValidationError):
@@ -120,3 +123,46 @@ def decoder_for(tp: Any) -> Callable[[bytes], Any]:
     except TypeError:
         pass
     return decode
+
+
+# annotations that mean "no declared type": the payload is handed over as decoded today
+_UNTYPED = (Any, object, bytes, inspect.Parameter.empty, None, type(None))
+
+
+def annotated_types(fn: Callable[..., Any]) -> tuple[Any, Any]:
+    """(argument type, return type) a handler declares through its annotations, each None
+    when it declares none (or Any, object, bytes). ``def add(args: AddArgs) -> Sum``."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: treat the handler as untyped
+        return None, None
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return None, None
+    arg = hints.get(params[0].name) if params else None
+    ret = hints.get("return")
+    return (None if arg in _UNTYPED else arg), (None if ret in _UNTYPED else ret)
+
+
+def converter_for(tp: Any) -> Callable[[Any], Any]:
+    """A function turning an already decoded payload (dicts, lists, ...) into ``tp``, raising
+    :class:`SchemaError` when it does not fit (for receivers that decoded it untyped first)."""
+    if isinstance(tp, type) and _is_pydantic_model(tp):
+        validate = cast(Any, tp).model_validate
+
+        def convert(obj: Any) -> Any:
+            try:
+                return validate(obj)
+            except ValueError as exc:
+                raise SchemaError(f"payload does not match {tp.__name__}: {exc}") from None
+    else:
+        name = getattr(tp, "__name__", repr(tp))
+
+        def convert(obj: Any) -> Any:
+            try:
+                return msgspec.convert(obj, tp)
+            except msgspec.ValidationError as exc:
+                raise SchemaError(f"payload does not match {name}: {exc}") from None
+    return convert
