@@ -168,6 +168,28 @@ class WindowMixin:
             # acks arrive as input on the XPUB socket
             self._sock.poll(wait_ms, zmq.POLLIN)
 
+    def _wait_acked_locked(self, deadline: float) -> bool:
+        """Reliable mode, after everything was sent: a mark at the end, then wait until every
+        live subscriber has acknowledged up to it (True), or ``deadline`` (False; a stalled
+        one is not evicted for it, it only runs out the time). Caller holds the send lock."""
+        flow = self._flow
+        if flow is None:
+            return True
+        end_frames = flow.frames
+        self._send_mark(flow)
+        while True:
+            self._read_subscriptions()
+            waiting = [p for p in flow.peers.values()
+                       if not p.evicted and p.acked_frames < end_frames]
+            if not waiting:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if flow.mark_due(True, _monotonic_ns()):  # repeated, in case one was lost
+                self._send_mark(flow)
+            self._sock.poll(max(1, int(min(remaining, _WINDOW_POLL_S) * 1000)), zmq.POLLIN)
+
     def _window_waits(self, deadline: float) -> Iterator[int]:
         """The decision of waiting for the window, shared by the sync and asyncio publishers:
         flush; while the window holds records back and ``deadline`` (monotonic s) is ahead,
