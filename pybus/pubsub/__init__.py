@@ -19,6 +19,7 @@ from ._base import (
     FRAME_OVERHEAD_BYTES,
     HELLO_PREFIX,
 )
+from ._types import TypedMessage
 from .publisher import Publisher
 from .subscriber import Subscriber
 
@@ -30,4 +31,5 @@ __all__ = [
     "HELLO_PREFIX",
     "Publisher",
     "Subscriber",
+    "TypedMessage",
 ]

@@ -14,11 +14,12 @@ class), and the constructor's arguments are checked by ``_options``.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import zmq
@@ -31,10 +32,12 @@ from ..metrics.samples import NS, HdrValue, RawSample, ReadyUntilClosed, transpo
 from ..policy.topics import TopicMatcher
 from ..transport import sockets as _sockets
 from ..transport.iopath import IOPath
+from ..wire.typed import SchemaError
 from . import _base as base
 from ._frames import FramesMixin
 from ._options import subscriber_options
 from ._streams import StreamsMixin
+from ._types import PayloadTypes
 from .flow import FLOW_TOPIC
 
 __all__ = ["Subscriber", "GapCallback"]
@@ -114,6 +117,14 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         :meth:`fetch_history`.
     history_endpoint : str or list of str, optional
         The publishers' history endpoints (their ``history_endpoint``).
+    types : dict of pattern to type, optional
+        Decode the payloads of matching topics into a type (a msgspec Struct, dataclass,
+        TypedDict or pydantic model; the first matching pattern wins): ``recv`` and
+        ``recv_batch`` then return :class:`~pybus.pubsub.TypedMessage` objects for them. A
+        payload that does not fit is counted in ``decode_errors`` (reason ``schema``),
+        logged at most once per ``log_interval_s``, and skipped.
+    type : type, optional
+        The type of every topic ``types`` does not name.
     registry : pybus.metrics.Registry or False, optional
         Where this subscriber reports its counters (default: ``pybus.metrics.default_registry``);
         ``False`` reports nowhere and skips the per-frame latency recording.
@@ -154,8 +165,11 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         max_lag_s: float | None = None,
         late_join: bool = False,
         history_endpoint: str | Sequence[str] | None = None,
+        types: Mapping[str, Any] | None = None,
+        type: Any = None,  # noqa: A002 - the documented name; rebound to the builtin below
     ) -> None:
         self._closed = True
+        payload_types, type = PayloadTypes(types, type), builtins.type  # noqa: A001
         opts = subscriber_options(
             endpoints, topics, rcvhwm=rcvhwm, max_message_bytes=max_message_bytes,
             max_batch_bytes=max_batch_bytes, window_bytes=window_bytes,
@@ -164,6 +178,10 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
             history_endpoint=history_endpoint,
         )
         self._matcher = TopicMatcher(opts.topics)  # validates every pattern before any socket
+        if payload_types:  # chosen once: untyped subscribers keep the plain receive path
+            self._types = payload_types
+            self.recv = self._recv_typed  # type: ignore[method-assign]
+            self.recv_batch = self._recv_batch_typed  # type: ignore[method-assign]
         self.max_frame_bytes: int = opts.max_frame_bytes
         self.rcvhwm: int = opts.rcvhwm
         self.id: bytes = os.urandom(8).hex().encode("ascii")
@@ -355,6 +373,32 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         if len(out) == max_messages:
             return out
         return self._recv_into(out, max_messages, timeout, 1 << 30)
+
+    # -- typed payloads (types= / type=) ------------------------------------------------
+    def _typed(self, msgs: list[Message]) -> list[Any]:
+        """``msgs`` with payloads decoded into their topics' types; one that does not fit is
+        counted (decode_errors, reason ``schema``), logged at most once per interval, and
+        skipped."""
+        decode = self._types.decode
+        out = []
+        for m in msgs:
+            try:
+                out.append(decode(m))
+            except SchemaError as exc:
+                self._decode_error(f"schema: {exc}", m.topic.encode())
+        return out
+
+    def _recv_batch_typed(self, max_messages: int = 10_000,
+                          timeout: float | None = None) -> list[Any]:
+        return self._typed(Subscriber.recv_batch(self, max_messages, timeout))
+
+    def _recv_typed(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            got = self._typed([Subscriber.recv(self, left)])
+            if got:
+                return got[0]
 
     def _recv_into(
         self, out: list[Message], max_messages: int, timeout: float | None, max_frames: int

@@ -111,3 +111,84 @@ def test_values_msgspec_and_msgpack_types_agree_on():
 def test_an_unsupported_value_still_says_what_is_allowed():
     with pytest.raises(pybus.ValidationError, match="msgspec.Struct, a dataclass or a pydantic"):
         encode_payload(object())
+
+
+def test_a_subscriber_declaring_types_gets_them_and_skips_what_does_not_fit(bus):
+    pub, (sub,) = bus.pubsub(["orders.#"], types={"orders.created": OrderStruct},
+                             log_interval_s=3600)
+    pub.publish("orders.created", OrderStruct(1, "a"))
+    pub.publish("orders.created", {"id": "not an int", "item": "b"})  # does not fit
+    pub.publish("orders.created", b"raw bytes")  # not msgpack at all
+    pub.publish("orders.other", {"free": "form"})  # no type declared for this topic
+    pub.publish("orders.created", OrderStruct(2, "c"))
+    got = []
+    while len(got) < 3:
+        got += sub.recv_batch(10, timeout=10)
+    # (order holds per topic: each topic travels in its own batch frames)
+    created = [m for m in got if m.topic == "orders.created"]
+    assert [m.payload for m in created] == [OrderStruct(1, "a"), OrderStruct(2, "c")]
+    assert [m.payload for m in got if m.topic == "orders.other"] == [{"free": "form"}]
+    assert all(isinstance(m, pybus.pubsub.TypedMessage) for m in created)
+    s = sub.stats()
+    assert s["decode_errors"] == 2 and s["decode_errors_by_reason"] == {"schema": 2}
+    # one receive at a time too, and the default type for every other topic
+    pub2, (sub2,) = bus.pubsub(["#"], type=OrderData)
+    pub2.publish("x", {"id": "bad", "item": "z"})
+    pub2.publish("y", OrderData(3, "d"))
+    assert sub2.recv(timeout=10).payload == OrderData(3, "d")
+    assert sub2.stats()["decode_errors_by_reason"] == {"schema": 1}
+
+
+PUBLISHER = """
+import sys, dataclasses, msgspec, pydantic, pybus
+class OrderStruct(msgspec.Struct):
+    id: int
+    item: str
+    qty: int = 1
+    tags: list[str] = []
+@dataclasses.dataclass
+class OrderData:
+    id: int
+    item: str
+    qty: int = 1
+    tags: list[str] = dataclasses.field(default_factory=list)
+class OrderModel(pydantic.BaseModel):
+    id: int
+    item: str
+    qty: int = 1
+    tags: list[str] = []
+with pybus.Publisher("tcp://127.0.0.1:*", registry=False) as pub:
+    print(pub.endpoints[0], flush=True)
+    assert pub.wait_for_subscribers(1, timeout=30) == 1
+    pub.publish("t.struct", OrderStruct(7, "pen", 3, ["a", "b"]))
+    pub.publish("t.data", OrderData(7, "pen", 3, ["a", "b"]))
+    pub.publish("t.model", OrderModel(id=7, item="pen", qty=3, tags=["a", "b"]))
+    pub.flush(timeout=30)
+"""
+
+
+def test_typed_pubsub_from_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        endpoint = ""
+        while not endpoint.startswith("tcp://"):
+            endpoint = proc.stdout.readline().strip()
+            assert endpoint or proc.poll() is None, proc.stderr.read()
+        types = {"t.struct": OrderStruct, "t.data": OrderData, "t.model": OrderModel}
+        with pybus.Subscriber(endpoint, topics=["t.*"], types=types, registry=False) as sub:
+            got = {}
+            while len(got) < 3:
+                for m in sub.recv_batch(10, timeout=30):
+                    got[m.topic] = m.payload
+        assert got == {"t.struct": VALUES[0], "t.data": VALUES[1], "t.model": VALUES[3]}
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
