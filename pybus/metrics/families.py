@@ -193,6 +193,12 @@ _TABLE: tuple[_Entry, ...] = (
            "Messages or tasks handed out and not yet acknowledged.", "", _N, "workqueue"),
     _Entry("pybus_queue_depth", "gauge",
            "Messages or tasks waiting to be handed out.", "", _N, "workqueue"),
+    # -- jetstream
+    _Entry("pybus_recorder_messages_total", "counter",
+           "Messages a JetStream recorder handled, by event: stored (new in the stream), "
+           "duplicates (the stream already held them), gap_markers (stored for messages its "
+           "subscriber counted lost), unstored (given up at stop), rejected (refused by the "
+           "server).", "", ("name", "event"), "jetstream"),
     # -- proxy and transport security
     _Entry("pybus_proxy_messages_total", "counter",
            "Message parts a proxy received (in) or sent (out), by side (frontend/backend).", "",

@@ -181,7 +181,9 @@ class NatsCluster:
                 for s in account.get("stream_detail", []):
                     if s["name"] == stream and s.get("cluster", {}).get("leader"):
                         c = s["cluster"]
-                        return c["leader"], [r["name"] for r in c.get("replicas", [])]
+                        # a node lists the other peers (the leader among them), not itself
+                        peers = {n.name, *(r["name"] for r in c.get("replicas", []))}
+                        return c["leader"], sorted(peers - {c["leader"]})
         raise LookupError(f"no live node reports a leader for stream {stream!r}")
 
     def stop(self) -> None:
