@@ -9,42 +9,11 @@ from typing import Any
 from .._native import Message
 from ..errors import ValidationError
 from ..policy.topics import TopicPattern, validate_pattern
-from ..wire.typed import SchemaError, decoder_for
+from ..wire.typed import SchemaError, TypedMessage, decoder_for
 
 __all__ = ["PayloadTypes", "TypedMessage"]
 
 _CACHE_MAX = 4096
-
-
-class TypedMessage:
-    """A received :class:`pybus.Message` whose ``payload`` is decoded into its declared type
-    (a Struct, dataclass, TypedDict or pydantic model); every other attribute is the
-    message's own (``raw_payload`` keeps the bytes as they came)."""
-
-    __slots__ = ("message", "payload")
-
-    def __init__(self, message: Message, payload: Any) -> None:
-        self.message = message
-        self.payload = payload
-
-    topic = property(lambda self: self.message.topic)
-    headers = property(lambda self: self.message.headers)
-    seq = property(lambda self: self.message.seq)
-    publisher_id = property(lambda self: self.message.publisher_id)
-    timestamp_ns = property(lambda self: self.message.timestamp_ns)
-    raw_payload = property(lambda self: self.message.raw_payload)
-    raw_headers = property(lambda self: self.message.raw_headers)
-    is_msgpack = property(lambda self: self.message.is_msgpack)
-
-    def __repr__(self) -> str:
-        return (f"TypedMessage(topic={self.topic!r}, seq={self.seq}, "
-                f"payload={self.payload!r})")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TypedMessage) and other.message == self.message \
-            and other.payload == self.payload
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 class PayloadTypes:

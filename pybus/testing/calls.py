@@ -59,7 +59,8 @@ def run_handler(handler: Worker | Callable[[Message], Any], topic: str, payload:
     """Hand one message to a Worker's handler (or a bare handler) as a worker would: the
     message goes through the real DISPATCH encoding, and an exception becomes the NACK entry
     the queue would read."""
-    fn = handler.handler if isinstance(handler, Worker) else handler
+    # a Worker's own call: its handler with the payload typed as it declares
+    fn = handler._call if isinstance(handler, Worker) else handler
     flags, body = encode_payload(payload)
     entry = [message_id, delivery, topic, body, flags, pack_headers(headers), time.time_ns()]
     (wire_entry,) = W.parse_dispatch(W.dispatch([entry]))

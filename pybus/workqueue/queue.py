@@ -43,6 +43,7 @@ from typing import Any, cast
 import zmq
 
 from .. import metrics as _metrics
+from .. import tracing
 from .._deprecated import DeprecatedAlias, renamed
 from .._lifecycle import Closeable
 from .._native import _zmqfast
@@ -268,6 +269,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         self._n_put = 0
         self._n_recovered = self._core.recover(self._journal) if self._journal else 0
 
+        if tracing.active():  # decided once: the untraced put stays as it is
+            self.put = self._put_traced  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._run, name="pybus-wq-dispatch", daemon=True)
         self._thread.start()
         _metrics.attach(self, registry)
@@ -384,6 +387,15 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             After :meth:`close`.
         """
         return self._submit([self._make(topic, payload, headers)])[0]
+
+    def _put_traced(self, topic: str, payload: Any,
+                    headers: Mapping[str, Any] | None = None) -> int:
+        """put() with a PRODUCER span and the trace context in the headers (pybus.tracing;
+        chosen at construction when a tracer provider is set)."""
+        with tracing.produce(topic, headers) as (span, traced):
+            mid = self._submit([self._make(topic, payload, traced)])[0]
+            span.set_attribute("messaging.message.id", str(mid))
+            return mid
 
     def put_many(self, items: Iterable[Any]) -> list[int]:
         """Queue many ``(topic, payload)`` or ``(topic, payload, headers)`` items at once.

@@ -35,6 +35,7 @@ from ..errors import BusError, ClosedError, ErrorCode, FrameError, ValidationErr
 from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
 from ..transport import sockets as _sockets
 from ..wire import workqueue as P
+from ._handler import wrap_handler
 from ._options import check_worker_options
 
 #: Handler times above this (1 hour, in ns) are recorded as this.
@@ -93,6 +94,12 @@ class Worker:
         Used until the queue's WELCOME tells the queue's own values.
     ack_flush_interval_s : float
         Longest time, in seconds, a finished message's ack waits to be batched with others.
+    type : type, optional
+        Decode every payload into this type (a msgspec Struct, dataclass, TypedDict or
+        pydantic model): the handler gets a :class:`~pybus.pubsub.TypedMessage`. A handler
+        whose argument is annotated with such a type (``def handle(order: Order)``) gets the
+        decoded payload itself. A payload that does not fit is nacked as not retryable: the
+        queue dead-letters it at once with the validation message.
     drain_timeout_s : float
         On :meth:`stop` (or SIGTERM/SIGINT during :meth:`run`), how long the handlers may
         take to finish the message each is on; their acks are sent, messages not started are
@@ -129,6 +136,7 @@ class Worker:
         liveness: Any = None,
         context: zmq.Context[Any] | None = None,
         *,
+        type: Any = None,  # noqa: A002 - the documented name (payloads decoded into it)
         drain_timeout_s: float = 10.0,
         heartbeat_interval: float | None = None,
         ack_flush_interval: float | None = None,
@@ -142,6 +150,8 @@ class Worker:
                                         ack_flush_interval_s, context)
         self.endpoint = endpoint
         self.handler = handler
+        # what each message is handed to: the handler, typed and traced when asked for
+        self._call = wrap_handler(handler, type)
         _sockets.check_options(security, liveness)
         self._security = security
         self._zmtp_liveness = liveness
@@ -492,7 +502,7 @@ class Worker:
         push = self._ctx.socket(zmq.PUSH)
         push.linger = 1000
         push.connect(self._results_addr)
-        handler = self.handler
+        handler = self._call
         get = self._work.get
         make = make_work_message
         mono = time.monotonic
