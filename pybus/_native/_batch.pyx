@@ -654,6 +654,10 @@ cdef class Batcher:
             if not isinstance(headers, dict):
                 raise ValidationError(f"headers must be a dict or None, got "
                                       f"{type(headers).__name__}")
+            for k in headers:  # receivers decode headers with string keys only (docs/wire.md)
+                if type(k) is not str:
+                    raise ValidationError(f"header keys must be str, got {k!r} "
+                                          f"({type(k).__name__})")
             hdr = self._pack(headers)
             if not isinstance(hdr, bytes):
                 raise ValidationError(f"the pack hook returned {type(hdr).__name__}; "

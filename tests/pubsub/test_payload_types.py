@@ -11,6 +11,7 @@ import pytest
 
 import pybus
 from pybus.pubsub._types import PayloadTypes
+from pybus.testing import expect_messages
 from pybus.wire.typed import SchemaError
 
 
@@ -65,3 +66,13 @@ def test_bad_declarations_say_what_is_allowed():
         PayloadTypes({"orders..x": Order})
     with pytest.raises(pybus.ValidationError, match="dict of topic pattern to type"):
         PayloadTypes([("orders.*", Order)])  # type: ignore[arg-type]
+
+
+def test_header_keys_must_be_strings_at_publish(bus):
+    # receivers decode headers with string keys only (docs/wire.md): refused at the source
+    pub, (sub,) = bus.pubsub()
+    with pytest.raises(pybus.ValidationError, match="header keys must be str, got 1"):
+        pub.publish("t", b"x", {1: "one"})
+    pub.publish("t", b"y", {"one": 1})
+    (m,) = expect_messages(sub, 1)
+    assert (m.payload, m.headers) == (b"y", {"one": 1})
