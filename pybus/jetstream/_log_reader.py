@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections import deque
 from typing import Any
 
 from .._native import Message
 from ..errors import BusError, ValidationError
+from ..errors import TimeoutError as BusTimeoutError
 from ..policy.topics import TopicMatcher
 from ._log_codec import covering_filter, from_nats
 from ._servers import connect
@@ -228,6 +230,21 @@ class ReaderCore:
                 self.last_publisher_seq = pseq
                 return msg
         return None
+
+    def step(self, deadline: float | None, slice_s: float, timeout: float | None
+             ) -> tuple[Message | None, float]:
+        """What a ``recv`` does next, for both twins: ``(message, 0)`` when one is ready,
+        ``(None, 0)`` at the end of the replay, ``(None, wait_s)`` to fill for that long.
+        Raises :class:`pybus.TimeoutError` past ``deadline`` (monotonic s)."""
+        msg = self.take()
+        if msg is not None or self.ended:
+            return msg, 0.0
+        wait = slice_s
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                raise BusTimeoutError(f"no message within {timeout} s")
+        return None, wait
 
     async def _ack(self, m: Any) -> None:
         if m is None or self.durable is None or m.is_acked:

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._native import Message
-from ..errors import TimeoutError as BusTimeoutError
 from ._log_codec import GAP_TOPIC
 from ._log_reader import ReaderCore
 from ._runner import LoopThread
@@ -68,21 +67,15 @@ class Replay:
         deadline = None if timeout is None else time.monotonic() + timeout
         core = self._core
         with self._lock:
-            while True:
-                if self._closed:
-                    return None
-                msg = core.take()
+            while not self._closed:
+                msg, wait = core.step(deadline, _SLICE_S, timeout)
                 if msg is not None:
                     return msg
-                if core.ended:
+                if not wait:  # the end of the replay
                     self._shutdown(clean=True)
                     return None
-                wait = _SLICE_S
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        raise BusTimeoutError(f"no message within {timeout} s")
                 self._loop.run(core.fill(wait), wait + 10.0)
+            return None
 
     def __iter__(self) -> Replay:
         return self
@@ -206,21 +199,15 @@ class AsyncReplay:
         await self._open()
         deadline = None if timeout is None else time.monotonic() + timeout
         core = self._core
-        while True:
-            if self._closed:
-                return None
-            msg = core.take()
+        while not self._closed:
+            msg, wait = core.step(deadline, 1.0, timeout)
             if msg is not None:
                 return msg
-            if core.ended:
+            if not wait:  # the end of the replay
                 await self.aclose()
                 return None
-            wait = 1.0
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    raise BusTimeoutError(f"no message within {timeout} s")
             await core.fill(wait)
+        return None
 
     def __aiter__(self) -> AsyncReplay:
         return self
