@@ -1,15 +1,18 @@
 """Graceful shutdown on SIGTERM and SIGINT, as Kubernetes and systemd send them.
 
 The first signal asks the running object to stop taking work and finish what it holds (its
-``on_stop``); a second one stops at once (``SystemExit(128 + signal)``, the shell's code for
-a signal death). Handlers are only installed from the main thread (Python delivers signals
-there) and the previous handlers come back when the block ends.
+``on_stop``); a second one ends the process at once (exit code 128 + signal, the shell's
+code for a signal death), without waiting for any cleanup. Handlers are only installed from
+the main thread (Python delivers signals there) and the previous handlers come back when the
+block ends.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +31,7 @@ def graceful_signals(on_stop: Callable[[], None], enabled: bool = True, what: st
                      drain_timeout_s: float | None = None) -> Iterator[list[int]]:
     """Within the block, the first SIGTERM/SIGINT calls ``on_stop()`` (it must only set
     flags and wake threads: it runs in the signal handler) and logs a warning naming
-    ``what``; a second raises SystemExit. Yields the list of signals received. Outside the
+    ``what``; a second ends the process at once. Yields the list of signals received. Outside the
     main thread, or with ``enabled`` False, it installs nothing (the caller stops the object
     itself)."""
     received: list[int] = []
@@ -46,7 +49,14 @@ def graceful_signals(on_stop: Callable[[], None], enabled: bool = True, what: st
                         "second signal stops at once", what, name, bound)
         else:
             log.warning("%s: second signal (%s): stopping at once", what, name)
-            raise SystemExit(128 + signum)
+            # at once: no cleanup that could wait (a handler thread still holding a ZeroMQ
+            # socket would make the context's termination at interpreter exit block)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(128 + signum)
 
     previous: dict[signal.Signals, Any] = {}
     try:

@@ -93,10 +93,11 @@ def cmd_sub(args: argparse.Namespace) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     stop = threading.Event()
     try:
-        if args.bind:
-            report_bound("sub", ep, sub.endpoints)
-        # SIGTERM/SIGINT: stop waiting, print what has already arrived, exit 0
+        # SIGTERM/SIGINT: stop waiting, print what has already arrived, exit 0 (installed
+        # before the bound endpoint is reported: a signal may follow at once)
         with graceful_signals(stop.set, what="pybus sub"):
+            if args.bind:
+                report_bound("sub", ep, sub.endpoints)
             while (args.count is None or got < args.count) and not stop.is_set():
                 wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
                 if wait <= 0:

@@ -212,7 +212,8 @@ class Worker:
 
         Called in the main thread with ``handle_signals``, the first SIGTERM or SIGINT stops
         it gracefully, as :meth:`stop` does (at most ``drain_timeout_s`` for the handlers),
-        and ``run`` returns; a second one exits at once (SystemExit)."""
+        and ``run`` returns; a second one ends the process at once (exit code 128 +
+        signal)."""
         if self._running:
             raise ValidationError("this Worker is already running; call run() or start() once")
         if self._stopping:
