@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pb_glibc.h"
+PB_PIN(log);
+
 /* 128-bit sum for the mean: hdrhistogram sums count * median exactly (Python ints), and a
  * 1e6-value histogram of hour-long values already reaches 3.6e18, near INT64_MAX. */
 __extension__ typedef unsigned __int128 pb_u128;

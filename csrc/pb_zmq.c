@@ -8,6 +8,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "pb_glibc.h"
+PB_PIN(dlopen);
+PB_PIN(dlsym);
+PB_PIN(dlclose);
+PB_PIN(dlerror);
+
 /* The libzmq prototypes used, declared here rather than through zmq.h (not vendored, and the
  * library is found at run time). Stable ABI since libzmq 3.2; zmq_msg_t is 64 bytes. */
 typedef pb_zmq_msg zmq_msg_t_;
