@@ -29,7 +29,7 @@ from .._lifecycle import Closeable
 from .._native import Histogram, Message, _zmqfast, decode_batch, frame_info
 from ..errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
 from ..metrics.samples import NS, HdrValue, RawSample, ReadyUntilClosed, transport_samples
-from ..policy.topics import TopicMatcher
+from ..policy.topics import TopicMatcher, pattern_prefix
 from ..transport import sockets as _sockets
 from ..transport.iopath import IOPath
 from ..wire.typed import SchemaError
@@ -705,6 +705,29 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the Subscriber is closed")
+
+    def drain(self, max_messages: int = 1_000_000) -> list[Any]:
+        """The graceful end of a subscriber: stop taking messages (its subscriptions are
+        withdrawn upstream, so publishers stop sending), return every message that had
+        arrived and was not read yet (at most ``max_messages``; typed when ``types`` says
+        so), and close. Nothing that arrived is discarded unseen; what a publisher sends
+        after it has seen the unsubscription is not received."""
+        if self._closed:
+            return []
+        with self._lock:
+            for pattern in self._matcher.patterns:  # the buffer keeps what it holds
+                try:
+                    self._sock.send(_UNSUBSCRIBE + pattern_prefix(pattern), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    break  # upstream gone: closing withdraws them anyway
+        out: list[Any] = []
+        while len(out) < max_messages:
+            batch = self.recv_batch(min(10_000, max_messages - len(out)), timeout=0)
+            if not batch:
+                break
+            out += batch
+        self.close()
+        return out
 
     def close(self) -> None:
         """Close the socket (buffered messages are discarded). Idempotent."""

@@ -62,3 +62,16 @@ def test_best_effort_drain_hands_everything_to_zeromq(bus):
         pub.publish("t", i)
     assert pub.drain(timeout_s=10) is True
     assert [m.payload for m in expect_messages(sub, 100)] == list(range(100))
+
+
+def test_subscriber_drain_returns_what_arrived_and_closes(bus):
+    pub, (sub,) = bus.pubsub(["t.#"], pub_options={"delivery": "best_effort"})
+    for i in range(500):
+        pub.publish("t.x", i)
+    pub.flush(timeout=30)
+    first = sub.recv(timeout=30)  # the rest has arrived behind it (one inproc pipe)
+    rest = sub.drain()
+    assert [first.payload] + [m.payload for m in rest] == list(range(500))
+    assert sub.closed and sub.drain() == []
+    # the publisher saw the subscription go
+    assert pybus.testing.wait_until(lambda: pub.stats()["subscribers"] == 0, 10) is None
