@@ -29,6 +29,7 @@ import zmq
 from .. import metrics as _metrics
 from .._lifecycle import Closeable
 from .._native import Histogram, _zmqfast
+from .._signals import graceful_signals
 from ..errors import (
     ClosedError,
     ErrorCode,
@@ -64,7 +65,6 @@ from ..wire.reqrep import (
     error_payload,
     method_bytes,
 )
-from ..wire.typed import SchemaError, annotated_types, converter_for
 from ._common import (
     LATENCY_MAX_NS,
     NOBLOCK,
@@ -73,6 +73,7 @@ from ._common import (
     send_of,
     watch_stats,
 )
+from ._handlers import LogLimiter, typed, unknown_method_body
 
 __all__ = ["Server", "Handler"]
 
@@ -89,46 +90,6 @@ _log = logging.getLogger("pybus.rpc")
 
 # (0: use pyzmq's calls; see pybus.transport.sockets.FASTPATH for when the fast path is on)
 _fast_address = _sockets.fast_address
-
-
-def _typed(fn: Handler) -> Handler:
-    """``fn``, or a wrapper converting its argument into the type its annotation declares."""
-    arg_type, _ret = annotated_types(fn)
-    if arg_type is None:
-        return fn
-    convert = converter_for(arg_type)
-
-    def typed_handler(arg: Any) -> Any:
-        try:
-            value = convert(arg)
-        except SchemaError as exc:  # answered as the client's ValidationError
-            raise ValidationError(str(exc)) from None
-        return fn(value)
-
-    typed_handler.__wrapped__ = fn  # type: ignore[attr-defined]
-    return typed_handler
-
-
-def unknown_method_body(name: str, methods: list[str]) -> bytes:
-    """The ERROR body answering a request for a method no handler has (naming those known)."""
-    known = ", ".join(methods) or "(none)"
-    return error_body("UnknownMethodError",
-                      f"no handler named {name!r} on this server; registered: {known}",
-                      ErrorCode.UNKNOWN_METHOD, False)
-
-
-class _LogLimiter:
-    """Log a recurring warning at most once per interval (the rest are only counted)."""
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-
-    def warn(self, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -1e18) >= self.interval_s:
-            self._last[key] = now
-            _log.warning(msg, *args)
 
 
 class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
@@ -199,6 +160,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         liveness: Liveness | None = None,
         max_inflight: int | None = None,
+        drain_timeout_s: float = 10.0,
     ) -> None:
         max_in_flight = self._in_flight_option("Server", max_in_flight, max_inflight, 1024,
                                                liveness)
@@ -221,6 +183,11 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
             raise ValidationError(
                 f"max_message_bytes must be an int >= 64, got {max_message_bytes!r}"
             )
+        if isinstance(drain_timeout_s, bool) or not isinstance(drain_timeout_s, (int, float)) \
+                or not 0 <= drain_timeout_s < float("inf"):
+            raise ValidationError(f"drain_timeout_s must be a finite number of seconds >= 0, "
+                                  f"got {drain_timeout_s!r}")
+        self.drain_timeout_s = float(drain_timeout_s)
         self._ctx = context or zmq.Context.instance()
         self._handlers: dict[bytes, Handler] = {}
         self.workers = workers
@@ -241,7 +208,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
         self._decode_reasons: dict[str, int] = {}
         # time in handler code, ns (2 significant figures); exported by pybus.metrics
         self._handler_latency = Histogram(1, LATENCY_MAX_NS, 2)
-        self._warn = _LogLimiter()
+        self._warn = LogLimiter(_log)
         self._thread: threading.Thread | None = None
         self._io_ident: int | None = None
         self._running = False
@@ -315,7 +282,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
         ``ValidationError`` the client raises, and the handler is not called."""
         if not callable(fn):
             raise ValidationError(f"handler for {name!r} must be callable, got {fn!r}")
-        fn = _typed(fn)
+        fn = typed(fn)
         key = method_bytes(name)
         # Copy-on-write so the I/O thread reads a dict nobody mutates.
         handlers = dict(self._handlers)
@@ -379,12 +346,19 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
             self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
-        """Serve in the calling thread until :meth:`stop` is called from another thread."""
+    def serve_forever(self, handle_signals: bool = True) -> None:
+        """Serve in the calling thread until :meth:`stop` is called from another thread.
+
+        Called in the main thread with ``handle_signals``, the first SIGTERM or SIGINT stops
+        it gracefully (requests already handed to the worker pool get their replies, within
+        ``drain_timeout_s``; new ones are answered with a retryable ``ClosedError`` so their
+        clients retry elsewhere) and it returns; a second one ends the process at once."""
         with self._lock:
             self._claim_running()
         try:
-            self._serve()
+            with graceful_signals(self._request_stop, handle_signals,
+                                  f"pybus server {self.endpoint}", self.drain_timeout_s):
+                self._serve()
         finally:
             self._shutdown()
 
@@ -396,25 +370,43 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
             raise ValidationError("RPC server is already running")
         self._running = True
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stop serving, close the socket and the worker pool; idempotent.
 
-        Waits up to ``timeout`` seconds for the I/O loop to finish its current
-        request. Safe to call from a handler (the loop then ends after it).
+        Waits up to ``timeout`` seconds (default ``drain_timeout_s`` + 1) for the I/O loop
+        to finish its current request and forward the replies of pooled ones. Safe to call
+        from a handler (the loop then ends after it).
         """
         with self._lock:
             if self._closed:
                 return
             running = self._running
-            self._closed = True
         if not running:
+            self._closed = True
             self._shutdown()
             return
+        self._request_stop()
         if threading.get_ident() == self._io_ident:
             return  # inside a handler: the loop sees _closed when it returns
+        if timeout is None:
+            timeout = self.drain_timeout_s + 1.0
+        if not self._loop_done.wait(timeout):
+            _log.error("pybus rpc server %s: I/O loop did not stop in %g s", self.endpoint, timeout)
+            return
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._shutdown()
+        # serve_forever's own thread runs _shutdown on its way out.
+
+    def _request_stop(self) -> None:
+        """Ask the I/O loop to stop, without waiting (also called from a signal handler)."""
+        self._closed = True
         # Wake the loop at once; should the wake-up not get through, the loop's
         # receive timeout (_IDLE_CHECK_MS) still notices _closed.
-        waker = self._ctx.socket(zmq.DEALER)
+        try:
+            waker = self._ctx.socket(zmq.DEALER)
+        except zmq.ZMQError:
+            return
         try:
             waker.setsockopt(zmq.LINGER, 200)
             waker.connect(self._ctrl_endpoint)
@@ -423,13 +415,40 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
             pass
         finally:
             waker.close()
-        if not self._loop_done.wait(timeout):
-            _log.error("pybus rpc server %s: I/O loop did not stop in %g s", self.endpoint, timeout)
-            return
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._shutdown()
-        # serve_forever's own thread runs _shutdown on its way out.
+
+    def _drain_replies(self, deadline: float) -> None:
+        """After a stop, with pooled requests still running: forward their replies as they
+        come, until none is left or ``deadline``; a new request meanwhile is answered with a
+        retryable ClosedError, so its client retries elsewhere at once."""
+        sock = self._sock
+        forward_marker = self._ctrl_prefix + _CTRL_FORWARD
+        stopping = error_body("ClosedError", f"server {self.endpoint} is stopping; retry",
+                              ErrorCode.CLOSED, True)
+        while self._inflight > 0:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                _log.warning("pybus rpc server %s: %d pooled requests unanswered after the "
+                             "drain", self.endpoint, self._inflight)
+                return
+            if not sock.poll(min(left_ms, _IDLE_CHECK_MS), zmq.POLLIN):
+                continue
+            try:
+                ident = sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(zmq.NOBLOCK) if sock.getsockopt(zmq.RCVMORE) else b""
+                if frame == forward_marker:
+                    self._forward_worker_reply()
+                    continue
+                while sock.getsockopt(zmq.RCVMORE):
+                    sock.recv()
+                if len(frame) >= HEADER_SIZE and frame[1] == KIND_REQUEST:
+                    cid = HEADER.unpack_from(frame)[4]
+                    sock.send(ident, SNDMORE_NOBLOCK)
+                    sock.send(HEADER.pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid)
+                              + stopping, NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    return
+                self._send_failed(exc)
 
     def _shutdown(self) -> None:
         with self._lock:
@@ -457,6 +476,8 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
         self._io_ident = threading.get_ident()
         try:
             self._loop()
+            if self._pool is not None and self._inflight > 0:
+                self._drain_replies(time.monotonic() + self.drain_timeout_s)
         finally:
             self._loop_done.set()
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from .._native import Message
 from ..errors import RemoteError
-from ..rpc.server import Server, unknown_method_body
+from ..rpc._handlers import unknown_method_body
+from ..rpc.server import Server
 from ..wire import workqueue as W
 from ..wire.payload import decode_payload, encode_payload
 from ..wire.reqrep import error_payload, remote_error
