@@ -7,9 +7,8 @@ import argparse
 import time
 import urllib.error
 import urllib.request
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from ..errors import ValidationError
 from ._common import CliError, add_command, usage_error
 
 
@@ -42,11 +41,28 @@ def _check_url(url: str) -> str:
     return url
 
 
+class _Family(NamedTuple):
+    type: str
+    samples: list[tuple[str, dict[str, str], float]]
+
+
+def _families(text: str) -> dict[str, _Family]:
+    """A scrape read with ``prometheus_client.parser``, by exposed name (counters with their
+    ``_total``, as ``docs/metrics.md`` lists them)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, _Family] = {}
+    for m in text_string_to_metric_families(text):
+        name = m.name + "_total" if m.type == "counter" else m.name
+        out[name] = _Family(m.type, [(s.name, dict(s.labels), s.value) for s in m.samples])
+    return out
+
+
 def _totals(fams: dict[str, Any]) -> dict[str, float]:
     """Counter and gauge families summed over labels; summaries kept per quantile."""
     out: dict[str, float] = {}
     for name, f in fams.items():
-        if f.type in ("counter", "gauge", "untyped"):
+        if f.type in ("counter", "gauge", "unknown"):
             out[name] = sum(v for _, _, v in f.samples if v == v)
     return out
 
@@ -121,8 +137,6 @@ def cmd_stat(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from ..metrics._promtext import parse
-
     url = _check_url(args.url)
     if args.interval <= 0:
         raise usage_error(f"--interval must be > 0 seconds, got {args.interval}")
@@ -131,8 +145,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
     def read() -> tuple[dict[str, Any], dict[str, float], float]:
         text = _scrape(url, timeout=max(2.0, args.interval))
         try:
-            fams = parse(text)
-        except ValidationError as exc:
+            fams = _families(text)
+        except ValueError as exc:
             raise CliError(f"{url} did not return Prometheus text: {exc}") from None
         return fams, _totals(fams), time.monotonic()
 

@@ -19,8 +19,13 @@ import json
 import math
 from typing import Any
 
-from .collector import PybusCollector, collector
-from .exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, negotiate, render
+from .collector import (
+    CONTENT_TYPE_OPENMETRICS,
+    CONTENT_TYPE_TEXT,
+    PybusCollector,
+    collector,
+    render,
+)
 from .families import FAMILIES, QUANTILES, MetricDef, exported_sample_names, markdown
 from .registry import (
     DEFAULT_MAX_OBJECTS_PER_KIND,
@@ -101,7 +106,6 @@ __all__ = [
     "default_registry",
     "exported_sample_names",
     "markdown",
-    "negotiate",
     "register",
     "register_adapter",
     "render",

@@ -3,7 +3,8 @@
 pybus objects keep plain integer counters, updated once per batch on their own thread; nothing
 here runs per message. At scrape time the registry asks each live object's adapter for its raw
 samples, caps label cardinality, sums samples that land on the same series (objects past the cap,
-topics folded into ``"other"``) and returns family snapshots that the exposition writers format.
+topics folded into ``"other"``) and returns family snapshots that the collector hands to
+``prometheus_client``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any, Protocol
 
 from ..errors import ValidationError, check_positive_int
 from . import _hdr
-from .exposition import render as _render
 from .families import BY_SOURCE, QUANTILES, SOURCE_LABELS, SOURCES, MetricDef
 from .samples import FamilySnapshot, HdrValue, Labels, MetricsSource, RawSample
 
@@ -339,8 +339,11 @@ class Registry:
         return _build(scalars, hdrs)
 
     def render(self, fmt: str = "text") -> bytes:
-        """The scrape body: ``fmt`` is ``"text"`` (Prometheus 0.0.4) or ``"openmetrics"``."""
-        return _render(self.collect(), fmt)
+        """The scrape body: ``fmt`` is ``"text"`` (Prometheus 0.0.4) or ``"openmetrics"``,
+        written by ``prometheus_client`` (:func:`pybus.metrics.collector.render`)."""
+        from .collector import render
+
+        return render(self, fmt)
 
     def snapshot(self) -> dict[str, Any]:
         """Every family as plain data: ``{"timestamp": s, "metrics": {name: {...}}}``."""

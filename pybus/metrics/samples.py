@@ -1,6 +1,6 @@
 """The values a registry passes between its parts: raw samples, HDR samples, family snapshots.
 
-A module of its own so that the registry, the exposition writers and the HDR reader all import
+A module of its own so that the registry, the collector and the HDR reader all import
 it and none of them imports another (no cycle). It is also what every reporting class imports:
 :class:`MetricsSource` is the protocol each one implements next to its counters.
 """

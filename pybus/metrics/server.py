@@ -1,89 +1,89 @@
-"""One small HTTP server: ``/metrics``, ``/healthz`` and ``/readyz`` (stdlib, one thread)."""
+"""``/metrics``, ``/healthz`` and ``/readyz`` from one background thread.
+
+``/metrics`` is ``prometheus_client``'s own WSGI app (content negotiation, gzip); the health
+endpoints are a small WSGI app beside it, served by ``prometheus_client``'s threading WSGI
+server.
+"""
 
 from __future__ import annotations
 
-import gzip
 import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler
+
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 from .._lifecycle import Closeable
 from .._version import __version__
 from ..errors import TransportError, ValidationError
-from .exposition import negotiate
+from .collector import exposition_registry
 from .registry import Registry
 
+StartResponse = Callable[..., Any]
+Response = tuple[str, list[tuple[str, str]], bytes]
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
 
+class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         # Scrapes every few seconds would flood stderr; errors are visible as HTTP statuses.
         pass
 
-    def _send(self, status: int, ctype: str, body: bytes, head: bool = False) -> None:
-        if len(body) > 1024 and "gzip" in (self.headers.get("Accept-Encoding") or ""):
-            body = gzip.compress(body, compresslevel=1)
-            gz = True
-        else:
-            gz = False
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        if gz:
-            self.send_header("Content-Encoding", "gzip")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
 
-    def _json(self, status: int, obj: Any, head: bool) -> None:
-        self._send(status, "application/json", json.dumps(obj).encode() + b"\n", head)
-
-    def _route(self, head: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        reg = self.server.registry
-        if path == "/metrics":
-            fmt, ctype = negotiate(self.headers.get("Accept"))
-            try:
-                body = reg.render(fmt)
-            except Exception as exc:  # report, keep serving
-                self._json(500, {"error": f"collecting metrics failed: {exc!r}"}, head)
-                return
-            self._send(200, ctype, body, head)
-        elif path == "/healthz":
-            self._json(200, {"status": "ok", "version": __version__,
-                             "uptime_seconds": round(time.monotonic() - self.server.started, 3)},
-                       head)
-        elif path == "/readyz":
-            ok, objects = reg.readiness()
-            self._json(200 if ok else 503,
-                       {"status": "ready" if ok else "not ready", "objects": objects}, head)
-        else:
-            self._json(404, {"error": f"no such path {path!r}; "
-                                      "try /metrics, /healthz or /readyz"}, head)
-
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        self._route(head=False)
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._route(head=True)
+def _json(status: str, obj: Any) -> Response:
+    return status, [("Content-Type", "application/json")], json.dumps(obj).encode() + b"\n"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _App:
+    """Routes a request; ``/metrics`` goes to prometheus_client's app over ``registry``."""
 
-    def __init__(self, addr: tuple[str, int], registry: Registry) -> None:
-        if ":" in addr[0]:  # an IPv6 literal such as "::1"
-            self.address_family = socket.AF_INET6
-        super().__init__(addr, _Handler)
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.started = time.monotonic()
+        self._metrics = make_wsgi_app(exposition_registry(registry))
+
+    def _scrape(self, environ: dict[str, Any]) -> Response:
+        got: list[Any] = []
+
+        def start(status: str, headers: list[tuple[str, str]], *_: Any) -> None:
+            got.extend((status, headers))
+
+        env = dict(environ, REQUEST_METHOD="GET", QUERY_STRING="")  # HEAD: the GET's headers
+        try:
+            body = b"".join(self._metrics(env, start))
+        except Exception as exc:  # report, keep serving
+            return _json("500 Internal Server Error",
+                         {"error": f"collecting metrics failed: {exc!r}"})
+        return got[0], list(got[1]), body
+
+    def _route(self, environ: dict[str, Any]) -> Response:
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/metrics":
+            return self._scrape(environ)
+        if path == "/healthz":
+            return _json("200 OK", {"status": "ok", "version": __version__,
+                                    "uptime_seconds": round(time.monotonic() - self.started, 3)})
+        if path == "/readyz":
+            ok, objects = self.registry.readiness()
+            return _json("200 OK" if ok else "503 Service Unavailable",
+                         {"status": "ready" if ok else "not ready", "objects": objects})
+        return _json("404 Not Found",
+                     {"error": f"no such path {path!r}; try /metrics, /healthz or /readyz"})
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        status, headers, body = self._route(environ)
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        headers += [("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+        start_response(status, headers)
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+
+class _Server(ThreadingWSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
 
 
 class MetricsServer(Closeable):
@@ -131,8 +131,19 @@ class MetricsServer(Closeable):
         return f"<MetricsServer {self.url} {'stopped' if self._stopped else 'running'}>"
 
 
+def _bind(addr: str, port: int, registry: Registry) -> _Server:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET  # an IPv6 literal such as "::1"
+    cls = type("_BoundServer", (_Server,), {"address_family": family})
+    srv: _Server = cls((addr, port), _QuietHandler)
+    srv.set_app(_App(registry))
+    return srv
+
+
 def serve(port: int, addr: str = "127.0.0.1", registry: Registry | None = None) -> MetricsServer:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` from a background thread.
+
+    ``/metrics`` is written by ``prometheus_client`` (Prometheus text 0.0.4, or OpenMetrics
+    when the scraper asks for it; gzip when accepted).
 
     Parameters
     ----------
@@ -165,7 +176,7 @@ def serve(port: int, addr: str = "127.0.0.1", registry: Registry | None = None) 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValidationError(f"port must be an int in 0..65535, got {port!r}")
     try:
-        srv = _Server((addr, port), registry if registry is not None else default_registry)
+        srv = _bind(addr, port, registry if registry is not None else default_registry)
     except OSError as exc:
         raise TransportError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}") \
             from exc

@@ -304,7 +304,9 @@ def test_stat_errors(capsys):
     assert code == 2 and "--interval" in err
     with metrics.serve(0, registry=metrics.Registry(process=False)) as srv:
         code, _, err = run(capsys, "stat", srv.url + "/nope", "--once")
-    assert code == 1 and "HTTP 404" in err
+        assert code == 1 and "HTTP 404" in err
+        code, _, err = run(capsys, "stat", srv.url + "/healthz", "--once")  # JSON, not metrics
+        assert code == 1 and "did not return Prometheus text" in err
 
 
 # ------------------------------------------------------------------------------ bench
