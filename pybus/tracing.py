@@ -23,8 +23,8 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["SYSTEM", "TRACE_HEADERS", "active", "consume", "produce", "rpc_client",
-           "rpc_server"]
+__all__ = ["SYSTEM", "TRACE_HEADERS", "active", "consume", "produce", "received",
+           "rpc_client", "rpc_server", "traced_receive"]
 
 #: ``messaging.system`` (and ``rpc.system``) of every pybus span
 SYSTEM = "pybus"
@@ -64,9 +64,16 @@ def _base(destination: str, operation: str, kind: str) -> dict[str, Any]:
 def produce(destination: str, headers: Mapping[str, Any] | None,
             operation: str = "send") -> Iterator[tuple[Any, dict[str, Any]]]:
     """A PRODUCER span around one publish or put; yields (span, the headers to send: the
-    caller's plus the trace context). Set ``messaging.message.id`` on the span when known."""
+    caller's plus the trace context). Set ``messaging.message.id`` on the span when known.
+
+    A message sent again with the trace context it already carries (a dead letter replayed
+    outside any span) stays in its trace: the new span is the child of the one in its
+    headers."""
+    context = None
+    if not _trace.get_current_span().get_span_context().is_valid:
+        context = _parent(headers)
     with _tracer().start_as_current_span(
-            f"{operation} {destination}", kind=_trace.SpanKind.PRODUCER,
+            f"{operation} {destination}", context=context, kind=_trace.SpanKind.PRODUCER,
             attributes=_base(destination, operation, "send")) as span:
         out = dict(headers) if headers else {}
         _propagate.inject(out)
@@ -123,3 +130,37 @@ def rpc_server(method: str, headers: Mapping[str, Any] | None) -> Iterator[Any]:
     finally:
         if token is not None:
             _context.detach(token)
+
+
+def received(messages: list[Any]) -> None:
+    """A CONSUMER ``receive <topic>`` span for each message a Subscriber handed out, the
+    child of its producer's span, with its id and the size of the batch it came in.
+
+    The spans mark the delivery (they end at once); the handling is the application's, which
+    wraps it in :func:`consume` when it wants a span around it."""
+    tracer, n = _tracer(), len(messages)
+    for m in messages:
+        raw = getattr(m, "message", m)  # a TypedMessage wraps the Message
+        attrs = _base(raw.topic, "receive", "receive")
+        attrs["messaging.message.id"] = f"{raw.publisher_id:016x}:{raw.seq}"
+        attrs["messaging.batch.message_count"] = n
+        tracer.start_span(f"receive {raw.topic}", context=_parent(raw.headers),
+                          kind=_trace.SpanKind.CONSUMER, attributes=attrs).end()
+
+
+def traced_receive(recv: Any, recv_batch: Any) -> tuple[Any, Any]:
+    """A Subscriber's ``recv`` and ``recv_batch`` with :func:`received` spans (chosen once,
+    at construction, when :func:`active`)."""
+
+    def recv_traced(timeout: float | None = None) -> Any:
+        m = recv(timeout)
+        received([m])
+        return m
+
+    def recv_batch_traced(max_messages: int = 10_000, timeout: float | None = None) -> Any:
+        got = recv_batch(max_messages, timeout)
+        if got:
+            received(got)
+        return got
+
+    return recv_traced, recv_batch_traced

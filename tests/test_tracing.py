@@ -26,43 +26,79 @@ def _json_lines(text: str) -> list[dict]:
     return out
 
 
-def test_consumer_span_is_the_child_of_the_producer_span_across_processes(tmp_path):
+def _two_processes(tmp_path, first: list[str], second: list[str],
+                   stdin_after: bool = False) -> tuple[list[dict], list[dict]]:
+    """Run ``tracing_procs.py first``, read the endpoint it prints, run ``second ENDPOINT``;
+    return both processes' JSON lines (``stdin_after``: tell the first to stop once the second
+    is done)."""
     env = dict(os.environ, PYTHONPATH=HERE)
-    producer = subprocess.Popen([sys.executable, PROCS, "publish"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    consumer = None
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    a = subprocess.Popen([sys.executable, PROCS, *first], stdin=subprocess.PIPE, **kw)
+    b = None
     try:
-        first = ""
-        while "endpoint" not in first:
-            first = producer.stdout.readline()
-            assert first, producer.stderr.read()
-        endpoint = json.loads(first)["endpoint"]
-        consumer = subprocess.Popen([sys.executable, PROCS, "consume", endpoint],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env=env, cwd=tmp_path)
-        c_out, c_err = consumer.communicate(timeout=60)
-        p_out, p_err = producer.communicate(timeout=60)
+        line = ""
+        while "endpoint" not in line:
+            line = a.stdout.readline()
+            assert line, a.stderr.read()
+        b = subprocess.Popen([sys.executable, PROCS, *second, json.loads(line)["endpoint"]], **kw)
+        b_out, b_err = b.communicate(timeout=60)
+        assert b.returncode == 0, b_err
+        a_out, a_err = a.communicate("stop\n" if stdin_after else None, timeout=60)
+        assert a.returncode == 0, a_err
     finally:
-        for proc in (producer, consumer):
+        for proc in (a, b):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=30)
-    assert producer.returncode == 0, p_err
-    assert consumer.returncode == 0, c_err
-    (sent,) = [s for s in _json_lines(p_out) if s.get("kind") == "PRODUCER"]
-    got = [r for r in _json_lines(c_out) if "headers" in r][0]
-    (handled,) = [s for s in _json_lines(c_out) if s.get("kind") == "CONSUMER"]
+    return _json_lines(a_out), _json_lines(b_out)
+
+
+def test_consumer_span_is_the_child_of_the_producer_span_across_processes(tmp_path):
+    p_out, c_out = _two_processes(tmp_path, ["publish"], ["consume"])
+    (sent,) = [s for s in p_out if s.get("kind") == "PRODUCER"]
+    got = [r for r in c_out if "headers" in r][0]
+    (handled,) = [s for s in c_out if s.get("name") == "process orders.created"]
+    (received,) = [s for s in c_out if s.get("name") == "receive orders.created"]
     # the W3C header carries the producer span's ids, and the caller's own header survives
     version, trace_id, span_id, _flags = got["headers"]["traceparent"].split("-")
     assert (version, trace_id, span_id) == ("00", sent["trace_id"], sent["span_id"])
     assert got["headers"]["k"] == "v" and got["payload"] == {"id": 7}
-    assert handled["trace_id"] == sent["trace_id"]
-    assert handled["parent_id"] == sent["span_id"]
+    for span in (handled, received):  # the subscriber's own span and the application's
+        assert span["kind"] == "CONSUMER"
+        assert (span["trace_id"], span["parent_id"]) == (sent["trace_id"], sent["span_id"])
+        assert span["attributes"]["messaging.message.id"].endswith(":1")
     assert sent["name"] == "publish orders.created"
     assert sent["attributes"]["messaging.system"] == "pybus"
     assert sent["attributes"]["messaging.destination.name"] == "orders.created"
-    assert handled["name"] == "process orders.created"
-    assert handled["attributes"]["messaging.message.id"].endswith(":1")
+    assert received["attributes"]["messaging.batch.message_count"] == 1
+    assert received["attributes"]["messaging.operation.type"] == "receive"
+
+
+def test_server_span_is_the_child_of_the_client_span_across_processes(tmp_path):
+    s_out, c_out = _two_processes(tmp_path, ["serve"], ["call"], stdin_after=True)
+    assert [r["result"] for r in c_out if "result" in r] == [5]
+    (client,) = [s for s in c_out if s.get("kind") == "CLIENT"]
+    (server,) = [s for s in s_out if s.get("kind") == "SERVER"]
+    assert (server["trace_id"], server["parent_id"]) == (client["trace_id"], client["span_id"])
+    for span in (client, server):
+        assert span["name"] == "add"
+        assert span["attributes"]["rpc.system"] == "pybus"
+        assert span["attributes"]["rpc.method"] == "add"
+
+
+def test_a_replayed_dead_letter_stays_in_its_trace_across_processes(tmp_path):
+    q_out, w_out = _two_processes(tmp_path, ["queue", str(tmp_path / "dead.db")], ["work"])
+    sends = [s for s in q_out if s.get("kind") == "PRODUCER"]
+    handled = [s for s in w_out if s.get("kind") == "CONSUMER"]
+    assert len(sends) == 2 and len(handled) == 2  # the put and the replay; two deliveries
+    first = [s for s in sends if s["parent_id"] is None]
+    (put,) = first
+    (replay,) = [s for s in sends if s is not put]
+    # the replay continues the original trace: child of the put, and the deliveries' parents
+    assert (replay["trace_id"], replay["parent_id"]) == (put["trace_id"], put["span_id"])
+    parents = sorted(s["parent_id"] for s in handled)
+    assert parents == sorted([put["span_id"], replay["span_id"]])
+    assert {s["trace_id"] for s in handled} == {put["trace_id"]}
 
 
 def test_without_a_provider_nothing_is_traced_and_publish_is_the_compiled_call():

@@ -61,8 +61,69 @@ def consume_one(endpoint: str) -> None:
     _dump(exporter)
 
 
+def serve() -> None:
+    """A Server with an ``add`` handler; say where, serve until a line arrives on stdin."""
+    exporter = _exporter()
+    import pybus
+
+    with pybus.Server("tcp://127.0.0.1:*", registry=False) as srv:
+        srv.add_handler("add", lambda p: p["a"] + p["b"])
+        print(json.dumps({"endpoint": srv.endpoint}), flush=True)
+        sys.stdin.readline()
+    _dump(exporter)
+
+
+def call(endpoint: str) -> None:
+    """One request, its result, then the spans."""
+    exporter = _exporter()
+    import pybus
+
+    with pybus.Client(endpoint, timeout_s=30) as c:
+        print(json.dumps({"result": c.request("add", {"a": 2, "b": 3})}), flush=True)
+    _dump(exporter)
+
+
+def queue_and_replay(dlq_path: str) -> None:
+    """Put one task that the worker (another process) fails once, so it is dead-lettered
+    after its one attempt; then replay the dead letter and wait until it is done."""
+    exporter = _exporter()
+    import pybus
+
+    dlq = pybus.DeadLetterQueue(dlq_path, registry=False)
+    with pybus.WorkQueue("tcp://127.0.0.1:*", dlq=dlq, registry=False,
+                         retry=pybus.RetryPolicy.fixed(0.0, max_attempts=1)) as q:
+        print(json.dumps({"endpoint": q.endpoint}), flush=True)
+        q.put("img.resize", {"path": "a.png"})
+        assert q.join(timeout=30) and len(dlq) == 1
+        assert dlq.replay(to=q) == 1
+        assert q.join(timeout=30) and len(dlq) == 0
+    dlq.close()
+    _dump(exporter)
+
+
+def work_twice(endpoint: str) -> None:
+    """A Worker whose handler fails the first delivery and succeeds the second."""
+    import threading
+
+    exporter = _exporter()
+    import pybus
+
+    calls = []
+    second = threading.Event()
+
+    def handle(msg):  # type: ignore[no-untyped-def]
+        calls.append(msg.payload)
+        if len(calls) == 1:
+            raise RuntimeError("the first attempt fails")
+        second.set()
+
+    w = pybus.Worker(endpoint, handle, registry=False).start()
+    assert second.wait(30), calls
+    w.stop()  # finishes and acks the delivery in hand
+    _dump(exporter)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "publish":
-        publish_one()
-    else:
-        consume_one(sys.argv[2])
+    mode, args = sys.argv[1], sys.argv[2:]
+    {"publish": publish_one, "consume": consume_one, "serve": serve, "call": call,
+     "queue": queue_and_replay, "work": work_twice}[mode](*args)

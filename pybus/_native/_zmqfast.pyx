@@ -92,6 +92,7 @@ cdef enum:
     KIND_REQUEST = 1
     KIND_REPLY = 2
     FLAG_MSGPACK = 1
+    FLAGS_REQUEST = 3  # FLAG_MSGPACK | FLAG_HEADERS (wire.reqrep): the others are reserved
 
 # Why recv_request judged a frame malformed (the names Server.stats() counts them under).
 REASON_SHORT = "short"
@@ -515,7 +516,7 @@ def recv_request(size_t sock):
         data = <const uint8_t *>pb_zmq_msg_data(&msg)
         n = pb_zmq_msg_size(&msg)
         more = pb_zmq_msg_more(&msg)
-        if (not more and n >= HEADER_SIZE and data[0] == WIRE_VERSION and data[2] <= FLAG_MSGPACK
+        if (not more and n >= HEADER_SIZE and data[0] == WIRE_VERSION and data[2] <= FLAGS_REQUEST
                 and data[1] == KIND_REQUEST and data[3] != 0 and n >= HEADER_SIZE + data[3]):
             end = HEADER_SIZE + data[3]
             return (None, ident, _le64(data + 4), data[2],
@@ -528,7 +529,7 @@ def recv_request(size_t sock):
             reason = REASON_SHORT
         elif data[0] != WIRE_VERSION:
             reason = REASON_VERSION
-        elif data[2] & ~FLAG_MSGPACK:
+        elif data[2] & ~FLAGS_REQUEST:
             reason = REASON_FLAGS
         elif data[1] != KIND_REQUEST:
             reason = REASON_KIND

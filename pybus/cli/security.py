@@ -12,7 +12,7 @@ from typing import Any
 
 from .._signals import graceful_signals
 from ..errors import ValidationError
-from ._common import add_command
+from ._common import add_command, usage_error
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -78,15 +78,28 @@ def _server_curve(secret_file: str | None, allow: list[str] | None, side: str) -
     return Curve.server(load_secret_key(secret_file), allow=keys)
 
 
+def _terminate_within(ctx: Any, timeout_s: float) -> None:
+    """End the proxy's own context, so the backend's linger (a drain) is honoured before the
+    process exits; bounded, in case anything still holds a socket."""
+    t = threading.Thread(target=ctx.term, name="pybus-proxy-term", daemon=True)
+    t.start()
+    t.join(timeout_s)
+
+
 def cmd_proxy(args: argparse.Namespace) -> int:
+    import zmq
+
     from ..pubsub.proxy import Proxy
 
     fsec = _server_curve(args.frontend_secret or args.secret,
                          args.frontend_allow or args.allow, "frontend")
     bsec = _server_curve(args.backend_secret or args.secret,
                          args.backend_allow or args.allow, "backend")
+    if args.drain_timeout < 0:
+        raise usage_error(f"--drain-timeout must be >= 0 seconds, got {args.drain_timeout}")
+    ctx = zmq.Context()
     proxy = Proxy(args.frontend, args.backend, args.capture, frontend_security=fsec,
-                  backend_security=bsec, sndhwm=args.sndhwm, rcvhwm=args.rcvhwm)
+                  backend_security=bsec, sndhwm=args.sndhwm, rcvhwm=args.rcvhwm, context=ctx)
     stop = threading.Event()
     print(f"pybus proxy: publishers -> {', '.join(proxy.frontend)}  subscribers -> "
           f"{', '.join(proxy.backend)}" + (f"  capture -> {proxy.capture}" if proxy.capture
@@ -94,7 +107,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
           + ("  [CURVE]" if fsec or bsec else ""), file=sys.stderr, flush=True)
     deadline = None if args.duration is None else time.monotonic() + args.duration
     try:
-        # SIGTERM/SIGINT: stop and exit 0; a second signal exits at once
+        # SIGTERM/SIGINT: drain and exit 0; a second signal exits at once
         with graceful_signals(stop.set, what="pybus proxy"):
             while not stop.is_set():
                 wait = args.stats_interval or 1.0
@@ -108,8 +121,14 @@ def cmd_proxy(args: argparse.Namespace) -> int:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
     finally:
-        s = proxy.stats()
-        proxy.close()
+        if stop.is_set():  # a signal: subscribers get what the proxy holds, within the bound
+            proxy.drain(args.drain_timeout)
+            s = proxy.stats()  # counted up to the stop, plus what the drain forwarded
+        else:
+            s = proxy.stats()
+            proxy.close()
+        s["drained_messages"] = proxy.drained_messages
+        _terminate_within(ctx, args.drain_timeout + 0.5)
     if args.json:
         print(json.dumps(s, default=str))
     return 0
@@ -148,4 +167,7 @@ def register(sub: Any) -> None:
     p.add_argument("--stats-interval", type=float, default=0.0,
                    help="print statistics as JSON every N seconds (0: never)")
     p.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    p.add_argument("--drain-timeout", type=float, default=5.0, dest="drain_timeout",
+                   help="on SIGTERM/SIGINT: seconds to hand subscribers what the proxy holds "
+                        "before exiting (5)")
     p.add_argument("--json", action="store_true", help="print final statistics as JSON")

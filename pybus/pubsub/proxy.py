@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -220,6 +221,9 @@ class Proxy(Closeable):
         self._thread: threading.Thread | None = None
         self._rekick = False
         self._base_stats = dict.fromkeys(STAT_KEYS, 0)
+        self._drain_until: float | None = None
+        #: message parts forwarded by :meth:`drain` after the loop stopped
+        self.drained_messages = 0
         self._restarts = 0
         self._error: BaseException | None = None
         self._checker = CheckedLoop(pub_acl, sub_acl, self.frontend, self.backend)
@@ -270,9 +274,59 @@ class Proxy(Closeable):
             self._error = exc
             log.exception("pybus proxy loop failed")
         finally:
-            for s in (front, back, cap, ctl_in):
+            linger_ms = 0
+            if self._drain_until is not None and self._error is None:
+                linger_ms = self._forward_rest(front, back, cap)
+            for s in (front, cap, ctl_in):
                 if s is not None:
                     s.close(0)
+            back.close(linger_ms)  # drain: what is queued for subscribers still goes out
+
+    def _forward_rest(self, front: zmq.Socket[Any], back: zmq.Socket[Any],
+                      cap: zmq.Socket[Any] | None) -> int:
+        """After the loop stopped for a drain: forward the publications already queued at the
+        frontend (permissions still checked) until none is left or the deadline; then keep the
+        backend's connections up until its subscribers have gone or the deadline (closing
+        earlier would cut them off from what their kernels still buffer: a subscriber that
+        writes an ack to a closed connection loses what it had not read). Return the
+        milliseconds left, the backend's linger."""
+        assert self._drain_until is not None
+        ck = self._checker
+        ck.ck = dict.fromkeys(STAT_KEYS, 0)
+        while (time.monotonic() < self._drain_until
+               and cast(int, front.getsockopt(zmq.EVENTS)) & zmq.POLLIN):
+            ck._publications(front, back, cap)
+        for k, v in ck.ck.items():
+            self._base_stats[k] += v
+        self.drained_messages = ck.ck[("frontend", "messages_in")]
+        watch = self._back_watch
+        while time.monotonic() < self._drain_until and watch is not None and watch.peers:
+            # the hub thread counts disconnections; a bounded check every 50 ms
+            time.sleep(0.05)
+        return max(0, int((self._drain_until - time.monotonic()) * 1000))
+
+    def drain(self, timeout_s: float = 5.0) -> None:
+        """Stop taking publications, hand subscribers what the proxy already holds, close.
+
+        The forwarding loop pauses, then stops; the publications already queued at the
+        frontend are forwarded (``drained_messages`` message parts), and the backend's
+        queue keeps going out to subscribers until ``timeout_s`` (its linger). In a process
+        that exits next, terminate the proxy's context (with a bound) so the linger is
+        honoured: ``pybus proxy`` does on SIGTERM.
+        """
+        if self._closed or self._thread is None or not self._thread.is_alive():
+            self.close()
+            return
+        self._drain_until = time.monotonic() + timeout_s
+        with self._ctl_lock:
+            # paused, then counted: nothing moves between the statistics and the stop
+            self._ctl.send(PAUSE)
+            if self._ctl.poll(2000, zmq.POLLIN):
+                self._ctl.recv_multipart()  # the acknowledgement
+            for k, v in zip(STAT_KEYS, self._stats_raw_locked(), strict=False):
+                self._base_stats[k] += v
+            self._state = "draining"
+        self.close(timeout=timeout_s + 1.0)
 
     def _command(self, cmd: bytes, reply: bool = False, timeout: float = 2.0) -> list[bytes]:
         if self._closed:

@@ -25,6 +25,7 @@ from typing import Any, cast
 import zmq
 
 from .. import metrics as _metrics
+from .. import tracing
 from .._lifecycle import Closeable
 from .._native import Histogram, Message, _zmqfast, decode_batch, frame_info
 from ..errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
@@ -178,10 +179,7 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
             history_endpoint=history_endpoint,
         )
         self._matcher = TopicMatcher(opts.topics)  # validates every pattern before any socket
-        if payload_types:  # chosen once: untyped subscribers keep the plain receive path
-            self._types = payload_types
-            self.recv = self._recv_typed  # type: ignore[method-assign]
-            self.recv_batch = self._recv_batch_typed  # type: ignore[method-assign]
+        self._choose_receive(payload_types)
         self.max_frame_bytes: int = opts.max_frame_bytes
         self.rcvhwm: int = opts.rcvhwm
         self.id: bytes = os.urandom(8).hex().encode("ascii")
@@ -339,6 +337,16 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
             self.endpoints.append(endpoint)
 
     # -- receiving ----------------------------------------------------------------------------
+
+    def _choose_receive(self, payload_types: PayloadTypes) -> None:
+        """Chosen once: untyped, untraced subscribers keep the plain receive path."""
+        if payload_types:
+            self._types = payload_types
+            self.recv = self._recv_typed  # type: ignore[method-assign]
+            self.recv_batch = self._recv_batch_typed  # type: ignore[method-assign]
+        if tracing.active():  # a receive span per message handed out
+            self.recv, self.recv_batch = tracing.traced_receive(  # type: ignore[method-assign]
+                self.recv, self.recv_batch)
 
     def recv(self, timeout: float | None = None) -> Message:
         """The next message; waits up to ``timeout`` seconds (None: forever).

@@ -1,5 +1,6 @@
 """What a Server registers and answers besides the I/O: handlers with declared argument types
-converted, the reply to a request for a method nobody registered, rate-limited warnings."""
+converted, requests carrying headers (the trace context), the reply to a request for a method
+nobody registered, rate-limited warnings."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import tracing
 from ..errors import ErrorCode, ValidationError
-from ..wire.reqrep import error_body
+from ..wire.reqrep import error_body, split_headers
 from ..wire.typed import SchemaError, annotated_types, converter_for
 
-__all__ = ["LogLimiter", "typed", "unknown_method_body"]
+__all__ = ["LogLimiter", "headed", "typed", "unknown_method_body"]
 
 Handler = Callable[[Any], Any]
 
@@ -33,6 +35,24 @@ def typed(fn: Handler) -> Handler:
 
     typed_handler.__wrapped__ = fn  # type: ignore[attr-defined]
     return typed_handler
+
+
+def headed(fn: Handler, method: bytes, flags: int, data: bytes,
+           traced: bool) -> tuple[Handler, int, bytes]:
+    """A request whose header block precedes its payload: ``(handler, payload flags,
+    payload)``. When the server traces, the handler runs in a SERVER span, the child of the
+    client's (the block carries its ``traceparent``); otherwise the headers are read past.
+    Raises :class:`pybus.FrameError` when the block is malformed."""
+    flags, headers, data = split_headers(flags, data)
+    if not traced:
+        return fn, flags, data
+    name = method.decode("utf-8", "replace")
+
+    def traced_handler(arg: Any) -> Any:
+        with tracing.rpc_server(name, headers):
+            return fn(arg)
+
+    return traced_handler, flags, data
 
 
 def unknown_method_body(name: str, methods: list[str]) -> bytes:

@@ -31,6 +31,7 @@ import zmq
 import zmq.asyncio
 
 from .. import metrics as _metrics
+from .. import tracing
 from .._deprecated import renamed
 from ..errors import (
     BackpressureError,
@@ -51,6 +52,7 @@ from ..wire.reqrep import (
     KIND_REQUEST,
     WIRE_VERSION,
     encode_payload,
+    with_headers,
 )
 from ._common import LATENCY_MAX_NS, InFlightLimit, check_timeout
 from .client import _ClientBase, _open_dealer
@@ -178,6 +180,14 @@ class AsyncClient(_ClientBase, InFlightLimit):
         flags, body = encode_payload(payload)
         t = self.timeout if timeout is None else check_timeout("timeout", timeout)
         self._stats["requests"] += 1
+        if self._traced:
+            with tracing.rpc_client(name) as (_span, headers):
+                flags, body = with_headers(flags, body, headers)
+                return await self._request_frame(name, mb, flags, body, t)
+        return await self._request_frame(name, mb, flags, body, t)
+
+    async def _request_frame(self, name: str, mb: bytes, flags: int, body: bytes,
+                             t: float) -> Any:
         if self._plain:
             return await self._attempt(name, mb, flags, body, t)
         # the decisions are the guard's (pybus.rpc._guard, shared with Client); the waits and

@@ -29,6 +29,7 @@ from typing import Any, cast
 import zmq
 
 from .. import metrics as _metrics
+from .. import tracing
 from .._deprecated import renamed
 from .._lifecycle import Closeable
 from .._native import Histogram, _zmqfast
@@ -68,6 +69,7 @@ from ..wire.reqrep import (
     encode_payload,
     method_bytes,
     remote_error,
+    with_headers,
 )
 from ._common import LATENCY_MAX_NS, NOBLOCK, check_timeout, send_of, watch_stats
 from ._guard import RequestGuard
@@ -146,7 +148,11 @@ class _ClientBase(ReadyUntilClosed):
         self.retry = retry
         self.breaker = breaker
         self.rate_limit = rate_limit
-        self._plain = retry is None and breaker is None and rate_limit is None
+        # decided once (pybus.tracing): a traced request carries the context in a header block
+        self._traced = tracing.active()
+        # nothing around the attempt: the compiled common case (ClientCore) may take it
+        self._plain = (retry is None and breaker is None and rate_limit is None
+                       and not self._traced)
         # Random start: ids from two client incarnations on one server never collide.
         self._cid = int.from_bytes(os.urandom(8), "little")
         self._methods: dict[str, bytes] = {}
@@ -356,6 +362,14 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
         else:
             flags, body = encode_payload(payload)
         t = self.timeout if timeout is None else check_timeout("timeout", timeout)
+        if self._traced:
+            with tracing.rpc_client(name) as (_span, headers):
+                flags, body = with_headers(flags, body, headers)
+                return self._request_frame(name, mb, flags, body, t)
+        return self._request_frame(name, mb, flags, body, t)
+
+    def _request_frame(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
+        """The request, encoded: one call under the client's lock, its latency recorded."""
         self._acquire()
         try:
             if self._closed:

@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from .. import metrics as _metrics
+from .. import tracing
 from .._lifecycle import Closeable
 from .._native import Histogram, _zmqfast
 from .._signals import graceful_signals
@@ -51,6 +52,7 @@ from ..transport.sockets import (
 )
 from ..wire.reqrep import (
     FLAG_MSGPACK,
+    FLAGS_REQUEST,
     HEADER,
     HEADER_SIZE,
     KIND_CONTROL,
@@ -73,7 +75,7 @@ from ._common import (
     send_of,
     watch_stats,
 )
-from ._handlers import LogLimiter, typed, unknown_method_body
+from ._handlers import LogLimiter, headed, typed, unknown_method_body
 
 __all__ = ["Server", "Handler"]
 
@@ -190,6 +192,8 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
         self.drain_timeout_s = float(drain_timeout_s)
         self._ctx = context or zmq.Context.instance()
         self._handlers: dict[bytes, Handler] = {}
+        # decided once (pybus.tracing): a traced request's handler runs in a SERVER span
+        self._traced = tracing.active()
         self.workers = workers
         self.max_in_flight = max_in_flight
         self._token = os.urandom(16)
@@ -540,7 +544,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
             if version != wire_version:
                 self._bad_frame("version")
                 continue
-            if flags & ~flag_msgpack:
+            if flags & ~FLAGS_REQUEST:
                 self._bad_frame("flags")  # reserved bits must be zero
                 continue
             if kind != kind_request:
@@ -565,7 +569,11 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
                 reply += self._unknown_method(frame[header_size:end])
             else:
                 try:
-                    arg = decode_payload(flags, frame[end:]) if flags else frame[end:]
+                    body = frame[end:]
+                    if flags > flag_msgpack:  # a header block (trace context) comes first
+                        fn, flags, body = headed(fn, frame[header_size:end], flags, body,
+                                                 self._traced)
+                    arg = decode_payload(flags, body) if flags else body
                 except FrameError as exc:
                     reply = pack(wire_version, kind_error, flag_msgpack, 0, cid)
                     reply += self._undecodable(exc)
@@ -646,6 +654,8 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
                 kind, rflags, body = kind_error, flag_msgpack, self._unknown_method(method)  # type: ignore[arg-type]
             else:
                 try:
+                    if flags > flag_msgpack:  # a header block (trace context) comes first
+                        fn, flags, data = headed(fn, method, flags, data, self._traced)  # type: ignore[arg-type]
                     arg = decode_payload(flags, data) if flags else data
                 except FrameError as exc:
                     kind, rflags, body = kind_error, flag_msgpack, self._undecodable(exc)

@@ -7,20 +7,26 @@ encoding (:func:`encode_payload` / :func:`decode_payload`), method names
 tools written from the spec use it. Every request and reply is ONE ZeroMQ frame::
 
     version:u8 | kind:u8 | flags:u8 | method_len:u8 | correlation_id:u64le | method | payload
+
+A REQUEST with :data:`FLAG_HEADERS` carries a header map (the trace context) between the
+method and the payload: ``header_len:u16le | msgpack map | payload``.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import msgpack
 
-from ..errors import BusError, ErrorCode, RemoteError, ValidationError
+from ..errors import BusError, ErrorCode, FrameError, RemoteError, ValidationError
 from .payload import FLAG_MSGPACK, decode_payload, encode_payload
 
 __all__ = [
     "CID_MASK",
+    "FLAG_HEADERS",
     "FLAG_MSGPACK",
+    "FLAGS_REQUEST",
     "HEADER",
     "HEADER_SIZE",
     "KIND_CONTROL",
@@ -36,6 +42,8 @@ __all__ = [
     "error_payload",
     "method_bytes",
     "remote_error",
+    "split_headers",
+    "with_headers",
 ]
 
 WIRE_VERSION = 1
@@ -43,6 +51,12 @@ KIND_REQUEST = 0x01
 KIND_REPLY = 0x02
 KIND_ERROR = 0x03
 KIND_CONTROL = 0x7F  # in-process only (inproc), never valid from the network
+#: REQUEST only: a header block (u16le length, msgpack map) precedes the payload
+FLAG_HEADERS = 0x02
+#: every flag bit a REQUEST may set; the others are reserved and make the frame malformed
+FLAGS_REQUEST = FLAG_MSGPACK | FLAG_HEADERS
+_HEADER_LEN = struct.Struct("<H")
+MAX_HEADER_BYTES = 0xFFFF
 HEADER = struct.Struct("<BBBBQ")
 HEADER_SIZE = HEADER.size  # 12
 MAX_METHOD_BYTES = 255
@@ -98,3 +112,36 @@ def remote_error(body: bytes | memoryview) -> RemoteError:
             remote_type="FrameError",
             remote_code=int(ErrorCode.FRAME),
         )
+
+
+def with_headers(flags: int, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """A request's ``(flags, rest of frame after the method)`` carrying ``headers``; unchanged
+    when ``headers`` is empty."""
+    if not headers:
+        return flags, body
+    block: bytes = msgpack.packb(headers, use_bin_type=True)
+    if len(block) > MAX_HEADER_BYTES:
+        raise ValidationError(f"request headers take {len(block)} bytes packed; allowed: "
+                              f"{MAX_HEADER_BYTES}")
+    return flags | FLAG_HEADERS, _HEADER_LEN.pack(len(block)) + block + body
+
+
+def split_headers(flags: int, data: bytes) -> tuple[int, dict[str, Any], bytes]:
+    """Inverse of :func:`with_headers`: ``(flags without FLAG_HEADERS, headers, payload)``.
+
+    Raises
+    ------
+    FrameError
+        The block runs past the frame, or is not a msgpack map with str keys.
+    """
+    if not flags & FLAG_HEADERS:
+        return flags, {}, data
+    if len(data) < 2 or len(data) < 2 + (n := _HEADER_LEN.unpack_from(data)[0]):
+        raise FrameError(f"request header block runs past the frame ({len(data)} bytes left)")
+    try:
+        headers = msgpack.unpackb(data[2:2 + n], raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise FrameError(f"request headers do not decode: {exc}") from exc
+    if not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers):
+        raise FrameError("request headers must be a msgpack map with str keys")
+    return flags & ~FLAG_HEADERS, headers, data[2 + n:]

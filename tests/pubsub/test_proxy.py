@@ -357,3 +357,61 @@ def test_cli_proxy_runs_and_forwards(tmp_path: Path) -> None:
     import json
 
     assert json.loads(out.strip().splitlines()[-1])["frontend"]["messages_in"] >= 2
+
+
+def test_cli_proxy_on_sigterm_hands_subscribers_all_it_holds(tmp_path: Path) -> None:
+    """SIGTERM while the proxy holds a burst its subscriber has not taken yet (the subscriber
+    read nothing so far and its queue is one frame, so most of the burst waits in the proxy):
+    the proxy goes on handing it out while the subscriber reads, and exits 0 within the drain
+    bound plus 1 s; the subscriber gets every message, none lost. (With --drain-timeout 0 the
+    same run delivers about a tenth.)"""
+    n, size, drain_s = 150, 200_000, 10.0
+    import json
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from pybus.cli import main; raise SystemExit(main())", "proxy",
+         "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
+         "--sndhwm", str(BIG), "--rcvhwm", str(BIG), "--stats-interval", "0.05",
+         "--drain-timeout", str(drain_s), "--duration", "120", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    pub = sub = None
+    try:
+        m, first = _read_until(proc.stderr, r"publishers -> (\S+)\s+subscribers -> (\S+)\s",
+                               WAIT)  # type: ignore[arg-type]
+        assert m, f"no endpoints in the proxy's start-up line: {first!r}"
+        fe, be = m.groups()
+        pub = pybus.Publisher(fe, connect=True)
+        sub = pybus.Subscriber(be, topics=["burst.#"], rcvhwm=1)
+        assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
+        for i in range(n):
+            pub.publish("burst.t", i.to_bytes(4, "little") + b"x" * size)
+            pub.flush(timeout=WAIT)
+        # the proxy's own statistics say every publication reached it (two parts each)
+        text, deadline, took_in = "", time.monotonic() + WAIT, 0
+        while took_in < 2 * n and time.monotonic() < deadline:
+            got, text = _read_until(proc.stdout, r"\n", WAIT)  # type: ignore[arg-type]
+            lines = [ln for ln in text.splitlines() if ln.startswith("{")]
+            if lines:
+                took_in = json.loads(lines[-1])["frontend"]["messages_in"]
+        assert took_in >= 2 * n
+        t0 = time.monotonic()
+        proc.terminate()
+        seqs = [int.from_bytes(msg.payload[:4], "little") for msg in _drain(sub, n, WAIT)]
+        lost = sub.stats()["lost"]
+        sub.close()  # its last subscriber gone, the proxy ends its drain
+        out, err = proc.communicate(timeout=drain_s + 10)
+        assert time.monotonic() - t0 <= drain_s + 1.0
+        assert proc.returncode == 0, err
+        assert seqs == list(range(n))
+        assert lost == 0
+        final = json.loads(out.strip().splitlines()[-1])
+        assert final["frontend"]["messages_in"] >= 2 * n
+    finally:
+        if sub is not None:
+            sub.close()
+        if pub is not None:
+            pub.close(linger_ms=0)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=WAIT)

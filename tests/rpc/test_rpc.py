@@ -186,9 +186,30 @@ GARBAGE = [
     (struct.pack(DOC_HEADER, 1, 2, 0, 4, 1) + b"echo", "kind"),
     (struct.pack(DOC_HEADER, 1, 0x7F, 0, 0, 1) + os.urandom(17), "kind"),  # forged control
     (struct.pack(DOC_HEADER, 1, 1, 0x80, 4, 1) + b"echo", "flags"),
+    (struct.pack(DOC_HEADER, 1, 1, 0x04, 4, 1) + b"echo", "flags"),
     (struct.pack(DOC_HEADER, 1, 1, 0, 0, 1), "method"),
     (struct.pack(DOC_HEADER, 1, 1, 0, 200, 1) + b"echo", "method"),
 ]
+
+
+def test_a_header_block_is_read_past_and_a_bad_one_answered(server, endpoint, raw_dealer):
+    # written from docs/wire-reqrep.md: flag 0x02, then u16le length, a msgpack map, payload
+    block = msgpack.packb({"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+    head = struct.pack("<H", len(block)) + block
+    raw_dealer.send(doc_request(11, b"add", head + msgpack.packb({"a": 2, "b": 5}), flags=3))
+    kind, flags, cid, body = doc_reply(raw_dealer.recv())
+    assert (kind, flags, cid, msgpack.unpackb(body)) == (0x02, 1, 11, 7)
+    raw_dealer.send(doc_request(12, b"echo", head + b"raw", flags=2))
+    assert doc_reply(raw_dealer.recv()) == (0x02, 0, 12, b"raw")
+    for cid, bad in [(13, struct.pack("<H", 500) + block),  # the block runs past the frame
+                     (14, b"\x01"),  # no room for the length
+                     (15, struct.pack("<H", 2) + msgpack.packb([1])),  # not a map
+                     (16, struct.pack("<H", 1) + b"\xc1")]:  # not msgpack
+        raw_dealer.send(doc_request(cid, b"echo", bad, flags=2))
+        kind, _, got_cid, body = doc_reply(raw_dealer.recv())
+        assert (kind, got_cid) == (0x03, cid) and msgpack.unpackb(body)["type"] == "FrameError"
+    assert server.stats()["decode_error_reasons"] == {"payload": 4}
+    assert server.seen == [b"raw"]
 
 
 def test_garbage_frames_counted_and_dropped_while_clients_served(server, endpoint, raw_dealer):

@@ -141,7 +141,7 @@ def test_other_replies_come_back_whole_for_the_caller(pair):
         (b"\x01\x01", "short"),
         (doc_frame(1, 1, b"m", b"")[:11], "short"),
         (b"\x02" + doc_frame(1, 1, b"m", b"")[1:], "version"),
-        (doc_frame(1, 1, b"m", b"", flags=2), "flags"),
+        (doc_frame(1, 1, b"m", b"", flags=4), "flags"),
         (doc_frame(2, 1, b"m", b""), "kind"),
         (doc_frame(1, 1, b"", b"x"), "method"),
         (doc_frame(1, 1, b"method", b"")[:15], "method"),
