@@ -1,0 +1,257 @@
+"""A worker of the JetStream work queue: pulls tasks from the queue's shared consumer, runs the
+handler on ``concurrency`` threads, acknowledges what succeeded, naks a failure with the retry
+policy's delay, and dead-letters a task after its last attempt. docs/scale-out.md."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
+
+from .. import metrics as _metrics
+from .._lifecycle import Closeable
+from .._native import Histogram
+from .._signals import graceful_signals
+from ..errors import ClosedError, ErrorCode, RemoteError, ValidationError
+from ..metrics.samples import NS, HdrValue, RawSample
+from ..policy.retry import RetryPolicy
+from ..workqueue._handler import wrap_handler
+from ..workqueue._policy import DEFAULT_RETRY
+from . import _wq_codec as codec
+from ._jsconn import JsConn, check_stream_name
+from .workqueue import WORKERS
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("pybus.jetstream")
+_names = itertools.count(1)
+_LATENCY_MAX_NS = 3_600 * 10**9
+
+
+class Worker(Closeable):
+    """Handle the tasks of the JetStream work queue ``stream`` (any number of workers on any
+    hosts share them: the server hands each task to one).
+
+    Parameters
+    ----------
+    servers : str or list of str
+        NATS server URLs (a list, or a comma-separated string).
+    handler : callable
+        ``handler(msg)`` with a :class:`pybus.Message` (``seq``: the task's sequence number in
+        the stream, ``publisher_id``: its delivery number, 1 the first time). Returning acks
+        the task; raising fails this attempt (a pybus error with ``retryable`` False, or a
+        payload that does not fit the declared type, dead-letters it at once).
+    stream : str
+        The queue's stream.
+    concurrency : int
+        Handler threads, and tasks held at once.
+    retry : RetryPolicy, optional
+        Default: the queue's policy, read from the server (or the SQLite queue's default when
+        no queue configured one).
+    type : type, optional
+        Decode payloads into it (the handler gets a TypedMessage), as ``pybus.Worker``.
+    drain_timeout_s : float
+        On :meth:`stop` or SIGTERM, how long the handlers may finish what they hold (then
+        acked); what is not finished is delivered again after the queue's ack timeout.
+    name : str, optional
+        Connection name, and the object's name in metrics.
+    registry : pybus.metrics.Registry or False, optional
+        Where the worker reports (default registry; ``False``: nowhere).
+    """
+
+    metrics_kind: ClassVar[str] = "jetstream_worker"
+
+    def __init__(self, servers: str | Sequence[str], handler: Callable[[Any], Any], stream: str,
+                 concurrency: int = 1, *, retry: RetryPolicy | None = None,
+                 type: Any = None, drain_timeout_s: float = 10.0,  # noqa: A002 - the documented name
+                 name: str | None = None, registry: Any = None) -> None:
+        self._closed = True
+        if not callable(handler):
+            raise ValidationError(f"handler must be callable, got {handler!r}")
+        check_stream_name(stream)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValidationError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ValidationError(f"retry must be a pybus.RetryPolicy, got {retry!r}")
+        if not drain_timeout_s >= 0:
+            raise ValidationError(f"drain_timeout_s must be >= 0, got {drain_timeout_s!r}")
+        self.handler = handler
+        self.stream = stream
+        self.concurrency = concurrency
+        self.retry = retry
+        self.drain_timeout_s = float(drain_timeout_s)
+        self.name = name or f"pybus-js-worker-{next(_names)}"
+        self._call = wrap_handler(handler, type)
+        self._conn = JsConn(servers, self.name)
+        self.servers = self._conn.servers
+        self._pool = concurrent.futures.ThreadPoolExecutor(concurrency, self.name)
+        self._ready = threading.Event()
+        self._stopping = False
+        self._main: concurrent.futures.Future[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._c = dict.fromkeys(("received", "handled", "acked", "nacked", "dead_lettered",
+                                 "decode_errors"), 0)
+        self._latency = Histogram(1, _LATENCY_MAX_NS, 2)
+        self._closed = False
+        _metrics.attach(self, registry)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Worker:
+        """Start taking tasks in the background; returns self."""
+        if self._closed or self._stopping:
+            raise ClosedError("this Worker was stopped; create a new one")
+        if self._main is not None:
+            raise ValidationError("this Worker was already started")
+        self._main = self._conn.submit(self._serve())
+        return self
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the worker is attached to the queue's consumer; False on timeout."""
+        return self._ready.wait(timeout)
+
+    def run(self, handle_signals: bool = True) -> None:
+        """Take tasks until :meth:`stop`, or (in the main thread) SIGTERM/SIGINT: then finish
+        what the handlers hold within ``drain_timeout_s``, ack it, and return. Starts the
+        worker unless :meth:`start` already did."""
+        stop = threading.Event()
+        with graceful_signals(stop.set, handle_signals, f"pybus jetstream worker {self.name}",
+                              self.drain_timeout_s):
+            if self._main is None:
+                self.start()
+            assert self._main is not None
+            while not stop.is_set() and not self._main.done():
+                stop.wait(0.2)  # wakes for the signal; checks the loop still runs
+        self.stop()
+        if self._main.done() and self._main.exception() is not None:
+            raise self._main.exception()  # type: ignore[misc]
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking tasks; let the handlers finish (``drain_timeout_s``) and ack; close."""
+        if self._closed:
+            return
+        self._stopping = True
+        if self._main is not None:
+            try:
+                self._main.result(self.drain_timeout_s + 1.0 if timeout is None else timeout)
+            except Exception:  # noqa: BLE001 - reported by run(); stopping regardless
+                pass
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._conn.close()
+
+    close = stop
+
+    # -- the loop (on the connection's event loop) ---------------------------------------------
+
+    async def _serve(self) -> None:
+        js = await self._conn.js()
+        psub = await js.pull_subscribe(f"{self.stream}.>", durable=WORKERS, stream=self.stream)
+        if self.retry is None:
+            info = await psub.consumer_info()
+            self.retry = (codec.retry_from_description(info.config.description)
+                          or DEFAULT_RETRY())
+        self._ready.set()
+        while not self._stopping:
+            free = self.concurrency - len(self._tasks)
+            if free <= 0:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await psub.fetch(free, timeout=0.5)
+            except Exception:  # nothing to do (timeout), or reconnecting: ask again
+                continue
+            for m in msgs:
+                task = asyncio.get_running_loop().create_task(self._handle(m))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        if self._tasks:  # draining: the handlers finish and ack (stop() bounds the wait)
+            await asyncio.wait(self._tasks)
+
+    async def _handle(self, m: Any) -> None:
+        meta = m.metadata
+        delivered, seq = int(meta.num_delivered), int(meta.sequence.stream)
+        self._c["received"] += 1
+        assert self.retry is not None
+        try:
+            msg = codec.task_message(m.subject, self.stream, m.data, m.headers, seq, delivered)
+        except Exception as exc:  # noqa: BLE001 - a task no handler can read
+            self._c["decode_errors"] += 1
+            await self._dead_letter(m, m.subject, RemoteError(
+                f"task does not decode: {exc}", remote_type="FrameError",
+                remote_code=int(ErrorCode.FRAME)), delivered, seq)
+            return
+        attempts = self.retry.max_attempts
+        if attempts is not None and delivered > attempts:
+            # earlier deliveries ended without an answer (their workers died or hung)
+            await self._dead_letter(m, msg.topic, RemoteError(
+                f"delivered {delivered} times without an acknowledgement",
+                remote_type="AckTimeout", remote_code=int(ErrorCode.TIMEOUT)), delivered, seq)
+            return
+        t0 = time.perf_counter_ns()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._call, msg)
+        except Exception as exc:  # noqa: BLE001 - the handler's failure decides the retry
+            err = codec.error_of(exc)
+            delay = self.retry.next_delay(err, delivered)
+            if delay is None:
+                await self._dead_letter(m, msg.topic, err, delivered, seq)
+            else:
+                await m.nak(delay=delay)
+                self._c["nacked"] += 1
+            return
+        finally:
+            took = time.perf_counter_ns() - t0
+            self._latency.record(min(max(took, 1), _LATENCY_MAX_NS))
+        self._c["handled"] += 1
+        await m.ack()
+        self._c["acked"] += 1
+
+    async def _dead_letter(self, m: Any, topic: str, err: RemoteError, delivered: int,
+                           seq: int) -> None:
+        """Into ``<stream>_dead`` (stored once: the id is the task's), then terminated. If the
+        server does not take it, the task stays and comes back after the ack timeout."""
+        dead = codec.dead_stream(self.stream)
+        subject = f"{dead}.{topic}" if not topic.startswith(self.stream + ".") \
+            else f"{dead}.{topic[len(self.stream) + 1:]}"
+        js = await self._conn.js()
+        try:
+            await js.publish(subject, m.data, timeout=5,
+                             headers=codec.dead_letter_headers(m.headers, err, delivered, seq))
+        except Exception as exc:  # noqa: BLE001 - left for redelivery
+            log.warning("worker %s: could not dead-letter task %d (%s); it will be delivered "
+                        "again", self.name, seq, exc)
+            return
+        await m.term()
+        self._c["dead_lettered"] += 1
+
+    # -- state -------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """``received``, ``handled``, ``acked``, ``nacked``, ``dead_lettered``,
+        ``decode_errors``, ``in_flight`` (tasks held now), ``connected``."""
+        return {**self._c, "in_flight": len(self._tasks), "connected": self._conn.connected}
+
+    def metrics_samples(self) -> Iterator[RawSample]:
+        s = self.stats()
+        for ev in ("handled", "acked", "nacked"):
+            yield "pybus_tasks_total", {"event": ev}, s[ev]
+        yield "pybus_dead_lettered_total", {}, s["dead_lettered"]
+        yield "pybus_decode_errors_total", {}, s["decode_errors"]
+        yield "pybus_in_flight", {}, s["in_flight"]
+        yield "pybus_handler_latency_seconds", {}, HdrValue(self._latency, NS)
+
+    def metrics_readiness(self) -> tuple[bool, str]:
+        if self._closed:
+            return False, "jetstream worker is stopped"
+        if self._main is not None and not self._conn.connected:
+            return False, f"jetstream worker cannot reach NATS ({self._conn.last_error})"
+        return True, ""
+
+    def __repr__(self) -> str:
+        return f"<pybus.jetstream.Worker {self.name} stream={self.stream!r}>"
