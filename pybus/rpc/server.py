@@ -75,6 +75,7 @@ from ._common import (
     send_of,
     watch_stats,
 )
+from ._drain import drain_replies
 from ._handlers import LogLimiter, headed, typed, unknown_method_body
 
 __all__ = ["Server", "Handler"]
@@ -87,8 +88,6 @@ _CTRL_FORWARD = b"F"
 # The server's receive timeout while idle: bounds how long stop() can take even
 # if its wake-up message were lost; costs nothing while requests flow.
 _IDLE_CHECK_MS = 100
-# after a drain, the socket stays up until nothing arrived for this long (see _drain_replies)
-_DRAIN_QUIET_S = 0.2
 
 _log = logging.getLogger("pybus.rpc")
 
@@ -423,44 +422,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
             waker.close()
 
     def _drain_replies(self, deadline: float) -> None:
-        """After a stop: forward the replies of pooled requests still running as they come,
-        until none is left or ``deadline``; a new request meanwhile is answered with a
-        retryable ClosedError, so its client retries elsewhere at once. Then stay until the
-        socket was quiet for ``_DRAIN_QUIET_S`` (bounded by ``deadline``): a request sent just
-        before the stop still gets its ClosedError, and the last replies leave before the
-        socket closes (closing drops what libzmq has not sent yet)."""
-        sock = self._sock
-        forward_marker = self._ctrl_prefix + _CTRL_FORWARD
-        stopping = error_body("ClosedError", f"server {self.endpoint} is stopping; retry",
-                              ErrorCode.CLOSED, True)
-        quiet_until = time.monotonic() + _DRAIN_QUIET_S
-        while self._inflight > 0 or time.monotonic() < quiet_until:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                if self._inflight:
-                    _log.warning("pybus rpc server %s: %d pooled requests unanswered after "
-                                 "the drain", self.endpoint, self._inflight)
-                return
-            if not sock.poll(min(left_ms, _IDLE_CHECK_MS), zmq.POLLIN):
-                continue
-            quiet_until = time.monotonic() + _DRAIN_QUIET_S
-            try:
-                ident = sock.recv(zmq.NOBLOCK)
-                frame = sock.recv(zmq.NOBLOCK) if sock.getsockopt(zmq.RCVMORE) else b""
-                if frame == forward_marker:
-                    self._forward_worker_reply()
-                    continue
-                while sock.getsockopt(zmq.RCVMORE):
-                    sock.recv()
-                if len(frame) >= HEADER_SIZE and frame[1] == KIND_REQUEST:
-                    cid = HEADER.unpack_from(frame)[4]
-                    sock.send(ident, SNDMORE_NOBLOCK)
-                    sock.send(HEADER.pack(WIRE_VERSION, KIND_ERROR, FLAG_MSGPACK, 0, cid)
-                              + stopping, NOBLOCK)
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                    return
-                self._send_failed(exc)
+        drain_replies(self, deadline, self._ctrl_prefix + _CTRL_FORWARD)  # rpc/_drain.py
 
     def _shutdown(self) -> None:
         with self._lock:
