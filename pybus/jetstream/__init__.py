@@ -16,6 +16,7 @@ from ..errors import BusError
 _EXPORTS = {
     "WorkQueue": "workqueue",
     "Worker": "worker",
+    "AsyncWorkQueue": "workqueue",
     "Recorder": "recorder",
     "replay": "replay",
     "areplay": "replay",

@@ -38,7 +38,7 @@ from ..wire.payload import FLAG_MSGPACK, encode_payload
 from ._log_codec import H_HEADERS, H_ID, H_MSGPACK, H_TS
 from .subjects import subject_for_topic, topic_for_subject
 
-__all__ = ["dead_stream", "dead_letter_headers", "describe_retry", "encode_task",
+__all__ = ["dead_stream", "dead_letter_headers", "delivery_of", "describe_retry", "encode_task",
            "error_of", "retry_from_description", "task_message"]
 
 H_ERR_TYPE = "Pybus-Error-Type"
@@ -76,15 +76,36 @@ def encode_task(stream: str, topic: str, payload: Any, headers: Any,
 
 
 def task_message(subject: str, stream: str, body: bytes, nats_headers: dict[str, str] | None,
-                 seq: int, delivered: int) -> Message:
-    """The pybus Message a handler gets for a task read back from the stream."""
+                 seq: int, delivered: int, topics: dict[str, str] | None = None) -> Message:
+    """The pybus Message a handler gets for a task read back from the stream (``topics``: a
+    cache of subject -> topic, the caller's, so a topic is checked once)."""
     h = nats_headers or {}
     raw_headers = base64.b64decode(h[H_HEADERS]) if H_HEADERS in h else None
     flags = FLAG_MSGPACK if h.get(H_MSGPACK) == "1" else 0
     ts = int(h.get(H_TS, "0") or 0)
-    topic = topic_for_subject(subject, stream)
+    topic = topics.get(subject) if topics is not None else None
+    if topic is None:
+        topic = topic_for_subject(subject, stream)
+        if topics is not None:
+            if len(topics) >= 4096:  # bounded whatever subjects arrive
+                topics.clear()
+            topics[subject] = topic
     msg: Message = _message_from_wire(topic, body, raw_headers, flags, seq, delivered, ts)
     return msg
+
+
+def delivery_of(msg: Any) -> tuple[int, int]:
+    """``(delivery number, stream sequence)`` of a fetched JetStream message, read from its
+    ack subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or the form with a
+    domain and account: two more tokens first). nats-py's ``metadata`` parses the whole
+    subject into objects, which cost more than the rest of handling a small task."""
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[4]), int(tokens[5])
+    if len(tokens) >= 11:
+        return int(tokens[6]), int(tokens[7])
+    meta = msg.metadata
+    return int(meta.num_delivered), int(meta.sequence.stream)
 
 
 def error_of(exc: BaseException) -> RemoteError:

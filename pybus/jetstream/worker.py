@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from .. import metrics as _metrics
 from .._lifecycle import Closeable
-from .._native import Histogram
+from .._native import Histogram, Message
 from .._signals import graceful_signals
 from ..errors import ClosedError, ErrorCode, RemoteError, ValidationError
 from ..metrics.samples import NS, HdrValue, RawSample
@@ -49,7 +49,11 @@ class Worker(Closeable):
     stream : str
         The queue's stream.
     concurrency : int
-        Handler threads, and tasks held at once.
+        Handler threads.
+    prefetch : int
+        Tasks fetched ahead of the handlers (held, their ack timeout running, until a handler
+        thread is free); the worker fetches and holds ``concurrency + prefetch`` at once (64 by
+        default: fewer, larger fetches; a worker that dies may have held that many).
     retry : RetryPolicy, optional
         Default: the queue's policy, read from the server (or the SQLite queue's default when
         no queue configured one).
@@ -67,7 +71,7 @@ class Worker(Closeable):
     metrics_kind: ClassVar[str] = "jetstream_worker"
 
     def __init__(self, servers: str | Sequence[str], handler: Callable[[Any], Any], stream: str,
-                 concurrency: int = 1, *, retry: RetryPolicy | None = None,
+                 concurrency: int = 1, *, prefetch: int = 63, retry: RetryPolicy | None = None,
                  type: Any = None, drain_timeout_s: float = 10.0,  # noqa: A002 - the documented name
                  name: str | None = None, registry: Any = None) -> None:
         self._closed = True
@@ -78,11 +82,14 @@ class Worker(Closeable):
             raise ValidationError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ValidationError(f"retry must be a pybus.RetryPolicy, got {retry!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValidationError(f"prefetch must be an int >= 0, got {prefetch!r}")
         if not drain_timeout_s >= 0:
             raise ValidationError(f"drain_timeout_s must be >= 0, got {drain_timeout_s!r}")
         self.handler = handler
         self.stream = stream
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.retry = retry
         self.drain_timeout_s = float(drain_timeout_s)
         self.name = name or f"pybus-js-worker-{next(_names)}"
@@ -93,7 +100,8 @@ class Worker(Closeable):
         self._ready = threading.Event()
         self._stopping = False
         self._main: concurrent.futures.Future[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._held = 0  # tasks fetched and not settled yet
+        self._topics: dict[str, str] = {}  # subject -> topic, checked once
         self._c = dict.fromkeys(("received", "handled", "acked", "nacked", "dead_lettered",
                                  "decode_errors"), 0)
         self._latency = Histogram(1, _LATENCY_MAX_NS, 2)
@@ -157,60 +165,98 @@ class Worker(Closeable):
             self.retry = (codec.retry_from_description(info.config.description)
                           or DEFAULT_RETRY())
         self._ready.set()
+        loop = asyncio.get_running_loop()
+        batch = self.concurrency + self.prefetch
+        # the next batch is fetched while this one is handled (a fetch is a round trip)
+        ahead = loop.create_task(self._fetch(psub, batch))
         while not self._stopping:
-            free = self.concurrency - len(self._tasks)
-            if free <= 0:
-                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            try:
-                msgs = await psub.fetch(free, timeout=0.5)
-            except Exception:  # nothing to do (timeout), or reconnecting: ask again
-                continue
+            msgs = await ahead
+            ahead = loop.create_task(self._fetch(psub, batch))
+            self._held = len(msgs)
+            work = []
             for m in msgs:
-                task = asyncio.get_running_loop().create_task(self._handle(m))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        if self._tasks:  # draining: the handlers finish and ack (stop() bounds the wait)
-            await asyncio.wait(self._tasks)
+                task, refused = self._admit(m)
+                if task is not None:
+                    work.append(task)
+                else:
+                    await self._dead_letter(*refused)
+            # one executor job per handler thread for the whole batch: a thread hop per
+            # message would cost more than the handling of a small task
+            chunks = [work[k::self.concurrency] for k in range(self.concurrency)]
+            chunks = [c for c in chunks if c]
+            outcomes = await asyncio.gather(
+                *(loop.run_in_executor(self._pool, self._run_chunk, c) for c in chunks))
+            acked = 0
+            for chunk, outs in zip(chunks, outcomes, strict=True):
+                for task, exc in zip(chunk, outs, strict=True):
+                    if exc is None:  # the common case inline: an ack
+                        await task[0].ack()
+                        acked += 1
+                    else:
+                        await self._settle(task, exc)
+            self._c["handled"] += acked
+            self._c["acked"] += acked
+            self._held = 0
+        # a stop: the batch in hand was finished and settled above (stop() bounds the wait);
+        # the one fetched ahead goes back to the queue at once
+        for m in await ahead:
+            await m.nak()
 
-    async def _handle(self, m: Any) -> None:
-        meta = m.metadata
-        delivered, seq = int(meta.num_delivered), int(meta.sequence.stream)
+    @staticmethod
+    async def _fetch(psub: Any, batch: int) -> list[Any]:
+        try:
+            return list(await psub.fetch(batch, timeout=0.5))
+        except Exception:  # nothing to do (timeout), or reconnecting: ask again
+            return []
+
+    def _admit(self, m: Any) -> tuple[Any, Any]:
+        """``(task, None)`` for a fetched task ready for its handler, or ``(None, the
+        arguments of _dead_letter)`` for one to dead-letter instead (unreadable, or delivered
+        more often than the policy's attempts)."""
+        delivered, seq = codec.delivery_of(m)
         self._c["received"] += 1
         assert self.retry is not None
         try:
-            msg = codec.task_message(m.subject, self.stream, m.data, m.headers, seq, delivered)
+            msg = codec.task_message(m.subject, self.stream, m.data, m.headers, seq, delivered,
+                                     self._topics)
         except Exception as exc:  # noqa: BLE001 - a task no handler can read
             self._c["decode_errors"] += 1
-            await self._dead_letter(m, m.subject, RemoteError(
+            return None, (m, m.subject, RemoteError(
                 f"task does not decode: {exc}", remote_type="FrameError",
                 remote_code=int(ErrorCode.FRAME)), delivered, seq)
-            return
         attempts = self.retry.max_attempts
         if attempts is not None and delivered > attempts:
             # earlier deliveries ended without an answer (their workers died or hung)
-            await self._dead_letter(m, msg.topic, RemoteError(
+            return None, (m, msg.topic, RemoteError(
                 f"delivered {delivered} times without an acknowledgement",
                 remote_type="AckTimeout", remote_code=int(ErrorCode.TIMEOUT)), delivered, seq)
-            return
-        t0 = time.perf_counter_ns()
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._call, msg)
-        except Exception as exc:  # noqa: BLE001 - the handler's failure decides the retry
-            err = codec.error_of(exc)
-            delay = self.retry.next_delay(err, delivered)
-            if delay is None:
-                await self._dead_letter(m, msg.topic, err, delivered, seq)
-            else:
-                await m.nak(delay=delay)
-                self._c["nacked"] += 1
-            return
-        finally:
-            took = time.perf_counter_ns() - t0
-            self._latency.record(min(max(took, 1), _LATENCY_MAX_NS))
-        self._c["handled"] += 1
-        await m.ack()
-        self._c["acked"] += 1
+        return (m, msg, delivered, seq), None
+
+    def _run_chunk(self, chunk: list[tuple[Any, Message, int, int]]) -> list[Exception | None]:
+        """On a handler thread: the handler for each task in turn; what each raised."""
+        out: list[Exception | None] = []
+        call, record, clock = self._call, self._latency.record, time.perf_counter_ns
+        for _m, msg, _d, _s in chunk:
+            t0 = clock()
+            try:
+                call(msg)
+                out.append(None)
+            except Exception as exc:  # noqa: BLE001 - the failure decides the retry
+                out.append(exc)
+            record(min(max(clock() - t0, 1), _LATENCY_MAX_NS))
+        return out
+
+    async def _settle(self, task: tuple[Any, Message, int, int], exc: Exception) -> None:
+        """A failure: nak it with the policy's delay, or dead-letter it."""
+        m, msg, delivered, seq = task
+        assert self.retry is not None
+        err = codec.error_of(exc)
+        delay = self.retry.next_delay(err, delivered)
+        if delay is None:
+            await self._dead_letter(m, msg.topic, err, delivered, seq)
+        else:
+            await m.nak(delay=delay)
+            self._c["nacked"] += 1
 
     async def _dead_letter(self, m: Any, topic: str, err: RemoteError, delivered: int,
                            seq: int) -> None:
@@ -235,7 +281,7 @@ class Worker(Closeable):
     def stats(self) -> dict[str, Any]:
         """``received``, ``handled``, ``acked``, ``nacked``, ``dead_lettered``,
         ``decode_errors``, ``in_flight`` (tasks held now), ``connected``."""
-        return {**self._c, "in_flight": len(self._tasks), "connected": self._conn.connected}
+        return {**self._c, "in_flight": self._held, "connected": self._conn.connected}
 
     def metrics_samples(self) -> Iterator[RawSample]:
         s = self.stats()

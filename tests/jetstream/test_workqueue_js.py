@@ -176,3 +176,38 @@ def test_bad_arguments_raise_clear_errors(nats_server: NatsServer) -> None:
             q.put("ok.t", b"x", dedupe_key="")
     with pytest.raises(pybus.ClosedError):
         q.put("ok.t", b"x")
+
+
+def test_the_asyncio_twin_puts_and_joins_in_the_callers_loop(nats_server: NatsServer) -> None:
+    import asyncio
+
+    h = Handled()
+
+    async def main() -> tuple[list[int], dict]:
+        async with js.AsyncWorkQueue(nats_server.url, stream="aq", registry=False) as q:
+            seqs = [await q.put("a.t", {"i": i}) for i in range(20)]
+            seqs.append(await q.put("a.t", {"i": 0}, dedupe_key="k"))
+            seqs.append(await q.put("a.t", {"i": 0}, dedupe_key="k"))
+            w = js.Worker(nats_server.url, h, stream="aq", registry=False).start()
+            try:
+                assert await q.join(timeout=WAIT)
+            finally:
+                w.stop()
+            return seqs, await q.stats()
+
+    seqs, stats = asyncio.run(main())
+    assert seqs[:21] == list(range(1, 22)) and seqs[21] == 21  # the second "k" is a duplicate
+    assert (stats["put"], stats["duplicates"], stats["queue_depth"]) == (21, 1, 0)
+    assert sorted(c[0] for c in h.calls) == list(range(1, 22))
+
+
+def test_the_sync_queue_refuses_to_block_a_running_event_loop(nats_server: NatsServer) -> None:
+    import asyncio
+
+    with js.WorkQueue(nats_server.url, stream="loop", registry=False) as q:
+        async def inside() -> None:
+            with pytest.raises(pybus.ValidationError, match="AsyncWorkQueue"):
+                q.put("a.t", b"x")
+
+        asyncio.run(inside())
+        assert q.put("a.t", b"x") == 1  # outside a loop it works
