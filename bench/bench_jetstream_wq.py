@@ -7,8 +7,9 @@ producer that must not lose a task does) and then drains them with one worker wh
 does nothing; it reports put/s and handled/s. A fresh one-node nats-server (file storage, in a
 temp dir) serves the JetStream cases; cases are interleaved over the repetitions.
 
-The worker's start (its own connection) and the queue's ``join`` (which polls the server every
-5 ms) are inside the handled/s time; bare nats-py's consumer is made inside it too.
+handled/s is timed from a ready consumer (bare: its pull subscription made on the open
+connection; pybus: the Worker attached, on the connection it opened) to the last ack (pybus:
+the queue's ``join``, which polls the server every 5 ms, returning).
 
 Usage: ``python bench/bench_jetstream_wq.py [--n 20000] [--reps 5]`` (needs ``nats-server``).
 """
@@ -70,6 +71,7 @@ def bare_nats(url: str, n: int) -> tuple[float, float]:
             await j.publish(f"{stream}.t", PAYLOAD, headers={"Nats-Msg-Id": uuid.uuid4().hex})
         t1 = time.perf_counter()
         psub = await j.pull_subscribe(f"{stream}.>", durable="w", stream=stream)
+        t_ready = time.perf_counter()  # the consumer is ready: its connection was already open
         got = 0
         while got < n:
             for m in await psub.fetch(min(64, n - got), timeout=10):
@@ -77,7 +79,7 @@ def bare_nats(url: str, n: int) -> tuple[float, float]:
                 got += 1
         t2 = time.perf_counter()
         await nc.close()
-        return n / (t1 - t0), n / (t2 - t1)
+        return n / (t1 - t0), n / (t2 - t_ready)
 
     return asyncio.run(main())
 
@@ -91,11 +93,13 @@ def pybus_js(url: str, n: int) -> tuple[float, float]:
         t1 = time.perf_counter()
         w = js.Worker(url, lambda m: None, stream=stream, registry=False).start()
         try:
+            assert w.wait_ready(30)  # its own connection is open: the clock starts (as bare)
+            t_ready = time.perf_counter()
             assert q.join(timeout=300)
             t2 = time.perf_counter()
         finally:
             w.stop()
-    return n / (t1 - t0), n / (t2 - t1)
+    return n / (t1 - t0), n / (t2 - t_ready)
 
 
 def pybus_js_async(url: str, n: int) -> tuple[float, float]:
@@ -110,11 +114,13 @@ def pybus_js_async(url: str, n: int) -> tuple[float, float]:
             t1 = time.perf_counter()
             w = js.Worker(url, lambda m: None, stream=stream, registry=False).start()
             try:
+                assert w.wait_ready(30)  # its own connection is open: the clock starts
+                t_ready = time.perf_counter()
                 assert await q.join(timeout=300)
                 t2 = time.perf_counter()
             finally:
                 w.stop()
-        return n / (t1 - t0), n / (t2 - t1)
+        return n / (t1 - t0), n / (t2 - t_ready)
 
     return asyncio.run(main())
 

@@ -137,6 +137,8 @@ class InlineConn(NatsLink):
             if self._loop.is_closed():
                 coro.close()
                 raise ClosedError("the JetStream connection is closed")
+            if timeout_s is None:  # the coroutine bounds itself (a put: its own deadline)
+                return self._loop.run_until_complete(coro)
             try:
                 return self._loop.run_until_complete(asyncio.wait_for(coro, timeout_s))
             except TimeoutError:

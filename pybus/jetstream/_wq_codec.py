@@ -6,13 +6,13 @@ is the payload as pybus sends it (raw bytes, or msgpack), with NATS headers:
 
 ==================  =======================================================================
 ``Nats-Msg-Id``     the ``dedupe_key``, or a fresh id per ``put`` (kept across its retries)
-``Pybus-Ts``        the put time, ns since the Unix epoch
 ``Pybus-Msgpack``   ``1`` when the payload is msgpack (absent: raw bytes)
 ``Pybus-Headers``   the pybus headers (msgpack, base64); absent: none
 ==================  =======================================================================
 
 A worker hands it to the handler as a :class:`pybus.Message` with ``seq`` = the stream's
-sequence number and ``publisher_id`` = the delivery number (1 the first time), as the SQLite
+sequence number, ``publisher_id`` = the delivery number (1 the first time) and
+``timestamp_ns`` = the time the stream stored it (all three from the ack subject), as the SQLite
 work queue does. A dead letter is the same message on ``<stream>_dead.<topic>`` in the stream
 ``<stream>_dead``, plus ``Pybus-Error-Type``, ``-Message``, ``-Code``, ``-Retryable``,
 ``Pybus-Attempts`` and ``Pybus-Task-Seq``.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import Any
 
 import msgpack
@@ -35,7 +34,7 @@ from .._native._batch import _message_from_wire  # type: ignore[attr-defined]
 from ..errors import BusError, ErrorCode, RemoteError
 from ..policy.retry import RetryPolicy
 from ..wire.payload import FLAG_MSGPACK, encode_payload
-from ._log_codec import H_HEADERS, H_ID, H_MSGPACK, H_TS
+from ._log_codec import H_HEADERS, H_ID, H_MSGPACK
 from .subjects import subject_for_topic, topic_for_subject
 
 __all__ = ["dead_stream", "dead_letter_headers", "delivery_of", "describe_retry", "encode_task",
@@ -57,12 +56,27 @@ def dead_stream(stream: str) -> str:
     return f"{stream}_dead"
 
 
-def encode_task(stream: str, topic: str, payload: Any, headers: Any,
-                msg_id: str) -> tuple[str, bytes, dict[str, str]]:
-    """``(subject, body, NATS headers)`` of one task; TopicError/ValidationError first."""
-    subject = subject_for_topic(topic, stream)
+def _cached(cache: dict[str, str] | None, key: str, make: Any) -> str:
+    """``make()`` once per ``key`` in ``cache`` (bounded: cleared at 4096 entries, whatever
+    names arrive); every time without a cache. A non-str key is never cached (make() raises
+    the error that explains it)."""
+    if cache is None or type(key) is not str:
+        return str(make())
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= 4096:
+            cache.clear()
+        value = cache[key] = make()
+    return value
+
+
+def encode_task(stream: str, topic: str, payload: Any, headers: Any, msg_id: str,
+                subjects: dict[str, str] | None = None) -> tuple[str, bytes, dict[str, str]]:
+    """``(subject, body, NATS headers)`` of one task; TopicError/ValidationError first.
+    ``subjects``: the caller's cache of topic -> subject, so a topic is checked once."""
+    subject = _cached(subjects, topic, lambda: subject_for_topic(topic, stream))
     flags, body = encode_payload(payload)
-    nats_headers = {H_ID: msg_id, H_TS: str(time.time_ns())}
+    nats_headers = {H_ID: msg_id}
     if flags & FLAG_MSGPACK:
         nats_headers[H_MSGPACK] = "1"
     if headers:
@@ -76,36 +90,32 @@ def encode_task(stream: str, topic: str, payload: Any, headers: Any,
 
 
 def task_message(subject: str, stream: str, body: bytes, nats_headers: dict[str, str] | None,
-                 seq: int, delivered: int, topics: dict[str, str] | None = None) -> Message:
+                 seq: int, delivered: int, ts_ns: int = 0,
+                 topics: dict[str, str] | None = None) -> Message:
     """The pybus Message a handler gets for a task read back from the stream (``topics``: a
     cache of subject -> topic, the caller's, so a topic is checked once)."""
     h = nats_headers or {}
     raw_headers = base64.b64decode(h[H_HEADERS]) if H_HEADERS in h else None
     flags = FLAG_MSGPACK if h.get(H_MSGPACK) == "1" else 0
-    ts = int(h.get(H_TS, "0") or 0)
-    topic = topics.get(subject) if topics is not None else None
-    if topic is None:
-        topic = topic_for_subject(subject, stream)
-        if topics is not None:
-            if len(topics) >= 4096:  # bounded whatever subjects arrive
-                topics.clear()
-            topics[subject] = topic
-    msg: Message = _message_from_wire(topic, body, raw_headers, flags, seq, delivered, ts)
+    topic = _cached(topics, subject, lambda: topic_for_subject(subject, stream))
+    msg: Message = _message_from_wire(topic, body, raw_headers, flags, seq, delivered, ts_ns)
     return msg
 
 
-def delivery_of(msg: Any) -> tuple[int, int]:
-    """``(delivery number, stream sequence)`` of a fetched JetStream message, read from its
-    ack subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or the form with a
-    domain and account: two more tokens first). nats-py's ``metadata`` parses the whole
-    subject into objects, which cost more than the rest of handling a small task."""
+def delivery_of(msg: Any) -> tuple[int, int, int]:
+    """``(delivery number, stream sequence, stored at in ns since the epoch)`` of a fetched
+    JetStream message, read from its ack subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>``, or the form
+    with a domain and an account hash first). nats-py's ``metadata`` parses the whole subject
+    into objects, which costs more than the rest of handling a small task."""
     tokens = msg.reply.split(".")
     if len(tokens) == 9:
-        return int(tokens[4]), int(tokens[5])
+        return int(tokens[4]), int(tokens[5]), int(tokens[7])
     if len(tokens) >= 11:
-        return int(tokens[6]), int(tokens[7])
+        return int(tokens[6]), int(tokens[7]), int(tokens[9])
     meta = msg.metadata
-    return int(meta.num_delivered), int(meta.sequence.stream)
+    return (int(meta.num_delivered), int(meta.sequence.stream),
+            int(meta.timestamp.timestamp() * 1e9))
 
 
 def error_of(exc: BaseException) -> RemoteError:

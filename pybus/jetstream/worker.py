@@ -213,12 +213,12 @@ class Worker(Closeable):
         """``(task, None)`` for a fetched task ready for its handler, or ``(None, the
         arguments of _dead_letter)`` for one to dead-letter instead (unreadable, or delivered
         more often than the policy's attempts)."""
-        delivered, seq = codec.delivery_of(m)
+        delivered, seq, ts_ns = codec.delivery_of(m)
         self._c["received"] += 1
         assert self.retry is not None
         try:
             msg = codec.task_message(m.subject, self.stream, m.data, m.headers, seq, delivered,
-                                     self._topics)
+                                     ts_ns, self._topics)
         except Exception as exc:  # noqa: BLE001 - a task no handler can read
             self._c["decode_errors"] += 1
             return None, (m, m.subject, RemoteError(

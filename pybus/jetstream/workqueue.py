@@ -66,6 +66,7 @@ class _QueueBase:
         self.put_timeout_s = float(put_timeout_s)
         self.name = name or f"pybus-js-queue-{next(_names)}"
         self._c = dict.fromkeys(("put", "duplicates", "put_retries", "dead_lettered"), 0)
+        self._subjects: dict[str, str] = {}  # topic -> subject, checked once
 
     def _encode(self, topic: str, payload: Any, headers: Mapping[str, Any] | None,
                 dedupe_key: str | None) -> tuple[str, bytes, dict[str, str]]:
@@ -74,7 +75,7 @@ class _QueueBase:
         if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
             raise ValidationError(f"dedupe_key must be a non-empty str, got {dedupe_key!r}")
         return codec.encode_task(self.stream, topic, payload, headers,
-                                 dedupe_key or uuid.uuid4().hex)
+                                 dedupe_key or uuid.uuid4().hex, self._subjects)
 
     def metrics_readiness(self) -> tuple[bool, str]:
         if self._closed:
@@ -246,7 +247,8 @@ class WorkQueue(_QueueBase, Closeable):
             same message id, so it is stored at most once).
         """
         subject, body, h = self._encode(topic, payload, headers, dedupe_key)
-        return self._conn.run(self._put(subject, body, h), timeout_s=self.put_timeout_s + 5)
+        # _put bounds itself by put_timeout_s (each publish has its timeout)
+        return self._conn.run(self._put(subject, body, h))
 
     def put_many(self, items: Iterable[Any]) -> list[int]:
         """``put`` each ``(topic, payload)`` or ``(topic, payload, headers)``; the sequence

@@ -83,7 +83,7 @@ def test_a_worker_killed_mid_burst_loses_nothing(nats_server: NatsServer, tmp_pa
     twice = set(done_before) & set(h.done)
     in_flight = set(started) - set(done_before)  # started, no "done" line yet
     # handled again: only tasks the victim held at the kill (mid-handler, or finished with
-    # the batch's acks not sent yet): at most its concurrency + prefetch (2 * (4 + 63): a batch in hand, one fetched ahead)
+    # the batch's acks not sent yet): a batch in hand and one fetched ahead, 2 * (4 + 63)
     assert len(h.done) == len(set(h.done))
     assert twice <= set(started) and len(twice) <= 2 * (4 + 63), sorted(twice)
     assert in_flight <= set(h.done)

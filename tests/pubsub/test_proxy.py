@@ -323,22 +323,30 @@ def _read_until(stream: IO[str], pattern: str, timeout: float) -> tuple[re.Match
         text += chunk.decode(errors="replace")
 
 
+def _cli_proxy(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """``pybus proxy`` binding ports the kernel picks, with ``args``; run away from the source
+    tree, so the installed (compiled) pybus loads."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "from pybus.cli import main; raise SystemExit(main())", "proxy",
+         "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+
+def _proxy_endpoints(proc: subprocess.Popen[str]) -> tuple[str, str, str]:
+    """(frontend, backend, the text read): the proxy says where it bound as it starts."""
+    m, text = _read_until(proc.stderr, r"publishers -> (\S+)\s+subscribers -> (\S+)\s",
+                          WAIT)  # type: ignore[arg-type]
+    assert m, f"no endpoints in the proxy's start-up line: {text!r}"
+    return m.group(1), m.group(2), text
+
+
 def test_cli_proxy_runs_and_forwards(tmp_path: Path) -> None:
     # the proxy binds ports the kernel picks and says which on stderr as it starts
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from pybus.cli import main; raise SystemExit(main())", "proxy",
-         "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
-         "--duration", "50", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=tmp_path,  # away from the source tree, so the installed (compiled) pybus loads
-    )
+    proc = _cli_proxy(tmp_path, "--duration", "50", "--json")
     pub = sub = None
     first = ""
     try:
-        m, first = _read_until(proc.stderr, r"publishers -> (\S+)\s+subscribers -> (\S+)\s",
-                               WAIT)  # type: ignore[arg-type]
-        assert m, f"no endpoints in the proxy's start-up line: {first!r}"
-        fe, be = m.groups()
+        fe, be, first = _proxy_endpoints(proc)
         pub = pybus.Publisher(fe, connect=True)
         sub = pybus.Subscriber(be)
         assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
@@ -368,19 +376,12 @@ def test_cli_proxy_on_sigterm_hands_subscribers_all_it_holds(tmp_path: Path) -> 
     n, size, drain_s = 150, 200_000, 10.0
     import json
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from pybus.cli import main; raise SystemExit(main())", "proxy",
-         "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
-         "--sndhwm", str(BIG), "--rcvhwm", str(BIG), "--stats-interval", "0.05",
-         "--drain-timeout", str(drain_s), "--duration", "120", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-    )
+    proc = _cli_proxy(tmp_path, "--sndhwm", str(BIG), "--rcvhwm", str(BIG),
+                      "--stats-interval", "0.05", "--drain-timeout", str(drain_s),
+                      "--duration", "120", "--json")
     pub = sub = None
     try:
-        m, first = _read_until(proc.stderr, r"publishers -> (\S+)\s+subscribers -> (\S+)\s",
-                               WAIT)  # type: ignore[arg-type]
-        assert m, f"no endpoints in the proxy's start-up line: {first!r}"
-        fe, be = m.groups()
+        fe, be, _ = _proxy_endpoints(proc)
         pub = pybus.Publisher(fe, connect=True)
         sub = pybus.Subscriber(be, topics=["burst.#"], rcvhwm=1)
         assert pub.wait_for_subscribers(1, timeout=WAIT) == 1
