@@ -69,9 +69,15 @@ class _QueueBase:
         self._subjects: dict[str, str] = {}  # topic -> subject, checked once
 
     def _encode(self, topic: str, payload: Any, headers: Mapping[str, Any] | None,
-                dedupe_key: str | None) -> tuple[str, bytes, dict[str, str]]:
+                dedupe_key: str | None, delay_s: Any = None,
+                not_before: Any = None) -> tuple[str, bytes, dict[str, str]]:
         if self._closed:
             raise ClosedError("put() on a closed WorkQueue")
+        if delay_s is not None or not_before is not None:
+            raise ValidationError(
+                "delay_s/not_before: JetStream (nats-server 2.9) cannot hold a new message "
+                "until a time, so the JetStream queue has no delayed delivery; use the SQLite "
+                "pybus.WorkQueue for it (docs/scale-out.md)")
         if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
             raise ValidationError(f"dedupe_key must be a non-empty str, got {dedupe_key!r}")
         return codec.encode_task(self.stream, topic, payload, headers,
@@ -234,19 +240,22 @@ class WorkQueue(_QueueBase, Closeable):
     # -- putting -----------------------------------------------------------------------------
 
     def put(self, topic: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
-            dedupe_key: str | None = None) -> int:
+            dedupe_key: str | None = None, delay_s: float | None = None,
+            not_before: Any = None) -> int:
         """Store one task; return its sequence number in the stream (a duplicate within the
         dedupe window returns the first one's).
 
         Raises
         ------
         TopicError, ValidationError
-            A topic NATS or pybus would refuse, a payload with no msgpack form.
+            A topic NATS or pybus would refuse, a payload with no msgpack form, a
+            ``delay_s``/``not_before`` (JetStream cannot hold a new message until a time).
         TimeoutError
             The server did not store it within ``put_timeout_s`` (retried meanwhile with the
             same message id, so it is stored at most once).
         """
-        subject, body, h = self._encode(topic, payload, headers, dedupe_key)
+        subject, body, h = self._encode(topic, payload, headers, dedupe_key, delay_s,
+                                        not_before)
         # _put bounds itself by put_timeout_s (each publish has its timeout)
         return self._conn.run(self._put(subject, body, h))
 
@@ -367,9 +376,11 @@ class AsyncWorkQueue(_QueueBase):
         await self.close()
 
     async def put(self, topic: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
-                  dedupe_key: str | None = None) -> int:
+                  dedupe_key: str | None = None, delay_s: float | None = None,
+                  not_before: Any = None) -> int:
         """As :meth:`WorkQueue.put`."""
-        subject, body, h = self._encode(topic, payload, headers, dedupe_key)
+        subject, body, h = self._encode(topic, payload, headers, dedupe_key, delay_s,
+                                        not_before)
         if not self._started:
             await self.start()
         return await self._put(subject, body, h)

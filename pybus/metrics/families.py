@@ -193,6 +193,9 @@ _TABLE: tuple[_Entry, ...] = (
            "Messages or tasks handed out and not yet acknowledged.", "", _N, "workqueue"),
     _Entry("pybus_queue_depth", "gauge",
            "Messages or tasks waiting to be handed out.", "", _N, "workqueue"),
+    _Entry("pybus_queue_delayed", "gauge",
+           "Work-queue messages held until their delivery time (put with delay_s or "
+           "not_before).", "", _N, "workqueue"),
     # -- jetstream
     _Entry("pybus_recorder_messages_total", "counter",
            "Messages a JetStream recorder handled, by event: stored (new in the stream), "

@@ -10,7 +10,8 @@ journal stores what the queue does in batches:
 
 * ``batches(first_id, n, body)``: one row per ``put()``/``put_many()`` call; its messages have
   the consecutive ids ``first_id .. first_id + n - 1`` and ``body`` is one msgpack array of
-  ``[topic, payload, flags, headers, ts_ns]`` entries;
+  ``[topic, payload, flags, headers, ts_ns, due_ns]`` entries (``due_ns``: not to be delivered
+  before, ns since the epoch, 0: at once; files written before it have five fields);
 * ``acks(batch, ids)``: finished ids (packed little-endian u64) of batches that still have
   unfinished messages; written in batches by the dispatcher;
 * when every message of a batch is finished, its batch row and its ack rows are deleted in the
@@ -62,8 +63,9 @@ CREATE TABLE IF NOT EXISTS meta (
 _SYNC_MODES = {"normal": "NORMAL", "full": "FULL"}
 _BIG_ENDIAN = sys.byteorder == "big"
 
-#: (id, topic, payload, flags, packed headers or None, put time in ns since the epoch)
-Row = tuple[int, str, bytes, int, "bytes | None", int]
+#: (id, topic, payload, flags, packed headers or None, put time in ns since the epoch, and
+#: when present the time before which it must not be delivered, ns since the epoch)
+Row = tuple[Any, ...]
 
 
 def _pack_ids(ids: list[int]) -> bytes:
@@ -150,8 +152,9 @@ class Journal:
         return Journal._Tx(self)
 
     def add(self, first_id: int, entries: Iterable[tuple[Any, ...]]) -> None:
-        """Commit one batch: ``entries`` are ``(topic, payload, flags, headers, ts_ns)`` of the
-        messages with ids ``first_id``, ``first_id + 1``, ... (one transaction, one row)."""
+        """Commit one batch: ``entries`` are ``(topic, payload, flags, headers, ts_ns,
+        due_ns)`` of the messages with ids ``first_id``, ``first_id + 1``, ... (one
+        transaction, one row)."""
         items = list(entries)
         body = msgpack.packb(items)
         with self._tx() as cur:

@@ -30,6 +30,7 @@ from ._policy import RetryPlan, Throttle
 from ._records import (
     R_BATCH,
     R_BORN,
+    R_DUE,
     R_FLAGS,
     R_HEADERS,
     R_ID,
@@ -85,6 +86,9 @@ class DispatchCore:
 
         self.live: dict[int, Rec] = {}
         self.pending: deque[Rec] = deque()
+        # (due, id, rec): messages held until a wall-clock time (put's delay_s/not_before),
+        # earliest first; they join `pending` when due (release_due)
+        self.delayed: list[tuple[int, int, Rec]] = []
         # (due, seq, rec, to_dlq): redeliver rec, or (to_dlq) offer it to the DLQ again
         self.timers: list[tuple[float, int, Rec, bool]] = []
         self._timer_seq = itertools.count()
@@ -117,19 +121,41 @@ class DispatchCore:
             0,
         )
 
-    def recover(self, journal: Journal) -> int:
-        """Queue the messages left in ``journal`` (before the dispatcher starts); their count."""
+    def recover(self, journal: Journal, wall_ns: int) -> int:
+        """Queue the messages left in ``journal`` (before the dispatcher starts; ``wall_ns``:
+        the wall clock, for the delayed ones); their count."""
         recovered: list[Rec] = []
         for first, _n, rows in journal.recover():
             b = JBatch(first, len(rows))
             if not rows:  # nothing left to do: let the next flush delete it
                 b.touched = True
                 self.jtouched.append(b)
-            recovered += [[mid, 0, t, p, f, h, ts, None, 0.0, 0.0, b]
-                          for mid, t, p, f, h, ts in rows]
+            # a journal written before delays existed has five fields per message
+            recovered += [[r[0], 0, r[1], r[2], r[3], r[4], r[5], None, 0.0, 0.0, b,
+                           r[6] if len(r) > 6 else 0] for r in rows]
         self.live.update(zip(map(rid, recovered), recovered, strict=True))
-        self.pending.extend(recovered)
+        self.enqueue(recovered, wall_ns)
         return len(recovered)
+
+    def enqueue(self, recs: list[Rec], wall_ns: int) -> None:
+        """New (or recovered) messages: due ones to ``pending``, the others held in
+        ``delayed`` until their time."""
+        if not any(r[R_DUE] > wall_ns for r in recs):  # the common case: none delayed
+            self.pending.extend(recs)
+            return
+        for r in recs:
+            if r[R_DUE] > wall_ns:
+                heapq.heappush(self.delayed, (r[R_DUE], r[R_ID], r))
+            else:
+                self.pending.append(r)
+
+    def release_due(self, wall_ns: int) -> None:
+        """Every held message whose time has come joins ``pending``, earliest first."""
+        delayed, live = self.delayed, self.live
+        while delayed and delayed[0][0] <= wall_ns:
+            _, mid, rec = heapq.heappop(delayed)
+            if live.get(mid) is rec:
+                self.pending.append(rec)
 
     # ------------------------------------------------------------------ frames from workers
 

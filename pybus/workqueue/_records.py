@@ -7,8 +7,11 @@ the core, and the validation and encoding of a message's topic, payload and head
 
 from __future__ import annotations
 
+import math
 import operator
+import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import msgpack
@@ -17,18 +20,20 @@ from ..errors import ErrorCode, ValidationError
 from ..policy.topics import validate_topic
 
 __all__ = [
-    "Rec", "JBatch", "Failure", "WorkerState", "check_topic", "pack_headers",
+    "Rec", "JBatch", "Failure", "WorkerState", "check_topic", "due_ns", "pack_headers",
 ]
 
 # A message record is a list (cheaper to make and index than an object, and its first seven
 # items are exactly the wire entry of docs/wire-workqueue.md, so dispatch sends rec[:7]):
 (R_ID, R_DELIVERY, R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS,
- R_WORKER, R_SENT, R_BORN, R_BATCH) = range(11)
+ R_WORKER, R_SENT, R_BORN, R_BATCH, R_DUE) = range(12)
 # R_DELIVERY: deliveries so far; R_TS: put time (ns since the epoch); R_WORKER: the
 # WorkerState holding it, or None; R_SENT: monotonic time of the last dispatch; R_BORN: of the
-# first one; R_BATCH: its JBatch when there is a journal.
-Rec = list[Any]  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born, batch]
-jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS)
+# first one; R_BATCH: its JBatch when there is a journal; R_DUE: not to be delivered before
+# this wall-clock time (ns since the epoch; 0: at once), journaled so it survives a restart.
+Rec = list[Any]  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born,
+#                   batch, due]
+jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS, R_DUE)
 rid = operator.itemgetter(R_ID)
 
 #: topics already validated (put_many's fast path skips their check); bounded, never evicted
@@ -45,6 +50,32 @@ def check_topic(topic: object) -> str:
     if len(topic_cache) < _TOPIC_CACHE_MAX:
         topic_cache[t] = True
     return t
+
+
+def due_ns(delay_s: object, not_before: object) -> int:
+    """The wall-clock time (ns since the epoch) before which a message must not be delivered,
+    from ``put``'s ``delay_s`` (seconds from now) or ``not_before`` (an aware datetime, or
+    seconds since the epoch); 0 when neither is given."""
+    if delay_s is not None and not_before is not None:
+        raise ValidationError("give delay_s or not_before, not both")
+    if delay_s is not None:
+        if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) \
+                or not 0 <= delay_s < math.inf:
+            raise ValidationError(f"delay_s must be a finite number of seconds >= 0, "
+                                  f"got {delay_s!r}")
+        return time.time_ns() + int(delay_s * 1e9) if delay_s else 0
+    if not_before is None:
+        return 0
+    if isinstance(not_before, datetime):
+        if not_before.tzinfo is None:
+            raise ValidationError("not_before must be a timezone-aware datetime (a naive one "
+                                  "is ambiguous): datetime.now(timezone.utc) + timedelta(...)")
+        return int(not_before.timestamp() * 1e9)
+    if isinstance(not_before, bool) or not isinstance(not_before, (int, float)) \
+            or not math.isfinite(not_before):
+        raise ValidationError(f"not_before must be an aware datetime or seconds since the "
+                              f"epoch, got {not_before!r}")
+    return int(not_before * 1e9)
 
 
 def pack_headers(headers: object) -> bytes | None:

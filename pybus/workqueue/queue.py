@@ -38,6 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any, cast
 
 import zmq
@@ -68,6 +69,7 @@ from ._records import (
     JBatch,
     Rec,
     check_topic,
+    due_ns,
     jentry,
     pack_headers,
     rid,
@@ -267,7 +269,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         )
         # counters of the user side (written under _put_lock; read anywhere)
         self._n_put = 0
-        self._n_recovered = self._core.recover(self._journal) if self._journal else 0
+        self._n_recovered = (self._core.recover(self._journal, time.time_ns())
+                             if self._journal else 0)
 
         if tracing.active():  # decided once: the untraced put stays as it is
             self.put = self._put_traced  # type: ignore[method-assign]
@@ -315,11 +318,11 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
 
     # ------------------------------------------------------------------ user side
 
-    def _make(self, topic: object, payload: object, headers: object) -> Rec:
+    def _make(self, topic: object, payload: object, headers: object, due: int = 0) -> Rec:
         t = check_topic(topic)
         flags, data = encode_payload(payload)
         h = pack_headers(headers) if headers is not None else None
-        return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None]
+        return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None, due]
 
     def _submit(self, recs: list[Rec]) -> list[int]:
         if self._closed:
@@ -371,11 +374,17 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             finally:
                 self._waiters -= 1
 
-    def put(self, topic: str, payload: Any, headers: Mapping[str, Any] | None = None) -> int:
+    def put(self, topic: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
+            delay_s: float | None = None, not_before: datetime | float | None = None) -> int:
         """Queue one message; return its id (a 64-bit int, unique per queue and journal).
 
         ``payload`` bytes go as they are; anything else is msgpack-encoded. With a journal
         the message is committed before this returns.
+
+        ``delay_s`` (seconds from now) or ``not_before`` (an aware datetime, or seconds since
+        the epoch): the queue holds the message and hands it out no earlier than that time,
+        by the wall clock (the time is in the journal: it survives a restart). Workers never
+        hold delayed messages.
 
         Raises
         ------
@@ -386,14 +395,17 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         ClosedError
             After :meth:`close`.
         """
-        return self._submit([self._make(topic, payload, headers)])[0]
+        due = due_ns(delay_s, not_before) if delay_s is not None or not_before is not None else 0
+        return self._submit([self._make(topic, payload, headers, due)])[0]
 
     def _put_traced(self, topic: str, payload: Any,
-                    headers: Mapping[str, Any] | None = None) -> int:
+                    headers: Mapping[str, Any] | None = None, *, delay_s: float | None = None,
+                    not_before: datetime | float | None = None) -> int:
         """put() with a PRODUCER span and the trace context in the headers (pybus.tracing;
         chosen at construction when a tracer provider is set)."""
+        due = due_ns(delay_s, not_before)
         with tracing.produce(topic, headers) as (span, traced):
-            mid = self._submit([self._make(topic, payload, traced)])[0]
+            mid = self._submit([self._make(topic, payload, traced, due)])[0]
             span.set_attribute("messaging.message.id", str(mid))
             return mid
 
@@ -412,7 +424,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             if type(item) is tuple and len(item) == 2:
                 topic, payload = item
                 if type(payload) is bytes and type(topic) is str and topic in cache:
-                    append([0, 0, topic, payload, 0, None, ts, None, 0.0, 0.0, None])
+                    append([0, 0, topic, payload, 0, None, ts, None, 0.0, 0.0, None, 0])
                     continue
             if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
                 raise ValidationError(
@@ -470,12 +482,15 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         yield "pybus_decode_errors_total", {}, s["decode_errors"]
         yield "pybus_in_flight", {}, s["in_flight"]
         yield "pybus_queue_depth", {}, s["queue_depth"]
+        yield "pybus_queue_delayed", {}, s["delayed"]
         yield "pybus_workers", {}, s["workers"]
         yield from transport_samples(s, self._security)
 
     def stats(self) -> dict[str, Any]:
         """Counters: put, recovered, dispatched, acked, nacked, redelivered, dead_lettered,
-        in_flight, queue_depth, workers, duplicates (reported by workers), decode_errors
+        in_flight, queue_depth (delayed ones included), delayed (held until their time),
+        next_due_s (seconds until the next delayed one is due, or None), workers, duplicates
+        (reported by workers), decode_errors
         (malformed frames dropped), late_acks (acks for finished messages), stale_nacks,
         ack_timeouts, workers_lost, unknown_peers, and the ROUTER monitor's ``peer_events``
         (event name -> count)."""
@@ -487,6 +502,10 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         s["recovered"] = self._n_recovered
         s["in_flight"] = core.in_flight
         s["queue_depth"] = self._outstanding() - core.in_flight
+        delayed = list(core.delayed[:1])  # the dispatcher thread owns the heap: a snapshot
+        s["delayed"] = len(core.delayed)
+        s["next_due_s"] = (max(0.0, (delayed[0][0] - time.time_ns()) / 1e9) if delayed
+                           else None)
         s["workers"] = len(core.workers)
         return s
 
@@ -550,6 +569,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
                 wait = next_house - now
                 if core.timers:
                     wait = min(wait, core.timers[0][0] - now)
+                if core.delayed:  # the next delayed message's time, by the wall clock
+                    wait = min(wait, (core.delayed[0][0] - time.time_ns()) / 1e9)
                 if core.jtouched:
                     wait = min(wait, core.jdel_since + _JOURNAL_FLUSH_S - now)
                 if core.pending and core.throttled:
@@ -563,6 +584,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
                 now = time.monotonic()
                 if core.timers and core.timers[0][0] <= now:
                     core.fire_timers(now)
+                if core.delayed and core.delayed[0][0] <= time.time_ns():
+                    core.release_due(time.time_ns())
                 if now >= next_house:
                     core.housekeeping(now)
                     next_house = now + tick
@@ -602,12 +625,13 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         inbox = self._inbox
         if inbox:
             live = self._core.live
-            pending = self._core.pending
+            enqueue = self._core.enqueue
             pop = inbox.popleft
+            wall_ns = time.time_ns()
             while inbox:
                 batch = pop()
                 live.update(zip(map(rid, batch), batch, strict=True))
-                pending.extend(batch)
+                enqueue(batch, wall_ns)
 
     def _read_router(self) -> None:
         router = self._router
