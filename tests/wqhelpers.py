@@ -81,3 +81,14 @@ def decode_dispatch(frame: bytes) -> list[list[Any]]:
 def command(frame: bytes) -> str:
     assert frame[0] == 1
     return chr(frame[1])
+
+
+def recv_until(sock: Any, cmd: str, timeout: float = 20.0) -> bytes:
+    """The next frame of command ``cmd`` (others, heartbeats say, are skipped); each receive
+    has the socket's RCVTIMEO, and the whole wait is bounded too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        f: bytes = sock.recv()
+        if command(f) == cmd:
+            return f
+        assert time.monotonic() < deadline, f"no {cmd!r} frame within {timeout}s"

@@ -28,12 +28,7 @@ WAIT = 30.0
 
 
 def _recv_until(sock: zmq.Socket, cmd: str, timeout: float = WAIT) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        f = sock.recv()
-        if H.command(f) == cmd:
-            return f
-        assert time.monotonic() < deadline, f"no {cmd!r} frame within {timeout}s"
+    return H.recv_until(sock, cmd, timeout)
 
 
 def _ids(frame: bytes) -> list[int]:

@@ -153,15 +153,8 @@ def _raw_dealer(ctx, endpoint):
     return s
 
 
-def _recv_until(sock, cmd, timeout=WAIT):
-    """The next frame of command ``cmd`` (others, heartbeats say, are skipped); each receive
-    has the socket's RCVTIMEO, and the whole wait is bounded too."""
-    deadline = time.monotonic() + timeout
-    while True:
-        f = sock.recv()
-        if H.command(f) == cmd:
-            return f
-        assert time.monotonic() < deadline, f"no {cmd!r} frame within {timeout}s"
+def _recv_until(sock: zmq.Socket, cmd: str, timeout: float = WAIT) -> bytes:
+    return H.recv_until(sock, cmd, timeout)
 
 
 def test_silent_worker_is_presumed_dead_and_its_messages_redelivered():
