@@ -10,8 +10,9 @@ journal stores what the queue does in batches:
 
 * ``batches(first_id, n, body)``: one row per ``put()``/``put_many()`` call; its messages have
   the consecutive ids ``first_id .. first_id + n - 1`` and ``body`` is one msgpack array of
-  ``[topic, payload, flags, headers, ts_ns, due_ns]`` entries (``due_ns``: not to be delivered
-  before, ns since the epoch, 0: at once; files written before it have five fields);
+  ``[topic, payload, flags, headers, ts_ns, due_ns, priority]`` entries (``due_ns``: not to
+  be delivered before, ns since the epoch, 0: at once; ``priority`` 0-9; files written before
+  these have five or six fields);
 * ``acks(batch, ids)``: finished ids (packed little-endian u64) of batches that still have
   unfinished messages; written in batches by the dispatcher;
 * when every message of a batch is finished, its batch row and its ack rows are deleted in the
@@ -153,7 +154,7 @@ class Journal:
 
     def add(self, first_id: int, entries: Iterable[tuple[Any, ...]]) -> None:
         """Commit one batch: ``entries`` are ``(topic, payload, flags, headers, ts_ns,
-        due_ns)`` of the messages with ids ``first_id``, ``first_id + 1``, ... (one
+        due_ns, priority)`` of the messages with ids ``first_id``, ``first_id + 1``, ... (one
         transaction, one row)."""
         items = list(entries)
         body = msgpack.packb(items)

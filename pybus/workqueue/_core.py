@@ -26,6 +26,7 @@ import msgpack
 from ..errors import ErrorCode, FrameError, RemoteError
 from ..store.journal import Journal
 from ..wire import workqueue as P
+from ._pending import PriorityPending
 from ._policy import RetryPlan, Throttle
 from ._records import (
     R_BATCH,
@@ -35,6 +36,7 @@ from ._records import (
     R_HEADERS,
     R_ID,
     R_PAYLOAD,
+    R_PRIO,
     R_SENT,
     R_TOPIC,
     R_WORKER,
@@ -75,8 +77,10 @@ class DispatchCore:
         heartbeat_interval_s: float,
         heartbeat_liveness: int,
         max_in_flight: int,
+        priority_aging_n: int = 1000,
     ) -> None:
         self._out = send
+        self.priority_aging_n = priority_aging_n
         self._plan, self.throttle = plan, throttle
         self._dlq, self._journal, self._origin = dlq, journal, origin
         # read at every decision; WorkQueue's attributes of the same names are these
@@ -85,7 +89,8 @@ class DispatchCore:
         self.heartbeat_liveness = heartbeat_liveness
 
         self.live: dict[int, Rec] = {}
-        self.pending: deque[Rec] = deque()
+        # a deque until a message with a priority arrives, then a PriorityPending
+        self.pending: deque[Rec] | PriorityPending = deque()
         # (due, id, rec): messages held until a wall-clock time (put's delay_s/not_before),
         # earliest first; they join `pending` when due (release_due)
         self.delayed: list[tuple[int, int, Rec]] = []
@@ -130,9 +135,10 @@ class DispatchCore:
             if not rows:  # nothing left to do: let the next flush delete it
                 b.touched = True
                 self.jtouched.append(b)
-            # a journal written before delays existed has five fields per message
+            # a journal written before delays and priorities has five or six fields
             recovered += [[r[0], 0, r[1], r[2], r[3], r[4], r[5], None, 0.0, 0.0, b,
-                           r[6] if len(r) > 6 else 0] for r in rows]
+                           r[6] if len(r) > 6 else 0, r[7] if len(r) > 7 else 0]
+                          for r in rows]
         self.live.update(zip(map(rid, recovered), recovered, strict=True))
         self.enqueue(recovered, wall_ns)
         return len(recovered)
@@ -140,6 +146,9 @@ class DispatchCore:
     def enqueue(self, recs: list[Rec], wall_ns: int) -> None:
         """New (or recovered) messages: due ones to ``pending``, the others held in
         ``delayed`` until their time."""
+        if type(self.pending) is deque and any(r[R_PRIO] for r in recs):
+            # the first prioritized message: from now on the line orders by priority
+            self.pending = PriorityPending(self.pending, self.priority_aging_n)
         if not any(r[R_DUE] > wall_ns for r in recs):  # the common case: none delayed
             self.pending.extend(recs)
             return

@@ -20,20 +20,22 @@ from ..errors import ErrorCode, ValidationError
 from ..policy.topics import validate_topic
 
 __all__ = [
-    "Rec", "JBatch", "Failure", "WorkerState", "check_topic", "due_ns", "pack_headers",
+    "Rec", "JBatch", "Failure", "WorkerState", "check_priority", "check_topic", "due_ns",
+    "pack_headers",
 ]
 
 # A message record is a list (cheaper to make and index than an object, and its first seven
 # items are exactly the wire entry of docs/wire-workqueue.md, so dispatch sends rec[:7]):
 (R_ID, R_DELIVERY, R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS,
- R_WORKER, R_SENT, R_BORN, R_BATCH, R_DUE) = range(12)
+ R_WORKER, R_SENT, R_BORN, R_BATCH, R_DUE, R_PRIO) = range(13)
 # R_DELIVERY: deliveries so far; R_TS: put time (ns since the epoch); R_WORKER: the
 # WorkerState holding it, or None; R_SENT: monotonic time of the last dispatch; R_BORN: of the
 # first one; R_BATCH: its JBatch when there is a journal; R_DUE: not to be delivered before
-# this wall-clock time (ns since the epoch; 0: at once), journaled so it survives a restart.
+# this wall-clock time (ns since the epoch; 0: at once), journaled so it survives a restart;
+# R_PRIO: its priority, 0 (the default, lowest) to 9 (highest), journaled too.
 Rec = list[Any]  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born,
-#                   batch, due]
-jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS, R_DUE)
+#                   batch, due, priority]
+jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS, R_DUE, R_PRIO)
 rid = operator.itemgetter(R_ID)
 
 #: topics already validated (put_many's fast path skips their check); bounded, never evicted
@@ -50,6 +52,14 @@ def check_topic(topic: object) -> str:
     if len(topic_cache) < _TOPIC_CACHE_MAX:
         topic_cache[t] = True
     return t
+
+
+def check_priority(priority: object) -> int:
+    """A message priority: an int from 0 (the default, lowest) to 9 (highest)."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise ValidationError(f"priority must be an int from 0 (lowest, the default) to 9 "
+                              f"(highest), got {priority!r}")
+    return priority
 
 
 def due_ns(delay_s: object, not_before: object) -> int:

@@ -68,6 +68,7 @@ from ._records import (
     R_TS,
     JBatch,
     Rec,
+    check_priority,
     check_topic,
     due_ns,
     jentry,
@@ -185,6 +186,11 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         The ZeroMQ context for the queue's sockets (needed for ``inproc://`` workers in the
         same context). It stays the caller's: :meth:`close` closes the sockets but never
         terminates it. Default: a private context, terminated by :meth:`close`.
+    priority_aging_n : int
+        The aging rule of priorities: a waiting message's priority rises by one for every
+        ``priority_aging_n`` messages handed out while it waits, so a steady stream of urgent
+        work cannot starve the rest (a message of priority ``p`` goes after at most
+        ``(9 - p) * priority_aging_n`` later arrivals).
 
     Examples
     --------
@@ -213,6 +219,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         liveness: Any = None,
         context: zmq.Context[Any] | None = None,
         *,
+        priority_aging_n: int = 1000,
         heartbeat_interval: float | None = None,
         ack_timeout: float | None = None,
         put_timeout: float | None = None,
@@ -225,6 +232,10 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
                                 put_timeout_s, None)
         check_queue_options(endpoint, dlq, ack_timeout_s, heartbeat_interval_s,
                             heartbeat_liveness, max_in_flight, max_queued, put_timeout_s, context)
+        if isinstance(priority_aging_n, bool) or not isinstance(priority_aging_n, int) \
+                or priority_aging_n < 1:
+            raise ValidationError(f"priority_aging_n must be an int >= 1 (messages), got "
+                                  f"{priority_aging_n!r}")
         plan = RetryPlan(retry)
         throttle = Throttle(breaker, rate_limit)
         self.max_queued = max_queued
@@ -265,7 +276,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         self._core = DispatchCore(
             self._out.send, plan, throttle, dlq, self._journal, f"WorkQueue {self.endpoint}",
             float(ack_timeout_s), float(heartbeat_interval_s), int(heartbeat_liveness),
-            max_in_flight,
+            max_in_flight, priority_aging_n,
         )
         # counters of the user side (written under _put_lock; read anywhere)
         self._n_put = 0
@@ -318,11 +329,12 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
 
     # ------------------------------------------------------------------ user side
 
-    def _make(self, topic: object, payload: object, headers: object, due: int = 0) -> Rec:
+    def _make(self, topic: object, payload: object, headers: object, due: int = 0,
+              priority: int = 0) -> Rec:
         t = check_topic(topic)
         flags, data = encode_payload(payload)
         h = pack_headers(headers) if headers is not None else None
-        return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None, due]
+        return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None, due, priority]
 
     def _submit(self, recs: list[Rec]) -> list[int]:
         if self._closed:
@@ -375,7 +387,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
                 self._waiters -= 1
 
     def put(self, topic: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
-            delay_s: float | None = None, not_before: datetime | float | None = None) -> int:
+            delay_s: float | None = None, not_before: datetime | float | None = None,
+            priority: int = 0) -> int:
         """Queue one message; return its id (a 64-bit int, unique per queue and journal).
 
         ``payload`` bytes go as they are; anything else is msgpack-encoded. With a journal
@@ -385,6 +398,10 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         the epoch): the queue holds the message and hands it out no earlier than that time,
         by the wall clock (the time is in the journal: it survives a restart). Workers never
         hold delayed messages.
+
+        ``priority`` (0, the default and lowest, to 9): waiting messages are handed out
+        highest priority first, first in first out within one, with the aging rule of
+        ``priority_aging_n``.
 
         Raises
         ------
@@ -396,16 +413,19 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             After :meth:`close`.
         """
         due = due_ns(delay_s, not_before) if delay_s is not None or not_before is not None else 0
-        return self._submit([self._make(topic, payload, headers, due)])[0]
+        if priority:
+            check_priority(priority)
+        return self._submit([self._make(topic, payload, headers, due, priority)])[0]
 
     def _put_traced(self, topic: str, payload: Any,
                     headers: Mapping[str, Any] | None = None, *, delay_s: float | None = None,
-                    not_before: datetime | float | None = None) -> int:
+                    not_before: datetime | float | None = None, priority: int = 0) -> int:
         """put() with a PRODUCER span and the trace context in the headers (pybus.tracing;
         chosen at construction when a tracer provider is set)."""
         due = due_ns(delay_s, not_before)
+        check_priority(priority)
         with tracing.produce(topic, headers) as (span, traced):
-            mid = self._submit([self._make(topic, payload, traced, due)])[0]
+            mid = self._submit([self._make(topic, payload, traced, due, priority)])[0]
             span.set_attribute("messaging.message.id", str(mid))
             return mid
 
@@ -424,7 +444,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             if type(item) is tuple and len(item) == 2:
                 topic, payload = item
                 if type(payload) is bytes and type(topic) is str and topic in cache:
-                    append([0, 0, topic, payload, 0, None, ts, None, 0.0, 0.0, None, 0])
+                    append([0, 0, topic, payload, 0, None, ts, None, 0.0, 0.0, None, 0, 0])
                     continue
             if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
                 raise ValidationError(
@@ -489,7 +509,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
     def stats(self) -> dict[str, Any]:
         """Counters: put, recovered, dispatched, acked, nacked, redelivered, dead_lettered,
         in_flight, queue_depth (delayed ones included), delayed (held until their time),
-        next_due_s (seconds until the next delayed one is due, or None), workers, duplicates
+        next_due_s (seconds until the next delayed one is due, or None),
+        pending_by_priority (waiting for a worker, per priority 0-9), workers, duplicates
         (reported by workers), decode_errors
         (malformed frames dropped), late_acks (acks for finished messages), stale_nacks,
         ack_timeouts, workers_lost, unknown_peers, and the ROUTER monitor's ``peer_events``
@@ -504,6 +525,9 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         s["queue_depth"] = self._outstanding() - core.in_flight
         delayed = list(core.delayed[:1])  # the dispatcher thread owns the heap: a snapshot
         s["delayed"] = len(core.delayed)
+        by_priority = getattr(core.pending, "depth_by_priority", None)  # once prioritized
+        s["pending_by_priority"] = (by_priority() if by_priority is not None
+                                    else [len(core.pending)] + [0] * 9)
         s["next_due_s"] = (max(0.0, (delayed[0][0] - time.time_ns()) / 1e9) if delayed
                            else None)
         s["workers"] = len(core.workers)
