@@ -69,10 +69,15 @@ class _QueueBase:
         self._subjects: dict[str, str] = {}  # topic -> subject, checked once
 
     def _encode(self, topic: str, payload: Any, headers: Mapping[str, Any] | None,
-                dedupe_key: str | None, delay_s: Any = None,
-                not_before: Any = None) -> tuple[str, bytes, dict[str, str]]:
+                dedupe_key: str | None, delay_s: Any = None, not_before: Any = None,
+                priority: Any = 0) -> tuple[str, bytes, dict[str, str]]:
         if self._closed:
             raise ClosedError("put() on a closed WorkQueue")
+        if priority:
+            raise ValidationError(
+                "priority: a JetStream stream delivers in stream order (nats-server 2.9 has no "
+                "priorities), so the JetStream queue has none; use the SQLite pybus.WorkQueue, "
+                "or one stream per priority with workers of their own (docs/scale-out.md)")
         if delay_s is not None or not_before is not None:
             raise ValidationError(
                 "delay_s/not_before: JetStream (nats-server 2.9) cannot hold a new message "
@@ -241,7 +246,7 @@ class WorkQueue(_QueueBase, Closeable):
 
     def put(self, topic: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
             dedupe_key: str | None = None, delay_s: float | None = None,
-            not_before: Any = None) -> int:
+            not_before: Any = None, priority: int = 0) -> int:
         """Store one task; return its sequence number in the stream (a duplicate within the
         dedupe window returns the first one's).
 
@@ -249,13 +254,13 @@ class WorkQueue(_QueueBase, Closeable):
         ------
         TopicError, ValidationError
             A topic NATS or pybus would refuse, a payload with no msgpack form, a
-            ``delay_s``/``not_before`` (JetStream cannot hold a new message until a time).
+            ``delay_s``/``not_before`` or a ``priority`` (JetStream cannot express them).
         TimeoutError
             The server did not store it within ``put_timeout_s`` (retried meanwhile with the
             same message id, so it is stored at most once).
         """
         subject, body, h = self._encode(topic, payload, headers, dedupe_key, delay_s,
-                                        not_before)
+                                        not_before, priority)
         # _put bounds itself by put_timeout_s (each publish has its timeout)
         return self._conn.run(self._put(subject, body, h))
 
@@ -377,10 +382,10 @@ class AsyncWorkQueue(_QueueBase):
 
     async def put(self, topic: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
                   dedupe_key: str | None = None, delay_s: float | None = None,
-                  not_before: Any = None) -> int:
+                  not_before: Any = None, priority: int = 0) -> int:
         """As :meth:`WorkQueue.put`."""
         subject, body, h = self._encode(topic, payload, headers, dedupe_key, delay_s,
-                                        not_before)
+                                        not_before, priority)
         if not self._started:
             await self.start()
         return await self._put(subject, body, h)

@@ -176,6 +176,8 @@ def test_bad_arguments_raise_clear_errors(nats_server: NatsServer) -> None:
             q.put("ok.t", b"x", dedupe_key="")
         with pytest.raises(pybus.ValidationError, match="cannot hold a new message"):
             q.put("ok.t", b"x", delay_s=1.0)  # no delayed delivery on nats-server 2.9
+        with pytest.raises(pybus.ValidationError, match="no priorities"):
+            q.put("ok.t", b"x", priority=5)
     with pytest.raises(pybus.ClosedError):
         q.put("ok.t", b"x")
 
