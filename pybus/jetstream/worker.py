@@ -157,9 +157,23 @@ class Worker(Closeable):
 
     # -- the loop (on the connection's event loop) ---------------------------------------------
 
+    async def _attach(self) -> Any:
+        """The queue's consumer; waits (retrying every 0.5 s) while the server is unreachable
+        or the queue's stream does not exist yet: a worker may start first. None on stop."""
+        while not self._stopping:
+            try:
+                js = await self._conn.js()
+                return await js.pull_subscribe(f"{self.stream}.>", durable=WORKERS,
+                                               stream=self.stream)
+            except Exception as exc:  # noqa: BLE001 - not there yet: wait and ask again
+                self._conn.last_error = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(0.5)
+        return None
+
     async def _serve(self) -> None:
-        js = await self._conn.js()
-        psub = await js.pull_subscribe(f"{self.stream}.>", durable=WORKERS, stream=self.stream)
+        psub = await self._attach()
+        if psub is None:
+            return
         if self.retry is None:
             info = await psub.consumer_info()
             self.retry = (codec.retry_from_description(info.config.description)

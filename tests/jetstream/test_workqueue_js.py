@@ -215,3 +215,18 @@ def test_the_sync_queue_refuses_to_block_a_running_event_loop(nats_server: NatsS
 
         asyncio.run(inside())
         assert q.put("a.t", b"x") == 1  # outside a loop it works
+
+
+def test_a_worker_started_before_its_queue_waits_for_it(nats_server: NatsServer) -> None:
+    h = Handled()
+    w = js.Worker(nats_server.url, h, stream="early", registry=False).start()
+    try:
+        assert not w.wait_ready(1.0)  # no stream yet: the worker waits, it does not fail
+        with js.WorkQueue(nats_server.url, stream="early", registry=False) as q:
+            for i in range(5):
+                q.put("e.t", i)
+            assert w.wait_ready(WAIT)
+            assert q.join(timeout=WAIT)
+    finally:
+        w.stop()
+    assert sorted(c[3] for c in h.calls) == list(range(5))
