@@ -43,9 +43,12 @@ class _QueueBase:
     _link: NatsLink
     _closed: bool
 
-    def _configure(self, stream: str, replicas: int, retry: RetryPolicy | None,
-                   dlq: DeadLetterQueue | None, ack_timeout_s: float, dedupe_window_s: float,
-                   put_timeout_s: float, name: str | None) -> None:
+    def __init__(self, servers: str | Sequence[str], stream: str, *, replicas: int = 1,
+                 retry: RetryPolicy | None = None, dlq: DeadLetterQueue | None = None,
+                 ack_timeout_s: float = 30.0, dedupe_window_s: float = 120.0,
+                 put_timeout_s: float = 10.0, name: str | None = None,
+                 registry: Any = None) -> None:
+        self._closed = True
         check_stream_name(stream)
         if not 1 <= replicas <= 5:
             raise ValidationError(f"replicas must be 1 to 5, got {replicas}")
@@ -67,6 +70,12 @@ class _QueueBase:
         self.name = name or f"pybus-js-queue-{next(_names)}"
         self._c = dict.fromkeys(("put", "duplicates", "put_retries", "dead_lettered"), 0)
         self._subjects: dict[str, str] = {}  # topic -> subject, checked once
+        self._open(servers)
+        _metrics.attach(self, registry)
+
+    def _open(self, servers: str | Sequence[str]) -> None:
+        """Make the link (and, for the sync queue, connect and set the streams up)."""
+        raise NotImplementedError
 
     def _encode(self, topic: str, payload: Any, headers: Mapping[str, Any] | None,
                 dedupe_key: str | None, delay_s: Any = None, not_before: Any = None,
@@ -218,17 +227,10 @@ class WorkQueue(_QueueBase, Closeable):
         Where the queue reports (default registry; ``False``: nowhere).
     """
 
-    def __init__(self, servers: str | Sequence[str], stream: str, *, replicas: int = 1,
-                 retry: RetryPolicy | None = None, dlq: DeadLetterQueue | None = None,
-                 ack_timeout_s: float = 30.0, dedupe_window_s: float = 120.0,
-                 put_timeout_s: float = 10.0, name: str | None = None,
-                 registry: Any = None) -> None:
-        self._closed = True
-        self._configure(stream, replicas, retry, dlq, ack_timeout_s, dedupe_window_s,
-                        put_timeout_s, name)
+    def _open(self, servers: str | Sequence[str]) -> None:
         # puts run the connection's loop in the caller's thread (no handoff); the dead
         # letters, which arrive at any time, are moved by a connection on a thread of its own
-        self._conn = self._link = InlineConn(servers, self.name)
+        self._link = self._conn = InlineConn(servers, self.name)
         self.servers = self._conn.servers
         self._sink_conn: JsConn | None = None
         self._closed = False
@@ -237,10 +239,9 @@ class WorkQueue(_QueueBase, Closeable):
         except BaseException:
             self.close()
             raise
-        if dlq is not None:
+        if self.dlq is not None:
             self._sink_conn = JsConn(servers, f"{self.name}-dlq")
             self._sink_conn.submit(self._sink_dead_letters(self._sink_conn))
-        _metrics.attach(self, registry)
 
     # -- putting -----------------------------------------------------------------------------
 
@@ -347,20 +348,12 @@ class AsyncWorkQueue(_QueueBase):
     ...     await q.join(timeout=60)
     """
 
-    def __init__(self, servers: str | Sequence[str], stream: str, *, replicas: int = 1,
-                 retry: RetryPolicy | None = None, dlq: DeadLetterQueue | None = None,
-                 ack_timeout_s: float = 30.0, dedupe_window_s: float = 120.0,
-                 put_timeout_s: float = 10.0, name: str | None = None,
-                 registry: Any = None) -> None:
-        self._closed = True
-        self._configure(stream, replicas, retry, dlq, ack_timeout_s, dedupe_window_s,
-                        put_timeout_s, name)
-        self._link = NatsLink(servers, self.name)
+    def _open(self, servers: str | Sequence[str]) -> None:
+        self._link = NatsLink(servers, self.name)  # connects in the caller's loop, at start()
         self.servers = self._link.servers
         self._started = False
         self._sink_task: asyncio.Task[None] | None = None
         self._closed = False
-        _metrics.attach(self, registry)
 
     async def start(self) -> AsyncWorkQueue:
         """Connect, and create the streams and the workers' consumer when missing."""

@@ -64,8 +64,8 @@ CREATE TABLE IF NOT EXISTS meta (
 _SYNC_MODES = {"normal": "NORMAL", "full": "FULL"}
 _BIG_ENDIAN = sys.byteorder == "big"
 
-#: (id, topic, payload, flags, packed headers or None, put time in ns since the epoch, and
-#: when present the time before which it must not be delivered, ns since the epoch)
+#: (id, topic, payload, flags, packed headers or None, put time in ns since the epoch, and when
+#: present the time before which it must not be delivered, ns since the epoch, and priority)
 Row = tuple[Any, ...]
 
 

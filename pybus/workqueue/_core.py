@@ -144,8 +144,9 @@ class DispatchCore:
         return len(recovered)
 
     def enqueue(self, recs: list[Rec], wall_ns: int) -> None:
-        """New (or recovered) messages: due ones to ``pending``, the others held in
-        ``delayed`` until their time."""
+        """Messages with a delay or a priority (or recovered ones, which may have them): due
+        ones to ``pending``, the others held in ``delayed`` until their time. The queue hands
+        plain messages straight to ``pending``."""
         if type(self.pending) is deque and any(r[R_PRIO] for r in recs):
             # the first prioritized message: from now on the line orders by priority
             self.pending = PriorityPending(self.pending, self.priority_aging_n)

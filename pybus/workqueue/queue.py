@@ -264,7 +264,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         self._wake_push.connect(wake_addr)
 
         # handover from user threads: a deque plus a one-shot wakeup
-        self._inbox: deque[list[Rec]] = deque()  # batches of records
+        # batches of records, each with "has a delay or a priority" (the core sorts those)
+        self._inbox: deque[tuple[list[Rec], bool]] = deque()
         self._wake_armed = False
         self._put_lock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
@@ -336,7 +337,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         h = pack_headers(headers) if headers is not None else None
         return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None, due, priority]
 
-    def _submit(self, recs: list[Rec]) -> list[int]:
+    def _submit(self, recs: list[Rec], ordered: bool = False) -> list[int]:
         if self._closed:
             raise ClosedError("the WorkQueue is closed; create a new one")
         n = len(recs)
@@ -354,7 +355,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
                 for r in recs:
                     r[R_BATCH] = b
                 self._journal.add(first, map(jentry, recs))
-            self._inbox.append(recs)
+            self._inbox.append((recs, ordered))
             self._n_put += n
             if not self._wake_armed:
                 self._wake_armed = True
@@ -415,7 +416,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         due = due_ns(delay_s, not_before) if delay_s is not None or not_before is not None else 0
         if priority:
             check_priority(priority)
-        return self._submit([self._make(topic, payload, headers, due, priority)])[0]
+        return self._submit([self._make(topic, payload, headers, due, priority)],
+                            bool(due or priority))[0]
 
     def _put_traced(self, topic: str, payload: Any,
                     headers: Mapping[str, Any] | None = None, *, delay_s: float | None = None,
@@ -425,7 +427,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         due = due_ns(delay_s, not_before)
         check_priority(priority)
         with tracing.produce(topic, headers) as (span, traced):
-            mid = self._submit([self._make(topic, payload, traced, due, priority)])[0]
+            mid = self._submit([self._make(topic, payload, traced, due, priority)],
+                               bool(due or priority))[0]
             span.set_attribute("messaging.message.id", str(mid))
             return mid
 
@@ -648,14 +651,17 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         self._wake_armed = False
         inbox = self._inbox
         if inbox:
-            live = self._core.live
-            enqueue = self._core.enqueue
+            core = self._core
+            live, pending = core.live, core.pending
             pop = inbox.popleft
-            wall_ns = time.time_ns()
             while inbox:
-                batch = pop()
+                batch, ordered = pop()
                 live.update(zip(map(rid, batch), batch, strict=True))
-                enqueue(batch, wall_ns)
+                if ordered:  # a delay or a priority: the core places it
+                    core.enqueue(batch, time.time_ns())
+                    pending = core.pending  # (it may have become a PriorityPending)
+                else:
+                    pending.extend(batch)
 
     def _read_router(self) -> None:
         router = self._router
