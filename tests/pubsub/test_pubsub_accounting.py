@@ -147,12 +147,21 @@ def test_lost_last_messages_are_counted_from_position_frames(
             assert time.monotonic() < deadline, (len(delivered), sub.stats(), pub.stats())
             delivered += sub.recv_batch(100_000, timeout=0.05)
         st, pst = sub.stats(), pub.stats()
-        assert pst["published"] == total and st["lost"] > 0 and st["positions"] > 0
+        assert pst["published"] == total and st["lost"] > 0
         assert len(delivered) + st["lost"] == total
+        tail_lost = []
         for t in topics:
             seqs = [m.seq for m in delivered if m.topic == t]
             assert seqs == sorted(set(seqs))
             assert len(seqs) + st["lost_by_topic"][t] == warm[t] + 50_000
+            tail_lost.append(seqs[-1] < warm[t] + 50_000)
+        # a stream whose last message was dropped shows no gap: only a position frame can
+        # have counted its tail. Read at once, the subscriber may catch every stream's last
+        # frame (then the gaps alone balance the books); stalled for seconds, it cannot.
+        if any(tail_lost):
+            assert st["positions"] > 0
+        if read_after_s > 0:
+            assert all(tail_lost), "the stall did not drop the streams' last messages"
         # what the stream's last position said: nothing after it, no double count
         assert sub.recv_batch(timeout=0.3) == [] and sub.stats()["lost"] == st["lost"]
         assert st["out_of_order"] == 0 and st["decode_errors"] == 0
