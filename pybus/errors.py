@@ -29,6 +29,7 @@ __all__ = [
     "CircuitOpenError",
     "RemoteError",
     "RetryExhaustedError",
+    "AlreadyHandledError",
     "ClosedError",
     "from_zmq",
 ]
@@ -51,6 +52,7 @@ class ErrorCode(enum.IntEnum):
     REMOTE = 300
     RETRY_EXHAUSTED = 301
     UNKNOWN_METHOD = 302
+    ALREADY_HANDLED = 303
 
 
 class Severity(enum.IntEnum):
@@ -202,6 +204,14 @@ class RetryExhaustedError(BusError):
         super().__init__(message, attempts=attempts)
         self.attempts = attempts
         self.last_error = last_error
+
+
+class AlreadyHandledError(BusError):
+    """A work-queue message whose effect an idempotency store holds already
+    (``pybus.workqueue.idempotency``): the worker acks it as a duplicate, the handler's
+    effect in that transaction is rolled back."""
+
+    code = ErrorCode.ALREADY_HANDLED
 
 
 def from_zmq(exc: zmq.ZMQError, what: str = "") -> BusError:

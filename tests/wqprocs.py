@@ -52,3 +52,44 @@ def read_ids(path: str) -> list[int]:
         return []
     n = len(data) // 8
     return list(struct.unpack(f"<{n}Q", data[: n * 8]))
+
+
+def keyed_worker_proc(endpoint: str, log_path: str, work_s: float) -> None:
+    """A Worker (4 handler threads) whose handler logs ``S key seq t`` on starting and
+    ``E key seq t`` on finishing a ``key:seq`` payload, ``t`` on CLOCK_MONOTONIC (one clock
+    for every process), each line in one append write (a SIGKILL loses no line)."""
+    from pybus import Worker
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def handler(m):  # type: ignore[no-untyped-def]
+        key, seq = m.payload.split(b":")
+        os.write(fd, b"S %s %s %d\n" % (key, seq, time.monotonic_ns()))
+        time.sleep(work_s)
+        os.write(fd, b"E %s %s %d\n" % (key, seq, time.monotonic_ns()))
+
+    w = Worker(endpoint, handler, concurrency=4, prefetch=64, heartbeat_interval_s=0.1)
+    w.run()
+
+
+def idempotent_worker_proc(endpoint: str, store_path: str, log_path: str) -> None:
+    """A Worker whose handler commits its effect (a row per handling) in the idempotency
+    store's transaction. A payload starting with b"die" SIGKILLs the process right after the
+    commit, before the ack can leave. Each handler start is logged as ``msgkey t``."""
+    from pybus import Worker
+    from pybus.workqueue.idempotency import SQLiteIdempotency, message_key
+
+    store = SQLiteIdempotency(store_path)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def handler(m):  # type: ignore[no-untyped-def]
+        os.write(fd, b"%s %d\n" % (message_key(m).encode(), time.time_ns()))
+        with store.transaction() as db:
+            db.execute("INSERT INTO effects (msg, at_ns) VALUES (?, ?)",
+                       (message_key(m), time.time_ns()))
+        if m.payload.startswith(b"die"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    w = Worker(endpoint, handler, concurrency=2, prefetch=32, heartbeat_interval_s=0.1,
+               idempotency=store)
+    w.run()

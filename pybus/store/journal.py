@@ -10,13 +10,15 @@ journal stores what the queue does in batches:
 
 * ``batches(first_id, n, body)``: one row per ``put()``/``put_many()`` call; its messages have
   the consecutive ids ``first_id .. first_id + n - 1`` and ``body`` is one msgpack array of
-  ``[topic, payload, flags, headers, ts_ns, due_ns, priority]`` entries (``due_ns``: not to
-  be delivered before, ns since the epoch, 0: at once; ``priority`` 0-9; files written before
-  these have five or six fields);
+  ``[topic, payload, flags, headers, ts_ns, due_ns, priority, key]`` entries (``due_ns``: not
+  to be delivered before, ns since the epoch, 0: at once; ``priority`` 0-9; ``key``: the
+  ordering key or None; files written before these have five to seven fields);
 * ``acks(batch, ids)``: finished ids (packed little-endian u64) of batches that still have
   unfinished messages; written in batches by the dispatcher;
 * when every message of a batch is finished, its batch row and its ack rows are deleted in the
-  same transaction.
+  same transaction;
+* ``dedupe(key, id, expires_ns)``: ``put(..., dedupe_key=)`` keys, written with their message
+  and deleted once expired.
 
 A message is unfinished exactly when its batch row exists and no ack row of that batch names
 it. Ack rows only exist for live batches, so the file stays bounded by what is unfinished.
@@ -55,6 +57,12 @@ CREATE TABLE IF NOT EXISTS acks (
     ids   BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS acks_batch ON acks(batch);
+CREATE TABLE IF NOT EXISTS dedupe (
+    key        TEXT PRIMARY KEY,
+    id         INTEGER NOT NULL,
+    expires_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe(expires_ns);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -152,10 +160,12 @@ class Journal:
     def _tx(self) -> Journal._Tx:
         return Journal._Tx(self)
 
-    def add(self, first_id: int, entries: Iterable[tuple[Any, ...]]) -> None:
+    def add(self, first_id: int, entries: Iterable[tuple[Any, ...]],
+            dedupe: tuple[str, int, int] | None = None, now_ns: int = 0) -> None:
         """Commit one batch: ``entries`` are ``(topic, payload, flags, headers, ts_ns,
-        due_ns, priority)`` of the messages with ids ``first_id``, ``first_id + 1``, ... (one
-        transaction, one row)."""
+        due_ns, priority, key)`` of the messages with ids ``first_id``, ``first_id + 1``, ...
+        (one transaction, one row); with ``dedupe``, its ``(key, id, expires_ns)`` row too,
+        and the rows expired at ``now_ns`` go."""
         items = list(entries)
         body = msgpack.packb(items)
         with self._tx() as cur:
@@ -163,6 +173,19 @@ class Journal:
                 "INSERT INTO batches (first_id, n, body) VALUES (?, ?, ?)",
                 (first_id, len(items), body),
             )
+            if dedupe is not None:
+                cur.execute("DELETE FROM dedupe WHERE expires_ns <= ?", (now_ns,))
+                cur.execute("INSERT OR REPLACE INTO dedupe (key, id, expires_ns) "
+                            "VALUES (?, ?, ?)", dedupe)
+
+    def dedupe_keys(self, now_ns: int) -> list[tuple[str, int, int]]:
+        """The ``(key, id, expires_ns)`` rows not expired at ``now_ns``, oldest first."""
+        with self._lock:
+            if self._db is None:
+                raise ClosedError("the journal is closed")
+            return self._db.execute(
+                "SELECT key, id, expires_ns FROM dedupe WHERE expires_ns > ? "
+                "ORDER BY expires_ns", (now_ns,)).fetchall()
 
     def progress(self, acked: list[tuple[int, list[int]]], completed: list[int]) -> None:
         """Record finished messages in one transaction.

@@ -26,6 +26,7 @@ import msgpack
 from ..errors import ErrorCode, FrameError, RemoteError
 from ..store.journal import Journal
 from ..wire import workqueue as P
+from ._keys import KeyLines
 from ._pending import PriorityPending
 from ._policy import RetryPlan, Throttle
 from ._records import (
@@ -35,6 +36,7 @@ from ._records import (
     R_FLAGS,
     R_HEADERS,
     R_ID,
+    R_KEY,
     R_PAYLOAD,
     R_PRIO,
     R_SENT,
@@ -78,6 +80,7 @@ class DispatchCore:
         heartbeat_liveness: int,
         max_in_flight: int,
         priority_aging_n: int = 1000,
+        on_key_failure: str = "block",
     ) -> None:
         self._out = send
         self.priority_aging_n = priority_aging_n
@@ -94,6 +97,8 @@ class DispatchCore:
         # (due, id, rec): messages held until a wall-clock time (put's delay_s/not_before),
         # earliest first; they join `pending` when due (release_due)
         self.delayed: list[tuple[int, int, Rec]] = []
+        # per-key ordering: only the message holding its key is in delayed/pending/in flight
+        self.keys = KeyLines(on_key_failure)
         # (due, seq, rec, to_dlq): redeliver rec, or (to_dlq) offer it to the DLQ again
         self.timers: list[tuple[float, int, Rec, bool]] = []
         self._timer_seq = itertools.count()
@@ -135,18 +140,22 @@ class DispatchCore:
             if not rows:  # nothing left to do: let the next flush delete it
                 b.touched = True
                 self.jtouched.append(b)
-            # a journal written before delays and priorities has five or six fields
+            # a journal written before delays, priorities and keys has five to seven fields
             recovered += [[r[0], 0, r[1], r[2], r[3], r[4], r[5], None, 0.0, 0.0, b,
-                           r[6] if len(r) > 6 else 0, r[7] if len(r) > 7 else 0]
+                           r[6] if len(r) > 6 else 0, r[7] if len(r) > 7 else 0,
+                           r[8] if len(r) > 8 else None]
                           for r in rows]
         self.live.update(zip(map(rid, recovered), recovered, strict=True))
         self.enqueue(recovered, wall_ns)
         return len(recovered)
 
     def enqueue(self, recs: list[Rec], wall_ns: int) -> None:
-        """Messages with a delay or a priority (or recovered ones, which may have them): due
-        ones to ``pending``, the others held in ``delayed`` until their time. The queue hands
+        """Messages with a delay, a priority or a key (or recovered ones, which may have
+        them): those behind the holder of their key wait in ``keys``; of the others, due ones
+        go to ``pending``, the rest are held in ``delayed`` until their time. The queue hands
         plain messages straight to ``pending``."""
+        admit = self.keys.admit
+        recs = [r for r in recs if r[R_KEY] is None or admit(r)]
         if type(self.pending) is deque and any(r[R_PRIO] for r in recs):
             # the first prioritized message: from now on the line orders by priority
             self.pending = PriorityPending(self.pending, self.priority_aging_n)
@@ -215,6 +224,7 @@ class DispatchCore:
         late = 0
         in_flight = self.in_flight
         journaled = self._journal is not None
+        keyed = bool(self.keys.holder)
         for ids in (acks, dups):
             for mid in ids:
                 rec = live.pop(mid, None)
@@ -230,6 +240,8 @@ class DispatchCore:
                     failures.pop(mid, None)
                 if journaled:
                     self._jfinish(rec, now)
+                if keyed and rec[R_KEY] is not None:
+                    self._pass_key(rec)
                 done += 1
         self.in_flight = in_flight
         if w is not None:
@@ -279,6 +291,14 @@ class DispatchCore:
             self._dead_letter(rec, err, now)
         else:
             heapq.heappush(self.timers, (now + delay, next(self._timer_seq), rec, False))
+            if rec[R_KEY] is not None and self.keys.pass_on_failure:
+                self._pass_key(rec)
+
+    def _pass_key(self, rec: Rec) -> None:
+        """``rec`` lets go of its key: the next message of the key joins the line."""
+        nxt = self.keys.release(rec)
+        if nxt is not None:
+            self.enqueue([nxt], time.time_ns())
 
     def _dead_letter(self, rec: Rec, err: RemoteError | None, now: float) -> None:
         if self._dlq is not None:
@@ -316,6 +336,8 @@ class DispatchCore:
             )
         self.live.pop(rec[R_ID], None)
         self.failures.pop(rec[R_ID], None)
+        if rec[R_KEY] is not None:
+            self._pass_key(rec)
         self.c["dead_lettered"] += 1
         if self._journal is not None:
             self._jfinish(rec, now)
@@ -333,6 +355,9 @@ class DispatchCore:
                     self._dead_letter(rec, None, now)
                 else:
                     due.append(rec)
+        if due and self.keys.pass_on_failure:  # they let go of their keys: take them again
+            admit = self.keys.admit
+            due = [r for r in due if r[R_KEY] is None or admit(r)]
         self.pending.extend(due)
 
     # ------------------------------------------------------------------ workers

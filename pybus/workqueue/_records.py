@@ -20,22 +20,24 @@ from ..errors import ErrorCode, ValidationError
 from ..policy.topics import validate_topic
 
 __all__ = [
-    "Rec", "JBatch", "Failure", "WorkerState", "check_priority", "check_topic", "due_ns",
-    "pack_headers",
+    "Rec", "JBatch", "Failure", "WorkerState", "check_key", "check_priority", "check_topic",
+    "due_ns", "pack_headers",
 ]
 
 # A message record is a list (cheaper to make and index than an object, and its first seven
 # items are exactly the wire entry of docs/wire-workqueue.md, so dispatch sends rec[:7]):
 (R_ID, R_DELIVERY, R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS,
- R_WORKER, R_SENT, R_BORN, R_BATCH, R_DUE, R_PRIO) = range(13)
+ R_WORKER, R_SENT, R_BORN, R_BATCH, R_DUE, R_PRIO, R_KEY) = range(14)
 # R_DELIVERY: deliveries so far; R_TS: put time (ns since the epoch); R_WORKER: the
 # WorkerState holding it, or None; R_SENT: monotonic time of the last dispatch; R_BORN: of the
 # first one; R_BATCH: its JBatch when there is a journal; R_DUE: not to be delivered before
 # this wall-clock time (ns since the epoch; 0: at once), journaled so it survives a restart;
-# R_PRIO: its priority, 0 (the default, lowest) to 9 (highest), journaled too.
+# R_PRIO: its priority, 0 (the default, lowest) to 9 (highest), journaled too; R_KEY: its
+# ordering key (put's key=; None: unordered), journaled too.
 Rec = list[Any]  # [id, delivery, topic, payload, flags, headers, ts, worker, sent_at, born,
-#                   batch, due, priority]
-jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS, R_DUE, R_PRIO)
+#                   batch, due, priority, key]
+jentry = operator.itemgetter(R_TOPIC, R_PAYLOAD, R_FLAGS, R_HEADERS, R_TS, R_DUE, R_PRIO,
+                             R_KEY)
 rid = operator.itemgetter(R_ID)
 
 #: topics already validated (put_many's fast path skips their check); bounded, never evicted
@@ -60,6 +62,19 @@ def check_priority(priority: object) -> int:
         raise ValidationError(f"priority must be an int from 0 (lowest, the default) to 9 "
                               f"(highest), got {priority!r}")
     return priority
+
+
+#: longest ordering key, in UTF-8 bytes (keys are journaled with every message)
+MAX_KEY_BYTES = 256
+
+
+def check_key(key: object) -> str:
+    """An ordering key: a non-empty str of at most MAX_KEY_BYTES UTF-8 bytes."""
+    if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
+        raise ValidationError(f"key must be a non-empty str of at most {MAX_KEY_BYTES} UTF-8 "
+                              f"bytes (messages with the same key are handled one at a time, "
+                              f"in put order), got {key!r:.80}")
+    return key
 
 
 def due_ns(delay_s: object, not_before: object) -> int:

@@ -61,6 +61,8 @@ from ..transport import sockets as _sockets
 from ..transport.iopath import IOPath
 from ..wire.payload import encode_payload
 from ._core import DispatchCore
+from ._dedupe import PutDedupe, check_dedupe_key, check_window
+from ._keys import ON_KEY_FAILURE
 from ._options import check_queue_options
 from ._policy import RetryPlan, Throttle
 from ._records import (
@@ -68,6 +70,7 @@ from ._records import (
     R_TS,
     JBatch,
     Rec,
+    check_key,
     check_priority,
     check_topic,
     due_ns,
@@ -191,6 +194,15 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         ``priority_aging_n`` messages handed out while it waits, so a steady stream of urgent
         work cannot starve the rest (a message of priority ``p`` goes after at most
         ``(9 - p) * priority_aging_n`` later arrivals).
+    on_key_failure : {"block", "continue"}
+        What a failed message with a ``key`` does to the later messages of its key:
+        ``"block"`` (the default) holds them until it is acked or dead-lettered, so order
+        holds strictly; ``"continue"`` lets them go on, and its retry queues behind them.
+    dedupe_window_s : float
+        How long a ``put(..., dedupe_key=)`` key refuses a second copy (default 120 s).
+    max_dedupe_keys : int
+        The most dedupe keys remembered; past it the oldest are forgotten early (counted in
+        ``stats()["dedupe_evicted"]``).
 
     Examples
     --------
@@ -220,6 +232,9 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         context: zmq.Context[Any] | None = None,
         *,
         priority_aging_n: int = 1000,
+        on_key_failure: str = "block",
+        dedupe_window_s: float = 120.0,
+        max_dedupe_keys: int = 1_000_000,
         heartbeat_interval: float | None = None,
         ack_timeout: float | None = None,
         put_timeout: float | None = None,
@@ -236,6 +251,10 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
                 or priority_aging_n < 1:
             raise ValidationError(f"priority_aging_n must be an int >= 1 (messages), got "
                                   f"{priority_aging_n!r}")
+        if on_key_failure not in ON_KEY_FAILURE:
+            raise ValidationError(f"on_key_failure must be one of {ON_KEY_FAILURE}, got "
+                                  f"{on_key_failure!r}")
+        check_window(dedupe_window_s, max_dedupe_keys)
         plan = RetryPlan(retry)
         throttle = Throttle(breaker, rate_limit)
         self.max_queued = max_queued
@@ -245,6 +264,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         epoch = self._journal.epoch if self._journal else int.from_bytes(os.urandom(4)) >> 1
         self._epoch = epoch
         self._next_id = (epoch << 32) + 1
+        self._dedupe = PutDedupe(dedupe_window_s, max_dedupe_keys, self._journal,
+                                 time.time_ns())
 
         # a given context is the caller's: never terminated here
         self._own_ctx = context is None
@@ -264,7 +285,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         self._wake_push.connect(wake_addr)
 
         # handover from user threads: a deque plus a one-shot wakeup
-        # batches of records, each with "has a delay or a priority" (the core sorts those)
+        # batches of records, each with "has a delay, a priority or a key" (the core sorts
+        # those)
         self._inbox: deque[tuple[list[Rec], bool]] = deque()
         self._wake_armed = False
         self._put_lock = threading.Lock()
@@ -277,7 +299,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         self._core = DispatchCore(
             self._out.send, plan, throttle, dlq, self._journal, f"WorkQueue {self.endpoint}",
             float(ack_timeout_s), float(heartbeat_interval_s), int(heartbeat_liveness),
-            max_in_flight, priority_aging_n,
+            max_in_flight, priority_aging_n, on_key_failure,
         )
         # counters of the user side (written under _put_lock; read anywhere)
         self._n_put = 0
@@ -331,21 +353,32 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
     # ------------------------------------------------------------------ user side
 
     def _make(self, topic: object, payload: object, headers: object, due: int = 0,
-              priority: int = 0) -> Rec:
+              priority: int = 0, key: str | None = None) -> Rec:
         t = check_topic(topic)
         flags, data = encode_payload(payload)
         h = pack_headers(headers) if headers is not None else None
-        return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None, due, priority]
+        return [0, 0, t, data, flags, h, time.time_ns(), None, 0.0, 0.0, None, due, priority,
+                key]
 
-    def _submit(self, recs: list[Rec], ordered: bool = False) -> list[int]:
+    def _submit(self, recs: list[Rec], ordered: bool = False,
+                dedupe_key: str | None = None) -> list[int]:
         if self._closed:
             raise ClosedError("the WorkQueue is closed; create a new one")
+        if dedupe_key is not None:
+            check_dedupe_key(dedupe_key)
         n = len(recs)
         self._wait_room(n)
         with self._put_lock:
             if self._closed:
                 raise ClosedError("the WorkQueue is closed; create a new one")
             first = self._next_id
+            drow = None
+            if dedupe_key is not None:
+                now_ns = time.time_ns()
+                prior = self._dedupe.first_id(dedupe_key, now_ns)
+                if prior is not None:
+                    return [prior]  # put within the window already: nothing queued
+                drow = self._dedupe.row(dedupe_key, first, now_ns)
             self._next_id = first + n
             ids = range(first, first + n)
             for r, mid in zip(recs, ids, strict=True):
@@ -354,7 +387,12 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
                 b = JBatch(first, n)
                 for r in recs:
                     r[R_BATCH] = b
-                self._journal.add(first, map(jentry, recs))
+                if drow is None:
+                    self._journal.add(first, map(jentry, recs))
+                else:
+                    self._journal.add(first, map(jentry, recs), drow, now_ns)
+            if drow is not None:
+                self._dedupe.remember(drow)
             self._inbox.append((recs, ordered))
             self._n_put += n
             if not self._wake_armed:
@@ -389,7 +427,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
 
     def put(self, topic: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
             delay_s: float | None = None, not_before: datetime | float | None = None,
-            priority: int = 0) -> int:
+            priority: int = 0, key: str | None = None, dedupe_key: str | None = None) -> int:
         """Queue one message; return its id (a 64-bit int, unique per queue and journal).
 
         ``payload`` bytes go as they are; anything else is msgpack-encoded. With a journal
@@ -404,6 +442,14 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         highest priority first, first in first out within one, with the aging rule of
         ``priority_aging_n``.
 
+        ``key``: messages with the same key are handled one at a time, in put order, across
+        all workers and through redeliveries (a failure blocks the key as
+        ``on_key_failure`` says); different keys run concurrently.
+
+        ``dedupe_key``: a second put with the same key within ``dedupe_window_s`` seconds of
+        the first queues nothing and returns the first one's id (counted in
+        ``stats()["put_duplicates"]``); with a journal the keys survive a restart.
+
         Raises
         ------
         TopicError, ValidationError
@@ -416,19 +462,24 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         due = due_ns(delay_s, not_before) if delay_s is not None or not_before is not None else 0
         if priority:
             check_priority(priority)
-        return self._submit([self._make(topic, payload, headers, due, priority)],
-                            bool(due or priority))[0]
+        if key is not None:
+            check_key(key)
+        rec = self._make(topic, payload, headers, due, priority, key)
+        return self._submit([rec], bool(due or priority or key), dedupe_key)[0]
 
     def _put_traced(self, topic: str, payload: Any,
                     headers: Mapping[str, Any] | None = None, *, delay_s: float | None = None,
-                    not_before: datetime | float | None = None, priority: int = 0) -> int:
+                    not_before: datetime | float | None = None, priority: int = 0,
+                    key: str | None = None, dedupe_key: str | None = None) -> int:
         """put() with a PRODUCER span and the trace context in the headers (pybus.tracing;
         chosen at construction when a tracer provider is set)."""
         due = due_ns(delay_s, not_before)
         check_priority(priority)
+        if key is not None:
+            check_key(key)
         with tracing.produce(topic, headers) as (span, traced):
-            mid = self._submit([self._make(topic, payload, traced, due, priority)],
-                               bool(due or priority))[0]
+            rec = self._make(topic, payload, traced, due, priority, key)
+            mid = self._submit([rec], bool(due or priority or key), dedupe_key)[0]
             span.set_attribute("messaging.message.id", str(mid))
             return mid
 
@@ -447,7 +498,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             if type(item) is tuple and len(item) == 2:
                 topic, payload = item
                 if type(payload) is bytes and type(topic) is str and topic in cache:
-                    append([0, 0, topic, payload, 0, None, ts, None, 0.0, 0.0, None, 0, 0])
+                    append([0, 0, topic, payload, 0, None, ts, None, 0.0, 0.0, None, 0, 0,
+                            None])
                     continue
             if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
                 raise ValidationError(
@@ -513,7 +565,10 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         """Counters: put, recovered, dispatched, acked, nacked, redelivered, dead_lettered,
         in_flight, queue_depth (delayed ones included), delayed (held until their time),
         next_due_s (seconds until the next delayed one is due, or None),
-        pending_by_priority (waiting for a worker, per priority 0-9), workers, duplicates
+        pending_by_priority (waiting for a worker, per priority 0-9), keys_held (keys with
+        a message queued), keys_waiting (messages waiting behind the one holding their key),
+        blocked_keys (keys whose holder failed and waits for its retry), put_duplicates
+        (puts refused by their dedupe_key), dedupe_keys, dedupe_evicted, workers, duplicates
         (reported by workers), decode_errors
         (malformed frames dropped), late_acks (acks for finished messages), stale_nacks,
         ack_timeouts, workers_lost, unknown_peers, and the ROUTER monitor's ``peer_events``
@@ -534,6 +589,11 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         s["next_due_s"] = (max(0.0, (delayed[0][0] - time.time_ns()) / 1e9) if delayed
                            else None)
         s["workers"] = len(core.workers)
+        keys = core.keys
+        s["keys_held"] = len(keys.holder)
+        s["keys_waiting"] = keys.n_waiting
+        s["blocked_keys"] = keys.n_blocked(core.failures)
+        s.update(self._dedupe.stats())
         return s
 
     def _security_rekick(self) -> None:
@@ -657,7 +717,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             while inbox:
                 batch, ordered = pop()
                 live.update(zip(map(rid, batch), batch, strict=True))
-                if ordered:  # a delay or a priority: the core places it
+                if ordered:  # a delay, a priority or a key: the core places it
                     core.enqueue(batch, time.time_ns())
                     pending = core.pending  # (it may have become a PriorityPending)
                 else:

@@ -31,12 +31,21 @@ from .._deprecated import deprecated_attribute, renamed
 from .._native import Histogram, _zmqfast
 from .._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
 from .._signals import graceful_signals
-from ..errors import BusError, ClosedError, ErrorCode, FrameError, ValidationError, from_zmq
+from ..errors import (
+    AlreadyHandledError,
+    BusError,
+    ClosedError,
+    ErrorCode,
+    FrameError,
+    ValidationError,
+    from_zmq,
+)
 from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
 from ..transport import sockets as _sockets
 from ..wire import workqueue as P
 from ._handler import wrap_handler
 from ._options import check_worker_options
+from .idempotency import idempotent
 
 #: Handler times above this (1 hour, in ns) are recorded as this.
 _LATENCY_MAX_NS = 3_600_000_000_000
@@ -115,6 +124,12 @@ class Worker:
     registry : pybus.metrics.Registry or False, optional
         Where this object reports its counters (default: ``pybus.metrics.default_registry``;
         ``False``: nowhere).
+    idempotency : pybus.workqueue.idempotency.IdempotencyStore, optional
+        A store of handled message ids (``SQLiteIdempotency``, or any object with
+        ``seen(key)`` and ``record(key)``): a message it has seen is acked as a duplicate
+        without running the handler; a handled one is recorded before its ack. For no
+        duplicate side effects at all, commit the effect in the store's ``transaction()``
+        (``docs/workqueue.md``).
 
     ``heartbeat_interval=`` and ``ack_flush_interval=`` are the deprecated old names of
     ``heartbeat_interval_s=`` and ``ack_flush_interval_s=`` (a DeprecationWarning; removed in
@@ -138,6 +153,7 @@ class Worker:
         *,
         type: Any = None,  # noqa: A002 - the documented name (payloads decoded into it)
         drain_timeout_s: float = 10.0,
+        idempotency: Any = None,
         heartbeat_interval: float | None = None,
         ack_flush_interval: float | None = None,
     ) -> None:
@@ -152,6 +168,9 @@ class Worker:
         self.handler = handler
         # what each message is handed to: the handler, typed and traced when asked for
         self._call = wrap_handler(handler, type)
+        self.idempotency = idempotency
+        if idempotency is not None:
+            self._call = idempotent(self._call, idempotency)
         _sockets.check_options(security, liveness)
         self._security = security
         self._zmtp_liveness = liveness
@@ -541,6 +560,8 @@ class Worker:
                     t0 = perf_ns()
                     try:
                         handler(make(e))
+                    except AlreadyHandledError:  # its effect is committed: ack, not again
+                        dups.append(mid)
                     except Exception as exc:
                         nacks.append(_error_entry(mid, exc))
                     else:

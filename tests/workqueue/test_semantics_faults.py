@@ -1,0 +1,171 @@
+"""Issue 15's fault bars with real processes: per-key order holds with workers SIGKILLed
+mid-burst, and with an idempotency store no handler runs again for a message whose effect
+was committed, though workers die between that commit and the ack."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+import pytest
+
+from pybus import WorkQueue
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: helpers
+import wqprocs  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+SPAWN = mp.get_context("spawn")
+WAIT_S = 60.0
+
+
+@pytest.fixture
+def tmp_dir():
+    d = tempfile.mkdtemp(prefix="pbks")  # short: ipc paths are bounded
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _kill(p) -> None:  # type: ignore[no-untyped-def]
+    if p.is_alive():
+        os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+
+
+def _check_key_order(logs: list[str], n_keys: int, per_key: int) -> int:
+    """Each key's handler runs, from every worker's log on one clock: in put order, never
+    two at once, each message finished at least once. Returns the runs that were repeated."""
+    runs: dict[bytes, list[tuple[int, int, int | None]]] = defaultdict(list)  # (start, seq, end)
+    for path in logs:
+        if not os.path.exists(path):  # killed before it opened its log
+            continue
+        open_runs: dict[tuple[bytes, int], int] = {}
+        with open(path, "rb") as f:
+            for line in f:
+                kind, key, seq_b, t_b = line.split()
+                seq, t = int(seq_b), int(t_b)
+                if kind == b"S":
+                    runs[key].append((t, seq, None))
+                    open_runs[(key, seq)] = len(runs[key]) - 1
+                else:
+                    i = open_runs.pop((key, seq))
+                    runs[key][i] = (runs[key][i][0], seq, t)
+    assert len(runs) == n_keys
+    repeats = 0
+    for key, rs in runs.items():
+        rs.sort()
+        finished = {seq for _, seq, end in rs if end is not None}
+        assert finished == set(range(per_key)), (key, sorted(finished))
+        for (_s0, q0, e0), (s1, q1, _e1) in zip(rs, rs[1:], strict=False):
+            assert q1 in (q0, q0 + 1), f"key {key!r}: message {q1} ran after {q0}"
+            if e0 is not None:
+                assert e0 <= s1, f"key {key!r}: {q0} and {q1} ran at once"
+            if q1 == q0 + 1:
+                assert e0 is not None, f"key {key!r}: {q1} started before {q0} finished"
+            else:
+                repeats += 1
+    return repeats
+
+
+def test_per_key_order_holds_with_workers_sigkilled_mid_burst(tmp_dir) -> None:
+    n_keys, per_key, n_workers = 1000, 20, 8
+    q = WorkQueue(f"ipc://{tmp_dir}/q", heartbeat_interval_s=0.1, registry=False)
+    procs: list = []
+    logs: list[str] = []
+
+    def spawn() -> None:
+        logs.append(f"{tmp_dir}/w{len(logs)}.log")
+        p = SPAWN.Process(target=wqprocs.keyed_worker_proc, args=(q.endpoint, logs[-1], 0.004))
+        p.start()
+        procs.append(p)
+
+    try:
+        # keys in groups of 10, each group's messages put one round after another: a key's
+        # next message is 10 puts behind, inside the batches a worker takes (without the
+        # keys, workers would run a key's messages at once and out of order)
+        for group in range(0, n_keys, 10):
+            for i in range(per_key):
+                for k in range(group, group + 10):
+                    q.put("keys.t", b"k%d:%d" % (k, i), key=f"k{k}")
+        for _ in range(n_workers):
+            spawn()
+        kills = 0
+        deadline = time.monotonic() + WAIT_S
+        next_kill = time.monotonic() + 1.0
+        while not q.join(timeout=0.05):
+            assert time.monotonic() < deadline, q.stats()
+            if time.monotonic() >= next_kill:  # one worker SIGKILLed every second
+                victim = next(p for p in procs if p.is_alive())
+                _kill(victim)
+                kills += 1
+                spawn()
+                next_kill += 1.0
+        st = q.stats()
+        assert kills >= 2 and st["workers_lost"] >= 2, (kills, st)
+        assert st["redelivered"] > 0  # the kills took messages in flight with them
+        repeats = _check_key_order(logs, n_keys, per_key)
+        assert repeats <= st["redelivered"]
+        assert st["keys_held"] == 0 and st["keys_waiting"] == 0
+    finally:
+        for p in procs:
+            _kill(p)
+        q.close()
+
+
+def test_no_handler_runs_again_for_a_committed_message(tmp_dir) -> None:
+    store_path = f"{tmp_dir}/effects.db"
+    db = sqlite3.connect(store_path)
+    db.execute("CREATE TABLE effects (msg TEXT NOT NULL, at_ns INTEGER NOT NULL)")
+    db.commit()
+    n, n_die, n_workers = 1000, 8, 4
+    q = WorkQueue(f"ipc://{tmp_dir}/q", heartbeat_interval_s=0.1, registry=False)
+    procs: list = []
+    logs: list[str] = []
+
+    def spawn() -> None:
+        logs.append(f"{tmp_dir}/w{len(logs)}.log")
+        p = SPAWN.Process(target=wqprocs.idempotent_worker_proc,
+                          args=(q.endpoint, store_path, logs[-1]))
+        p.start()
+        procs.append(p)
+
+    try:
+        for i in range(n):
+            q.put("idem.t", b"die%d" % i if i % (n // n_die) == 7 else b"m%d" % i)
+        for _ in range(n_workers):
+            spawn()
+        deadline = time.monotonic() + WAIT_S
+        while not q.join(timeout=0.05):
+            assert time.monotonic() < deadline, q.stats()
+            for p in list(procs):
+                if not p.is_alive() and p.exitcode is not None:
+                    procs.remove(p)
+                    spawn()  # a worker that killed itself is replaced
+        st = q.stats()
+        assert st["workers_lost"] >= n_die, st
+        # every "die" message was committed, its worker killed before the ack, and its
+        # redelivery acked as a duplicate without running the handler
+        assert st["duplicates"] >= n_die, st
+        effects = db.execute("SELECT msg, at_ns FROM effects").fetchall()
+        assert len(effects) == n == len({m for m, _ in effects})  # each effect once
+        committed_at = dict(effects)
+        reruns = []
+        for path in filter(os.path.exists, logs):
+            with open(path, "rb") as f:
+                for line in f:
+                    key, t = line.split()
+                    if committed_at[key.decode()] < int(t):
+                        reruns.append(key)
+        assert reruns == []
+    finally:
+        for p in procs:
+            _kill(p)
+        q.close()
+        db.close()
