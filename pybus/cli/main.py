@@ -22,7 +22,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import BusError, ValidationError
-from . import bench, dlq, pubsub, security, stat
+from . import bench, dlq, pubsub, queue, security, stat
 from ._common import CliError, add_command
 
 
@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
     # the order of `pybus --help`
     _register_version(sub)
-    for register in (stat.register, pubsub.register, dlq.register, bench.register,
-                     security.register):
+    for register in (stat.register, pubsub.register, dlq.register, queue.register,
+                     bench.register, security.register):
         register(sub)
     return p
 

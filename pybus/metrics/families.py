@@ -183,9 +183,10 @@ _TABLE: tuple[_Entry, ...] = (
            "rpc"),
     # -- work queue
     _Entry("pybus_tasks_total", "counter",
-           "Work-queue messages by event: on the queue put, recovered (from the journal), "
-           "dispatched, acked, nacked, redelivered, dead_lettered, ack_timeouts; on a worker "
-           "handled, acked, nacked, duplicates.", "",
+           "Work-queue messages by event: on the queue put, put_duplicates (refused by their "
+           "dedupe_key), recovered (from the journal), dispatched, acked, nacked, "
+           "redelivered, dead_lettered, ack_timeouts; on a worker handled, acked, nacked, "
+           "duplicates.", "",
            ("name", "event"), "workqueue"),
     _Entry("pybus_workers", "gauge",
            "Workers currently connected to a work queue.", "", _N, "workqueue"),
@@ -196,6 +197,16 @@ _TABLE: tuple[_Entry, ...] = (
     _Entry("pybus_queue_delayed", "gauge",
            "Work-queue messages held until their delivery time (put with delay_s or "
            "not_before).", "", _N, "workqueue"),
+    _Entry("pybus_queue_pending", "gauge",
+           "Work-queue messages waiting for a worker, by priority (0-9).", "",
+           ("name", "priority"), "workqueue"),
+    _Entry("pybus_queue_keys_waiting", "gauge",
+           "Work-queue messages waiting behind an earlier message of their key (put with "
+           "key=).", "", _N, "workqueue"),
+    _Entry("pybus_queue_blocked_keys", "gauge",
+           "Work-queue keys whose current message failed and waits for its retry or "
+           "dead-lettering (on_key_failure='block' holds the key's later messages).", "", _N,
+           "workqueue"),
     # -- jetstream
     _Entry("pybus_recorder_messages_total", "counter",
            "Messages a JetStream recorder handled, by event: stored (new in the stream), "

@@ -44,7 +44,7 @@ import msgpack
 
 from ..errors import BusError, ClosedError, ValidationError
 
-__all__ = ["Journal", "Row"]
+__all__ = ["Journal", "Row", "unfinished"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -90,6 +90,25 @@ def _unpack_ids(blob: bytes) -> list[int]:
     if _BIG_ENDIAN:  # pragma: no cover
         a.byteswap()
     return a.tolist()
+
+
+def unfinished(db: sqlite3.Connection) -> list[tuple[int, int, list[Row]]]:
+    """The batches in a journal database, oldest first, as ``(first_id, n, rows)`` where
+    ``rows`` are the unfinished messages (read only: ``pybus queue stat`` reads a live
+    queue's file with it)."""
+    batches = db.execute("SELECT first_id, n, body FROM batches ORDER BY first_id").fetchall()
+    ack_rows = db.execute("SELECT batch, ids FROM acks").fetchall()
+    done: dict[int, set[int]] = {}
+    for b, blob in ack_rows:
+        done.setdefault(b, set()).update(_unpack_ids(blob))
+    out = []
+    for first, n, body in batches:
+        entries = msgpack.unpackb(body, use_list=False)
+        finished = done.get(first, ())
+        rows: list[Row] = [(first + i, *e) for i, e in enumerate(entries)
+                           if first + i not in finished]
+        out.append((first, n, rows))
+    return out
 
 
 class Journal:
@@ -212,24 +231,7 @@ class Journal:
         with self._lock:
             if self._db is None:
                 raise ClosedError("the journal is closed")
-            batches = self._db.execute(
-                "SELECT first_id, n, body FROM batches ORDER BY first_id"
-            ).fetchall()
-            ack_rows = self._db.execute("SELECT batch, ids FROM acks").fetchall()
-        done: dict[int, set[int]] = {}
-        for b, blob in ack_rows:
-            done.setdefault(b, set()).update(_unpack_ids(blob))
-        out = []
-        for first, n, body in batches:
-            entries = msgpack.unpackb(body, use_list=False)
-            finished = done.get(first, ())
-            rows: list[Row] = [
-                (first + i, *e)
-                for i, e in enumerate(entries)
-                if first + i not in finished
-            ]
-            out.append((first, n, rows))
-        return out
+            return unfinished(self._db)
 
     def __len__(self) -> int:
         """Unfinished messages in the journal."""

@@ -55,6 +55,8 @@ log = logging.getLogger("pybus.workqueue")
 
 #: most messages in one DISPATCH frame
 MAX_BATCH = 1024
+#: fewest messages a DISPATCH frame carries while more are waiting (see dispatch)
+MIN_SHARE = 16
 #: when the DLQ refuses a message, it is kept and offered again after this delay
 _DLQ_RETRY_S = 1.0
 
@@ -225,6 +227,7 @@ class DispatchCore:
         in_flight = self.in_flight
         journaled = self._journal is not None
         keyed = bool(self.keys.holder)
+        released: list[Rec] = []  # the next message of each key let go
         for ids in (acks, dups):
             for mid in ids:
                 rec = live.pop(mid, None)
@@ -241,9 +244,13 @@ class DispatchCore:
                 if journaled:
                     self._jfinish(rec, now)
                 if keyed and rec[R_KEY] is not None:
-                    self._pass_key(rec)
+                    nxt = self.keys.release(rec)
+                    if nxt is not None:
+                        released.append(nxt)
                 done += 1
         self.in_flight = in_flight
+        if released:
+            self.enqueue(released, time.time_ns())
         if w is not None:
             w.held = max(0, w.held - len(acks) - len(dups))
         c = self.c
@@ -440,8 +447,10 @@ class DispatchCore:
                 if room <= 0:
                     self.throttled = True
                     return
-            # share the backlog between the workers that have room
-            n = min(best_free, room, MAX_BATCH, -(-len(pending) // n_free))
+            # share the backlog between the workers that have room, in frames of at least
+            # MIN_SHARE messages: a short line (keyed messages let go a few at a time by
+            # acks) split eight ways would cost a frame, a wake-up and an ack per message
+            n = min(best_free, room, MAX_BATCH, max(MIN_SHARE, -(-len(pending) // n_free)))
             entries: list[list[Any]] = []
             popleft = pending.popleft
             live_get = live.get

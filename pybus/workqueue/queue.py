@@ -550,14 +550,18 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
 
     def metrics_samples(self) -> Iterator[RawSample]:
         s = self.stats()
-        for ev in ("put", "recovered", "dispatched", "acked", "nacked", "redelivered",
-                   "dead_lettered", "ack_timeouts"):
+        for ev in ("put", "put_duplicates", "recovered", "dispatched", "acked", "nacked",
+                   "redelivered", "dead_lettered", "ack_timeouts"):
             yield "pybus_tasks_total", {"event": ev}, s[ev]
         yield "pybus_dead_lettered_total", {}, s["dead_lettered"]
         yield "pybus_decode_errors_total", {}, s["decode_errors"]
         yield "pybus_in_flight", {}, s["in_flight"]
         yield "pybus_queue_depth", {}, s["queue_depth"]
         yield "pybus_queue_delayed", {}, s["delayed"]
+        for prio, n in enumerate(s["pending_by_priority"]):
+            yield "pybus_queue_pending", {"priority": str(prio)}, n
+        yield "pybus_queue_keys_waiting", {}, s["keys_waiting"]
+        yield "pybus_queue_blocked_keys", {}, s["blocked_keys"]
         yield "pybus_workers", {}, s["workers"]
         yield from transport_samples(s, self._security)
 
@@ -714,14 +718,20 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             core = self._core
             live, pending = core.live, core.pending
             pop = inbox.popleft
+            placed: list[Rec] = []  # a run of puts with a delay, a priority or a key
             while inbox:
                 batch, ordered = pop()
                 live.update(zip(map(rid, batch), batch, strict=True))
-                if ordered:  # a delay, a priority or a key: the core places it
-                    core.enqueue(batch, time.time_ns())
+                if ordered:  # the core places them, a run at a time (one call per drain)
+                    placed += batch
+                    continue
+                if placed:
+                    core.enqueue(placed, time.time_ns())
                     pending = core.pending  # (it may have become a PriorityPending)
-                else:
-                    pending.extend(batch)
+                    placed = []
+                pending.extend(batch)
+            if placed:
+                core.enqueue(placed, time.time_ns())
 
     def _read_router(self) -> None:
         router = self._router

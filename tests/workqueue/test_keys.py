@@ -101,6 +101,7 @@ def test_a_failure_blocks_its_key_until_the_retry_is_acked(ctx) -> None:
         seen = [e[0] for e in _take(w, 2)]
         assert sorted(seen) == sorted([y[1], x[0]]), seen
         assert q.stats()["blocked_keys"] == 1
+        assert ("pybus_queue_blocked_keys", {}, 1) in list(q.metrics_samples())
         w.send(H.ack([x[0], y[1]]))
         rest = []
         while len(rest) < 3:
