@@ -418,6 +418,13 @@ class RetryRun:
         self.policy._count(attempts=1, retries=1 if self.attempt > 1 else 0)
         return self.attempt
 
+    def resume(self, attempts: int) -> None:
+        """Continue a run after a restart: ``attempts`` were made (and failed) before, so
+        their delays are used up (the work queue's journaled retries)."""
+        self.attempt = attempts
+        for _ in range(attempts):
+            next(self._delays, None)
+
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), or None without a deadline."""
         if self.policy.deadline_s is None:

@@ -18,7 +18,11 @@ journal stores what the queue does in batches:
 * when every message of a batch is finished, its batch row and its ack rows are deleted in the
   same transaction;
 * ``dedupe(key, id, expires_ns)``: ``put(..., dedupe_key=)`` keys, written with their message
-  and deleted once expired.
+  and deleted once expired;
+* ``retries(id, body)``: messages that failed and wait for their retry; ``body`` is msgpack
+  ``[due_ns, failures, error_type, error_message, error_code, first_failure_s,
+  last_failure_s]``, so the retry's time and the attempts made survive a restart; deleted
+  when the message is finished.
 
 A message is unfinished exactly when its batch row exists and no ack row of that batch names
 it. Ack rows only exist for live batches, so the file stays bounded by what is unfinished.
@@ -63,6 +67,10 @@ CREATE TABLE IF NOT EXISTS dedupe (
     expires_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe(expires_ns);
+CREATE TABLE IF NOT EXISTS retries (
+    id    INTEGER PRIMARY KEY,
+    body  BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -206,15 +214,25 @@ class Journal:
                 "SELECT key, id, expires_ns FROM dedupe WHERE expires_ns > ? "
                 "ORDER BY expires_ns", (now_ns,)).fetchall()
 
-    def progress(self, acked: list[tuple[int, list[int]]], completed: list[int]) -> None:
+    def progress(self, acked: list[tuple[int, list[int]]], completed: list[int],
+                 retries: list[tuple[int, list[Any]]] = (),  # type: ignore[assignment]
+                 retried_done: list[int] = ()) -> None:  # type: ignore[assignment]
         """Record finished messages in one transaction.
 
         ``acked``: ``(batch first_id, finished ids)`` for batches that still have unfinished
-        messages; ``completed``: first ids of batches whose messages are all finished.
+        messages; ``completed``: first ids of batches whose messages are all finished;
+        ``retries``: ``(id, body)`` of messages waiting for a retry (module docstring);
+        ``retried_done``: ids whose retry rows go (the message is finished).
         """
-        if not acked and not completed:
+        if not acked and not completed and not retries and not retried_done:
             return
         with self._tx() as cur:
+            if retried_done:
+                cur.executemany("DELETE FROM retries WHERE id = ?",
+                                [(i,) for i in retried_done])
+            if retries:
+                cur.executemany("INSERT OR REPLACE INTO retries (id, body) VALUES (?, ?)",
+                                [(i, msgpack.packb(b)) for i, b in retries])
             if acked:
                 cur.executemany(
                     "INSERT INTO acks (batch, ids) VALUES (?, ?)",
@@ -232,6 +250,14 @@ class Journal:
             if self._db is None:
                 raise ClosedError("the journal is closed")
             return unfinished(self._db)
+
+    def retries(self) -> dict[int, list[Any]]:
+        """Messages waiting for a retry: id -> body (module docstring)."""
+        with self._lock:
+            if self._db is None:
+                raise ClosedError("the journal is closed")
+            return {i: msgpack.unpackb(b) for i, b in
+                    self._db.execute("SELECT id, body FROM retries").fetchall()}
 
     def __len__(self) -> int:
         """Unfinished messages in the journal."""

@@ -110,6 +110,10 @@ class DispatchCore:
         self.jtouched: list[JBatch] = []  # batches with finished messages not yet flushed
         self.jdel_since = 0.0
         self.jdone = 0
+        # journaled retries: rows to write, ids with a row, finished ids whose row goes
+        self.jretries: list[tuple[int, list[Any]]] = []
+        self.jretried: set[int] = set()
+        self.jretried_done: list[int] = []
         self.failures: dict[int, Failure] = {}  # only for messages that failed
         #: messages finished (acked or dead-lettered; with a journal: deleted from it)
         self.n_done = 0
@@ -148,8 +152,22 @@ class DispatchCore:
                            r[8] if len(r) > 8 else None]
                           for r in rows]
         self.live.update(zip(map(rid, recovered), recovered, strict=True))
+        self._recover_retries(journal, wall_ns)
         self.enqueue(recovered, wall_ns)
         return len(recovered)
+
+    def _recover_retries(self, journal: Journal, wall_ns: int) -> None:
+        """Messages that were waiting for a retry wait until its time again, with the attempts
+        they had made (the retry policy goes on counting from there)."""
+        for mid, (due, failures, etype, emsg, ecode, first, last) in journal.retries().items():
+            rec = self.live.get(mid)
+            if rec is None:  # finished before the row went (a flush in between)
+                self.jretried_done.append(mid)
+                continue
+            rec[R_DUE] = max(rec[R_DUE], due)
+            f = self.failures[mid] = Failure()
+            f.failures, f.first, f.last, f.error = failures, first, last, (etype, emsg, ecode)
+            self.jretried.add(mid)
 
     def enqueue(self, recs: list[Rec], wall_ns: int) -> None:
         """Messages with a delay, a priority or a key (or recovered ones, which may have
@@ -298,6 +316,11 @@ class DispatchCore:
             self._dead_letter(rec, err, now)
         else:
             heapq.heappush(self.timers, (now + delay, next(self._timer_seq), rec, False))
+            if self._journal is not None:  # the retry's time and attempts survive a restart
+                self.jretries.append((rec[R_ID], [int(wall * 1e9 + delay * 1e9), f.failures,
+                                                  etype, emsg, ecode, f.first, f.last]))
+                self.jretried.add(rec[R_ID])
+                self._jtouch(rec[R_BATCH], now)
             if rec[R_KEY] is not None and self.keys.pass_on_failure:
                 self._pass_key(rec)
 
@@ -491,6 +514,14 @@ class DispatchCore:
         b: JBatch = rec[R_BATCH]
         b.remaining -= 1
         b.done.append(rec[R_ID])
+        if self.jretried and rec[R_ID] in self.jretried:
+            self.jretried.discard(rec[R_ID])
+            self.jretried_done.append(rec[R_ID])
+        if not b.touched:
+            self._jtouch(b, now)
+
+    def _jtouch(self, b: JBatch, now: float) -> None:
+        """``b`` has something for the next journal flush."""
         if not b.touched:
             if not self.jtouched:
                 self.jdel_since = now
@@ -518,6 +549,8 @@ class DispatchCore:
             elif b.done:
                 acked.append((b.first, b.done))
             b.done = []
-        self._journal.progress(acked, completed)
+        retries, self.jretries = self.jretries, []
+        retried_done, self.jretried_done = self.jretried_done, []
+        self._journal.progress(acked, completed, retries, retried_done)
         self.n_done += self.jdone
         self.jdone = 0

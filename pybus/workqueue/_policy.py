@@ -56,6 +56,8 @@ class RetryPlan:
         if run is None:
             run = self.policy.start()
             run.started = self.policy.clock() - elapsed_s
+            if failure.failures > 1:  # failures recovered from the journal count
+                run.resume(failure.failures - 1)
             failure.run = run
         run.begin_attempt()
         try:
