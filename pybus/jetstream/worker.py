@@ -17,11 +17,12 @@ from .. import metrics as _metrics
 from .._lifecycle import Closeable
 from .._native import Histogram, Message
 from .._signals import graceful_signals
-from ..errors import ClosedError, ErrorCode, RemoteError, ValidationError
+from ..errors import AlreadyHandledError, ClosedError, ErrorCode, RemoteError, ValidationError
 from ..metrics.samples import NS, HdrValue, RawSample
 from ..policy.retry import RetryPolicy
 from ..workqueue._handler import wrap_handler
 from ..workqueue._policy import DEFAULT_RETRY
+from ..workqueue.idempotency import idempotent
 from . import _wq_codec as codec
 from ._jsconn import JsConn, check_stream_name
 from .workqueue import WORKERS
@@ -66,6 +67,9 @@ class Worker(Closeable):
         Connection name, and the object's name in metrics.
     registry : pybus.metrics.Registry or False, optional
         Where the worker reports (default registry; ``False``: nowhere).
+    idempotency : IdempotencyStore, optional
+        As ``pybus.Worker``: a task whose effect the store holds is acked without running the
+        handler (``pybus.workqueue.idempotency``; the id is the stream sequence and put time).
     """
 
     metrics_kind: ClassVar[str] = "jetstream_worker"
@@ -73,7 +77,8 @@ class Worker(Closeable):
     def __init__(self, servers: str | Sequence[str], handler: Callable[[Any], Any], stream: str,
                  concurrency: int = 1, *, prefetch: int = 63, retry: RetryPolicy | None = None,
                  type: Any = None, drain_timeout_s: float = 10.0,  # noqa: A002 - the documented name
-                 name: str | None = None, registry: Any = None) -> None:
+                 name: str | None = None, registry: Any = None,
+                 idempotency: Any = None) -> None:
         self._closed = True
         if not callable(handler):
             raise ValidationError(f"handler must be callable, got {handler!r}")
@@ -94,6 +99,8 @@ class Worker(Closeable):
         self.drain_timeout_s = float(drain_timeout_s)
         self.name = name or f"pybus-js-worker-{next(_names)}"
         self._call = wrap_handler(handler, type)
+        if idempotency is not None:  # the store knows the stream sequence + put time
+            self._call = idempotent(self._call, idempotency)
         self._conn = JsConn(servers, self.name)
         self.servers = self._conn.servers
         self._pool = concurrent.futures.ThreadPoolExecutor(concurrency, self.name)
@@ -103,7 +110,7 @@ class Worker(Closeable):
         self._held = 0  # tasks fetched and not settled yet
         self._topics: dict[str, str] = {}  # subject -> topic, checked once
         self._c = dict.fromkeys(("received", "handled", "acked", "nacked", "dead_lettered",
-                                 "decode_errors"), 0)
+                                 "decode_errors", "duplicates"), 0)
         self._latency = Histogram(1, _LATENCY_MAX_NS, 2)
         self._closed = False
         _metrics.attach(self, registry)
@@ -264,6 +271,10 @@ class Worker(Closeable):
         """A failure: nak it with the policy's delay, or dead-letter it."""
         m, msg, delivered, seq = task
         assert self.retry is not None
+        if isinstance(exc, AlreadyHandledError):  # its effect is committed: ack, not again
+            await m.ack()
+            self._c["duplicates"] += 1
+            return
         err = codec.error_of(exc)
         delay = self.retry.next_delay(err, delivered)
         if delay is None:
@@ -299,7 +310,7 @@ class Worker(Closeable):
 
     def metrics_samples(self) -> Iterator[RawSample]:
         s = self.stats()
-        for ev in ("handled", "acked", "nacked"):
+        for ev in ("handled", "acked", "nacked", "duplicates"):
             yield "pybus_tasks_total", {"event": ev}, s[ev]
         yield "pybus_dead_lettered_total", {}, s["dead_lettered"]
         yield "pybus_decode_errors_total", {}, s["decode_errors"]

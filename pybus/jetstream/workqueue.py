@@ -79,9 +79,14 @@ class _QueueBase:
 
     def _encode(self, topic: str, payload: Any, headers: Mapping[str, Any] | None,
                 dedupe_key: str | None, delay_s: Any = None, not_before: Any = None,
-                priority: Any = 0) -> tuple[str, bytes, dict[str, str]]:
+                priority: Any = 0, key: Any = None) -> tuple[str, bytes, dict[str, str]]:
         if self._closed:
             raise ClosedError("put() on a closed WorkQueue")
+        if key is not None:
+            raise ValidationError(
+                "key: the JetStream queue has no per-key ordering (its workers share one "
+                "consumer, and nats-server 2.9 cannot hold a subject's later tasks while one "
+                "is in flight); use the SQLite pybus.WorkQueue for it (docs/workqueue.md)")
         if priority:
             raise ValidationError(
                 "priority: a JetStream stream delivers in stream order (nats-server 2.9 has no "
@@ -247,7 +252,7 @@ class WorkQueue(_QueueBase, Closeable):
 
     def put(self, topic: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
             dedupe_key: str | None = None, delay_s: float | None = None,
-            not_before: Any = None, priority: int = 0) -> int:
+            not_before: Any = None, priority: int = 0, key: str | None = None) -> int:
         """Store one task; return its sequence number in the stream (a duplicate within the
         dedupe window returns the first one's).
 
@@ -255,13 +260,14 @@ class WorkQueue(_QueueBase, Closeable):
         ------
         TopicError, ValidationError
             A topic NATS or pybus would refuse, a payload with no msgpack form, a
-            ``delay_s``/``not_before`` or a ``priority`` (JetStream cannot express them).
+            ``delay_s``/``not_before``, a ``priority`` or a ``key`` (JetStream cannot
+            express them).
         TimeoutError
             The server did not store it within ``put_timeout_s`` (retried meanwhile with the
             same message id, so it is stored at most once).
         """
         subject, body, h = self._encode(topic, payload, headers, dedupe_key, delay_s,
-                                        not_before, priority)
+                                        not_before, priority, key)
         # _put bounds itself by put_timeout_s (each publish has its timeout)
         return self._conn.run(self._put(subject, body, h))
 
@@ -375,10 +381,10 @@ class AsyncWorkQueue(_QueueBase):
 
     async def put(self, topic: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
                   dedupe_key: str | None = None, delay_s: float | None = None,
-                  not_before: Any = None, priority: int = 0) -> int:
+                  not_before: Any = None, priority: int = 0, key: str | None = None) -> int:
         """As :meth:`WorkQueue.put`."""
         subject, body, h = self._encode(topic, payload, headers, dedupe_key, delay_s,
-                                        not_before, priority)
+                                        not_before, priority, key)
         if not self._started:
             await self.start()
         return await self._put(subject, body, h)

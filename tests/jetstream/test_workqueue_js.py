@@ -162,6 +162,41 @@ def _until_not_ready(reg: pybus.metrics.Registry) -> tuple[bool, list]:
     return reg.readiness()
 
 
+def test_a_retry_after_a_committed_effect_is_acked_without_the_handler(
+        nats_server: NatsServer, tmp_path) -> None:
+    """With an idempotency store the JetStream worker, too, skips a redelivered task whose
+    effect was committed: here the handler commits, then fails, and the nak's redelivery is
+    acked as a duplicate."""
+    from pybus.workqueue.idempotency import SQLiteIdempotency
+
+    store = SQLiteIdempotency(tmp_path / "effects.db")
+    store.connection().execute("CREATE TABLE effects (n INTEGER)")
+
+    def commit_then_fail(msg: pybus.Message) -> None:
+        with store.transaction() as db:
+            db.execute("INSERT INTO effects VALUES (?)", (msg.payload["n"],))
+        raise ConnectionError("the reply was lost after the commit")
+
+    h = Handled(commit_then_fail)
+    retry = pybus.RetryPolicy.fixed(0.1, max_attempts=3, registry=False)
+    try:
+        with js.WorkQueue(nats_server.url, stream="idem", retry=retry, registry=False) as q:
+            for n in range(3):
+                q.put("t.x", {"n": n})
+            w = js.Worker(nats_server.url, h, stream="idem", idempotency=store,
+                          registry=False).start()
+            try:
+                assert q.join(timeout=WAIT)
+            finally:
+                w.stop()
+        assert sorted(c[3]["n"] for c in h.calls) == [0, 1, 2]  # each handler ran once
+        assert [r[0] for r in store.connection().execute(
+            "SELECT n FROM effects ORDER BY n")] == [0, 1, 2]
+        assert (w.stats()["nacked"], w.stats()["duplicates"]) == (3, 3)
+    finally:
+        store.close()
+
+
 def test_bad_arguments_raise_clear_errors(nats_server: NatsServer) -> None:
     with pytest.raises(pybus.ValidationError, match="stream name"):
         js.WorkQueue(nats_server.url, stream="a.b", registry=False)
@@ -178,6 +213,8 @@ def test_bad_arguments_raise_clear_errors(nats_server: NatsServer) -> None:
             q.put("ok.t", b"x", delay_s=1.0)  # no delayed delivery on nats-server 2.9
         with pytest.raises(pybus.ValidationError, match="no priorities"):
             q.put("ok.t", b"x", priority=5)
+        with pytest.raises(pybus.ValidationError, match="no per-key ordering"):
+            q.put("ok.t", b"x", key="customer-1")
     with pytest.raises(pybus.ClosedError):
         q.put("ok.t", b"x")
 
