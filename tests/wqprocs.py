@@ -93,3 +93,28 @@ def idempotent_worker_proc(endpoint: str, store_path: str, log_path: str) -> Non
     w = Worker(endpoint, handler, concurrency=2, prefetch=32, heartbeat_interval_s=0.1,
                idempotency=store)
     w.run()
+
+
+def priority_producer_proc(endpoint: str, journal: str, prios: list[int], conn) -> None:  # type: ignore[no-untyped-def]
+    """Put one message per entry of ``prios`` (payload ``prio:index``) on a journaled queue,
+    no worker connected, then report and wait to be killed."""
+    from pybus import WorkQueue
+
+    q = WorkQueue(endpoint, journal=journal, heartbeat_interval_s=0.1)
+    for i, p in enumerate(prios):
+        q.put("prio.t", b"%d:%d" % (p, i), priority=p)
+    conn.send("all put")
+    time.sleep(60)  # killed long before this
+
+
+def logging_worker_proc(endpoint: str, log_path: str, prefetch: int, work_s: float) -> None:
+    """One handler thread; logs ``payload delivery`` for each message as it starts it."""
+    from pybus import Worker
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def handler(m):  # type: ignore[no-untyped-def]
+        os.write(fd, b"%s %d\n" % (m.payload, m.publisher_id))
+        time.sleep(work_s)
+
+    Worker(endpoint, handler, prefetch=prefetch, heartbeat_interval_s=0.1).run()

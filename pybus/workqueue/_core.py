@@ -55,8 +55,8 @@ log = logging.getLogger("pybus.workqueue")
 
 #: most messages in one DISPATCH frame
 MAX_BATCH = 1024
-#: fewest messages a DISPATCH frame carries while more are waiting (see dispatch)
-MIN_SHARE = 16
+#: a frame carries at least this much work, by the measured time per message (see dispatch)
+FRAME_WORK_S = 0.005
 #: when the DLQ refuses a message, it is kept and offered again after this delay
 _DLQ_RETRY_S = 1.0
 
@@ -107,6 +107,10 @@ class DispatchCore:
         self.workers: dict[bytes, WorkerState] = {}
         self.in_flight = 0
         self.throttled = False  # the last dispatch stopped on the breaker or rate limiter
+        # a worker's time per message, seconds, smoothed (1/8 per ack frame): the time
+        # between two of its ack frames over the messages of the second, taken while it
+        # was busy throughout; starts slow, so the first messages are spread evenly
+        self.service_s = 1.0
         self.jtouched: list[JBatch] = []  # batches with finished messages not yet flushed
         self.jdel_since = 0.0
         self.jdone = 0
@@ -270,7 +274,11 @@ class DispatchCore:
         if released:
             self.enqueue(released, time.time_ns())
         if w is not None:
-            w.held = max(0, w.held - len(acks) - len(dups))
+            k = len(acks) + len(dups)
+            if w.held > k and w.last_ack and k:  # it had more to do all along: a sample
+                self.service_s += ((now - w.last_ack) / k - self.service_s) * 0.125
+            w.last_ack = now
+            w.held = max(0, w.held - k)
         c = self.c
         c["acked"] += done
         c["duplicates"] += len(dups)
@@ -470,10 +478,13 @@ class DispatchCore:
                 if room <= 0:
                     self.throttled = True
                     return
-            # share the backlog between the workers that have room, in frames of at least
-            # MIN_SHARE messages: a short line (keyed messages let go a few at a time by
-            # acks) split eight ways would cost a frame, a wake-up and an ack per message
-            n = min(best_free, room, MAX_BATCH, max(MIN_SHARE, -(-len(pending) // n_free)))
+            # share the backlog between the workers that have room. Slow handlers need the
+            # even share (one worker must not sit on what eight could run); with fast ones a
+            # small share costs each message a frame, a wake-up and an ack of its own (a
+            # keyed line is let go a few at a time by acks), so a frame carries FRAME_WORK_S
+            # of work
+            share = max(-(-len(pending) // n_free), int(FRAME_WORK_S / self.service_s))
+            n = min(best_free, room, MAX_BATCH, share)
             entries: list[list[Any]] = []
             popleft = pending.popleft
             live_get = live.get

@@ -150,7 +150,7 @@ class Failure:
 class WorkerState:
     """One connected worker as the dispatcher sees it: its credit and what it holds."""
 
-    __slots__ = ("ident", "capacity", "held", "inflight", "last_recv", "last_send")
+    __slots__ = ("ident", "capacity", "held", "inflight", "last_recv", "last_send", "last_ack")
 
     def __init__(self, ident: bytes, capacity: int, now: float) -> None:
         self.ident = ident
@@ -159,3 +159,4 @@ class WorkerState:
         self.inflight: dict[int, Rec] = {}  # insertion order == dispatch order
         self.last_recv = now
         self.last_send = now
+        self.last_ack = 0.0  # when its last ack frame came (0: none yet)

@@ -1,6 +1,7 @@
 """Issue 15's fault bars with real processes: per-key order holds with workers SIGKILLed
-mid-burst, and with an idempotency store no handler runs again for a message whose effect
-was committed, though workers die between that commit and the ack."""
+mid-burst; with an idempotency store no handler runs again for a message whose effect was
+committed, though workers die between that commit and the ack; priorities hold under a
+saturating load after a SIGKILLed producer, with workers SIGKILLed too."""
 
 from __future__ import annotations
 
@@ -169,3 +170,68 @@ def test_no_handler_runs_again_for_a_committed_message(tmp_dir) -> None:
             _kill(p)
         q.close()
         db.close()
+
+
+def test_priorities_hold_under_saturation_with_sigkilled_producer_and_workers(tmp_dir) -> None:
+    """A producer puts 3,000 messages of random priorities on its journal and is SIGKILLed; the
+    queue reopened on the journal feeds 4 workers that hold at most 8 each (credit always
+    used up), one SIGKILLed every second. Every worker starts its first deliveries in
+    non-increasing priority: no lower priority went out while a higher one waited (aging is
+    off here, so the rule is plain "highest first")."""
+    import random
+
+    rng = random.Random(11)
+    prios = [rng.randrange(10) for _ in range(3000)]
+    journal = f"{tmp_dir}/prio.db"
+    parent, child = SPAWN.Pipe()
+    producer = SPAWN.Process(target=wqprocs.priority_producer_proc,
+                             args=(f"ipc://{tmp_dir}/p0", journal, prios, child))
+    producer.start()
+    try:
+        assert parent.poll(WAIT_S) and parent.recv() == "all put"
+    finally:
+        _kill(producer)  # SIGKILL: the journal is all that is left
+    q = WorkQueue(f"ipc://{tmp_dir}/q", journal=journal, heartbeat_interval_s=0.1,
+                  priority_aging_n=10**9, registry=False)
+    procs: list = []
+    logs: list[str] = []
+
+    def spawn() -> None:
+        logs.append(f"{tmp_dir}/w{len(logs)}.log")
+        p = SPAWN.Process(target=wqprocs.logging_worker_proc,
+                          args=(q.endpoint, logs[-1], 8, 0.004))
+        p.start()
+        procs.append(p)
+
+    try:
+        assert q.stats()["recovered"] == 3000
+        for _ in range(4):
+            spawn()
+        kills = 0
+        deadline = time.monotonic() + WAIT_S
+        next_kill = time.monotonic() + 1.0
+        while not q.join(timeout=0.05):
+            assert time.monotonic() < deadline, q.stats()
+            if time.monotonic() >= next_kill:
+                _kill(next(p for p in procs if p.is_alive()))
+                kills += 1
+                spawn()
+                next_kill += 1.0
+        assert kills >= 2
+        handled: set[int] = set()
+        for path in filter(os.path.exists, logs):
+            firsts = []
+            with open(path, "rb") as f:
+                for line in f:
+                    payload, delivery = line.split()
+                    prio, i = map(int, payload.split(b":"))
+                    assert prios[i] == prio
+                    handled.add(i)
+                    if delivery == b"1":
+                        firsts.append(prio)
+            assert firsts == sorted(firsts, reverse=True), (path, firsts)
+        assert handled == set(range(3000))
+    finally:
+        for p in procs:
+            _kill(p)
+        q.close()
