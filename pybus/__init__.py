@@ -5,6 +5,7 @@ from ._native import Histogram, Message
 from ._version import __version__
 from .allocator import tune_allocator
 from .errors import (
+    AlreadyHandledError,
     BackpressureError,
     BusError,
     CircuitOpenError,
@@ -38,13 +39,14 @@ from .transport.security import (
     save_keypair,
 )
 from .transport.sockets import Liveness, SlowConsumerError
-from .workqueue import Worker, WorkQueue
+from .workqueue import SQLiteIdempotency, Worker, WorkQueue
 
 __all__ = [
     "__version__",
     "AsyncClient",
     "Client",
     "Server",
+    "AlreadyHandledError",
     "BackpressureError",
     "BusError",
     "CircuitBreaker",
@@ -78,6 +80,7 @@ __all__ = [
     "validate_topic",
     "Worker",
     "WorkQueue",
+    "SQLiteIdempotency",
     "tune_allocator",
     "Histogram",
     "Message",
