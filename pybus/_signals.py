@@ -14,16 +14,35 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["graceful_signals", "STOP_SIGNALS"]
+__all__ = ["graceful_signals", "join_within", "STOP_SIGNALS"]
 
 log = logging.getLogger("pybus")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+#: longest uninterrupted wait of a draining main thread (see join_within)
+_SLICE_S = 0.1
+
+
+def join_within(threads: list[threading.Thread], timeout_s: float) -> None:
+    """Join ``threads`` within ``timeout_s`` in short slices. A signal the kernel hands to
+    another thread does not interrupt the main thread's wait; Python runs its handler (a
+    second SIGTERM: exit at once) only when that wait returns, so a drain must never wait
+    long in one go."""
+    deadline = time.monotonic() + timeout_s
+    for t in threads:
+        while t.is_alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            t.join(min(left, _SLICE_S))
 
 
 @contextmanager

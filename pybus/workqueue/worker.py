@@ -30,7 +30,7 @@ from .. import metrics as _metrics
 from .._deprecated import deprecated_attribute, renamed
 from .._native import Histogram, _zmqfast
 from .._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
-from .._signals import graceful_signals
+from .._signals import graceful_signals, join_within
 from ..errors import (
     AlreadyHandledError,
     BusError,
@@ -418,9 +418,7 @@ class Worker:
             # graceful end: let handlers finish their current message, ship their acks
             for _ in self._handler_threads:
                 self._work.put(None)
-            deadline = time.monotonic() + self.drain_timeout_s
-            for t in self._handler_threads:
-                t.join(max(0.0, deadline - time.monotonic()))
+            join_within(self._handler_threads, self.drain_timeout_s)
             self._forward(results, sock)
             try:
                 sock.send(P.BYE_FRAME, zmq.NOBLOCK)
