@@ -42,6 +42,7 @@ from ..errors import (
 from ..metrics.samples import NS, HdrValue, RawSample, ReadyUntilClosed, transport_samples
 from ..policy.ratelimit import KeyedRateLimiter, RateLimiter
 from ..transport import sockets as _sockets
+from ..transport.channel import server_channel
 from ..transport.iopath import IOPath
 from ..transport.sockets import (
     DEFAULT_LIVENESS,
@@ -52,13 +53,10 @@ from ..transport.sockets import (
 )
 from ..wire.reqrep import (
     FLAG_MSGPACK,
-    FLAGS_REQUEST,
     HEADER,
-    HEADER_SIZE,
     KIND_CONTROL,
     KIND_ERROR,
     KIND_REPLY,
-    KIND_REQUEST,
     MAX_MESSAGE_BYTES,
     WIRE_VERSION,
     decode_payload,
@@ -72,7 +70,6 @@ from ._common import (
     NOBLOCK,
     SNDMORE_NOBLOCK,
     InFlightLimit,
-    send_of,
     watch_stats,
 )
 from ._drain import drain_replies
@@ -456,142 +453,29 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
             self._loop_done.set()
 
     def _loop(self) -> None:
+        """The I/O loop, one for both I/O paths: the channel reads a request and judges its
+        header (in C on the libzmq path), the decisions and their counters are here."""
         if self.workers and self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self.workers, thread_name_prefix="pybus-rpc-worker"
             )
-        sock = self._sock
-        addr = _fast_address(sock)
-        self._io_path = "libzmq" if addr else "pyzmq"
-        if addr:
-            self._loop_fast(addr)
-            return
-        recv = sock.recv
-        zsend = send_of(sock)
-        getsockopt = sock.getsockopt
-        unpack_from = HEADER.unpack_from
-        pack = HEADER.pack
+        chan = server_channel(self._sock)
+        self._io_path = chan.io_path
+        recv_request, send_reply = chan.recv_request, chan.send_reply
         pool = self._pool  # set above, cleared only by _shutdown after the loop ends
         stats = self._stats
         ctrl_prefix = self._ctrl_prefix
         forward_marker = ctrl_prefix + _CTRL_FORWARD
         stop_marker = ctrl_prefix + _CTRL_STOP
-        RCVMORE, MORE_NOBLOCK, LAST_NOBLOCK = zmq.RCVMORE, SNDMORE_NOBLOCK, NOBLOCK
+        multipart, kind_reason = _zmqfast.REASON_MULTIPART, _zmqfast.REASON_KIND
         # Module globals and builtins as locals: in this long-running loop CPython 3.11
         # left the LOAD_GLOBALs unspecialised (callgrind: ~13 dict lookups per request).
-        header_size, wire_version, flag_msgpack = HEADER_SIZE, WIRE_VERSION, FLAG_MSGPACK
-        kind_request, kind_reply, kind_error = KIND_REQUEST, KIND_REPLY, KIND_ERROR
-        len_, type_, bytes_ = len, type, bytes
-        sock.setsockopt(zmq.RCVTIMEO, _IDLE_CHECK_MS)
-        while not self._closed:
-            try:
-                try:
-                    ident = recv()
-                except zmq.Again:
-                    continue  # idle: re-check _closed
-                # The body as a zmq.Frame only to read its "more" flag: pyzmq's
-                # getsockopt(RCVMORE) costs about twice a Frame (~8.7k vs ~4.9k
-                # instructions: it builds a SocketOption enum on every call).
-                zframe = recv(0, False)
-                frame = zframe.bytes
-                if zframe.more:
-                    if frame == forward_marker:
-                        self._forward_worker_reply()
-                        continue
-                    # A well-formed request is a single frame after the identity.
-                    while getsockopt(RCVMORE):
-                        recv()
-                    self._bad_frame("multipart")
-                    continue
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                    break
-                raise
-            if len_(frame) < header_size:
-                self._bad_frame("short")
-                continue
-            version, kind, flags, mlen, cid = unpack_from(frame)
-            if version != wire_version:
-                self._bad_frame("version")
-                continue
-            if flags & ~FLAGS_REQUEST:
-                self._bad_frame("flags")  # reserved bits must be zero
-                continue
-            if kind != kind_request:
-                if frame == stop_marker:
-                    break
-                self._bad_frame("kind")
-                continue
-            end = header_size + mlen
-            if mlen == 0 or len_(frame) < end:
-                self._bad_frame("method")
-                continue
-            stats["requests"] += 1
-            fn = self._handlers.get(frame[header_size:end])
-            # Admission, routing, then the handler. What each decision counts and answers is
-            # in the methods _loop_fast calls too; only this order and the common case (a call
-            # there would cost every request) are written in both loops.
-            if self.rate_limit is not None and not self._admit(ident):
-                reply = pack(wire_version, kind_error, flag_msgpack, 0, cid)
-                reply += self._rate_limited(ident)
-            elif fn is None:
-                reply = pack(wire_version, kind_error, flag_msgpack, 0, cid)
-                reply += self._unknown_method(frame[header_size:end])
-            else:
-                try:
-                    body = frame[end:]
-                    if flags > flag_msgpack:  # a header block (trace context) comes first
-                        fn, flags, body = headed(fn, frame[header_size:end], flags, body,
-                                                 self._traced)
-                    arg = decode_payload(flags, body) if flags else body
-                except FrameError as exc:
-                    reply = pack(wire_version, kind_error, flag_msgpack, 0, cid)
-                    reply += self._undecodable(exc)
-                else:
-                    if pool is not None:
-                        self._submit(fn, arg, ident, cid)
-                        continue
-                    # _call inlined: this is the per-request hot path.
-                    try:
-                        result = fn(arg)
-                        if type_(result) is bytes_:
-                            reply = pack(wire_version, kind_reply, 0, 0, cid) + result
-                        else:
-                            rflags, body = encode_payload(result)
-                            reply = pack(wire_version, kind_reply, rflags, 0, cid) + body
-                    except Exception as exc:  # noqa: BLE001 - goes back to the client
-                        reply = pack(wire_version, kind_error, flag_msgpack, 0, cid)
-                        reply += self._handler_failed(exc)
-            try:
-                zsend(sock, ident, MORE_NOBLOCK)
-                zsend(sock, reply, LAST_NOBLOCK)
-                stats["replies"] += 1
-            except zmq.ZMQError as exc:
-                self._send_failed(exc)
-
-    def _loop_fast(self, addr: int) -> None:
-        """The I/O loop on ``_zmqfast``: the request is read and its header judged in C, the
-        reply header written in C; the decisions (and their counters) stay here, in the same
-        order as the pyzmq loop (_loop)."""
-        sock = self._sock
-        recv = sock.recv
-        getsockopt = sock.getsockopt
-        recv_request = _zmqfast.recv_request
-        send_reply = _zmqfast.send_reply
-        pool = self._pool  # set by _loop, cleared only by _shutdown after the loop ends
-        stats = self._stats
-        ctrl_prefix = self._ctrl_prefix
-        forward_marker = ctrl_prefix + _CTRL_FORWARD
-        stop_marker = ctrl_prefix + _CTRL_STOP
-        multipart, kind_reason = _zmqfast.REASON_MULTIPART, _zmqfast.REASON_KIND
-        RCVMORE = zmq.RCVMORE
-        # Module globals and builtins as locals (see _loop).
         flag_msgpack, kind_reply, kind_error = FLAG_MSGPACK, KIND_REPLY, KIND_ERROR
         type_, bytes_, closed_error = type, bytes, ClosedError
-        sock.setsockopt(zmq.RCVTIMEO, _IDLE_CHECK_MS)
+        self._sock.setsockopt(zmq.RCVTIMEO, _IDLE_CHECK_MS)
         while not self._closed:
             try:
-                r = recv_request(addr)
+                r = recv_request()
             except closed_error:
                 break
             if r is None:
@@ -604,8 +488,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
                             self._forward_worker_reply()
                             continue
                         # A well-formed request is a single frame after the identity.
-                        while getsockopt(RCVMORE):
-                            recv()
+                        chan.discard_rest()
                     except zmq.ZMQError as exc:
                         if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
                             break
@@ -615,17 +498,18 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
                 self._bad_frame(reason)
                 continue
             stats["requests"] += 1
-            # reason None: method is the bytes name (recv_request's contract)
-            fn = self._handlers.get(method)  # type: ignore[arg-type]
-            # the same decisions in the same order as _loop (see there)
+            fn = self._handlers.get(method)
+            # Admission, routing, then the handler. What each decision counts and answers is
+            # in the methods called here; only the common case is inlined (a call there would
+            # cost every request).
             if self.rate_limit is not None and not self._admit(ident):
                 kind, rflags, body = kind_error, flag_msgpack, self._rate_limited(ident)
             elif fn is None:
-                kind, rflags, body = kind_error, flag_msgpack, self._unknown_method(method)  # type: ignore[arg-type]
+                kind, rflags, body = kind_error, flag_msgpack, self._unknown_method(method)
             else:
                 try:
                     if flags > flag_msgpack:  # a header block (trace context) comes first
-                        fn, flags, data = headed(fn, method, flags, data, self._traced)  # type: ignore[arg-type]
+                        fn, flags, data = headed(fn, method, flags, data, self._traced)
                     arg = decode_payload(flags, data) if flags else data
                 except FrameError as exc:
                     kind, rflags, body = kind_error, flag_msgpack, self._undecodable(exc)
@@ -642,7 +526,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
                             kind = kind_reply
                     except Exception as exc:  # noqa: BLE001 - goes back to the client
                         kind, rflags, body = kind_error, flag_msgpack, self._handler_failed(exc)
-            err = send_reply(addr, ident, cid, kind, rflags, body)
+            err = send_reply(ident, cid, kind, rflags, body)
             if err:
                 self._send_failed(zmq.ZMQError(err))
             else:
@@ -688,7 +572,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
                 self._handler_failed(exc)
             )
 
-    # -- per-request decisions (both loops; the worker pool) ------------------------------
+    # -- per-request decisions (the loop; the worker pool) --------------------------------
     def _admit(self, ident: bytes) -> bool:
         """Admission control (only with a rate limit): may this client's request be served?"""
         limiter = self.rate_limit

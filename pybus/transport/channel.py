@@ -1,0 +1,115 @@
+"""One socket interface with two implementations, chosen once per socket: the compiled libzmq
+path (``pybus._native._zmqfast``) or plain pyzmq calls with the same methods. Protocol code
+above it is written once and never asks which path it runs on; the compiled layer does I/O
+and codecs, never policy (no counting, no decisions).
+
+Today the RPC server's side of ``docs/wire-reqrep.md`` goes through it (:class:`ServerChannel`):
+
+* ``recv_request()``: the next request on a ROUTER, waiting up to the socket's RCVTIMEO.
+  ``None`` when nothing came; else ``(reason, identity, cid, flags, method, data)``, with
+  ``reason`` None for a well-formed REQUEST, or one of the ``REASON_*`` strings (the header
+  judged in the order of the wire document), ``data`` then being the whole frame after the
+  identity. With ``REASON_MULTIPART`` the message's further parts are unread: call
+  ``discard_rest()``. Raises :class:`pybus.ClosedError` once the socket or its context is
+  closed.
+* ``send_reply(identity, cid, kind, flags, body)``: one reply (header written here), without
+  blocking; the errno, 0 when sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from .._native import _zmqfast
+from ..errors import ClosedError
+from ..wire.reqrep import FLAGS_REQUEST, HEADER, HEADER_SIZE, KIND_REQUEST, WIRE_VERSION
+from .sockets import fast_address
+
+__all__ = ["ServerChannel", "server_channel"]
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_CLOSED = (zmq.ETERM, zmq.ENOTSOCK)
+
+
+class ServerChannel:
+    """The RPC server's socket on pyzmq's calls; :func:`server_channel` gives the compiled
+    one when it can (module docstring)."""
+
+    io_path = "pyzmq"
+
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
+        self._sock = sock
+
+    def recv_request(self) -> tuple[Any, ...] | None:
+        sock = self._sock
+        try:
+            try:
+                ident = sock.recv()
+            except zmq.Again:
+                return None
+            # the body as a zmq.Frame only to read its "more" flag: pyzmq's
+            # getsockopt(RCVMORE) costs about twice a Frame
+            zframe = sock.recv(0, False)
+        except zmq.ZMQError as exc:
+            if exc.errno in _CLOSED:
+                raise ClosedError("the RPC server's socket is closed") from None
+            raise
+        frame = zframe.bytes
+        if zframe.more:
+            return (_zmqfast.REASON_MULTIPART, ident, 0, 0, None, frame)
+        if len(frame) < HEADER_SIZE:
+            return (_zmqfast.REASON_SHORT, ident, 0, 0, None, frame)
+        version, kind, flags, mlen, cid = HEADER.unpack_from(frame)
+        reason = None
+        end = HEADER_SIZE + mlen
+        if version != WIRE_VERSION:
+            reason = _zmqfast.REASON_VERSION
+        elif flags & ~FLAGS_REQUEST:
+            reason = _zmqfast.REASON_FLAGS  # reserved bits must be zero
+        elif kind != KIND_REQUEST:
+            reason = _zmqfast.REASON_KIND
+        elif mlen == 0 or len(frame) < end:
+            reason = _zmqfast.REASON_METHOD
+        if reason is not None:
+            return (reason, ident, 0, 0, None, frame)
+        return (None, ident, cid, flags, frame[HEADER_SIZE:end], frame[end:])
+
+    def discard_rest(self) -> None:
+        sock = self._sock
+        while sock.getsockopt(zmq.RCVMORE):
+            sock.recv()
+
+    def send_reply(self, ident: bytes, cid: int, kind: int, flags: int, body: bytes) -> int:
+        sock = self._sock
+        try:
+            sock.send(ident, _SNDMORE_NOBLOCK)
+            sock.send(HEADER.pack(WIRE_VERSION, kind, flags, 0, cid) + body, _NOBLOCK)
+        except zmq.ZMQError as exc:
+            return exc.errno or -1
+        return 0
+
+
+class _FastServerChannel(ServerChannel):
+    """The same on ``_zmqfast``: the request read and its header judged in C, the reply's
+    header written in C."""
+
+    io_path = "libzmq"
+
+    def __init__(self, sock: zmq.Socket[Any], addr: int) -> None:
+        super().__init__(sock)
+        self._addr = addr
+
+    def recv_request(self) -> tuple[Any, ...] | None:
+        return _zmqfast.recv_request(self._addr)
+
+    def send_reply(self, ident: bytes, cid: int, kind: int, flags: int, body: bytes) -> int:
+        return _zmqfast.send_reply(self._addr, ident, cid, kind, flags, body)
+
+
+def server_channel(sock: zmq.Socket[Any]) -> ServerChannel:
+    """The channel for an RPC server's ROUTER: compiled when the fast path is available."""
+    addr = fast_address(sock)
+    return _FastServerChannel(sock, addr) if addr else ServerChannel(sock)
