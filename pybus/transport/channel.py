@@ -3,7 +3,14 @@ path (``pybus._native._zmqfast``) or plain pyzmq calls with the same methods. Pr
 above it is written once and never asks which path it runs on; the compiled layer does I/O
 and codecs, never policy (no counting, no decisions).
 
-Today the RPC server's side of ``docs/wire-reqrep.md`` goes through it (:class:`ServerChannel`):
+Two kinds so far. :class:`MessageChannel`, whole messages without blocking (the work queue's
+ROUTER):
+
+* ``recv_parts()``: the next message's parts, or None when none is ready;
+* ``send_parts(parts)``: one message (a tuple of bytes); the errno, 0 when queued
+  (EHOSTUNREACH: a ROUTER_MANDATORY peer is gone).
+
+:class:`ServerChannel`, the RPC server's side of ``docs/wire-reqrep.md``:
 
 * ``recv_request()``: the next request on a ROUTER, waiting up to the socket's RCVTIMEO.
   ``None`` when nothing came; else ``(reason, identity, cid, flags, method, data)``, with
@@ -28,11 +35,52 @@ from ..errors import ClosedError
 from ..wire.reqrep import FLAGS_REQUEST, HEADER, HEADER_SIZE, KIND_REQUEST, WIRE_VERSION
 from .sockets import fast_address
 
-__all__ = ["ServerChannel", "server_channel"]
+__all__ = ["MessageChannel", "ServerChannel", "message_channel", "server_channel"]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _CLOSED = (zmq.ETERM, zmq.ENOTSOCK)
+
+
+class MessageChannel:
+    """Whole messages on pyzmq's calls; :func:`message_channel` gives the compiled one when
+    it can (module docstring). Safe on a closed socket (its calls raise or fail), which the
+    compiled one is not: switch to this one before closing."""
+
+    io_path = "pyzmq"
+
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
+        self._sock = sock
+
+    def recv_parts(self) -> list[bytes] | None:
+        try:
+            return self._sock.recv_multipart(_NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def send_parts(self, parts: tuple[bytes, ...]) -> int:
+        try:
+            self._sock.send_multipart(parts, _NOBLOCK)
+        except zmq.ZMQError as exc:
+            return exc.errno or -1
+        return 0
+
+
+class _FastMessageChannel(MessageChannel):
+    """The same on ``_zmqfast`` (the C functions bound to the socket's address)."""
+
+    io_path = "libzmq"
+
+    def __init__(self, sock: zmq.Socket[Any], addr: int) -> None:
+        super().__init__(sock)
+        self.recv_parts = partial(_zmqfast.recv_message, addr)  # type: ignore[method-assign]
+        self.send_parts = partial(_zmqfast.send_message, addr)  # type: ignore[method-assign]
+
+
+def message_channel(sock: zmq.Socket[Any]) -> MessageChannel:
+    """The whole-message channel for ``sock``: compiled when the fast path is available."""
+    addr = fast_address(sock)
+    return _FastMessageChannel(sock, addr) if addr else MessageChannel(sock)
 
 
 class ServerChannel:

@@ -47,7 +47,6 @@ from .. import metrics as _metrics
 from .. import tracing
 from .._deprecated import DeprecatedAlias, renamed
 from .._lifecycle import Closeable
-from .._native import _zmqfast
 from ..errors import (
     BackpressureError,
     BusError,
@@ -58,6 +57,7 @@ from ..errors import (
 from ..metrics.samples import RawSample, ReadyUntilClosed, transport_samples
 from ..store.journal import Journal
 from ..transport import sockets as _sockets
+from ..transport.channel import MessageChannel, message_channel
 from ..transport.iopath import IOPath
 from ..wire.payload import encode_payload
 from ._core import DispatchCore
@@ -95,25 +95,17 @@ _JOURNAL_FLUSH_S = 0.005
 
 class _RouterOut:
     """Non-blocking sends on the ROUTER for the dispatcher core: ``send(ident, frame)`` is
-    False when the peer is gone. It holds no reference to the queue (no cycle through the
-    core)."""
+    False when the peer is gone (EHOSTUNREACH...). It holds no reference to the queue (no
+    cycle through the core)."""
 
-    __slots__ = ("router", "addr")
+    __slots__ = ("chan",)
 
-    def __init__(self, router: zmq.Socket[Any], addr: int) -> None:
-        self.router = router
-        # the ROUTER's address for _zmqfast (0: pyzmq's calls); zeroed as the ROUTER closes
-        self.addr = addr
+    def __init__(self, router: zmq.Socket[Any]) -> None:
+        # the ROUTER's channel; the pyzmq one (safe on a closed socket) once it closes
+        self.chan = message_channel(router)
 
     def send(self, ident: bytes, frame: bytes) -> bool:
-        addr = self.addr
-        if addr:
-            return not _zmqfast.send_message(addr, (ident, frame))  # an errno: EHOSTUNREACH...
-        try:
-            self.router.send_multipart((ident, frame), zmq.NOBLOCK)
-        except zmq.ZMQError:  # EHOSTUNREACH: the peer is gone
-            return False
-        return True
+        return not self.chan.send_parts((ident, frame))
 
 
 class _CoreSetting:
@@ -339,8 +331,8 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
                                              receives_stream=True)
             router.bind(endpoint)
             # the ROUTER lives as long as the dispatcher (closed only as its thread ends)
-            self._out = _RouterOut(router, _sockets.fast_address(router))
-            self._io_path = "libzmq" if self._out.addr else "pyzmq"  # io_path
+            self._out = _RouterOut(router)
+            self._io_path = self._out.chan.io_path
         except zmq.ZMQError as exc:
             router.close()
             if self._own_ctx:
@@ -700,7 +692,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             except BusError:
                 pass
             poller.unregister(router)
-            self._out.addr = 0
+            self._out.chan = MessageChannel(router)
             router.close()
             self._wake_pull.close()
 
@@ -734,21 +726,13 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
                 core.enqueue(placed, time.time_ns())
 
     def _read_router(self) -> None:
-        router = self._router
-        addr = self._out.addr
-        recv_message = _zmqfast.recv_message
+        recv_parts = self._out.chan.recv_parts
         handle = self._core.handle
         c = self._core.c
         for _ in range(_RECV_BURST):
-            if addr:
-                frames = recv_message(addr)
-                if frames is None:
-                    return
-            else:
-                try:
-                    frames = router.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    return
+            frames = recv_parts()
+            if frames is None:
+                return
             if len(frames) != 2:
                 c["decode_errors"] += 1
                 continue

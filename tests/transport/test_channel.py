@@ -78,3 +78,39 @@ def test_a_reply_goes_back_framed_and_idle_is_none(pair) -> None:
     router.close()
     with pytest.raises(ClosedError):
         chan.recv_request()
+
+
+@pytest.fixture(params=["pyzmq", "libzmq"])
+def routed(request):
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    for s in (router, dealer):
+        s.linger = 0
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    dealer.rcvtimeo = 2000
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    chan = (channel.MessageChannel(router) if request.param == "pyzmq"
+            else channel.message_channel(router))
+    if chan.io_path != request.param:
+        pytest.skip("the compiled fast path is off (PYBUS_NO_ZMQ_FASTPATH)")
+    yield chan, router, dealer
+    router.close()
+    dealer.close()
+    ctx.term()
+
+
+def test_whole_messages_both_ways_and_an_unroutable_peer_is_an_errno(routed) -> None:
+    chan, _router, dealer = routed
+    assert chan.recv_parts() is None  # nothing waiting: never blocks
+    dealer.send_multipart([b"a", b"", b"ccc"])
+    parts = None
+    for _ in range(200):  # until the message crossed the loopback (bounded)
+        parts = chan.recv_parts()
+        if parts is not None:
+            break
+        dealer.poll(10)
+    assert parts is not None and list(parts[1:]) == [b"a", b"", b"ccc"]
+    assert chan.send_parts((parts[0], b"back", b"2")) == 0
+    assert dealer.recv_multipart() == [b"back", b"2"]
+    assert chan.send_parts((b"nobody", b"x")) == zmq.EHOSTUNREACH
