@@ -28,6 +28,8 @@ __all__ = ["replay", "areplay", "Replay", "AsyncReplay", "GAP_TOPIC"]
 # a blocked sync read wakes up this often to notice close() from another thread
 _SLICE_S = 0.25
 _OPEN_TIMEOUT_S = 15.0
+#: longest a fill may take beyond its own wait before the server counts as unreachable
+_FILL_BOUND_S = 30.0
 
 
 def _core(servers: str | Sequence[str], stream: str, pattern: str, from_seq: int | None,
@@ -74,7 +76,10 @@ class Replay:
                 if not wait:  # the end of the replay
                     self._shutdown(clean=True)
                     return None
-                self._loop.run(core.fill(wait), wait + 10.0)
+                # a fill is one fetch (<= wait) and at most one stream lookup (<= 5 s); the
+                # bound only catches a server that is gone: with both cores taken by other
+                # processes (CI's busy-loop pass) a fill was seen past 10 s
+                self._loop.run(core.fill(wait), wait + _FILL_BOUND_S)
             return None
 
     def __iter__(self) -> Replay:
