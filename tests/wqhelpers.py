@@ -92,3 +92,24 @@ def recv_until(sock: Any, cmd: str, timeout: float = 20.0) -> bytes:
         if command(f) == cmd:
             return f
         assert time.monotonic() < deadline, f"no {cmd!r} frame within {timeout}s"
+
+
+def fake_worker(ctx: Any, endpoint: str, credit: int, rcvtimeo_s: float = 5.0) -> Any:
+    """A DEALER that says HELLO to the queue at ``endpoint`` and has its WELCOME: a worker
+    whose every frame the test writes by hand."""
+    import zmq
+
+    s = ctx.socket(zmq.DEALER)
+    s.linger, s.rcvtimeo = 0, int(rcvtimeo_s * 1000)
+    s.connect(endpoint)
+    s.send(hello(credit))
+    recv_until(s, "W")
+    return s
+
+
+def take(sock: Any, n: int, timeout: float = 30.0) -> list[list[Any]]:
+    """At least ``n`` DISPATCH entries, from as many frames as it takes."""
+    got: list[list[Any]] = []
+    while len(got) < n:
+        got += decode_dispatch(recv_until(sock, "M", timeout))
+    return got

@@ -70,6 +70,9 @@ MAX_KEY_BYTES = 256
 
 def check_key(key: object) -> str:
     """An ordering key: a non-empty str of at most MAX_KEY_BYTES UTF-8 bytes."""
+    # at most 4 UTF-8 bytes a character: short keys need no encoding to be measured
+    if type(key) is str and 0 < len(key) <= MAX_KEY_BYTES // 4:
+        return key
     if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
         raise ValidationError(f"key must be a non-empty str of at most {MAX_KEY_BYTES} UTF-8 "
                               f"bytes (messages with the same key are handled one at a time, "

@@ -91,6 +91,8 @@ _RECV_BURST = 256
 #: journal deletes are batched: flushed at this many ids, or after this many seconds
 _JOURNAL_FLUSH_IDS = 4096
 _JOURNAL_FLUSH_S = 0.005
+#: a producer yields the GIL to the dispatcher thread once per this many puts (_submit)
+_YIELD_EVERY_PUTS = 256
 
 
 class _RouterOut:
@@ -295,6 +297,7 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
         )
         # counters of the user side (written under _put_lock; read anywhere)
         self._n_put = 0
+        self._puts_since_yield = 0
         self._n_recovered = (self._core.recover(self._journal, time.time_ns())
                              if self._journal else 0)
 
@@ -390,6 +393,16 @@ class WorkQueue(Closeable, IOPath, ReadyUntilClosed):
             if not self._wake_armed:
                 self._wake_armed = True
                 self._wake_push.send(b"", zmq.NOBLOCK)
+        self._puts_since_yield += n
+        if self._puts_since_yield >= _YIELD_EVERY_PUTS:
+            self._puts_since_yield = 0
+            if self._core.keys.waiting:
+                # A producer in a tight loop keeps the GIL for the switch interval (5 ms) at
+                # a time, and the dispatcher thread waits that long for each turn. A key's
+                # next message goes out only on the turn after its predecessor's ack, so
+                # keyed lines paid that wait on every message: let the dispatcher in. (Not
+                # without waiting keys: then more turns only make smaller frames.)
+                time.sleep(0)
         return list(ids)
 
     def _outstanding(self) -> int:

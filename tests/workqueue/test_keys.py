@@ -19,22 +19,6 @@ import wqhelpers as H  # noqa: E402
 WAIT = 30.0
 
 
-def _worker(ctx: zmq.Context, endpoint: str, credit: int) -> zmq.Socket:
-    s = ctx.socket(zmq.DEALER)
-    s.linger, s.rcvtimeo = 0, 5000
-    s.connect(endpoint)
-    s.send(H.hello(credit))
-    H.recv_until(s, "W")
-    return s
-
-
-def _take(sock: zmq.Socket, n: int) -> list[list]:
-    got: list[list] = []
-    while len(got) < n:
-        got += H.decode_dispatch(H.recv_until(sock, "M", WAIT))
-    return got
-
-
 @pytest.fixture
 def ctx():
     c = zmq.Context()
@@ -49,7 +33,7 @@ def test_one_message_per_key_in_flight_in_put_order_while_other_keys_go_on(ctx) 
         ids = {k: [q.put("k.t", b"%s%d" % (k.encode(), i), key=k) for i in range(4)]
                for k in ("x", "y", "z")}
         plain = q.put("k.t", b"plain")
-        socks = [_worker(ctx, q.endpoint, credit=100) for _ in range(2)]
+        socks = [H.fake_worker(ctx, q.endpoint, credit=100) for _ in range(2)]
         # plenty of credit, yet one message per key goes out, plus the unkeyed one
         H.wait_until(lambda: q.stats()["in_flight"] == 4, what="4 in flight")
         assert q.stats()["keys_waiting"] == 9 and q.stats()["keys_held"] == 3
@@ -92,20 +76,20 @@ def test_a_failure_blocks_its_key_until_the_retry_is_acked(ctx) -> None:
     try:
         x = [q.put("k.t", b"x%d" % i, key="x") for i in range(3)]
         y = [q.put("k.t", b"y%d" % i, key="y") for i in range(3)]
-        w = _worker(ctx, q.endpoint, credit=100)
-        first = {e[0] for e in _take(w, 2)}
+        w = H.fake_worker(ctx, q.endpoint, credit=100)
+        first = {e[0] for e in H.take(w, 2)}
         assert first == {x[0], y[0]}
         w.send(_nack(x[0]))
         w.send(H.ack([y[0]]))
         # y goes on; x's next waits for x[0]'s retry, which comes back first
-        seen = [e[0] for e in _take(w, 2)]
+        seen = [e[0] for e in H.take(w, 2)]
         assert sorted(seen) == sorted([y[1], x[0]]), seen
         assert q.stats()["blocked_keys"] == 1
         assert ("pybus_queue_blocked_keys", {}, 1) in list(q.metrics_samples())
         w.send(H.ack([x[0], y[1]]))
         rest = []
         while len(rest) < 3:
-            got = [e[0] for e in _take(w, 1)]
+            got = [e[0] for e in H.take(w, 1)]
             rest += got
             w.send(H.ack(got))
         assert [m for m in rest if m in x] == x[1:] and [m for m in rest if m in y] == y[2:]
@@ -123,12 +107,12 @@ def test_continue_lets_the_key_go_on_and_the_retry_queues_behind(ctx) -> None:
     w = None
     try:
         x = [q.put("k.t", b"x%d" % i, key="x") for i in range(3)]
-        w = _worker(ctx, q.endpoint, credit=100)
-        assert [e[0] for e in _take(w, 1)] == [x[0]]
+        w = H.fake_worker(ctx, q.endpoint, credit=100)
+        assert [e[0] for e in H.take(w, 1)] == [x[0]]
         w.send(_nack(x[0]))
         order = []
         while len(order) < 3:
-            got = [e[0] for e in _take(w, 1)]
+            got = [e[0] for e in H.take(w, 1)]
             assert len(got) == 1  # still one at a time
             order += got
             w.send(H.ack(got))
@@ -148,11 +132,11 @@ def test_a_dead_lettered_message_passes_its_key_on(ctx, tmp_path) -> None:
     w = None
     try:
         x = [q.put("k.t", b"x%d" % i, key="x") for i in range(2)]
-        w = _worker(ctx, q.endpoint, credit=100)
+        w = H.fake_worker(ctx, q.endpoint, credit=100)
         for _ in range(2):  # two attempts, both failed
-            assert [e[0] for e in _take(w, 1)] == [x[0]]
+            assert [e[0] for e in H.take(w, 1)] == [x[0]]
             w.send(_nack(x[0]))
-        assert [e[0] for e in _take(w, 1)] == [x[1]]
+        assert [e[0] for e in H.take(w, 1)] == [x[1]]
         w.send(H.ack([x[1]]))
         assert q.join(WAIT) and len(dlq) == 1
     finally:
@@ -167,13 +151,13 @@ def test_a_lost_workers_message_keeps_its_key_and_goes_first(ctx) -> None:
     a = b = None
     try:
         x = [q.put("k.t", b"x%d" % i, key="x") for i in range(3)]
-        a = _worker(ctx, q.endpoint, credit=100)
-        assert [e[0] for e in _take(a, 1)] == [x[0]]
+        a = H.fake_worker(ctx, q.endpoint, credit=100)
+        assert [e[0] for e in H.take(a, 1)] == [x[0]]
         a.send(H.bye())  # gone without acking x0
-        b = _worker(ctx, q.endpoint, credit=100)
+        b = H.fake_worker(ctx, q.endpoint, credit=100)
         order = []
         while len(order) < 3:
-            got = [e[0] for e in _take(b, 1)]
+            got = [e[0] for e in H.take(b, 1)]
             order += got
             b.send(H.ack(got))
         assert order == x
@@ -194,10 +178,10 @@ def test_keys_survive_a_restart_on_the_journal(ctx, tmp_path) -> None:
     w = None
     try:
         assert q.stats()["recovered"] == 10 and q.stats()["keys_waiting"] == 8
-        w = _worker(ctx, q.endpoint, credit=100)
+        w = H.fake_worker(ctx, q.endpoint, credit=100)
         order: list[int] = []
         while len(order) < 10:
-            got = [e[0] for e in _take(w, 1)]
+            got = [e[0] for e in H.take(w, 1)]
             assert len(got) <= 2
             order += got
             w.send(H.ack(got))
@@ -211,8 +195,11 @@ def test_keys_survive_a_restart_on_the_journal(ctx, tmp_path) -> None:
 
 def test_bad_keys_and_options_are_refused_with_what_is_allowed() -> None:
     with WorkQueue("tcp://127.0.0.1:*", registry=False) as q:
-        for bad in ("", 42, b"k", "x" * 257):
+        # the limit is in UTF-8 bytes: 65 four-byte characters are 260 bytes
+        for bad in ("", 42, b"k", "x" * 257, "\U0001F600" * 65, "é" * 129):
             with pytest.raises(pybus.ValidationError, match="key must be a non-empty str"):
                 q.put("k.t", b"", key=bad)
+        for good in ("x" * 256, "\U0001F600" * 64, "é" * 128, "k"):
+            q.put("k.t", b"", key=good)
     with pytest.raises(pybus.ValidationError, match="on_key_failure must be one of"):
         WorkQueue("tcp://127.0.0.1:*", registry=False, on_key_failure="skip")

@@ -18,8 +18,6 @@ from pybus.workqueue._pending import PriorityPending
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 import wqhelpers as H  # noqa: E402
 
-WAIT = 30.0
-
 
 def _rec(mid: int, prio: int) -> list:
     return [mid, 0, "p.t", b"", 0, None, 0, None, 0.0, 0.0, None, 0, prio]
@@ -64,21 +62,6 @@ def test_a_lost_workers_messages_go_back_to_the_front_of_their_level() -> None:
 
 # -- the queue -----------------------------------------------------------------------------
 
-def _fake_worker(ctx: zmq.Context, endpoint: str, credit: int) -> zmq.Socket:
-    s = ctx.socket(zmq.DEALER)
-    s.linger, s.rcvtimeo = 0, 5000
-    s.connect(endpoint)
-    s.send(H.hello(credit))
-    H.recv_until(s, "W")
-    return s
-
-
-def _take(sock: zmq.Socket, n: int) -> list[list]:
-    got: list[list] = []
-    while len(got) < n:
-        got += H.decode_dispatch(H.recv_until(sock, "M", WAIT))
-    return got
-
 
 def test_the_queue_hands_out_by_priority_with_credits_outstanding() -> None:
     """A worker holding 5 messages (its credit used up) acks them; meanwhile urgent messages
@@ -89,18 +72,18 @@ def test_the_queue_hands_out_by_priority_with_credits_outstanding() -> None:
     fake = None
     try:
         ordinary = q.put_many([("p.t", b"%d" % i) for i in range(100)])
-        fake = _fake_worker(ctx, q.endpoint, credit=5)
-        first = _take(fake, 5)
+        fake = H.fake_worker(ctx, q.endpoint, credit=5)
+        first = H.take(fake, 5)
         assert [e[0] for e in first] == ordinary[:5]
         urgent = [q.put("p.t", b"u%d" % i, priority=7 + i % 3) for i in range(9)]
         fake.send(H.ack([e[0] for e in first]))
-        nxt = [e[0] for e in _take(fake, 5)]
+        nxt = [e[0] for e in H.take(fake, 5)]
         by_priority = sorted(urgent, key=lambda mid: (-(7 + urgent.index(mid) % 3),
                                                       urgent.index(mid)))
         assert nxt == by_priority[:5]
         assert q.stats()["pending_by_priority"][7:] == [3, 1, 0]  # 7s, 8s and 9s left
         fake.send(H.ack(nxt))
-        assert [e[0] for e in _take(fake, 5)] == by_priority[5:] + ordinary[5:6]
+        assert [e[0] for e in H.take(fake, 5)] == by_priority[5:] + ordinary[5:6]
     finally:
         if fake is not None:
             fake.close()
@@ -120,8 +103,8 @@ def test_priorities_survive_a_restart_on_the_journal(tmp_path) -> None:
     fake = None
     try:
         assert q.stats()["recovered"] == 60
-        fake = _fake_worker(ctx, q.endpoint, credit=100)
-        got = [e[0] for e in _take(fake, 60)]
+        fake = H.fake_worker(ctx, q.endpoint, credit=100)
+        got = [e[0] for e in H.take(fake, 60)]
         want = sorted(ids, key=lambda mid: (-prios[ids.index(mid)], mid))
         assert got == want
     finally:

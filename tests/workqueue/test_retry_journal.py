@@ -21,15 +21,6 @@ WAIT = 30.0
 RETRY_S = 1.5
 
 
-def _worker(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    s = ctx.socket(zmq.DEALER)
-    s.linger, s.rcvtimeo = 0, int(WAIT * 1000)
-    s.connect(endpoint)
-    s.send(H.hello(10))
-    H.recv_until(s, "W")
-    return s
-
-
 def _nack(mid: int) -> bytes:
     return H.nack([(mid, "ConnectionError", "db down", int(pybus.ErrorCode.UNKNOWN), True)])
 
@@ -43,7 +34,7 @@ def test_a_retry_waits_its_time_and_keeps_its_attempts_across_a_restart(tmp_path
     try:
         q = WorkQueue("tcp://127.0.0.1:*", journal=journal, retry=policy, dlq=dlq,
                       heartbeat_interval_s=60.0, registry=False)
-        w = _worker(ctx, q.endpoint)
+        w = H.fake_worker(ctx, q.endpoint, 10, WAIT)
         mid = q.put("r.t", b"charge", key="acct-1")
         after = q.put("r.t", b"refund", key="acct-1")  # waits behind it
         assert [e[0] for e in H.decode_dispatch(H.recv_until(w, "M"))] == [mid]
@@ -58,7 +49,7 @@ def test_a_retry_waits_its_time_and_keeps_its_attempts_across_a_restart(tmp_path
         q = WorkQueue("tcp://127.0.0.1:*", journal=journal, retry=policy, dlq=dlq,
                       heartbeat_interval_s=60.0, registry=False)
         assert q.stats()["delayed"] == 1 and q.stats()["recovered"] == 2
-        w = _worker(ctx, q.endpoint)
+        w = H.fake_worker(ctx, q.endpoint, 10, WAIT)
         entries = H.decode_dispatch(H.recv_until(w, "M"))
         assert time.time() >= failed_at + RETRY_S - 0.01  # not before its retry time
         assert [e[0] for e in entries] == [mid]
