@@ -241,6 +241,14 @@ def check_positive_int(name: str, value: Any, hint: str = "") -> int:
     return value
 
 
+def check_optional(name: str, value: Any, kind: type | tuple[type, ...], must_be: str) -> Any:
+    """``value`` if it is None or an instance of ``kind``, else ValidationError naming
+    ``name`` and what it must be (``must_be``, or None)."""
+    if value is not None and not isinstance(value, kind):
+        raise ValidationError(f"{name} must be {must_be} or None, got {value!r:.80}")
+    return value
+
+
 def check_callable(name: str, value: Any, must_be: str) -> Any:
     """``value`` if it is None or callable, else ValidationError: "``name`` must be
     ``must_be``, got ...\""""

@@ -3,14 +3,11 @@
 from collections.abc import Callable
 from typing import Any, final
 
-from typing_extensions import disjoint_base
-
 __all__ = [
     "AVAILABLE",
     "UNAVAILABLE_REASON",
     "library_path",
     "version_mismatch",
-    "ClientCore",
     "call",
     "send_request",
     "recv_reply",
@@ -40,23 +37,6 @@ def library_path() -> str: ...
 def version_mismatch(
     found: tuple[int, int, int], reported: tuple[int, int, int], path: str
 ) -> str: ...
-
-@disjoint_base
-class ClientCore:
-    _addr: int
-    _cid_base: int
-    _seq: int
-    _n_requests: int
-    _n_replies: int
-    timeout: float
-    _fast_timeout: float
-    _plain: bool
-    _closed: bool
-    _methods: dict[str, bytes]
-    _rpc_latency: Any
-    def _acquire(self) -> None: ...
-    def _release(self) -> None: ...
-    def request(self, name: str, payload: Any = b"", timeout: float | None = None) -> Any: ...
 
 def call(
     sock: int, cid_base: int, seq: int, flags: int, method: bytes, payload: bytes

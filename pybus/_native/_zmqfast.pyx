@@ -32,30 +32,14 @@ from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.pythread cimport (
-    NOWAIT_LOCK,
-    PY_LOCK_ACQUIRED,
-    PY_LOCK_INTR,
-    PyLockStatus,
-    PyThread_acquire_lock,
-    PyThread_allocate_lock,
-    PyThread_free_lock,
-    PyThread_release_lock,
-    PyThread_type_lock,
-)
 from cpython.ref cimport PyObject
 from libc.errno cimport EAGAIN, EINTR, ENOTSOCK
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from pybus._native.ccommon cimport *
 from pybus._native.czmq cimport *
 
-
-cdef extern from "pythread.h" nogil:
-    # CPython 3.2+ (not in Cython's cpython/pythread.pxd): a wait that a signal can interrupt
-    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
-                                             int intr_flag)
 
 import os
 
@@ -68,7 +52,6 @@ __all__ = [
     "UNAVAILABLE_REASON",
     "library_path",
     "version_mismatch",
-    "ClientCore",
     "call",
     "send_request",
     "recv_reply",
@@ -166,6 +149,12 @@ cdef inline void _header(uint8_t *h, uint8_t kind, uint8_t flags, uint8_t mlen,
     h[3] = mlen
     for i in range(8):
         h[4 + i] = <uint8_t>(cid >> (8 * i))
+
+
+cdef inline bytes _msg_bytes(pb_zmq_msg *msg):
+    """A copy of the message part's bytes."""
+    return PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(msg),
+                                     <Py_ssize_t>pb_zmq_msg_size(msg))
 
 
 cdef int _unavailable() except -1:
@@ -343,139 +332,6 @@ cdef object _call(void *s, uint64_t cid, uint8_t flags, bytes method, bytes payl
     return _recv_reply(s, cid)
 
 
-# -- the client's request, in C -----------------------------------------------------------
-cdef int64_t _LATENCY_MAX_NS = 3_600_000_000_000  # pybus.rpc._LATENCY_MAX_NS
-
-
-cdef inline int64_t _now_ns() noexcept nogil:
-    # CLOCK_MONOTONIC: the clock time.perf_counter_ns reads on Linux, so t0 mixes with it.
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-
-
-cdef int _lock(PyThread_type_lock m) except -1:
-    """Acquire m; waits with the GIL released and stays interruptible (Ctrl-C)."""
-    cdef PyLockStatus r
-    if PyThread_acquire_lock(m, NOWAIT_LOCK):
-        return 0
-    while True:
-        with nogil:
-            r = PyThread_acquire_lock_timed(m, -1, 1)
-        if r == PY_LOCK_ACQUIRED:
-            return 0
-        if r == PY_LOCK_INTR:
-            _signalled()
-
-
-cdef class ClientCore:
-    """The state and the common case of :meth:`pybus.Client.request`, compiled.
-
-    A base class of ``pybus.rpc.Client`` (which sets every field from Python). It owns one C
-    object: the mutex serialising requests (``_acquire`` / ``_release`` from Python).
-    ``request`` handles here the case that dominates a request/reply workload -- bytes
-    payload, the client's own timeout, no retry/breaker/rate limit, the fast path on, our raw
-    reply arriving -- and hands anything else to the Python methods ``_request`` (the whole
-    request) or ``_attempt_rest`` (after a send or a wait that did not end with our reply).
-    ``_fast_timeout`` is the timeout the socket's RCVTIMEO is set for (0: none; Python sets
-    it, and clears it whenever RCVTIMEO changes).
-    """
-
-    cdef PyThread_type_lock _mutex
-    cdef public size_t _addr
-    cdef public uint64_t _cid_base
-    cdef public uint64_t _seq
-    cdef public long long _n_requests
-    cdef public long long _n_replies
-    cdef public double timeout
-    cdef public double _fast_timeout
-    cdef public bint _plain
-    cdef public bint _closed
-    cdef public dict _methods
-    cdef public object _rpc_latency
-
-    def __cinit__(self, *args, **kwargs):
-        self._mutex = PyThread_allocate_lock()
-        if self._mutex == NULL:
-            raise MemoryError("cannot allocate the RPC client's lock")
-
-    def __dealloc__(self):
-        if self._mutex != NULL:
-            PyThread_free_lock(self._mutex)
-
-    def _acquire(self) -> None:
-        """Take the request lock (blocking; interruptible by signals)."""
-        _lock(self._mutex)
-
-    def _release(self) -> None:
-        """Release the request lock; only by the thread that took it."""
-        PyThread_release_lock(self._mutex)
-
-    def request(self, name, payload=b"", timeout=None):
-        """Call ``name`` on the server and return its reply payload.
-
-        Parameters
-        ----------
-        name : str
-            The handler's name (1-255 UTF-8 bytes).
-        payload : bytes or msgpack-serialisable
-            Bytes go raw; anything else is msgpack-encoded.
-        timeout : float or None
-            Per-attempt timeout in seconds; default the client's.
-
-        Returns
-        -------
-        bytes or object
-            What the handler returned (bytes raw, anything else decoded).
-
-        Raises
-        ------
-        RemoteError
-            The handler raised (or no handler has that name).
-        TimeoutError
-            No reply after every attempt the retry policy allows.
-        RetryExhaustedError
-            Every attempt failed with another retryable error.
-        CircuitOpenError, RateLimitError
-            The breaker or rate limiter refused (and retries, if any, ran out).
-        ClosedError
-            The client is closed.
-        """
-        cdef PyObject *mb
-        cdef uint64_t cid
-        cdef int64_t t0, took
-        if (timeout is not None or not _ok or self._addr == 0 or type(payload) is not bytes
-                or self.timeout != self._fast_timeout or self._closed or not self._plain):
-            return self._request(name, payload, timeout)
-        mb = PyDict_GetItem(self._methods, name)
-        if mb == NULL:
-            return self._request(name, payload, timeout)
-        _lock(self._mutex)
-        if self._addr == 0 or self._closed or self.timeout != self._fast_timeout:
-            # changed while this thread waited for the lock
-            PyThread_release_lock(self._mutex)
-            return self._request(name, payload, timeout)
-        try:
-            self._n_requests += 1
-            t0 = _now_ns()
-            self._seq += 1
-            cid = self._cid_base + self._seq
-            try:
-                reply = _call(<void *>self._addr, cid, 0, <bytes>mb, payload)
-            except BusError as exc:
-                raise self._remap(exc, name) from exc.__cause__
-            if type(reply) is bytes:
-                self._n_replies += 1
-            else:
-                reply = self._attempt_rest(name, <bytes>mb, 0, payload, self.timeout, t0, cid,
-                                           reply)
-            took = _now_ns() - t0
-            self._rpc_latency.record(took if took < _LATENCY_MAX_NS else _LATENCY_MAX_NS)
-            return reply
-        finally:
-            PyThread_release_lock(self._mutex)
-
-
 # -- server -------------------------------------------------------------------------------
 def recv_request(size_t sock):
     """Wait (GIL released, up to the socket's RCVTIMEO) for the next request on a ROUTER.
@@ -507,8 +363,7 @@ def recv_request(size_t sock):
     try:
         if _wait_part(&msg, s, False, "RPC server receive"):
             return None
-        ident = PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
-                                          <Py_ssize_t>pb_zmq_msg_size(&msg))
+        ident = _msg_bytes(&msg)
         if not pb_zmq_msg_more(&msg):
             # Not a ROUTER's [identity][frame]: nothing follows the "identity".
             return (REASON_SHORT, ident, 0, 0, None, b"")
@@ -600,12 +455,10 @@ def recv_message(size_t sock, bint dontwait=True):
     try:
         if _wait_part(&msg, s, dontwait, "ZeroMQ receive"):
             return None
-        parts = [PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
-                                           <Py_ssize_t>pb_zmq_msg_size(&msg))]
+        parts = [_msg_bytes(&msg)]
         while pb_zmq_msg_more(&msg):
             _recv_rest(&msg, s, "ZeroMQ receive")
-            parts.append(PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&msg),
-                                                   <Py_ssize_t>pb_zmq_msg_size(&msg)))
+            parts.append(_msg_bytes(&msg))
         return parts
     finally:
         pb_zmq_msg_close(&msg)
@@ -665,8 +518,7 @@ cdef class ZFrame:
     @property
     def bytes(self):
         """A copy as bytes."""
-        return PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&self._msg),
-                                         <Py_ssize_t>pb_zmq_msg_size(&self._msg))
+        return _msg_bytes(&self._msg)
 
 
 def recv_pubsub(size_t sock, bint dontwait=True):
@@ -695,8 +547,7 @@ cdef object _recv_pubsub(void *s, bint dontwait):
     try:
         if _wait_part(&part, s, dontwait, "Subscriber receive"):
             return None
-        topic = PyBytes_FromStringAndSize(<const char *>pb_zmq_msg_data(&part),
-                                          <Py_ssize_t>pb_zmq_msg_size(&part))
+        topic = _msg_bytes(&part)
         if not pb_zmq_msg_more(&part):
             return (topic, None, 1)
         frame = ZFrame.__new__(ZFrame)

@@ -17,7 +17,14 @@ from .. import metrics as _metrics
 from .._lifecycle import Closeable
 from .._native import Histogram, Message
 from .._signals import graceful_signals
-from ..errors import AlreadyHandledError, ClosedError, ErrorCode, RemoteError, ValidationError
+from ..errors import (
+    AlreadyHandledError,
+    ClosedError,
+    ErrorCode,
+    RemoteError,
+    ValidationError,
+    check_optional,
+)
 from ..metrics.samples import NS, HdrValue, RawSample
 from ..policy.retry import RetryPolicy
 from ..workqueue._handler import wrap_handler
@@ -85,8 +92,7 @@ class Worker(Closeable):
         check_stream_name(stream)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValidationError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ValidationError(f"retry must be a pybus.RetryPolicy, got {retry!r}")
+        check_optional("retry", retry, RetryPolicy, "a pybus.RetryPolicy")
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ValidationError(f"prefetch must be an int >= 0, got {prefetch!r}")
         if not drain_timeout_s >= 0:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from .. import metrics as _metrics
 from .._lifecycle import Closeable
-from ..errors import ClosedError, TimeoutError, ValidationError
+from ..errors import ClosedError, TimeoutError, ValidationError, check_optional
 from ..metrics.samples import RawSample
 from ..policy.retry import RetryPolicy
 from ..store.dlq import DeadLetterQueue
@@ -56,10 +56,8 @@ class _QueueBase:
                         ("put_timeout_s", put_timeout_s)):
             if not v > 0:
                 raise ValidationError(f"{what} must be > 0 seconds, got {v!r}")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ValidationError(f"retry must be a pybus.RetryPolicy, got {retry!r}")
-        if dlq is not None and not isinstance(dlq, DeadLetterQueue):
-            raise ValidationError(f"dlq must be a pybus.DeadLetterQueue, got {dlq!r}")
+        check_optional("retry", retry, RetryPolicy, "a pybus.RetryPolicy")
+        check_optional("dlq", dlq, DeadLetterQueue, "a pybus.DeadLetterQueue")
         self.stream = stream
         self.replicas = replicas
         self.retry = retry if retry is not None else DEFAULT_RETRY()

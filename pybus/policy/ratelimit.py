@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import math
 import threading
 import time
@@ -237,9 +238,9 @@ class KeyedRateLimiter(AlwaysReady):
         self.rate, self.burst = _check_rate(rate, burst)
         self.name = name
         self.max_keys = check_positive_int("max_keys", max_keys)
-        self.clock = clock
-        self.sleep = sleep
-        self.asleep = asleep
+        # a key's bucket: on the same clocks, reporting through this limiter (not registered)
+        self._new_bucket = functools.partial(RateLimiter, self.rate, self.burst, clock=clock,
+                                             sleep=sleep, asleep=asleep, registry=False)
         self._lock = threading.Lock()
         self._buckets: collections.OrderedDict[Hashable, RateLimiter] = collections.OrderedDict()
         self._evicted = 0
@@ -258,15 +259,7 @@ class KeyedRateLimiter(AlwaysReady):
                     self._evicted += 1
                     self._evicted_granted += old._granted
                     self._evicted_rejected += old._rejected
-                b = RateLimiter(
-                    self.rate,
-                    self.burst,
-                    clock=self.clock,
-                    sleep=self.sleep,
-                    asleep=self.asleep,
-                    name=f"rate limiter for {key!r}",
-                    registry=False,  # this KeyedRateLimiter reports for its buckets
-                )
+                b = self._new_bucket(name=f"rate limiter for {key!r}")
                 self._buckets[key] = b
             else:
                 self._buckets.move_to_end(key)

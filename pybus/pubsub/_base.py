@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..transport import sockets as _sockets
+
+if TYPE_CHECKING:
+    import zmq
+
+    from .._native import Batcher
+    from .flow import FlowWindow
 
 
 class _BoundSubscriber(Protocol):
@@ -13,6 +20,20 @@ class _BoundSubscriber(Protocol):
     subscriber module: it imports this one)."""
 
     def _poke(self) -> None: ...
+
+
+class PublisherParts:
+    """The Publisher attributes its mixins (``_window``, ``_subscriptions``) share, declared
+    once for the type checker; ``Publisher.__init__`` sets them."""
+
+    if TYPE_CHECKING:
+        _batcher: Batcher
+        _send: Any
+        _sock: zmq.Socket[Any]
+        _send_lock: threading.Lock
+        _flow: FlowWindow | None
+        _closed: bool
+        publisher_id: int
 
 
 #: Prefix of the hello subscription every pybus Subscriber makes (then 16 lowercase hex

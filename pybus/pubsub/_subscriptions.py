@@ -10,17 +10,15 @@ that the sync and asyncio publishers share (only their waiting differs).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
-from .._native import Batcher
 from ..errors import ClosedError, TimeoutError, ValidationError, from_zmq
 from . import _base as base
-from .flow import FLOW_TOPIC, FlowWindow, pack_join, unpack_ack
+from .flow import FLOW_TOPIC, pack_join, unpack_ack
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -39,24 +37,17 @@ _monotonic_ns = time.monotonic_ns
 _is_hello = base.is_hello
 
 
-class SubscriptionsMixin:
+class SubscriptionsMixin(base.PublisherParts):
     """Publisher methods that read and act on upstream messages (see the module docstring)."""
 
     if TYPE_CHECKING:
-        _batcher: Batcher
-        _send: Any
-        _sock: zmq.Socket[Any]
-        _send_lock: threading.Lock
-        _flow: FlowWindow | None
         _acl: Any
-        _closed: bool
         _subscribers: set[bytes]
         _joins: list[bytes]
         _subscriptions: int
         _granted: dict[bytes, int]
         _denied_subscriptions: int
         _history: Any
-        publisher_id: int
         endpoints: list[str]
 
     def _init_subscriptions(self) -> None:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import zmq
 
-from .._native import Batcher
 from ..errors import BackpressureError, from_zmq
+from ._base import PublisherParts
 from .flow import FLOW_TOPIC, FlowWindow, pack_mark
 
 log = logging.getLogger("pybus.publisher")
@@ -54,25 +54,18 @@ class _Retry:
 _RETRY = _Retry()
 
 
-class WindowMixin:
+class WindowMixin(PublisherParts):
     """Publisher methods of back-pressure (see the module docstring)."""
 
     if TYPE_CHECKING:
-        _batcher: Batcher
-        _send: Any
-        _sock: zmq.Socket[Any]
-        _send_lock: threading.Lock
         _count_lock: threading.Lock
         _full_guard: threading.local
-        _flow: FlowWindow | None
         _on_full_policy: OnFull
         _block_timeout: float
         _window_blocked: bool
         _dropped: dict[str, int]
-        _closed: bool
         _positions_sent: int
         _position_due: int | None
-        publisher_id: int
         sndhwm: int
 
         def _flush_locked(self) -> None: ...

@@ -1,11 +1,11 @@
 """What both ends of request/reply share besides the wire codec (that is
 :mod:`pybus.wire.reqrep`): the compiled-send lookup of the hot paths, the plain-int socket
 flags, timeout validation, the latency histograms' cap, the socket monitor's counters in
-``stats()`` and the ``with`` protocol."""
+``stats()``, the metric samples and the ``with`` protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import zmq
@@ -13,6 +13,7 @@ from zmq.backend import Socket as _ZmqBackendSocket
 
 from .._deprecated import deprecated_attribute, renamed
 from ..errors import ValidationError
+from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
 from ..transport.sockets import SocketWatch, check_rpc_liveness
 
 # Plain ints: pyzmq's flag constants are IntEnum members, converted on every call.
@@ -73,3 +74,18 @@ class InFlightLimit:
     def max_inflight(self) -> int:
         """Deprecated: :attr:`max_in_flight` (the old name; removed in the next release)."""
         return int(deprecated_attribute(self, "max_inflight", "max_in_flight"))
+
+
+def rpc_samples(role: str, s: dict[str, Any], outcomes: Iterable[tuple[str, str]],
+                more: Iterable[RawSample], latency: tuple[str, Any],
+                security: Any) -> Iterator[RawSample]:
+    """What a client or server reports (``metrics_samples``): ``pybus_rpc_requests_total``
+    by role and outcome (``outcomes``: stats key -> outcome label), decode errors, the
+    endpoint's ``more`` samples, its latency histogram (family, Histogram) and its socket
+    monitor's samples; ``s`` is its ``stats()``."""
+    for key, outcome in outcomes:
+        yield "pybus_rpc_requests_total", {"role": role, "outcome": outcome}, s[key]
+    yield "pybus_decode_errors_total", {}, s["decode_errors"]
+    yield from more
+    yield latency[0], {}, HdrValue(latency[1], NS)
+    yield from transport_samples(s, security)

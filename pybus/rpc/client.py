@@ -9,8 +9,9 @@ socket (linger 0) and opens a fresh one before sending again, so nothing stale s
 towards a dead server. Every request carries a new correlation id; a reply whose id is not the
 one awaited (a late reply to an abandoned attempt) is dropped and counted, never returned.
 
-The common case of :meth:`Client.request` runs in C (``_zmqfast.ClientCore``, a base class);
-it calls back into ``_request``, ``_remap`` and ``_attempt_rest`` here for everything else.
+Its I/O is one compiled call per request when the fast path is available (``_zmqfast.call``:
+send, then wait for the reply with the GIL released; our raw reply is judged in C), or
+pyzmq's calls; every decision (ids, timeouts, retries, errors) is made here.
 
 Example
 -------
@@ -22,6 +23,7 @@ Example
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -39,9 +41,10 @@ from ..errors import (
     FrameError,
     TimeoutError,
     ValidationError,
+    check_optional,
     from_zmq,
 )
-from ..metrics.samples import NS, HdrValue, RawSample, ReadyUntilClosed, transport_samples
+from ..metrics.samples import RawSample, ReadyUntilClosed
 from ..policy.breaker import CircuitBreaker
 from ..policy.ratelimit import RateLimiter
 from ..policy.retry import RetryPolicy
@@ -71,7 +74,7 @@ from ..wire.reqrep import (
     remote_error,
     with_headers,
 )
-from ._common import LATENCY_MAX_NS, NOBLOCK, check_timeout, send_of, watch_stats
+from ._common import LATENCY_MAX_NS, NOBLOCK, check_timeout, rpc_samples, send_of, watch_stats
 from ._guard import RequestGuard
 
 __all__ = ["Client"]
@@ -137,12 +140,9 @@ class _ClientBase(ReadyUntilClosed):
                 f"endpoint {endpoint!r} is not valid; endpoints look like tcp://HOST:PORT, "
                 "ipc://PATH or inproc://NAME"
             )
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ValidationError(f"retry must be a pybus.RetryPolicy or None, got {retry!r}")
-        if breaker is not None and not isinstance(breaker, CircuitBreaker):
-            raise ValidationError(f"breaker must be a CircuitBreaker or None, got {breaker!r}")
-        if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
-            raise ValidationError(f"rate_limit must be a RateLimiter or None, got {rate_limit!r}")
+        check_optional("retry", retry, RetryPolicy, "a pybus.RetryPolicy")
+        check_optional("breaker", breaker, CircuitBreaker, "a pybus.CircuitBreaker")
+        check_optional("rate_limit", rate_limit, RateLimiter, "a pybus.RateLimiter")
         self.endpoint = endpoint
         self.timeout = check_timeout("timeout", timeout)
         self.retry = retry
@@ -150,7 +150,7 @@ class _ClientBase(ReadyUntilClosed):
         self.rate_limit = rate_limit
         # decided once (pybus.tracing): a traced request carries the context in a header block
         self._traced = tracing.active()
-        # nothing around the attempt: the compiled common case (ClientCore) may take it
+        # nothing around the attempt: Client.request's short way may take it
         self._plain = (retry is None and breaker is None and rate_limit is None
                        and not self._traced)
         # Random start: ids from two client incarnations on one server never collide.
@@ -189,14 +189,12 @@ class _ClientBase(ReadyUntilClosed):
 
     def metrics_samples(self) -> Iterator[RawSample]:
         s = self.stats()
-        for key, outcome in (("requests", "sent"), ("replies", "replied"),
-                             ("remote_errors", "remote_error"), ("timeouts", "timeout"),
-                             ("late_replies", "late_reply")):
-            yield "pybus_rpc_requests_total", {"role": "client", "outcome": outcome}, s[key]
-        yield "pybus_retries_total", {}, s["retries"]
-        yield "pybus_decode_errors_total", {}, s["decode_errors"]
-        yield "pybus_rpc_latency_seconds", {}, HdrValue(self._rpc_latency, NS)
-        yield from transport_samples(s, self._security)
+        return rpc_samples(
+            "client", s, (("requests", "sent"), ("replies", "replied"),
+                          ("remote_errors", "remote_error"), ("timeouts", "timeout"),
+                          ("late_replies", "late_reply")),
+            [("pybus_retries_total", {}, s["retries"])],
+            ("pybus_rpc_latency_seconds", self._rpc_latency), self._security)
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, replies, remote_errors, timeouts (attempts that got no
@@ -246,7 +244,7 @@ class _ClientBase(ReadyUntilClosed):
         raise remote_error(reply[HEADER_SIZE:])
 
 
-class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
+class Client(_ClientBase, Closeable, IOPath):
     """A request/reply client on a ZeroMQ DEALER socket (connects).
 
     Parameters
@@ -305,7 +303,7 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
         self._ctx = context or zmq.Context.instance()
         self._security = security
         self._liveness = liveness
-        # (the request lock is ClientCore's: _acquire / _release)
+        self._lock = threading.Lock()  # one request at a time
         self._monitor_ctx = self._ctx
         self._sock = _open_dealer(self._ctx, endpoint, self._secure_and_watch, liveness=liveness)
         self._send = send_of(self._sock)
@@ -313,14 +311,12 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
         self._addr = _fast_address(self._sock)
         self._io_path = "libzmq" if self._addr else "pyzmq"  # io_path
         self._rcvtimeo_ms = -1
-        # ClientCore.request's state, in C fields: the correlation id is _cid_base + _seq
-        # (mod 2**64: the same sequence as _next_cid's), counters merged by stats(), and the
-        # timeout RCVTIMEO is set for (0: none yet).
+        # the correlation id is _cid_base + _seq (mod 2**64: the same sequence as
+        # _next_cid's); the request counters are merged by stats()
         self._cid_base = self._cid
         self._seq = 0
         self._n_requests = 0
         self._n_replies = 0
-        self._fast_timeout = 0.0
         _metrics.attach(self, registry)
 
     def stats(self) -> dict[str, Any]:
@@ -345,13 +341,47 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
         self._addr = _fast_address(self._sock)
         self._io_path = "libzmq" if self._addr else "pyzmq"
         self._rcvtimeo_ms = -1
-        self._fast_timeout = 0.0
         self._stats["reconnects"] += 1
 
-    # request() is ClientCore.request (compiled): its common case in C, the rest here.
+    def request(self, name: str, payload: Any = b"", timeout: float | None = None) -> Any:
+        """Call ``name`` on the server and return its reply payload.
+
+        Parameters
+        ----------
+        name : str
+            The handler's name (1-255 UTF-8 bytes).
+        payload : bytes or msgpack-serialisable
+            Bytes go raw; anything else is msgpack-encoded (typed payloads included).
+        timeout : float or None
+            Per-attempt timeout in seconds; default the client's.
+
+        Returns
+        -------
+        bytes or object
+            What the handler returned (bytes raw, anything else decoded).
+
+        Raises
+        ------
+        RemoteError
+            The handler raised (or no handler has that name).
+        TimeoutError
+            No reply after every attempt the retry policy allows.
+        RetryExhaustedError
+            Every attempt failed with another retryable error.
+        CircuitOpenError, RateLimitError
+            The breaker or rate limiter refused (and retries, if any, ran out).
+        ClosedError
+            The client is closed.
+        """
+        mb = self._methods.get(name)
+        if mb is None or timeout is not None or type(payload) is not bytes or not self._plain:
+            return self._request(name, payload, timeout)
+        # the short way of a request/reply workload (a known method, bytes, the client's own
+        # timeout, nothing around the attempt): nothing to check or encode
+        return self._request_frame(name, mb, 0, payload, self.timeout)
+
     def _request(self, name: str, payload: Any, timeout: float | None) -> Any:
-        """The whole of :meth:`request` (ClientCore.request calls this for every case it does
-        not handle itself)."""
+        """:meth:`request` in full: any method, payload and timeout, traced or not."""
         if self._closed:
             raise ClosedError(f"RPC client for {self.endpoint} is closed")
         mb = self._methods.get(name)
@@ -370,8 +400,7 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
 
     def _request_frame(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
         """The request, encoded: one call under the client's lock, its latency recorded."""
-        self._acquire()
-        try:
+        with self._lock:
             if self._closed:
                 raise ClosedError(f"RPC client for {self.endpoint} is closed")
             self._n_requests += 1
@@ -383,8 +412,6 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
             took = _perf_counter_ns() - t0
             self._rpc_latency.record(took if took < LATENCY_MAX_NS else LATENCY_MAX_NS)
             return result
-        finally:
-            self._release()
 
     def _with_policies(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
         """request() under a retry policy, breaker or rate limit: the decisions are the
@@ -420,13 +447,11 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
         if not addr:
             return self._attempt_pyzmq(name, mb, flags, body, t)
         # The whole timeout is left (to well under the 1 ms granularity): no clock read
-        # before the first wait, and RCVTIMEO stays unchanged from request to request; once
-        # it is set for the client's own timeout, ClientCore.request takes over.
+        # before the first wait, and RCVTIMEO stays unchanged from request to request.
         ms = int(t * 1000) + 1
         if ms != self._rcvtimeo_ms:
             self._sock.setsockopt(zmq.RCVTIMEO, ms)
             self._rcvtimeo_ms = ms
-        self._fast_timeout = t if t == self.timeout else 0.0
         seq = self._seq = self._seq + 1
         try:
             reply = _fast_call(addr, self._cid_base, seq, flags, mb, body)
@@ -489,7 +514,6 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
             if ms != self._rcvtimeo_ms:
                 self._sock.setsockopt(zmq.RCVTIMEO, ms)
                 self._rcvtimeo_ms = ms
-                self._fast_timeout = 0.0
             try:
                 reply = _fast_recv_reply(addr, cid)
             except BusError as exc:
@@ -558,14 +582,11 @@ class Client(_ClientBase, Closeable, IOPath, _zmqfast.ClientCore):
 
     def close(self) -> None:
         """Close the socket; idempotent."""
-        self._acquire()
-        try:
+        with self._lock:
             if not self._closed:
                 self._closed = True
                 self._addr = 0
                 self._sock.close(0)
-        finally:
-            self._release()
 
     def __repr__(self) -> str:
         return f"Client({self.endpoint!r}, timeout_s={self.timeout:g})"

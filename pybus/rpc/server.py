@@ -39,7 +39,7 @@ from ..errors import (
     check_positive_int,
     from_zmq,
 )
-from ..metrics.samples import NS, HdrValue, RawSample, ReadyUntilClosed, transport_samples
+from ..metrics.samples import RawSample, ReadyUntilClosed
 from ..policy.ratelimit import KeyedRateLimiter, RateLimiter
 from ..transport import sockets as _sockets
 from ..transport.channel import server_channel
@@ -70,6 +70,7 @@ from ._common import (
     NOBLOCK,
     SNDMORE_NOBLOCK,
     InFlightLimit,
+    rpc_samples,
     watch_stats,
 )
 from ._drain import drain_replies
@@ -306,15 +307,13 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
 
     def metrics_samples(self) -> Iterator[RawSample]:
         s = self.stats()
-        for key, outcome in (("requests", "received"), ("replies", "replied"),
-                             ("handler_errors", "handler_error"),
-                             ("unknown_method", "unknown_method"),
-                             ("busy_rejected", "busy_rejected"), ("unroutable", "unroutable")):
-            yield "pybus_rpc_requests_total", {"role": "server", "outcome": outcome}, s[key]
-        yield "pybus_decode_errors_total", {}, s["decode_errors"]
-        yield "pybus_in_flight", {}, s["inflight"]
-        yield "pybus_handler_latency_seconds", {}, HdrValue(self._handler_latency, NS)
-        yield from transport_samples(s, self._security)
+        return rpc_samples(
+            "server", s, (("requests", "received"), ("replies", "replied"),
+                          ("handler_errors", "handler_error"),
+                          ("unknown_method", "unknown_method"),
+                          ("busy_rejected", "busy_rejected"), ("unroutable", "unroutable")),
+            [("pybus_in_flight", {}, s["inflight"])],
+            ("pybus_handler_latency_seconds", self._handler_latency), self._security)
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, replies, handler_errors, unknown_method, decode_errors

@@ -26,7 +26,7 @@ ROUTER):
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import zmq
 
@@ -42,15 +42,39 @@ _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _CLOSED = (zmq.ETERM, zmq.ENOTSOCK)
 
 
-class MessageChannel:
+class _Channel:
+    """A socket on pyzmq's calls, which :func:`_choose` turns into the compiled twin: each
+    method named in ``COMPILED`` replaced with its ``_zmqfast`` function bound to the socket's
+    address (``functools.partial``, a C call: a Python method around them cost the RPC server
+    about 4,000 instructions per request, callgrind, a third of its whole share)."""
+
+    io_path = "pyzmq"
+    #: method -> the _zmqfast function doing the same on the socket's address
+    COMPILED: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
+        self._sock = sock
+
+
+_C = TypeVar("_C", bound=_Channel)
+
+
+def _choose(kind: type[_C], sock: zmq.Socket[Any]) -> _C:
+    chan = kind(sock)
+    addr = fast_address(sock)
+    if addr:
+        for name, fn in kind.COMPILED.items():
+            setattr(chan, name, partial(getattr(_zmqfast, fn), addr))
+        chan.io_path = "libzmq"
+    return chan
+
+
+class MessageChannel(_Channel):
     """Whole messages on pyzmq's calls; :func:`message_channel` gives the compiled one when
     it can (module docstring). Safe on a closed socket (its calls raise or fail), which the
     compiled one is not: switch to this one before closing."""
 
-    io_path = "pyzmq"
-
-    def __init__(self, sock: zmq.Socket[Any]) -> None:
-        self._sock = sock
+    COMPILED = {"recv_parts": "recv_message", "send_parts": "send_message"}
 
     def recv_parts(self) -> list[bytes] | None:
         try:
@@ -66,31 +90,17 @@ class MessageChannel:
         return 0
 
 
-class _FastMessageChannel(MessageChannel):
-    """The same on ``_zmqfast`` (the C functions bound to the socket's address)."""
-
-    io_path = "libzmq"
-
-    def __init__(self, sock: zmq.Socket[Any], addr: int) -> None:
-        super().__init__(sock)
-        self.recv_parts = partial(_zmqfast.recv_message, addr)  # type: ignore[method-assign]
-        self.send_parts = partial(_zmqfast.send_message, addr)  # type: ignore[method-assign]
-
-
 def message_channel(sock: zmq.Socket[Any]) -> MessageChannel:
     """The whole-message channel for ``sock``: compiled when the fast path is available."""
-    addr = fast_address(sock)
-    return _FastMessageChannel(sock, addr) if addr else MessageChannel(sock)
+    return _choose(MessageChannel, sock)
 
 
-class ServerChannel:
+class ServerChannel(_Channel):
     """The RPC server's socket on pyzmq's calls; :func:`server_channel` gives the compiled
-    one when it can (module docstring)."""
+    one when it can (module docstring): the request read and its header judged in C, the
+    reply's header written in C."""
 
-    io_path = "pyzmq"
-
-    def __init__(self, sock: zmq.Socket[Any]) -> None:
-        self._sock = sock
+    COMPILED = {"recv_request": "recv_request", "send_reply": "send_reply"}
 
     def recv_request(self) -> tuple[Any, ...] | None:
         sock = self._sock
@@ -141,21 +151,6 @@ class ServerChannel:
         return 0
 
 
-class _FastServerChannel(ServerChannel):
-    """The same on ``_zmqfast``: the request read and its header judged in C, the reply's
-    header written in C. The methods are the compiled functions bound to the socket's
-    address (``functools.partial``, a C call): a Python method around them cost the server
-    about 4,000 instructions per request (callgrind), a third of its whole share."""
-
-    io_path = "libzmq"
-
-    def __init__(self, sock: zmq.Socket[Any], addr: int) -> None:
-        super().__init__(sock)
-        self.recv_request = partial(_zmqfast.recv_request, addr)  # type: ignore[method-assign]
-        self.send_reply = partial(_zmqfast.send_reply, addr)  # type: ignore[method-assign]
-
-
 def server_channel(sock: zmq.Socket[Any]) -> ServerChannel:
     """The channel for an RPC server's ROUTER: compiled when the fast path is available."""
-    addr = fast_address(sock)
-    return _FastServerChannel(sock, addr) if addr else ServerChannel(sock)
+    return _choose(ServerChannel, sock)

@@ -11,7 +11,7 @@ import logging
 import math
 from typing import Any
 
-from ..errors import RemoteError, RetryExhaustedError, ValidationError
+from ..errors import RemoteError, RetryExhaustedError, ValidationError, check_optional
 from ..policy.breaker import CircuitBreaker, CircuitState
 from ..policy.ratelimit import RateLimiter
 from ..policy.retry import RetryPolicy, RetryRun
@@ -73,14 +73,8 @@ class Throttle:
     """Non-blocking view of an optional breaker and rate limiter for the dispatcher."""
 
     def __init__(self, breaker: Any, rate_limit: Any) -> None:
-        if breaker is not None and not isinstance(breaker, CircuitBreaker):
-            raise ValidationError(
-                f"breaker must be a pybus.CircuitBreaker, got {type(breaker).__name__}"
-            )
-        if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
-            raise ValidationError(
-                f"rate_limit must be a pybus.RateLimiter, got {type(rate_limit).__name__}"
-            )
+        check_optional("breaker", breaker, CircuitBreaker, "a pybus.CircuitBreaker")
+        check_optional("rate_limit", rate_limit, RateLimiter, "a pybus.RateLimiter")
         self.breaker: CircuitBreaker | None = breaker
         self.rate_limit: RateLimiter | None = rate_limit
         self.active = breaker is not None or rate_limit is not None

@@ -285,6 +285,13 @@ def test_lazy_pirate_resets_socket_between_attempts(endpoint):
         calls.append(p)
         if len(calls) == 1:
             first_may_finish.wait(10)
+            # reply only once the server saw the first socket go (its monitor's event), so
+            # the ROUTER knows the peer is gone: else the reply may go into the dying pipe
+            # and vanish uncounted (seen on a loaded machine)
+            deadline = time.monotonic() + 10
+            while (srv.stats()["peer_events"].get("disconnected", 0) < 1
+                   and time.monotonic() < deadline):
+                time.sleep(0.01)
             return "first"
         first_may_finish.set()
         return "second"

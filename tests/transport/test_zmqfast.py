@@ -456,7 +456,7 @@ def test_publisher_drains_straight_into_zeromq_on_the_fast_path(tmp_path, path):
 
 
 def test_threads_sharing_one_client_get_their_own_replies(tmp_path, path):
-    """ClientCore's lock serialises requests: no reply reaches another thread's call."""
+    """The client's lock serialises requests: no reply reaches another thread's call."""
     ep = f"ipc://{tmp_path}/threads.ipc"
     errors: list = []
     with pybus.Server(ep) as srv:
