@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,50 @@ def _kill(p) -> None:  # type: ignore[no-untyped-def]
     if p.is_alive():
         os.kill(p.pid, signal.SIGKILL)
     p.join(10)
+
+
+class _Crew:
+    """A test's worker processes, each with a log file of its own: started, SIGKILLed on a
+    schedule or replaced when they die, all killed at the end. ``make_args(log_path)`` gives
+    a new worker's arguments."""
+
+    def __init__(self, tmp_dir: str, target: Any, make_args: Any) -> None:
+        self.tmp_dir, self.target, self.make_args = tmp_dir, target, make_args
+        self.procs: list[Any] = []
+        self.logs: list[str] = []
+
+    def spawn(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.logs.append(f"{self.tmp_dir}/w{len(self.logs)}.log")
+            p = SPAWN.Process(target=self.target, args=self.make_args(self.logs[-1]))
+            p.start()
+            self.procs.append(p)
+
+    def join(self, q: WorkQueue, kill_every_s: float | None = None) -> int:
+        """Until ``q`` has finished everything (bounded): one live worker SIGKILLed every
+        ``kill_every_s`` and another started, and any worker that died replaced. Returns
+        the kills."""
+        kills = 0
+        deadline = time.monotonic() + WAIT_S
+        next_kill = time.monotonic() + (kill_every_s or 0.0)
+        while not q.join(timeout=0.05):
+            assert time.monotonic() < deadline, q.stats()
+            if kill_every_s is not None and time.monotonic() >= next_kill:
+                victim = next(p for p in self.procs if p.is_alive())
+                _kill(victim)
+                self.procs.remove(victim)
+                kills += 1
+                self.spawn()
+                next_kill += kill_every_s
+            for p in list(self.procs):
+                if not p.is_alive() and p.exitcode is not None:
+                    self.procs.remove(p)
+                    self.spawn()  # a worker that died (or killed itself) is replaced
+        return kills
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            _kill(p)
 
 
 def _check_key_order(logs: list[str], n_keys: int, per_key: int) -> int:
@@ -78,15 +123,7 @@ def _check_key_order(logs: list[str], n_keys: int, per_key: int) -> int:
 def test_per_key_order_holds_with_workers_sigkilled_mid_burst(tmp_dir) -> None:
     n_keys, per_key, n_workers = 1000, 20, 8
     q = WorkQueue(f"ipc://{tmp_dir}/q", heartbeat_interval_s=0.1, registry=False)
-    procs: list = []
-    logs: list[str] = []
-
-    def spawn() -> None:
-        logs.append(f"{tmp_dir}/w{len(logs)}.log")
-        p = SPAWN.Process(target=wqprocs.keyed_worker_proc, args=(q.endpoint, logs[-1], 0.004))
-        p.start()
-        procs.append(p)
-
+    crew = _Crew(tmp_dir, wqprocs.keyed_worker_proc, lambda log: (q.endpoint, log, 0.004))
     try:
         # keys in groups of 10, each group's messages put one round after another: a key's
         # next message is 10 puts behind, inside the batches a worker takes (without the
@@ -95,28 +132,16 @@ def test_per_key_order_holds_with_workers_sigkilled_mid_burst(tmp_dir) -> None:
             for i in range(per_key):
                 for k in range(group, group + 10):
                     q.put("keys.t", b"k%d:%d" % (k, i), key=f"k{k}")
-        for _ in range(n_workers):
-            spawn()
-        kills = 0
-        deadline = time.monotonic() + WAIT_S
-        next_kill = time.monotonic() + 1.0
-        while not q.join(timeout=0.05):
-            assert time.monotonic() < deadline, q.stats()
-            if time.monotonic() >= next_kill:  # one worker SIGKILLed every second
-                victim = next(p for p in procs if p.is_alive())
-                _kill(victim)
-                kills += 1
-                spawn()
-                next_kill += 1.0
+        crew.spawn(n_workers)
+        kills = crew.join(q, kill_every_s=1.0)
         st = q.stats()
         assert kills >= 2 and st["workers_lost"] >= 2, (kills, st)
         assert st["redelivered"] > 0  # the kills took messages in flight with them
-        repeats = _check_key_order(logs, n_keys, per_key)
+        repeats = _check_key_order(crew.logs, n_keys, per_key)
         assert repeats <= st["redelivered"]
         assert st["keys_held"] == 0 and st["keys_waiting"] == 0
     finally:
-        for p in procs:
-            _kill(p)
+        crew.kill_all()
         q.close()
 
 
@@ -127,28 +152,13 @@ def test_no_handler_runs_again_for_a_committed_message(tmp_dir) -> None:
     db.commit()
     n, n_die, n_workers = 1000, 8, 4
     q = WorkQueue(f"ipc://{tmp_dir}/q", heartbeat_interval_s=0.1, registry=False)
-    procs: list = []
-    logs: list[str] = []
-
-    def spawn() -> None:
-        logs.append(f"{tmp_dir}/w{len(logs)}.log")
-        p = SPAWN.Process(target=wqprocs.idempotent_worker_proc,
-                          args=(q.endpoint, store_path, logs[-1]))
-        p.start()
-        procs.append(p)
-
+    crew = _Crew(tmp_dir, wqprocs.idempotent_worker_proc,
+                 lambda log: (q.endpoint, store_path, log))
     try:
         for i in range(n):
             q.put("idem.t", b"die%d" % i if i % (n // n_die) == 7 else b"m%d" % i)
-        for _ in range(n_workers):
-            spawn()
-        deadline = time.monotonic() + WAIT_S
-        while not q.join(timeout=0.05):
-            assert time.monotonic() < deadline, q.stats()
-            for p in list(procs):
-                if not p.is_alive() and p.exitcode is not None:
-                    procs.remove(p)
-                    spawn()  # a worker that killed itself is replaced
+        crew.spawn(n_workers)
+        crew.join(q)  # a worker that killed itself is replaced
         st = q.stats()
         assert st["workers_lost"] >= n_die, st
         # every "die" message was committed, its worker killed before the ack, and its
@@ -158,7 +168,7 @@ def test_no_handler_runs_again_for_a_committed_message(tmp_dir) -> None:
         assert len(effects) == n == len({m for m, _ in effects})  # each effect once
         committed_at = dict(effects)
         reruns = []
-        for path in filter(os.path.exists, logs):
+        for path in filter(os.path.exists, crew.logs):
             with open(path, "rb") as f:
                 for line in f:
                     key, t = line.split()
@@ -166,8 +176,7 @@ def test_no_handler_runs_again_for_a_committed_message(tmp_dir) -> None:
                         reruns.append(key)
         assert reruns == []
     finally:
-        for p in procs:
-            _kill(p)
+        crew.kill_all()
         q.close()
         db.close()
 
@@ -193,33 +202,13 @@ def test_priorities_hold_under_saturation_with_sigkilled_producer_and_workers(tm
         _kill(producer)  # SIGKILL: the journal is all that is left
     q = WorkQueue(f"ipc://{tmp_dir}/q", journal=journal, heartbeat_interval_s=0.1,
                   priority_aging_n=10**9, registry=False)
-    procs: list = []
-    logs: list[str] = []
-
-    def spawn() -> None:
-        logs.append(f"{tmp_dir}/w{len(logs)}.log")
-        p = SPAWN.Process(target=wqprocs.logging_worker_proc,
-                          args=(q.endpoint, logs[-1], 8, 0.004))
-        p.start()
-        procs.append(p)
-
+    crew = _Crew(tmp_dir, wqprocs.logging_worker_proc, lambda log: (q.endpoint, log, 8, 0.004))
     try:
         assert q.stats()["recovered"] == 3000
-        for _ in range(4):
-            spawn()
-        kills = 0
-        deadline = time.monotonic() + WAIT_S
-        next_kill = time.monotonic() + 1.0
-        while not q.join(timeout=0.05):
-            assert time.monotonic() < deadline, q.stats()
-            if time.monotonic() >= next_kill:
-                _kill(next(p for p in procs if p.is_alive()))
-                kills += 1
-                spawn()
-                next_kill += 1.0
-        assert kills >= 2
+        crew.spawn(4)
+        assert crew.join(q, kill_every_s=1.0) >= 2
         handled: set[int] = set()
-        for path in filter(os.path.exists, logs):
+        for path in filter(os.path.exists, crew.logs):
             firsts = []
             with open(path, "rb") as f:
                 for line in f:
@@ -232,6 +221,5 @@ def test_priorities_hold_under_saturation_with_sigkilled_producer_and_workers(tm
             assert firsts == sorted(firsts, reverse=True), (path, firsts)
         assert handled == set(range(3000))
     finally:
-        for p in procs:
-            _kill(p)
+        crew.kill_all()
         q.close()
