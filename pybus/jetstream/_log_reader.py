@@ -165,14 +165,14 @@ class ReaderCore:
     async def fill(self, timeout: float) -> None:
         """Fetch the next messages into the buffer, waiting up to ``timeout`` seconds (follow
         mode) for the first; sets ``ended`` at the end of a non-follow replay."""
-        import nats.errors
-
         if self.ended or self.buffer:
             return
         await self._ack(self.last)  # the reader asked for the next: the last one is done
         try:
             msgs = await self.sub.fetch(self.batch, timeout=max(timeout, 0.05))
-        except nats.errors.TimeoutError:
+        except TimeoutError:
+            # nats-py raises its own TimeoutError or, when the server's "no messages" answer
+            # comes as the wait ends, the bare builtin one: both mean nothing came
             msgs = []
         if not msgs and not self.follow:
             if not await self._more_before_end():

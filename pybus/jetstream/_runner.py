@@ -54,11 +54,12 @@ class LoopThread:
             coro.close()
             raise RuntimeError("LoopThread.run called from its own loop (it would deadlock)")
         fut = self.submit(coro)
-        try:
-            return fut.result(timeout_s)
-        except concurrent.futures.TimeoutError:
+        # wait, then look: fut.result(timeout_s) raises the same TimeoutError class (3.11+) for
+        # the bound passing and for a TimeoutError the coroutine itself raised
+        if not concurrent.futures.wait([fut], timeout_s).done:
             fut.cancel()
-            raise BusTimeoutError(f"no answer from the NATS server within {timeout_s} s") from None
+            raise BusTimeoutError(f"no answer from the NATS server within {timeout_s} s")
+        return fut.result()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the loop (tasks still running are cancelled) and join the thread."""

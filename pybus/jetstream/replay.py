@@ -29,7 +29,7 @@ __all__ = ["replay", "areplay", "Replay", "AsyncReplay", "GAP_TOPIC"]
 _SLICE_S = 0.25
 _OPEN_TIMEOUT_S = 15.0
 #: longest a fill may take beyond its own wait before the server counts as unreachable
-_FILL_BOUND_S = 30.0
+_FILL_BOUND_S = 10.0
 
 
 def _core(servers: str | Sequence[str], stream: str, pattern: str, from_seq: int | None,
@@ -77,9 +77,12 @@ class Replay:
                     self._shutdown(clean=True)
                     return None
                 # a fill is one fetch (<= wait) and at most one stream lookup (<= 5 s); the
-                # bound only catches a server that is gone: with both cores taken by other
-                # processes (CI's busy-loop pass) a fill was seen past 10 s
-                self._loop.run(core.fill(wait), wait + _FILL_BOUND_S)
+                # bound only catches a server that is gone
+                try:
+                    self._loop.run(core.fill(wait), wait + _FILL_BOUND_S)
+                except BaseException:
+                    self._shutdown(clean=False)  # the replay is over: release its connection
+                    raise
             return None
 
     def __iter__(self) -> Replay:

@@ -152,6 +152,8 @@ def test_a_restarted_recorder_catches_up_from_history_and_stores_each_message_on
         burst(300)
         _recorded(rec_a, 300)
         rec_a.stop()
+        # the publisher learns of A's leaving from its unsubscription, some time after the close
+        assert until(lambda: pub.wait_for_subscribers(0, timeout=0) == 0, timeout=10)
         burst(200)  # no recorder running
         sub_b = pybus.Subscriber(pub.endpoints, topics=["r.#"], late_join=True,
                                  history_endpoint=pub.history_endpoint)
