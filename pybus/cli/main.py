@@ -63,11 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_KEY_OPTIONS = frozenset({"--allow", "--frontend-allow", "--backend-allow"})
+_Z85_KEY_CHARS = 40
+
+
+def _glue_dash_keys(argv: list[str]) -> list[str]:
+    """``--allow -K...`` -> ``--allow=-K...``: Z85's alphabet has '-', so one public key in 85
+    starts with it, and argparse would take it for an option and refuse the line."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if tok in _KEY_OPTIONS and nxt.startswith("-") and len(nxt) == _Z85_KEY_CHARS:
+            out.append(f"{tok}={nxt}")
+            i += 2
+        else:
+            out.append(tok)
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pybus`` command; returns the exit code (the console script exits with it)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = parser.parse_args(_glue_dash_keys(list(argv) if argv is not None else sys.argv[1:]))
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return int(exc.code or 0)
     func = getattr(args, "func", None)

@@ -233,6 +233,33 @@ def test_secret_and_allow_admit_listed_keys_on_both_sides_only(
     assert px.final["frontend"]["messages_in"] >= 2
 
 
+def _keypair_starting_with_dash() -> tuple[bytes, bytes]:
+    """One Z85 public key in 85 starts with '-', which argparse would take for an option."""
+    for _ in range(5000):
+        public, secret = zmq.curve_keypair()
+        if public.startswith(b"-"):
+            return public, secret
+    raise AssertionError("no key starting with '-' in 5000 tries")
+
+
+def test_allow_takes_a_key_that_starts_with_a_dash(tmp_path: Path, keys: Keys) -> None:
+    public, secret = _keypair_starting_with_dash()
+    client = Curve.client(secret, keys.server_public)
+    # the key as its own argument, as a user pastes it (not --allow=KEY)
+    with cli_proxy(tmp_path, "--secret", keys.secret_file, "--allow", public.decode()) as px:
+        pub = pybus.Publisher(px.frontend, connect=True, security=client, registry=False)
+        sub = pybus.Subscriber(px.backend, topics=["dash.#"], security=client, registry=False)
+        try:
+            assert pub.wait_for_subscribers(1, timeout=10) == 1
+            _publish(pub, "dash.x", 20)
+            assert [m.payload for m in _drain(sub, 20)] == list(range(20))
+        finally:
+            sub.close()
+            pub.close(linger_ms=0)
+    assert px.final is not None
+    assert [side["accepted"] >= 1 for side in px.final["auth"]] == [True, True]
+
+
 def test_frontend_allow_and_backend_allow_restrict_each_side(tmp_path: Path, keys: Keys) -> None:
     with cli_proxy(tmp_path, "--secret", keys.secret_file,
                    "--frontend-allow", str(keys.files["pub"][0]),
