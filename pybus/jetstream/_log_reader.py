@@ -18,6 +18,8 @@ import datetime
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .._native import Message
@@ -85,7 +87,24 @@ class ReaderCore:
 
     # -- opening -----------------------------------------------------------------------------
 
+    @contextmanager
+    def _answered(self, what: str) -> Iterator[None]:
+        """nats-py's timeout on a JetStream API request (its own class, or asyncio's) becomes
+        :class:`pybus.TimeoutError`, which says which request went unanswered."""
+        try:
+            yield
+        except BusTimeoutError:
+            raise
+        except TimeoutError:
+            raise BusTimeoutError(
+                f"the NATS server at {self.servers} did not answer {what} (stream "
+                f"{self.stream!r}) within {_API_TIMEOUT_S} s") from None
+
     async def open(self) -> None:
+        with self._answered("while the replay opened its consumer"):
+            await self._open()
+
+    async def _open(self) -> None:
         from nats.js.errors import NotFoundError
 
         self.nc = await connect(self.servers, "pybus-replay", error_cb=self._on_error)
@@ -198,8 +217,9 @@ class ReaderCore:
 
         js = self.nc.jetstream(timeout=_API_TIMEOUT_S)
         try:
-            m = await js.get_msg(self.stream, seq=self.seen_seq + 1, subject=self.filter,
-                                 next=True)
+            with self._answered("a lookup of the replay's next message"):
+                m = await js.get_msg(self.stream, seq=self.seen_seq + 1, subject=self.filter,
+                                     next=True)
         except NotFoundError:
             return False
         return bool(m.seq <= self.end_seq)
