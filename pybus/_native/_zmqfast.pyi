@@ -61,15 +61,11 @@ class ZFrame:
     def bytes(self) -> bytes: ...
 
 def recv_pubsub(sock: int, dontwait: bool = True) -> tuple[bytes, ZFrame | None, int] | None: ...
-def fill_pubsub(
+def recv_batches(
     sock: int,
     topics: dict[bytes, Any],
-    streams: dict[tuple[int, bytes], int],
-    received: dict[str, int],
-    out: list[Any],
+    batches: list[tuple[str, bytes, int, int, int, list[Any], int]],
     max_messages: int,
     max_frames: int,
     decode: Callable[[str, Any], list[Any]],
-    latency: Any,
-    latency_max_ns: int,
-) -> tuple[int, int, tuple[bytes, ZFrame | None, int] | None]: ...
+) -> tuple[bytes, ZFrame | None, int] | None: ...

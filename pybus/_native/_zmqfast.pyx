@@ -34,8 +34,7 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.ref cimport PyObject
 from libc.errno cimport EAGAIN, EINTR, ENOTSOCK
-from libc.stdint cimport int64_t, uint8_t, uint64_t
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+from libc.stdint cimport uint8_t, uint64_t
 
 from pybus._native.ccommon cimport *
 from pybus._native.czmq cimport *
@@ -565,71 +564,49 @@ cdef object _recv_pubsub(void *s, bint dontwait):
         pb_zmq_msg_close(&part)
 
 
-cdef inline int64_t time_ns_realtime() noexcept:
-    # time.time_ns(): the clock of the publishers' timestamps (docs/wire.md)
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
-def fill_pubsub(size_t sock, dict topics, dict streams, dict received, list out,
-                Py_ssize_t max_messages, Py_ssize_t max_frames, object decode,
-                object latency, int64_t latency_max_ns):
+def recv_batches(size_t sock, dict topics, list batches, Py_ssize_t max_messages,
+                 Py_ssize_t max_frames, object decode):
     """Subscriber._fill's common case, compiled: read queued pub/sub messages without waiting
-    while each one is a batch frame of a known topic (``topics[topic] is a str``) that continues
-    its stream exactly where it was and fits in ``out``; decode it with ``decode(topic,
-    frame)``, append its messages to ``out``, advance ``streams[(publisher_id, topic)]``,
-    add to ``received[topic]`` and record its latency in ``latency`` (a Histogram, or None).
-    Everything else (a new stream, a gap, a position frame, a malformed or filtered message)
-    is handed back untouched for the Python path. A per-frame loop in Python costs ~4 us, which
-    is what frames of one message each (many topics) pay per message.
+    while each one is a batch frame of a known topic (``topics[topic] is a str``) that decodes,
+    with ``decode(topic, frame)``, to at least one message and fits in ``max_messages``. Each
+    such frame becomes one entry of ``batches``: ``(topic, topic_b, publisher_id, first_seq,
+    timestamp_ns, messages, frame_bytes)``. I/O and the codec only: the caller accounts every
+    batch (``pybus.pubsub._streams``), and a frame that is anything else (a position frame, a
+    malformed or filtered message) is handed back untouched. A per-frame loop of receives in
+    Python costs ~3 us, which is what frames of one message each (many topics) pay per message.
 
     Returns
     -------
-    (frames, bytes, rest)
-        Frames read and accounted here and their bytes; ``rest`` is None (nothing queued,
-        ``max_messages`` or ``max_frames`` reached) or the ``recv_pubsub`` tuple of a message
-        read but left to the caller.
+    tuple or None
+        None (nothing queued, ``max_messages`` or ``max_frames`` reached) or the
+        ``recv_pubsub`` tuple of a message read but left to the caller.
     """
-    cdef Py_ssize_t frames = 0, nbytes = 0, count
+    cdef Py_ssize_t frames = 0, total = 0, count
     cdef PyObject *p
-    cdef object got, topic, msgs, m0, key, seq
-    cdef int64_t lat
+    cdef object got, topic, msgs, m0
     cdef void *s = _socket(sock)
-    while frames < max_frames and len(out) < max_messages:
+    while frames < max_frames and total < max_messages:
         got = _recv_pubsub(s, True)
         if got is None:
             break
         frame = (<tuple>got)[1]
         if frame is None:
-            return frames, nbytes, got
+            return got
         topic_b = (<tuple>got)[0]
         p = PyDict_GetItem(topics, topic_b)
         if p == NULL or type(<object>p) is not str:
-            return frames, nbytes, got
+            return got
         topic = <object>p
-        if topic not in received:
-            return frames, nbytes, got
         try:
             msgs = decode(topic, frame)
         except Exception:  # malformed: the Python path counts it
-            return frames, nbytes, got
+            return got
         count = len(msgs)
-        if count == 0 or count > max_messages - len(out):
-            return frames, nbytes, got
+        if count == 0 or count > max_messages - total:
+            return got
         m0 = msgs[0]
-        key = (m0.publisher_id, topic_b)
-        seq = m0.seq
-        p = PyDict_GetItem(streams, key)
-        if p == NULL or <object>p != seq:
-            return frames, nbytes, got
-        streams[key] = seq + count
-        received[topic] += count
-        out += msgs
+        batches.append((topic, topic_b, m0.publisher_id, m0.seq, m0.timestamp_ns, msgs,
+                        len(frame)))
+        total += count
         frames += 1
-        nbytes += len(frame)
-        if latency is not None:
-            lat = time_ns_realtime() - <int64_t>m0.timestamp_ns
-            latency.record_n(0 if lat < 0 else (lat if lat < latency_max_ns else latency_max_ns),
-                             count)
-    return frames, nbytes, None
+    return None

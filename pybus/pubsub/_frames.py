@@ -18,14 +18,13 @@ from .._native import frame_info
 from ..errors import FrameError
 from ..policy.topics import TopicMatcher, is_valid_topic
 from . import _base as base
+from ._book import MAX_TRACKED_TOPICS as _MAX_TRACKED_TOPICS
 from .flow import FLOW_TOPIC, pack_ack, unpack_mark
 
 log = logging.getLogger("pybus.subscriber")
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _TOPIC_CACHE_SIZE = 4096
-# Topics counted one by one in stats(); beyond this many, counts go to "<other>" (bounded).
-_MAX_TRACKED_TOPICS = 4096
 # Sentinel values of the topic cache.
 _FILTERED = 0
 _INVALID = 1

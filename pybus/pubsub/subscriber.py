@@ -8,8 +8,9 @@ topic filter (cached), ``frame_info`` for the sequence check, decode, and counte
 
 This module owns the socket and the receive path (``recv``, ``recv_batch``, ``_fill``); the
 frames that are not plain data are handled by ``_frames`` (control frames, malformed and
-forbidden ones), stream accounting, join snapshots and history by ``_streams`` (mixins of the
-class), and the constructor's arguments are checked by ``_options``.
+forbidden ones), join snapshots and history by ``_streams`` (mixins of the class), whose
+stream books (``_book.StreamBook``: sequences, losses, floors) are a plain object; the
+constructor's arguments are checked by ``_options``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..transport import sockets as _sockets
 from ..transport.iopath import IOPath
 from ..wire.typed import SchemaError
 from . import _base as base
+from ._book import StreamBook
 from ._frames import FramesMixin
 from ._options import subscriber_options
 from ._streams import StreamsMixin
@@ -185,7 +187,6 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         self.id: bytes = os.urandom(8).hex().encode("ascii")
         self._hello = base.HELLO_PREFIX + self.id
         self._on_gap = on_gap
-        self._max_streams = max_streams
         self._log_interval_s = log_interval_s
 
         self._ctx = context if context is not None else zmq.Context.instance()
@@ -207,9 +208,6 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         self._max_lag_ns = opts.max_lag_ns
         self._snail: tuple[str, str] | None = None
         self._slow_events: dict[str, int] = {"gap": 0, "lag": 0}
-        # (publisher_id, topic) -> last sequence number delivered from a history snapshot
-        self._floors: dict[tuple[int, bytes], int] = {}
-        self._history_duplicates = 0
         self._history_received = 0
         # pyzmq's Cython methods, without the sugar layer (per frame, not per message); a
         # socket class that overrides recv (zmq.green, a user's socket_class) keeps it
@@ -227,21 +225,13 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         self._pos = 0
         # topic bytes -> topic str (wanted) or _FILTERED / _INVALID
         self._topics: dict[bytes, Any] = {}
-        # (publisher_id, topic bytes) -> next expected sequence number
-        self._streams: dict[tuple[int, bytes], int] = {}
-        self._received: dict[str, int] = {}
-        self._lost: dict[str, int] = {}
+        # every stream's next expected sequence number, and what frames revealed against it
+        self._book = StreamBook(max_streams)
         self._decode_errors = 0
         self._decode_errors_by_reason: dict[str, int] = {}
-        self._out_of_order = 0
-        self._gaps = 0
         self._bytes = 0
         self._batches = 0
-        self._positions = 0
         self._marks = 0
-        # publishers whose join snapshot arrived: their new streams start at sequence 1
-        self._joined: set[int] = set()
-        self._join_off = False  # after subscribe(): see there
         # publish-to-receive latency in ns, one record_n per frame (2 significant figures: 1 %
         # precision in ~30 KiB); exported by pybus.metrics as quantiles and buckets
         # (registry=False: no latency recording)
@@ -300,11 +290,7 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
             prefix = self._matcher.add(pattern)
             self._sock.send(_SUBSCRIBE + prefix)
             self._topics.clear()
-            # streams of the new pattern that moved before now are not losses: from now on
-            # the first frame of a stream sets its expectation (join snapshots, even one
-            # still queued, predate the pattern)
-            self._joined.clear()
-            self._join_off = True
+            self._book.stop_joining()  # streams of the new pattern that moved are not losses
 
     def unsubscribe(self, pattern: str) -> None:
         """Stop receiving topics matching ``pattern`` (one :meth:`subscribe` is undone).
@@ -505,19 +491,14 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         # no Message keeps the frame alive).
         fast = self._fast_addr
         recv_pubsub = _zmqfast.recv_pubsub
-        # the common case compiled (fill_pubsub), this loop for the rest: without publish
-        # permissions, history floors or a lag bound to check per frame
-        fill = fast and pub_acl is None and not self._floors and not self._max_lag_ns
+        note = self._note_batch
+        # the common case's receives and decoding compiled (recv_batches), this loop for the
+        # rest: without publish permissions, history floors or a lag bound to check per frame
+        fill = fast and pub_acl is None and not self._book.floors and not self._max_lag_ns
         while len(out) < max_messages and max_frames > 0:
             if fill and first_frame is None:
-                n, nbytes, first_frame = _zmqfast.fill_pubsub(
-                    fast, topics, self._streams, self._received, out, max_messages,
-                    max_frames, decode_batch, self._latency, _LATENCY_MAX_NS,
-                )
-                if n:
-                    self._batches += n
-                    self._bytes += nbytes
-                    max_frames -= n
+                frames, first_frame = self._fill_batches(fast, out, max_messages, max_frames)
+                max_frames -= frames
                 if first_frame is None:
                     return
             max_frames -= 1
@@ -568,24 +549,15 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
             except FrameError as exc:
                 self._decode_error(str(exc), topic_b)
                 continue
-            if self._floors:  # after a history snapshot: drop live duplicates
-                kept = self._after_floor(pid, topic_b, first, count, msgs)
+            if self._book.floors:  # after a history snapshot: drop live duplicates
+                kept = self._book.after_floor(pid, topic_b, first, count, msgs)
                 if kept is None:
                     continue
                 first, count, msgs = kept
             if self._max_lag_ns and _ts and time.time_ns() - _ts > self._max_lag_ns:
                 self._slow("lag", f"batch of {topic!r} arrived "
                            f"{(time.time_ns() - _ts) / 1e9:.3f}s after it was sent")
-            self._batches += 1
-            self._bytes += len(frame)
-            # the frame's first publish time (CLOCK_REALTIME, comparable across processes);
-            # clamped: another host's clock may be ahead, a stalled frame may be very late
-            if self._latency is not None:
-                lat = _time_ns() - _ts
-                self._latency.record_n(
-                    0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
-                )
-            self._account(topic, topic_b, pid, first, count)
+            note(topic, topic_b, pid, first, count, _ts, len(frame))
             room = max_messages - len(out)
             if len(msgs) <= room:
                 out += msgs
@@ -601,6 +573,35 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
                 out += msgs[:room]
                 self._keep_rest(msgs[room:])
                 return
+
+    def _fill_batches(self, fast: int, out: list[Message], max_messages: int,
+                      max_frames: int) -> tuple[int, Any]:
+        """_fill's common case: frames received and decoded by one compiled call, accounted
+        here; returns (frames read, the recv_pubsub tuple it left to _fill or None)."""
+        batches: list[tuple[str, bytes, int, int, int, list[Message], int]] = []
+        rest = _zmqfast.recv_batches(fast, self._topics, batches, max_messages - len(out),
+                                     max_frames, decode_batch)
+        note = self._note_batch
+        for topic, topic_b, pid, first, ts_ns, msgs, frame_bytes in batches:
+            note(topic, topic_b, pid, first, len(msgs), ts_ns, frame_bytes)
+            out += msgs
+        return len(batches), rest
+
+    def _note_batch(self, topic: str, topic_b: bytes, pid: int, first: int, count: int,
+                    ts_ns: int, frame_bytes: int) -> None:
+        """A data frame was read: count it, record its latency, account its stream."""
+        self._batches += 1
+        self._bytes += frame_bytes
+        # the frame's first publish time (CLOCK_REALTIME, comparable across processes);
+        # clamped: another host's clock may be ahead, a stalled frame may be very late
+        if self._latency is not None:
+            lat = _time_ns() - ts_ns
+            self._latency.record_n(
+                0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
+            )
+        lost = self._book.account(topic, topic_b, pid, first, count)
+        if lost:
+            self._gap(topic, pid, first - lost, first, lost)
 
     def _keep_rest(self, rest: list[Message]) -> None:
         """What did not fit in out waits in the buffer (reached only when the buffer was
@@ -677,23 +678,15 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
 
     def _stats_locked(self) -> dict[str, Any]:
         return {
-            "received": sum(self._received.values()),
-            "received_by_topic": dict(self._received),
-            "lost": sum(self._lost.values()),
-            "lost_by_topic": dict(self._lost),
+            **self._book.stats(),
             "decode_errors": self._decode_errors,
             "decode_errors_by_reason": dict(self._decode_errors_by_reason),
-            "out_of_order": self._out_of_order,
-            "gaps": self._gaps,
             "bytes": self._bytes,
             "batches": self._batches,
-            "positions": self._positions,
             "marks": self._marks,
-            "streams": len(self._streams),
             "buffered": len(self._buf) - self._pos,
             "slow_consumer_events": dict(self._slow_events),
             "history_received": self._history_received,
-            "history_duplicates": self._history_duplicates,
             "peer_events": dict(self._watch.events) if self._watch is not None else {},
             "dropped": {"forbidden": self._forbidden},
             "forbidden_by_key": dict(self._forbidden_by_key),
