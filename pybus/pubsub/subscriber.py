@@ -54,6 +54,9 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 #: Latencies above this (1 hour, in ns) are recorded as this.
 _LATENCY_MAX_NS = 3_600_000_000_000
+# a data frame read: (topic, topic bytes, publisher id, first seq, publish time ns, messages,
+# frame bytes), as _zmqfast.recv_batches makes it
+Batch = tuple[str, bytes, int, int, int, list[Message], int]
 _time_ns = time.time_ns
 _SUBSCRIBE = b"\x01"
 _UNSUBSCRIBE = b"\x00"
@@ -491,7 +494,6 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         # no Message keeps the frame alive).
         fast = self._fast_addr
         recv_pubsub = _zmqfast.recv_pubsub
-        note = self._note_batch
         # the common case's receives and decoding compiled (recv_batches), this loop for the
         # rest: without publish permissions, history floors or a lag bound to check per frame
         fill = fast and pub_acl is None and not self._book.floors and not self._max_lag_ns
@@ -557,10 +559,10 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
             if self._max_lag_ns and _ts and time.time_ns() - _ts > self._max_lag_ns:
                 self._slow("lag", f"batch of {topic!r} arrived "
                            f"{(time.time_ns() - _ts) / 1e9:.3f}s after it was sent")
-            note(topic, topic_b, pid, first, count, _ts, len(frame))
+            one = [(topic, topic_b, pid, first, _ts, msgs, len(frame))]
             room = max_messages - len(out)
             if len(msgs) <= room:
-                out += msgs
+                self._take(one, out)
                 if count == 1 and not fast:
                     # A lone message in its frame: its publisher was idle, so another frame is
                     # unlikely to be queued, and asking pyzmq costs a failed non-blocking
@@ -570,6 +572,7 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
                     # message each (many topics) are then read in one call, not one each.
                     return
             else:
+                self._take(one, [])
                 out += msgs[:room]
                 self._keep_rest(msgs[room:])
                 return
@@ -578,30 +581,37 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
                       max_frames: int) -> tuple[int, Any]:
         """_fill's common case: frames received and decoded by one compiled call, accounted
         here; returns (frames read, the recv_pubsub tuple it left to _fill or None)."""
-        batches: list[tuple[str, bytes, int, int, int, list[Message], int]] = []
+        batches: list[Batch] = []
         rest = _zmqfast.recv_batches(fast, self._topics, batches, max_messages - len(out),
                                      max_frames, decode_batch)
-        note = self._note_batch
-        for topic, topic_b, pid, first, ts_ns, msgs, frame_bytes in batches:
-            note(topic, topic_b, pid, first, len(msgs), ts_ns, frame_bytes)
-            out += msgs
+        if batches:
+            self._take(batches, out)
         return len(batches), rest
 
-    def _note_batch(self, topic: str, topic_b: bytes, pid: int, first: int, count: int,
-                    ts_ns: int, frame_bytes: int) -> None:
-        """A data frame was read: count it, record its latency, account its stream."""
-        self._batches += 1
-        self._bytes += frame_bytes
-        # the frame's first publish time (CLOCK_REALTIME, comparable across processes);
-        # clamped: another host's clock may be ahead, a stalled frame may be very late
-        if self._latency is not None:
-            lat = _time_ns() - ts_ns
-            self._latency.record_n(
-                0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
-            )
-        lost = self._book.account(topic, topic_b, pid, first, count)
-        if lost:
-            self._gap(topic, pid, first - lost, first, lost)
+    def _take(self, batches: list[Batch], out: list[Message]) -> None:
+        """Data frames were read: count them, record their latency, account their streams in
+        the book, and append their messages to ``out``. Once per frame, so kept lean: frames
+        of one message each (many topics) pay it per message."""
+        account = self._book.account
+        latency = self._latency
+        now_ns = _time_ns()  # one read for all: every frame here was already queued
+        nbytes = 0
+        for topic, topic_b, pid, first, ts_ns, msgs, frame_bytes in batches:
+            count = len(msgs)
+            lost = account(topic, topic_b, pid, first, count)
+            if lost:
+                self._gap(topic, pid, first - lost, first, lost)
+            if latency is not None:
+                # from the frame's first publish time (CLOCK_REALTIME, comparable across
+                # processes); clamped: another host's clock may be ahead, a frame very late
+                lat = now_ns - ts_ns
+                latency.record_n(
+                    0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
+                )
+            nbytes += frame_bytes
+            out += msgs
+        self._batches += len(batches)
+        self._bytes += nbytes
 
     def _keep_rest(self, rest: list[Message]) -> None:
         """What did not fit in out waits in the buffer (reached only when the buffer was
