@@ -39,7 +39,6 @@ class FramesMixin:
         id: bytes
         endpoints: list[str]
         _sock: zmq.Socket[Any]
-        _recv: Any
         _hello: bytes
         _matcher: TopicMatcher
         _topics: dict[bytes, Any]
@@ -71,15 +70,6 @@ class FramesMixin:
         else:
             self._decode_error(f"{parts}-frame message (expected 2 frames)", topic_b)
 
-
-    def _skip_parts(self, frame: Any, topic_b: bytes) -> None:
-        """pyzmq path: a message of more than 2 frames; read and count the rest."""
-        recv = self._recv
-        parts = 2
-        while frame.more:
-            frame = recv(_NOBLOCK, False)
-            parts += 1
-        self._bad_parts(parts, topic_b)
 
     def _forbidden_frame(self, topic_b: bytes, frame: Any) -> bool:
         """Publish permissions, per frame (a batch): whether the sender's key, as ZAP named

@@ -28,11 +28,12 @@ import zmq
 from .. import metrics as _metrics
 from .. import tracing
 from .._lifecycle import Closeable
-from .._native import Histogram, Message, _zmqfast, decode_batch, frame_info
+from .._native import Histogram, Message, decode_batch, frame_info
 from ..errors import ClosedError, FrameError, TimeoutError, ValidationError, from_zmq
 from ..metrics.samples import NS, HdrValue, RawSample, ReadyUntilClosed, transport_samples
 from ..policy.topics import TopicMatcher, pattern_prefix
 from ..transport import sockets as _sockets
+from ..transport.channel import SubscriberChannel
 from ..transport.iopath import IOPath
 from ..wire.typed import SchemaError
 from . import _base as base
@@ -50,12 +51,10 @@ log = logging.getLogger("pybus.subscriber")
 #: ``on_gap(topic, publisher_id, expected_seq, got_seq, lost)``
 GapCallback = Callable[[str, int, int, int, int], None]
 
-_NOBLOCK = int(zmq.NOBLOCK)
-_RCVMORE = int(zmq.RCVMORE)
 #: Latencies above this (1 hour, in ns) are recorded as this.
 _LATENCY_MAX_NS = 3_600_000_000_000
 # a data frame read: (topic, topic bytes, publisher id, first seq, publish time ns, messages,
-# frame bytes), as _zmqfast.recv_batches makes it
+# frame bytes), as SubscriberChannel.recv_batches makes it
 Batch = tuple[str, bytes, int, int, int, list[Message], int]
 _time_ns = time.time_ns
 _SUBSCRIBE = b"\x01"
@@ -212,15 +211,10 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         self._snail: tuple[str, str] | None = None
         self._slow_events: dict[str, int] = {"gap": 0, "lag": 0}
         self._history_received = 0
-        # pyzmq's Cython methods, without the sugar layer (per frame, not per message); a
-        # socket class that overrides recv (zmq.green, a user's socket_class) keeps it
-        self._recv = (zmq.backend.Socket.recv.__get__(sock) if type(sock).recv is zmq.Socket.recv
-                      else sock.recv)
-        self._rcvmore = zmq.backend.Socket.get.__get__(sock)
-        # libzmq's own socket when [topic][frame] may be read straight from libzmq (the batch
-        # frame then stays in its buffer), else 0. Publish permissions need each frame's
-        # ZAP User-Id, which only pyzmq's Frame reads.
-        self._fast_addr = _sockets.fast_address(sock) if self._pub_acl is None else 0
+        # [topic][frame] read straight from libzmq when it can (the batch frame then stays in
+        # its buffer), else through pyzmq: publish permissions need each frame's ZAP User-Id,
+        # which only pyzmq's Frame reads
+        self._chan = SubscriberChannel.open(sock, compiled=self._pub_acl is None)
         self._rcvtimeo_ms = -1
         self._lock = threading.Lock()
         # messages decoded but not yet handed out (recv() takes them one by one)
@@ -424,8 +418,7 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         (measured), which is the whole one-way latency budget over raw pyzmq. Waits in
         slices of at most _POLL_SLICE_MS so a close() from another thread is noticed.
         Returns None at the deadline. The caller holds the lock."""
-        recv = self._recv
-        fast = self._fast_addr
+        recv_pubsub = self._chan.recv_pubsub
         while True:
             if self._closed:
                 raise ClosedError("the Subscriber was closed")
@@ -438,24 +431,17 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
                 if ms != self._rcvtimeo_ms:
                     self._sock.setsockopt(zmq.RCVTIMEO, ms)
                     self._rcvtimeo_ms = ms
-                if fast:
-                    # the whole [topic][frame] (see _fill); None: timed out
-                    got = _zmqfast.recv_pubsub(fast, False)
-                    if got is not None:
-                        return got
-                    if ms == 0:
-                        return None
-                    continue
-                return recv(0, True)
-            except zmq.Again:
-                if ms == 0:
-                    return None
+                got = recv_pubsub(False)  # the whole [topic][frame]; None: timed out
             except zmq.ZMQError as exc:
                 if self._closed:
                     raise ClosedError("the Subscriber was closed") from exc
                 raise from_zmq(exc, "Subscriber.recv") from exc
             except ClosedError:
                 raise ClosedError("the Subscriber was closed") from None
+            if got is not None:
+                return got
+            if ms == 0:
+                return None
 
     def _take_buffered(self, max_messages: int) -> list[Message]:
         pos = self._pos
@@ -483,57 +469,30 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
     ) -> None:
         """Receive frames already queued, without blocking, until out has max_messages
         (or max_frames frames were read)."""
-        recv = self._recv
-        rcvmore = self._rcvmore
         topics = self._topics
         pub_acl = self._pub_acl
-        # The topic frame is received as bytes (copy=True: a zmq.Frame object costs ~3 us more
-        # to create than it saves; its .more becomes one RCVMORE getsockopt). The batch frame
-        # is received as a zmq.Frame (copy=False): large frames are not copied, .more is free,
-        # and decode_batch reads it through the buffer protocol (copying each payload out, so
-        # no Message keeps the frame alive).
-        fast = self._fast_addr
-        recv_pubsub = _zmqfast.recv_pubsub
-        # the common case's receives and decoding compiled (recv_batches), this loop for the
-        # rest: without publish permissions, history floors or a lag bound to check per frame
-        fill = fast and pub_acl is None and not self._book.floors and not self._max_lag_ns
+        recv_pubsub = self._chan.recv_pubsub
+        # the common case in one call (the channel's recv_batches: receives and decoding), this
+        # loop for the rest, frame by frame; without publish permissions, history floors or a
+        # lag bound to check per frame
+        fill = pub_acl is None and not self._book.floors and not self._max_lag_ns
         while len(out) < max_messages and max_frames > 0:
             if fill and first_frame is None:
-                frames, first_frame = self._fill_batches(fast, out, max_messages, max_frames)
+                frames, first_frame = self._fill_batches(out, max_messages, max_frames)
                 max_frames -= frames
                 if first_frame is None:
                     return
             max_frames -= 1
-            if fast:
-                # [topic][frame] read straight from libzmq: the batch frame stays in libzmq's
-                # buffer (a ZFrame), with none of pyzmq's per-call work
-                if first_frame is not None:
-                    got, first_frame = first_frame, None
-                else:
-                    got = recv_pubsub(fast, True)
-                    if got is None:
-                        return
-                topic_b, frame, parts = got
-                if frame is None:
-                    self._bad_parts(parts, topic_b)
-                    continue
+            if first_frame is not None:
+                got, first_frame = first_frame, None
             else:
-                if first_frame is not None:
-                    topic_b, first_frame = first_frame, None
-                else:
-                    try:
-                        topic_b = recv(_NOBLOCK, True)
-                    except zmq.Again:
-                        return
-                    except zmq.ZMQError as exc:
-                        raise from_zmq(exc, "Subscriber.recv") from exc
-                if not rcvmore(_RCVMORE):
-                    self._bad_parts(1, topic_b)
-                    continue
-                frame = recv(_NOBLOCK, False)
-                if frame.more:
-                    self._skip_parts(frame, topic_b)
-                    continue
+                got = recv_pubsub(True)
+                if got is None:
+                    return
+            topic_b, frame, parts = got
+            if frame is None:
+                self._bad_parts(parts, topic_b)
+                continue
             topic = topics.get(topic_b)
             if topic is None:
                 topic = self._classify(topic_b)
@@ -563,27 +522,20 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
             room = max_messages - len(out)
             if len(msgs) <= room:
                 self._take(one, out)
-                if count == 1 and not fast:
-                    # A lone message in its frame: its publisher was idle, so another frame is
-                    # unlikely to be queued, and asking pyzmq costs a failed non-blocking
-                    # receive (~10 us: a syscall in ZeroMQ plus a zmq.Again exception), which
-                    # would come straight on top of this message's latency. The fast path asks
-                    # libzmq directly (~0.3 us, no exception) and goes on: frames of one
-                    # message each (many topics) are then read in one call, not one each.
-                    return
             else:
                 self._take(one, [])
                 out += msgs[:room]
                 self._keep_rest(msgs[room:])
                 return
 
-    def _fill_batches(self, fast: int, out: list[Message], max_messages: int,
+    def _fill_batches(self, out: list[Message], max_messages: int,
                       max_frames: int) -> tuple[int, Any]:
-        """_fill's common case: frames received and decoded by one compiled call, accounted
-        here; returns (frames read, the recv_pubsub tuple it left to _fill or None)."""
+        """_fill's common case: frames received and decoded by one channel call (compiled on
+        the fast path), accounted here; returns (frames read, the recv_pubsub tuple it left to
+        _fill or None)."""
         batches: list[Batch] = []
-        rest = _zmqfast.recv_batches(fast, self._topics, batches, max_messages - len(out),
-                                     max_frames, decode_batch)
+        rest = self._chan.recv_batches(self._topics, batches, max_messages - len(out),
+                                       max_frames, decode_batch)
         if batches:
             self._take(batches, out)
         return len(batches), rest
@@ -762,9 +714,8 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         return self._closed
 
     def _current_io_path(self) -> str:
-        # (IOPath.io_path) A subscriber enforcing publish permissions reads through pyzmq (it
-        # has no _fast_addr).
-        return "libzmq" if self._fast_addr else "pyzmq"
+        # (IOPath.io_path) A subscriber enforcing publish permissions reads through pyzmq.
+        return self._chan.io_path
 
     def __del__(self) -> None:
         sock = getattr(self, "_sock", None)

@@ -42,7 +42,7 @@ from ..errors import (
 from ..metrics.samples import RawSample, ReadyUntilClosed
 from ..policy.ratelimit import KeyedRateLimiter, RateLimiter
 from ..transport import sockets as _sockets
-from ..transport.channel import server_channel
+from ..transport.channel import ServerChannel
 from ..transport.iopath import IOPath
 from ..transport.sockets import (
     DEFAULT_LIVENESS,
@@ -458,7 +458,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self.workers, thread_name_prefix="pybus-rpc-worker"
             )
-        chan = server_channel(self._sock)
+        chan = ServerChannel.open(self._sock)
         self._io_path = chan.io_path
         recv_request, send_reply = chan.recv_request, chan.send_reply
         pool = self._pool  # set above, cleared only by _shutdown after the loop ends

@@ -57,7 +57,7 @@ from ..errors import (
 from ..metrics.samples import RawSample, ReadyUntilClosed, transport_samples
 from ..store.journal import Journal
 from ..transport import sockets as _sockets
-from ..transport.channel import MessageChannel, message_channel
+from ..transport.channel import MessageChannel
 from ..transport.iopath import IOPath
 from ..wire.payload import encode_payload
 from ._core import DispatchCore
@@ -104,7 +104,7 @@ class _RouterOut:
 
     def __init__(self, router: zmq.Socket[Any]) -> None:
         # the ROUTER's channel; the pyzmq one (safe on a closed socket) once it closes
-        self.chan = message_channel(router)
+        self.chan = MessageChannel.open(router)
 
     def send(self, ident: bytes, frame: bytes) -> bool:
         return not self.chan.send_parts((ident, frame))

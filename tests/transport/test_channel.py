@@ -1,17 +1,20 @@
-"""The RPC server's channel (pybus.transport.channel): the pyzmq and the compiled
-implementation judge the same frames the same way, as docs/wire-reqrep.md orders the checks,
-and send the same replies."""
+"""The channels (pybus.transport.channel): the pyzmq and the compiled implementation of each
+read the same messages the same way. The RPC server's judges frames as docs/wire-reqrep.md
+orders the checks and sends the same replies; the subscriber's reads docs/wire.md's
+[topic][batch frame] messages, built here from the document."""
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import zmq
 
+from pybus._native import _zmqfast
 from pybus.errors import ClosedError
 from pybus.transport import channel
-from pybus.transport.sockets import fast_address
 
 # docs/wire-reqrep.md: version u8, kind u8, flags u8, method length u8, correlation id u64
 HDR = struct.Struct("<BBBBQ")
@@ -30,26 +33,42 @@ FRAMES = [
 ]
 
 
+def _skip_without_fast_path(path: str) -> None:
+    # before any socket exists: a context left with open sockets hangs in its term()
+    if path == "libzmq" and not _zmqfast.AVAILABLE:
+        pytest.skip(f"the compiled fast path is off: {_zmqfast.UNAVAILABLE_REASON}")
+
+
+@contextmanager
+def _two(path: str, type_a: int, type_b: int) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
+    """Two sockets of a private context (linger 0), closed and the context ended after."""
+    _skip_without_fast_path(path)
+    ctx = zmq.Context()
+    a, b = ctx.socket(type_a), ctx.socket(type_b)
+    for s in (a, b):
+        s.linger = 0
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+        ctx.term()
+
+
+def _chan(kind: type, sock: zmq.Socket, path: str):
+    """The channel of that kind on that path: pyzmq's, or the compiled one (open)."""
+    chan = kind(sock) if path == "pyzmq" else kind.open(sock)
+    assert chan.io_path == path
+    return chan
+
+
 @pytest.fixture(params=["pyzmq", "libzmq"])
 def pair(request):
-    ctx = zmq.Context()
-    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
-    for s in (router, dealer):
-        s.linger = 0
-    router.rcvtimeo, dealer.rcvtimeo = 2000, 2000
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    dealer.connect(f"tcp://127.0.0.1:{port}")
-    if request.param == "pyzmq":
-        chan = channel.ServerChannel(router)
-    else:
-        chan = channel.server_channel(router)
-        if not fast_address(router):
-            pytest.skip("the compiled fast path is off (PYBUS_NO_ZMQ_FASTPATH)")
-    assert chan.io_path == request.param
-    yield chan, router, dealer
-    router.close()
-    dealer.close()
-    ctx.term()
+    with _two(request.param, zmq.ROUTER, zmq.DEALER) as (router, dealer):
+        router.rcvtimeo, dealer.rcvtimeo = 2000, 2000
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        yield _chan(channel.ServerChannel, router, request.param), router, dealer
 
 
 def test_both_paths_judge_each_frame_as_the_wire_document_says(pair) -> None:
@@ -82,22 +101,12 @@ def test_a_reply_goes_back_framed_and_idle_is_none(pair) -> None:
 
 @pytest.fixture(params=["pyzmq", "libzmq"])
 def routed(request):
-    ctx = zmq.Context()
-    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
-    for s in (router, dealer):
-        s.linger = 0
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    dealer.rcvtimeo = 2000
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    dealer.connect(f"tcp://127.0.0.1:{port}")
-    chan = (channel.MessageChannel(router) if request.param == "pyzmq"
-            else channel.message_channel(router))
-    if chan.io_path != request.param:
-        pytest.skip("the compiled fast path is off (PYBUS_NO_ZMQ_FASTPATH)")
-    yield chan, router, dealer
-    router.close()
-    dealer.close()
-    ctx.term()
+    with _two(request.param, zmq.ROUTER, zmq.DEALER) as (router, dealer):
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        dealer.rcvtimeo = 2000
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        yield _chan(channel.MessageChannel, router, request.param), router, dealer
 
 
 def test_whole_messages_both_ways_and_an_unroutable_peer_is_an_errno(routed) -> None:
@@ -114,3 +123,94 @@ def test_whole_messages_both_ways_and_an_unroutable_peer_is_an_errno(routed) -> 
     assert chan.send_parts((parts[0], b"back", b"2")) == 0
     assert dealer.recv_multipart() == [b"back", b"2"]
     assert chan.send_parts((b"nobody", b"x")) == zmq.EHOSTUNREACH
+
+
+# docs/wire.md, "Batch frame (version 1)", little-endian: written from the document
+FRAME_HEADER = struct.Struct("<BBBBIQQq")  # magic, version, flags, count, pid, first seq, ts
+RECORD_HEADER = struct.Struct("<IHBBI")  # payload len, header len, flags, reserved, ts delta
+
+
+def batch_frame(pid: int, first_seq: int, ts_ns: int, payloads: list[bytes]) -> bytes:
+    out = [FRAME_HEADER.pack(0x50, 0x42, 1, 0, len(payloads), pid, first_seq, ts_ns)]
+    for p in payloads:
+        out += [RECORD_HEADER.pack(len(p), 0, 0, 0, 0), p]
+    return b"".join(out)
+
+
+@pytest.fixture(params=["pyzmq", "libzmq"])
+def subscribed(request):
+    with _two(request.param, zmq.PUB, zmq.SUB) as (pub, sub):
+        sub.subscribe(b"")
+        sub.rcvtimeo = 2000
+        # inproc: a message sent is queued at the SUB at once, so once one arrived all did
+        pub.bind(f"inproc://chan-{request.param}")
+        sub.connect(f"inproc://chan-{request.param}")
+        for _ in range(400):  # until the subscription reached the PUB (bounded: 4 s)
+            pub.send_multipart([b"probe", b""])
+            if sub.poll(10):
+                break
+        else:
+            pytest.fail("the subscription never reached the PUB")
+        while sub.poll(50):  # the probes
+            sub.recv_multipart()
+        yield _chan(channel.SubscriberChannel, sub, request.param), pub, sub
+
+
+def _recv(chan):
+    """recv_pubsub without waiting, retried (bounded) until the message is there."""
+    for _ in range(400):
+        got = chan.recv_pubsub(True)
+        if got is not None:
+            return got
+        chan._sock.poll(10)
+    return None
+
+
+def test_both_paths_read_pubsub_messages_alike(subscribed) -> None:
+    chan, pub, _sub = subscribed
+    good = batch_frame(7, 1, 123, [b"a", b"bb"])
+    assert chan.recv_pubsub(True) is None  # nothing queued: never blocks
+    pub.send_multipart([b"t.x", good])
+    topic, frame, parts = _recv(chan)
+    assert (topic, bytes(frame), parts, len(frame)) == (b"t.x", good, 2, len(good))
+    pub.send(b"lonely")  # one part: malformed, counted by the caller
+    assert _recv(chan) == (b"lonely", None, 1)
+    pub.send_multipart([b"t.x", b"1", b"2", b"3"])  # four parts, all read
+    assert _recv(chan) == (b"t.x", None, 4)
+    pub.send_multipart([b"t.y", good])  # nothing left over from the one before
+    assert _recv(chan)[0] == b"t.y"
+    chan._sock.rcvtimeo = 30
+    assert chan.recv_pubsub(False) is None  # waited RCVTIMEO, nothing came
+
+
+def test_recv_batches_takes_wanted_frames_and_leaves_the_rest(subscribed) -> None:
+    from pybus._native import decode_batch
+
+    chan, pub, _sub = subscribed
+    topics = {b"t.x": "t.x", b"t.ctl": 0}  # a str: wanted; anything else: for the caller
+    frames = [batch_frame(7, 1, 1000, [b"1", b"2"]), batch_frame(7, 3, 2000, [b"3"]),
+              batch_frame(9, 40, 3000, [b"x", b"y", b"z"])]
+    for f in frames:
+        pub.send_multipart([b"t.x", f])
+    pub.send_multipart([b"t.ctl", b"control"])
+    pub.send_multipart([b"t.x", batch_frame(7, 4, 4000, [b"4"])])
+    pub.send_multipart([b"t.x", b"not a batch frame"])
+    pub.send_multipart([b"t.x", batch_frame(7, 5, 5000, [b"5", b"6", b"7"])])
+    first = _recv(chan)  # the first frame read alone (inproc: the rest is queued behind it)
+    assert first[0] == b"t.x" and bytes(first[1]) == frames[0]
+    batches: list = []
+    rest = chan.recv_batches(topics, batches, 100, 100, decode_batch)
+    assert rest is not None and rest[0] == b"t.ctl" and bytes(rest[1]) == b"control"
+    assert [(b[0], b[1], b[2], b[3], b[4], [m.payload for m in b[5]], b[6]) for b in batches] == [
+        ("t.x", b"t.x", 7, 3, 2000, [b"3"], len(frames[1])),
+        ("t.x", b"t.x", 9, 40, 3000, [b"x", b"y", b"z"], len(frames[2])),
+    ]
+    batches = []
+    rest = chan.recv_batches(topics, batches, 100, 100, decode_batch)
+    assert [b[3] for b in batches] == [4]
+    assert rest is not None and bytes(rest[1]) == b"not a batch frame"  # malformed: handed back
+    # a frame that does not fit in max_messages is handed back whole
+    batches = []
+    rest = chan.recv_batches(topics, batches, 2, 100, decode_batch)
+    assert batches == [] and rest is not None and rest[0] == b"t.x"
+    assert chan.recv_batches(topics, [], 100, 100, decode_batch) is None  # nothing queued

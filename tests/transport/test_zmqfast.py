@@ -625,15 +625,18 @@ def test_recv_pubsub_reads_topic_and_frame_and_counts_malformed_parts():
 
 def _scripted_subscriber_run(compiled: bool) -> tuple[list[tuple[str, int, bytes]], dict]:
     """A plain XPUB sends a scripted mix to a pybus Subscriber: stream continuations (the
-    compiled fill_pubsub's case), new streams, a gap, a position frame, a malformed frame, a
-    filtered topic and a three-part message (all handed back to the Python path)."""
+    channel's recv_batches case), new streams, a gap, a position frame, a malformed frame, a
+    filtered topic and a three-part message (all handed back to the frame-by-frame loop)."""
     ctx = zmq.Context.instance()
     raw = ctx.socket(zmq.XPUB)
     raw.setsockopt(zmq.LINGER, 0)
     port = raw.bind_to_random_port("tcp://127.0.0.1")
     sub = pybus.Subscriber(f"tcp://127.0.0.1:{port}", topics=["s.*"], rcvhwm=100_000)
     if not compiled:
-        sub._fast_addr = 0  # the pyzmq path: the reference
+        from pybus.transport.channel import SubscriberChannel
+
+        sub._chan = SubscriberChannel(sub._sock)  # the pyzmq path: the reference
+    assert sub.io_path == ("libzmq" if compiled else "pyzmq")
     try:
         while not raw.poll(5000) or not raw.recv().startswith(b"\x01\xffpybus-hello:"):
             pass
@@ -675,7 +678,7 @@ def _scripted_subscriber_run(compiled: bool) -> tuple[list[tuple[str, int, bytes
         raw.close(linger=0)
 
 
-def test_compiled_fill_accounts_exactly_like_the_python_path():
+def test_compiled_receive_accounts_exactly_like_the_pyzmq_path():
     if not fast.AVAILABLE:
         pytest.skip(fast.UNAVAILABLE_REASON)
     ref_msgs, ref = _scripted_subscriber_run(compiled=False)
