@@ -204,8 +204,8 @@ class SubscriberChannel(_Channel):
 
     def recv_batches(self, topics: dict[bytes, Any], batches: list[Any], max_messages: int,
                      max_frames: int, decode: Any) -> tuple[bytes, Any, int] | None:
-        total = 0
-        while len(batches) < max_frames and total < max_messages:
+        frames = total = 0
+        while frames < max_frames and total < max_messages:
             got = self.recv_pubsub(True)
             if got is None:
                 return None
@@ -224,4 +224,5 @@ class SubscriberChannel(_Channel):
             batches.append((topic, topic_b, m0.publisher_id, m0.seq, m0.timestamp_ns, msgs,
                             len(frame)))
             total += count
+            frames += 1
         return None

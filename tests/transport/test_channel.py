@@ -214,3 +214,19 @@ def test_recv_batches_takes_wanted_frames_and_leaves_the_rest(subscribed) -> Non
     rest = chan.recv_batches(topics, batches, 2, 100, decode_batch)
     assert batches == [] and rest is not None and rest[0] == b"t.x"
     assert chan.recv_batches(topics, [], 100, 100, decode_batch) is None  # nothing queued
+
+
+def test_recv_batches_reads_at_most_max_frames(subscribed) -> None:
+    from pybus._native import decode_batch
+
+    chan, pub, _sub = subscribed
+    for seq in (1, 2, 3):
+        pub.send_multipart([b"t.x", batch_frame(7, seq, 1000, [b"m%d" % seq])])
+    first = _recv(chan)  # inproc: once it is here, the other two are queued behind it
+    assert bytes(first[1]) == batch_frame(7, 1, 1000, [b"m1"])
+    batches: list = ["an entry of the caller's"]  # counts only what this call reads
+    assert chan.recv_batches({b"t.x": "t.x"}, batches, 100, 1, decode_batch) is None
+    assert [b[3] for b in batches[1:]] == [2]
+    batches = []
+    assert chan.recv_batches({b"t.x": "t.x"}, batches, 100, 5, decode_batch) is None
+    assert [b[3] for b in batches] == [3]
