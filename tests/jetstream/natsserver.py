@@ -54,10 +54,12 @@ class NatsServer:
     :meth:`restart` brings back the same server with the same data."""
 
     def __init__(self, store_dir: Path, name: str = "n1", *, cluster_port: int | None = None,
-                 routes: list[int] | None = None, cluster_name: str = "pybus-test") -> None:
+                 routes: list[int] | None = None, cluster_name: str = "pybus-test",
+                 ports: tuple[int, int] | None = None) -> None:
         self.binary = require_nats_server()
         self.name = name
-        self.port, self.http_port = free_ports(2)
+        # (client, monitor): a cluster picks every node's ports at once, so that they differ
+        self.port, self.http_port = ports if ports is not None else free_ports(2)
         self.cluster_port = cluster_port
         self.routes = routes or []
         self.cluster_name = cluster_name
@@ -149,12 +151,24 @@ class NatsServer:
 class NatsCluster:
     """Three nodes routed to each other (a full mesh by gossip), JetStream on each."""
 
+    #: starts tried when a node finds one of its ports taken by another process meanwhile
+    START_ATTEMPTS = 3
+
     def __init__(self, store_dir: Path, size: int = 3) -> None:
-        cluster_ports = free_ports(size)
-        self.nodes = [
+        self.store_dir = store_dir
+        self.size = size
+        self.nodes = self._make_nodes(store_dir / "a1")
+
+    def _make_nodes(self, store_dir: Path) -> list[NatsServer]:
+        # every port of every node from one call: distinct, though released before the
+        # servers bind them (another process may still take one: see start)
+        ports = free_ports(3 * self.size)
+        cluster_ports = ports[2 * self.size:]
+        return [
             NatsServer(store_dir, f"n{i + 1}", cluster_port=cluster_ports[i],
-                       routes=[p for j, p in enumerate(cluster_ports) if j != i])
-            for i in range(size)
+                       routes=[p for j, p in enumerate(cluster_ports) if j != i],
+                       ports=(ports[2 * i], ports[2 * i + 1]))
+            for i in range(self.size)
         ]
 
     @property
@@ -162,11 +176,20 @@ class NatsCluster:
         return [n.url for n in self.nodes]
 
     def start(self) -> NatsCluster:
-        for n in self.nodes:
-            n.start(wait=False)
-        for n in self.nodes:
-            n.wait_ready()
-        return self
+        for attempt in range(1, self.START_ATTEMPTS + 1):
+            for n in self.nodes:
+                n.start(wait=False)
+            try:
+                for n in self.nodes:
+                    n.wait_ready()
+                return self
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == self.START_ATTEMPTS:
+                    raise
+            # a port was taken between choosing and binding it: new ports, fresh stores
+            self.stop()
+            self.nodes = self._make_nodes(self.store_dir / f"a{attempt + 1}")
+        raise AssertionError("unreachable")
 
     def node(self, name: str) -> NatsServer:
         return next(n for n in self.nodes if n.name == name)

@@ -45,3 +45,19 @@ def test_three_nodes_hold_three_replicas(nats_cluster: NatsCluster):
     assert asyncio.run(_stream_round_trip(nats_cluster.urls, 3)) == 1
     leader, followers = nats_cluster.stream_placement("probe")
     assert sorted([leader, *followers]) == ["n1", "n2", "n3"]
+
+
+def test_a_cluster_whose_port_was_taken_starts_on_new_ports(tmp_path):
+    import socket
+
+    cluster = NatsCluster(tmp_path)
+    taken = socket.socket()  # another process's listener on a node's chosen client port
+    taken.bind(("127.0.0.1", cluster.nodes[1].port))
+    taken.listen()
+    try:
+        cluster.start()
+        assert cluster.nodes[1].port != taken.getsockname()[1]
+        assert asyncio.run(_stream_round_trip(cluster.urls, 3)) == 1
+    finally:
+        cluster.stop()
+        taken.close()
