@@ -39,6 +39,10 @@ RING_RECORD_OVERHEAD: int
 FLAG_MSGPACK: int
 
 def ring_record_size(header_len: int, payload_len: int) -> int: ...
+def _message_from_wire(
+    topic: str, raw: bytes, raw_header: bytes | None, flags: int, seq: int,
+    publisher_id: int, timestamp_ns: int,
+) -> Message: ...
 
 @final
 class Message:

@@ -28,11 +28,12 @@ import zmq
 from .. import metrics as _metrics
 from .. import tracing
 from .._lifecycle import Closeable
-from .._native import Batcher, Histogram, frame_info
+from .._native import Batcher, Histogram
 from ..errors import BackpressureError, ClosedError, TimeoutError, from_zmq
 from ..metrics.samples import HdrValue, RawSample, ReadyUntilClosed, transport_samples
 from ..policy.topics import validate_topic
 from ..transport import sockets as _sockets
+from ..transport.channel import PublisherChannel
 from ..transport.iopath import IOPath
 from ..wire.payload import pack_value
 from . import _base as base
@@ -51,11 +52,6 @@ Delivery = Literal["reliable", "best_effort"]
 # socket, a few microseconds); meanwhile messages accumulate in the ring, so that many topics
 # get many messages per frame (batches grow with back-pressure, like under load).
 _WINDOW_RETRY_NS = 50_000
-# Frames at least this big go to ZeroMQ without a copy. Below, copying is cheaper: pyzmq's
-# zero-copy send tracks the buffer and releases it from a background thread (measured).
-_ZERO_COPY_MIN_BYTES = 1 << 20
-_NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 # How often a busy publisher reads the XPUB subscription messages (they queue meanwhile).
 _SUB_CHECK_INTERVAL_S = 0.01
 # How often wait_for_subscribers looks again while no bound subscriber needs a poke.
@@ -270,6 +266,11 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         self._published_by_topic: dict[bytes, int] | None = None if registry is False else {}
         self._batch_sizes = Histogram(1, max(2, max_batch_records), 2)
         self._serve_history(history, max_topics, history_endpoint, security, liveness)
+        # the one way frames leave: straight into ZeroMQ messages (the libzmq fast path) or
+        # through pyzmq, which a late-joiner history needs (it keeps the frames)
+        self._chan = PublisherChannel.open(
+            sock, self._batcher, None if self._history is None else self._history.add
+        )
 
         self._batcher.set_hooks(
             self._resolve_topic, _pack, self._on_ready, self._on_pending, self._on_full
@@ -324,9 +325,6 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         # a socket class that overrides send (zmq.green, a user's socket_class) keeps it
         self._send = (zmq.backend.Socket.send.__get__(sock) if type(sock).send is zmq.Socket.send
                       else sock.send)
-        # libzmq's own socket when frames may be drained straight into ZeroMQ messages
-        # (Batcher.drain_to: one copy and one bytes object fewer per frame), else 0
-        self._fast_addr = _sockets.fast_address(sock)
 
     def _serve_history(self, history: int, max_topics: int, history_endpoint: str | None,
                        security: Any, liveness: Any) -> None:
@@ -439,13 +437,7 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
             self._send_joins()
     def _drain(self, max_frames: int, max_bytes: int) -> tuple[int, int]:
         """Send pending frames (all, or up to the bounds); returns the frames and bytes sent."""
-        if self._fast_addr and self._history is None:
-            return self._flush_fast(max_frames, max_bytes)
-        return self._flush_frames(max_frames, max_bytes)
-
-    def _flush_fast(self, max_frames: int, max_bytes: int) -> tuple[int, int]:
-        """Drain straight into ZeroMQ messages (the libzmq fast path)."""
-        sent, err = self._batcher.drain_to(self._fast_addr, max_frames, max_bytes)
+        sent, err = self._chan.send_batches(max_frames, max_bytes)
         by_topic = self._published_by_topic
         nbytes = 0
         for topic, count, n in sent:
@@ -459,36 +451,6 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
             # XPUB never blocks (it drops at a subscriber's HWM), so this is a dead socket
             raise from_zmq(zmq.ZMQError(err), "Publisher send")
         return len(sent), nbytes
-
-    def _flush_frames(self, max_frames: int, max_bytes: int) -> tuple[int, int]:
-        """Drain into bytes frames and send them with pyzmq (also when history keeps them)."""
-        frames = self._batcher.drain(max_frames, max_bytes)
-        nbytes = 0
-        if frames:
-            send = self._send
-            by_topic = self._published_by_topic
-            try:
-                for topic, frame in frames:
-                    send(topic, _SNDMORE_NOBLOCK)
-                    n = len(frame)
-                    if n < _ZERO_COPY_MIN_BYTES:
-                        send(frame, _NOBLOCK)
-                    else:
-                        send(frame, _NOBLOCK, copy=False)
-                    nbytes += n
-                    if by_topic is not None or self._history is not None:
-                        count = frame_info(frame)[2]
-                        if by_topic is not None:
-                            by_topic[topic] = by_topic.get(topic, 0) + count
-                            self._batch_sizes.record(count)
-                        if self._history is not None:
-                            self._history.add(topic, frame, count)
-            except zmq.ZMQError as exc:
-                # XPUB never blocks (it drops at a subscriber's HWM), so this is a dead socket
-                raise from_zmq(exc, "Publisher send") from exc
-            self._batches += len(frames)
-            self._bytes += nbytes
-        return len(frames), nbytes
 
     def _security_rekick(self) -> None:
         """After a revocation: drop every connection so peers authenticate again. (No reset
@@ -715,7 +677,7 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
 
     def _current_io_path(self) -> str:
         # (IOPath.io_path) A publisher keeping a late-joiner history sends through pyzmq.
-        return "libzmq" if self._fast_addr and self._history is None else "pyzmq"
+        return self._chan.io_path
 
     @staticmethod
     def _finalize(stop: threading.Event, wake: threading.Event, sock: zmq.Socket[Any]) -> None:

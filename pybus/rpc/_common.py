@@ -1,15 +1,14 @@
 """What both ends of request/reply share besides the wire codec (that is
-:mod:`pybus.wire.reqrep`): the compiled-send lookup of the hot paths, the plain-int socket
-flags, timeout validation, the latency histograms' cap, the socket monitor's counters in
-``stats()``, the metric samples and the ``with`` protocol."""
+:mod:`pybus.wire.reqrep`): the plain-int socket flags, timeout validation, the latency
+histograms' cap, the socket monitor's counters in ``stats()``, the metric samples and the
+``with`` protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import zmq
-from zmq.backend import Socket as _ZmqBackendSocket
 
 from .._deprecated import deprecated_attribute, renamed
 from ..errors import ValidationError
@@ -22,20 +21,6 @@ SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 #: Latencies above this (1 hour, in ns) are recorded as this.
 LATENCY_MAX_NS = 3_600_000_000_000
-
-
-def send_of(sock: zmq.Socket[Any]) -> Callable[..., Any]:
-    """The unbound ``send`` to call as ``send(sock, data, flags)`` on the hot paths.
-
-    pyzmq's ``zmq.Socket.send`` is a Python wrapper (routing_id/group handling we
-    never use) around the compiled ``send``; calling the compiled one directly saves
-    ~0.25 us per frame. A socket class that overrides ``send`` (zmq.green, a
-    user's ``socket_class``) keeps its override.
-    """
-    send = type(sock).send
-    if send is zmq.Socket.send and issubclass(zmq.Socket, _ZmqBackendSocket):
-        return _ZmqBackendSocket.send
-    return send
 
 
 def check_timeout(name: str, value: Any) -> float:

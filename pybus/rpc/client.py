@@ -9,9 +9,10 @@ socket (linger 0) and opens a fresh one before sending again, so nothing stale s
 towards a dead server. Every request carries a new correlation id; a reply whose id is not the
 one awaited (a late reply to an abandoned attempt) is dropped and counted, never returned.
 
-Its I/O is one compiled call per request when the fast path is available (``_zmqfast.call``:
-send, then wait for the reply with the GIL released; our raw reply is judged in C), or
-pyzmq's calls; every decision (ids, timeouts, retries, errors) is made here.
+Its I/O goes through a :class:`pybus.transport.channel.ClientChannel`: one compiled call per
+request when the fast path is available (send, then wait for the reply with the GIL released;
+our raw reply is judged in C), or pyzmq's calls with the same returns; every decision (ids,
+timeouts, retries, errors) is made here.
 
 Example
 -------
@@ -34,7 +35,7 @@ from .. import metrics as _metrics
 from .. import tracing
 from .._deprecated import renamed
 from .._lifecycle import Closeable
-from .._native import Histogram, _zmqfast
+from .._native import Histogram
 from ..errors import (
     BusError,
     ClosedError,
@@ -48,7 +49,7 @@ from ..metrics.samples import RawSample, ReadyUntilClosed
 from ..policy.breaker import CircuitBreaker
 from ..policy.ratelimit import RateLimiter
 from ..policy.retry import RetryPolicy
-from ..transport import sockets as _sockets
+from ..transport.channel import ClientChannel
 from ..transport.iopath import IOPath
 from ..transport.sockets import (
     DEFAULT_LIVENESS,
@@ -65,7 +66,6 @@ from ..wire.reqrep import (
     HEADER_SIZE,
     KIND_ERROR,
     KIND_REPLY,
-    KIND_REQUEST,
     MAX_MESSAGE_BYTES,
     WIRE_VERSION,
     decode_payload,
@@ -74,21 +74,13 @@ from ..wire.reqrep import (
     remote_error,
     with_headers,
 )
-from ._common import LATENCY_MAX_NS, NOBLOCK, check_timeout, rpc_samples, send_of, watch_stats
+from ._common import LATENCY_MAX_NS, check_timeout, rpc_samples, watch_stats
 from ._guard import RequestGuard
 
 __all__ = ["Client"]
 
-_PACK = HEADER.pack
-_UNPACK_FROM = HEADER.unpack_from
 _perf_counter_ns = time.perf_counter_ns
-_monotonic = time.monotonic
 _EAGAIN = int(zmq.EAGAIN)
-_fast_call = _zmqfast.call
-_fast_send_request = _zmqfast.send_request
-_fast_recv_reply = _zmqfast.recv_reply
-# (0: use pyzmq's calls; see pybus.transport.sockets.FASTPATH for when the fast path is on)
-_fast_address = _sockets.fast_address
 
 
 def _open_dealer(
@@ -306,10 +298,10 @@ class Client(_ClientBase, Closeable, IOPath):
         self._lock = threading.Lock()  # one request at a time
         self._monitor_ctx = self._ctx
         self._sock = _open_dealer(self._ctx, endpoint, self._secure_and_watch, liveness=liveness)
-        self._send = send_of(self._sock)
-        # The socket's address for _zmqfast (0: use pyzmq's calls); replaced with the socket.
-        self._addr = _fast_address(self._sock)
-        self._io_path = "libzmq" if self._addr else "pyzmq"  # io_path
+        # the socket's I/O (pyzmq's calls or the compiled twin); replaced with the socket
+        self._chan = ClientChannel.open(self._sock)
+        self._io_path = self._chan.io_path  # io_path
+        self._io_path = self._chan.io_path
         self._rcvtimeo_ms = -1
         # the correlation id is _cid_base + _seq (mod 2**64: the same sequence as
         # _next_cid's); the request counters are merged by stats()
@@ -332,14 +324,13 @@ class Client(_ClientBase, Closeable, IOPath):
 
         The new socket's monitor counts into the same ``_watch``; the old one's monitor stops
         with the old socket (ZeroMQ sends MONITOR_STOPPED, the hub closes its end)."""
-        self._addr = 0
+        self._chan = ClientChannel(self._sock)  # pyzmq's calls: safe on a closed socket
         self._sock.close(0)
         self._sock = _open_dealer(
             self._ctx, self.endpoint, self._secure_and_watch, liveness=self._liveness
         )
-        self._send = send_of(self._sock)
-        self._addr = _fast_address(self._sock)
-        self._io_path = "libzmq" if self._addr else "pyzmq"
+        self._chan = ClientChannel.open(self._sock)
+        self._io_path = self._chan.io_path
         self._rcvtimeo_ms = -1
         self._stats["reconnects"] += 1
 
@@ -443,9 +434,6 @@ class Client(_ClientBase, Closeable, IOPath):
         self, name: str, mb: bytes, flags: int, body: bytes, t: float, t0: int
     ) -> Any:
         """One attempt: send, wait up to ``t`` s counted from ``t0`` (perf_counter_ns)."""
-        addr = self._addr
-        if not addr:
-            return self._attempt_pyzmq(name, mb, flags, body, t)
         # The whole timeout is left (to well under the 1 ms granularity): no clock read
         # before the first wait, and RCVTIMEO stays unchanged from request to request.
         ms = int(t * 1000) + 1
@@ -454,18 +442,18 @@ class Client(_ClientBase, Closeable, IOPath):
             self._rcvtimeo_ms = ms
         seq = self._seq = self._seq + 1
         try:
-            reply = _fast_call(addr, self._cid_base, seq, flags, mb, body)
+            reply = self._chan.call(self._cid_base, seq, flags, mb, body)
         except BusError as exc:
             raise self._remap(exc, name) from exc.__cause__
-        if type(reply) is bytes:  # our raw-bytes reply, judged in C: the common case
+        if type(reply) is bytes:  # our raw-bytes reply, judged by the channel: the common case
             self._n_replies += 1
             return reply
         cid = (self._cid_base + seq) & CID_MASK
         return self._attempt_rest(name, mb, flags, body, t, t0, cid, reply)
 
     def _remap(self, exc: BusError, name: str) -> BusError:
-        """The error the pyzmq path raises for the same ZeroMQ error (its message names the
-        request and the endpoint)."""
+        """The error for a ZeroMQ error in a request: its message names the request and the
+        endpoint."""
         cause = exc.__cause__
         if isinstance(cause, zmq.ZMQError):
             return from_zmq(cause, f"request {name!r} to {self.endpoint}")
@@ -483,7 +471,7 @@ class Client(_ClientBase, Closeable, IOPath):
         reply: bytes | bytearray | int | None,
     ) -> Any:
         """_attempt after its first wait ended without our raw reply (or its send failed)."""
-        addr = self._addr
+        chan = self._chan
         if type(reply) is int:  # not sent
             if reply != _EAGAIN:
                 exc = zmq.ZMQError(reply)
@@ -495,7 +483,7 @@ class Client(_ClientBase, Closeable, IOPath):
                     f"cannot reach an RPC server at {self.endpoint} within {t:g} s "
                     "(no connection); is it running?"
                 ) from None
-            err = _fast_send_request(addr, cid, flags, mb, body)
+            err = chan.send_request(cid, flags, mb, body)
             if err:
                 exc = zmq.ZMQError(err)
                 raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
@@ -515,7 +503,7 @@ class Client(_ClientBase, Closeable, IOPath):
                 self._sock.setsockopt(zmq.RCVTIMEO, ms)
                 self._rcvtimeo_ms = ms
             try:
-                reply = _fast_recv_reply(addr, cid)
+                reply = chan.recv_reply(cid)
             except BusError as exc:
                 raise self._remap(exc, name) from exc.__cause__
             if type(reply) is bytes:
@@ -524,68 +512,12 @@ class Client(_ClientBase, Closeable, IOPath):
         self._stats["timeouts"] += 1
         raise TimeoutError(f"no reply to {name!r} from {self.endpoint} within {t:g} s")
 
-    def _attempt_pyzmq(self, name: str, mb: bytes, flags: int, body: bytes, t: float) -> Any:
-        seq = self._seq = self._seq + 1  # one id sequence whichever path sends
-        cid = (self._cid_base + seq) & CID_MASK
-        frame = _PACK(WIRE_VERSION, KIND_REQUEST, flags, len(mb), cid) + mb + body
-        deadline = _monotonic() + t
-        sock = self._sock
-        try:
-            self._send(sock, frame, NOBLOCK)
-        except zmq.Again:
-            # IMMEDIATE and no live connection (yet): wait for one, within the timeout.
-            if not sock.poll(max(1, int(t * 1000)), zmq.POLLOUT):
-                self._stats["timeouts"] += 1
-                raise TimeoutError(
-                    f"cannot reach an RPC server at {self.endpoint} within {t:g} s "
-                    "(no connection); is it running?"
-                ) from None
-            try:
-                sock.send(frame, zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
-            remaining = deadline - _monotonic()
-            ms = int(remaining * 1000) + 1 if remaining > 0 else 0
-        except zmq.ZMQError as exc:
-            raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
-        else:
-            # Sent at once: the whole timeout is left (to well under the 1 ms
-            # granularity), so the first wait needs no clock read; the receive
-            # timeout then stays unchanged from request to request (no setsockopt).
-            ms = int(t * 1000) + 1
-        recv = sock.recv
-        while ms > 0:
-            if ms != self._rcvtimeo_ms:
-                sock.setsockopt(zmq.RCVTIMEO, ms)
-                self._rcvtimeo_ms = ms
-            try:
-                reply = recv()
-            except zmq.Again:
-                break
-            except zmq.ZMQError as exc:
-                raise from_zmq(exc, f"request {name!r} to {self.endpoint}") from exc
-            # No RCVMORE check (0.8 us): a DEALER has no identity frames to keep in
-            # step, so each frame of a (malformed) multipart reply is judged alone.
-            if len(reply) >= HEADER_SIZE:
-                version, kind, rflags, _mlen, rcid = _UNPACK_FROM(reply)
-                # The common case (our raw-bytes reply) inline; _parse_reply does the rest.
-                if rcid == cid and kind == KIND_REPLY and rflags == 0 and version == WIRE_VERSION:
-                    self._stats["replies"] += 1
-                    return reply[HEADER_SIZE:]
-            ok, value = self._parse_reply(reply, cid)
-            if ok:
-                return value
-            remaining = deadline - _monotonic()
-            ms = int(remaining * 1000) + 1 if remaining > 0 else 0
-        self._stats["timeouts"] += 1
-        raise TimeoutError(f"no reply to {name!r} from {self.endpoint} within {t:g} s")
-
     def close(self) -> None:
         """Close the socket; idempotent."""
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._addr = 0
+                self._chan = ClientChannel(self._sock)  # pyzmq's calls: safe once closed
                 self._sock.close(0)
 
     def __repr__(self) -> str:

@@ -3,8 +3,8 @@ path (``pybus._native._zmqfast``) or plain pyzmq calls with the same methods. Pr
 above it is written once and never asks which path it runs on; the compiled layer does I/O
 and codecs, never policy (no counting, no decisions).
 
-Two kinds so far. :class:`MessageChannel`, whole messages without blocking (the work queue's
-ROUTER):
+One kind per socket role. :class:`MessageChannel`, whole messages without blocking (the work
+queue's ROUTER, the worker's DEALER and its acks' PULL):
 
 * ``recv_parts()``: the next message's parts, or None when none is ready;
 * ``send_parts(parts)``: one message (a tuple of bytes); the errno, 0 when queued
@@ -32,21 +32,35 @@ ROUTER):
   to messages that fit; one ``(topic, topic bytes, publisher id, first seq, publish time ns,
   messages, frame bytes)`` per frame in ``batches``; returns the ``recv_pubsub`` tuple of a
   message it read and left to the caller, or None.
+
+:class:`ClientChannel`, the RPC client's DEALER (``call``, ``send_request``, ``recv_reply``),
+and :class:`PublisherChannel`, a publisher's batch frames out of its ring
+(``send_batches``), are described in their classes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import zmq
 
-from .._native import _zmqfast
+from .._native import _zmqfast, frame_info
 from ..errors import ClosedError, from_zmq
-from ..wire.reqrep import FLAGS_REQUEST, HEADER, HEADER_SIZE, KIND_REQUEST, WIRE_VERSION
+from ..wire.reqrep import (
+    FLAGS_REQUEST,
+    HEADER,
+    HEADER_SIZE,
+    KIND_REPLY,
+    KIND_REQUEST,
+    WIRE_VERSION,
+)
 from .sockets import fast_address
 
-__all__ = ["MessageChannel", "ServerChannel", "SubscriberChannel"]
+__all__ = [
+    "ClientChannel", "MessageChannel", "PublisherChannel", "ServerChannel", "SubscriberChannel",
+]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -54,6 +68,20 @@ _CLOSED = (zmq.ETERM, zmq.ENOTSOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 _RCVMORE = int(zmq.RCVMORE)  # once, not an IntEnum attribute read per frame
+_PACK = HEADER.pack
+_UNPACK_FROM = HEADER.unpack_from
+# Frames at least this big go to ZeroMQ without a copy. Below, copying is cheaper: pyzmq's
+# zero-copy send tracks the buffer and releases it from a background thread (measured).
+_ZERO_COPY_MIN_BYTES = 1 << 20
+
+
+def _backend(sock: zmq.Socket[Any], name: str) -> Any:
+    """``sock``'s pyzmq Cython method ``name`` (send or recv), without the sugar layer's
+    routing_id/group handling (about twice as fast per frame); a socket class that overrides
+    it (zmq.green, a user's socket_class) keeps its own."""
+    if getattr(type(sock), name) is getattr(zmq.Socket, name):
+        return getattr(zmq.backend.Socket, name).__get__(sock)
+    return getattr(sock, name)
 
 
 class _Channel:
@@ -99,7 +127,7 @@ class MessageChannel(_Channel):
         try:
             self._sock.send_multipart(parts, _NOBLOCK)
         except zmq.ZMQError as exc:
-            return exc.errno or -1
+            return int(exc.errno or -1)
         return 0
 
 
@@ -155,7 +183,7 @@ class ServerChannel(_Channel):
             sock.send(ident, _SNDMORE_NOBLOCK)
             sock.send(HEADER.pack(WIRE_VERSION, kind, flags, 0, cid) + body, _NOBLOCK)
         except zmq.ZMQError as exc:
-            return exc.errno or -1
+            return int(exc.errno or -1)
         return 0
 
 
@@ -171,8 +199,7 @@ class SubscriberChannel(_Channel):
         super().__init__(sock)
         # pyzmq's Cython methods, without the sugar layer (per frame, not per message); a
         # socket class that overrides recv (zmq.green, a user's socket_class) keeps it
-        self._recv = (zmq.backend.Socket.recv.__get__(sock) if type(sock).recv is zmq.Socket.recv
-                      else sock.recv)
+        self._recv = _backend(sock, "recv")
         self._get = zmq.backend.Socket.get.__get__(sock)
 
     def recv_pubsub(self, dontwait: bool = True) -> tuple[bytes, Any, int] | None:
@@ -227,3 +254,108 @@ class SubscriberChannel(_Channel):
             total += count
             frames += 1
         return None
+
+
+class ClientChannel(_Channel):
+    """The RPC client's DEALER on pyzmq's calls; :meth:`open` gives the compiled one when it
+    can (``_zmqfast.call``: send, then wait with the GIL released). Same returns as the
+    compiled functions:
+
+    * ``send_request(cid, flags, method, payload)``: one REQUEST frame without blocking; 0
+      once queued, else the errno (EAGAIN: IMMEDIATE and no connection yet);
+    * ``recv_reply(cid)``: wait up to RCVTIMEO for the next frame. ``bytes``: the payload of
+      our raw-bytes REPLY (the common case, judged here); ``bytearray``: any other frame,
+      whole, for the caller to judge; None: nothing came;
+    * ``call(cid_base, seq, flags, method, payload)``: both, with the id ``cid_base + seq``
+      (mod 2**64); the errno (an int) when nothing was sent.
+
+    A closed socket raises :class:`pybus.ClosedError`; another ZeroMQ error the
+    :func:`pybus.errors.from_zmq` error, with the ``zmq.ZMQError`` as its cause.
+    """
+
+    COMPILED = {"call": "call", "send_request": "send_request", "recv_reply": "recv_reply"}
+
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
+        super().__init__(sock)
+        self._send = _backend(sock, "send")
+        self._recv = _backend(sock, "recv")
+
+    def call(self, cid_base: int, seq: int, flags: int, method: bytes,
+             payload: bytes) -> bytes | bytearray | int | None:
+        cid = (cid_base + seq) & 0xFFFF_FFFF_FFFF_FFFF
+        err = self.send_request(cid, flags, method, payload)
+        return err if err else self.recv_reply(cid)
+
+    def send_request(self, cid: int, flags: int, method: bytes, payload: bytes) -> int:
+        if not 1 <= len(method) <= 255:
+            raise ValueError(f"method is {len(method)} bytes; allowed: 1-255")
+        frame = _PACK(WIRE_VERSION, KIND_REQUEST, flags, len(method), cid) + method + payload
+        try:
+            self._send(frame, _NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno in _CLOSED:
+                raise ClosedError("the RPC client's socket is closed") from exc
+            return int(exc.errno or -1)
+        return 0
+
+    def recv_reply(self, cid: int) -> bytes | bytearray | None:
+        try:
+            reply = self._recv()
+        except zmq.Again:
+            return None
+        except zmq.ZMQError as exc:
+            if exc.errno in _CLOSED:
+                raise ClosedError("the RPC client's socket is closed") from exc
+            raise from_zmq(exc, "RPC client receive") from exc
+        if len(reply) >= HEADER_SIZE:
+            version, kind, flags, _mlen, rcid = _UNPACK_FROM(reply)
+            if rcid == cid and kind == KIND_REPLY and flags == 0 and version == WIRE_VERSION:
+                return cast(bytes, reply[HEADER_SIZE:])
+        return bytearray(reply)
+
+
+class PublisherChannel:
+    """A publisher's XPUB fed from its batcher's ring: ``send_batches(max_frames, max_bytes)``
+    drains pending records as batch frames and sends each as ``[topic][frame]`` without
+    blocking (an XPUB drops at a subscriber's HWM, it never blocks). Returns ``(sent, err)``:
+    one ``(topic bytes, records, frame bytes)`` per frame sent, in order, and 0 or the errno
+    of the send that failed (a dead socket: that frame is lost).
+
+    The compiled twin (:meth:`open`) is ``Batcher.drain_to``: frames written straight into
+    ZeroMQ messages, one copy and one bytes object fewer per frame. With ``keep`` (a
+    late-joiner history's ``add(topic, frame, records)``, which needs the frames) it is pyzmq's
+    calls."""
+
+    io_path = "pyzmq"
+
+    def __init__(self, sock: zmq.Socket[Any], batcher: Any,
+                 keep: Callable[[bytes, bytes, int], Any] | None = None) -> None:
+        self._send = _backend(sock, "send")
+        self._drain = batcher.drain
+        self._keep = keep
+
+    @classmethod
+    def open(cls, sock: zmq.Socket[Any], batcher: Any,
+             keep: Callable[[bytes, bytes, int], Any] | None = None) -> PublisherChannel:
+        chan = cls(sock, batcher, keep)
+        addr = fast_address(sock) if keep is None else 0
+        if addr:
+            chan.send_batches = partial(batcher.drain_to, addr)  # type: ignore[method-assign]
+            chan.io_path = "libzmq"
+        return chan
+
+    def send_batches(self, max_frames: int, max_bytes: int) -> tuple[list[Any], int]:
+        send, keep = self._send, self._keep
+        sent: list[tuple[bytes, int, int]] = []
+        for topic, frame in self._drain(max_frames, max_bytes):
+            n = len(frame)
+            try:
+                send(topic, _SNDMORE_NOBLOCK)
+                send(frame, _NOBLOCK, copy=n < _ZERO_COPY_MIN_BYTES)
+            except zmq.ZMQError as exc:
+                return sent, int(exc.errno or -1)
+            records = frame_info(frame)[2]
+            sent.append((topic, records, n))
+            if keep is not None:
+                keep(topic, frame, records)
+        return sent, 0

@@ -28,8 +28,8 @@ import zmq
 
 from .. import metrics as _metrics
 from .._deprecated import deprecated_attribute, renamed
-from .._native import Histogram, _zmqfast
-from .._native._batch import Message, _message_from_wire  # type: ignore[attr-defined]
+from .._native import Histogram
+from .._native._batch import Message, _message_from_wire
 from .._signals import graceful_signals, join_within
 from ..errors import (
     AlreadyHandledError,
@@ -42,6 +42,7 @@ from ..errors import (
 )
 from ..metrics.samples import NS, HdrValue, RawSample, transport_samples
 from ..transport import sockets as _sockets
+from ..transport.channel import MessageChannel
 from ..wire import workqueue as P
 from ._handler import wrap_handler
 from ._options import check_worker_options
@@ -64,8 +65,7 @@ def make_work_message(e: tuple[Any, ...]) -> Message:
     delivery), ``timestamp_ns`` the put time; payload and headers decode lazily.
     """
     mid, delivery, topic, payload, flags, headers, ts = e
-    msg = _message_from_wire(topic, payload, headers, flags & P.FLAG_MSGPACK, mid, delivery, ts)
-    return cast("Message", msg)
+    return _message_from_wire(topic, payload, headers, flags & P.FLAG_MSGPACK, mid, delivery, ts)
 
 
 def _error_entry(mid: int, exc: BaseException) -> list[Any]:
@@ -193,10 +193,10 @@ class Worker:
         self._results_addr = f"inproc://pybus-worker-{next(_worker_seq)}-{id(self):x}"
         self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._gen = 0  # session number; work from an older session is dropped unstarted
-        # _zmqfast addresses of the socket thread's session and results sockets (0: none, or
-        # pyzmq's calls); set and used by the socket thread only
-        self._sock_addr = 0
-        self._results_fast = 0
+        # the socket thread's session and results sockets, as channels (pyzmq's calls or
+        # the compiled twin); set and used by the socket thread only
+        self._chan: MessageChannel | None = None
+        self._results_chan: MessageChannel | None = None
         self._io_path: str | None = None  # io_path, set with the first session
         self._stopping = False
         self._running = False
@@ -342,7 +342,7 @@ class Worker:
 
     def _new_session(self, old: zmq.Socket[Any] | None) -> zmq.Socket[Any]:
         if old is not None:
-            self._sock_addr = 0
+            self._chan = MessageChannel(old)  # pyzmq's calls: safe on a closed socket
             old.close(0)
             self._gen += 1
         self._ready.clear()
@@ -357,9 +357,10 @@ class Worker:
         except zmq.ZMQError as exc:
             sock.close()
             raise from_zmq(exc, f"Worker cannot connect to {self.endpoint!r}") from None
-        # the session socket's address for _zmqfast (0: pyzmq's calls); socket thread only
-        self._sock_addr = _sockets.fast_address(sock)
-        self._io_path = "libzmq" if self._sock_addr and self._results_fast else "pyzmq"
+        self._chan = chan = MessageChannel.open(sock)
+        assert self._results_chan is not None  # opened first, by _serve
+        both = {chan.io_path, self._results_chan.io_path}
+        self._io_path = "libzmq" if both == {"libzmq"} else "pyzmq"
         sock.send(P.hello(self.prefetch))
         self._c["sessions"] += 1
         return cast("zmq.Socket[Any]", sock)
@@ -368,7 +369,7 @@ class Worker:
         results = self._ctx.socket(zmq.PULL)
         results.linger = 0
         results.bind(self._results_addr)
-        self._results_fast = _sockets.fast_address(results)
+        self._results_chan = MessageChannel.open(results)
         sock = self._new_session(None)
         self._handler_threads = [
             threading.Thread(target=self._handle_loop, name=f"pybus-worker-h{i}", daemon=True)
@@ -390,10 +391,10 @@ class Worker:
                 if self._stopping:
                     break
                 if results in events:
-                    if self._forward(results, sock):
+                    if self._forward():
                         last_send = time.monotonic()
                 if sock in events:
-                    got, reconnect = self._read(sock)
+                    got, reconnect = self._read()
                     if got:
                         last_recv = time.monotonic()
                     if reconnect:
@@ -419,7 +420,7 @@ class Worker:
             for _ in self._handler_threads:
                 self._work.put(None)
             join_within(self._handler_threads, self.drain_timeout_s)
-            self._forward(results, sock)
+            self._forward()
             try:
                 sock.send(P.BYE_FRAME, zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -435,52 +436,28 @@ class Worker:
             if self._own_ctx and not any(t.is_alive() for t in self._handler_threads):
                 self._ctx.term()
 
-    def _forward(self, results: zmq.Socket[Any], sock: zmq.Socket[Any]) -> bool:
-        addr, results_addr = self._sock_addr, self._results_fast
-        if addr and results_addr:
-            return self._forward_fast(results_addr, addr)
+    def _forward(self) -> bool:
+        """Hand the handler threads' acks (one-part messages on the results socket) to the
+        queue; True when one was sent."""
+        results, chan = self._results_chan, self._chan
+        assert results is not None and chan is not None
         sent = False
-        while True:
-            try:
-                frame = results.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return sent
-            if frame:  # empty frames only wake us (stop)
-                try:
-                    sock.send(frame, zmq.NOBLOCK)
-                    sent = True
-                except zmq.ZMQError:
-                    pass  # the queue redelivers what we could not ack
-
-    def _forward_fast(self, results_addr: int, addr: int) -> bool:
-        """_forward on _zmqfast (the PUSH side sends one-part messages)."""
-        recv_message, send_frame = _zmqfast.recv_message, _zmqfast.send_frame
-        sent = False
-        while True:
-            parts = recv_message(results_addr)
-            if parts is None:
-                return sent
+        while (parts := results.recv_parts()) is not None:
             for frame in parts:
                 # empty frames only wake us (stop); a send error (errno) is left to the
                 # queue, which redelivers what we could not ack
-                if frame and not send_frame(addr, frame):
+                if frame and not chan.send_parts((frame,)):
                     sent = True
+        return sent
 
-    def _read(self, sock: zmq.Socket[Any]) -> tuple[bool, bool]:
+    def _read(self) -> tuple[bool, bool]:
         got = False
-        addr = self._sock_addr
-        recv_message = _zmqfast.recv_message
-        parts: list[bytes] | None
+        chan = self._chan
+        assert chan is not None
         for _ in range(64):
-            if addr:
-                parts = recv_message(addr)
-                if parts is None:
-                    break
-            else:
-                try:
-                    parts = [sock.recv(zmq.NOBLOCK)]
-                except zmq.Again:
-                    break
+            parts = chan.recv_parts()
+            if parts is None:
+                break
             got = True
             # one part per message from the queue; each part of a (malformed) multipart
             # message is judged alone, as when read part by part

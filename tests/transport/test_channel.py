@@ -230,3 +230,104 @@ def test_recv_batches_reads_at_most_max_frames(subscribed) -> None:
     batches = []
     assert chan.recv_batches({b"t.x": "t.x"}, batches, 100, 5, decode_batch) is None
     assert [b[3] for b in batches] == [3]
+
+
+@pytest.fixture(params=["pyzmq", "libzmq"])
+def dealer(request):
+    """The RPC client's channel on a DEALER, not yet connected, and the ROUTER it talks to."""
+    with _two(request.param, zmq.ROUTER, zmq.DEALER) as (router, d):
+        d.setsockopt(zmq.IMMEDIATE, 1)
+        d.rcvtimeo = router.rcvtimeo = 2000
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        yield _chan(channel.ClientChannel, d, request.param), router, f"tcp://127.0.0.1:{port}"
+
+
+def test_client_channel_sends_requests_and_judges_replies_alike(dealer) -> None:
+    chan, router, endpoint = dealer
+    err = chan.call(5, 1, 0, b"m", b"p")  # no connection yet: nothing queued, an int errno
+    assert type(err) is int and err == zmq.EAGAIN
+    chan._sock.connect(endpoint)
+    for _ in range(200):  # until the connection is up (bounded)
+        if chan._sock.poll(10, zmq.POLLOUT):
+            break
+    # the id is cid_base + seq mod 2**64
+    assert chan.send_request(2**64 - 1, 1, b"add", b"\x92\x01\x02") == 0
+    ident, frame = router.recv_multipart()
+    assert frame == HDR.pack(1, REQUEST, 1, 3, 2**64 - 1) + b"add\x92\x01\x02"
+
+    def answer(reply: bytes):
+        router.send_multipart([ident, reply])
+        return chan.recv_reply(9)
+
+    ours = answer(HDR.pack(1, REPLY, 0, 0, 9) + b"result")
+    assert type(ours) is bytes and ours == b"result"  # our raw reply: the payload
+    for other in (HDR.pack(1, REPLY, 1, 0, 9) + b"\xa1x",  # msgpack: for the caller
+                  HDR.pack(1, 3, 0, 0, 9) + b"err",  # an ERROR reply
+                  HDR.pack(1, REPLY, 0, 0, 8) + b"late",  # another id
+                  HDR.pack(2, REPLY, 0, 0, 9),  # another version
+                  b"short"):
+        got = answer(other)
+        assert type(got) is bytearray and bytes(got) == other
+    # (2**64 - 1) + 3 wraps to 2; the reply is queued before the request it answers
+    router.send_multipart([ident, HDR.pack(1, REPLY, 0, 0, 2) + b"ok"])
+    assert chan.call(2**64 - 1, 3, 0, b"m", b"") == b"ok"
+    assert router.recv_multipart()[1][4:12] == struct.pack("<Q", 2)
+    chan._sock.rcvtimeo = 30
+    assert chan.recv_reply(9) is None  # waited RCVTIMEO, nothing came
+
+
+def test_client_channel_on_a_closed_socket_raises_closed(dealer) -> None:
+    chan, _router, _endpoint = dealer
+    sock = chan._sock
+    if chan.io_path == "libzmq":
+        chan = channel.ClientChannel(sock)  # what the client switches to before closing
+    sock.close()
+    with pytest.raises(ClosedError):
+        chan.send_request(1, 0, b"m", b"")
+    with pytest.raises(ClosedError):
+        chan.recv_reply(1)
+
+
+def test_publisher_channel_sends_the_batchers_frames_alike(subscribed) -> None:
+    from pybus.wire import Batcher
+
+    sub_chan, pub, _sub = subscribed
+    batcher = Batcher(publisher_id=7)
+    path = sub_chan.io_path
+    chan = (channel.PublisherChannel(pub, batcher) if path == "pyzmq"
+            else channel.PublisherChannel.open(pub, batcher))
+    assert chan.io_path == path
+    for i in range(3):
+        batcher.publish("t.a", b"a%d" % i)
+    batcher.publish("t.b", b"b0")
+    sent, err = chan.send_batches(1, 0)  # at most one frame
+    assert err == 0 and len(sent) == 1
+    more, err = chan.send_batches(0, 0)
+    assert err == 0
+    sent += more
+    got = {}
+    for _ in sent:
+        topic, frame, parts = _recv(sub_chan)
+        got[topic] = bytes(frame)
+    # docs/wire.md: the count is the header's fourth field after magic, version and flags
+    assert sorted(sent) == sorted((t, FRAME_HEADER.unpack_from(f)[4], len(f))
+                                  for t, f in got.items())
+    assert sorted(sent) == [(b"t.a", 3, len(got[b"t.a"])), (b"t.b", 1, len(got[b"t.b"]))]
+    assert FRAME_HEADER.unpack_from(got[b"t.a"])[5:7] == (7, 1)  # publisher id, first seq
+    assert chan.send_batches(0, 0) == ([], 0)  # nothing pending
+
+
+def test_publisher_channel_with_keep_is_pyzmqs_and_hands_over_each_frame(subscribed) -> None:
+    from pybus.wire import Batcher
+
+    sub_chan, pub, _sub = subscribed
+    batcher = Batcher()
+    kept: list = []
+    chan = channel.PublisherChannel.open(pub, batcher, lambda *a: kept.append(a))
+    assert chan.io_path == "pyzmq"
+    batcher.publish("t.k", b"x")
+    batcher.publish("t.k", b"y")
+    sent, err = chan.send_batches(0, 0)
+    assert err == 0
+    _topic, frame, _parts = _recv(sub_chan)
+    assert kept == [(b"t.k", bytes(frame), 2)] and sent == [(b"t.k", 2, len(frame))]
