@@ -266,11 +266,6 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         self._published_by_topic: dict[bytes, int] | None = None if registry is False else {}
         self._batch_sizes = Histogram(1, max(2, max_batch_records), 2)
         self._serve_history(history, max_topics, history_endpoint, security, liveness)
-        # the one way frames leave: straight into ZeroMQ messages (the libzmq fast path) or
-        # through pyzmq, which a late-joiner history needs (it keeps the frames)
-        self._chan = PublisherChannel.open(
-            sock, self._batcher, None if self._history is None else self._history.add
-        )
 
         self._batcher.set_hooks(
             self._resolve_topic, _pack, self._on_ready, self._on_pending, self._on_full
@@ -328,11 +323,14 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
 
     def _serve_history(self, history: int, max_topics: int, history_endpoint: str | None,
                        security: Any, liveness: Any) -> None:
-        """Keep the last ``history`` messages per topic and serve them (see .history)."""
+        """Keep the last ``history`` messages per topic and serve them (see .history); open
+        the channel frames leave by: straight into ZeroMQ messages (the libzmq fast path), or
+        pyzmq's calls when the history keeps each frame."""
         self._history: Any = None
         self._history_server: Any = None
         self.history_endpoint: str | None = None
         if not history:
+            self._chan = PublisherChannel.open(self._sock, self._batcher)
             return
         from .history import HistoryServer, HistoryStore
 
@@ -347,6 +345,7 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
             self._sock.close(linger=0)
             raise
         self.history_endpoint = self._history_server.endpoint
+        self._chan = PublisherChannel.open(self._sock, self._batcher, self._history.add)
 
     # -- the hot path (documentation only: instances bind the batcher's C method) ------------
 
