@@ -128,6 +128,12 @@ def test_modules_and_functions_stay_small(name):
     assert long == []
 
 
+@pytest.mark.parametrize("pyx", sorted(p.name for p in (PYBUS / "_native").glob("*.pyx")))
+def test_compiled_modules_stay_small_too(pyx):
+    # a Cython module is a module: the same bound (its functions are not parsed here)
+    assert len((PYBUS / "_native" / pyx).read_text().splitlines()) <= MAX_MODULE_LINES
+
+
 def test_the_checks_can_fail():
     # the graph really contains what the layers forbid to reverse
     assert "pybus.transport.sockets" in GRAPH["pybus.transport.security"]

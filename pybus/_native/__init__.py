@@ -2,8 +2,9 @@
 from these modules directly."""
 
 try:
-    from . import _batch, _hist
+    from . import _batch, _frame, _hist
     from ._batch import *  # noqa: F403
+    from ._frame import *  # noqa: F403
     from ._hist import *  # noqa: F403
 except ImportError as exc:  # pragma: no cover - only on a source tree without a build
     raise ImportError(
@@ -12,4 +13,4 @@ except ImportError as exc:  # pragma: no cover - only on a source tree without a
         "source tree (run `pytest`, not `python -m pytest`, from the repository root)."
     ) from exc
 
-__all__ = [*_batch.__all__, *_hist.__all__]
+__all__ = [*_batch.__all__, *_frame.__all__, *_hist.__all__]

@@ -26,7 +26,7 @@ import base64
 from typing import Any
 
 from .._native import Message
-from .._native._batch import _message_from_wire
+from .._native._frame import _message_from_wire
 from ..wire.payload import FLAG_MSGPACK
 from .subjects import subject_for_topic, topic_for_subject
 

@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 
 from .._native import Message
-from .._native._batch import _message_from_wire
+from .._native._frame import _message_from_wire
 from ..errors import BusError, ErrorCode, RemoteError
 from ..policy.retry import RetryPolicy
 from ..wire.payload import FLAG_MSGPACK, encode_payload

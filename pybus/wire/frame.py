@@ -17,27 +17,29 @@ Ring
 
 from __future__ import annotations
 
-from .._native import _batch
+from .._native import _batch, _frame
 
 # Named for readers and type checkers; what is exported is __all__, derived below.
 from .._native._batch import (  # noqa: F401
-    FLAG_MSGPACK,
-    FRAME_HEADER_SIZE,
-    FRAME_VERSION,
     FULL,
     PENDING,
     READY,
-    RECORD_HEADER_SIZE,
     RING_RECORD_OVERHEAD,
     Batcher,
+    ring_record_size,
+)
+from .._native._frame import (  # noqa: F401
+    FLAG_MSGPACK,
+    FRAME_HEADER_SIZE,
+    FRAME_VERSION,
+    RECORD_HEADER_SIZE,
     decode_batch,
     decode_into,
     decode_payloads,
     encode_frame,
     frame_info,
     iter_frame,
-    ring_record_size,
 )
 
-# Everything the native module exports but the message type, which only the Subscriber hands out.
-__all__ = [name for name in _batch.__all__ if name != "Message"]
+# Everything the native modules export but the message type, which only the Subscriber hands out.
+__all__ = [name for name in (*_frame.__all__, *_batch.__all__) if name != "Message"]

@@ -29,7 +29,7 @@ import zmq
 from .. import metrics as _metrics
 from .._deprecated import deprecated_attribute, renamed
 from .._native import Histogram
-from .._native._batch import Message, _message_from_wire
+from .._native._frame import Message, _message_from_wire
 from .._signals import graceful_signals, join_within
 from ..errors import (
     AlreadyHandledError,
