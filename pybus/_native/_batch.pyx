@@ -48,7 +48,6 @@ FULL = PB_EFULL
 RING_RECORD_OVERHEAD = PB_RING_RECORD_OVERHEAD
 
 cdef object _NO_TOPIC = object()  # never a topic: publish()'s last-topic cache starts empty
-cdef object _packb = msgpack.packb
 
 def ring_record_size(header_len: int, payload_len: int) -> int:
     """Bytes a record takes in a Batcher's ring (the documented byte accounting).

@@ -10,7 +10,7 @@ lazily, once; share one between threads only after reading them.
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -281,6 +281,16 @@ def decode_batch(topic, frame):
     FrameError
         With ``offset``, ``reason`` and ``record`` attributes, on any malformation.
     """
+    return _decode(frame, topic, True)
+
+
+def decode_payloads(frame):
+    """The payload bytes of every record of a frame (validated first); the fastest path."""
+    return _decode(frame, None, False)
+
+
+cdef list _decode(object frame, object topic, bint messages):
+    # one record loop for both: Messages, or payload bytes only (no Message object at all)
     cdef Py_buffer view
     cdef pb_frame_info info
     cdef pb_frame_record rec
@@ -288,6 +298,7 @@ def decode_batch(topic, frame):
     cdef uint32_t i
     cdef list out
     cdef Message m
+    cdef object item
     cdef const uint8_t *buf
     PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
     try:
@@ -296,43 +307,21 @@ def decode_batch(topic, frame):
         out = PyList_New(info.count)
         for i in range(info.count):
             off = pb_frame_next_unchecked(buf, off, info.base_timestamp_ns, &rec)
-            m = Message.__new__(Message)
-            m._topic = topic
-            m._raw = PyBytes_FromStringAndSize(<const char *>rec.payload, rec.payload_len)
-            if rec.header_len:
-                m._raw_header = PyBytes_FromStringAndSize(<const char *>rec.header,
-                                                          rec.header_len)
-            m._flags = rec.flags
-            m.seq = info.first_seq + i
-            m.publisher_id = info.publisher_id
-            m.timestamp_ns = rec.timestamp_ns
-            Py_INCREF(m)
-            PyList_SET_ITEM(out, i, m)
-    finally:
-        PyBuffer_Release(&view)
-    return out
-
-
-def decode_payloads(frame):
-    """The payload bytes of every record of a frame (validated first); the fastest path."""
-    cdef Py_buffer view
-    cdef pb_frame_info info
-    cdef pb_frame_record rec
-    cdef size_t off = PB_FRAME_HEADER_SIZE
-    cdef uint32_t i
-    cdef list out
-    cdef object b
-    cdef const uint8_t *buf
-    PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
-    try:
-        _validate(&view, &info)
-        buf = <const uint8_t *>view.buf
-        out = PyList_New(info.count)
-        for i in range(info.count):
-            off = pb_frame_next_unchecked(buf, off, info.base_timestamp_ns, &rec)
-            b = PyBytes_FromStringAndSize(<const char *>rec.payload, rec.payload_len)
-            Py_INCREF(b)
-            PyList_SET_ITEM(out, i, b)
+            item = PyBytes_FromStringAndSize(<const char *>rec.payload, rec.payload_len)
+            if messages:
+                m = Message.__new__(Message)
+                m._topic = topic
+                m._raw = item
+                if rec.header_len:
+                    m._raw_header = PyBytes_FromStringAndSize(<const char *>rec.header,
+                                                              rec.header_len)
+                m._flags = rec.flags
+                m.seq = info.first_seq + i
+                m.publisher_id = info.publisher_id
+                m.timestamp_ns = rec.timestamp_ns
+                item = m
+            Py_INCREF(item)
+            PyList_SET_ITEM(out, i, item)
     finally:
         PyBuffer_Release(&view)
     return out

@@ -44,16 +44,7 @@ from ..policy.breaker import CircuitBreaker
 from ..policy.ratelimit import RateLimiter
 from ..policy.retry import RetryPolicy
 from ..transport.sockets import Liveness
-from ..wire.reqrep import (
-    HEADER,
-    HEADER_SIZE,
-    KIND_ERROR,
-    KIND_REPLY,
-    KIND_REQUEST,
-    WIRE_VERSION,
-    encode_payload,
-    with_headers,
-)
+from ..wire.reqrep import encode_payload, read_reply, request_frame, with_headers
 from ._common import LATENCY_MAX_NS, InFlightLimit, check_timeout
 from .client import _ClientBase, _open_dealer
 
@@ -139,15 +130,13 @@ class AsyncClient(_ClientBase, InFlightLimit):
                 frames = await sock.recv_multipart()
             except (asyncio.CancelledError, zmq.ZMQError):
                 return
-            if len(frames) != 1 or len(frames[0]) < HEADER_SIZE:
+            # judged as the attempt's _parse_reply judges it: a frame handed over is ours
+            head = read_reply(frames[0]) if len(frames) == 1 else None
+            if head is None:
                 stats["decode_errors"] += 1
                 continue
             reply = frames[0]
-            version, kind, _flags, _mlen, cid = HEADER.unpack_from(reply)
-            if version != WIRE_VERSION or kind not in (KIND_REPLY, KIND_ERROR):
-                stats["decode_errors"] += 1
-                continue
-            fut = pending.pop(cid, None)
+            fut = pending.pop(head[0], None)
             if fut is None or fut.done():
                 stats["late_replies"] += 1  # its attempt timed out or was cancelled
                 continue
@@ -224,7 +213,7 @@ class AsyncClient(_ClientBase, InFlightLimit):
                 f"(max_in_flight={self.max_in_flight}); wait for some to finish"
             )
         cid = self._next_cid()
-        frame = HEADER.pack(WIRE_VERSION, KIND_REQUEST, flags, len(mb), cid) + mb + body
+        frame = request_frame(cid, flags, mb, body)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[cid] = fut
         sent = False

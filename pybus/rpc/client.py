@@ -62,15 +62,13 @@ from ..transport.sockets import (
 from ..wire.reqrep import (
     CID_MASK,
     FLAG_MSGPACK,
-    HEADER,
     HEADER_SIZE,
-    KIND_ERROR,
     KIND_REPLY,
     MAX_MESSAGE_BYTES,
-    WIRE_VERSION,
     decode_payload,
     encode_payload,
     method_bytes,
+    read_reply,
     remote_error,
     with_headers,
 )
@@ -213,13 +211,11 @@ class _ClientBase(ReadyUntilClosed):
     def _parse_reply(self, reply: bytes, cid: int) -> tuple[bool, Any]:
         """(True, value) for our reply; (False, None) for one to drop (counted).
         Raises RemoteError for our error reply, FrameError for our corrupt reply."""
-        if len(reply) < HEADER_SIZE:
+        head = read_reply(reply)
+        if head is None:
             self._stats["decode_errors"] += 1
             return False, None
-        version, kind, flags, _mlen, rcid = HEADER.unpack_from(reply)
-        if version != WIRE_VERSION or kind not in (KIND_REPLY, KIND_ERROR) or flags & ~FLAG_MSGPACK:
-            self._stats["decode_errors"] += 1
-            return False, None
+        rcid, kind, flags = head
         if rcid != cid:
             self._stats["late_replies"] += 1
             return False, None

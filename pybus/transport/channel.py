@@ -55,6 +55,7 @@ from ..wire.reqrep import (
     KIND_REPLY,
     KIND_REQUEST,
     WIRE_VERSION,
+    request_frame,
 )
 from .sockets import fast_address
 
@@ -68,7 +69,6 @@ _CLOSED = (zmq.ETERM, zmq.ENOTSOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 _RCVMORE = int(zmq.RCVMORE)  # once, not an IntEnum attribute read per frame
-_PACK = HEADER.pack
 _UNPACK_FROM = HEADER.unpack_from
 # Frames at least this big go to ZeroMQ without a copy. Below, copying is cheaper: pyzmq's
 # zero-copy send tracks the buffer and releases it from a background thread (measured).
@@ -289,9 +289,8 @@ class ClientChannel(_Channel):
     def send_request(self, cid: int, flags: int, method: bytes, payload: bytes) -> int:
         if not 1 <= len(method) <= 255:
             raise ValueError(f"method is {len(method)} bytes; allowed: 1-255")
-        frame = _PACK(WIRE_VERSION, KIND_REQUEST, flags, len(method), cid) + method + payload
         try:
-            self._send(frame, _NOBLOCK)
+            self._send(request_frame(cid, flags, method, payload), _NOBLOCK)
         except zmq.ZMQError as exc:
             if exc.errno in _CLOSED:
                 raise ClosedError("the RPC client's socket is closed") from exc

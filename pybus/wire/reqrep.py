@@ -41,7 +41,9 @@ __all__ = [
     "error_body",
     "error_payload",
     "method_bytes",
+    "read_reply",
     "remote_error",
+    "request_frame",
     "split_headers",
     "with_headers",
 ]
@@ -76,6 +78,24 @@ def method_bytes(name: str) -> bytes:
             f"method name {name!r} is {len(b)} bytes; allowed: 1-{MAX_METHOD_BYTES} UTF-8 bytes"
         )
     return b
+
+
+def request_frame(cid: int, flags: int, method: bytes, body: bytes) -> bytes:
+    """One REQUEST frame: the header, the method name (``method_bytes``) and the body (the
+    payload, after the header block when ``flags`` has FLAG_HEADERS)."""
+    return HEADER.pack(WIRE_VERSION, KIND_REQUEST, flags, len(method), cid) + method + body
+
+
+def read_reply(frame: bytes) -> tuple[int, int, int] | None:
+    """``(correlation id, kind, flags)`` of a REPLY or ERROR frame, its body being
+    ``frame[HEADER_SIZE:]``; None for a frame a client must count and drop as malformed: too
+    short, another version, another kind, or a flag bit other than FLAG_MSGPACK."""
+    if len(frame) < HEADER_SIZE:
+        return None
+    version, kind, flags, _mlen, cid = HEADER.unpack_from(frame)
+    if version != WIRE_VERSION or kind not in (KIND_REPLY, KIND_ERROR) or flags & ~FLAG_MSGPACK:
+        return None
+    return cid, kind, flags
 
 
 def error_body(type_name: str, message: str, code: int, retryable: bool) -> bytes:

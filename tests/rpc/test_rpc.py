@@ -179,6 +179,34 @@ def test_client_frames_match_the_doc(endpoint):
         router.close(0)
 
 
+def test_async_client_drops_malformed_replies_that_carry_its_id(endpoint):
+    """docs/wire-reqrep.md: a reply with another version or a reserved flag bit is malformed,
+    even with the awaited id: counted and dropped, and the request still gets the real one
+    (it once reached the request and failed an assert)."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVTIMEO, 5000)
+    router.bind(endpoint)
+
+    async def main():
+        async with AsyncClient(endpoint, timeout_s=5.0) as c:
+            task = asyncio.ensure_future(c.request("echo", b"x"))
+            ident, frame = await asyncio.to_thread(router.recv_multipart)
+            cid = struct.unpack_from("<Q", frame, 4)[0]
+            for version, flags in ((1, 0x80), (1, 0x02), (2, 0)):
+                router.send_multipart([ident, struct.pack(DOC_HEADER, version, 2, flags, 0, cid)
+                                       + b"bad"])
+            router.send_multipart([ident, struct.pack(DOC_HEADER, 1, 2, 0, 0, cid) + b"good"])
+            assert await asyncio.wait_for(task, 5) == b"good"
+            st = c.stats()
+            assert st["decode_errors"] == 3 and st["replies"] == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        router.close(0)
+
+
 GARBAGE = [
     (b"", "short"),
     (b"\x01\x01", "short"),
