@@ -541,24 +541,22 @@ class Subscriber(FramesMixin, StreamsMixin, Closeable, IOPath, ReadyUntilClosed)
         return len(batches), rest
 
     def _take(self, batches: list[Batch], out: list[Message]) -> None:
-        """Data frames were read: count them, record their latency, account their streams in
-        the book, and append their messages to ``out``. Once per frame, so kept lean: frames
+        """Data frames were read: account their streams in the book, count them, record their
+        latency, and append their messages to ``out``. Once per frame, so kept lean: frames
         of one message each (many topics) pay it per message."""
-        account = self._book.account
+        for topic, pid, first, lost in self._book.account_frames(batches):
+            self._gap(topic, pid, first - lost, first, lost)
         latency = self._latency
         now_ns = _time_ns()  # one read for all: every frame here was already queued
         nbytes = 0
-        for topic, topic_b, pid, first, ts_ns, msgs, frame_bytes in batches:
-            count = len(msgs)
-            lost = account(topic, topic_b, pid, first, count)
-            if lost:
-                self._gap(topic, pid, first - lost, first, lost)
+        for _topic, _topic_b, _pid, _first, ts_ns, msgs, frame_bytes in batches:
             if latency is not None:
                 # from the frame's first publish time (CLOCK_REALTIME, comparable across
                 # processes); clamped: another host's clock may be ahead, a frame very late
                 lat = now_ns - ts_ns
                 latency.record_n(
-                    0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS), count
+                    0 if lat < 0 else (lat if lat < _LATENCY_MAX_NS else _LATENCY_MAX_NS),
+                    len(msgs),
                 )
             nbytes += frame_bytes
             out += msgs

@@ -111,3 +111,30 @@ def test_topics_beyond_the_tracking_bound_count_as_other() -> None:
     assert len(st["received_by_topic"]) == MAX_TRACKED_TOPICS + 1
     assert st["received_by_topic"]["<other>"] == 3
     assert st["received"] == MAX_TRACKED_TOPICS + 3
+
+
+def _frame(topic: str, pid: int, first: int, count: int) -> tuple:
+    # the channel's recv_batches tuple: (topic, topic bytes, pid, first, ts, messages, bytes)
+    return (topic, topic.encode(), pid, first, 0, [None] * count, 0)
+
+
+def test_a_receive_accounted_at_once_is_worked_out_as_frame_by_frame() -> None:
+    book = StreamBook()
+    book.join(B, True, [(b"j", 3)])  # B's stream "j" stood at 3; its later ones start at 1
+    frames = [
+        _frame("t", A, 1, 2),  # first seen: sets the expectation (3)
+        _frame("t", A, 3, 1),  # in order
+        _frame("t", A, 6, 2),  # 4..5 missing: a gap of 2
+        _frame("t", A, 2, 1),  # wholly behind: 1 out of order, expectation stays 8
+        _frame("t", A, 8, 1),  # in order again
+        _frame("j", B, 5, 1),  # 3..4 missing
+        _frame("n", B, 2, 1),  # a stream B started later: 1 missing
+        _frame("u", A, 9, 3),  # a new topic: its first frame
+    ]
+    gaps = book.account_frames(frames)
+    assert gaps == [("t", A, 6, 2), ("j", B, 5, 2), ("n", B, 2, 1)]
+    st = book.stats()
+    assert st["received_by_topic"] == {"t": 7, "j": 1, "n": 1, "u": 3}  # repeats too
+    assert st["lost_by_topic"] == {"t": 2, "j": 2, "n": 1}
+    assert (st["gaps"], st["out_of_order"]) == (3, 1)
+    assert book.next_seq == {(A, b"t"): 9, (B, b"j"): 6, (B, b"n"): 3, (A, b"u"): 12}
