@@ -29,7 +29,7 @@ import zmq
 from .. import metrics as _metrics
 from .. import tracing
 from .._lifecycle import Closeable
-from .._native import Histogram, _zmqfast
+from .._native import Histogram
 from .._signals import graceful_signals
 from ..errors import (
     ClosedError,
@@ -41,8 +41,7 @@ from ..errors import (
 )
 from ..metrics.samples import RawSample, ReadyUntilClosed
 from ..policy.ratelimit import KeyedRateLimiter, RateLimiter
-from ..transport import sockets as _sockets
-from ..transport.channel import ServerChannel
+from ..transport.channel import REASON_KIND, REASON_MULTIPART, ServerChannel
 from ..transport.iopath import IOPath
 from ..transport.sockets import (
     DEFAULT_LIVENESS,
@@ -88,9 +87,6 @@ _CTRL_FORWARD = b"F"
 _IDLE_CHECK_MS = 100
 
 _log = logging.getLogger("pybus.rpc")
-
-# (0: use pyzmq's calls; see pybus.transport.sockets.FASTPATH for when the fast path is on)
-_fast_address = _sockets.fast_address
 
 
 class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
@@ -252,7 +248,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
         self._sock = sock
         # "libzmq" or "pyzmq": the I/O path of the serving loop (io_path); decided again when
         # the loop starts
-        self._io_path = "libzmq" if _fast_address(sock) else "pyzmq"
+        self._io_path = ServerChannel.open(sock).io_path
         self._security = security
         register = getattr(security, "_register_owner", None)
         if register is not None and getattr(security, "is_server", False):
@@ -466,7 +462,7 @@ class Server(Closeable, IOPath, InFlightLimit, ReadyUntilClosed):
         ctrl_prefix = self._ctrl_prefix
         forward_marker = ctrl_prefix + _CTRL_FORWARD
         stop_marker = ctrl_prefix + _CTRL_STOP
-        multipart, kind_reason = _zmqfast.REASON_MULTIPART, _zmqfast.REASON_KIND
+        multipart, kind_reason = REASON_MULTIPART, REASON_KIND
         # Module globals and builtins as locals: in this long-running loop CPython 3.11
         # left the LOAD_GLOBALs unspecialised (callgrind: ~13 dict lookups per request).
         flag_msgpack, kind_reply, kind_error = FLAG_MSGPACK, KIND_REPLY, KIND_ERROR

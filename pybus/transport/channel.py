@@ -60,8 +60,17 @@ from ..wire.reqrep import (
 from .sockets import fast_address
 
 __all__ = [
+    "REASON_FLAGS", "REASON_KIND", "REASON_METHOD", "REASON_MULTIPART", "REASON_SHORT",
+    "REASON_VERSION",
     "ClientChannel", "MessageChannel", "PublisherChannel", "ServerChannel", "SubscriberChannel",
 ]
+# why ServerChannel.recv_request found a frame malformed (the same strings on both twins)
+REASON_FLAGS = _zmqfast.REASON_FLAGS
+REASON_KIND = _zmqfast.REASON_KIND
+REASON_METHOD = _zmqfast.REASON_METHOD
+REASON_MULTIPART = _zmqfast.REASON_MULTIPART
+REASON_SHORT = _zmqfast.REASON_SHORT
+REASON_VERSION = _zmqfast.REASON_VERSION
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -154,20 +163,20 @@ class ServerChannel(_Channel):
             raise
         frame = zframe.bytes
         if zframe.more:
-            return (_zmqfast.REASON_MULTIPART, ident, 0, 0, None, frame)
+            return (REASON_MULTIPART, ident, 0, 0, None, frame)
         if len(frame) < HEADER_SIZE:
-            return (_zmqfast.REASON_SHORT, ident, 0, 0, None, frame)
+            return (REASON_SHORT, ident, 0, 0, None, frame)
         version, kind, flags, mlen, cid = HEADER.unpack_from(frame)
         reason = None
         end = HEADER_SIZE + mlen
         if version != WIRE_VERSION:
-            reason = _zmqfast.REASON_VERSION
+            reason = REASON_VERSION
         elif flags & ~FLAGS_REQUEST:
-            reason = _zmqfast.REASON_FLAGS  # reserved bits must be zero
+            reason = REASON_FLAGS  # reserved bits must be zero
         elif kind != KIND_REQUEST:
-            reason = _zmqfast.REASON_KIND
+            reason = REASON_KIND
         elif mlen == 0 or len(frame) < end:
-            reason = _zmqfast.REASON_METHOD
+            reason = REASON_METHOD
         if reason is not None:
             return (reason, ident, 0, 0, None, frame)
         return (None, ident, cid, flags, frame[HEADER_SIZE:end], frame[end:])
