@@ -297,7 +297,6 @@ class Client(_ClientBase, Closeable, IOPath):
         # the socket's I/O (pyzmq's calls or the compiled twin); replaced with the socket
         self._chan = ClientChannel.open(self._sock)
         self._io_path = self._chan.io_path  # io_path
-        self._io_path = self._chan.io_path
         self._rcvtimeo_ms = -1
         # the correlation id is _cid_base + _seq (mod 2**64: the same sequence as
         # _next_cid's); the request counters are merged by stats()

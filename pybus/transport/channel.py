@@ -49,6 +49,7 @@ import zmq
 from .._native import _zmqfast, frame_info
 from ..errors import ClosedError, from_zmq
 from ..wire.reqrep import (
+    CID_MASK,
     FLAGS_REQUEST,
     HEADER,
     HEADER_SIZE,
@@ -291,7 +292,7 @@ class ClientChannel(_Channel):
 
     def call(self, cid_base: int, seq: int, flags: int, method: bytes,
              payload: bytes) -> bytes | bytearray | int | None:
-        cid = (cid_base + seq) & 0xFFFF_FFFF_FFFF_FFFF
+        cid = (cid_base + seq) & CID_MASK
         err = self.send_request(cid, flags, method, payload)
         return err if err else self.recv_reply(cid)
 
