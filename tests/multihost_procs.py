@@ -107,10 +107,16 @@ def role_sub(a: dict[str, Any]) -> None:
     import pybus
 
     stop = _stopper()
-    gap_times: list[tuple[float, int, int, int]] = []
+    # per gap: [arrival time, expected, got, lost, publish time of message `got`]; the publish
+    # time says when the stream resumed without the reader's own lag (a starved test process
+    # reads late), filled in when message `got` is read
+    gap_times: list[list[Any]] = []
+    ends: dict[int, list[Any]] = {}
 
     def on_gap(topic: str, pid: int, expected: int, got: int, lost: int) -> None:
-        gap_times.append((time.time(), expected, got, lost))
+        gap = [time.time(), expected, got, lost, None]
+        gap_times.append(gap)
+        ends[got] = gap
 
     sub = pybus.Subscriber(a["connect"], topics=["mh.#"], liveness=_liveness(), on_gap=on_gap,
                            rcvhwm=a.get("rcvhwm", 1000), registry=False)
@@ -130,6 +136,8 @@ def role_sub(a: dict[str, Any]) -> None:
             if not rss_start:
                 rss_start = rss()
         for m in batch:
+            if ends and m.seq in ends:
+                ends.pop(m.seq)[4] = m.timestamp_ns / 1e9
             s = m.payload
             if s.__class__ is list:
                 s = s[0]
