@@ -4,8 +4,7 @@
 that read and write the frames of docs/wire.md.
 
 Thread safety: the decode functions hold the frame's buffer for the call and are safe on
-frames nobody mutates meanwhile (bytes always are). A Message decodes its payload and headers
-lazily, once; share one between threads only after reading them.
+frames nobody mutates meanwhile (bytes always are).
 """
 
 cimport cython

@@ -33,7 +33,7 @@ from ..errors import BackpressureError, ClosedError, TimeoutError, from_zmq
 from ..metrics.samples import HdrValue, RawSample, ReadyUntilClosed, transport_samples
 from ..policy.topics import validate_topic
 from ..transport import sockets as _sockets
-from ..transport.channel import PublisherChannel
+from ..transport.channel import PublisherChannel, pyzmq_method
 from ..transport.iopath import IOPath
 from ..wire.payload import pack_value
 from . import _base as base
@@ -316,10 +316,8 @@ class Publisher(FlusherMixin, WindowMixin, SubscriptionsMixin, Closeable, IOPath
         except BaseException:  # e.g. a bad security= or liveness= argument
             self._close_socket(0)
             raise
-        # pyzmq's Cython send, without the sugar layer's routing_id/group handling (2x faster);
-        # a socket class that overrides send (zmq.green, a user's socket_class) keeps it
-        self._send = (zmq.backend.Socket.send.__get__(sock) if type(sock).send is zmq.Socket.send
-                      else sock.send)
+        # pyzmq's Cython send, for the marks, positions and joins sent besides the frames
+        self._send = pyzmq_method(sock, "send")
 
     def _serve_history(self, history: int, max_topics: int, history_endpoint: str | None,
                        security: Any, liveness: Any) -> None:

@@ -64,6 +64,7 @@ __all__ = [
     "REASON_FLAGS", "REASON_KIND", "REASON_METHOD", "REASON_MULTIPART", "REASON_SHORT",
     "REASON_VERSION",
     "ClientChannel", "MessageChannel", "PublisherChannel", "ServerChannel", "SubscriberChannel",
+    "pyzmq_method",
 ]
 # why ServerChannel.recv_request found a frame malformed (the same strings on both twins)
 REASON_FLAGS = _zmqfast.REASON_FLAGS
@@ -85,7 +86,7 @@ _UNPACK_FROM = HEADER.unpack_from
 _ZERO_COPY_MIN_BYTES = 1 << 20
 
 
-def _backend(sock: zmq.Socket[Any], name: str) -> Any:
+def pyzmq_method(sock: zmq.Socket[Any], name: str) -> Any:
     """``sock``'s pyzmq Cython method ``name`` (send or recv), without the sugar layer's
     routing_id/group handling (about twice as fast per frame); a socket class that overrides
     it (zmq.green, a user's socket_class) keeps its own."""
@@ -209,7 +210,7 @@ class SubscriberChannel(_Channel):
         super().__init__(sock)
         # pyzmq's Cython methods, without the sugar layer (per frame, not per message); a
         # socket class that overrides recv (zmq.green, a user's socket_class) keeps it
-        self._recv = _backend(sock, "recv")
+        self._recv = pyzmq_method(sock, "recv")
         self._get = zmq.backend.Socket.get.__get__(sock)
 
     def recv_pubsub(self, dontwait: bool = True) -> tuple[bytes, Any, int] | None:
@@ -287,8 +288,8 @@ class ClientChannel(_Channel):
 
     def __init__(self, sock: zmq.Socket[Any]) -> None:
         super().__init__(sock)
-        self._send = _backend(sock, "send")
-        self._recv = _backend(sock, "recv")
+        self._send = pyzmq_method(sock, "send")
+        self._recv = pyzmq_method(sock, "recv")
 
     def call(self, cid_base: int, seq: int, flags: int, method: bytes,
              payload: bytes) -> bytes | bytearray | int | None:
@@ -339,7 +340,7 @@ class PublisherChannel:
 
     def __init__(self, sock: zmq.Socket[Any], batcher: Any,
                  keep: Callable[[bytes, bytes, int], Any] | None = None) -> None:
-        self._send = _backend(sock, "send")
+        self._send = pyzmq_method(sock, "send")
         self._drain = batcher.drain
         self._keep = keep
 
