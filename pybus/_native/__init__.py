@@ -1,11 +1,13 @@
 """pybus's compiled core. Import from ``pybus`` (the codec and the ring: ``pybus.wire``), never
-from these modules directly."""
+from these modules directly.
+
+The compiled modules declare no ``__all__``: their ``.pyi`` stubs are their interface (CI's
+stubtest holds the two together), and the names the rest of pybus uses are imported here."""
 
 try:
-    from . import _batch, _frame, _hist
-    from ._batch import *  # noqa: F403
-    from ._frame import *  # noqa: F403
-    from ._hist import *  # noqa: F403
+    from ._batch import Batcher
+    from ._frame import Message, decode_batch, frame_info
+    from ._hist import Histogram
 except ImportError as exc:  # pragma: no cover - only on a source tree without a build
     raise ImportError(
         "pybus's compiled core is not built. Install the package (pip install .) or make "
@@ -13,4 +15,4 @@ except ImportError as exc:  # pragma: no cover - only on a source tree without a
         "source tree (run `pytest`, not `python -m pytest`, from the repository root)."
     ) from exc
 
-__all__ = [*_batch.__all__, *_frame.__all__, *_hist.__all__]
+__all__ = ["Batcher", "Histogram", "Message", "decode_batch", "frame_info"]

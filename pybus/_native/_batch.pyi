@@ -6,15 +6,6 @@ from typing import Any, ClassVar, final
 from ._frame import _Buffer
 from ._frame import _message_from_wire as _message_from_wire
 
-__all__ = [
-    "Batcher",
-    "READY",
-    "PENDING",
-    "FULL",
-    "RING_RECORD_OVERHEAD",
-    "ring_record_size",
-]
-
 READY: int
 PENDING: int
 FULL: int

@@ -33,14 +33,6 @@ from pybus.errors import BackpressureError, FrameError, HistogramRangeError, Val
 # Messages pickled by earlier versions name their rebuilder here; it lives in _frame now.
 from pybus._native._frame import _message_from_wire
 
-__all__ = [
-    "Batcher",
-    "READY",
-    "PENDING",
-    "FULL",
-    "RING_RECORD_OVERHEAD",
-    "ring_record_size",
-]
 
 READY = PB_RING_READY
 PENDING = PB_RING_PENDING

@@ -9,19 +9,6 @@ import numpy.typing as npt
 # Any object with the buffer protocol (collections.abc._Buffer from Python 3.12).
 _Buffer: TypeAlias = bytes | bytearray | memoryview
 
-__all__ = [
-    "Message",
-    "decode_batch",
-    "decode_into",
-    "decode_payloads",
-    "encode_frame",
-    "frame_info",
-    "iter_frame",
-    "FRAME_VERSION",
-    "FRAME_HEADER_SIZE",
-    "RECORD_HEADER_SIZE",
-    "FLAG_MSGPACK",
-]
 
 FRAME_VERSION: int
 FRAME_HEADER_SIZE: int

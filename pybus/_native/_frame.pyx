@@ -21,19 +21,6 @@ import msgpack
 
 from pybus.errors import FrameError, ValidationError
 
-__all__ = [
-    "Message",
-    "decode_batch",
-    "decode_into",
-    "decode_payloads",
-    "encode_frame",
-    "frame_info",
-    "iter_frame",
-    "FRAME_VERSION",
-    "FRAME_HEADER_SIZE",
-    "RECORD_HEADER_SIZE",
-    "FLAG_MSGPACK",
-]
 
 FRAME_VERSION = PB_FRAME_VERSION
 FRAME_HEADER_SIZE = PB_FRAME_HEADER_SIZE

@@ -2,8 +2,6 @@ from collections.abc import Iterable, Iterator
 
 from typing_extensions import Buffer, disjoint_base
 
-__all__ = ["Histogram"]
-
 @disjoint_base
 class Histogram:
     def __new__(

@@ -20,7 +20,6 @@ from pybus.errors import BackpressureError, FrameError, HistogramRangeError, Val
 
 include "_status.pxi"
 
-__all__ = ["Histogram"]
 
 cdef object _HEADER = struct.Struct(">IIiiqqd")   # the 40-byte V2 payload header
 cdef object _ENVELOPE = struct.Struct(">Ii")       # compressed cookie + compressed length

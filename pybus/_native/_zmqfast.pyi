@@ -3,27 +3,6 @@
 from collections.abc import Callable
 from typing import Any, final
 
-__all__ = [
-    "AVAILABLE",
-    "UNAVAILABLE_REASON",
-    "library_path",
-    "version_mismatch",
-    "call",
-    "send_request",
-    "recv_reply",
-    "recv_request",
-    "send_reply",
-    "send_frame",
-    "recv_message",
-    "send_message",
-    "REASON_SHORT",
-    "REASON_VERSION",
-    "REASON_FLAGS",
-    "REASON_KIND",
-    "REASON_METHOD",
-    "REASON_MULTIPART",
-]
-
 AVAILABLE: bool
 UNAVAILABLE_REASON: str
 REASON_SHORT: str
@@ -69,3 +48,11 @@ def recv_batches(
     max_frames: int,
     decode: Callable[[str, Any], list[Any]],
 ) -> tuple[bytes, ZFrame | None, int] | None: ...
+def take_batch(
+    batches: list[tuple[str, bytes, int, int, int, list[Any], int]],
+    topics: dict[bytes, Any],
+    decode: Callable[[str, Any], list[Any]],
+    topic_b: bytes,
+    frame: Any,
+    room: int,
+) -> int: ...

@@ -46,26 +46,6 @@ import zmq
 
 from pybus.errors import BusError, ClosedError, from_zmq
 
-__all__ = [
-    "AVAILABLE",
-    "UNAVAILABLE_REASON",
-    "library_path",
-    "version_mismatch",
-    "call",
-    "send_request",
-    "recv_reply",
-    "recv_request",
-    "send_reply",
-    "send_frame",
-    "recv_message",
-    "send_message",
-    "REASON_SHORT",
-    "REASON_VERSION",
-    "REASON_FLAGS",
-    "REASON_KIND",
-    "REASON_METHOD",
-    "REASON_MULTIPART",
-]
 
 # docs/wire-reqrep.md, "Frame layout"
 cdef enum:
@@ -564,6 +544,31 @@ cdef object _recv_pubsub(void *s, bint dontwait):
         pb_zmq_msg_close(&part)
 
 
+cpdef Py_ssize_t take_batch(list batches, dict topics, object decode, bytes topic_b,
+                             object frame, Py_ssize_t room) except -1:
+    """One step of ``recv_batches``, shared by its compiled and its pyzmq twin: append the
+    batch frame ``frame`` (or None) of ``topic_b`` to ``batches`` as one entry when its topic
+    is known (``topics[topic_b]`` is a str) and it decodes, with ``decode(topic, frame)``, to
+    between 1 and ``room`` messages. Returns how many messages it took, or 0 when the frame is
+    left to the caller (a position frame, an unknown or filtered topic, a malformed frame,
+    which the caller counts, or more than ``room`` messages). Codec only: no I/O."""
+    cdef PyObject *p = PyDict_GetItem(topics, topic_b)
+    cdef Py_ssize_t count
+    if frame is None or p == NULL or type(<object>p) is not str:
+        return 0
+    topic = <object>p
+    try:
+        msgs = decode(topic, frame)
+    except Exception:  # malformed: the caller counts it
+        return 0
+    count = len(msgs)
+    if count == 0 or count > room:
+        return 0
+    m0 = msgs[0]
+    batches.append((topic, topic_b, m0.publisher_id, m0.seq, m0.timestamp_ns, msgs, len(frame)))
+    return count
+
+
 def recv_batches(size_t sock, dict topics, list batches, Py_ssize_t max_messages,
                  Py_ssize_t max_frames, object decode):
     """Subscriber._fill's common case, compiled: read queued pub/sub messages without waiting
@@ -582,31 +587,15 @@ def recv_batches(size_t sock, dict topics, list batches, Py_ssize_t max_messages
         ``recv_pubsub`` tuple of a message read but left to the caller.
     """
     cdef Py_ssize_t frames = 0, total = 0, count
-    cdef PyObject *p
-    cdef object got, topic, msgs, m0
+    cdef tuple got
     cdef void *s = _socket(sock)
     while frames < max_frames and total < max_messages:
         got = _recv_pubsub(s, True)
         if got is None:
             break
-        frame = (<tuple>got)[1]
-        if frame is None:
+        count = take_batch(batches, topics, decode, got[0], got[1], max_messages - total)
+        if count == 0:
             return got
-        topic_b = (<tuple>got)[0]
-        p = PyDict_GetItem(topics, topic_b)
-        if p == NULL or type(<object>p) is not str:
-            return got
-        topic = <object>p
-        try:
-            msgs = decode(topic, frame)
-        except Exception:  # malformed: the Python path counts it
-            return got
-        count = len(msgs)
-        if count == 0 or count > max_messages - total:
-            return got
-        m0 = msgs[0]
-        batches.append((topic, topic_b, m0.publisher_id, m0.seq, m0.timestamp_ns, msgs,
-                        len(frame)))
         total += count
         frames += 1
     return None

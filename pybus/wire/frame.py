@@ -17,10 +17,7 @@ Ring
 
 from __future__ import annotations
 
-from .._native import _batch, _frame
-
-# Named for readers and type checkers; what is exported is __all__, derived below.
-from .._native._batch import (  # noqa: F401
+from .._native._batch import (
     FULL,
     PENDING,
     READY,
@@ -28,7 +25,7 @@ from .._native._batch import (  # noqa: F401
     Batcher,
     ring_record_size,
 )
-from .._native._frame import (  # noqa: F401
+from .._native._frame import (
     FLAG_MSGPACK,
     FRAME_HEADER_SIZE,
     FRAME_VERSION,
@@ -41,5 +38,8 @@ from .._native._frame import (  # noqa: F401
     iter_frame,
 )
 
-# Everything the native modules export but the message type, which only the Subscriber hands out.
-__all__ = [name for name in (*_frame.__all__, *_batch.__all__) if name != "Message"]
+__all__ = [
+    "FLAG_MSGPACK", "FRAME_HEADER_SIZE", "FRAME_VERSION", "RECORD_HEADER_SIZE", "decode_batch",
+    "decode_into", "decode_payloads", "encode_frame", "frame_info", "iter_frame",
+    "FULL", "PENDING", "READY", "RING_RECORD_OVERHEAD", "Batcher", "ring_record_size",
+]

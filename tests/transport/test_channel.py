@@ -232,6 +232,27 @@ def test_recv_batches_reads_at_most_max_frames(subscribed) -> None:
     assert [b[3] for b in batches] == [3]
 
 
+def test_take_batch_decides_per_frame_without_a_socket() -> None:
+    """The one per-frame decision both recv_batches twins make (no I/O: plain values)."""
+    from pybus._native import _zmqfast, decode_batch
+
+    topics = {b"t.x": "t.x", b"t.ctl": 0}
+    three = batch_frame(5, 10, 77, [b"a", b"b", b"c"])
+    batches: list = []
+    take = _zmqfast.take_batch
+    assert take(batches, topics, decode_batch, b"t.x", three, 2) == 0  # more than room
+    assert take(batches, topics, decode_batch, b"t.ctl", three, 9) == 0  # not a wanted topic
+    assert take(batches, topics, decode_batch, b"t.new", three, 9) == 0  # unknown topic
+    assert take(batches, topics, decode_batch, b"t.x", None, 9) == 0  # a position frame
+    assert take(batches, topics, decode_batch, b"t.x", b"junk", 9) == 0  # malformed
+    assert take(batches, topics, lambda _t, _f: [], b"t.x", three, 9) == 0  # no messages
+    assert batches == []
+    assert take(batches, topics, decode_batch, b"t.x", three, 3) == 3  # exactly room
+    [(topic, topic_b, pid, first, ts, msgs, size)] = batches
+    assert (topic, topic_b, pid, first, ts, size) == ("t.x", b"t.x", 5, 10, 77, len(three))
+    assert [m.payload for m in msgs] == [b"a", b"b", b"c"]
+
+
 @pytest.fixture(params=["pyzmq", "libzmq"])
 def dealer(request):
     """The RPC client's channel on a DEALER, not yet connected, and the ROUTER it talks to."""
