@@ -10,6 +10,15 @@ processes run with PYTHONHASHSEED=0: with random hash seeds the start-up costs
 (imports, compiling) differ from run to run by ~1-2 M instructions, which would
 not cancel (up to ~1k instructions per request of noise).
 
+Only the main thread is counted (``--separate-threads=yes``, its ``-01`` dump): it is
+where both clients call and where both servers (pybus's with its default inline
+handlers) serve. Background threads do work in proportion to *time*, not requests:
+pybus's hub thread wakes every 50 ms, ZeroMQ's I/O threads send heartbeats, and under
+valgrind a run lasts tens of seconds whose length varies; summed into the process total,
+that work did not cancel between the two runs and gave per-request figures off by
+thousands of instructions, even negative ones. ZeroMQ's own I/O thread is left out on
+both sides alike, so "extra" is what pybus adds in the caller's thread.
+
 Run:  .venv/bin/python bench/callgrind_rpc.py [--small 200] [--large 2200]
 """
 
@@ -71,6 +80,7 @@ def _server(kind: str, endpoint: str, n: int) -> None:
 
 def _measured(side: str, kind: str, n: int, tmp: str) -> int:
     endpoint = f"ipc://{tmp}/{side}-{kind}-{n}.ipc"
+    out_file = f"{tmp}/cg-{side}-{kind}-{n}"
     env = dict(os.environ, PYTHONHASHSEED="0")
     server = None
     if side == "client":
@@ -80,13 +90,20 @@ def _measured(side: str, kind: str, n: int, tmp: str) -> int:
             text=True,
             env=env,
         )
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        assert server.stdout is not None
+        # an editable install may print its rebuild first: wait for the line itself
+        for line in server.stdout:
+            if line.strip() == "ready":
+                break
+        else:
+            raise RuntimeError(f"the {kind} server exited before it was ready")
     try:
-        out = subprocess.run(
+        subprocess.run(
             [
                 "valgrind",
                 "--tool=callgrind",
-                "--callgrind-out-file=/dev/null",
+                "--separate-threads=yes",
+                f"--callgrind-out-file={out_file}",
                 sys.executable,
                 os.path.abspath(__file__),
                 "--role",
@@ -100,14 +117,21 @@ def _measured(side: str, kind: str, n: int, tmp: str) -> int:
             timeout=600,
             check=True,
             env=env,
-        ).stderr
+        )
     finally:
         if server is not None:
             server.kill()
             server.wait(10)
-    m = re.search(r"Collected : (\d+)", out)
+    return _main_thread_total(f"{out_file}-01")
+
+
+def _main_thread_total(path: str) -> int:
+    """The instruction total of one thread's callgrind dump (its ``totals:`` line)."""
+    with open(path) as f:
+        text = f.read()
+    m = re.search(r"^(?:totals|summary): (\d+)", text, re.MULTILINE)
     if m is None:
-        raise RuntimeError(f"no callgrind total in:\n{out[-2000:]}")
+        raise RuntimeError(f"no instruction total in {path}")
     return int(m.group(1))
 
 
@@ -115,6 +139,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--small", type=int, default=200)
     ap.add_argument("--large", type=int, default=2200)
+    ap.add_argument("--side", choices=("client", "server", "both"), default="both",
+                    help="which side to measure (default both)")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="keep the callgrind dumps in DIR (for callgrind_annotate)")
     ap.add_argument(
         "--role", nargs=4, metavar=("ROLE", "KIND", "ENDPOINT", "N"), help=argparse.SUPPRESS
     )
@@ -131,8 +159,10 @@ def main() -> None:
     print(
         f"# instructions per 64-B round trip over ipc (callgrind, N={args.small} vs {args.large})"
     )
-    with tempfile.TemporaryDirectory(prefix="pybus-cg-rpc-") as tmp:
-        for side in ("client", "server"):
+    sides = ("client", "server") if args.side == "both" else (args.side,)
+    with tempfile.TemporaryDirectory(prefix="pybus-cg-rpc-") as scratch:
+        tmp = args.keep or scratch
+        for side in sides:
             per = {}
             for kind in ("raw", "pybus"):
                 a = _measured(side, kind, args.small, tmp)
