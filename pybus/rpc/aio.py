@@ -159,7 +159,7 @@ class AsyncClient(_ClientBase, InFlightLimit):
         t0 = time.perf_counter_ns()
         result = await self._request(name, payload, timeout)
         took = time.perf_counter_ns() - t0
-        self._rpc_latency.record(took if took < LATENCY_MAX_NS else LATENCY_MAX_NS)
+        self._record_latency(took if took < LATENCY_MAX_NS else LATENCY_MAX_NS)
         return result
 
     async def _request(self, name: str, payload: Any, timeout: float | None) -> Any:
