@@ -294,12 +294,7 @@ class Client(_ClientBase, Closeable, IOPath):
         self._liveness = liveness
         self._lock = threading.Lock()  # one request at a time
         self._monitor_ctx = self._ctx
-        self._sock = _open_dealer(self._ctx, endpoint, self._secure_and_watch, liveness=liveness)
-        # the socket's I/O (pyzmq's calls or the compiled twin); replaced with the socket
-        self._chan = ClientChannel.open(self._sock)
-        self._io_path = self._chan.io_path  # io_path
-        self._rcvtimeo_ms = -1  # what RCVTIMEO is set to (-1: the socket's default)
-        self._rcvtimeo_for_s = -1.0  # the attempt timeout it is set for (-1: another)
+        self._open_socket()
         # the correlation id is _cid_base + _seq (mod 2**64: the same sequence as
         # _next_cid's); the request counters are merged by stats()
         self._cid_base = self._cid
@@ -323,14 +318,18 @@ class Client(_ClientBase, Closeable, IOPath):
         with the old socket (ZeroMQ sends MONITOR_STOPPED, the hub closes its end)."""
         self._chan = ClientChannel(self._sock)  # pyzmq's calls: safe on a closed socket
         self._sock.close(0)
+        self._open_socket()
+        self._stats["reconnects"] += 1
+
+    def _open_socket(self) -> None:
+        """A fresh DEALER with its I/O (pyzmq's calls or the compiled twin, chosen once)."""
         self._sock = _open_dealer(
             self._ctx, self.endpoint, self._secure_and_watch, liveness=self._liveness
         )
         self._chan = ClientChannel.open(self._sock)
         self._io_path = self._chan.io_path
-        self._rcvtimeo_ms = -1
-        self._rcvtimeo_for_s = -1.0
-        self._stats["reconnects"] += 1
+        self._rcvtimeo_ms = -1  # what RCVTIMEO is set to (-1: the socket's default)
+        self._rcvtimeo_for_s = -1.0  # the attempt timeout it is set for (-1: another)
 
     def request(self, name: str, payload: Any = b"", timeout: float | None = None) -> Any:
         """Call ``name`` on the server and return its reply payload.
